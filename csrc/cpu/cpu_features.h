@@ -1,0 +1,26 @@
+// Run-time CPU feature detection and the choice of kernel variant (ISA level).
+#pragma once
+#include <string>
+#include <vector>
+
+namespace mpt {
+
+enum class Isa { Generic = 0, Avx2 = 1, Avx512 = 2 };
+
+struct CpuFeatures {
+  bool avx2 = false, fma = false, f16c = false;
+  bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false;
+  bool avx512vnni = false, avx512bf16 = false, avx512vbmi = false;
+};
+
+const CpuFeatures& cpu_features();
+bool isa_supported(Isa isa);
+Isa best_isa();
+// The variant kernels use now: MPT_LITE_ISA (generic|avx2|avx512) at start-up, else the best one.
+Isa current_isa();
+void set_isa(Isa isa);  // throws std::invalid_argument when the CPU lacks it
+const char* isa_name(Isa isa);
+Isa isa_from_name(const std::string& name);  // throws std::invalid_argument
+std::vector<std::string> supported_isa_names();
+
+}  // namespace mpt

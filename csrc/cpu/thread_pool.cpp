@@ -1,0 +1,142 @@
+#include "cpu/thread_pool.h"
+
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace mpt {
+namespace {
+
+int default_threads() {
+  if (const char* env = std::getenv("MPT_LITE_NUM_THREADS")) {
+    int n = std::atoi(env);
+    if (n > 0) return n;
+  }
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+class Pool {
+ public:
+  explicit Pool(int n) : n_(n) {
+    for (int i = 1; i < n_; ++i) workers_.emplace_back([this, i] { loop(i); });
+  }
+  ~Pool() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stop_ = true;
+      generation_.fetch_add(1);
+    }
+    cv_.notify_all();
+    for (auto& t : workers_) t.join();
+  }
+  int size() const { return n_; }
+
+  void run(int parts, const std::function<void(int)>& job) {
+    std::lock_guard<std::mutex> serial(run_mu_);  // one job at a time; callers from many threads queue
+    job_ = &job;
+    parts_ = parts;
+    error_ = nullptr;
+    // Every worker acknowledges every job (even with no part in it), so none can lag into the next.
+    pending_.store(n_ - 1);
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    cv_.notify_all();
+    call(0);
+    while (pending_.load(std::memory_order_acquire) > 0) std::this_thread::yield();
+    job_ = nullptr;
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  void call(int i) {
+    try {
+      (*job_)(i);
+    } catch (...) {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (!error_) error_ = std::current_exception();
+    }
+  }
+
+  void loop(int i) {
+    uint64_t seen = 0;
+    for (;;) {
+      uint64_t g;
+      int spins = 0;
+      while ((g = generation_.load(std::memory_order_acquire)) == seen && spins < 20000) {
+        ++spins;
+        if ((spins & 63) == 0) std::this_thread::yield();
+      }
+      if (g == seen) {
+        std::unique_lock<std::mutex> lk(mu_);
+        cv_.wait(lk, [&] { return generation_.load() != seen; });
+        g = generation_.load();
+      }
+      seen = g;
+      if (stop_) return;
+      if (i < parts_) call(i);
+      pending_.fetch_sub(1, std::memory_order_acq_rel);
+    }
+  }
+
+  int n_;
+  std::vector<std::thread> workers_;
+  std::mutex mu_, run_mu_;
+  std::condition_variable cv_;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};
+  const std::function<void(int)>* job_ = nullptr;
+  int parts_ = 0;
+  bool stop_ = false;
+  std::exception_ptr error_;
+};
+
+std::mutex g_pool_mu;
+std::unique_ptr<Pool> g_pool;
+
+Pool& pool() {
+  std::lock_guard<std::mutex> lk(g_pool_mu);
+  if (!g_pool) g_pool = std::make_unique<Pool>(default_threads());
+  return *g_pool;
+}
+
+}  // namespace
+
+int num_threads() { return pool().size(); }
+
+void set_num_threads(int n) {
+  std::lock_guard<std::mutex> lk(g_pool_mu);
+  g_pool.reset();
+  g_pool = std::make_unique<Pool>(n > 0 ? n : default_threads());
+}
+
+void parallel_for(int64_t n, int64_t align, const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  align = std::max<int64_t>(1, align);
+  Pool& p = pool();
+  int64_t units = (n + align - 1) / align;
+  int parts = static_cast<int>(std::min<int64_t>(p.size(), units));
+  if (parts <= 1) {
+    fn(0, n);
+    return;
+  }
+  int64_t per = (units + parts - 1) / parts;
+  std::function<void(int)> job = [&](int i) {
+    int64_t b = std::min(n, i * per * align), e = std::min(n, (i + 1) * per * align);
+    if (b < e) fn(b, e);
+  };
+  p.run(parts, job);
+}
+
+}  // namespace mpt

@@ -1,0 +1,51 @@
+"""mpt_lite: fast, quantized, local inference of MosaicML MPT models."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .cache import MptCache
+from .config import MptConfig
+from .modeling import (
+    TASKS,
+    MptForCausalLM,
+    MptForQuestionAnswering,
+    MptForSequenceClassification,
+    MptForTokenClassification,
+    MptModel,
+    MptPreTrainedModel,
+)
+from .tokenizer import MptTokenizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "load", "MptConfig", "MptModel", "MptForCausalLM", "MptForSequenceClassification",
+    "MptForTokenClassification", "MptForQuestionAnswering", "MptPreTrainedModel", "MptTokenizer",
+    "MptCache", "default_model_path",
+]
+
+
+def default_model_path():
+    """The folder of the small MPT that ships inside the package."""
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent / "default_model"
+
+
+def load(name_or_path: Any = None, bits: int | None = 4, task: str = "causal-lm", device: Any = "cpu",
+         **kw: Any) -> MptPreTrainedModel:
+    """A ready model (with ``model.tokenizer`` when the checkpoint has one).
+
+    name_or_path: a folder, a hub id ("mosaicml/mpt-7b") or an alias ("mpt-7b"); None loads the
+    embedded default model. bits: 4 (default), 8 or None (unquantized). task: "base",
+    "causal-lm", "sequence-classification", "token-classification" or "question-answering"."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
+    if name_or_path is None:
+        name_or_path = default_model_path()
+        if not (name_or_path / "config.json").is_file():
+            raise FileNotFoundError(f"the embedded default model is missing from {name_or_path}")
+    kw.setdefault("dtype", torch.float32)
+    return TASKS[task].from_pretrained(name_or_path, bits=bits, device=device, **kw)

@@ -1,0 +1,155 @@
+"""Finding checkpoint files (a folder, the Hugging Face cache, the hub) and streaming their
+tensors one at a time, shard by shard, so a caller can convert or quantize each as it arrives."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+# Short names users type -> hub ids.
+MODEL_ALIASES = {
+    "mpt-7b": "mosaicml/mpt-7b",
+    "mpt-7b-instruct": "mosaicml/mpt-7b-instruct",
+    "mpt-7b-chat": "mosaicml/mpt-7b-chat",
+    "mpt-7b-storywriter": "mosaicml/mpt-7b-storywriter",
+    "mpt-7b-8k": "mosaicml/mpt-7b-8k",
+    "mpt-7b-8k-instruct": "mosaicml/mpt-7b-8k-instruct",
+    "mpt-7b-8k-chat": "mosaicml/mpt-7b-8k-chat",
+    "mpt-30b": "mosaicml/mpt-30b",
+    "mpt-30b-instruct": "mosaicml/mpt-30b-instruct",
+    "mpt-30b-chat": "mosaicml/mpt-30b-chat",
+    "mpt-1b-redpajama-200b": "mosaicml/mpt-1b-redpajama-200b",
+    "replit-code-v1-3b": "replit/replit-code-v1-3b",
+}
+
+SAFE_INDEX = "model.safetensors.index.json"
+SAFE_SINGLE = "model.safetensors"
+BIN_INDEX = "pytorch_model.bin.index.json"
+BIN_SINGLE = "pytorch_model.bin"
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "tokenizer*"]
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike, config_only: bool = False) -> Path:
+    """A local folder holding config.json for a folder path, hub id or alias."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"expected a model name or folder, got {type(name_or_path).__name__}")
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} has no config.json; is it an MPT checkpoint folder?")
+        return path
+    if path.exists():
+        raise NotADirectoryError(f"{path} is a file; pass the checkpoint folder that holds it")
+    name = str(name_or_path)
+    repo_id = MODEL_ALIASES.get(name.lower(), name)
+    if repo_id.count("/") != 1 or name.startswith((".", "/", "~")):
+        known = ", ".join(sorted(MODEL_ALIASES))
+        raise FileNotFoundError(f"{name!r} is neither a folder nor a hub id (owner/name) nor a known alias ({known})")
+    return _hub_snapshot(repo_id, config_only)
+
+
+def _hub_snapshot(repo_id: str, config_only: bool) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import HfHubHTTPError
+
+    try:  # the local cache first: no network, no waiting
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        raise FileNotFoundError(
+            f"{repo_id} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
+            f"download it first (huggingface-cli download {repo_id}) or pass a local folder"
+        )
+    patterns = ["config.json"] if config_only else HUB_PATTERNS
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=patterns))
+        if not config_only and not _has_weights(folder):  # a repo with only .bin shards
+            folder = Path(snapshot_download(repo_id, allow_patterns=patterns + ["*.bin"]))
+        return folder
+    except HfHubHTTPError as e:
+        raise OSError(f"could not download {repo_id} from the hub: {e}") from None
+    except Exception as e:  # connection errors, timeouts, missing repos
+        raise OSError(f"could not fetch {repo_id}: it is not cached and the hub is unreachable ({e})") from None
+
+
+def _has_weights(folder: Path) -> bool:
+    return any((folder / n).is_file() for n in (SAFE_INDEX, SAFE_SINGLE, BIN_INDEX, BIN_SINGLE))
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The weight files of a checkpoint folder, in shard order."""
+    folder = Path(folder)
+    for index_name in (SAFE_INDEX, BIN_INDEX):
+        index = folder / index_name
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise OSError(f"{index} is not a valid shard index ({e})") from None
+            shards = sorted(set(weight_map.values()))
+            missing = [s for s in shards if not (folder / s).is_file()]
+            if missing:
+                raise FileNotFoundError(f"{index} names shards that are missing: {', '.join(missing)}")
+            return [folder / s for s in shards]
+    for single in (SAFE_SINGLE, BIN_SINGLE):
+        if (folder / single).is_file():
+            return [folder / single]
+    found = sorted(p.name for p in folder.iterdir())
+    raise FileNotFoundError(
+        f"no weights in {folder}: expected {SAFE_SINGLE}, {SAFE_INDEX}, {BIN_SINGLE} or {BIN_INDEX}; found {found}"
+    )
+
+
+def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yields (name, tensor) one at a time; only one shard is open (memory-mapped) at once."""
+    for f in files:
+        if f.suffix == ".safetensors":
+            yield from _iter_safetensors(f)
+        else:
+            yield from _iter_torch_bin(f)
+
+
+def safetensors_metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as sf:
+            return dict(sf.metadata() or {})
+    except Exception as e:
+        raise OSError(f"{path} is not a readable safetensors file ({e})") from None
+
+
+def _iter_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    try:
+        sf_ctx = safe_open(str(path), framework="pt")
+    except Exception as e:
+        raise OSError(f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from None
+    with sf_ctx as sf:
+        for key in sf.keys():
+            try:
+                tensor = sf.get_tensor(key)
+            except Exception as e:
+                raise OSError(f"{path}: could not read tensor {key!r} (corrupt or truncated?): {e}") from None
+            yield key, tensor
+
+
+def _iter_torch_bin(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise OSError(f"{path} is not a readable PyTorch weight file (corrupt or truncated?): {e}") from None
+    if not isinstance(state, dict):
+        raise OSError(f"{path} does not hold a state dict (found {type(state).__name__})")
+    keys = list(state.keys())
+    for key in keys:
+        tensor = state.pop(key)
+        if not isinstance(tensor, torch.Tensor):
+            raise OSError(f"{path}: entry {key!r} is not a tensor")
+        yield key, tensor
+    del state
