@@ -13,7 +13,7 @@ CONFIG_NAME = "config.json"
 
 ATTN_DEFAULTS: dict[str, Any] = {
     "attn_type": "multihead_attention",
-    "attn_pdrop": 0.0,
+    "attn_pdrop": 0,
     "attn_impl": "torch",
     "clip_qkv": None,
     "qk_ln": False,
