@@ -6,6 +6,8 @@ The template comes from tokenizer_config.json's ``chat_template`` when the check
 tokenizers that know the ChatML tokens (the mosaicml chat repos)."""
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from typing import Any, Iterator, Sequence
 
 IM_START = "<|im_start|>"
@@ -100,11 +102,19 @@ def _render_jinja(template: str, messages: list[dict], add_generation_prompt: bo
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    env.filters["tojson"] = _tojson
     try:
         compiled = env.from_string(template)
         return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt, **variables)
     except TemplateError as e:
         raise ValueError(f"the chat template could not be rendered: {e}") from None
+
+
+def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
+            sort_keys: bool = False) -> str:
+    # as transformers' chat templates expect: non-ASCII kept, no HTML escaping
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
 def stop_settings(tokenizer: Any) -> tuple[list[int], list[str]]:

@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def sampling_args(sp: argparse.ArgumentParser, max_new: int) -> None:
         sp.add_argument("--max-new-tokens", "-n", type=int, default=max_new)
-        sp.add_argument("--temperature", "-t", type=float, default=0.7, help="0 means greedy decoding")
+        sp.add_argument("--temperature", "-t", type=float, default=0.0,
+                        help="0 (the default) is greedy decoding; above 0 samples (try 0.7)")
         sp.add_argument("--top-p", type=float, default=0.95)
         sp.add_argument("--top-k", type=int, default=None)
         sp.add_argument("--repetition-penalty", type=float, default=1.0)

@@ -96,10 +96,10 @@ def model_config(args, tok) -> MptConfig:
     return MptConfig(
         architectures=["MPTForCausalLM"],
         d_model=args.d_model, n_heads=args.n_heads, n_layers=args.n_layers, expansion_ratio=4,
-        max_seq_len=args.max_seq_len, vocab_size=vocab_rows, resid_pdrop=0.0, emb_pdrop=0.0,
+        max_seq_len=args.max_seq_len, vocab_size=vocab_rows, resid_pdrop=0, emb_pdrop=0,  # ints, as the hub configs
         learned_pos_emb=True, no_bias=True, norm_type="low_precision_layernorm", logit_scale=None,
         attn_config={"attn_type": "multihead_attention", "attn_impl": "torch", "alibi": True,
-                     "alibi_bias_max": 8, "clip_qkv": None, "qk_ln": False, "attn_pdrop": 0.0},
+                     "alibi_bias_max": 8, "clip_qkv": None, "qk_ln": False, "attn_pdrop": 0},
         init_device="cpu", use_cache=False, initializer_range=0.02, embedding_fraction=1.0,
         bos_token_id=tok.token_to_id(EOS), eos_token_id=tok.token_to_id(EOS), pad_token_id=tok.token_to_id(PAD),
         torch_dtype=args.save_dtype, tokenizer_name="mpt_lite/default_model",
