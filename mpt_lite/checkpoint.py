@@ -112,11 +112,29 @@ def weight_files(folder: Path) -> list[Path]:
 
 def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
     """Yields (name, tensor) one at a time; only one shard is open (memory-mapped) at once."""
+    from . import progress
+
     for f in files:
-        if f.suffix == ".safetensors":
-            yield from _iter_safetensors(f)
-        else:
-            yield from _iter_torch_bin(f)
+        tensors = _iter_safetensors(f) if f.suffix == ".safetensors" else _iter_torch_bin(f)
+        for item in tensors:
+            yield item
+            progress.tick()  # advances a progress bar when a caller (the CLI) tracks one
+
+
+def count_tensors(files: list[Path]) -> int | None:
+    """How many tensors the files hold (from the safetensors headers); None for .bin files."""
+    from safetensors import safe_open
+
+    n = 0
+    for f in files:
+        if f.suffix != ".safetensors":
+            return None
+        try:
+            with safe_open(str(f), framework="pt") as sf:
+                n += len(list(sf.keys()))
+        except Exception as e:
+            raise OSError(f"{f} is not a readable safetensors file ({e})") from None
+    return n
 
 
 def safetensors_metadata(path: Path) -> dict:

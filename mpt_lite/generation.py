@@ -8,7 +8,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from .sampling import SamplingParams, next_tokens
+from .sampling import SamplingParams, mask_beyond_tokenizer, next_tokens
 
 
 def generate(model, inputs: Any = None, attention_mask: torch.Tensor | None = None, *,
@@ -69,6 +69,7 @@ def _decode_steps(model, ids: torch.Tensor, mask: torch.Tensor | None, max_new: 
         raise ValueError(f"the prompt ({ids.shape[1]} tokens) plus max_new_tokens={max_new} exceed max_seq_len="
                          f"{model.config.max_seq_len}; lower max_new_tokens or load with a larger max_seq_len")
     gen = params.generator(ids.device)
+    n_tokens = len(model.tokenizer) if getattr(model, "tokenizer", None) is not None else None
     finished = torch.zeros(batch, dtype=torch.bool, device=ids.device)
     history = ids
     past = None
@@ -78,7 +79,8 @@ def _decode_steps(model, ids: torch.Tensor, mask: torch.Tensor | None, max_new: 
             out = model(input_ids=step_ids, attention_mask=mask, past_key_values=past, use_cache=True,
                         logits_to_keep=1)
             past = out.past_key_values
-            nxt = next_tokens(out.logits[:, -1, :].float(), history, params, gen)
+            logits = mask_beyond_tokenizer(out.logits[:, -1, :].float(), n_tokens)
+            nxt = next_tokens(logits, history, params, gen)
             if eos:
                 pad = next(iter(eos))
                 nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)

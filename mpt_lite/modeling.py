@@ -264,6 +264,14 @@ class MptForCausalLM(_HeadModel):
 
         return generate(self, inputs, **kwargs)
 
+    def chat(self, messages: Any, stream: bool = False, **kwargs: Any):
+        """The assistant's reply to ``messages`` ([{"role": "user", "content": ...}, ...]) in the
+        checkpoint's chat format (ChatML for mpt-7b-chat / mpt-30b-chat); stops at <|im_end|>.
+        kwargs go to generate (max_new_tokens, do_sample, temperature, ...); stream=True yields text."""
+        from .chat import chat
+
+        return chat(self, messages, stream=stream, **kwargs)
+
 
 class MptForSequenceClassification(_HeadModel):
     def __init__(self, config: MptConfig, linear: type = nn.Linear) -> None:
