@@ -61,6 +61,16 @@ static inline uint16_t f32_to_f16(float f) {
   return sign | uint16_t((a - 0x38000000u) >> 13);
 }
 
+// Small jobs (a decode step at short context) run on the calling thread: waking the pool costs
+// more than the work, and its spinning workers would take cores from torch's next matmul.
+constexpr int64_t kInlineWork = int64_t(1) << 18;
+
+template <class F>
+static void run_maybe_parallel(int64_t n, int64_t work, const F& fn) {
+  if (work < kInlineWork) fn(0, n);
+  else parallel_for(n, 1, fn);
+}
+
 // int8 K/V: s = absmax / 127, q = round(x / s); all-zero rows store s = 0 and zeros.
 template <class Ops>
 static inline float quantize_row_i8(const float* x, int8_t* q, int n) {
@@ -78,7 +88,7 @@ void write_kv_cache(const float* k, const float* v, int64_t n_tokens, const int6
                     const KvCacheView& c) {
   const int KV = c.kv_heads, D = c.head_dim;
   const int64_t row = int64_t(KV) * D;
-  parallel_for(n_tokens, 1, [&](int64_t b, int64_t e) {
+  auto body = [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const int64_t slot = slots[t];
       if (slot < 0) continue;
@@ -104,7 +114,8 @@ void write_kv_cache(const float* k, const float* v, int64_t n_tokens, const int6
         }
       }
     }
-  });
+  };
+  run_maybe_parallel(n_tokens, n_tokens * row, body);
 }
 
 struct Row {
@@ -215,13 +226,15 @@ void paged_attention(const AttnArgs& a, const KvCacheView& c, bool decode) {
     int seq, q0, nq, h;
   };
   std::vector<Item> items;
+  int64_t work = 0;
   for (int s = 0; s < a.num_seqs; ++s) {
     const int q0 = decode ? s : a.query_start_loc[s];
     const int nq = decode ? 1 : a.query_start_loc[s + 1] - q0;
+    work += int64_t(nq) * a.context_lens[s] * H * D;
     for (int t = 0; t < nq; t += kQueryTile)
       for (int h = 0; h < KV; ++h) items.push_back({s, q0 + t, std::min(kQueryTile, nq - t), h});
   }
-  parallel_for(int64_t(items.size()), 1, [&](int64_t b, int64_t e) {
+  run_maybe_parallel(int64_t(items.size()), work, [&](int64_t b, int64_t e) {
     thread_local Scratch scratch;
     std::vector<Row> rows;
     for (int64_t i = b; i < e; ++i) {
