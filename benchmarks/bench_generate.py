@@ -4,7 +4,8 @@ MptForCausalLM on the same weights (shared tensors), in the same process.
     python benchmarks/bench_generate.py                 # synthetic 1.3B MPT (d_model 2048, 24 layers)
     python benchmarks/bench_generate.py --quick         # a small model, for a smoke run
 
-Reports medians of --repeats runs: decode tokens/s at batch 1 (32-token prompts), throughput at
+Reports medians of --repeats runs (decode: the prompts are prefilled once, then --repeats runs of
+--new steps are timed): decode tokens/s at batch 1 (32-token prompts), throughput at
 batch 8 and 32, prefill tokens/s at 512 and 2048 tokens, decode tokens/s at 2048 tokens of
 context, and the ratios the issue targets. Prints a markdown table (and --out appends it to a file)."""
 from __future__ import annotations
@@ -47,32 +48,35 @@ def timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def ours_decode(model, batch, ctx, new, max_bytes):
-    """Seconds for `new` decode steps of `batch` sequences with `ctx`-token prompts (prefill excluded)."""
+def ours_decode(model, batch, ctx, new, repeats, max_bytes):
+    """(prefill seconds, [seconds of `new` decode steps] * repeats) for `batch` sequences with
+    `ctx`-token prompts; the prompts are prefilled once."""
     from mpt_lite import Engine
 
     engine = Engine(model, max_bytes=max_bytes, max_batch_tokens=max(batch * ctx, 2048), prefix_caching=False)
     g = torch.Generator().manual_seed(batch)
     for _ in range(batch):
-        engine.add_request(torch.randint(0, 50000, (ctx,), generator=g), new + 1)
-    engine.step()  # prefill (and the first token)
-    return timed(lambda: [None for _ in engine.run()])
+        engine.add_request(torch.randint(0, 50000, (ctx,), generator=g), new * repeats + 1)
+    prefill = timed(engine.step)  # the whole prompt batch (and the first token)
+    return prefill, [timed(lambda: [engine.step() for _ in range(new)]) for _ in range(repeats)]
 
 
-def hf_decode(model, batch, ctx, new):
+def hf_decode(model, batch, ctx, new, repeats):
     g = torch.Generator().manual_seed(batch)
     ids = torch.randint(0, 50000, (batch, ctx), generator=g)
+    state = {}
+
+    def prefill():
+        out = model(ids, use_cache=True, logits_to_keep=1)
+        state["past"], state["nxt"] = out.past_key_values, out.logits[:, -1:].argmax(-1)
+
+    def loop():
+        for _ in range(new):
+            o = model(state["nxt"], past_key_values=state["past"], use_cache=True)
+            state["past"], state["nxt"] = o.past_key_values, o.logits[:, -1:].argmax(-1)
+
     with torch.inference_mode():
-        out = model(ids, use_cache=True)
-        past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
-
-        def loop():
-            nonlocal past, nxt
-            for _ in range(new):
-                o = model(nxt, past_key_values=past, use_cache=True)
-                past, nxt = o.past_key_values, o.logits[:, -1:].argmax(-1)
-
-        return timed(loop)
+        return timed(prefill), [timed(loop) for _ in range(repeats)]
 
 
 def ours_prefill(model, n, max_bytes):
@@ -96,6 +100,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--new", type=int, default=8, help="decode steps timed per run")
+    ap.add_argument("--prefill-2048-repeats", type=int, default=3, help="runs of the (slow) 2048-token prefill")
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--out", help="append the markdown table to this file")
     args = ap.parse_args()
@@ -105,36 +110,42 @@ def main():
     ops.set_num_threads(args.threads)
     ours, hf = build(args)
     max_bytes = 8 << 30
-    med = lambda f: statistics.median(f() for _ in range(args.repeats))  # noqa: E731
+    R, n = args.repeats, args.new
     rows = []
 
-    def row(name, work, f_ours, f_hf):
-        o = work / med(f_ours)
-        h = None if args.skip_hf else work / med(f_hf)
+    def add(name, work, t_ours, t_hf):
+        o, h = work / statistics.median(t_ours), None if t_hf is None else work / statistics.median(t_hf)
         rows.append((name, o, h))
         print(f"{name:34s} mpt_lite {o:9.2f}" + ("" if h is None else f"  transformers {h:9.2f}  x{o / h:.2f}"),
               flush=True)
         return o
 
-    n = args.new
-    ours_decode(ours, 2, 16, 2, max_bytes)  # warm-up: thread pools, oneDNN kernels, allocator
+    def decode(batch, ctx):
+        po, to = ours_decode(ours, batch, ctx, n, R, max_bytes)
+        ph, th = (None, None) if args.skip_hf else hf_decode(hf, batch, ctx, n, R)
+        return po, to, ph, th
+
+    ours_decode(ours, 2, 16, 2, 1, max_bytes)  # warm-up: thread pools, oneDNN kernels, allocator
     if not args.skip_hf:
-        hf_decode(hf, 2, 16, 2)
-    d1 = row("decode tok/s, batch 1 (ctx 32)", n, lambda: ours_decode(ours, 1, 32, n, max_bytes),
-             lambda: hf_decode(hf, 1, 32, n))
-    d8 = row("decode tok/s, batch 8 (ctx 32)", 8 * n, lambda: ours_decode(ours, 8, 32, n, max_bytes),
-             lambda: hf_decode(hf, 8, 32, n))
-    row("decode tok/s, batch 32 (ctx 32)", 32 * n, lambda: ours_decode(ours, 32, 32, n, max_bytes),
-        lambda: hf_decode(hf, 32, 32, n))
-    row("prefill tok/s, 512 tokens", 512, lambda: ours_prefill(ours, 512, max_bytes), lambda: hf_prefill(hf, 512))
-    row("prefill tok/s, 2048 tokens", 2048, lambda: ours_prefill(ours, 2048, max_bytes),
-        lambda: hf_prefill(hf, 2048))
-    dl = row("decode tok/s, batch 1 (ctx 2048)", n, lambda: ours_decode(ours, 1, 2048, n, max_bytes),
-             lambda: hf_decode(hf, 1, 2048, n))
+        hf_decode(hf, 2, 16, 2, 1)
+    _, to, _, th = decode(1, 32)
+    d1 = add("decode tok/s, batch 1 (ctx 32)", n, to, th)
+    _, to, _, th = decode(8, 32)
+    d8 = add("decode tok/s, batch 8 (ctx 32)", 8 * n, to, th)
+    _, to, _, th = decode(32, 32)
+    add("decode tok/s, batch 32 (ctx 32)", 32 * n, to, th)
+    add("prefill tok/s, 512 tokens", 512, [ours_prefill(ours, 512, max_bytes) for _ in range(R)],
+        None if args.skip_hf else [hf_prefill(hf, 512) for _ in range(R)])
+    po, to, ph, th = decode(1, 2048)
+    extra = max(0, args.prefill_2048_repeats - 1)
+    add("prefill tok/s, 2048 tokens", 2048, [po] + [ours_prefill(ours, 2048, max_bytes) for _ in range(extra)],
+        None if args.skip_hf else [ph] + [hf_prefill(hf, 2048) for _ in range(extra)])
+    dl = add("decode tok/s, batch 1 (ctx 2048)", n, to, th)
     model = "quick model (d_model 512, 4 layers)" if args.quick else "synthetic MPT-1.3B (d_model 2048, 24 layers, vocab 50432)"
     lines = [
         f"{model}, {args.dtype} weights and KV cache, {args.threads} threads, median of {args.repeats} runs, "
-        f"{n} decode steps per run; kernels: {ops.current_isa()}",
+        f"{n} decode steps per run (one prefill, then {R} timed runs), 2048-token prefill: median of "
+        f"{args.prefill_2048_repeats}; kernels: {ops.current_isa()}",
         "",
         "| measurement | mpt_lite | transformers | ratio |",
         "|---|---:|---:|---:|",
