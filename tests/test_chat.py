@@ -107,7 +107,7 @@ def test_chat_stops_at_im_end_token(tok):
     out = model.generate(ids, max_new_tokens=5, eos_token_id=-1)
     assert out[0, ids.shape[1]:].tolist() == [im_end] * 5
     calls = []
-    hook = model.register_forward_hook(lambda *a: calls.append(1))
+    hook = model.transformer.norm_f.register_forward_hook(lambda *a: calls.append(1))  # once per model step
     assert model.chat(CONVERSATIONS[0], max_new_tokens=5) == ""
     hook.remove()
     assert len(calls) == 1  # stopped at the first <|im_end|>
