@@ -1,0 +1,212 @@
+// The SIMD matmul over quantized weights, written once over a small vector type V and compiled
+// twice: by quant_matmul_avx2.cpp (V = 8 floats) and quant_matmul_avx512.cpp (V = 16 floats).
+// Everything here lives in the includer's namespace (QSIMD_NS) so the two builds never mix.
+//
+// Weights are decoded 32 at a time into float vectors, in a "kernel order" that may permute the
+// 32 positions of a chunk (NF4's high/low nibbles give even and odd k); x is repacked once per call
+// into the same order, so no shuffles run in the inner loops. Sums per output run over k in a fixed
+// order that depends on neither the thread count nor the row partition: results are deterministic.
+//   M <= 4 (decode): one pass over W, each weight byte read once, rows split across threads.
+//   M > 4 (prefill): blocks of 96 weight rows x 256 k are decoded to float once and reused by
+//   every 2V-row panel of x through a 6 x 2V register-tile outer-product kernel.
+#pragma once
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "cpu/quant_formats.h"
+#include "cpu/thread_pool.h"
+
+namespace mpt {
+namespace QSIMD_NS {
+
+constexpr int kChunk = 32;
+constexpr int NV = kChunk / V::L;  // vectors per chunk
+
+inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+
+// Fast chunk decode is possible when the chunk's 32 codes lie in full bytes of one scale block.
+inline bool chunk_fast(const QWeight& w, int64_t n, int64_t k) {
+  switch (w.fmt) {
+    case QFormat::Int8: return k + kChunk <= w.K;
+    case QFormat::Int4: return true;  // groups are padded in storage
+    case QFormat::Nf4: return k + kChunk <= w.K && (n * w.K + k) % kChunk == 0 && w.blocksize % kChunk == 0;
+  }
+  return false;
+}
+
+// Decodes chunk [k, k + 32) of row n into out[NV] (kernel order); past K decodes to 0.
+inline void decode_chunk(const QWeight& w, int64_t n, int64_t k, typename V::F* out) {
+  if (chunk_fast(w, n, k)) {
+    switch (w.fmt) {
+      case QFormat::Int8: V::decode_int8(w.data + n * w.K + k, out); return;
+      case QFormat::Int4: {
+        const int64_t G = int4_groups(w.K), g = k / kChunk;
+        V::decode_int4(w.data + (n * G + g) * 16, w.scale[n * G + g], out);
+        return;
+      }
+      case QFormat::Nf4: {
+        const int64_t f = n * w.K + k;
+        V::decode_nf4(w.data + (f >> 1), w.scale[f / w.blocksize], out);
+        return;
+      }
+    }
+  }
+  alignas(64) float tmp[kChunk];
+  for (int i = 0; i < kChunk; ++i) {
+    const int64_t kk = k + V::kpos(w.fmt, i);
+    tmp[i] = kk < w.K ? decode_scalar(w, n, kk) : 0.f;
+  }
+  for (int v = 0; v < NV; ++v) out[v] = V::load(tmp + v * V::L);
+}
+
+// x (M x K) -> M x Kp in kernel order, zero-padded.
+inline void pack_rows(const QWeight& w, const float* x, int64_t M, int64_t Kp, float* out) {
+  const int64_t K = w.K;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t c = 0; c < Kp; c += kChunk)
+      for (int i = 0; i < kChunk; ++i) {
+        const int64_t k = c + V::kpos(w.fmt, i);
+        out[m * Kp + c + i] = k < K ? x[m * K + k] : 0.f;
+      }
+}
+
+template <int MB>
+void gemv_rows(const QWeight& w, const float* xq, int64_t Kp, int64_t m0, const float* bias, float* y,
+               int64_t n0, int64_t n1) {
+  using F = typename V::F;
+  constexpr int U = MB == 1 ? 2 : 1;  // two chunks in flight hide the FMA latency of a single row
+  const int64_t N = w.N;
+  for (int64_t n = n0; n < n1; ++n) {
+    F acc[MB][U][NV];
+    for (int m = 0; m < MB; ++m)
+      for (int u = 0; u < U; ++u)
+        for (int v = 0; v < NV; ++v) acc[m][u][v] = V::zero();
+    int64_t c = 0;
+    for (; c + U * kChunk <= Kp; c += U * kChunk) {
+      for (int u = 0; u < U; ++u) {
+        F wv[NV];
+        decode_chunk(w, n, c + u * kChunk, wv);
+        for (int m = 0; m < MB; ++m)
+          for (int v = 0; v < NV; ++v)
+            acc[m][u][v] = V::fma(wv[v], V::load(xq + (m0 + m) * Kp + c + u * kChunk + v * V::L), acc[m][u][v]);
+      }
+    }
+    for (; c < Kp; c += kChunk) {
+      F wv[NV];
+      decode_chunk(w, n, c, wv);
+      for (int m = 0; m < MB; ++m)
+        for (int v = 0; v < NV; ++v) acc[m][0][v] = V::fma(wv[v], V::load(xq + (m0 + m) * Kp + c + v * V::L), acc[m][0][v]);
+    }
+    const float rf = row_factor(w, n), b = bias ? bias[n] : 0.f;
+    for (int m = 0; m < MB; ++m) {
+      F s = acc[m][0][0];
+      for (int v = 1; v < NV; ++v) s = V::add(s, acc[m][0][v]);
+      for (int u = 1; u < U; ++u)
+        for (int v = 0; v < NV; ++v) s = V::add(s, acc[m][u][v]);
+      y[(m0 + m) * N + n] = V::hsum(s) * rf + b;
+    }
+  }
+}
+
+constexpr int MR = 2 * V::L;  // x rows per panel
+constexpr int NR = 6;         // weight rows per register tile
+constexpr int64_t KC = 256, NC = 96;
+
+// C[r][0..MR) += sum_k w[r][k] * xp[k][0..MR) for r < R.
+template <int R>
+inline void micro(int64_t kc, const float* xp, const float* wb, int64_t ldw, float* C, int64_t ldc) {
+  using F = typename V::F;
+  F a0[R], a1[R];
+  for (int r = 0; r < R; ++r) a0[r] = a1[r] = V::zero();
+  for (int64_t k = 0; k < kc; ++k) {
+    const F x0 = V::load(xp + k * MR), x1 = V::load(xp + k * MR + V::L);
+    for (int r = 0; r < R; ++r) {
+      const F b = V::set1(wb[r * ldw + k]);
+      a0[r] = V::fma(b, x0, a0[r]);
+      a1[r] = V::fma(b, x1, a1[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    V::store(C + r * ldc, V::add(V::load(C + r * ldc), a0[r]));
+    V::store(C + r * ldc + V::L, V::add(V::load(C + r * ldc + V::L), a1[r]));
+  }
+}
+
+inline void micro_any(int r, int64_t kc, const float* xp, const float* wb, int64_t ldw, float* C, int64_t ldc) {
+  switch (r) {
+    case 6: return micro<6>(kc, xp, wb, ldw, C, ldc);
+    case 5: return micro<5>(kc, xp, wb, ldw, C, ldc);
+    case 4: return micro<4>(kc, xp, wb, ldw, C, ldc);
+    case 3: return micro<3>(kc, xp, wb, ldw, C, ldc);
+    case 2: return micro<2>(kc, xp, wb, ldw, C, ldc);
+    default: return micro<1>(kc, xp, wb, ldw, C, ldc);
+  }
+}
+
+inline void gemm(const QWeight& w, const float* x, int64_t M, const float* bias, float* y) {
+  const int64_t N = w.N, K = w.K, Kp = round_up(K, kChunk), Mp = round_up(M, MR), P = Mp / MR;
+  // x as panels [P][Kp][MR] in kernel order, shared by all threads.
+  std::vector<float> xt(static_cast<size_t>(Mp * Kp));
+  parallel_for(P, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      float* dst = xt.data() + p * Kp * MR;
+      for (int64_t c = 0; c < Kp; c += kChunk)
+        for (int i = 0; i < kChunk; ++i) {
+          const int64_t k = c + V::kpos(w.fmt, i);
+          float* row = dst + (c + i) * MR;
+          for (int j = 0; j < MR; ++j) {
+            const int64_t m = p * MR + j;
+            row[j] = (m < M && k < K) ? x[m * K + k] : 0.f;
+          }
+        }
+    }
+  });
+  parallel_for(N, NR, [&](int64_t nb, int64_t ne) {
+    std::vector<float> wbuf(static_cast<size_t>(NC * KC)), C(static_cast<size_t>(NC * Mp));
+    for (int64_t n0 = nb; n0 < ne; n0 += NC) {
+      const int64_t nr = std::min(NC, ne - n0);
+      std::fill(C.begin(), C.begin() + nr * Mp, 0.f);
+      for (int64_t k0 = 0; k0 < Kp; k0 += KC) {
+        const int64_t kc = std::min(KC, Kp - k0);
+        for (int64_t r = 0; r < nr; ++r)
+          for (int64_t c = 0; c < kc; c += kChunk) {
+            typename V::F v[NV];
+            decode_chunk(w, n0 + r, k0 + c, v);
+            for (int i = 0; i < NV; ++i) V::store(wbuf.data() + r * kc + c + i * V::L, v[i]);
+          }
+        for (int64_t p = 0; p < P; ++p) {
+          const float* xp = xt.data() + (p * Kp + k0) * MR;
+          for (int64_t r0 = 0; r0 < nr; r0 += NR)
+            micro_any(static_cast<int>(std::min<int64_t>(NR, nr - r0)), kc, xp, wbuf.data() + r0 * kc, kc,
+                      C.data() + r0 * Mp + p * MR, Mp);
+        }
+      }
+      for (int64_t r = 0; r < nr; ++r) {
+        const int64_t n = n0 + r;
+        const float rf = row_factor(w, n), b = bias ? bias[n] : 0.f;
+        for (int64_t m = 0; m < M; ++m) y[m * N + n] = C[r * Mp + m] * rf + b;
+      }
+    }
+  });
+}
+
+inline void qmatmul_simd(const QWeight& w, const float* x, int64_t M, const float* bias, float* y) {
+  if (M > 4) return gemm(w, x, M, bias, y);
+  const int64_t Kp = round_up(w.K, kChunk);
+  std::vector<float> xq(static_cast<size_t>(M * Kp));
+  pack_rows(w, x, M, Kp, xq.data());
+  parallel_for(w.N, 1, [&](int64_t n0, int64_t n1) {
+    switch (M) {
+      case 1: return gemv_rows<1>(w, xq.data(), Kp, 0, bias, y, n0, n1);
+      case 2: return gemv_rows<2>(w, xq.data(), Kp, 0, bias, y, n0, n1);
+      case 3: return gemv_rows<3>(w, xq.data(), Kp, 0, bias, y, n0, n1);
+      default: return gemv_rows<4>(w, xq.data(), Kp, 0, bias, y, n0, n1);
+    }
+  });
+}
+
+}  // namespace QSIMD_NS
+}  // namespace mpt
