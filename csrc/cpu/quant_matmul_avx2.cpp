@@ -8,6 +8,7 @@ namespace avx2 {
 
 struct V {
   using F = __m256;
+  static constexpr int NR = 6;  // register tile: NR weight rows x 2 vectors of x rows
   static constexpr int L = 8;
   static F zero() { return _mm256_setzero_ps(); }
   static F load(const float* p) { return _mm256_loadu_ps(p); }

@@ -8,6 +8,7 @@ namespace avx512 {
 
 struct V {
   using F = __m512;
+  static constexpr int NR = 12;  // register tile: NR weight rows x 2 vectors of x rows
   static constexpr int L = 16;
   static F zero() { return _mm512_setzero_ps(); }
   static F load(const float* p) { return _mm512_loadu_ps(p); }

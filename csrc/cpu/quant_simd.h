@@ -8,12 +8,13 @@
 // order that depends on neither the thread count nor the row partition: results are deterministic.
 //   M <= 4 (decode): one pass over W, each weight byte read once, rows split across threads.
 //   M > 4 (prefill): blocks of 96 weight rows x 256 k are decoded to float once and reused by
-//   every 2V-row panel of x through a 6 x 2V register-tile outer-product kernel.
+//   every 2V-row panel of x through an NR x 2V register-tile outer-product kernel.
 #pragma once
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "cpu/quant_formats.h"
@@ -27,40 +28,54 @@ constexpr int NV = kChunk / V::L;  // vectors per chunk
 
 inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
-// Fast chunk decode is possible when the chunk's 32 codes lie in full bytes of one scale block.
-inline bool chunk_fast(const QWeight& w, int64_t n, int64_t k) {
-  switch (w.fmt) {
-    case QFormat::Int8: return k + kChunk <= w.K;
-    case QFormat::Int4: return true;  // groups are padded in storage
-    case QFormat::Nf4: return k + kChunk <= w.K && (n * w.K + k) % kChunk == 0 && w.blocksize % kChunk == 0;
-  }
-  return false;
-}
+// Decodes chunks of one weight row, 32 weights at a time into NV vectors in kernel order; weights
+// past K decode to 0. Specialised per format so the inner loops hold no switch and no division.
+template <QFormat FMT>
+struct RowDecoder {
+  using F = typename V::F;
+  const QWeight& w;
+  const uint8_t* p = nullptr;
+  const float* s = nullptr;
+  int64_t n = 0, f0 = 0;
+  int shift = -1;  // log2(blocksize) for NF4 rows on the fast path, else -1
+  explicit RowDecoder(const QWeight& w_) : w(w_) {}
 
-// Decodes chunk [k, k + 32) of row n into out[NV] (kernel order); past K decodes to 0.
-inline void decode_chunk(const QWeight& w, int64_t n, int64_t k, typename V::F* out) {
-  if (chunk_fast(w, n, k)) {
-    switch (w.fmt) {
-      case QFormat::Int8: V::decode_int8(w.data + n * w.K + k, out); return;
-      case QFormat::Int4: {
-        const int64_t G = int4_groups(w.K), g = k / kChunk;
-        V::decode_int4(w.data + (n * G + g) * 16, w.scale[n * G + g], out);
-        return;
-      }
-      case QFormat::Nf4: {
-        const int64_t f = n * w.K + k;
-        V::decode_nf4(w.data + (f >> 1), w.scale[f / w.blocksize], out);
-        return;
-      }
+  void row(int64_t n_) {
+    n = n_;
+    if (FMT == QFormat::Int8) {
+      p = w.data + n * w.K;
+    } else if (FMT == QFormat::Int4) {
+      const int64_t G = int4_groups(w.K);
+      p = w.data + n * G * 16;
+      s = w.scale + n * G;
+    } else {
+      f0 = n * w.K;
+      const int64_t bs = w.blocksize;
+      shift = (f0 % kChunk == 0 && bs % kChunk == 0 && (bs & (bs - 1)) == 0) ? __builtin_ctzll(bs) : -1;
     }
   }
-  alignas(64) float tmp[kChunk];
-  for (int i = 0; i < kChunk; ++i) {
-    const int64_t kk = k + V::kpos(w.fmt, i);
-    tmp[i] = kk < w.K ? decode_scalar(w, n, kk) : 0.f;
+
+  inline __attribute__((always_inline)) void chunk(int64_t k, F* out) const {
+    if (FMT == QFormat::Int4) {
+      V::decode_int4(p + (k >> 5) * 16, s[k >> 5], out);
+      return;
+    }
+    if (k + kChunk <= w.K) {
+      if (FMT == QFormat::Int8) return V::decode_int8(p + k, out);
+      if (shift >= 0) return V::decode_nf4(w.data + ((f0 + k) >> 1), w.scale[(f0 + k) >> shift], out);
+    }
+    slow(k, out);
   }
-  for (int v = 0; v < NV; ++v) out[v] = V::load(tmp + v * V::L);
-}
+
+  __attribute__((noinline)) void slow(int64_t k, F* out) const {
+    alignas(64) float tmp[kChunk];
+    for (int i = 0; i < kChunk; ++i) {
+      const int64_t kk = k + V::kpos(FMT, i);
+      tmp[i] = kk < w.K ? decode_scalar(w, n, kk) : 0.f;
+    }
+    for (int v = 0; v < NV; ++v) out[v] = V::load(tmp + v * V::L);
+  }
+};
 
 // x (M x K) -> M x Kp in kernel order, zero-padded.
 inline void pack_rows(const QWeight& w, const float* x, int64_t M, int64_t Kp, float* out) {
@@ -73,13 +88,15 @@ inline void pack_rows(const QWeight& w, const float* x, int64_t M, int64_t Kp, f
       }
 }
 
-template <int MB>
+template <QFormat FMT, int MB>
 void gemv_rows(const QWeight& w, const float* xq, int64_t Kp, int64_t m0, const float* bias, float* y,
                int64_t n0, int64_t n1) {
   using F = typename V::F;
   constexpr int U = MB == 1 ? 2 : 1;  // two chunks in flight hide the FMA latency of a single row
   const int64_t N = w.N;
+  RowDecoder<FMT> dec(w);
   for (int64_t n = n0; n < n1; ++n) {
+    dec.row(n);
     F acc[MB][U][NV];
     for (int m = 0; m < MB; ++m)
       for (int u = 0; u < U; ++u)
@@ -88,7 +105,7 @@ void gemv_rows(const QWeight& w, const float* xq, int64_t Kp, int64_t m0, const 
     for (; c + U * kChunk <= Kp; c += U * kChunk) {
       for (int u = 0; u < U; ++u) {
         F wv[NV];
-        decode_chunk(w, n, c + u * kChunk, wv);
+        dec.chunk(c + u * kChunk, wv);
         for (int m = 0; m < MB; ++m)
           for (int v = 0; v < NV; ++v)
             acc[m][u][v] = V::fma(wv[v], V::load(xq + (m0 + m) * Kp + c + u * kChunk + v * V::L), acc[m][u][v]);
@@ -96,7 +113,7 @@ void gemv_rows(const QWeight& w, const float* xq, int64_t Kp, int64_t m0, const 
     }
     for (; c < Kp; c += kChunk) {
       F wv[NV];
-      decode_chunk(w, n, c, wv);
+      dec.chunk(c, wv);
       for (int m = 0; m < MB; ++m)
         for (int v = 0; v < NV; ++v) acc[m][0][v] = V::fma(wv[v], V::load(xq + (m0 + m) * Kp + c + v * V::L), acc[m][0][v]);
     }
@@ -112,8 +129,8 @@ void gemv_rows(const QWeight& w, const float* xq, int64_t Kp, int64_t m0, const 
 }
 
 constexpr int MR = 2 * V::L;  // x rows per panel
-constexpr int NR = 6;         // weight rows per register tile
-constexpr int64_t KC = 256, NC = 96;
+constexpr int NR = V::NR;     // weight rows per register tile (2*NR accumulators)
+constexpr int64_t KC = 256, NC = 8 * NR;
 
 // C[r][0..MR) += sum_k w[r][k] * xp[k][0..MR) for r < R.
 template <int R>
@@ -135,48 +152,59 @@ inline void micro(int64_t kc, const float* xp, const float* wb, int64_t ldw, flo
   }
 }
 
-inline void micro_any(int r, int64_t kc, const float* xp, const float* wb, int64_t ldw, float* C, int64_t ldc) {
-  switch (r) {
-    case 6: return micro<6>(kc, xp, wb, ldw, C, ldc);
-    case 5: return micro<5>(kc, xp, wb, ldw, C, ldc);
-    case 4: return micro<4>(kc, xp, wb, ldw, C, ldc);
-    case 3: return micro<3>(kc, xp, wb, ldw, C, ldc);
-    case 2: return micro<2>(kc, xp, wb, ldw, C, ldc);
-    default: return micro<1>(kc, xp, wb, ldw, C, ldc);
-  }
+template <int... R>
+inline void micro_dispatch(std::integer_sequence<int, R...>, int r, int64_t kc, const float* xp, const float* wb,
+                           int64_t ldw, float* C, int64_t ldc) {
+  using Fn = void (*)(int64_t, const float*, const float*, int64_t, float*, int64_t);
+  static constexpr Fn table[] = {&micro<R + 1>...};
+  table[r - 1](kc, xp, wb, ldw, C, ldc);
 }
 
-inline void gemm(const QWeight& w, const float* x, int64_t M, const float* bias, float* y) {
+inline void micro_any(int r, int64_t kc, const float* xp, const float* wb, int64_t ldw, float* C, int64_t ldc) {
+  micro_dispatch(std::make_integer_sequence<int, NR>{}, r, kc, xp, wb, ldw, C, ldc);
+}
+
+template <QFormat FMT>
+void gemm(const QWeight& w, const float* x, int64_t M, const float* bias, float* y) {
   const int64_t N = w.N, K = w.K, Kp = round_up(K, kChunk), Mp = round_up(M, MR), P = Mp / MR;
   // x as panels [P][Kp][MR] in kernel order, shared by all threads.
   std::vector<float> xt(static_cast<size_t>(Mp * Kp));
+  int kp[kChunk];
+  for (int i = 0; i < kChunk; ++i) kp[i] = V::kpos(FMT, i);
   parallel_for(P, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       float* dst = xt.data() + p * Kp * MR;
-      for (int64_t c = 0; c < Kp; c += kChunk)
-        for (int i = 0; i < kChunk; ++i) {
-          const int64_t k = c + V::kpos(w.fmt, i);
-          float* row = dst + (c + i) * MR;
-          for (int j = 0; j < MR; ++j) {
-            const int64_t m = p * MR + j;
-            row[j] = (m < M && k < K) ? x[m * K + k] : 0.f;
-          }
+      for (int j = 0; j < MR; ++j) {
+        const int64_t m = p * MR + j;
+        const float* xr = x + m * K;
+        if (m >= M) {
+          for (int64_t k = 0; k < Kp; ++k) dst[k * MR + j] = 0.f;
+          continue;
         }
+        for (int64_t c = 0; c < Kp; c += kChunk)
+          for (int i = 0; i < kChunk; ++i) {
+            const int64_t k = c + kp[i];
+            dst[(c + i) * MR + j] = k < K ? xr[k] : 0.f;
+          }
+      }
     }
   });
   parallel_for(N, NR, [&](int64_t nb, int64_t ne) {
     std::vector<float> wbuf(static_cast<size_t>(NC * KC)), C(static_cast<size_t>(NC * Mp));
+    RowDecoder<FMT> dec(w);
     for (int64_t n0 = nb; n0 < ne; n0 += NC) {
       const int64_t nr = std::min(NC, ne - n0);
       std::fill(C.begin(), C.begin() + nr * Mp, 0.f);
       for (int64_t k0 = 0; k0 < Kp; k0 += KC) {
         const int64_t kc = std::min(KC, Kp - k0);
-        for (int64_t r = 0; r < nr; ++r)
+        for (int64_t r = 0; r < nr; ++r) {
+          dec.row(n0 + r);
           for (int64_t c = 0; c < kc; c += kChunk) {
             typename V::F v[NV];
-            decode_chunk(w, n0 + r, k0 + c, v);
+            dec.chunk(k0 + c, v);
             for (int i = 0; i < NV; ++i) V::store(wbuf.data() + r * kc + c + i * V::L, v[i]);
           }
+        }
         for (int64_t p = 0; p < P; ++p) {
           const float* xp = xt.data() + (p * Kp + k0) * MR;
           for (int64_t r0 = 0; r0 < nr; r0 += NR)
@@ -184,28 +212,39 @@ inline void gemm(const QWeight& w, const float* x, int64_t M, const float* bias,
                       C.data() + r0 * Mp + p * MR, Mp);
         }
       }
+      float rf[NC], b[NC];
       for (int64_t r = 0; r < nr; ++r) {
-        const int64_t n = n0 + r;
-        const float rf = row_factor(w, n), b = bias ? bias[n] : 0.f;
-        for (int64_t m = 0; m < M; ++m) y[m * N + n] = C[r * Mp + m] * rf + b;
+        rf[r] = row_factor(w, n0 + r);
+        b[r] = bias ? bias[n0 + r] : 0.f;
       }
+      for (int64_t m = 0; m < M; ++m)  // y written row by row: contiguous stores
+        for (int64_t r = 0; r < nr; ++r) y[m * N + n0 + r] = C[r * Mp + m] * rf[r] + b[r];
     }
   });
 }
 
-inline void qmatmul_simd(const QWeight& w, const float* x, int64_t M, const float* bias, float* y) {
-  if (M > 4) return gemm(w, x, M, bias, y);
+template <QFormat FMT>
+void run(const QWeight& w, const float* x, int64_t M, const float* bias, float* y) {
+  if (M > 4) return gemm<FMT>(w, x, M, bias, y);
   const int64_t Kp = round_up(w.K, kChunk);
   std::vector<float> xq(static_cast<size_t>(M * Kp));
   pack_rows(w, x, M, Kp, xq.data());
   parallel_for(w.N, 1, [&](int64_t n0, int64_t n1) {
     switch (M) {
-      case 1: return gemv_rows<1>(w, xq.data(), Kp, 0, bias, y, n0, n1);
-      case 2: return gemv_rows<2>(w, xq.data(), Kp, 0, bias, y, n0, n1);
-      case 3: return gemv_rows<3>(w, xq.data(), Kp, 0, bias, y, n0, n1);
-      default: return gemv_rows<4>(w, xq.data(), Kp, 0, bias, y, n0, n1);
+      case 1: return gemv_rows<FMT, 1>(w, xq.data(), Kp, 0, bias, y, n0, n1);
+      case 2: return gemv_rows<FMT, 2>(w, xq.data(), Kp, 0, bias, y, n0, n1);
+      case 3: return gemv_rows<FMT, 3>(w, xq.data(), Kp, 0, bias, y, n0, n1);
+      default: return gemv_rows<FMT, 4>(w, xq.data(), Kp, 0, bias, y, n0, n1);
     }
   });
+}
+
+inline void qmatmul_simd(const QWeight& w, const float* x, int64_t M, const float* bias, float* y) {
+  switch (w.fmt) {
+    case QFormat::Int8: return run<QFormat::Int8>(w, x, M, bias, y);
+    case QFormat::Nf4: return run<QFormat::Nf4>(w, x, M, bias, y);
+    case QFormat::Int4: return run<QFormat::Int4>(w, x, M, bias, y);
+  }
 }
 
 }  // namespace QSIMD_NS
