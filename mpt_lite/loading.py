@@ -72,7 +72,7 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
     unexpected: list[str] = []
     unused_heads: list[str] = []
     pieces: dict[str, dict[str, torch.Tensor]] = {}
-    stream = iter_tensors(files)
+    stream = iter_tensors(files, reuse_buffer=bool(qmods))
     if qmods:
         stream = _progress(stream, len(params) + len(qmods), "loading" if stored else f"quantizing ({qtype})")
     for key, tensor in stream:
@@ -84,7 +84,7 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
                 seen.add(owner)
             else:
                 mod_name, rest = _bnb_owner(name, qmods) or (owner, piece)
-                pieces.setdefault(mod_name, {})[rest] = tensor
+                pieces.setdefault(mod_name, {})[rest] = tensor.clone()
             del tensor
             continue
         if name not in params:

@@ -10,6 +10,8 @@ state_dict() is the saved form:
 plus an optional float ``bias``. Activations stay float (float32, or bfloat16 widened in the kernel)."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -91,9 +93,26 @@ class _QuantWeight(nn.Module):
             self._buffers[name] = t.reshape(want[name].shape).contiguous()
 
     def quantize_from(self, w: torch.Tensor) -> None:
+        """Quantizes a float weight [rows, cols] of any float dtype, a slab of rows at a time, so no
+        float32 copy of the whole weight is ever made (loading stays within its memory budget)."""
         if tuple(w.shape) != (self.rows, self.cols):
             raise ValueError(f"weight must have shape {(self.rows, self.cols)}, got {tuple(w.shape)}")
-        self.load_codes(quantize(self.quant_type, w, self.blocksize))
+        ops.check_tensor("weight", w, ops._FLOATS, ndim=2)
+        codes = _empty_codes(self.quant_type, self.rows, self.cols, self.blocksize)
+        # A slab's flat size must be a whole number of nf4 blocks: rows in multiples of `unit`.
+        unit = self.blocksize // math.gcd(self.cols, self.blocksize) if self.quant_type == "nf4" else 1
+        step = max(unit, (1 << 18) // max(1, self.cols) // unit * unit)
+        for r0 in range(0, self.rows, step):
+            r1 = min(self.rows, r0 + step)
+            part = quantize(self.quant_type, w[r0:r1], self.blocksize)
+            for name, t in part.items():
+                dst = codes[name]
+                if self.quant_type == "nf4":
+                    off = r0 * self.cols // (2 if name == "weight" else self.blocksize)
+                    dst.view(-1)[off: off + t.numel()] = t.view(-1)
+                else:
+                    dst[r0:r1] = t
+        self.load_codes(codes)
 
     def dequantized(self) -> torch.Tensor:
         """The float32 weight these codes stand for."""

@@ -213,3 +213,16 @@ def test_loads_a_bitsandbytes_checkpoint(float_ckpt, tmp_path, kind, nested):
     ids = torch.randint(0, 97, (1, 8))
     assert cosine(q(ids).logits, simulate(q)(ids).logits) >= 0.999
     assert cosine(q(ids).logits, src(ids).logits) >= 0.95
+
+
+@pytest.mark.parametrize("quant_type", ["int8", "nf4", "int4"])
+@pytest.mark.parametrize("shape", [(3000, 700), (4100, 257), (5, 7)])
+def test_quantizing_in_slabs_equals_whole(quant_type, shape):
+    w = torch.randn(*shape).to(torch.bfloat16)
+    lin = QuantLinear(shape[1], shape[0], bias=False, quant_type=quant_type)
+    lin.quantize_from(w)
+    from mpt_lite.quant import quantize
+
+    whole = quantize(quant_type, w.float())
+    for name, t in whole.items():
+        assert torch.equal(getattr(lin, name), t)
