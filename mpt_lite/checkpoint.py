@@ -71,9 +71,15 @@ def _hub_snapshot(repo_id: str, config_only: bool) -> Path:
             folder = Path(snapshot_download(repo_id, allow_patterns=patterns + ["*.bin"]))
         return folder
     except HfHubHTTPError as e:
-        raise OSError(f"could not download {repo_id} from the hub: {e}") from None
+        raise OSError(f"could not download {repo_id} from the hub: {_first_line(e)}") from None
     except Exception as e:  # connection errors, timeouts, missing repos
-        raise OSError(f"could not fetch {repo_id}: it is not cached and the hub is unreachable ({e})") from None
+        raise OSError(f"could not fetch {repo_id}: it is not in the Hugging Face cache and the hub could not be "
+                      f"reached ({type(e).__name__}: {_first_line(e)})") from None
+
+
+def _first_line(e: Exception) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
 
 
 def _has_weights(folder: Path) -> bool:

@@ -13,7 +13,7 @@ CONFIG_NAME = "config.json"
 
 ATTN_DEFAULTS: dict[str, Any] = {
     "attn_type": "multihead_attention",
-    "attn_pdrop": 0.0,
+    "attn_pdrop": 0,
     "attn_impl": "torch",
     "clip_qkv": None,
     "qk_ln": False,
@@ -53,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "bos_token_id": None,
     "eos_token_id": None,
 }
+REQUIRED_IN_FILE = ("d_model", "n_heads", "n_layers", "vocab_size")
 ALIASES = {"hidden_size": "d_model", "num_attention_heads": "n_heads", "num_hidden_layers": "n_layers"}
 
 
@@ -304,6 +305,13 @@ class MptConfig:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} must hold a JSON object")
+        # A checkpoint's config must describe its architecture: defaults would silently mis-shape it.
+        missing = [name for name in REQUIRED_IN_FILE
+                   if name not in data and not any(a in data for a, n in ALIASES.items() if n == name)]
+        if missing:
+            raise KeyError(f"{path} is missing required field(s): {', '.join(missing)}")
         mt = data.get("model_type")
         if mt not in (None, "mpt", "replit_lm"):
             raise ValueError(f"{path} describes a {mt!r} model, not an MPT model")

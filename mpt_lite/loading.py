@@ -33,7 +33,7 @@ def check_device(device: Any) -> torch.device:
         raise ValueError(f"unknown device {device!r}: {e}") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("device='cuda' was requested but torch sees no CUDA GPU on this machine")
+            raise ValueError("device='cuda' was requested but torch sees no CUDA GPU on this machine")
     elif dev.type != "cpu":
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     return dev

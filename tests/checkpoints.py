@@ -1,0 +1,162 @@
+"""Tiny checkpoints on disk in the exact layouts of the real hub repositories."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+# What mosaicml/mpt-7b's config.json carries beyond the architecture (must load without complaint).
+MPT7B_EXTRA = {
+    "architectures": ["MPTForCausalLM"],
+    "auto_map": {"AutoConfig": "configuration_mpt.MPTConfig", "AutoModelForCausalLM": "modeling_mpt.MPTForCausalLM"},
+    "init_config": {"emb_init_std": None, "emb_init_uniform_lim": None, "fan_mode": "fan_in", "init_div_is_residual": True,
+                    "init_gain": 0, "init_nonlinearity": "relu", "init_std": 0.02, "name": "kaiming_normal_",
+                    "verbose": 0},
+    "tokenizer_name": "EleutherAI/gpt-neox-20b",
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.28.1",
+    "model_type": "mpt",
+    "learned_pos_emb": True,
+    "logit_scale": None,
+    "no_bias": True,
+    "norm_type": "low_precision_layernorm",
+    "use_cache": False,
+    "verbose": 0,
+    "embedding_fraction": 1.0,
+    "emb_pdrop": 0,
+    "resid_pdrop": 0,
+    "init_device": "cpu",
+}
+
+
+def tiny_config(**over) -> dict:
+    cfg = {"d_model": 48, "n_heads": 6, "n_layers": 2, "expansion_ratio": 4, "max_seq_len": 64, "vocab_size": 97,
+           "attn_config": {"alibi": True, "alibi_bias_max": 8, "attn_impl": "torch", "attn_pdrop": 0,
+                           "attn_type": "multihead_attention", "attn_uses_sequence_id": False, "clip_qkv": None,
+                           "prefix_lm": False, "qk_ln": False, "softmax_scale": None}}
+    attn = over.pop("attn_config", {})
+    cfg.update(over)
+    cfg["attn_config"].update(attn)
+    return cfg
+
+
+def random_state(cfg: dict, seed: int = 0, std: float = 0.2) -> dict[str, torch.Tensor]:
+    """The tensors of a hub MPT causal LM (no lm_head, tied to wte), keyed as on the hub."""
+    g = torch.Generator().manual_seed(seed)
+    d, L = cfg["d_model"], cfg["n_layers"]
+    a = cfg.get("attn_config", {})
+    hd = d // cfg["n_heads"]
+    kind = a.get("attn_type", "multihead_attention")
+    kv = cfg["n_heads"] if kind == "multihead_attention" else 1 if kind == "multiquery_attention" else a["kv_n_heads"]
+    hidden = int(d * cfg.get("expansion_ratio", 4))
+    bias = not cfg.get("no_bias", True)
+
+    def w(*shape):
+        return torch.randn(*shape, generator=g) * std
+
+    def ln(n, name, out):
+        out[name + ".weight"] = 1 + w(n) * 0.5
+        if bias:
+            out[name + ".bias"] = w(n)
+
+    s: dict[str, torch.Tensor] = {"transformer.wte.weight": w(cfg["vocab_size"], d)}
+    if not a.get("alibi", True) and cfg.get("learned_pos_emb", True):
+        s["transformer.wpe.weight"] = w(cfg["max_seq_len"], d)
+    for i in range(L):
+        p = f"transformer.blocks.{i}."
+        ln(d, p + "norm_1", s)
+        s[p + "attn.Wqkv.weight"] = w(d + 2 * kv * hd, d)
+        if a.get("qk_ln"):
+            ln(d, p + "attn.q_ln", s)
+            ln(kv * hd, p + "attn.k_ln", s)
+        s[p + "attn.out_proj.weight"] = w(d, d)
+        ln(d, p + "norm_2", s)
+        s[p + "ffn.up_proj.weight"] = w(hidden, d)
+        s[p + "ffn.down_proj.weight"] = w(d, hidden)
+        if bias:
+            for n, size in (("attn.Wqkv", d + 2 * kv * hd), ("attn.out_proj", d), ("ffn.up_proj", hidden),
+                            ("ffn.down_proj", d)):
+                s[p + n + ".bias"] = w(size)
+    ln(d, "transformer.norm_f", s)
+    return s
+
+
+def write_config(folder: Path, cfg: dict, extra: dict | None = None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    data = dict(MPT7B_EXTRA)
+    data.update(extra or {})
+    data.update(cfg)
+    (folder / "config.json").write_text(json.dumps(data, indent=2))
+
+
+def _shards(state: dict, n: int) -> list[dict]:
+    keys = list(state)
+    per = math.ceil(len(keys) / n)
+    return [{k: state[k] for k in keys[i * per:(i + 1) * per]} for i in range(n)]
+
+
+def write_bin_shards(folder: Path, cfg: dict, state: dict, n_shards: int = 2, dtype=torch.bfloat16) -> None:
+    """mosaicml/mpt-7b: pytorch_model-0000X-of-0000Y.bin + pytorch_model.bin.index.json, bf16, no lm_head."""
+    write_config(folder, cfg)
+    weight_map = {}
+    for i, part in enumerate(_shards(state, n_shards), start=1):
+        name = f"pytorch_model-{i:05d}-of-{n_shards:05d}.bin"
+        torch.save({k: v.to(dtype) for k, v in part.items()}, folder / name)
+        weight_map.update({k: name for k in part})
+    total = sum(v.numel() * v.element_size() for v in state.values())
+    (folder / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+
+
+def write_safetensors_shards(folder: Path, cfg: dict, state: dict, n_shards: int = 2, dtype=torch.bfloat16) -> None:
+    from safetensors.torch import save_file
+
+    write_config(folder, cfg)
+    weight_map = {}
+    for i, part in enumerate(_shards(state, n_shards), start=1):
+        name = f"model-{i:05d}-of-{n_shards:05d}.safetensors"
+        save_file({k: v.to(dtype).contiguous() for k, v in part.items()}, str(folder / name), metadata={"format": "pt"})
+        weight_map.update({k: name for k in part})
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def write_single_bin(folder: Path, cfg: dict, state: dict, dtype=torch.float32) -> None:
+    """replit/replit-code-v1-3b: one fp32 pytorch_model.bin."""
+    write_config(folder, cfg, {"architectures": ["MPTForCausalLM"], "torch_dtype": "float32"})
+    torch.save({k: v.to(dtype) for k, v in state.items()}, folder / "pytorch_model.bin")
+
+
+def write_single_safetensors(folder: Path, cfg: dict, state: dict, dtype=torch.float32) -> None:
+    from safetensors.torch import save_file
+
+    write_config(folder, cfg)
+    save_file({k: v.to(dtype).contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
+
+
+def write_hf_cache(hf_home: Path, repo_id: str, writer, cfg: dict, state: dict) -> Path:
+    """An HF cache entry (hub/models--owner--name/{refs/main, snapshots/<sha>/...}) as huggingface_hub lays it."""
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    repo = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
+    snap = repo / "snapshots" / sha
+    writer(snap, cfg, state)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(sha)
+    return snap
+
+
+def load_hf(cls_name: str, state: dict, cfg: dict):
+    """The transformers model (the oracle) with exactly these weights, float32, eval mode."""
+    import transformers
+
+    config = transformers.MptConfig(**cfg)
+    model = getattr(transformers, cls_name)(config).eval()
+    own = {k: v for k, v in state.items()}
+    if cls_name == "MptModel":
+        own = {k[len("transformer."):]: v for k, v in own.items() if k.startswith("transformer.")}
+    if cls_name == "MptForCausalLM":
+        own["lm_head.weight"] = state["transformer.wte.weight"]
+    missing, unexpected = model.load_state_dict(own, strict=False)
+    assert not unexpected, unexpected
+    return model, missing

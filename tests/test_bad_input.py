@@ -1,0 +1,89 @@
+"""Bad input gets a clear Python exception naming the problem."""
+import pytest
+import torch
+
+import mpt_lite
+from checkpoints import random_state, tiny_config, write_single_safetensors
+
+CFG = tiny_config()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("m")
+    write_single_safetensors(folder, CFG, random_state(CFG, seed=3))
+    return mpt_lite.MptForCausalLM.from_pretrained(folder)
+
+
+def test_token_id_out_of_range(model):
+    with pytest.raises(IndexError, match=f"token id {CFG['vocab_size']} .*vocabulary of {CFG['vocab_size']}"):
+        model(input_ids=torch.tensor([[1, CFG["vocab_size"]]]))
+    with pytest.raises(IndexError, match="-1"):
+        model(input_ids=torch.tensor([[-1, 2]]))
+
+
+def test_float_input_ids(model):
+    with pytest.raises(TypeError, match="integer token ids"):
+        model(input_ids=torch.tensor([[1.0, 2.0]]))
+
+
+def test_wrong_shapes(model):
+    with pytest.raises(ValueError, match="batch, tokens"):
+        model(input_ids=torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="empty"):
+        model(input_ids=torch.zeros((1, 0), dtype=torch.long))
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(input_ids=torch.tensor([[1, 2, 3]]), attention_mask=torch.ones(1, 2))
+    with pytest.raises(ValueError, match="exactly one"):
+        model()
+    with pytest.raises(ValueError, match="inputs_embeds"):
+        model(inputs_embeds=torch.zeros(1, 3, CFG["d_model"] + 1))
+    with pytest.raises(TypeError, match="input_ids"):
+        model(input_ids=[[1, 2]])
+
+
+def test_bad_labels(model):
+    ids = torch.tensor([[1, 2, 3]])
+    with pytest.raises(ValueError, match="labels"):
+        model(input_ids=ids, labels=torch.tensor([[1, 2]]))
+    with pytest.raises(TypeError, match="labels"):
+        model(input_ids=ids, labels=torch.tensor([[1.0, 2.0, 3.0]]))
+
+
+def test_bad_cache(model):
+    with pytest.raises(TypeError, match="past_key_values"):
+        model(input_ids=torch.tensor([[1]]), past_key_values="yes")
+    past = model(input_ids=torch.tensor([[1, 2], [3, 4]]), use_cache=True).past_key_values
+    with pytest.raises(ValueError, match="batch"):
+        model(input_ids=torch.tensor([[1]]), past_key_values=past)
+
+
+def test_unknown_arguments(model):
+    with pytest.raises(TypeError, match="start_positions"):
+        model(input_ids=torch.tensor([[1]]), start_positions=torch.tensor([0]))
+
+
+def test_context_too_long(model):
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model(input_ids=torch.ones((1, CFG["max_seq_len"] + 1), dtype=torch.long))
+
+
+def test_bad_load_arguments(tmp_path):
+    write_single_safetensors(tmp_path, CFG, random_state(CFG, seed=3))
+    with pytest.raises(ValueError, match="task"):
+        mpt_lite.load(tmp_path, task="translation", bits=None)
+    with pytest.raises(ValueError, match="bits"):
+        mpt_lite.MptForCausalLM.from_pretrained(tmp_path, bits=3)
+    with pytest.raises(TypeError, match="dtype"):
+        mpt_lite.MptForCausalLM.from_pretrained(tmp_path, dtype=torch.int8)
+    with pytest.raises(ValueError, match="device"):
+        mpt_lite.MptForCausalLM.from_pretrained(tmp_path, device="tpu")
+    with pytest.raises(TypeError, match="model name"):
+        mpt_lite.MptForCausalLM.from_pretrained(42)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_cuda_without_gpu_is_a_clear_error(tmp_path):
+    write_single_safetensors(tmp_path, CFG, random_state(CFG, seed=3))
+    with pytest.raises(ValueError, match="cuda"):
+        mpt_lite.MptForCausalLM.from_pretrained(tmp_path, device="cuda")
