@@ -25,6 +25,7 @@ namespace QSIMD_NS {
 
 constexpr int kChunk = 32;
 constexpr int NV = kChunk / V::L;  // vectors per chunk
+constexpr int kPrefetchBytes = 1024;
 
 inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
@@ -67,6 +68,14 @@ struct RowDecoder {
     slow(k, out);
   }
 
+  // Software prefetch a few cache lines ahead in the weight stream (decode reads rows back to back).
+  inline __attribute__((always_inline)) void prefetch(int64_t k) const {
+    const uint8_t* a = FMT == QFormat::Int8   ? p + k
+                       : FMT == QFormat::Int4 ? p + (k >> 5) * 16
+                                              : w.data + ((f0 + k) >> 1);
+    _mm_prefetch(reinterpret_cast<const char*>(a + kPrefetchBytes), _MM_HINT_T0);
+  }
+
   __attribute__((noinline)) void slow(int64_t k, F* out) const {
     alignas(64) float tmp[kChunk];
     for (int i = 0; i < kChunk; ++i) {
@@ -103,6 +112,7 @@ void gemv_rows(const QWeight& w, const float* xq, int64_t Kp, int64_t m0, const 
         for (int v = 0; v < NV; ++v) acc[m][u][v] = V::zero();
     int64_t c = 0;
     for (; c + U * kChunk <= Kp; c += U * kChunk) {
+      dec.prefetch(c);
       for (int u = 0; u < U; ++u) {
         F wv[NV];
         dec.chunk(c + u * kChunk, wv);
