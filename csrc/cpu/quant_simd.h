@@ -6,8 +6,9 @@
 // 32 positions of a chunk (NF4's high/low nibbles give even and odd k); x is repacked once per call
 // into the same order, so no shuffles run in the inner loops. Sums per output run over k in a fixed
 // order that depends on neither the thread count nor the row partition: results are deterministic.
-//   M <= 4 (decode): one pass over W, each weight byte read once, rows split across threads.
-//   M > 4 (prefill): blocks of 96 weight rows x 256 k are decoded to float once and reused by
+//   M <= 8 (decode): passes of up to 4 x rows over tiles of W rows, so each weight byte comes from
+//   memory once; rows split across threads.
+//   M > 8 (prefill): blocks of 96 weight rows x 256 k are decoded to float once and reused by
 //   every 2V-row panel of x through an NR x 2V register-tile outer-product kernel.
 #pragma once
 #include <immintrin.h>
@@ -235,16 +236,23 @@ void gemm(const QWeight& w, const float* x, int64_t M, const float* bias, float*
 
 template <QFormat FMT>
 void run(const QWeight& w, const float* x, int64_t M, const float* bias, float* y) {
-  if (M > 4) return gemm<FMT>(w, x, M, bias, y);
+  if (M > 8) return gemm<FMT>(w, x, M, bias, y);
   const int64_t Kp = round_up(w.K, kChunk);
   std::vector<float> xq(static_cast<size_t>(M * Kp));
   pack_rows(w, x, M, Kp, xq.data());
   parallel_for(w.N, 1, [&](int64_t n0, int64_t n1) {
-    switch (M) {
-      case 1: return gemv_rows<FMT, 1>(w, xq.data(), Kp, 0, bias, y, n0, n1);
-      case 2: return gemv_rows<FMT, 2>(w, xq.data(), Kp, 0, bias, y, n0, n1);
-      case 3: return gemv_rows<FMT, 3>(w, xq.data(), Kp, 0, bias, y, n0, n1);
-      default: return gemv_rows<FMT, 4>(w, xq.data(), Kp, 0, bias, y, n0, n1);
+    // Up to 4 x rows per pass; with more, a tile of 16 weight rows is decoded once per pass and
+    // stays in cache for the next pass, so DRAM still sees each weight byte once.
+    for (int64_t t0 = n0; t0 < n1; t0 += 16) {
+      const int64_t t1 = std::min(n1, t0 + 16);
+      for (int64_t m0 = 0; m0 < M; m0 += 4) {
+        switch (std::min<int64_t>(4, M - m0)) {
+          case 1: gemv_rows<FMT, 1>(w, xq.data(), Kp, m0, bias, y, t0, t1); break;
+          case 2: gemv_rows<FMT, 2>(w, xq.data(), Kp, m0, bias, y, t0, t1); break;
+          case 3: gemv_rows<FMT, 3>(w, xq.data(), Kp, m0, bias, y, t0, t1); break;
+          default: gemv_rows<FMT, 4>(w, xq.data(), Kp, m0, bias, y, t0, t1); break;
+        }
+      }
     }
   });
 }
