@@ -21,11 +21,23 @@ SHAPES = [(4096, 12288), (4096, 4096), (4096, 16384), (16384, 4096)]  # (in, out
 MS = [1, 8, 128, 512]
 
 
+_FLUSH: torch.Tensor | None = None
+
+
+def flush_caches() -> None:
+    """Evicts the weights from the last-level cache (260 MB here, larger than most of these
+    matrices in fp32): a 7B model's weights never stay cached between two uses, so decode timings
+    with warm caches would flatter whichever format is largest."""
+    if _FLUSH is not None:
+        _FLUSH.sum()
+
+
 def timings(fn, repeats: int, min_time: float) -> list[float]:
     fn()  # warm up (page in the weights, start the pools)
     times = []
     t_end = time.perf_counter() + min_time
     while len(times) < repeats or time.perf_counter() < t_end:
+        flush_caches()
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
@@ -40,13 +52,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                     help="threads for torch and for mpt_lite (default: the cores this process may use)")
     ap.add_argument("--repeats", type=int, default=None, help="timed runs per cell (median reported)")
+    ap.add_argument("--warm", action="store_true",
+                    help="do not flush the caches between runs (weights may stay in the L3 cache)")
+    ap.add_argument("--flush-mb", type=int, default=512, help="size of the buffer read to flush caches")
     args = ap.parse_args()
+    global _FLUSH
+    if not args.warm:
+        _FLUSH = torch.ones(args.flush_mb * 2**20 // 4)
     shapes = SHAPES[1:3] if args.quick else SHAPES
     ms = [1, 512] if args.quick else MS
     repeats = args.repeats or (3 if args.quick else 7)
     torch.set_num_threads(args.threads)
     ops.set_num_threads(args.threads)
-    print(f"threads={args.threads} isa={ops.current_isa()} torch={torch.__version__} repeats={repeats} (median)")
+    print(f"threads={args.threads} isa={ops.current_isa()} torch={torch.__version__} repeats={repeats} (median)"
+          f" caches={'warm' if args.warm else f'flushed ({args.flush_mb} MB read) before each run'}")
     header = f"{'in->out':>12} {'M':>4} | {'fp32 ms':>8} {'bf16 ms':>8} | {'int8 ms':>8} {'nf4 ms':>8} {'int4 ms':>8} |" \
              f" {'bf16':>5} {'int8':>5} {'nf4':>5} {'int4':>5}  (x faster than fp32, medians) [same, best runs]"
     print(header)

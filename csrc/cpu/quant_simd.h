@@ -14,7 +14,9 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -29,6 +31,21 @@ constexpr int NV = kChunk / V::L;  // vectors per chunk
 constexpr int kPrefetchBytes = 1024;
 
 inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+
+// Rows handed out in chunks from a shared counter: a thread that was preempted (a busy machine)
+// does not hold the others up. Each output row is computed whole by whichever thread takes it, in
+// a fixed order, so results do not depend on who takes what. fn.make_worker() gives each thread
+// its callable (with its own scratch buffers), called as worker(begin, end) per chunk.
+template <class Fn>
+void for_row_chunks(int64_t n, int64_t chunk, Fn&& fn) {
+  const int64_t nchunks = (n + chunk - 1) / chunk;
+  std::atomic<int64_t> next{0};
+  parallel_for(std::min<int64_t>(num_threads(), nchunks), 1, [&](int64_t, int64_t) {
+    auto work = fn.make_worker();
+    for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < nchunks;)
+      work(c * chunk, std::min(n, (c + 1) * chunk));
+  });
+}
 
 // Decodes chunks of one weight row, 32 weights at a time into NV vectors in kernel order; weights
 // past K decode to 0. Specialised per format so the inner loops hold no switch and no division.
@@ -200,12 +217,21 @@ void gemm(const QWeight& w, const float* x, int64_t M, const float* bias, float*
       }
     }
   });
-  parallel_for(N, NR, [&](int64_t nb, int64_t ne) {
-    std::vector<float> wbuf(static_cast<size_t>(NC * KC)), C(static_cast<size_t>(NC * Mp));
-    RowDecoder<FMT> dec(w);
-    for (int64_t n0 = nb; n0 < ne; n0 += NC) {
-      const int64_t nr = std::min(NC, ne - n0);
-      std::fill(C.begin(), C.begin() + nr * Mp, 0.f);
+  struct Chunks {
+    const QWeight& w;
+    const std::vector<float>& xt;
+    int64_t M, Mp, Kp, P;
+    const float* bias;
+    float* y;
+    auto make_worker() {
+      auto wbuf = std::make_shared<std::vector<float>>(static_cast<size_t>(NC * KC));
+      auto C = std::make_shared<std::vector<float>>(static_cast<size_t>(NC * Mp));
+      return [this, wbuf, C](int64_t n0, int64_t n1) { block(n0, n1, wbuf->data(), C->data()); };
+    }
+    void block(int64_t n0, int64_t n1, float* wb, float* C) const {
+      const int64_t nr = n1 - n0, N = w.N;
+      RowDecoder<FMT> dec(w);
+      std::fill(C, C + nr * Mp, 0.f);
       for (int64_t k0 = 0; k0 < Kp; k0 += KC) {
         const int64_t kc = std::min(KC, Kp - k0);
         for (int64_t r = 0; r < nr; ++r) {
@@ -213,14 +239,14 @@ void gemm(const QWeight& w, const float* x, int64_t M, const float* bias, float*
           for (int64_t c = 0; c < kc; c += kChunk) {
             typename V::F v[NV];
             dec.chunk(k0 + c, v);
-            for (int i = 0; i < NV; ++i) V::store(wbuf.data() + r * kc + c + i * V::L, v[i]);
+            for (int i = 0; i < NV; ++i) V::store(wb + r * kc + c + i * V::L, v[i]);
           }
         }
         for (int64_t p = 0; p < P; ++p) {
           const float* xp = xt.data() + (p * Kp + k0) * MR;
           for (int64_t r0 = 0; r0 < nr; r0 += NR)
-            micro_any(static_cast<int>(std::min<int64_t>(NR, nr - r0)), kc, xp, wbuf.data() + r0 * kc, kc,
-                      C.data() + r0 * Mp + p * MR, Mp);
+            micro_any(static_cast<int>(std::min<int64_t>(NR, nr - r0)), kc, xp, wb + r0 * kc, kc,
+                      C + r0 * Mp + p * MR, Mp);
         }
       }
       float rf[NC], b[NC];
@@ -231,7 +257,8 @@ void gemm(const QWeight& w, const float* x, int64_t M, const float* bias, float*
       for (int64_t m = 0; m < M; ++m)  // y written row by row: contiguous stores
         for (int64_t r = 0; r < nr; ++r) y[m * N + n0 + r] = C[r * Mp + m] * rf[r] + b[r];
     }
-  });
+  };
+  for_row_chunks(N, NC, Chunks{w, xt, M, Mp, Kp, P, bias, y});
 }
 
 template <QFormat FMT>
@@ -240,21 +267,27 @@ void run(const QWeight& w, const float* x, int64_t M, const float* bias, float* 
   const int64_t Kp = round_up(w.K, kChunk);
   std::vector<float> xq(static_cast<size_t>(M * Kp));
   pack_rows(w, x, M, Kp, xq.data());
-  parallel_for(w.N, 1, [&](int64_t n0, int64_t n1) {
-    // Up to 4 x rows per pass; with more, a tile of 16 weight rows is decoded once per pass and
-    // stays in cache for the next pass, so DRAM still sees each weight byte once.
-    for (int64_t t0 = n0; t0 < n1; t0 += 16) {
-      const int64_t t1 = std::min(n1, t0 + 16);
+  struct Rows {
+    const QWeight& w;
+    const float* xq;
+    int64_t M, Kp;
+    const float* bias;
+    float* y;
+    auto make_worker() { return [this](int64_t t0, int64_t t1) { tile(t0, t1); }; }
+    // Up to 4 x rows per pass over a tile of 16 weight rows; with more, the tile decoded in the
+    // first pass is still in cache for the next, so memory sees each weight byte once.
+    void tile(int64_t t0, int64_t t1) const {
       for (int64_t m0 = 0; m0 < M; m0 += 4) {
         switch (std::min<int64_t>(4, M - m0)) {
-          case 1: gemv_rows<FMT, 1>(w, xq.data(), Kp, m0, bias, y, t0, t1); break;
-          case 2: gemv_rows<FMT, 2>(w, xq.data(), Kp, m0, bias, y, t0, t1); break;
-          case 3: gemv_rows<FMT, 3>(w, xq.data(), Kp, m0, bias, y, t0, t1); break;
-          default: gemv_rows<FMT, 4>(w, xq.data(), Kp, m0, bias, y, t0, t1); break;
+          case 1: gemv_rows<FMT, 1>(w, xq, Kp, m0, bias, y, t0, t1); break;
+          case 2: gemv_rows<FMT, 2>(w, xq, Kp, m0, bias, y, t0, t1); break;
+          case 3: gemv_rows<FMT, 3>(w, xq, Kp, m0, bias, y, t0, t1); break;
+          default: gemv_rows<FMT, 4>(w, xq, Kp, m0, bias, y, t0, t1); break;
         }
       }
     }
-  });
+  };
+  for_row_chunks(w.N, 16, Rows{w, xq.data(), M, Kp, bias, y});
 }
 
 inline void qmatmul_simd(const QWeight& w, const float* x, int64_t M, const float* bias, float* y) {
