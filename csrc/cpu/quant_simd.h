@@ -28,7 +28,7 @@ namespace QSIMD_NS {
 
 constexpr int kChunk = 32;
 constexpr int NV = kChunk / V::L;  // vectors per chunk
-constexpr int kPrefetchBytes = 1024;
+constexpr int kPrefetchBytes = 4096;
 
 inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
