@@ -8,6 +8,7 @@
 
 #include "cpu/attention.h"
 #include "cpu/cpu_features.h"
+#include "cpu/quant_formats.h"
 #include "cpu/thread_pool.h"
 
 namespace py = pybind11;
@@ -33,6 +34,11 @@ static mpt::KvCacheView kv_view(uintptr_t k, uintptr_t v, uintptr_t k_scale, uin
   c.block_size = block_size;
   return c;
 }
+
+// Buffers arrive as integer addresses (ops.py checked dtype, shape, contiguity and device).
+template <typename T>
+static T* P(uintptr_t a) { return reinterpret_cast<T*>(a); }
+using G = py::call_guard<py::gil_scoped_release>;
 
 static py::dict cpu_features_dict() {
   const mpt::CpuFeatures& f = mpt::cpu_features();
@@ -71,6 +77,52 @@ PYBIND11_MODULE(_C, m) {
 #endif
 
   // ---- quantized matmuls (csrc/cpu/quant_*.cpp) ----
+  m.def("quantize_int8", [](uintptr_t w, int64_t N, int64_t K, uintptr_t cb, uintptr_t scb) {
+    mpt::quantize_int8(P<const float>(w), N, K, P<int8_t>(cb), P<float>(scb));
+  }, G());
+  m.def("dequantize_int8", [](uintptr_t cb, uintptr_t scb, int64_t N, int64_t K, uintptr_t out) {
+    mpt::dequantize_int8(P<const int8_t>(cb), P<const float>(scb), N, K, P<float>(out));
+  }, G());
+  m.def("dequantize_rows_int8", [](uintptr_t cb, uintptr_t scb, int64_t K, uintptr_t rows, int64_t n, uintptr_t out) {
+    mpt::dequantize_rows_int8(P<const int8_t>(cb), P<const float>(scb), K, P<const int64_t>(rows), n, P<float>(out));
+  }, G());
+  m.def("matmul_int8", [](uintptr_t x, int64_t M, int64_t K, uintptr_t cb, uintptr_t scb, int64_t N, uintptr_t bias,
+                          uintptr_t y) {
+    mpt::matmul_int8(P<const float>(x), M, K, P<const int8_t>(cb), P<const float>(scb), N, P<const float>(bias),
+                     P<float>(y));
+  }, G());
+  m.def("quantize_nf4", [](uintptr_t w, int64_t numel, int64_t bs, uintptr_t packed, uintptr_t absmax) {
+    mpt::quantize_nf4(P<const float>(w), numel, bs, P<uint8_t>(packed), P<float>(absmax));
+  }, G());
+  m.def("dequantize_nf4", [](uintptr_t packed, uintptr_t absmax, int64_t numel, int64_t bs, uintptr_t out) {
+    mpt::dequantize_nf4(P<const uint8_t>(packed), P<const float>(absmax), numel, bs, P<float>(out));
+  }, G());
+  m.def("dequantize_rows_nf4", [](uintptr_t packed, uintptr_t absmax, int64_t K, int64_t bs, uintptr_t rows, int64_t n,
+                                  uintptr_t out) {
+    mpt::dequantize_rows_nf4(P<const uint8_t>(packed), P<const float>(absmax), K, bs, P<const int64_t>(rows), n,
+                             P<float>(out));
+  }, G());
+  m.def("matmul_nf4", [](uintptr_t x, int64_t M, int64_t K, uintptr_t packed, uintptr_t absmax, int64_t N, int64_t bs,
+                         uintptr_t bias, uintptr_t y) {
+    mpt::matmul_nf4(P<const float>(x), M, K, P<const uint8_t>(packed), P<const float>(absmax), N, bs,
+                    P<const float>(bias), P<float>(y));
+  }, G());
+  m.def("quantize_int4", [](uintptr_t w, int64_t N, int64_t K, uintptr_t packed, uintptr_t scales) {
+    mpt::quantize_int4(P<const float>(w), N, K, P<uint8_t>(packed), P<float>(scales));
+  }, G());
+  m.def("dequantize_int4", [](uintptr_t packed, uintptr_t scales, int64_t N, int64_t K, uintptr_t out) {
+    mpt::dequantize_int4(P<const uint8_t>(packed), P<const float>(scales), N, K, P<float>(out));
+  }, G());
+  m.def("dequantize_rows_int4", [](uintptr_t packed, uintptr_t scales, int64_t K, uintptr_t rows, int64_t n,
+                                   uintptr_t out) {
+    mpt::dequantize_rows_int4(P<const uint8_t>(packed), P<const float>(scales), K, P<const int64_t>(rows), n,
+                              P<float>(out));
+  }, G());
+  m.def("matmul_int4", [](uintptr_t x, int64_t M, int64_t K, uintptr_t packed, uintptr_t scales, int64_t N,
+                          uintptr_t bias, uintptr_t y) {
+    mpt::matmul_int4(P<const float>(x), M, K, P<const uint8_t>(packed), P<const float>(scales), N,
+                     P<const float>(bias), P<float>(y));
+  }, G());
 
   // ---- paged KV cache and attention (csrc/cpu/attention_*.cpp) ----
   // cache arguments, in order: k, v, k_scale, v_scale (0 unless int8), dtype code (0 f32, 1 bf16,

@@ -110,12 +110,17 @@ def weight_files(folder: Path) -> list[Path]:
     )
 
 
-def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yields (name, tensor) one at a time; only one shard is open (memory-mapped) at once."""
+def iter_tensors(files: list[Path], reuse_buffer: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yields (name, tensor) one at a time; only one shard is open at once.
+
+    reuse_buffer=True (safetensors): every tensor is read into one shared buffer, valid only until the
+    next one is yielded, for a consumer that converts each tensor at once (quantizing while loading);
+    then no freed source tensor lingers in the allocator's heap and resident memory stays flat."""
     from . import progress
 
+    shared = [torch.empty(0, dtype=torch.uint8)] if reuse_buffer else None
     for f in files:
-        tensors = _iter_safetensors(f) if f.suffix == ".safetensors" else _iter_torch_bin(f)
+        tensors = _iter_safetensors(f, shared) if f.suffix == ".safetensors" else _iter_torch_bin(f)
         for item in tensors:
             yield item
             progress.tick()  # advances a progress bar when a caller (the CLI) tracks one
@@ -147,20 +152,64 @@ def safetensors_metadata(path: Path) -> dict:
         raise OSError(f"{path} is not a readable safetensors file ({e})") from None
 
 
-def _iter_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    from safetensors import safe_open
+_SAFE_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def _iter_safetensors(path: Path, shared: list | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Reads each tensor with a plain file read into its own buffer (no memory map), so the pages of
+    tensors already consumed are not counted in the process's resident memory while a shard streams."""
+    import ctypes
+    import json
+    import struct
 
     try:
-        sf_ctx = safe_open(str(path), framework="pt")
-    except Exception as e:
-        raise OSError(f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from None
-    with sf_ctx as sf:
-        for key in sf.keys():
+        f = open(path, "rb")
+    except OSError as e:
+        raise OSError(f"{path} is not a readable safetensors file: {e}") from None
+    with f:
+        try:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > 100_000_000:
+                raise ValueError(f"header length {n} is implausible")
+            header = json.loads(f.read(n))
+            entries = [(k, v) for k, v in header.items() if k != "__metadata__"]
+            entries.sort(key=lambda kv: kv[1]["data_offsets"][0])
+        except (struct.error, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise OSError(f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from None
+        base = 8 + n
+        size = os.fstat(f.fileno()).st_size
+        for key, info in entries:
             try:
-                tensor = sf.get_tensor(key)
-            except Exception as e:
-                raise OSError(f"{path}: could not read tensor {key!r} (corrupt or truncated?): {e}") from None
-            yield key, tensor
+                dtype = _SAFE_DTYPES[info["dtype"]]
+                shape = [int(d) for d in info["shape"]]
+                start, end = (int(o) for o in info["data_offsets"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise OSError(f"{path}: tensor {key!r} has an unsupported or malformed entry ({e})") from None
+            if shared is None:
+                t = torch.empty(shape, dtype=dtype)
+            else:
+                need = (end - start) if end > start else 0
+                if shared[0].numel() < need:
+                    shared[0] = torch.empty(0, dtype=torch.uint8)  # free the old one first
+                    shared[0] = torch.empty(need, dtype=torch.uint8)
+                t = shared[0][:need].view(dtype)
+                numel = 1
+                for d in shape:
+                    numel *= d
+                if t.numel() != numel:
+                    raise OSError(f"{path}: could not read tensor {key!r} (corrupt entry)")
+                t = t.view(shape)
+            nbytes = t.numel() * t.element_size()
+            if end - start != nbytes or base + end > size:
+                raise OSError(f"{path}: could not read tensor {key!r} (corrupt or truncated?)")
+            f.seek(base + start)
+            if nbytes and f.readinto((ctypes.c_char * nbytes).from_address(t.data_ptr())) != nbytes:
+                raise OSError(f"{path}: could not read tensor {key!r} (truncated)")
+            yield key, t
 
 
 def _iter_torch_bin(path: Path) -> Iterator[tuple[str, torch.Tensor]]:

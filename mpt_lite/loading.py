@@ -4,16 +4,21 @@ The model is built on the meta device (no memory, no random init) and each tenso
 into place as the checkpoint streams it, so the whole float model is never held twice."""
 from __future__ import annotations
 
+import json
 import os
+import sys
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .checkpoint import iter_tensors, resolve_checkpoint, weight_files
+from . import ops
+from .checkpoint import iter_tensors, resolve_checkpoint, safetensors_metadata, weight_files
 from .config import CONFIG_NAME, MptConfig
+from .quant import QuantEmbedding, QuantLinear, quant_metadata, quant_type_for, quantized_modules
 
 HEAD_PREFIXES = ("score.", "classifier.", "qa_outputs.", "lm_head.")
 WEIGHT_FILE_PATTERNS = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
@@ -36,25 +41,52 @@ def check_device(device: Any) -> torch.device:
 
 def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type: str | None = None,
                     dtype: torch.dtype = torch.float32, device: Any = "cpu", **config_overrides: Any):
-    if bits is not None:
-        raise ValueError(f"bits={bits!r} is not supported yet: use bits=None (unquantized)")
-    if quant_type is not None:
-        raise ValueError("quant_type is only meaningful with bits=4")
+    if bits is None and quant_type is not None:
+        raise ValueError("quant_type is only meaningful with bits=8 or bits=4")
+    qtype = None if bits is None else quant_type_for(bits, quant_type)
     if dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype!r}")
     dev = check_device(device)
     folder = resolve_checkpoint(name_or_path)
     config = MptConfig.from_json_file(folder / CONFIG_NAME, **config_overrides)
     files = weight_files(folder)
+    stored, blocksize = _stored_quantization(files)
+    if stored is not None:
+        if qtype is not None and qtype != stored:
+            raise ValueError(f"{folder} holds {stored} weights; they cannot be loaded as {qtype} "
+                             f"(pass bits=None to use them as saved)")
+        qtype = stored
+    if qtype is not None and dev.type != "cpu":
+        raise ValueError(f"quantized weights ({qtype}) run on the CPU kernels only; use device='cpu'")
     with torch.device("meta"):
-        model = cls(config)
+        if qtype is None:
+            model = cls(config)
+        else:
+            model = cls(config, linear=partial(QuantLinear, quant_type=qtype, blocksize=blocksize))
+            base = model.transformer_model()
+            base.wte = QuantEmbedding(config.vocab_size, config.d_model, qtype, blocksize, dtype)
     params = dict(model.named_parameters())
+    qmods = quantized_modules(model)
     is_base = not hasattr(model, "transformer")
     seen: set[str] = set()
     unexpected: list[str] = []
     unused_heads: list[str] = []
-    for key, tensor in iter_tensors(files):
+    pieces: dict[str, dict[str, torch.Tensor]] = {}
+    stream = iter_tensors(files, reuse_buffer=bool(qmods))
+    if qmods:
+        stream = _progress(stream, len(params) + len(qmods), "loading" if stored else f"quantizing ({qtype})")
+    for key, tensor in stream:
         name = _model_key(key, is_base)
+        owner, _, piece = name.rpartition(".")
+        if owner in qmods or (piece != "bias" and _bnb_owner(name, qmods)):
+            if owner in qmods and piece == "weight" and tensor.is_floating_point():
+                qmods[owner].quantize_from(tensor)  # the source tensor is freed below
+                seen.add(owner)
+            else:
+                mod_name, rest = _bnb_owner(name, qmods) or (owner, piece)
+                pieces.setdefault(mod_name, {})[rest] = tensor.clone()
+            del tensor
+            continue
         if name not in params:
             if name.startswith(HEAD_PREFIXES) or (is_base and key.startswith(HEAD_PREFIXES)):
                 if not (name == "lm_head.weight" and config.tie_word_embeddings):
@@ -71,11 +103,15 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
         _set_param(model, name, tensor.to(device=dev, dtype=dtype, copy=True))
         seen.add(name)
         del tensor
+    for mod_name, got in pieces.items():
+        _install_codes(qmods[mod_name], mod_name, got)
+        seen.add(mod_name)
     if unexpected:
         raise KeyError(f"unexpected tensors in {folder} (the config does not describe them): "
                        + ", ".join(sorted(unexpected)))
     missing = [n for n in params if n not in seen]
     missing_backbone = [n for n in missing if not n.startswith(HEAD_PREFIXES)]
+    missing_backbone += [f"{n}.weight" for n in qmods if n not in seen]
     if missing_backbone:
         raise KeyError(f"tensors missing from {folder}: " + ", ".join(missing_backbone))
     if missing:
@@ -88,6 +124,94 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
     model.requires_grad_(False)
     _attach_tokenizer(model, folder)
     return model
+
+
+def _progress(stream, total: int, desc: str):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with huggingface_hub
+        return stream
+    return tqdm(stream, total=total, desc=desc, unit="tensor", file=sys.stderr, leave=False,
+                disable=not sys.stderr.isatty())
+
+
+def _stored_quantization(files: list[Path]) -> tuple[str | None, int]:
+    """(format, blocksize) of a checkpoint saved quantized by mpt_lite or by transformers +
+    bitsandbytes; (None, 64) for a float checkpoint."""
+    if files[0].suffix != ".safetensors":
+        return None, ops.NF4_BLOCKSIZE
+    meta = safetensors_metadata(files[0])
+    if "mpt_lite_quant" in meta:
+        try:
+            info = json.loads(meta["mpt_lite_quant"])
+            fmt, version, blocksize = info["format"], int(info["version"]), int(info["blocksize"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise OSError(f"{files[0]}: unreadable mpt_lite_quant metadata ({e})") from None
+        if version > 1 or fmt not in ("int8", "nf4", "int4"):
+            raise OSError(f"{files[0]}: quantized format {fmt!r} version {version} is newer than this mpt_lite")
+        return fmt, blocksize
+    from safetensors import safe_open
+
+    with safe_open(str(files[0]), framework="pt") as sf:
+        keys = list(sf.keys())
+        states = [k for k in keys if k.endswith(BNB_STATE)]
+        if states:
+            state = _bnb_state(sf.get_tensor(states[0]), states[0])
+            return "nf4", int(state["blocksize"])
+    if any(k.endswith(".SCB") for k in keys):
+        return "int8", ops.NF4_BLOCKSIZE
+    return None, ops.NF4_BLOCKSIZE
+
+
+BNB_STATE = ".weight.quant_state.bitsandbytes__nf4"
+_BNB_PIECES = ("weight.absmax", "weight.quant_map", "weight.nested_absmax", "weight.nested_quant_map",
+               BNB_STATE[1:], "weight_format", "SCB", "weight_absmax", "weight_scales")
+
+
+def _bnb_owner(name: str, qmods: dict) -> tuple[str, str] | None:
+    """(module, piece) for a bitsandbytes key such as 'blocks.0.attn.Wqkv.weight.absmax'."""
+    for piece in _BNB_PIECES:
+        if name.endswith("." + piece) and name[: -len(piece) - 1] in qmods:
+            return name[: -len(piece) - 1], piece
+    return None
+
+
+def _bnb_state(t: torch.Tensor, key: str) -> dict:
+    try:
+        return json.loads(bytes(t.to(torch.uint8).reshape(-1).tolist()).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise OSError(f"{key}: unreadable bitsandbytes quant_state ({e})") from None
+
+
+def _install_codes(mod, name: str, got: dict[str, torch.Tensor]) -> None:
+    """Quantized pieces of one weight, in mpt_lite's own names or bitsandbytes' -> the module."""
+    got = dict(got)
+    got.pop("weight_format", None)  # bitsandbytes int8: always "row" in saved checkpoints
+    state = got.pop(BNB_STATE[1:], None)
+    if state is not None:
+        state = _bnb_state(state, f"{name}{BNB_STATE}")
+        if state.get("quant_type") != "nf4":
+            raise ValueError(f"{name}: bitsandbytes quant_type {state.get('quant_type')!r} is not supported (nf4 only)")
+        if list(state.get("shape", [])) != [mod.rows, mod.cols]:
+            raise ValueError(f"{name}: bitsandbytes shape {state.get('shape')} != [{mod.rows}, {mod.cols}]")
+        mod.blocksize = int(state["blocksize"])
+        qmap = got.pop("weight.quant_map", None)
+        if qmap is not None and not torch.equal(qmap.float().reshape(-1), ops.nf4_code()):
+            raise ValueError(f"{name}: the quant_map is not the NF4 code table")
+        absmax = got.pop("weight.absmax")
+        if "weight.nested_absmax" in got:  # bitsandbytes double quantization of absmax
+            code = got.pop("weight.nested_quant_map").float().reshape(-1)
+            nabs = got.pop("weight.nested_absmax").float().reshape(-1)
+            nbs = int(state["nested_blocksize"])
+            scale = nabs.repeat_interleave(nbs)[: absmax.numel()]
+            absmax = code[absmax.reshape(-1).long()] * scale + float(state["nested_offset"])
+        got["weight_absmax"] = absmax.float().reshape(-1)
+    if "weight" not in got:
+        raise KeyError(f"{name}.weight is missing from the checkpoint (found {sorted(got)})")
+    try:
+        mod.load_codes(got)
+    except (KeyError, TypeError, ValueError) as e:
+        raise type(e)(f"{name}: {e}") from None
 
 
 def _model_key(key: str, is_base: bool) -> str:
@@ -139,8 +263,9 @@ def save_pretrained(model: nn.Module, save_directory: Any) -> None:
         raise FileExistsError(f"{path} already holds other weight files ({', '.join(others)}); "
                               "save into an empty folder")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    metadata = {"format": "pt", **(quant_metadata(model) or {})}
     tmp = path / ".model.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt"})
+    save_file(state, str(tmp), metadata=metadata)
     config_tmp = path / ".config.json.tmp"
     config_tmp.write_text(model.config.to_json_string())
     os.replace(tmp, path / "model.safetensors")

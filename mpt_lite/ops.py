@@ -9,6 +9,7 @@ import os
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
 try:
     from . import _C
@@ -84,6 +85,301 @@ def ptr(t: torch.Tensor) -> int:
 
 
 # ---- quantized matmuls (int8, nf4, int4) ----
+# Formats and byte layouts: csrc/cpu/quant_formats.h. Weights are W [N = out, K = in]; the matmuls
+# compute y = x @ W^T (+ bias) for x [..., K] in float32 or bfloat16 (bfloat16 is widened to float32
+# for the kernel and y is returned in x's dtype). Activations are NOT quantized: every kernel variant
+# equals ref_matmul_* (dequantize, then F.linear in float32) to float32 rounding.
+
+NF4_CODE = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+            -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+            0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+            0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0)
+NF4_BLOCKSIZE = 64
+INT4_GROUP = 32
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def nf4_code() -> torch.Tensor:
+    return torch.tensor(NF4_CODE, dtype=torch.float32)
+
+
+def int4_groups(in_features: int) -> int:
+    return (in_features + INT4_GROUP - 1) // INT4_GROUP
+
+
+def _weight_f32(name: str, w: object) -> torch.Tensor:
+    check_tensor(name, w, _FLOATS, ndim=2)
+    return w.detach().to(torch.float32).contiguous()
+
+
+def _dim(name: str, v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise TypeError(f"{name} must be a non-negative int, got {v!r}")
+    return v
+
+
+def _check_shape(name: str, t: torch.Tensor, shape: tuple) -> None:
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+
+
+def _check_blocksize(blocksize: object) -> int:
+    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 2 or blocksize % 2:
+        raise ValueError(f"blocksize must be an even int >= 2, got {blocksize!r}")
+    return blocksize
+
+
+def _activations(x: object, K: int) -> tuple[torch.Tensor, tuple]:
+    check_tensor("x", x, (torch.float32, torch.bfloat16))
+    if x.dim() == 0 or x.shape[-1] != K:
+        raise ValueError(f"x must have in_features={K} as its last dimension, got shape {tuple(x.shape)}")
+    lead = tuple(x.shape[:-1])
+    return x.reshape(-1, K).to(torch.float32).contiguous(), lead
+
+
+def _bias(bias: object, N: int) -> torch.Tensor | None:
+    if bias is None:
+        return None
+    check_tensor("bias", bias, _FLOATS, ndim=1)
+    _check_shape("bias", bias, (N,))
+    return bias.to(torch.float32).contiguous()
+
+
+def _run_matmul(fn, x: object, K: int, N: int, bias: object, *weights) -> torch.Tensor:
+    x2, lead = _activations(x, K)
+    b = _bias(bias, N)
+    y = torch.empty(x2.shape[0], N, dtype=torch.float32)
+    fn(ptr(x2), x2.shape[0], K, *weights, N, 0 if b is None else ptr(b), ptr(y))
+    return y.reshape(*lead, N).to(x.dtype)
+
+
+def _row_ids(ids: object, N: int) -> torch.Tensor:
+    check_tensor("ids", ids, (torch.int64, torch.int32))
+    flat = ids.reshape(-1).to(torch.int64).contiguous()
+    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= N):
+        raise IndexError(f"ids must lie in [0, {N}), got values in [{int(flat.min())}, {int(flat.max())}]")
+    return flat
+
+
+# int8: cb int8 [N, K], scb float32 [N]; W = (cb * scb) / 127 (bitsandbytes CB/SCB).
+
+def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    w = _weight_f32("w", w)
+    N, K = w.shape
+    cb = torch.empty(N, K, dtype=torch.int8)
+    scb = torch.empty(N, dtype=torch.float32)
+    _C.quantize_int8(ptr(w), N, K, ptr(cb), ptr(scb))
+    return cb, scb
+
+
+def ref_quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    w = w.float()
+    scb = w.abs().amax(dim=1)
+    inv = torch.where(scb > 0, 127.0 / scb, torch.zeros_like(scb))
+    cb = torch.round(w * inv[:, None]).clamp(-127, 127).to(torch.int8)
+    return cb, scb
+
+
+def _check_int8(cb: object, scb: object) -> tuple[int, int]:
+    check_tensor("cb", cb, (torch.int8,), ndim=2)
+    check_tensor("scb", scb, (torch.float32,), ndim=1)
+    _check_shape("scb", scb, (cb.shape[0],))
+    return cb.shape[0], cb.shape[1]
+
+
+def dequantize_int8(cb: torch.Tensor, scb: torch.Tensor) -> torch.Tensor:
+    N, K = _check_int8(cb, scb)
+    cb, scb = cb.contiguous(), scb.contiguous()
+    out = torch.empty(N, K, dtype=torch.float32)
+    _C.dequantize_int8(ptr(cb), ptr(scb), N, K, ptr(out))
+    return out
+
+
+def ref_dequantize_int8(cb: torch.Tensor, scb: torch.Tensor) -> torch.Tensor:
+    return (cb.float() * scb[:, None]) * (1.0 / 127.0)
+
+
+def dequantize_rows_int8(cb: torch.Tensor, scb: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    N, K = _check_int8(cb, scb)
+    cb, scb, rows = cb.contiguous(), scb.contiguous(), _row_ids(ids, N)
+    out = torch.empty(rows.numel(), K, dtype=torch.float32)
+    _C.dequantize_rows_int8(ptr(cb), ptr(scb), K, ptr(rows), rows.numel(), ptr(out))
+    return out.reshape(*ids.shape, K)
+
+
+def matmul_int8(x: torch.Tensor, cb: torch.Tensor, scb: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    N, K = _check_int8(cb, scb)
+    cb, scb = cb.contiguous(), scb.contiguous()
+    return _run_matmul(_C.matmul_int8, x, K, N, bias, ptr(cb), ptr(scb))
+
+
+def ref_matmul_int8(x, cb, scb, bias=None) -> torch.Tensor:
+    b = None if bias is None else bias.float()
+    return F.linear(x.float(), ref_dequantize_int8(cb, scb), b).to(x.dtype)
+
+
+# nf4: packed uint8 [ceil(N*K/2)] over the flattened weight (first element in the high nibble),
+# absmax float32 [ceil(N*K/blocksize)]; W = NF4_CODE[q] * absmax[block] (bitsandbytes NF4).
+
+def quantize_nf4(w: torch.Tensor, blocksize: int = NF4_BLOCKSIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    w = _weight_f32("w", w)
+    bs = _check_blocksize(blocksize)
+    numel = w.numel()
+    packed = torch.empty((numel + 1) // 2, dtype=torch.uint8)
+    absmax = torch.empty((numel + bs - 1) // bs, dtype=torch.float32)
+    _C.quantize_nf4(ptr(w), numel, bs, ptr(packed), ptr(absmax))
+    return packed, absmax
+
+
+def ref_quantize_nf4(w: torch.Tensor, blocksize: int = NF4_BLOCKSIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    flat = w.float().reshape(-1)
+    numel = flat.numel()
+    nb = (numel + blocksize - 1) // blocksize
+    padded = torch.zeros(nb * blocksize + 1)
+    padded[:numel] = flat
+    blocks = padded[: nb * blocksize].view(nb, blocksize)
+    absmax = blocks.abs().amax(dim=1)
+    safe = torch.where(absmax > 0, absmax, torch.ones_like(absmax))
+    v = torch.where(absmax[:, None] > 0, blocks / safe[:, None], torch.zeros_like(blocks)).reshape(-1)
+    code = nf4_code()
+    mids = 0.5 * (code[:-1] + code[1:])
+    q = (v[:, None] > mids[None, :]).sum(dim=1).to(torch.uint8)[:numel]
+    if numel % 2:
+        q = torch.cat([q, torch.zeros(1, dtype=torch.uint8)])
+    return (q[0::2] << 4) | q[1::2], absmax
+
+
+def _check_nf4(packed: object, absmax: object, shape: object, blocksize: object) -> tuple[int, int, int]:
+    if not (isinstance(shape, (tuple, list, torch.Size)) and len(shape) == 2):
+        raise TypeError(f"shape must be (out_features, in_features), got {shape!r}")
+    N, K = _dim("shape[0]", shape[0]), _dim("shape[1]", shape[1])
+    bs = _check_blocksize(blocksize)
+    check_tensor("packed", packed, (torch.uint8,))
+    check_tensor("absmax", absmax, (torch.float32,), ndim=1)
+    if packed.numel() != (N * K + 1) // 2:
+        raise ValueError(f"packed must hold {(N * K + 1) // 2} bytes for shape {(N, K)}, got {packed.numel()}")
+    _check_shape("absmax", absmax, ((N * K + bs - 1) // bs,))
+    return N, K, bs
+
+
+def dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, shape, blocksize: int = NF4_BLOCKSIZE) -> torch.Tensor:
+    N, K, bs = _check_nf4(packed, absmax, shape, blocksize)
+    packed, absmax = packed.contiguous(), absmax.contiguous()
+    out = torch.empty(N, K, dtype=torch.float32)
+    _C.dequantize_nf4(ptr(packed), ptr(absmax), N * K, bs, ptr(out))
+    return out
+
+
+def ref_dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, shape, blocksize: int = NF4_BLOCKSIZE) -> torch.Tensor:
+    N, K = shape
+    p = packed.reshape(-1)
+    q = torch.stack([p >> 4, p & 15], dim=1).reshape(-1)[: N * K].long()
+    scale = absmax.repeat_interleave(blocksize)[: N * K]
+    return (nf4_code()[q] * scale).reshape(N, K)
+
+
+def dequantize_rows_nf4(packed, absmax, shape, ids, blocksize: int = NF4_BLOCKSIZE) -> torch.Tensor:
+    N, K, bs = _check_nf4(packed, absmax, shape, blocksize)
+    rows = _row_ids(ids, N)
+    out = torch.empty(rows.numel(), K, dtype=torch.float32)
+    packed, absmax = packed.contiguous(), absmax.contiguous()
+    _C.dequantize_rows_nf4(ptr(packed), ptr(absmax), K, bs, ptr(rows), rows.numel(), ptr(out))
+    return out.reshape(*ids.shape, K)
+
+
+def matmul_nf4(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, shape, blocksize: int = NF4_BLOCKSIZE,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+    N, K, bs = _check_nf4(packed, absmax, shape, blocksize)
+    x2, lead = _activations(x, K)
+    b = _bias(bias, N)
+    y = torch.empty(x2.shape[0], N, dtype=torch.float32)
+    packed, absmax = packed.contiguous(), absmax.contiguous()
+    _C.matmul_nf4(ptr(x2), x2.shape[0], K, ptr(packed), ptr(absmax), N, bs,
+                  0 if b is None else ptr(b), ptr(y))
+    return y.reshape(*lead, N).to(x.dtype)
+
+
+def ref_matmul_nf4(x, packed, absmax, shape, blocksize: int = NF4_BLOCKSIZE, bias=None) -> torch.Tensor:
+    b = None if bias is None else bias.float()
+    return F.linear(x.float(), ref_dequantize_nf4(packed, absmax, shape, blocksize), b).to(x.dtype)
+
+
+# int4: packed uint8 [N, G*16], scales float32 [N, G], G = ceil(K/32); W = (q - 8) * d.
+
+def quantize_int4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    w = _weight_f32("w", w)
+    N, K = w.shape
+    G = int4_groups(K)
+    packed = torch.empty(N, G * 16, dtype=torch.uint8)
+    scales = torch.empty(N, G, dtype=torch.float32)
+    _C.quantize_int4(ptr(w), N, K, ptr(packed), ptr(scales))
+    return packed, scales
+
+
+def ref_quantize_int4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    w = w.float()
+    N, K = w.shape
+    G = int4_groups(K)
+    v = torch.zeros(N, G * INT4_GROUP)
+    v[:, :K] = w
+    v = v.view(N, G, INT4_GROUP)
+    idx = v.abs().argmax(dim=2, keepdim=True)
+    d = torch.gather(v, 2, idx).squeeze(2) / -8.0
+    inv = torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
+    q = torch.floor(v * inv[..., None] + 8.5).clamp(0, 15).to(torch.uint8)
+    packed = q[..., :16] | (q[..., 16:] << 4)
+    return packed.reshape(N, G * 16), d
+
+
+def _check_int4(packed: object, scales: object, in_features: object) -> tuple[int, int]:
+    K = _dim("in_features", in_features)
+    check_tensor("packed", packed, (torch.uint8,), ndim=2)
+    check_tensor("scales", scales, (torch.float32,), ndim=2)
+    N, G = packed.shape[0], int4_groups(K)
+    _check_shape("packed", packed, (N, G * 16))
+    _check_shape("scales", scales, (N, G))
+    return N, K
+
+
+def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, in_features: int) -> torch.Tensor:
+    N, K = _check_int4(packed, scales, in_features)
+    out = torch.empty(N, K, dtype=torch.float32)
+    packed, scales = packed.contiguous(), scales.contiguous()
+    _C.dequantize_int4(ptr(packed), ptr(scales), N, K, ptr(out))
+    return out
+
+
+def ref_dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, in_features: int) -> torch.Tensor:
+    N, G = scales.shape
+    p = packed.view(N, G, 16)
+    q = torch.cat([p & 15, p >> 4], dim=2).float() - 8.0
+    return (q * scales[..., None]).reshape(N, G * INT4_GROUP)[:, :in_features]
+
+
+def dequantize_rows_int4(packed, scales, in_features: int, ids) -> torch.Tensor:
+    N, K = _check_int4(packed, scales, in_features)
+    rows = _row_ids(ids, N)
+    out = torch.empty(rows.numel(), K, dtype=torch.float32)
+    packed, scales = packed.contiguous(), scales.contiguous()
+    _C.dequantize_rows_int4(ptr(packed), ptr(scales), K, ptr(rows), rows.numel(), ptr(out))
+    return out.reshape(*ids.shape, K)
+
+
+def matmul_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, in_features: int,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+    N, K = _check_int4(packed, scales, in_features)
+    x2, lead = _activations(x, K)
+    b = _bias(bias, N)
+    y = torch.empty(x2.shape[0], N, dtype=torch.float32)
+    packed, scales = packed.contiguous(), scales.contiguous()
+    _C.matmul_int4(ptr(x2), x2.shape[0], K, ptr(packed), ptr(scales), N,
+                   0 if b is None else ptr(b), ptr(y))
+    return y.reshape(*lead, N).to(x.dtype)
+
+
+def ref_matmul_int4(x, packed, scales, in_features: int, bias=None) -> torch.Tensor:
+    b = None if bias is None else bias.float()
+    return F.linear(x.float(), ref_dequantize_int4(packed, scales, in_features), b).to(x.dtype)
 
 
 # ---- paged KV cache and attention ----

@@ -1,0 +1,103 @@
+"""y = x @ W^T on the mpt-7b Linear shapes: mpt_lite int8 / nf4 / int4 kernels against torch's
+float32 and bfloat16 F.linear, in the same process and on the same threads. Prints median times
+and the speed-up over float32 (ratio > 1: faster than float32).
+
+    python benchmarks/bench_linear.py            # all shapes, M = 1, 8, 128, 512
+    python benchmarks/bench_linear.py --quick    # two shapes, M = 1 and 512, fewer repeats
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from mpt_lite import ops
+
+SHAPES = [(4096, 12288), (4096, 4096), (4096, 16384), (16384, 4096)]  # (in, out): Wqkv, out_proj, up, down
+MS = [1, 8, 128, 512]
+
+
+_FLUSH: torch.Tensor | None = None
+
+
+def flush_caches() -> None:
+    """Evicts the weights from the last-level cache (260 MB here, larger than most of these
+    matrices in fp32): a 7B model's weights never stay cached between two uses, so decode timings
+    with warm caches would flatter whichever format is largest."""
+    if _FLUSH is not None:
+        _FLUSH.sum()
+
+
+def timings(fn, repeats: int, min_time: float) -> list[float]:
+    fn()  # warm up (page in the weights, start the pools)
+    times = []
+    t_end = time.perf_counter() + min_time
+    while len(times) < repeats or time.perf_counter() < t_end:
+        flush_caches()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 4 * repeats:
+            break
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="two shapes, M = 1 and 512, fewer repeats")
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                    help="threads for torch and for mpt_lite (default: the cores this process may use)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs per cell (median reported)")
+    ap.add_argument("--warm", action="store_true",
+                    help="do not flush the caches between runs (weights may stay in the L3 cache)")
+    ap.add_argument("--flush-mb", type=int, default=512, help="size of the buffer read to flush caches")
+    args = ap.parse_args()
+    global _FLUSH
+    if not args.warm:
+        _FLUSH = torch.ones(args.flush_mb * 2**20 // 4)
+    shapes = SHAPES[1:3] if args.quick else SHAPES
+    ms = [1, 512] if args.quick else MS
+    repeats = args.repeats or (3 if args.quick else 7)
+    torch.set_num_threads(args.threads)
+    ops.set_num_threads(args.threads)
+    print(f"threads={args.threads} isa={ops.current_isa()} torch={torch.__version__} repeats={repeats} (median)"
+          f" caches={'warm' if args.warm else f'flushed ({args.flush_mb} MB read) before each run'}")
+    header = f"{'in->out':>12} {'M':>4} | {'fp32 ms':>8} {'bf16 ms':>8} | {'int8 ms':>8} {'nf4 ms':>8} {'int4 ms':>8} |" \
+             f" {'bf16':>5} {'int8':>5} {'nf4':>5} {'int4':>5}  (x faster than fp32, medians) [same, best runs]"
+    print(header)
+    print("-" * len(header))
+    gen = torch.Generator().manual_seed(0)
+    for k, n in shapes:
+        w = torch.randn(n, k, generator=gen) * 0.02
+        wb = w.to(torch.bfloat16)
+        q8 = ops.quantize_int8(w)
+        q4 = ops.quantize_nf4(w)
+        qi = ops.quantize_int4(w)
+        for m in ms:
+            x = torch.randn(m, k, generator=gen)
+            xb = x.to(torch.bfloat16)
+            min_time = 0.3 if args.quick else 1.0
+            runs = {
+                "fp32": timings(lambda: F.linear(x, w), repeats, min_time),
+                "bf16": timings(lambda: F.linear(xb, wb), repeats, min_time),
+                "int8": timings(lambda: ops.matmul_int8(x, *q8), repeats, min_time),
+                "nf4": timings(lambda: ops.matmul_nf4(x, *q4, (n, k)), repeats, min_time),
+                "int4": timings(lambda: ops.matmul_int4(x, *qi, k), repeats, min_time),
+            }
+            t = {key: statistics.median(v) for key, v in runs.items()}
+            best = {key: min(v) for key, v in runs.items()}
+            r = {key: t["fp32"] / v for key, v in t.items()}
+            rb = {key: best["fp32"] / v for key, v in best.items()}
+            print(f"{f'{k}->{n}':>12} {m:>4} | {t['fp32'] * 1e3:8.2f} {t['bf16'] * 1e3:8.2f} | "
+                  f"{t['int8'] * 1e3:8.2f} {t['nf4'] * 1e3:8.2f} {t['int4'] * 1e3:8.2f} | "
+                  f"{r['bf16']:5.2f} {r['int8']:5.2f} {r['nf4']:5.2f} {r['int4']:5.2f}  "
+                  f"[best-of: {rb['bf16']:.2f} {rb['int8']:.2f} {rb['nf4']:.2f} {rb['int4']:.2f}]", flush=True)
+        del w, wb, q8, q4, qi
+
+
+if __name__ == "__main__":
+    main()

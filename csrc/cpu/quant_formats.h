@@ -1,0 +1,96 @@
+// Quantized weight formats and the kernels over them: quantize, dequantize, y = x @ W^T (+ bias).
+// W is the [N = out_features, K = in_features] weight of a Linear; x is M x K float32 row-major.
+//
+// Byte layouts (what is saved and reloaded; the kernels read them directly, no repacking):
+//
+//   int8  cb  int8  [N, K]   row-major codes, q = round_half_even(w * (127 / absmax_row))
+//         scb fp32  [N]      per-row absmax;  w = (q * scb) * (1/127)   (bitsandbytes CB / SCB)
+//
+//   nf4   packed uint8 [ceil(N*K / 2)]  the weight flattened row-major to f = n*K + k; byte f/2
+//                                        holds element f in its HIGH nibble when f is even and
+//                                        in its LOW nibble when f is odd (bitsandbytes order)
+//         absmax fp32  [ceil(N*K / B)]  per block of B (default 64) consecutive flat elements;
+//                                        w = NF4_CODE[q] * absmax[f / B]   (bitsandbytes NF4)
+//
+//   int4  packed uint8 [N, G*16]  G = ceil(K/32) groups of 32 per row; in group g of row n,
+//                                  byte j (0..15) holds q(k = 32g + j) in its LOW nibble and
+//                                  q(k = 32g + j + 16) in its HIGH nibble (ggml q4_0 order, so one
+//                                  16-byte load yields k 0..15 and k 16..31 without shuffles);
+//                                  padding past K holds q = 8 (zero)
+//         scales fp32  [N, G]      d = amax / -8 where amax is the group's value of largest
+//                                  magnitude; q = clamp(floor(w / d + 8.5), 0, 15); w = (q - 8) * d
+#pragma once
+#include <cstdint>
+
+namespace mpt {
+
+// bitsandbytes' NF4 code table (bitsandbytes.functional.get_4bit_type("nf4")), bit for bit.
+extern const float kNf4Code[16];
+
+constexpr int kInt4Group = 32;
+inline int64_t int4_groups(int64_t K) { return (K + kInt4Group - 1) / kInt4Group; }
+
+void quantize_int8(const float* w, int64_t N, int64_t K, int8_t* cb, float* scb);
+void dequantize_int8(const int8_t* cb, const float* scb, int64_t N, int64_t K, float* out);
+void matmul_int8(const float* x, int64_t M, int64_t K, const int8_t* cb, const float* scb, int64_t N,
+                 const float* bias, float* y);
+
+void quantize_nf4(const float* w, int64_t numel, int64_t blocksize, uint8_t* packed, float* absmax);
+void dequantize_nf4(const uint8_t* packed, const float* absmax, int64_t numel, int64_t blocksize, float* out);
+void matmul_nf4(const float* x, int64_t M, int64_t K, const uint8_t* packed, const float* absmax, int64_t N,
+                int64_t blocksize, const float* bias, float* y);
+
+void quantize_int4(const float* w, int64_t N, int64_t K, uint8_t* packed, float* scales);
+void dequantize_int4(const uint8_t* packed, const float* scales, int64_t N, int64_t K, float* out);
+void matmul_int4(const float* x, int64_t M, int64_t K, const uint8_t* packed, const float* scales, int64_t N,
+                 const float* bias, float* y);
+
+// Dequantizes rows [n0, n1) of a weight into out ([n1 - n0, K] row-major); used for embedding lookups.
+void dequantize_rows_int8(const int8_t* cb, const float* scb, int64_t K, const int64_t* rows, int64_t nrows, float* out);
+void dequantize_rows_nf4(const uint8_t* packed, const float* absmax, int64_t K, int64_t blocksize,
+                         const int64_t* rows, int64_t nrows, float* out);
+void dequantize_rows_int4(const uint8_t* packed, const float* scales, int64_t K, const int64_t* rows, int64_t nrows,
+                          float* out);
+
+// A weight view the matmul kernels share: scalar decode of one element, and the format tag.
+enum class QFormat { Int8, Nf4, Int4 };
+struct QWeight {
+  QFormat fmt;
+  int64_t N, K, blocksize;  // blocksize: nf4 only
+  const uint8_t* data;      // cb / packed
+  const float* scale;       // scb / absmax / scales
+};
+
+inline float decode_scalar(const QWeight& w, int64_t n, int64_t k) {
+  switch (w.fmt) {
+    case QFormat::Int8:  // row scale applied after the dot product
+      return static_cast<float>(reinterpret_cast<const int8_t*>(w.data)[n * w.K + k]);
+    case QFormat::Nf4: {
+      int64_t f = n * w.K + k;
+      uint8_t b = w.data[f >> 1];
+      int q = (f & 1) ? (b & 15) : (b >> 4);
+      return kNf4Code[q] * w.scale[f / w.blocksize];
+    }
+    case QFormat::Int4: {
+      int64_t G = int4_groups(w.K), g = k / kInt4Group, j = k % kInt4Group;
+      uint8_t b = w.data[(n * G + g) * 16 + (j & 15)];
+      int q = j < 16 ? (b & 15) : (b >> 4);
+      float d = w.scale[n * G + g];
+      return static_cast<float>(q - 8) * d;
+    }
+  }
+  return 0.f;
+}
+
+// Per-row factor applied to the dot product (int8's scb/127; 1 for the others).
+inline float row_factor(const QWeight& w, int64_t n) {
+  return w.fmt == QFormat::Int8 ? w.scale[n] * (1.0f / 127.0f) : 1.0f;
+}
+
+// Variants; each computes y = x @ W^T (+ bias). The dispatcher picks one by current_isa().
+void qmatmul_generic(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
+void qmatmul_avx2(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
+void qmatmul_avx512(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
+void qmatmul(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
+
+}  // namespace mpt

@@ -1,0 +1,162 @@
+"""Quantized formats and matmul kernels: every variant in ops.supported_isas() against ref_*."""
+import pytest
+import torch
+
+from mpt_lite import ops
+
+ISAS = ops.supported_isas()
+FORMATS = ("int8", "nf4", "int4")
+SHAPES = [(1, 1), (7, 5), (33, 31), (64, 64), (40, 96), (13, 100), (97, 257), (200, 320)]  # (N, K)
+
+
+def quantize(fmt, w):
+    if fmt == "int8":
+        return ops.quantize_int8(w)
+    if fmt == "nf4":
+        return ops.quantize_nf4(w)
+    return ops.quantize_int4(w)
+
+
+def matmul(fmt, x, q, shape, bias=None):
+    if fmt == "int8":
+        return ops.matmul_int8(x, *q, bias=bias)
+    if fmt == "nf4":
+        return ops.matmul_nf4(x, *q, shape, bias=bias)
+    return ops.matmul_int4(x, *q, shape[1], bias=bias)
+
+
+def ref_matmul(fmt, x, q, shape, bias=None):
+    if fmt == "int8":
+        return ops.ref_matmul_int8(x, *q, bias=bias)
+    if fmt == "nf4":
+        return ops.ref_matmul_nf4(x, *q, shape, bias=bias)
+    return ops.ref_matmul_int4(x, *q, shape[1], bias=bias)
+
+
+def dequantize(fmt, q, shape):
+    if fmt == "int8":
+        return ops.dequantize_int8(*q), ops.ref_dequantize_int8(*q)
+    if fmt == "nf4":
+        return ops.dequantize_nf4(*q, shape), ops.ref_dequantize_nf4(*q, shape)
+    return ops.dequantize_int4(*q, shape[1]), ops.ref_dequantize_int4(*q, shape[1])
+
+
+def ref_quantize(fmt, w):
+    return {"int8": ops.ref_quantize_int8, "nf4": ops.ref_quantize_nf4, "int4": ops.ref_quantize_int4}[fmt](w)
+
+
+def close(y, ref, x, wd):
+    """Equal to float32 rounding: the error bound of a K-term float32 dot product."""
+    K = x.shape[-1]
+    bound = (x.float().abs() @ wd.abs().t()) * (K * 2.0 ** -23) + 1e-6
+    err = (y.float() - ref.float()).abs()
+    assert bool((err <= bound).all()), f"max err {err.max().item()} (bound {bound.min().item()})"
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_quantize_dequantize_match_reference(fmt, shape):
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape))) * 0.1
+    w[0, 0] = 0.0
+    if shape[0] > 2:
+        w[1] = 0.0  # a zero row
+    q = quantize(fmt, w)
+    for got, want in zip(q, ref_quantize(fmt, w)):
+        assert torch.equal(got, want)
+    d, rd = dequantize(fmt, q, shape)
+    assert torch.equal(d, rd)
+    err = (d - w).abs().max().item()
+    assert err <= {"int8": 0.5 / 127, "nf4": 0.25, "int4": 1.0 / 8}[fmt] * w.abs().max().item() + 1e-7
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("M", [1, 2, 3, 7, 16, 33, 128, 513])
+def test_matmul_matches_reference(isa, fmt, M):
+    gen = torch.Generator().manual_seed(M)
+    for N, K in [(7, 5), (37, 64), (101, 96), (13, 257)] if M < 128 else [(19, 100), (101, 96)]:
+        w = torch.randn(N, K, generator=gen)
+        x = torch.randn(M, K, generator=gen)
+        bias = torch.randn(N, generator=gen)
+        q = quantize(fmt, w)
+        wd = dequantize(fmt, q, (N, K))[1]
+        with ops.use_isa(isa):
+            y = matmul(fmt, x, q, (N, K), bias)
+        assert y.shape == (M, N) and y.dtype == torch.float32
+        close(y, ref_matmul(fmt, x, q, (N, K), bias), x, wd)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_matmul_bf16_activations_and_batch_dims(isa, fmt):
+    w = torch.randn(48, 64)
+    x = torch.randn(2, 3, 64).to(torch.bfloat16)
+    q = quantize(fmt, w)
+    with ops.use_isa(isa):
+        y = matmul(fmt, x, q, (48, 64))
+    assert y.shape == (2, 3, 48) and y.dtype == torch.bfloat16
+    ref = ref_matmul(fmt, x.float(), q, (48, 64))
+    torch.testing.assert_close(y.float(), ref, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_matmul_deterministic_across_runs_and_thread_counts(fmt):
+    w = torch.randn(300, 200)
+    q = quantize(fmt, w)
+    prev = ops.num_threads()
+    try:
+        for M in (1, 3, 40):
+            x = torch.randn(M, 200)
+            outs = []
+            for threads in (1, 2, 3):
+                ops.set_num_threads(threads)
+                outs += [matmul(fmt, x, q, (300, 200)), matmul(fmt, x, q, (300, 200))]
+            assert all(torch.equal(outs[0], o) for o in outs[1:])
+    finally:
+        ops.set_num_threads(prev)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_dequantize_rows(fmt):
+    w = torch.randn(50, 70)
+    q = quantize(fmt, w)
+    full = dequantize(fmt, q, (50, 70))[0]
+    ids = torch.tensor([[3, 0], [49, 3]])
+    if fmt == "int8":
+        rows = ops.dequantize_rows_int8(*q, ids)
+    elif fmt == "nf4":
+        rows = ops.dequantize_rows_nf4(*q, (50, 70), ids)
+    else:
+        rows = ops.dequantize_rows_int4(*q, 70, ids)
+    assert torch.equal(rows, full[ids])
+    with pytest.raises(IndexError, match="ids"):
+        ops.dequantize_rows_int8(*ops.quantize_int8(w), torch.tensor([50]))
+
+
+def test_bad_input_raises_clear_errors():
+    w = torch.randn(8, 16)
+    cb, scb = ops.quantize_int8(w)
+    with pytest.raises(TypeError, match="x"):
+        ops.matmul_int8(torch.randn(2, 16).double(), cb, scb)
+    with pytest.raises(ValueError, match="x"):
+        ops.matmul_int8(torch.randn(2, 15), cb, scb)
+    with pytest.raises(TypeError, match="cb"):
+        ops.matmul_int8(torch.randn(2, 16), cb.float(), scb)
+    with pytest.raises(ValueError, match="scb"):
+        ops.matmul_int8(torch.randn(2, 16), cb, scb[:4])
+    with pytest.raises(ValueError, match="bias"):
+        ops.matmul_int8(torch.randn(2, 16), cb, scb, bias=torch.randn(3))
+    with pytest.raises(TypeError, match="w"):
+        ops.quantize_nf4(torch.ones(4, 4, dtype=torch.int32))
+    with pytest.raises(ValueError, match="blocksize"):
+        ops.quantize_nf4(w, blocksize=63)
+    p, a = ops.quantize_nf4(w)
+    with pytest.raises(ValueError, match="packed"):
+        ops.matmul_nf4(torch.randn(1, 16), p[:-1], a, (8, 16))
+    with pytest.raises(TypeError, match="shape"):
+        ops.matmul_nf4(torch.randn(1, 16), p, a, 8)
+    p4, s4 = ops.quantize_int4(w)
+    with pytest.raises(ValueError, match="scales"):
+        ops.matmul_int4(torch.randn(1, 16), p4, s4[:, :0], 16)
+    with pytest.raises(ValueError, match="x"):
+        ops.matmul_int4(torch.randn(1, 16, device="meta"), p4, s4, 16)

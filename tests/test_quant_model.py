@@ -1,0 +1,228 @@
+"""Quantized models: every head at int8 / nf4 / int4, weights-only simulation, save/reload,
+bitsandbytes interoperability (dequantize both ways, checkpoints saved in its layout)."""
+import json
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+import mpt_lite
+from mpt_lite import ops
+from mpt_lite.quant import QuantEmbedding, QuantLinear, quantized_modules
+
+HEADS = [mpt_lite.MptModel, mpt_lite.MptForCausalLM, mpt_lite.MptForSequenceClassification,
+         mpt_lite.MptForTokenClassification, mpt_lite.MptForQuestionAnswering]
+MODES = [(8, None), (4, "nf4"), (4, "int4")]
+
+
+def small_config(**kw):
+    base = dict(d_model=64, n_heads=4, n_layers=2, vocab_size=97, max_seq_len=32, expansion_ratio=4,
+                pad_token_id=0, num_labels=3)
+    base.update(kw)
+    return mpt_lite.MptConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def float_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    model = mpt_lite.MptForCausalLM(small_config()).eval()
+    folder = tmp_path_factory.mktemp("float")
+    model.save_pretrained(folder)
+    return folder
+
+
+def load(cls, folder, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # heads missing from a causal-LM checkpoint are initialised
+        return cls.from_pretrained(folder, **kw)
+
+
+def simulate(qmodel):
+    """The float model whose weights are the dequantized codes (float32 activations)."""
+    sim = type(qmodel)(qmodel.config).eval()
+    qmods = quantized_modules(qmodel)
+    state = {k: v for k, v in qmodel.state_dict().items() if not any(k.startswith(n + ".") for n in qmods)}
+    for name, mod in qmods.items():
+        state[f"{name}.weight"] = mod.dequantized()
+        if getattr(mod, "bias", None) is not None:
+            state[f"{name}.bias"] = mod.bias
+    sim.load_state_dict(state, strict=True)
+    return sim
+
+
+def main_output(out):
+    if hasattr(out, "start_logits"):
+        return torch.cat([out.start_logits, out.end_logits], dim=-1)
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+def cosine(a, b):
+    return F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0).item()
+
+
+@pytest.mark.parametrize("bits,quant_type", MODES)
+@pytest.mark.parametrize("cls", HEADS)
+def test_every_head_matches_weights_only_simulation(float_ckpt, cls, bits, quant_type):
+    q = load(cls, float_ckpt, bits=bits, quant_type=quant_type)
+    blocks = q.transformer_model().blocks[0]
+    assert isinstance(blocks.attn.Wqkv, QuantLinear) and isinstance(blocks.ffn.down_proj, QuantLinear)
+    assert isinstance(q.transformer_model().wte, QuantEmbedding)
+    ids = torch.randint(1, 97, (2, 11), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # left padding
+    got = main_output(q(ids, attention_mask=mask))
+    want = main_output(simulate(q)(ids, attention_mask=mask))
+    assert got.shape == want.shape
+    assert cosine(got, want) >= 0.999
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bits,quant_type", MODES)
+def test_quality_vs_unquantized(float_ckpt, bits, quant_type, capsys):
+    ref = load(mpt_lite.MptForCausalLM, float_ckpt)
+    q = load(mpt_lite.MptForCausalLM, float_ckpt, bits=bits, quant_type=quant_type)
+    ids = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(2))
+    a, b = q(ids).logits, ref(ids).logits
+    cos = cosine(a, b)
+    top1 = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
+    with capsys.disabled():
+        print(f"\n[quality] {quant_type or 'int8'}: logits cosine {cos:.5f}, top-1 agreement {top1:.3f} vs float32")
+    assert cos >= {8: 0.999, 4: 0.95}[bits]
+
+
+def test_decode_with_cache_and_generate(float_ckpt):
+    q = load(mpt_lite.MptForCausalLM, float_ckpt, bits=4)
+    ids = torch.randint(0, 97, (1, 6), generator=torch.Generator().manual_seed(3))
+    full = q(ids).logits[:, -1]
+    past = q(ids[:, :-1], use_cache=True).past_key_values
+    step = q(ids[:, -1:], past_key_values=past).logits[:, -1]
+    torch.testing.assert_close(step, full, rtol=1e-4, atol=1e-4)
+    out = q.generate(ids, max_new_tokens=3)
+    assert out.shape == (1, 9)
+
+
+@pytest.mark.parametrize("bits,quant_type", MODES)
+def test_save_reload_round_trips_exactly(float_ckpt, tmp_path, bits, quant_type):
+    q = load(mpt_lite.MptForCausalLM, float_ckpt, bits=bits, quant_type=quant_type)
+    q.save_pretrained(tmp_path)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as sf:
+        meta = json.loads(sf.metadata()["mpt_lite_quant"])
+    assert meta == {"format": quant_type or "int8", "version": 1, "blocksize": 64, "group_size": 32}
+    r = mpt_lite.MptForCausalLM.from_pretrained(tmp_path)  # no bits: reloaded as saved, no quantizing
+    sa, sb = q.state_dict(), r.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert "lm_head.weight" not in sb  # the tied matrix is stored once
+    ids = torch.randint(0, 97, (1, 7))
+    assert torch.equal(q(ids).logits, r(ids).logits)
+    with pytest.raises(ValueError, match="int4|nf4|int8"):
+        other = "int4" if quant_type == "nf4" else "nf4"
+        mpt_lite.MptForCausalLM.from_pretrained(tmp_path, bits=4, quant_type=other if bits == 4 else "nf4")
+
+
+def test_bad_bits_and_quant_type(float_ckpt):
+    with pytest.raises(ValueError, match="3"):
+        mpt_lite.MptForCausalLM.from_pretrained(float_ckpt, bits=3)
+    with pytest.raises(ValueError, match="fp4"):
+        mpt_lite.MptForCausalLM.from_pretrained(float_ckpt, bits=4, quant_type="fp4")
+    with pytest.raises(ValueError, match="quant_type"):
+        mpt_lite.MptForCausalLM.from_pretrained(float_ckpt, quant_type="nf4")
+
+
+def test_mpt_lite_load_defaults_to_nf4(float_ckpt):
+    m = mpt_lite.load(float_ckpt)
+    assert m.transformer.blocks[0].attn.Wqkv.quant_type == "nf4"
+
+
+# ---- bitsandbytes interoperability ----
+
+bnb_f = pytest.importorskip("bitsandbytes.functional")
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (37, 48), (13, 100), (5, 7)])
+def test_nf4_dequantize_agrees_with_bitsandbytes_both_ways(shape):
+    w = torch.randn(*shape)
+    # bitsandbytes bytes -> mpt_lite. The oracle works on the flattened weight: bitsandbytes 0.50.2's
+    # CPU dequantize_4bit is wrong for 2-D states whose row length is a multiple of 16 but not of 64.
+    packed, state = bnb_f.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=False)
+    packed1, state1 = bnb_f.quantize_4bit(w.reshape(-1), blocksize=64, quant_type="nf4", compress_statistics=False)
+    assert torch.equal(packed, packed1) and torch.equal(state.absmax, state1.absmax)
+    theirs = bnb_f.dequantize_4bit(packed1, state1).reshape(shape)
+    ours = ops.dequantize_nf4(packed.reshape(-1), state.absmax, shape)
+    assert torch.equal(ours, theirs)
+    # mpt_lite bytes -> bitsandbytes
+    mp, ma = ops.quantize_nf4(w)
+    state1.absmax = ma
+    theirs = bnb_f.dequantize_4bit(mp.reshape(-1, 1), state1).reshape(shape)
+    assert torch.equal(ops.dequantize_nf4(mp, ma, shape), theirs)
+    def codes(p):
+        return torch.stack([p.reshape(-1) >> 4, p.reshape(-1) & 15], 1).reshape(-1)[: w.numel()]
+
+    assert (codes(mp) == codes(packed)).float().mean().item() > 0.99  # all but float ties at midpoints
+
+
+def test_int8_dequantize_agrees_with_bitsandbytes_both_ways():
+    w = torch.randn(33, 70)
+    cb, scb, _ = bnb_f.int8_vectorwise_quant(w.clone())
+    assert torch.equal(ops.dequantize_int8(cb, scb), bnb_f.int8_vectorwise_dequant(cb, scb))
+    mcb, mscb = ops.quantize_int8(w)
+    assert torch.equal(mcb, cb) and torch.equal(mscb, scb)
+    assert torch.equal(ops.dequantize_int8(mcb, mscb), bnb_f.int8_vectorwise_dequant(mcb, mscb))
+
+
+def _bnb_checkpoint(src, folder, kind, nested=False):
+    """A checkpoint in the layout transformers + bitsandbytes save (Linear4bit / Linear8bitLt)."""
+    state = {}
+    for key, t in src.state_dict().items():
+        is_linear = key.endswith(".weight") and t.dim() == 2 and ".blocks." in "." + key
+        if not is_linear:
+            state[key] = t.to(torch.bfloat16)  # norms, biases and wte stay float, as in transformers
+            continue
+        p = key[: -len(".weight")]
+        if kind == "int8":
+            cb, scb, _ = bnb_f.int8_vectorwise_quant(t.clone())
+            state[key], state[f"{p}.SCB"] = cb, scb
+            state[f"{p}.weight_format"] = torch.tensor([0], dtype=torch.uint8)
+        else:
+            packed, qs = bnb_f.quantize_4bit(t, blocksize=64, quant_type="nf4", compress_statistics=nested)
+            for name, v in qs.as_dict(packed=True).items():
+                state[f"{key}.{name}"] = v
+            state[key] = packed
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"),
+              metadata={"format": "pt"})
+    (folder / "config.json").write_text(src.config.to_json_string())
+
+
+@pytest.mark.parametrize("kind,nested", [("int8", False), ("nf4", False), ("nf4", True)])
+def test_loads_a_bitsandbytes_checkpoint(float_ckpt, tmp_path, kind, nested):
+    src = load(mpt_lite.MptForCausalLM, float_ckpt)
+    _bnb_checkpoint(src, tmp_path, kind, nested)
+    q = mpt_lite.MptForCausalLM.from_pretrained(tmp_path)
+    lin = q.transformer.blocks[1].ffn.up_proj
+    assert lin.quant_type == kind
+    w = src.transformer.blocks[1].ffn.up_proj.weight
+    if kind == "int8":
+        want = bnb_f.int8_vectorwise_dequant(*bnb_f.int8_vectorwise_quant(w.clone())[:2])
+    else:
+        packed, qs = bnb_f.quantize_4bit(w.reshape(-1), blocksize=64, quant_type="nf4", compress_statistics=nested)
+        want = bnb_f.dequantize_4bit(packed, qs).reshape(w.shape)
+    torch.testing.assert_close(lin.dequantized(), want, rtol=0, atol=1e-6 if nested else 0)
+    ids = torch.randint(0, 97, (1, 8))
+    assert cosine(q(ids).logits, simulate(q)(ids).logits) >= 0.999
+    assert cosine(q(ids).logits, src(ids).logits) >= 0.95
+
+
+@pytest.mark.parametrize("quant_type", ["int8", "nf4", "int4"])
+@pytest.mark.parametrize("shape", [(3000, 700), (4100, 257), (5, 7)])
+def test_quantizing_in_slabs_equals_whole(quant_type, shape):
+    w = torch.randn(*shape).to(torch.bfloat16)
+    lin = QuantLinear(shape[1], shape[0], bias=False, quant_type=quant_type)
+    lin.quantize_from(w)
+    from mpt_lite.quant import quantize
+
+    whole = quantize(quant_type, w.float())
+    for name, t in whole.items():
+        assert torch.equal(getattr(lin, name), t)
