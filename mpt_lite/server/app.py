@@ -105,13 +105,13 @@ class Service:
         ids = self.tok.encode(body.prompt) if isinstance(body.prompt, str) else list(body.prompt)
         return ids, _eos_ids(self.model, None), body.stop_list()
 
-    def budget(self, n_prompt: int, max_tokens: int | None) -> int:
+    def budget(self, n_prompt: int, max_tokens: int | None, prompt_param: str) -> int:
         """max_tokens checked against the context (default: the rest of the context)."""
         if n_prompt == 0:
-            raise bad_request("the prompt encodes to no tokens", param="prompt")
+            raise bad_request("the prompt encodes to no tokens", param=prompt_param)
         if n_prompt >= self.max_seq_len:
             raise bad_request(f"this model's maximum context length is {self.max_seq_len} tokens, "
-                              f"but the prompt has {n_prompt} tokens", param="messages",
+                              f"but the prompt has {n_prompt} tokens", param=prompt_param,
                               code="context_length_exceeded")
         if max_tokens is None:
             return self.max_seq_len - n_prompt
@@ -124,7 +124,7 @@ class Service:
 
     async def answer(self, request: Request, chat: bool, body: Any, prompt: list[int], eos: set[int],
                      stops: list[str]) -> Response:
-        max_tokens = self.budget(len(prompt), body.max_tokens)
+        max_tokens = self.budget(len(prompt), body.max_tokens, "messages" if chat else "prompt")
         params = SamplingParams(do_sample=body.temperature > 0, temperature=body.temperature, top_p=body.top_p,
                                 seed=body.seed)
         reply = Reply(chat, self.model_name)

@@ -9,7 +9,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import APIError, bad_request
+from .errors import bad_request
 
 MAX_STOP_STRINGS = 4  # as in the OpenAI API
 
@@ -172,7 +172,3 @@ class Reply:
     def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
         obj = "chat.completion.chunk" if self.chat else "text_completion"
         return {**self._base(obj), "choices": [], "usage": usage(prompt_tokens, completion_tokens)}
-
-
-def api_error_of(e: Exception) -> APIError:
-    return e if isinstance(e, APIError) else bad_request(str(e))
