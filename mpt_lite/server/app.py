@@ -215,10 +215,14 @@ def create_app(model: Any, *, model_name: str = "mpt-lite", api_key: str | None 
         return JSONResponse(error_body(f"internal error: {type(e).__name__}: {e}", "server_error"), status_code=500)
 
     @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok", "model": svc.model_name, "active_requests": runner.active,
-                "max_queue": runner.max_queue, "max_num_seqs": runner.engine.max_num_seqs,
-                "capacity": runner.capacity, **runner.snapshot, "counters": dict(runner.counters)}
+    async def health() -> Response:
+        """200 while the engine thread runs, 503 otherwise; the numbers are the engine's latest."""
+        alive = runner.alive
+        return JSONResponse({
+            "status": "ok" if alive else "engine stopped", "model": svc.model_name,
+            "active_requests": runner.active, "max_queue": runner.max_queue,
+            "max_num_seqs": runner.engine.max_num_seqs, "capacity": runner.capacity, **runner.snapshot,
+            "counters": dict(runner.counters)}, status_code=200 if alive else 503)
 
     @app.get("/v1/models")
     async def models() -> dict:

@@ -83,6 +83,10 @@ class EngineRunner:
         self._thread = None
 
     @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
     def capacity(self) -> int:
         """Requests accepted at once: a full batch running plus max_queue waiting."""
         return self.engine.max_num_seqs + self.max_queue
@@ -93,7 +97,7 @@ class EngineRunner:
                   decoder: TextDecoder) -> AsyncIterator[Job]:
         """Submits a request and waits until the engine has taken it (errors from add_request
         arrive as APIError here); leaving the block early aborts it."""
-        if self._thread is None:
+        if not self.alive:
             raise APIError(503, "the engine is not running", type="server_error", code="engine_stopped")
         if self.active >= self.capacity:
             self.counters["rejected"] += 1
@@ -124,13 +128,11 @@ class EngineRunner:
                 self._handle(*cmd)
             if self.engine.has_unfinished():
                 try:
-                    events = self.engine.step()
+                    self._dispatch(self.engine.step())
                 except Exception as e:  # noqa: BLE001 - keep serving; the requests in flight fail
                     log.exception("engine step failed")
                     self._fail_all(APIError(500, f"the engine failed: {type(e).__name__}: {e}",
                                             type="server_error", code="engine_error"))
-                    events = []
-                self._dispatch(events)
             self._publish()
 
     def _commands(self, block: bool) -> list:
@@ -146,8 +148,13 @@ class EngineRunner:
             try:
                 req = self.engine.add_request(job.prompt, job.max_tokens, params=job.params,
                                               eos_token_id=sorted(job.eos))
-            except (ValueError, TypeError, IndexError) as e:
+            except (ValueError, TypeError, IndexError) as e:  # the engine's checks of the request
                 job.send(("error", bad_request(str(e))))
+                return
+            except Exception as e:  # noqa: BLE001
+                log.exception("add_request failed")
+                job.send(("error", APIError(500, f"the engine could not take the request: {type(e).__name__}: {e}",
+                                            type="server_error", code="engine_error")))
                 return
             job.req = req
             job.send(("accepted",))
