@@ -3,6 +3,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstdint>
+#include <stdexcept>
+
+#include "cpu/attention.h"
 #include "cpu/cpu_features.h"
 #include "cpu/quant_formats.h"
 #include "cpu/thread_pool.h"
@@ -14,6 +18,22 @@ namespace mpt::cuda {
 int device_count();
 }
 #endif
+
+static mpt::KvCacheView kv_view(uintptr_t k, uintptr_t v, uintptr_t k_scale, uintptr_t v_scale, int dtype,
+                                int64_t num_slots, int kv_heads, int head_dim, int block_size) {
+  if (dtype < 0 || dtype > 3) throw std::invalid_argument("unknown KV cache dtype code");
+  mpt::KvCacheView c;
+  c.k = reinterpret_cast<void*>(k);
+  c.v = reinterpret_cast<void*>(v);
+  c.k_scale = reinterpret_cast<float*>(k_scale);
+  c.v_scale = reinterpret_cast<float*>(v_scale);
+  c.dtype = static_cast<mpt::KvDtype>(dtype);
+  c.num_slots = num_slots;
+  c.kv_heads = kv_heads;
+  c.head_dim = head_dim;
+  c.block_size = block_size;
+  return c;
+}
 
 // Buffers arrive as integer addresses (ops.py checked dtype, shape, contiguity and device).
 template <typename T>
@@ -105,4 +125,35 @@ PYBIND11_MODULE(_C, m) {
   }, G());
 
   // ---- paged KV cache and attention (csrc/cpu/attention_*.cpp) ----
+  // cache arguments, in order: k, v, k_scale, v_scale (0 unless int8), dtype code (0 f32, 1 bf16,
+  // 2 f16, 3 int8), num_slots, kv_heads, head_dim, block_size.
+  m.def("write_kv_cache", [](uintptr_t k, uintptr_t v, int64_t n_tokens, uintptr_t slots, uintptr_t kc, uintptr_t vc,
+                             uintptr_t ks, uintptr_t vs, int dtype, int64_t num_slots, int kv_heads, int head_dim,
+                             int block_size) {
+    mpt::KvCacheView c = kv_view(kc, vc, ks, vs, dtype, num_slots, kv_heads, head_dim, block_size);
+    py::gil_scoped_release nogil;
+    mpt::write_kv_cache(reinterpret_cast<const float*>(k), reinterpret_cast<const float*>(v), n_tokens,
+                        reinterpret_cast<const int64_t*>(slots), c);
+  });
+  m.def("paged_attention", [](bool decode, uintptr_t q, uintptr_t out, int num_heads, int num_seqs,
+                              uintptr_t block_tables, int max_blocks, uintptr_t context_lens,
+                              uintptr_t query_start_loc, uintptr_t slopes, float scale, uintptr_t kc, uintptr_t vc,
+                              uintptr_t ks, uintptr_t vs, int dtype, int64_t num_slots, int kv_heads, int head_dim,
+                              int block_size) {
+    mpt::KvCacheView c = kv_view(kc, vc, ks, vs, dtype, num_slots, kv_heads, head_dim, block_size);
+    mpt::AttnArgs a;
+    a.q = reinterpret_cast<const float*>(q);
+    a.out = reinterpret_cast<float*>(out);
+    a.num_heads = num_heads;
+    a.num_seqs = num_seqs;
+    a.block_tables = reinterpret_cast<const int32_t*>(block_tables);
+    a.max_blocks = max_blocks;
+    a.context_lens = reinterpret_cast<const int32_t*>(context_lens);
+    a.query_start_loc = reinterpret_cast<const int32_t*>(query_start_loc);
+    a.slopes = reinterpret_cast<const float*>(slopes);
+    a.scale = scale;
+    py::gil_scoped_release nogil;
+    if (decode) mpt::paged_attention_decode(a, c);
+    else mpt::paged_attention_prefill(a, c);
+  });
 }

@@ -6,6 +6,7 @@ from typing import Any
 import torch
 
 from .cache import MptCache
+from .engine import Engine
 from .config import MptConfig
 from .modeling import (
     TASKS,
@@ -23,7 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "load", "MptConfig", "MptModel", "MptForCausalLM", "MptForSequenceClassification",
     "MptForTokenClassification", "MptForQuestionAnswering", "MptPreTrainedModel", "MptTokenizer",
-    "MptCache", "default_model_path",
+    "MptCache", "Engine", "default_model_path",
 ]
 
 

@@ -116,12 +116,30 @@ def iter_tensors(files: list[Path], reuse_buffer: bool = False) -> Iterator[tupl
     reuse_buffer=True (safetensors): every tensor is read into one shared buffer, valid only until the
     next one is yielded, for a consumer that converts each tensor at once (quantizing while loading);
     then no freed source tensor lingers in the allocator's heap and resident memory stays flat."""
+    from . import progress
+
     shared = [torch.empty(0, dtype=torch.uint8)] if reuse_buffer else None
     for f in files:
-        if f.suffix == ".safetensors":
-            yield from _iter_safetensors(f, shared)
-        else:
-            yield from _iter_torch_bin(f)
+        tensors = _iter_safetensors(f, shared) if f.suffix == ".safetensors" else _iter_torch_bin(f)
+        for item in tensors:
+            yield item
+            progress.tick()  # advances a progress bar when a caller (the CLI) tracks one
+
+
+def count_tensors(files: list[Path]) -> int | None:
+    """How many tensors the files hold (from the safetensors headers); None for .bin files."""
+    from safetensors import safe_open
+
+    n = 0
+    for f in files:
+        if f.suffix != ".safetensors":
+            return None
+        try:
+            with safe_open(str(f), framework="pt") as sf:
+                n += len(list(sf.keys()))
+        except Exception as e:
+            raise OSError(f"{f} is not a readable safetensors file ({e})") from None
+    return n
 
 
 def safetensors_metadata(path: Path) -> dict:

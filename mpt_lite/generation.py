@@ -1,4 +1,5 @@
-"""Text generation for MptForCausalLM: greedy or sampled decoding over the key/value cache.
+"""Text generation for MptForCausalLM: greedy or sampled decoding on the Engine (paged KV cache,
+continuous batching).
 
 Token ids in -> token ids out (prompt included, as transformers does); a string in -> the
 completion string; a list of strings -> a list; stream=True -> a generator of text pieces."""
@@ -8,7 +9,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from .sampling import SamplingParams, next_tokens
+from .sampling import SamplingParams
 
 
 def generate(model, inputs: Any = None, attention_mask: torch.Tensor | None = None, *,
@@ -60,61 +61,84 @@ def _eos_ids(model, eos_token_id: Any) -> set[int]:
     return {int(e) for e in eos_token_id} if isinstance(eos_token_id, (list, tuple, set)) else {int(eos_token_id)}
 
 
-def _decode_steps(model, ids: torch.Tensor, mask: torch.Tensor | None, max_new: int, params: SamplingParams,
-                  eos: set[int]) -> Iterator[torch.Tensor]:
-    """Yields the next token of each row, (batch,), until every row has hit eos or max_new tokens."""
-    batch = ids.shape[0]
-    limit = model.config.max_seq_len - ids.shape[1]
-    if max_new > limit:
-        raise ValueError(f"the prompt ({ids.shape[1]} tokens) plus max_new_tokens={max_new} exceed max_seq_len="
-                         f"{model.config.max_seq_len}; lower max_new_tokens or load with a larger max_seq_len")
-    gen = params.generator(ids.device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=ids.device)
-    history = ids
-    past = None
-    step_ids = ids
-    with torch.inference_mode():
-        for _ in range(max_new):
-            out = model(input_ids=step_ids, attention_mask=mask, past_key_values=past, use_cache=True,
-                        logits_to_keep=1)
-            past = out.past_key_values
-            nxt = next_tokens(out.logits[:, -1, :].float(), history, params, gen)
-            if eos:
-                pad = next(iter(eos))
-                nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
-            yield nxt
-            if eos:
-                finished |= torch.isin(nxt, torch.tensor(sorted(eos), device=nxt.device))
-                if bool(finished.all()):
-                    return
-            history = torch.cat([history, nxt[:, None]], dim=1)
-            step_ids = nxt[:, None]
-            if mask is not None:
-                mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=mask.device)], dim=1)
+def _engine(model, rows: list[list[int]], max_new: int):
+    """An engine whose cache holds every row at full length (blocks are committed only when used)."""
+    from .engine import Engine
+    from .kv_cache import DEFAULT_BLOCK_SIZE
+
+    blocks = sum(-(-(len(r) + max_new) // DEFAULT_BLOCK_SIZE) for r in rows)
+    return Engine(model, num_blocks=max(blocks, 1), max_num_seqs=max(len(rows), 1))
+
+
+def _add(engine, row: list[int], max_new: int, params: SamplingParams, eos: set[int], index: int, stop_fn=None):
+    if params.do_sample and params.seed is not None and index:  # each row its own, reproducible, stream
+        params = SamplingParams(**{**params.__dict__, "seed": int(params.seed) + index})
+    return engine.add_request(row, max_new, params=params, eos_token_id=sorted(eos), stop_fn=stop_fn)
 
 
 def _generate_ids(model, ids, mask, max_new, params, eos) -> torch.Tensor:
-    from .modeling import check_input_ids
+    """Rows run unpadded (a padded position is dropped, as the mask says), so left padding gives
+    what transformers gives: ALiBi biases and llm-foundry's shifted wpe positions are relative."""
+    from .modeling import _check_attention_mask, check_input_ids
 
     check_input_ids(ids, model.config.vocab_size)
-    new = list(_decode_steps(model, ids, mask, max_new, params, eos))
-    if not new:
+    if mask is not None:
+        mask = _check_attention_mask(mask, ids.shape[0], ids.shape[1], ids.device)
+    rows = [r[m != 0].tolist() for r, m in zip(ids, mask)] if mask is not None else ids.tolist()
+    for i, r in enumerate(rows):
+        if not r:
+            raise ValueError(f"row {i} of attention_mask masks every token")
+    engine = _engine(model, rows, max_new)
+    reqs = [_add(engine, r, max_new, params, eos, i) for i, r in enumerate(rows)]
+    for _ in engine.run():
+        pass
+    width = max(len(r.output) for r in reqs)
+    if width == 0:
         return ids.clone()
-    return torch.cat([ids, torch.stack(new, dim=1)], dim=1)
+    pad = model.config.pad_token_id
+    if pad is None:
+        pad = min(eos) if eos else 0
+    new = torch.full((len(reqs), width), int(pad), dtype=ids.dtype)
+    for i, r in enumerate(reqs):
+        new[i, :len(r.output)] = torch.tensor(r.output, dtype=ids.dtype)
+    return torch.cat([ids, new.to(ids.device)], dim=1)
+
+
+def _stop_fn(tok, stops: list[str]):
+    if not stops:
+        return None
+    tail = 4 * max(len(s) for s in stops) + 4  # a character spans at most 4 byte-level tokens
+
+    def hit(out: list[int]) -> bool:
+        return _find_stop(tok.decode(out[-tail:]), stops) is not None
+
+    return hit
+
+
+def _prompt_ids(model, tok, prompt: str) -> list[int]:
+    from .modeling import check_input_ids
+
+    ids = tok.encode(prompt)
+    if not ids:
+        raise ValueError("the prompt encodes to no tokens")
+    check_input_ids(torch.tensor([ids], dtype=torch.long), model.config.vocab_size)
+    return ids
 
 
 def _stream_text(model, tok, prompt: str, max_new: int, params, eos, stops) -> Iterator[str]:
-    ids = torch.tensor([tok.encode(prompt)], dtype=torch.long)
-    if ids.shape[1] == 0:
-        raise ValueError("the prompt encodes to no tokens")
-    from .modeling import check_input_ids
+    ids = _prompt_ids(model, tok, prompt)
+    engine = _engine(model, [ids], max_new)
+    req = _add(engine, ids, max_new, params, eos, 0)
+    return _text_pieces(tok, engine.stream(req), eos, stops)
 
-    check_input_ids(ids, model.config.vocab_size)
+
+def _text_pieces(tok, tokens: Iterator[int], eos: set[int], stops: list[str]) -> Iterator[str]:
+    """Text pieces of a token stream: held back while a multi-byte character or a possible stop
+    string is unfinished; ends before a stop string or at eos."""
     out_ids: list[int] = []
     emitted = 0
     text = ""
-    for nxt in _decode_steps(model, ids, None, max_new, params, eos):
-        t = int(nxt[0])
+    for t in tokens:
         if t in eos:
             break
         out_ids.append(t)
@@ -137,16 +161,14 @@ def _stream_text(model, tok, prompt: str, max_new: int, params, eos, stops) -> I
 
 
 def _generate_texts(model, tok, prompts, max_new, params, eos, stops) -> list[str]:
-    enc = tok(prompts, padding_side="left")
-    new = list(_decode_steps(model, enc["input_ids"], enc["attention_mask"], max_new, params, eos))
+    rows = [_prompt_ids(model, tok, p) for p in prompts]
+    engine = _engine(model, rows, max_new)
+    reqs = [_add(engine, r, max_new, params, eos, i, _stop_fn(tok, stops)) for i, r in enumerate(rows)]
+    for _ in engine.run():
+        pass
     results = []
-    for row in range(len(prompts)):
-        ids = []
-        for step in new:
-            t = int(step[row])
-            if t in eos:
-                break
-            ids.append(t)
+    for r in reqs:
+        ids = [t for t in r.output if t not in eos]
         text = tok.decode(ids)
         cut = _find_stop(text, stops)
         results.append(text if cut is None else text[:cut])

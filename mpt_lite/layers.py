@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import MptConfig
+from .kv_cache import PagedLayer
 
 
 def alibi_slopes(n_heads: int, alibi_bias_max: float = 8) -> torch.Tensor:
@@ -118,6 +119,11 @@ class MptAttention(nn.Module):
         q, k, v = qkv.split([self.d_model, kv_dim, kv_dim], dim=-1)
         if self.q_ln is not None:
             q, k = self.q_ln(q), self.k_ln(k)
+        if isinstance(past, PagedLayer):  # the engine's flat batch: b == 1, s tokens of many sequences
+            ctx = past.attend(q.reshape(b * s, self.n_heads, self.head_dim),
+                              k.reshape(b * s, self.kv_n_heads, self.head_dim),
+                              v.reshape(b * s, self.kv_n_heads, self.head_dim), self.scale, slopes)
+            return self.out_proj(ctx.to(x.dtype).reshape(b, s, self.d_model)), past
         q = q.reshape(b, s, self.n_heads, self.head_dim).transpose(1, 2)
         k = k.reshape(b, s, self.kv_n_heads, self.head_dim).transpose(1, 2)
         v = v.reshape(b, s, self.kv_n_heads, self.head_dim).transpose(1, 2)

@@ -158,6 +158,17 @@ class MptModel(MptPreTrainedModel):
             hidden_states=tuple(hidden_states) if hidden_states is not None else None,
         )
 
+    def forward_paged(self, input_ids: torch.Tensor, step: Any) -> torch.Tensor:
+        """The engine's forward: input_ids (tokens,) holds the new tokens of the sequences a
+        kv_cache.PagedStep schedules, back to back; returns their hidden states (tokens, d_model)."""
+        x = self.embed(input_ids.view(1, -1).to(self.wte.weight.device))
+        if self.wpe is not None:
+            x = x + self.wpe(step.positions.view(1, -1).to(x.device)).to(x.dtype)
+        slopes = self.alibi_slopes(x.device)
+        for i, block in enumerate(self.blocks):
+            x, _ = block(x, slopes, None, step.layer(i))
+        return self.norm_f(x)[0]
+
     def _input_embeddings(self, input_ids, inputs_embeds) -> torch.Tensor:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -259,10 +270,23 @@ class MptForCausalLM(_HeadModel):
         return CausalLMOutput(loss=loss, logits=logits, past_key_values=out.past_key_values,
                               hidden_states=out.hidden_states)
 
+    def forward_paged(self, input_ids: torch.Tensor, step: Any, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (rows, vocab) of the engine's flat batch (see MptModel.forward_paged); rows picks tokens."""
+        hidden = self.transformer.forward_paged(input_ids, step)
+        return self.logits(hidden if rows is None else hidden[rows])
+
     def generate(self, inputs: Any = None, **kwargs: Any):
         from .generation import generate
 
         return generate(self, inputs, **kwargs)
+
+    def chat(self, messages: Any, stream: bool = False, **kwargs: Any):
+        """The assistant's reply to ``messages`` ([{"role": "user", "content": ...}, ...]) in the
+        checkpoint's chat format (ChatML for mpt-7b-chat / mpt-30b-chat); stops at <|im_end|>.
+        kwargs go to generate (max_new_tokens, do_sample, temperature, ...); stream=True yields text."""
+        from .chat import chat
+
+        return chat(self, messages, stream=stream, **kwargs)
 
 
 class MptForSequenceClassification(_HeadModel):

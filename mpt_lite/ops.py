@@ -383,3 +383,173 @@ def ref_matmul_int4(x, packed, scales, in_features: int, bias=None) -> torch.Ten
 
 
 # ---- paged KV cache and attention ----
+#
+# A layer's cache is a pair of tensors k_cache, v_cache of shape (num_blocks, block_size,
+# kv_heads, head_dim) in float32, bfloat16, float16 or int8; int8 caches carry float32 scales
+# k_scale, v_scale of shape (num_blocks, block_size, kv_heads): value = int8 * scale, with
+# scale = absmax / 127 over one token and head. A slot is block * block_size + offset.
+
+KV_CACHE_DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.int8: 3}
+
+
+def _cache_args(k_cache, v_cache, k_scale, v_scale) -> tuple:
+    check_tensor("k_cache", k_cache, tuple(KV_CACHE_DTYPES), ndim=4)
+    check_tensor("v_cache", v_cache, (k_cache.dtype,), ndim=4)
+    if v_cache.shape != k_cache.shape:
+        raise ValueError(f"k_cache and v_cache differ in shape: {tuple(k_cache.shape)} vs {tuple(v_cache.shape)}")
+    num_blocks, block_size, kv_heads, head_dim = k_cache.shape
+    if min(block_size, kv_heads, head_dim) == 0:
+        raise ValueError(f"empty KV cache dimensions: {tuple(k_cache.shape)}")
+    scales = (0, 0)
+    if k_cache.dtype == torch.int8:
+        for name, s in (("k_scale", k_scale), ("v_scale", v_scale)):
+            if s is None:
+                raise ValueError(f"an int8 KV cache needs {name}")
+            check_tensor(name, s, (torch.float32,), ndim=3)
+            if tuple(s.shape) != (num_blocks, block_size, kv_heads):
+                raise ValueError(f"{name} must have shape {(num_blocks, block_size, kv_heads)}, got {tuple(s.shape)}")
+        scales = (ptr(k_scale), ptr(v_scale))
+    elif k_scale is not None or v_scale is not None:
+        raise ValueError("k_scale/v_scale belong to int8 KV caches only")
+    return (ptr(k_cache), ptr(v_cache), *scales, KV_CACHE_DTYPES[k_cache.dtype], num_blocks * block_size,
+            kv_heads, head_dim, block_size)
+
+
+def _as_f32(name: str, t: object, shape_tail: tuple) -> torch.Tensor:
+    check_tensor(name, t, (torch.float32, torch.bfloat16, torch.float16), ndim=1 + len(shape_tail))
+    if tuple(t.shape[1:]) != shape_tail:
+        raise ValueError(f"{name} must have shape (tokens, {', '.join(map(str, shape_tail))}), got {tuple(t.shape)}")
+    return t.float().contiguous()
+
+
+def _index(name: str, t: object, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    check_tensor(name, t, (dtype,), ndim=len(shape))
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    return t.contiguous()
+
+
+def write_kv_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                   slot_mapping: torch.Tensor, k_scale: torch.Tensor | None = None,
+                   v_scale: torch.Tensor | None = None) -> None:
+    """Writes key/value (tokens, kv_heads, head_dim) into the cache at slot_mapping (tokens,) int64;
+    a negative slot skips its token. In place."""
+    cache = _cache_args(k_cache, v_cache, k_scale, v_scale)
+    tail = tuple(k_cache.shape[2:])
+    key, value = _as_f32("key", key, tail), _as_f32("value", value, tail)
+    if key.shape != value.shape:
+        raise ValueError(f"key and value differ in shape: {tuple(key.shape)} vs {tuple(value.shape)}")
+    slots = _index("slot_mapping", slot_mapping, (key.shape[0],), torch.int64)
+    _C.write_kv_cache(ptr(key), ptr(value), key.shape[0], ptr(slots), *cache)
+
+
+def _attention(decode: bool, query, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale,
+               slopes, k_scale, v_scale) -> torch.Tensor:
+    cache = _cache_args(k_cache, v_cache, k_scale, v_scale)
+    kv_heads, head_dim = k_cache.shape[2:]
+    check_tensor("query", query, (torch.float32, torch.bfloat16, torch.float16), ndim=3)
+    if query.shape[2] != head_dim:
+        raise ValueError(f"query head_dim {query.shape[2]} differs from the cache's {head_dim}")
+    num_heads = query.shape[1]
+    if num_heads % kv_heads:
+        raise ValueError(f"query heads ({num_heads}) must be a multiple of the cache's kv_heads ({kv_heads})")
+    q = query.float().contiguous()
+    check_tensor("block_tables", block_tables, (torch.int32,), ndim=2)
+    num_seqs = block_tables.shape[0]
+    block_tables = block_tables.contiguous()
+    lens = _index("context_lens", context_lens, (num_seqs,), torch.int32)
+    if decode:
+        if q.shape[0] != num_seqs:
+            raise ValueError(f"decode takes one query per sequence: {q.shape[0]} queries, {num_seqs} block tables")
+        qsl_ptr = 0
+    else:
+        qsl = _index("query_start_loc", query_start_loc, (num_seqs + 1,), torch.int32)
+        if int(qsl[-1]) != q.shape[0]:
+            raise ValueError(f"query_start_loc ends at {int(qsl[-1])}, query has {q.shape[0]} tokens")
+        qsl_ptr = ptr(qsl)
+    slopes_ptr = 0
+    if slopes is not None:
+        slopes = _index("slopes", slopes, (num_heads,), torch.float32)
+        slopes_ptr = ptr(slopes)
+    out = torch.empty_like(q)
+    if num_seqs:
+        _C.paged_attention(decode, ptr(q), ptr(out), num_heads, num_seqs, ptr(block_tables), block_tables.shape[1],
+                           ptr(lens), qsl_ptr, slopes_ptr, float(scale), *cache)
+    return out
+
+
+def paged_attention_decode(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                           block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
+                           slopes: torch.Tensor | None = None, k_scale: torch.Tensor | None = None,
+                           v_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """One query per sequence, query (seqs, heads, head_dim), at position context_lens[s] - 1, over
+    the keys its block_tables (seqs, max_blocks) int32 row names. Returns float32 (seqs, heads, head_dim)."""
+    return _attention(True, query, k_cache, v_cache, block_tables, context_lens, None, scale, slopes, k_scale,
+                      v_scale)
+
+
+def paged_attention_prefill(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                            block_tables: torch.Tensor, context_lens: torch.Tensor,
+                            query_start_loc: torch.Tensor, scale: float, slopes: torch.Tensor | None = None,
+                            k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal attention of the new tokens of each sequence: query (tokens, heads, head_dim) holds
+    sequence s at rows query_start_loc[s]:query_start_loc[s+1], the last ones of its context_lens[s]
+    tokens (a cached prefix plus these); their K/V must already be in the cache."""
+    return _attention(False, query, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale, slopes,
+                      k_scale, v_scale)
+
+
+def ref_quantize_kv_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., head_dim) float32 -> int8 values and (...) float32 scales, as the kernel stores them."""
+    s = x.abs().amax(-1) / 127.0
+    q = torch.where(s[..., None] > 0, torch.round(x / s[..., None]), torch.zeros_like(x)).clamp(-127, 127)
+    return q.to(torch.int8), s
+
+
+def ref_write_kv_cache(key, value, k_cache, v_cache, slot_mapping, k_scale=None, v_scale=None) -> None:
+    keep = slot_mapping >= 0
+    slots = slot_mapping[keep]
+    for x, cache, scales in ((key, k_cache, k_scale), (value, v_cache, v_scale)):
+        flat = cache.view(-1, *cache.shape[2:])
+        x = x[keep].float()
+        if cache.dtype == torch.int8:
+            q, s = ref_quantize_kv_int8(x)
+            flat[slots] = q
+            scales.view(-1, scales.shape[-1])[slots] = s
+        else:
+            flat[slots] = x.to(cache.dtype)
+
+
+def _ref_gather(cache, scales, table, ctx) -> torch.Tensor:
+    bs = cache.shape[1]
+    blocks = table[: (ctx + bs - 1) // bs].long()
+    x = cache[blocks].float()
+    if cache.dtype == torch.int8:
+        x = x * scales[blocks][..., None]
+    return x.reshape(-1, *cache.shape[2:])[:ctx]
+
+
+def ref_paged_attention_prefill(query, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale,
+                                slopes=None, k_scale=None, v_scale=None) -> torch.Tensor:
+    out = torch.empty(query.shape, dtype=torch.float32)
+    heads, kv_heads = query.shape[1], k_cache.shape[2]
+    for s in range(block_tables.shape[0]):
+        q0, q1, ctx = int(query_start_loc[s]), int(query_start_loc[s + 1]), int(context_lens[s])
+        k = _ref_gather(k_cache, k_scale, block_tables[s], ctx).repeat_interleave(heads // kv_heads, dim=1)
+        v = _ref_gather(v_cache, v_scale, block_tables[s], ctx).repeat_interleave(heads // kv_heads, dim=1)
+        q = query[q0:q1].float()
+        scores = torch.einsum("qhd,khd->hqk", q, k) * scale
+        q_pos = torch.arange(ctx - (q1 - q0), ctx).view(-1, 1)
+        rel = (torch.arange(ctx).view(1, -1) - q_pos).float()
+        if slopes is not None:
+            scores = scores + slopes.view(-1, 1, 1) * rel
+        scores = scores.masked_fill(rel > 0, float("-inf"))
+        out[q0:q1] = torch.einsum("hqk,khd->qhd", torch.softmax(scores, dim=-1), v)
+    return out
+
+
+def ref_paged_attention_decode(query, k_cache, v_cache, block_tables, context_lens, scale, slopes=None,
+                               k_scale=None, v_scale=None) -> torch.Tensor:
+    qsl = torch.arange(query.shape[0] + 1, dtype=torch.int32)
+    return ref_paged_attention_prefill(query, k_cache, v_cache, block_tables, context_lens, qsl, scale, slopes,
+                                       k_scale, v_scale)

@@ -60,3 +60,11 @@ def next_tokens(logits: torch.Tensor, history: torch.Tensor, p: SamplingParams,
         logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, 1, generator=gen).squeeze(1)
+
+
+def mask_beyond_tokenizer(logits: torch.Tensor, n_tokens: int | None) -> torch.Tensor:
+    """Real MPT checkpoints pad the embedding to a multiple of 64 (50432 rows for 50277 tokens):
+    rows at and beyond ``n_tokens`` have no text, so they are never chosen (logit -inf)."""
+    if n_tokens is None or n_tokens >= logits.shape[-1]:
+        return logits
+    return logits.index_fill(-1, torch.arange(n_tokens, logits.shape[-1], device=logits.device), float("-inf"))

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import torch
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "additional_special_tokens")
 
 
 class MptTokenizer:
@@ -48,10 +49,15 @@ class MptTokenizer:
         folder.mkdir(parents=True, exist_ok=True)
         self._tok.save(str(folder / "tokenizer.json"))
         (folder / "tokenizer_config.json").write_text(json.dumps(self.config, indent=2) + "\n")
+        special = {k: self.config[k] for k in SPECIAL_TOKEN_KEYS if self.config.get(k) is not None}
+        (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
 
     # ---- ids of special tokens ----
     def token_to_id(self, token: str | None) -> int | None:
         return None if token is None else self._tok.token_to_id(token)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return self._tok.id_to_token(int(token_id))
 
     @property
     def eos_token_id(self) -> int | None:
@@ -66,7 +72,28 @@ class MptTokenizer:
         return self.token_to_id(self.pad_token)
 
     @property
+    def unk_token_id(self) -> int | None:
+        return self.token_to_id(self.unk_token)
+
+    @property
+    def additional_special_tokens(self) -> list[str]:
+        extra = self.config.get("additional_special_tokens") or []
+        return [t for t in (_token_str(x) for x in extra) if t]
+
+    @property
+    def all_special_tokens(self) -> list[str]:
+        named = [self.bos_token, self.eos_token, self.unk_token, self.pad_token, *self.additional_special_tokens]
+        added = [t.content for t in self._tok.get_added_tokens_decoder().values() if t.special]
+        return list(dict.fromkeys(t for t in named + added if t))
+
+    @property
+    def all_special_ids(self) -> list[int]:
+        ids = (self.token_to_id(t) for t in self.all_special_tokens)
+        return [i for i in ids if i is not None]
+
+    @property
     def vocab_size(self) -> int:
+        """Tokens the tokenizer knows, added tokens included (a model may have more embedding rows)."""
         return self._tok.get_vocab_size(with_added_tokens=True)
 
     def __len__(self) -> int:
@@ -79,9 +106,26 @@ class MptTokenizer:
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
-        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        """Text of a sequence of ids. Ids of embedding rows beyond the tokenizer (a padded vocab:
+        50432 rows for 50277 tokens) have no text and are skipped, as `tokenizers` does."""
+        return self._tok.decode(_check_ids(ids), skip_special_tokens=skip_special_tokens)
+
+    def batch_decode(self, sequences: Sequence[Sequence[int]] | torch.Tensor,
+                     skip_special_tokens: bool = True) -> list[str]:
+        if isinstance(sequences, torch.Tensor):
+            if sequences.dim() != 2:
+                raise ValueError(f"batch_decode takes a 2-D tensor of ids, got shape {tuple(sequences.shape)}")
+            sequences = sequences.tolist()
+        return [self.decode(s, skip_special_tokens) for s in sequences]
+
+    def apply_chat_template(self, messages: Sequence[dict], add_generation_prompt: bool = True,
+                            tokenize: bool = False, chat_template: str | None = None, **extra: Any):
+        """The prompt of a conversation (ChatML for MPT chat models), as text or token ids."""
+        from .chat import render_chat
+
+        text = render_chat(self, messages, add_generation_prompt=add_generation_prompt,
+                           chat_template=chat_template, **extra)
+        return self.encode(text, add_special_tokens=False) if tokenize else text
 
     def __call__(self, texts: str | Sequence[str], padding_side: str = "left",
                  add_special_tokens: bool = True) -> dict[str, torch.Tensor]:
@@ -90,9 +134,15 @@ class MptTokenizer:
             texts = [texts]
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-        rows = [self.encode(t, add_special_tokens) for t in texts]
+        texts = list(texts)
+        bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
+        if bad:
+            raise TypeError(f"expected a string or a list of strings, got a list holding {bad[0]}")
+        rows = [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=add_special_tokens)]
         width = max(len(r) for r in rows) if rows else 0
-        pad = self.pad_token_id if self.pad_token_id is not None else (self.eos_token_id or 0)
+        pad = self.pad_token_id
+        if pad is None:  # the mosaicml repos name no pad token: pad with eos (masked out anyway)
+            pad = self.eos_token_id if self.eos_token_id is not None else 0
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):
@@ -108,3 +158,23 @@ def _token_str(value: Any) -> str | None:
     if isinstance(value, dict):  # {"content": "<|endoftext|>", ...} as transformers writes it
         return value.get("content")
     return value
+
+
+def _check_ids(ids: Any) -> list[int]:
+    if isinstance(ids, torch.Tensor):
+        if ids.is_floating_point() or ids.dim() > 1:
+            raise ValueError(f"decode takes a 1-D integer tensor of ids, got {ids.dtype} of shape {tuple(ids.shape)}")
+        ids = ids.tolist()
+    elif isinstance(ids, int):
+        ids = [ids]
+    out = []
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, int):
+            if isinstance(i, torch.Tensor) and i.dim() == 0 and not i.is_floating_point():
+                i = int(i)
+            else:
+                raise TypeError(f"token ids must be integers, got {i!r}")
+        if i < 0:
+            raise ValueError(f"token ids must be non-negative, got {i}")
+        out.append(i)
+    return out

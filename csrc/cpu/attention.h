@@ -1,0 +1,59 @@
+// Paged KV cache and ALiBi attention on the CPU.
+//
+// Cache layout (one tensor each for K and V, per layer): [num_slots][kv_heads][head_dim], where a
+// slot is block * block_size + offset (vLLM's slot mapping). fp32, bf16 and fp16 caches store the
+// values; int8 caches store round(x / s) with s = absmax / 127 over one token and head, s in a
+// float32 [num_slots][kv_heads] array beside them.
+//
+// Attention: query token i of sequence s sits at position ctx_len[s] - q_len[s] + i and sees keys
+// 0..its position (causal); score = (q . k) * scale + slope[h] * (key_pos - query_pos). Keys are
+// read through the sequence's block table; the new tokens must already be written to the cache.
+#pragma once
+#include <cstdint>
+
+namespace mpt {
+
+enum class KvDtype : int { F32 = 0, BF16 = 1, F16 = 2, I8 = 3 };
+
+struct KvCacheView {
+  void* k = nullptr;
+  void* v = nullptr;
+  float* k_scale = nullptr;  // int8 only
+  float* v_scale = nullptr;
+  KvDtype dtype = KvDtype::F32;
+  int64_t num_slots = 0;  // num_blocks * block_size
+  int kv_heads = 0, head_dim = 0, block_size = 0;
+};
+
+struct AttnArgs {
+  const float* q = nullptr;  // [tokens][heads][head_dim]
+  float* out = nullptr;      // same shape as q
+  int num_heads = 0;
+  int num_seqs = 0;
+  const int32_t* block_tables = nullptr;  // [num_seqs][max_blocks]
+  int max_blocks = 0;
+  const int32_t* context_lens = nullptr;     // [num_seqs], cached + new tokens
+  const int32_t* query_start_loc = nullptr;  // [num_seqs + 1], prefill only (decode: one query each)
+  const float* slopes = nullptr;             // [num_heads] or null (no ALiBi)
+  float scale = 1.0f;
+};
+
+// k, v: [n_tokens][kv_heads][head_dim] float32; slot_mapping[i] < 0 skips token i.
+void write_kv_cache(const float* k, const float* v, int64_t n_tokens, const int64_t* slot_mapping,
+                    const KvCacheView& cache);
+void paged_attention_decode(const AttnArgs& a, const KvCacheView& cache);
+void paged_attention_prefill(const AttnArgs& a, const KvCacheView& cache);
+
+// One variant per ISA (attention_generic.cpp, attention_avx2.cpp, attention_avx512.cpp).
+#define MPT_ATTENTION_VARIANT(ns)                                                                  \
+  namespace ns {                                                                                   \
+  void write_kv_cache(const float* k, const float* v, int64_t n_tokens, const int64_t* slots,      \
+                      const KvCacheView& cache);                                                   \
+  void paged_attention(const AttnArgs& a, const KvCacheView& cache, bool decode);                  \
+  }
+MPT_ATTENTION_VARIANT(attention_generic)
+MPT_ATTENTION_VARIANT(attention_avx2)
+MPT_ATTENTION_VARIANT(attention_avx512)
+#undef MPT_ATTENTION_VARIANT
+
+}  // namespace mpt

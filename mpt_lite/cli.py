@@ -1,0 +1,360 @@
+"""The `mpt-lite` command: generate, chat, quantize, info.
+
+Every error ends the command with one line on stderr and a non-zero exit status; set
+MPT_LITE_DEBUG=1 to see the traceback instead."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+PROG = "mpt-lite"
+BITS_CHOICES = ("4", "8", "none")
+
+
+class CliError(Exception):
+    """An error the user can fix; printed as one line."""
+
+
+# ---- argument parsing ----
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Fast, quantized, local inference of MosaicML MPT models.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def model_args(sp: argparse.ArgumentParser, bits_default: str = "4") -> None:
+        sp.add_argument("--model", "-m", default=None,
+                        help="a folder, hub id (mosaicml/mpt-7b) or alias (mpt-7b-chat); default: the embedded model")
+        sp.add_argument("--bits", choices=BITS_CHOICES, default=bits_default,
+                        help=f"weight format: 4-bit, int8 or none (unquantized); default {bits_default}")
+        sp.add_argument("--quant-type", choices=("nf4", "int4"), default=None, help="4-bit format (default nf4)")
+        sp.add_argument("--device", default="cpu", help="cpu or cuda")
+
+    def sampling_args(sp: argparse.ArgumentParser, max_new: int) -> None:
+        sp.add_argument("--max-new-tokens", "-n", type=int, default=max_new)
+        sp.add_argument("--temperature", "-t", type=float, default=0.0,
+                        help="0 (the default) is greedy decoding; above 0 samples (try 0.7)")
+        sp.add_argument("--top-p", type=float, default=0.95)
+        sp.add_argument("--top-k", type=int, default=None)
+        sp.add_argument("--repetition-penalty", type=float, default=1.0)
+        sp.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
+
+    g = sub.add_parser("generate", help="complete a prompt (streams to stdout)")
+    g.add_argument("prompt", nargs="?", default=None, help="the prompt; read from stdin when absent or '-'")
+    model_args(g)
+    sampling_args(g, 128)
+    g.add_argument("--no-stream", action="store_true", help="print the completion at the end")
+    g.add_argument("--no-echo", action="store_true", help="print only the completion, not the prompt before it")
+    g.add_argument("--stop", action="append", default=None, help="stop before this text (repeatable)")
+    g.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("chat", help="an interactive chat (/reset clears the history, /exit or Ctrl-D quits)")
+    model_args(c)
+    sampling_args(c, 256)
+    c.add_argument("--system", default=None, help="a system message that starts the conversation")
+    c.set_defaults(func=cmd_chat)
+
+    q = sub.add_parser("quantize", help="write a quantized copy of a checkpoint")
+    q.add_argument("src", help="the checkpoint: a folder, hub id or alias")
+    q.add_argument("dst", help="the folder to write")
+    q.add_argument("--bits", choices=("4", "8"), default="4")
+    q.add_argument("--quant-type", choices=("nf4", "int4"), default=None)
+    q.add_argument("--task", default="causal-lm", help="the head to keep (default causal-lm)")
+    q.add_argument("--force", action="store_true", help="replace DST if it exists")
+    q.set_defaults(func=cmd_quantize)
+
+    i = sub.add_parser("info", help="config, parameter count, sizes per format, CPU features and kernels")
+    i.add_argument("--model", "-m", default=None, help="default: the embedded model")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def parse_bits(value: str) -> int | None:
+    return None if value == "none" else int(value)
+
+
+# ---- loading ----
+
+def model_source(name: str | None) -> Any:
+    import mpt_lite
+
+    if name is not None:
+        return name
+    folder = mpt_lite.default_model_path()
+    if not (folder / "config.json").is_file():
+        raise CliError(f"the embedded default model is missing from {folder} "
+                       "(python scripts/train_default_model.py makes it); or pass --model")
+    return folder
+
+
+def model_label(name: str | None) -> str:
+    return "the embedded default model" if name is None else name
+
+
+def load_model(name: str | None, bits: int | None, quant_type: str | None, device: str = "cpu",
+               task: str = "causal-lm"):
+    import mpt_lite
+    from . import progress
+    from .checkpoint import count_tensors, resolve_checkpoint, weight_files
+
+    if quant_type is not None and bits != 4:
+        raise CliError("--quant-type needs --bits 4")
+    folder = resolve_checkpoint(model_source(name))
+    total = count_tensors(weight_files(folder))
+    what = "loading" if bits is None else f"loading and quantizing ({bits}-bit{', ' + quant_type if quant_type else ''})"
+    kw = {"quant_type": quant_type} if quant_type is not None else {}
+    with progress.track(f"{what} {model_label(name)}", total=total):
+        model = mpt_lite.load(folder, bits=bits, task=task, device=device, **kw)
+    return model
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict:
+    if args.max_new_tokens < 0:
+        raise CliError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    kw = dict(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
+              repetition_penalty=args.repetition_penalty, seed=args.seed)
+    if args.temperature > 0:
+        kw.update(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+    elif args.temperature < 0:
+        raise CliError(f"--temperature must be >= 0, got {args.temperature}")
+    return kw
+
+
+def stream_out(pieces: Iterable[str]) -> tuple[str, float | None]:
+    """Writes text pieces to stdout as they come; returns the text and when the first arrived."""
+    out, first = [], None
+    for piece in pieces:
+        if first is None:
+            first = time.perf_counter()
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+        out.append(piece)
+    return "".join(out), first
+
+
+def speed_line(tok, text: str, start: float, first: float | None, end: float) -> str:
+    n = len(tok.encode(text, add_special_tokens=False)) if text else 0
+    total = end - start
+    line = f"[{PROG}] {n} tokens in {total:.2f}s ({n / total if total > 0 else 0:.1f} tokens/s)"
+    if first is not None and n > 1 and end > first:
+        line += f"; first token after {first - start:.2f}s, then {(n - 1) / (end - first):.1f} tokens/s"
+    return line
+
+
+# ---- commands ----
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    prompt = args.prompt
+    if prompt is None or prompt == "-":
+        if sys.stdin.isatty():
+            print(f"[{PROG}] reading the prompt from stdin (end with Ctrl-D)", file=sys.stderr)
+        prompt = sys.stdin.read()
+        if prompt.endswith("\n") and not prompt.endswith("\n\n"):
+            prompt = prompt[:-1]  # the newline that ends the input line is not part of the prompt
+    if not prompt.strip():
+        raise CliError("the prompt is empty")
+    kw = sampling_kwargs(args)
+    model = load_model(args.model, parse_bits(args.bits), args.quant_type, args.device)
+    if model.tokenizer is None:
+        raise CliError(f"{model_label(args.model)} has no tokenizer.json: generate needs one")
+    if not args.no_echo:
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+    start = time.perf_counter()
+    if args.no_stream:
+        text = model.generate(prompt, stop=args.stop, **kw)
+        first = None
+        sys.stdout.write(text)
+    else:
+        text, first = stream_out(model.generate(prompt, stream=True, stop=args.stop, **kw))
+    end = time.perf_counter()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    print(speed_line(model.tokenizer, text, start, first, end), file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .chat import render_chat
+
+    kw = sampling_kwargs(args)
+    model = load_model(args.model, parse_bits(args.bits), args.quant_type, args.device)
+    tok = model.tokenizer
+    if tok is None:
+        raise CliError(f"{model_label(args.model)} has no tokenizer.json: chat needs one")
+    start = [{"role": "system", "content": args.system}] if args.system else []
+    render_chat(tok, start or [{"role": "user", "content": ""}])  # fails now, not at the first turn, if no template
+    history = list(start)
+    interactive = sys.stdin.isatty()
+    print(f"[{PROG}] chatting with {model_label(args.model)}; /reset clears the history, /exit or Ctrl-D quits",
+          file=sys.stderr)
+    while True:
+        if interactive:
+            sys.stderr.write("> ")
+            sys.stderr.flush()
+        line = sys.stdin.readline()
+        if not line:  # EOF
+            if interactive:
+                sys.stderr.write("\n")
+            return 0
+        text = line.rstrip("\r\n")
+        command = text.strip()
+        if not command:
+            continue
+        if command in ("/exit", "/quit"):
+            return 0
+        if command == "/reset":
+            history = list(start)
+            print(f"[{PROG}] history cleared", file=sys.stderr)
+            continue
+        if command.startswith("/") and " " not in command:
+            print(f"[{PROG}] unknown command {command}; known: /reset, /exit", file=sys.stderr)
+            continue
+        history.append({"role": "user", "content": text})
+        dropped = fit_history(tok, history, len(start), kw["max_new_tokens"], model.config.max_seq_len)
+        if dropped:
+            print(f"[{PROG}] dropped the {dropped} oldest messages to fit max_seq_len={model.config.max_seq_len}",
+                  file=sys.stderr)
+        t0 = time.perf_counter()
+        try:
+            reply, first = stream_out(model.chat(history, stream=True, **kw))
+        except ValueError as e:  # e.g. one message longer than the context: report it, keep chatting
+            history.pop()
+            print(f"\n[{PROG}] error: {one_line(e)}", file=sys.stderr)
+            continue
+        t1 = time.perf_counter()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        history.append({"role": "assistant", "content": reply})
+        if interactive:
+            print(speed_line(tok, reply, t0, first, t1), file=sys.stderr)
+
+
+def fit_history(tok, history: list[dict], keep: int, max_new: int, max_seq_len: int) -> int:
+    """Drops the oldest turns after the first `keep` messages until the prompt plus max_new tokens
+    fit in max_seq_len (the newest user message always stays); returns how many were dropped."""
+    dropped = 0
+    while len(history) > keep + 1:
+        n = len(tok.apply_chat_template(history, add_generation_prompt=True, tokenize=True))
+        if n + max_new <= max_seq_len:
+            break
+        del history[keep]
+        dropped += 1
+    return dropped
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    bits = int(args.bits)
+    dst = Path(args.dst).expanduser()
+    src_path = Path(args.src).expanduser()
+    if dst.exists() and not args.force:
+        raise CliError(f"{dst} already exists; pass --force to replace it")
+    if dst.exists() and not dst.is_dir():
+        raise CliError(f"{dst} exists and is not a folder")
+    if src_path.exists() and (dst.resolve() == src_path.resolve() or dst.resolve() in src_path.resolve().parents):
+        raise CliError(f"{dst} is (or holds) the source checkpoint {src_path}; choose another destination")
+    model = load_model(args.src, bits, args.quant_type, task=args.task)
+    tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
+    from . import progress
+
+    try:
+        with progress.track(f"saving to {dst}"):
+            model.save_pretrained(tmp)
+            if dst.exists():
+                shutil.rmtree(dst)
+            os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    size = sum(f.stat().st_size for f in dst.iterdir() if f.is_file())
+    print(f"[{PROG}] wrote {dst} ({size / 1e6:.1f} MB)", file=sys.stderr)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from . import ops
+    from .checkpoint import resolve_checkpoint, weight_files
+    from .config import CONFIG_NAME, MptConfig
+    from .model_info import human_bytes, model_info
+
+    folder = resolve_checkpoint(model_source(args.model), config_only=True)
+    config = MptConfig.from_json_file(folder / CONFIG_NAME)
+    info: dict[str, Any] = {"model": model_label(args.model), "folder": str(folder)}
+    info.update(model_info(config))
+    try:
+        files = weight_files(folder)
+        info["checkpoint_bytes"] = sum(f.stat().st_size for f in files)
+    except FileNotFoundError:
+        info["checkpoint_bytes"] = None  # only config.json was fetched
+    info["tokenizer_tokens"] = None
+    if (folder / "tokenizer.json").is_file():
+        from .tokenizer import MptTokenizer
+
+        info["tokenizer_tokens"] = len(MptTokenizer.from_pretrained(folder))
+    info["config"] = {k: v for k, v in config.to_dict().items() if k not in ("id2label", "label2id")}
+    info["cpu_features"] = ops.cpu_features()
+    info["kernel_variants"] = ops.supported_isas()
+    info["kernel_variant"] = ops.current_isa()
+    info["threads"] = ops.num_threads()
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    c = config
+    print(f"model        {info['model']}  ({folder})")
+    print(f"architecture d_model {c.d_model}, {c.n_layers} layers, {c.n_heads} heads "
+          f"({c.kv_n_heads} kv), ffn {c.ffn_hidden_size}, max_seq_len {c.max_seq_len}, "
+          f"{'ALiBi' if c.attn_config['alibi'] else 'learned positions'}, norm {c.norm_type}, "
+          f"{'no biases' if c.no_bias else 'biases'}")
+    tokens = info["tokenizer_tokens"]
+    print(f"vocabulary   {c.vocab_size} embedding rows" + (f", {tokens} tokenizer tokens" if tokens else ""))
+    print(f"parameters   {info['parameters']:,} ({info['parameters_without_embedding']:,} without the embedding)")
+    if info["checkpoint_bytes"] is not None:
+        print(f"checkpoint   {human_bytes(info['checkpoint_bytes'])} on disk")
+    sizes = "  ".join(f"{k} {human_bytes(v)}" for k, v in info["bytes"].items())
+    print(f"weights      {sizes}")
+    feats = " ".join(k for k, v in info["cpu_features"].items() if v) or "none"
+    print(f"cpu          {feats}")
+    print(f"kernels      {info['kernel_variant']} in use (available: {', '.join(info['kernel_variants'])}); "
+          f"{info['threads']} threads")
+    return 0
+
+
+# ---- entry point ----
+
+def one_line(e: BaseException) -> str:
+    msg = str(e).strip() or type(e).__name__
+    if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
+        msg = e.args[0]
+    return " ".join(msg.split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    debug = os.environ.get("MPT_LITE_DEBUG", "").lower() not in ("", "0", "false", "no")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"\n[{PROG}] interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `mpt-lite generate ... | head`
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
+    except Exception as e:  # noqa: BLE001 - the one place errors become messages
+        if debug:
+            raise
+        print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""What `mpt-lite info` reports about a checkpoint without loading its weights: parameter counts
+and the size of the weights in each format, computed from the shapes the config implies."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from .config import MptConfig
+
+# Layouts of the quantized formats (see DESIGN.md, "Weight formats").
+NF4_BLOCK = 64          # fp32 absmax per block of 64 weights of the flattened tensor
+INT4_GROUP = 32         # one scale per group of 32 weights along in_features
+INT4_SCALE_BYTES = 2    # an fp16 scale per group (zero points, when a format keeps them, not counted)
+QUANTIZED_SUFFIXES = ("Wqkv.weight", "out_proj.weight", "up_proj.weight", "down_proj.weight")
+
+
+def parameter_shapes(config: MptConfig, task: str = "causal-lm") -> dict[str, tuple[int, ...]]:
+    """name -> shape of every parameter of the model, built on the meta device (no memory)."""
+    from .modeling import TASKS
+
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
+    with torch.device("meta"):
+        model = TASKS[task](config)
+    return {n: tuple(p.shape) for n, p in model.named_parameters()}
+
+
+def is_quantized(name: str, shape: tuple[int, ...]) -> bool:
+    """Every Linear of the blocks and the (tied) wte / an untied lm_head are quantized; norms,
+    biases and the small classification/QA layers stay in float."""
+    if len(shape) != 2:
+        return False
+    return name.endswith(QUANTIZED_SUFFIXES) or name.endswith(("wte.weight", "lm_head.weight"))
+
+
+def format_sizes(shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """Bytes of the weights in fp32, bf16 (= fp16), int8, nf4 and int4; parts that stay in float
+    are counted as fp32 in the quantized formats (the default dtype they load in)."""
+    sizes = {"fp32": 0, "bf16": 0, "int8": 0, "nf4": 0, "int4": 0}
+    for name, shape in shapes.items():
+        n = math.prod(shape)
+        sizes["fp32"] += 4 * n
+        sizes["bf16"] += 2 * n
+        if not is_quantized(name, shape):
+            for k in ("int8", "nf4", "int4"):
+                sizes[k] += 4 * n
+            continue
+        out_f, in_f = shape
+        sizes["int8"] += n + 4 * out_f                                   # int8 codes + fp32 scale per row
+        sizes["nf4"] += (n + 1) // 2 + 4 * math.ceil(n / NF4_BLOCK)       # two codes a byte + fp32 absmax
+        sizes["int4"] += out_f * ((in_f + 1) // 2) + INT4_SCALE_BYTES * out_f * math.ceil(in_f / INT4_GROUP)
+    return sizes
+
+
+def model_info(config: MptConfig, task: str = "causal-lm") -> dict[str, Any]:
+    shapes = parameter_shapes(config, task)
+    n_params = sum(math.prod(s) for s in shapes.values())
+    n_quant = sum(math.prod(s) for name, s in shapes.items() if is_quantized(name, s))
+    emb = math.prod(shapes.get("transformer.wte.weight", shapes.get("wte.weight", (0,))))
+    return {
+        "parameters": n_params,
+        "parameters_without_embedding": n_params - emb,
+        "quantized_parameters": n_quant,
+        "bytes": format_sizes(shapes),
+    }
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"  # pragma: no cover

@@ -1,0 +1,115 @@
+"""The `mpt-lite` command, run as a user runs it: a subprocess, arguments and stdin in,
+stdout/stderr and the exit status out."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import mpt_lite
+
+ROOT = Path(__file__).resolve().parent.parent
+FOLDER = mpt_lite.default_model_path()
+
+
+def run(*args, stdin=None, timeout=120, env_extra=None):
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    env.pop("MPT_LITE_DEBUG", None)
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "mpt_lite.cli", *args], input=stdin, capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT, env=env)
+
+
+def assert_one_line_error(proc, *words):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("mpt-lite: error:")]
+    assert len(lines) == 1, proc.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_generate_streams_python_and_reports_speed():
+    p = run("generate", "def fibonacci(n):", "--bits", "none", "--max-new-tokens", "30", "--seed", "0")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("def fibonacci(n):")
+    completion = p.stdout[len("def fibonacci(n):"):]
+    assert completion.strip() and ("return" in completion or "(" in completion)
+    assert "tokens/s" in p.stderr
+
+
+def test_generate_reads_stdin_and_greedy_is_reproducible():
+    a = run("generate", "--bits", "none", "-n", "12", "--temperature", "0", "--no-echo", stdin="import os\n")
+    b = run("generate", "-", "--bits", "none", "-n", "12", "--temperature", "0", "--no-echo", stdin="import os\n")
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    assert a.stdout == b.stdout and a.stdout.strip()
+    expected = mpt_lite.load(bits=None).generate("import os", max_new_tokens=12)
+    assert a.stdout == expected + "\n"
+
+
+def test_errors_are_one_line_with_nonzero_exit(tmp_path):
+    assert_one_line_error(run("generate", "x", "--bits", "none", "--model", str(tmp_path / "nope")), "nope")
+    assert_one_line_error(run("generate", "   ", "--bits", "none"), "empty")
+    assert_one_line_error(run("generate", "x", "--bits", "8", "--quant-type", "nf4"), "--quant-type")
+    p = run("generate", "x", "--bits", "none", "--model", str(tmp_path / "nope"), env_extra={"MPT_LITE_DEBUG": "1"})
+    assert p.returncode != 0 and "Traceback" in p.stderr
+
+
+def test_info_reports_shapes_sizes_and_kernels():
+    transformers = pytest.importorskip("transformers")
+    p = run("info", "--json")
+    assert p.returncode == 0, p.stderr
+    info = json.loads(p.stdout)
+    cfg = transformers.MptConfig.from_pretrained(str(FOLDER))
+    import torch
+
+    with torch.device("meta"):
+        ref = transformers.MptForCausalLM(cfg)
+    n = sum(t.numel() for t in ref.parameters())  # transformers ties lm_head to wte: counted once
+    assert info["parameters"] == n
+    assert info["bytes"]["fp32"] == 4 * n and info["bytes"]["bf16"] == 2 * n
+    # the Linear layers of the blocks plus the embedding, in int8: one byte each + an fp32 scale per row
+    quant = {k: tuple(v.shape) for k, v in ref.named_parameters() if v.dim() == 2}
+    q = sum(math.prod(s) for s in quant.values())
+    rows = sum(s[0] for s in quant.values())
+    assert info["bytes"]["int8"] == q + 4 * rows + 4 * (n - q)
+    assert info["bytes"]["nf4"] < info["bytes"]["int8"] < info["bytes"]["bf16"]
+    assert info["kernel_variant"] in info["kernel_variants"]
+    assert set(info["cpu_features"]) >= {"avx2", "avx512f"}
+    assert info["tokenizer_tokens"] < info["config"]["vocab_size"]
+    text = run("info")
+    assert text.returncode == 0 and "parameters" in text.stdout and "kernels" in text.stdout
+    assert f"{n:,}" in text.stdout
+
+
+def test_chat_loop_with_history_reset_and_exit():
+    p = run("chat", "--bits", "none", "-n", "8", "--temperature", "0",
+            stdin="def add(a, b):\nand now subtract\n/reset\nclass Foo:\n/exit\nnever read\n")
+    assert p.returncode == 0, p.stderr
+    assert "history cleared" in p.stderr
+    model = mpt_lite.load(bits=None)
+    kw = dict(max_new_tokens=8)
+    first = model.chat([{"role": "user", "content": "def add(a, b):"}], **kw)
+    second = model.chat([{"role": "user", "content": "def add(a, b):"}, {"role": "assistant", "content": first},
+                         {"role": "user", "content": "and now subtract"}], **kw)
+    after_reset = model.chat([{"role": "user", "content": "class Foo:"}], **kw)
+    assert p.stdout == first + "\n" + second + "\n" + after_reset + "\n"
+
+
+def test_chat_ends_on_eof():
+    p = run("chat", "--bits", "none", "-n", "4", "--temperature", "0", stdin="")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == ""
+
+
+def test_quantize_refuses_to_overwrite(tmp_path):
+    dst = tmp_path / "out"
+    dst.mkdir()
+    (dst / "keep.txt").write_text("mine")
+    p = run("quantize", str(FOLDER), str(dst), "--bits", "4")
+    assert_one_line_error(p, "--force")
+    assert [f.name for f in dst.iterdir()] == ["keep.txt"]
+    assert_one_line_error(run("quantize", str(FOLDER), str(FOLDER), "--bits", "8", "--force"), "source")

@@ -1,0 +1,55 @@
+"""The embedded default model: ships in the package, loads with no name, writes Python."""
+import json
+import math
+
+import pytest
+import torch
+
+import mpt_lite
+
+FOLDER = mpt_lite.default_model_path()
+
+
+def test_shipped_files_are_complete_and_small():
+    names = {p.name for p in FOLDER.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+            "special_tokens_map.json"} <= names
+    assert sum(p.stat().st_size for p in FOLDER.iterdir()) <= 25e6
+    cfg = json.loads((FOLDER / "config.json").read_text())
+    assert cfg["architectures"] == ["MPTForCausalLM"] and cfg["model_type"] == "mpt"
+    assert cfg["attn_config"]["alibi"] is True and cfg["no_bias"] is True
+    assert cfg["vocab_size"] % 64 == 0
+
+
+def test_loads_with_no_name_and_matches_transformers():
+    transformers = pytest.importorskip("transformers")
+    model = mpt_lite.load(bits=None)
+    assert isinstance(model, mpt_lite.MptForCausalLM) and model.tokenizer is not None
+    assert len(model.tokenizer) < model.config.vocab_size  # padded rows beyond the tokenizer
+    ref = transformers.MptForCausalLM.from_pretrained(str(FOLDER), dtype=torch.float32).eval()
+    ids = torch.tensor([model.tokenizer.encode("import os\nimport sys\n\ndef main():\n")])
+    with torch.no_grad():
+        diff = (model(input_ids=ids).logits - ref(input_ids=ids).logits).abs().max()
+    assert diff < 1e-4
+
+
+def test_generates_python():
+    model = mpt_lite.load(bits=None)
+    text = model.generate("def fibonacci(n):", max_new_tokens=40)
+    assert isinstance(text, str) and text.strip()
+    assert "return" in text or "(" in text
+    compile_ok = any(k in text for k in ("return", "if ", "for ", "=", "self"))
+    assert compile_ok, text
+
+
+def test_held_out_style_text_is_far_better_than_chance():
+    """Python the model never saw (not from the stdlib): per-token perplexity far below the
+    vocabulary size (uniform guessing)."""
+    model = mpt_lite.load(bits=None)
+    code = ("def add_numbers(first, second):\n    \"\"\"Return the sum of two numbers.\"\"\"\n"
+            "    result = first + second\n    return result\n\n\nclass Counter:\n    def __init__(self):\n"
+            "        self.count = 0\n\n    def increment(self):\n        self.count += 1\n")
+    ids = torch.tensor([model.tokenizer.encode(code)])
+    with torch.no_grad():
+        loss = model(input_ids=ids, labels=ids).loss
+    assert math.exp(float(loss)) < 40 < len(model.tokenizer)
