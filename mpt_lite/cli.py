@@ -1,4 +1,4 @@
-"""The `mpt-lite` command: generate, chat, quantize, info.
+"""The `mpt-lite` command: generate, chat, serve, quantize, info.
 
 Every error ends the command with one line on stderr and a non-zero exit status; set
 MPT_LITE_DEBUG=1 to see the traceback instead."""
@@ -59,6 +59,25 @@ def build_parser() -> argparse.ArgumentParser:
     sampling_args(c, 256)
     c.add_argument("--system", default=None, help="a system message that starts the conversation")
     c.set_defaults(func=cmd_chat)
+
+    s = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions)")
+    model_args(s)
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    s.add_argument("--api-key", default=os.environ.get("MPT_LITE_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on every request (default: $MPT_LITE_API_KEY)")
+    s.add_argument("--served-model-name", default=None,
+                   help="the model id clients send and /v1/models lists (default: --model, or mpt-lite)")
+    s.add_argument("--max-num-seqs", type=int, default=64, help="sequences decoded together (default 64)")
+    s.add_argument("--max-queue", type=int, default=64,
+                   help="requests that may wait beyond the running ones; more get HTTP 429 (default 64)")
+    s.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
+    s.add_argument("--kv-cache-mb", type=float, default=None,
+                   help="KV cache budget in MiB (default: the engine's, 4096)")
+    s.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="warning",
+                   help="uvicorn's log level; info also logs every request (default warning)")
+    s.set_defaults(func=cmd_serve)
 
     q = sub.add_parser("quantize", help="write a quantized copy of a checkpoint")
     q.add_argument("src", help="the checkpoint: a folder, hub id or alias")
@@ -248,6 +267,64 @@ def fit_history(tok, history: list[dict], keep: int, max_new: int, max_seq_len: 
         del history[keep]
         dropped += 1
     return dropped
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .server import bind_socket, create_app, make_server
+        from .server.launch import url_of
+    except ImportError as e:
+        raise CliError(str(e)) from None
+
+    for name in ("max_num_seqs", "max_body_bytes"):
+        if getattr(args, name) < 1:
+            raise CliError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.max_queue < 0:
+        raise CliError(f"--max-queue must be >= 0, got {args.max_queue}")
+    if args.kv_cache_mb is not None and args.kv_cache_mb <= 0:
+        raise CliError(f"--kv-cache-mb must be > 0, got {args.kv_cache_mb}")
+    if args.api_key is not None and not args.api_key.strip():
+        raise CliError("--api-key is empty")
+    sock = bind_socket(args.host, args.port)  # before loading: a taken port fails at once
+    try:
+        model = load_model(args.model, parse_bits(args.bits), args.quant_type, args.device)
+        if model.tokenizer is None:
+            raise CliError(f"{model_label(args.model)} has no tokenizer.json: serve needs one")
+        engine_kw: dict[str, Any] = {"max_num_seqs": args.max_num_seqs}
+        if args.kv_cache_mb is not None:
+            engine_kw["max_bytes"] = int(args.kv_cache_mb * (1 << 20))
+        name = args.served_model_name or args.model or "mpt-lite"
+        app = create_app(model, model_name=name, api_key=args.api_key, max_queue=args.max_queue,
+                         max_body_bytes=args.max_body_bytes, **engine_kw)
+        url = url_of(sock)
+        if args.api_key is None and not is_loopback(args.host):
+            print(f"[{PROG}] warning: listening on {args.host} without --api-key: anyone who can reach it "
+                  "can use it", file=sys.stderr)
+
+        def ready() -> None:
+            print(f"[{PROG}] serving {name} on {url} (OpenAI API under {url}/v1; Ctrl-C stops)",
+                  file=sys.stderr, flush=True)
+
+        try:
+            make_server(app, log_level=args.log_level, access_log=args.log_level in ("info", "debug"),
+                        on_ready=ready).run(sockets=[sock])
+        except KeyboardInterrupt:  # uvicorn has shut down gracefully and re-raised Ctrl-C
+            pass
+    finally:
+        sock.close()
+    print(f"[{PROG}] server stopped", file=sys.stderr)
+    return 0
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:

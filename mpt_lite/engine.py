@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from .kv_cache import DEFAULT_BLOCK_SIZE, CacheExhaustedError, PagedKVCache, PagedStep, SeqBlocks
+from .threads import limit_torch_threads
 from .sampling import SamplingParams, mask_beyond_tokenizer, next_tokens
 
 DEFAULT_MAX_BYTES = 4 << 30
@@ -150,6 +151,10 @@ class Engine:
 
     def step(self) -> list[tuple[Request, int]]:
         """Schedules and runs one forward pass; returns the (request, new token) pairs it produced."""
+        with limit_torch_threads(self.model.torch_threads):
+            return self._step()
+
+    def _step(self) -> list[tuple[Request, int]]:
         batch = self._schedule()
         if not batch:
             return []

@@ -122,6 +122,8 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
         warnings.warn(f"checkpoint tensors not used by {cls.__name__}: {', '.join(unused_heads)}", stacklevel=3)
     model.eval()
     model.requires_grad_(False)
+    if qmods:
+        model.torch_threads = 1  # the heavy work runs in mpt_lite's pool (see threads.py)
     _attach_tokenizer(model, folder)
     return model
 

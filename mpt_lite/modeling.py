@@ -10,6 +10,7 @@ from torch import nn
 from .cache import MptCache
 from .config import MptConfig
 from .layers import MptBlock, MptNorm, alibi_slopes, attention_mask_4d
+from .threads import limit_torch_threads
 from .outputs import (
     BaseModelOutput,
     CausalLMOutput,
@@ -29,6 +30,9 @@ class TiedEmbedding(nn.Embedding):
 class MptPreTrainedModel(nn.Module):
     config_class = MptConfig
     base_model_prefix = "transformer"
+    # torch's intra-op threads while this model computes (None: leave torch alone); the loader sets
+    # 1 for quantized models, whose heavy work runs in mpt_lite's own pool (see threads.py)
+    torch_threads: int | None = None
 
     def __init__(self, config: MptConfig) -> None:
         super().__init__()
@@ -53,6 +57,10 @@ class MptPreTrainedModel(nn.Module):
                 nn.init.ones_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with limit_torch_threads(self.torch_threads):
+            return super().__call__(*args, **kwargs)
 
     @property
     def device(self) -> torch.device:
