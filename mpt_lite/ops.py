@@ -109,7 +109,10 @@ def int4_groups(in_features: int) -> int:
 
 def _weight_f32(name: str, w: object) -> torch.Tensor:
     check_tensor(name, w, _FLOATS, ndim=2)
-    return w.detach().to(torch.float32).contiguous()
+    w = w.detach().to(torch.float32).contiguous()
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError(f"{name} holds NaN or infinite values; they cannot be quantized")
+    return w
 
 
 def _dim(name: str, v: object) -> int:

@@ -148,6 +148,8 @@ def test_bad_input_raises_clear_errors():
         ops.matmul_int8(torch.randn(2, 16), cb, scb, bias=torch.randn(3))
     with pytest.raises(TypeError, match="w"):
         ops.quantize_nf4(torch.ones(4, 4, dtype=torch.int32))
+    with pytest.raises(ValueError, match="NaN"):
+        ops.quantize_int4(torch.tensor([[float("nan"), 1.0]]))
     with pytest.raises(ValueError, match="blocksize"):
         ops.quantize_nf4(w, blocksize=63)
     p, a = ops.quantize_nf4(w)

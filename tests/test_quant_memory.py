@@ -79,8 +79,10 @@ def test_peak_rss_while_quantizing_a_bf16_checkpoint(tmp_path):
           f"peak {got['peak_kb'] / 1024:.0f} MiB, bound {bound_kb / 1024:.0f} MiB "
           f"(import {base_kb / 1024:.0f} MiB + largest fp32 tensor {largest / 2**20:.0f} MiB)")
     assert got["peak_kb"] <= bound_kb
-    if got["reset"]:  # the sharper form: from the RSS right after import, no transient to hide in
-        sharp_kb = got["after_import_kb"] + (got["model_bytes"] + largest) / 1024
+    if got["reset"]:
+        # The sharper form: from the RSS right after import (no import transient to hide in), with
+        # 16 MiB for the module objects, the read buffer's rounding and allocator fragmentation.
+        sharp_kb = got["after_import_kb"] + (got["model_bytes"] + largest) / 1024 + 16 * 1024
         print(f"[peak-rss] after reset: peak (VmHWM) {got['hwm_kb'] / 1024:.0f} MiB <= "
-              f"{got['after_import_kb'] / 1024:.0f} + quantized + largest = {sharp_kb / 1024:.0f} MiB")
+              f"{got['after_import_kb'] / 1024:.0f} + quantized + largest + 16 = {sharp_kb / 1024:.0f} MiB")
         assert got["hwm_kb"] <= sharp_kb

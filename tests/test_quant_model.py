@@ -226,3 +226,22 @@ def test_quantizing_in_slabs_equals_whole(quant_type, shape):
     whole = quantize(quant_type, w.float())
     for name, t in whole.items():
         assert torch.equal(getattr(lin, name), t)
+
+
+# ---- every checkpoint layout of the foundation issue, quantized while loading ----
+
+@pytest.mark.parametrize("layout", ["bin_shards", "safetensors_shards", "single_bin", "single_safetensors"])
+@pytest.mark.parametrize("bits,quant_type", MODES)
+def test_quantizes_every_checkpoint_layout(tmp_path, layout, bits, quant_type):
+    import checkpoints as ck
+
+    cfg = ck.tiny_config()
+    state = ck.random_state(cfg)
+    writer = {"bin_shards": ck.write_bin_shards, "safetensors_shards": ck.write_safetensors_shards,
+              "single_bin": ck.write_single_bin, "single_safetensors": ck.write_single_safetensors}[layout]
+    writer(tmp_path, cfg, state)
+    q = mpt_lite.MptForCausalLM.from_pretrained(tmp_path, bits=bits, quant_type=quant_type)
+    ref = mpt_lite.MptForCausalLM.from_pretrained(tmp_path)
+    ids = torch.randint(0, 97, (1, 9), generator=torch.Generator().manual_seed(4))
+    assert cosine(q(ids).logits, simulate(q)(ids).logits) >= 0.999
+    assert cosine(q(ids).logits, ref(ids).logits) >= 0.95

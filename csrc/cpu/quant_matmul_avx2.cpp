@@ -46,17 +46,17 @@ struct V {
     out[2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(b0, 4)), vd, m8d);
     out[3] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(b1, 4)), vd, m8d);
   }
-  static F lookup(__m256i q, F lo, F hi) {  // 16-entry table from two 8-entry permutes
+  // 16-entry table from two 8-entry permutes; uses bits 0-3 of each lane (higher bits ignored).
+  static F lookup(__m256i q, F lo, F hi) {
     const F a = _mm256_permutevar8x32_ps(lo, q), b = _mm256_permutevar8x32_ps(hi, q);
     return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(q, 28)));
   }
   static void decode_nf4(const uint8_t* p, float absmax, F* out) {
     const F lo = _mm256_loadu_ps(kNf4Code), hi = _mm256_loadu_ps(kNf4Code + 8), s = _mm256_set1_ps(absmax);
-    const __m256i m15 = _mm256_set1_epi32(15);
     for (int h = 0; h < 2; ++h) {
       const __m256i b = bytes8(p + 8 * h);
       out[2 * h] = _mm256_mul_ps(lookup(_mm256_srli_epi32(b, 4), lo, hi), s);
-      out[2 * h + 1] = _mm256_mul_ps(lookup(_mm256_and_si256(b, m15), lo, hi), s);
+      out[2 * h + 1] = _mm256_mul_ps(lookup(b, lo, hi), s);  // lookup reads only bits 0-3
     }
   }
 };

@@ -28,14 +28,15 @@ struct V {
   static void decode_int4(const uint8_t* p, float d, F* out) {
     const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     const F vd = _mm512_set1_ps(d), m8d = _mm512_set1_ps(-8.0f * d);  // q*d - 8d rounds once: (q-8)*d
-    out[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(b, _mm512_set1_epi32(15))), vd, m8d);
+    const __m512 qm8 = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+    out[0] = _mm512_mul_ps(_mm512_permutexvar_ps(b, qm8), vd);  // low nibble: vpermps reads bits 0-3
     out[1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4)), vd, m8d);
   }
   static void decode_nf4(const uint8_t* p, float absmax, F* out) {
     const __m512 code = _mm512_loadu_ps(kNf4Code), s = _mm512_set1_ps(absmax);
     const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     out[0] = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), code), s);
-    out[1] = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_and_si512(b, _mm512_set1_epi32(15)), code), s);
+    out[1] = _mm512_mul_ps(_mm512_permutexvar_ps(b, code), s);  // vpermps reads only the low 4 bits
   }
 };
 

@@ -158,7 +158,7 @@ void gemv_rows(const QWeight& w, const float* xq, int64_t Kp, int64_t m0, const 
 
 constexpr int MR = 2 * V::L;  // x rows per panel
 constexpr int NR = V::NR;     // weight rows per register tile (2*NR accumulators)
-constexpr int64_t KC = 256, NC = 8 * NR;
+constexpr int64_t KC = 256, NC = 32 * NR;  // NC: fewer passes over the packed x, which outgrows the caches for large K
 
 // C[r][0..MR) += sum_k w[r][k] * xp[k][0..MR) for r < R.
 template <int R>
