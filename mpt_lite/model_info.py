@@ -12,7 +12,7 @@ from .config import MptConfig
 # Layouts of the quantized formats (see DESIGN.md, "Weight formats").
 NF4_BLOCK = 64          # fp32 absmax per block of 64 weights of the flattened tensor
 INT4_GROUP = 32         # one scale per group of 32 weights along in_features
-INT4_SCALE_BYTES = 2    # an fp16 scale per group (zero points, when a format keeps them, not counted)
+INT4_SCALE_BYTES = 4    # an fp32 scale per group of 32 (csrc/cpu/quant_formats.h)
 QUANTIZED_SUFFIXES = ("Wqkv.weight", "out_proj.weight", "up_proj.weight", "down_proj.weight")
 
 
@@ -50,7 +50,8 @@ def format_sizes(shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
         out_f, in_f = shape
         sizes["int8"] += n + 4 * out_f                                   # int8 codes + fp32 scale per row
         sizes["nf4"] += (n + 1) // 2 + 4 * math.ceil(n / NF4_BLOCK)       # two codes a byte + fp32 absmax
-        sizes["int4"] += out_f * ((in_f + 1) // 2) + INT4_SCALE_BYTES * out_f * math.ceil(in_f / INT4_GROUP)
+        groups = math.ceil(in_f / INT4_GROUP)  # rows are padded to whole groups of 32
+        sizes["int4"] += out_f * groups * (INT4_GROUP // 2 + INT4_SCALE_BYTES)
     return sizes
 
 
