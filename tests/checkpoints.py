@@ -160,3 +160,13 @@ def load_hf(cls_name: str, state: dict, cfg: dict):
     missing, unexpected = model.load_state_dict(own, strict=False)
     assert not unexpected, unexpected
     return model, missing
+
+
+def random_causal_lm(seed: int = 0, **config):
+    """A small randomly initialised mpt_lite MptForCausalLM (weights large enough to be decisive)."""
+    from mpt_lite import MptConfig, MptForCausalLM
+
+    torch.manual_seed(seed)
+    args = dict(d_model=64, n_heads=4, n_layers=2, expansion_ratio=2, initializer_range=0.3)
+    args.update(config)
+    return MptForCausalLM(MptConfig(**args)).eval()

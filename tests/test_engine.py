@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+from checkpoints import random_causal_lm
+
 from mpt_lite import Engine, MptConfig, MptForCausalLM
 from mpt_lite.generation import _text_pieces
 from mpt_lite.kv_cache import CacheExhaustedError, PagedKVCache
@@ -9,11 +11,7 @@ from mpt_lite.tokenizer import MptTokenizer
 
 
 def tiny(seed=0, **kw):
-    torch.manual_seed(seed)
-    args = dict(d_model=64, n_heads=4, n_layers=2, expansion_ratio=2, vocab_size=300, max_seq_len=256,
-                initializer_range=0.3)
-    args.update(kw)
-    return MptForCausalLM(MptConfig(**args)).eval()
+    return random_causal_lm(seed, **{"vocab_size": 300, "max_seq_len": 256, **kw})
 
 
 def greedy_full(model, prompt, n):

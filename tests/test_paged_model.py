@@ -3,6 +3,8 @@ exact and skips work, contexts run past max_seq_len when it is raised."""
 import pytest
 import torch
 
+from checkpoints import random_causal_lm
+
 from mpt_lite import MptConfig, MptForCausalLM
 from mpt_lite.engine import Engine
 from mpt_lite.kv_cache import PagedKVCache, PagedStep
@@ -18,11 +20,7 @@ VARIANTS = {
 
 
 def tiny(seed=0, **kw):
-    torch.manual_seed(seed)
-    args = dict(d_model=64, n_heads=4, n_layers=2, expansion_ratio=2, vocab_size=101, max_seq_len=128,
-                initializer_range=0.3)
-    args.update(kw)
-    return MptForCausalLM(MptConfig(**args)).eval()
+    return random_causal_lm(seed, **{"vocab_size": 101, "max_seq_len": 128, **kw})
 
 
 def paged_logits(model, tokens, chunks, dtype=torch.float32, block_size=4):
