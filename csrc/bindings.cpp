@@ -14,9 +14,7 @@
 namespace py = pybind11;
 
 #if MPT_LITE_WITH_CUDA
-namespace mpt::cuda {
-int device_count();
-}
+#include "cuda/ops_cuda.h"
 #endif
 
 static mpt::KvCacheView kv_view(uintptr_t k, uintptr_t v, uintptr_t k_scale, uintptr_t v_scale, int dtype,
@@ -67,10 +65,74 @@ PYBIND11_MODULE(_C, m) {
   m.def("num_threads", &mpt::num_threads);
   m.def("set_num_threads", &mpt::set_num_threads, py::arg("n"));
 
-  // ---- CUDA ----
+  // ---- CUDA (csrc/cuda/*.cu): the same ops on device pointers; every call takes the device index
+  // and torch's current stream (an integer) first, and returns once the work is enqueued. ----
 #if MPT_LITE_WITH_CUDA
   m.attr("with_cuda") = true;
   m.def("cuda_device_count", &mpt::cuda::device_count);
+  using mpt::cuda::Launch;
+  m.def("quantize_int8_cuda", [](int dev, uintptr_t st, uintptr_t w, int64_t N, int64_t K, uintptr_t cb,
+                                 uintptr_t scb) {
+    mpt::cuda::quantize_int8(Launch{dev, st}, P<const float>(w), N, K, P<int8_t>(cb), P<float>(scb));
+  }, G());
+  m.def("quantize_nf4_cuda", [](int dev, uintptr_t st, uintptr_t w, int64_t numel, int64_t bs, uintptr_t packed,
+                                uintptr_t absmax) {
+    mpt::cuda::quantize_nf4(Launch{dev, st}, P<const float>(w), numel, bs, P<uint8_t>(packed), P<float>(absmax));
+  }, G());
+  m.def("quantize_int4_cuda", [](int dev, uintptr_t st, uintptr_t w, int64_t N, int64_t K, uintptr_t packed,
+                                 uintptr_t scales) {
+    mpt::cuda::quantize_int4(Launch{dev, st}, P<const float>(w), N, K, P<uint8_t>(packed), P<float>(scales));
+  }, G());
+  // fmt: 0 int8 (cb, scb), 1 nf4 (packed, absmax; blocksize), 2 int4 (packed, scales).
+  m.def("dequantize_cuda", [](int dev, uintptr_t st, int fmt, uintptr_t data, uintptr_t scale, int64_t N, int64_t K,
+                              int64_t bs, uintptr_t out) {
+    mpt::cuda::dequantize(Launch{dev, st}, fmt, P<const void>(data), P<const float>(scale), N, K, bs, P<float>(out));
+  }, G());
+  m.def("dequantize_rows_cuda", [](int dev, uintptr_t st, int fmt, uintptr_t data, uintptr_t scale, int64_t N,
+                                   int64_t K, int64_t bs, uintptr_t rows, int64_t nrows, uintptr_t out) {
+    mpt::cuda::dequantize_rows(Launch{dev, st}, fmt, P<const void>(data), P<const float>(scale), N, K, bs,
+                               P<const int64_t>(rows), nrows, P<float>(out));
+  }, G());
+  m.def("matmul_cuda", [](int dev, uintptr_t st, int fmt, uintptr_t x, int64_t M, uintptr_t data, uintptr_t scale,
+                          int64_t N, int64_t K, int64_t bs, uintptr_t bias, uintptr_t y) {
+    mpt::cuda::qmatmul(Launch{dev, st}, fmt, P<const float>(x), M, P<const void>(data), P<const float>(scale), N, K,
+                       bs, P<const float>(bias), P<float>(y));
+  }, G());
+  m.attr("cuda_gemv_max_m") = mpt::cuda::kGemvMaxM;
+  // *_host: CPU copies of the index arrays (checked, and read for the launch geometry).
+  m.def("write_kv_cache_cuda", [](int dev, uintptr_t st, uintptr_t k, uintptr_t v, int64_t n_tokens, uintptr_t slots,
+                                  uintptr_t slots_host, uintptr_t kc, uintptr_t vc, uintptr_t ks, uintptr_t vs,
+                                  int dtype, int64_t num_slots, int kv_heads, int head_dim, int block_size) {
+    mpt::KvCacheView c = kv_view(kc, vc, ks, vs, dtype, num_slots, kv_heads, head_dim, block_size);
+    py::gil_scoped_release nogil;
+    mpt::cuda::write_kv_cache(Launch{dev, st}, P<const float>(k), P<const float>(v), n_tokens, P<const int64_t>(slots),
+                              P<const int64_t>(slots_host), c);
+  });
+  m.def("paged_attention_cuda", [](int dev, uintptr_t st, bool decode, uintptr_t q, uintptr_t out, int64_t n_rows,
+                                   int num_heads, int num_seqs, uintptr_t block_tables, uintptr_t block_tables_host,
+                                   int max_blocks, uintptr_t context_lens, uintptr_t context_lens_host,
+                                   uintptr_t query_start_loc, uintptr_t query_start_loc_host, uintptr_t slopes,
+                                   float scale, uintptr_t kc, uintptr_t vc, uintptr_t ks, uintptr_t vs, int dtype,
+                                   int64_t num_slots, int kv_heads, int head_dim, int block_size) {
+    mpt::KvCacheView c = kv_view(kc, vc, ks, vs, dtype, num_slots, kv_heads, head_dim, block_size);
+    mpt::AttnArgs a;
+    a.q = P<const float>(q);
+    a.out = P<float>(out);
+    a.num_heads = num_heads;
+    a.num_seqs = num_seqs;
+    a.block_tables = P<const int32_t>(block_tables);
+    a.max_blocks = max_blocks;
+    a.context_lens = P<const int32_t>(context_lens);
+    a.query_start_loc = P<const int32_t>(query_start_loc);
+    a.slopes = P<const float>(slopes);
+    a.scale = scale;
+    mpt::AttnArgs h = a;
+    h.block_tables = P<const int32_t>(block_tables_host);
+    h.context_lens = P<const int32_t>(context_lens_host);
+    h.query_start_loc = P<const int32_t>(query_start_loc_host);
+    py::gil_scoped_release nogil;
+    mpt::cuda::paged_attention(Launch{dev, st}, decode, a, h, n_rows, c);
+  });
 #else
   m.attr("with_cuda") = false;
   m.def("cuda_device_count", [] { return 0; });

@@ -70,7 +70,7 @@ class Engine:
         self.model = model
         self.cache = PagedKVCache(cfg.n_layers, cfg.kv_n_heads, cfg.head_dim, block_size=block_size,
                                   num_blocks=num_blocks, max_bytes=max_bytes, dtype=kv_dtype,
-                                  prefix_caching=prefix_caching)
+                                  prefix_caching=prefix_caching, device=model.device)
         self.max_num_seqs, self.max_batch_tokens = max_num_seqs, max_batch_tokens
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
@@ -165,7 +165,7 @@ class Engine:
         step = PagedStep(self.cache, [r.blocks for r in reqs], starts, ends)
         sample = [i for i, (r, _, b) in enumerate(batch) if b == len(r.tokens)]
         with torch.inference_mode():
-            logits = self.model.forward_paged(ids, step, step.last_rows[sample]).float()
+            logits = self.model.forward_paged(ids, step, step.last_rows[sample]).float().cpu()
         self.stats["steps"] += 1
         self.stats["computed_tokens"] += len(ids)
         for r, _, b in batch:

@@ -38,7 +38,8 @@ class SeqBlocks:
 class PagedKVCache:
     def __init__(self, n_layers: int, kv_heads: int, head_dim: int, *, block_size: int = DEFAULT_BLOCK_SIZE,
                  num_blocks: int | None = None, max_bytes: int | None = None,
-                 dtype: torch.dtype = torch.float32, prefix_caching: bool = True) -> None:
+                 dtype: torch.dtype = torch.float32, prefix_caching: bool = True,
+                 device: torch.device | str = "cpu") -> None:
         if dtype not in ops.KV_CACHE_DTYPES:
             raise TypeError(f"KV cache dtype must be one of {', '.join(map(str, ops.KV_CACHE_DTYPES))}, got {dtype}")
         if not isinstance(block_size, int) or block_size < 1:
@@ -56,12 +57,14 @@ class PagedKVCache:
                 f"{self.bytes_per_block} bytes over {n_layers} layers)")
         self.num_blocks = num_blocks
         shape = (num_blocks, block_size, kv_heads, head_dim)
-        # torch.empty: pages are committed by the OS only when written, so a large budget is cheap.
-        self.k = [torch.empty(shape, dtype=dtype) for _ in range(n_layers)]
-        self.v = [torch.empty(shape, dtype=dtype) for _ in range(n_layers)]
+        self.device = torch.device(device)
+        # torch.empty: pages are committed by the OS only when written, so a large budget is cheap
+        # (on a GPU the whole budget is allocated at once).
+        self.k = [torch.empty(shape, dtype=dtype, device=self.device) for _ in range(n_layers)]
+        self.v = [torch.empty(shape, dtype=dtype, device=self.device) for _ in range(n_layers)]
         if dtype == torch.int8:
-            self.k_scale = [torch.empty(shape[:3]) for _ in range(n_layers)]
-            self.v_scale = [torch.empty(shape[:3]) for _ in range(n_layers)]
+            self.k_scale = [torch.empty(shape[:3], device=self.device) for _ in range(n_layers)]
+            self.v_scale = [torch.empty(shape[:3], device=self.device) for _ in range(n_layers)]
         else:
             self.k_scale = self.v_scale = [None] * n_layers
         self._ref = [0] * num_blocks

@@ -33,7 +33,9 @@ def check_device(device: Any) -> torch.device:
         raise ValueError(f"unknown device {device!r}: {e}") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("device='cuda' was requested but torch sees no CUDA GPU on this machine")
+            why = "this torch is a CPU-only build" if torch.version.cuda is None else "no GPU or driver is visible"
+            raise ValueError(f"device='cuda' was requested but torch sees no CUDA GPU on this machine ({why}); "
+                             f"mpt_lite's CUDA kernels are {'built' if ops.cuda_built() else 'not built'}")
     elif dev.type != "cpu":
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     return dev
@@ -56,8 +58,9 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
             raise ValueError(f"{folder} holds {stored} weights; they cannot be loaded as {qtype} "
                              f"(pass bits=None to use them as saved)")
         qtype = stored
-    if qtype is not None and dev.type != "cpu":
-        raise ValueError(f"quantized weights ({qtype}) run on the CPU kernels only; use device='cpu'")
+    if qtype is not None and dev.type == "cuda" and not ops.cuda_built():
+        raise ValueError(f"device='cuda' with quantized weights ({qtype}) needs mpt_lite's CUDA kernels, but "
+                         f"{ops.NO_CUDA_BUILD}")
     with torch.device("meta"):
         if qtype is None:
             model = cls(config)
@@ -120,6 +123,8 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
         _init_missing(model, missing, dev, dtype)
     if unused_heads:
         warnings.warn(f"checkpoint tensors not used by {cls.__name__}: {', '.join(unused_heads)}", stacklevel=3)
+    if qmods and dev.type != "cpu":
+        model.to(dev)  # codes are made (or read) on the CPU, then moved with the rest
     model.eval()
     model.requires_grad_(False)
     if qmods:

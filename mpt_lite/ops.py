@@ -62,17 +62,55 @@ def set_num_threads(n: int) -> None:
     _C.set_num_threads(int(n))
 
 
+# ---- devices ----
+# Each op runs where its leading tensor (the weight, or the KV cache) lives: CPU tensors go to the
+# CPU kernels, CUDA tensors to the CUDA kernels (csrc/cuda) on torch's current stream of that
+# device. Every other tensor of the call must be on the same device (index arrays of the
+# attention ops may also stay on the CPU: the CUDA path checks a host copy and copies them over).
+
+NO_CUDA_BUILD = ("mpt_lite was built without CUDA (MPT_LITE_CUDA=on python setup.py build_ext --inplace, "
+                 "with nvcc on the PATH, builds the CUDA kernels)")
+CUDA_GEMV_MAX_M = int(getattr(_C, "cuda_gemv_max_m", 8))
+
+
+def cuda_built() -> bool:
+    """Whether this build of mpt_lite._C holds the CUDA kernels."""
+    return bool(_C.with_cuda)
+
+
+def cuda_available() -> bool:
+    """The CUDA build and a GPU that torch sees."""
+    return cuda_built() and torch.cuda.is_available()
+
+
+def _op_device(name: str, t: object) -> torch.device:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device.type == "cuda":
+        if not _C.with_cuda:
+            raise ValueError(f"{name} is on {t.device}, but {NO_CUDA_BUILD}")
+    elif t.device.type != "cpu":
+        raise ValueError(f"{name} must be on cpu or cuda, got {t.device}")
+    return t.device
+
+
+def _launch(dev: torch.device) -> tuple[int, int]:
+    """(device index, current stream handle) for a CUDA kernel call."""
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    return index, torch.cuda.current_stream(index).cuda_stream
+
+
 # ---- tensor checks shared by the ops ----
 
 def check_tensor(name: str, t: object, dtypes: Sequence[torch.dtype], ndim: int | None = None,
-                 device: str = "cpu") -> torch.Tensor:
+                 device: str | torch.device = "cpu") -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in dtypes:
         raise TypeError(f"{name} must have dtype {' or '.join(str(d) for d in dtypes)}, got {t.dtype}")
     if ndim is not None and t.dim() != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
-    if t.device.type != device:
+    if (t.device != device) if isinstance(device, torch.device) else (t.device.type != device):
         raise ValueError(f"{name} must be on {device}, got {t.device}")
     return t
 
@@ -108,7 +146,7 @@ def int4_groups(in_features: int) -> int:
 
 
 def _weight_f32(name: str, w: object) -> torch.Tensor:
-    check_tensor(name, w, _FLOATS, ndim=2)
+    check_tensor(name, w, _FLOATS, ndim=2, device=_op_device(name, w))
     w = w.detach().to(torch.float32).contiguous()
     if not bool(torch.isfinite(w).all()):
         raise ValueError(f"{name} holds NaN or infinite values; they cannot be quantized")
@@ -132,20 +170,62 @@ def _check_blocksize(blocksize: object) -> int:
     return blocksize
 
 
-def _activations(x: object, K: int) -> tuple[torch.Tensor, tuple]:
-    check_tensor("x", x, (torch.float32, torch.bfloat16))
+def _activations(x: object, K: int, device: str | torch.device = "cpu") -> tuple[torch.Tensor, tuple]:
+    check_tensor("x", x, (torch.float32, torch.bfloat16), device=device)
     if x.dim() == 0 or x.shape[-1] != K:
         raise ValueError(f"x must have in_features={K} as its last dimension, got shape {tuple(x.shape)}")
     lead = tuple(x.shape[:-1])
     return x.reshape(-1, K).to(torch.float32).contiguous(), lead
 
 
-def _bias(bias: object, N: int) -> torch.Tensor | None:
+def _bias(bias: object, N: int, device: str | torch.device = "cpu") -> torch.Tensor | None:
     if bias is None:
         return None
-    check_tensor("bias", bias, _FLOATS, ndim=1)
+    check_tensor("bias", bias, _FLOATS, ndim=1, device=device)
     _check_shape("bias", bias, (N,))
     return bias.to(torch.float32).contiguous()
+
+
+_FMT_CODE = {"int8": 0, "nf4": 1, "int4": 2}
+
+
+def _cuda_matmul(fmt: str, x: object, data: torch.Tensor, scale: torch.Tensor, N: int, K: int, bs: int,
+                 bias: object) -> torch.Tensor:
+    dev = data.device
+    x2, lead = _activations(x, K, dev)
+    b = _bias(bias, N, dev)
+    data, scale = data.contiguous(), scale.contiguous()
+    y = torch.empty(x2.shape[0], N, dtype=torch.float32, device=dev)
+    _C.matmul_cuda(*_launch(dev), _FMT_CODE[fmt], ptr(x2), x2.shape[0], ptr(data), ptr(scale), N, K, bs,
+                   0 if b is None else ptr(b), ptr(y))
+    return y.reshape(*lead, N).to(x.dtype)
+
+
+def _cuda_dequantize(fmt: str, data: torch.Tensor, scale: torch.Tensor, N: int, K: int, bs: int,
+                     rows: torch.Tensor | None = None) -> torch.Tensor:
+    dev = data.device
+    data, scale = data.contiguous(), scale.contiguous()
+    n = N if rows is None else rows.numel()
+    out = torch.empty(n, K, dtype=torch.float32, device=dev)
+    if rows is None:
+        _C.dequantize_cuda(*_launch(dev), _FMT_CODE[fmt], ptr(data), ptr(scale), N, K, bs, ptr(out))
+    else:
+        _C.dequantize_rows_cuda(*_launch(dev), _FMT_CODE[fmt], ptr(data), ptr(scale), N, K, bs, ptr(rows), n,
+                                ptr(out))
+    return out
+
+
+def ref_matmul_bf16_operands(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
+                             row_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """What the CUDA GEMM (M > CUDA_GEMV_MAX_M rows) computes: x and the weight operand w rounded to
+    bfloat16, products summed in float32, then times row_scale (int8: w is the codes cb and
+    row_scale = scb / 127) plus bias. Returns float32."""
+    xb = x.float().to(torch.bfloat16).float()
+    wb = w.float().to(torch.bfloat16).float()
+    y = xb @ wb.t()
+    if row_scale is not None:
+        y = y * row_scale.float()
+    return y if bias is None else y + bias.float()
 
 
 def _run_matmul(fn, x: object, K: int, N: int, bias: object, *weights) -> torch.Tensor:
@@ -156,8 +236,8 @@ def _run_matmul(fn, x: object, K: int, N: int, bias: object, *weights) -> torch.
     return y.reshape(*lead, N).to(x.dtype)
 
 
-def _row_ids(ids: object, N: int) -> torch.Tensor:
-    check_tensor("ids", ids, (torch.int64, torch.int32))
+def _row_ids(ids: object, N: int, device: str | torch.device = "cpu") -> torch.Tensor:
+    check_tensor("ids", ids, (torch.int64, torch.int32), device=device)
     flat = ids.reshape(-1).to(torch.int64).contiguous()
     if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= N):
         raise IndexError(f"ids must lie in [0, {N}), got values in [{int(flat.min())}, {int(flat.max())}]")
@@ -169,9 +249,12 @@ def _row_ids(ids: object, N: int) -> torch.Tensor:
 def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     w = _weight_f32("w", w)
     N, K = w.shape
-    cb = torch.empty(N, K, dtype=torch.int8)
-    scb = torch.empty(N, dtype=torch.float32)
-    _C.quantize_int8(ptr(w), N, K, ptr(cb), ptr(scb))
+    cb = torch.empty(N, K, dtype=torch.int8, device=w.device)
+    scb = torch.empty(N, dtype=torch.float32, device=w.device)
+    if w.is_cuda:
+        _C.quantize_int8_cuda(*_launch(w.device), ptr(w), N, K, ptr(cb), ptr(scb))
+    else:
+        _C.quantize_int8(ptr(w), N, K, ptr(cb), ptr(scb))
     return cb, scb
 
 
@@ -184,14 +267,16 @@ def ref_quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _check_int8(cb: object, scb: object) -> tuple[int, int]:
-    check_tensor("cb", cb, (torch.int8,), ndim=2)
-    check_tensor("scb", scb, (torch.float32,), ndim=1)
+    check_tensor("cb", cb, (torch.int8,), ndim=2, device=_op_device("cb", cb))
+    check_tensor("scb", scb, (torch.float32,), ndim=1, device=cb.device)
     _check_shape("scb", scb, (cb.shape[0],))
     return cb.shape[0], cb.shape[1]
 
 
 def dequantize_int8(cb: torch.Tensor, scb: torch.Tensor) -> torch.Tensor:
     N, K = _check_int8(cb, scb)
+    if cb.is_cuda:
+        return _cuda_dequantize("int8", cb, scb, N, K, 0)
     cb, scb = cb.contiguous(), scb.contiguous()
     out = torch.empty(N, K, dtype=torch.float32)
     _C.dequantize_int8(ptr(cb), ptr(scb), N, K, ptr(out))
@@ -204,7 +289,9 @@ def ref_dequantize_int8(cb: torch.Tensor, scb: torch.Tensor) -> torch.Tensor:
 
 def dequantize_rows_int8(cb: torch.Tensor, scb: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     N, K = _check_int8(cb, scb)
-    cb, scb, rows = cb.contiguous(), scb.contiguous(), _row_ids(ids, N)
+    cb, scb, rows = cb.contiguous(), scb.contiguous(), _row_ids(ids, N, cb.device)
+    if cb.is_cuda:
+        return _cuda_dequantize("int8", cb, scb, N, K, 0, rows).reshape(*ids.shape, K)
     out = torch.empty(rows.numel(), K, dtype=torch.float32)
     _C.dequantize_rows_int8(ptr(cb), ptr(scb), K, ptr(rows), rows.numel(), ptr(out))
     return out.reshape(*ids.shape, K)
@@ -212,6 +299,8 @@ def dequantize_rows_int8(cb: torch.Tensor, scb: torch.Tensor, ids: torch.Tensor)
 
 def matmul_int8(x: torch.Tensor, cb: torch.Tensor, scb: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     N, K = _check_int8(cb, scb)
+    if cb.is_cuda:
+        return _cuda_matmul("int8", x, cb, scb, N, K, 0, bias)
     cb, scb = cb.contiguous(), scb.contiguous()
     return _run_matmul(_C.matmul_int8, x, K, N, bias, ptr(cb), ptr(scb))
 
@@ -228,9 +317,12 @@ def quantize_nf4(w: torch.Tensor, blocksize: int = NF4_BLOCKSIZE) -> tuple[torch
     w = _weight_f32("w", w)
     bs = _check_blocksize(blocksize)
     numel = w.numel()
-    packed = torch.empty((numel + 1) // 2, dtype=torch.uint8)
-    absmax = torch.empty((numel + bs - 1) // bs, dtype=torch.float32)
-    _C.quantize_nf4(ptr(w), numel, bs, ptr(packed), ptr(absmax))
+    packed = torch.empty((numel + 1) // 2, dtype=torch.uint8, device=w.device)
+    absmax = torch.empty((numel + bs - 1) // bs, dtype=torch.float32, device=w.device)
+    if w.is_cuda:
+        _C.quantize_nf4_cuda(*_launch(w.device), ptr(w), numel, bs, ptr(packed), ptr(absmax))
+    else:
+        _C.quantize_nf4(ptr(w), numel, bs, ptr(packed), ptr(absmax))
     return packed, absmax
 
 
@@ -257,8 +349,8 @@ def _check_nf4(packed: object, absmax: object, shape: object, blocksize: object)
         raise TypeError(f"shape must be (out_features, in_features), got {shape!r}")
     N, K = _dim("shape[0]", shape[0]), _dim("shape[1]", shape[1])
     bs = _check_blocksize(blocksize)
-    check_tensor("packed", packed, (torch.uint8,))
-    check_tensor("absmax", absmax, (torch.float32,), ndim=1)
+    check_tensor("packed", packed, (torch.uint8,), device=_op_device("packed", packed))
+    check_tensor("absmax", absmax, (torch.float32,), ndim=1, device=packed.device)
     if packed.numel() != (N * K + 1) // 2:
         raise ValueError(f"packed must hold {(N * K + 1) // 2} bytes for shape {(N, K)}, got {packed.numel()}")
     _check_shape("absmax", absmax, ((N * K + bs - 1) // bs,))
@@ -267,6 +359,8 @@ def _check_nf4(packed: object, absmax: object, shape: object, blocksize: object)
 
 def dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, shape, blocksize: int = NF4_BLOCKSIZE) -> torch.Tensor:
     N, K, bs = _check_nf4(packed, absmax, shape, blocksize)
+    if packed.is_cuda:
+        return _cuda_dequantize("nf4", packed, absmax, N, K, bs)
     packed, absmax = packed.contiguous(), absmax.contiguous()
     out = torch.empty(N, K, dtype=torch.float32)
     _C.dequantize_nf4(ptr(packed), ptr(absmax), N * K, bs, ptr(out))
@@ -283,7 +377,9 @@ def ref_dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, shape, blocks
 
 def dequantize_rows_nf4(packed, absmax, shape, ids, blocksize: int = NF4_BLOCKSIZE) -> torch.Tensor:
     N, K, bs = _check_nf4(packed, absmax, shape, blocksize)
-    rows = _row_ids(ids, N)
+    rows = _row_ids(ids, N, packed.device)
+    if packed.is_cuda:
+        return _cuda_dequantize("nf4", packed, absmax, N, K, bs, rows).reshape(*ids.shape, K)
     out = torch.empty(rows.numel(), K, dtype=torch.float32)
     packed, absmax = packed.contiguous(), absmax.contiguous()
     _C.dequantize_rows_nf4(ptr(packed), ptr(absmax), K, bs, ptr(rows), rows.numel(), ptr(out))
@@ -293,6 +389,8 @@ def dequantize_rows_nf4(packed, absmax, shape, ids, blocksize: int = NF4_BLOCKSI
 def matmul_nf4(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, shape, blocksize: int = NF4_BLOCKSIZE,
                bias: torch.Tensor | None = None) -> torch.Tensor:
     N, K, bs = _check_nf4(packed, absmax, shape, blocksize)
+    if packed.is_cuda:
+        return _cuda_matmul("nf4", x, packed, absmax, N, K, bs, bias)
     x2, lead = _activations(x, K)
     b = _bias(bias, N)
     y = torch.empty(x2.shape[0], N, dtype=torch.float32)
@@ -313,9 +411,12 @@ def quantize_int4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     w = _weight_f32("w", w)
     N, K = w.shape
     G = int4_groups(K)
-    packed = torch.empty(N, G * 16, dtype=torch.uint8)
-    scales = torch.empty(N, G, dtype=torch.float32)
-    _C.quantize_int4(ptr(w), N, K, ptr(packed), ptr(scales))
+    packed = torch.empty(N, G * 16, dtype=torch.uint8, device=w.device)
+    scales = torch.empty(N, G, dtype=torch.float32, device=w.device)
+    if w.is_cuda:
+        _C.quantize_int4_cuda(*_launch(w.device), ptr(w), N, K, ptr(packed), ptr(scales))
+    else:
+        _C.quantize_int4(ptr(w), N, K, ptr(packed), ptr(scales))
     return packed, scales
 
 
@@ -336,8 +437,8 @@ def ref_quantize_int4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _check_int4(packed: object, scales: object, in_features: object) -> tuple[int, int]:
     K = _dim("in_features", in_features)
-    check_tensor("packed", packed, (torch.uint8,), ndim=2)
-    check_tensor("scales", scales, (torch.float32,), ndim=2)
+    check_tensor("packed", packed, (torch.uint8,), ndim=2, device=_op_device("packed", packed))
+    check_tensor("scales", scales, (torch.float32,), ndim=2, device=packed.device)
     N, G = packed.shape[0], int4_groups(K)
     _check_shape("packed", packed, (N, G * 16))
     _check_shape("scales", scales, (N, G))
@@ -346,6 +447,8 @@ def _check_int4(packed: object, scales: object, in_features: object) -> tuple[in
 
 def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, in_features: int) -> torch.Tensor:
     N, K = _check_int4(packed, scales, in_features)
+    if packed.is_cuda:
+        return _cuda_dequantize("int4", packed, scales, N, K, 0)
     out = torch.empty(N, K, dtype=torch.float32)
     packed, scales = packed.contiguous(), scales.contiguous()
     _C.dequantize_int4(ptr(packed), ptr(scales), N, K, ptr(out))
@@ -361,7 +464,9 @@ def ref_dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, in_features:
 
 def dequantize_rows_int4(packed, scales, in_features: int, ids) -> torch.Tensor:
     N, K = _check_int4(packed, scales, in_features)
-    rows = _row_ids(ids, N)
+    rows = _row_ids(ids, N, packed.device)
+    if packed.is_cuda:
+        return _cuda_dequantize("int4", packed, scales, N, K, 0, rows).reshape(*ids.shape, K)
     out = torch.empty(rows.numel(), K, dtype=torch.float32)
     packed, scales = packed.contiguous(), scales.contiguous()
     _C.dequantize_rows_int4(ptr(packed), ptr(scales), K, ptr(rows), rows.numel(), ptr(out))
@@ -371,6 +476,8 @@ def dequantize_rows_int4(packed, scales, in_features: int, ids) -> torch.Tensor:
 def matmul_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, in_features: int,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
     N, K = _check_int4(packed, scales, in_features)
+    if packed.is_cuda:
+        return _cuda_matmul("int4", x, packed, scales, N, K, 0, bias)
     x2, lead = _activations(x, K)
     b = _bias(bias, N)
     y = torch.empty(x2.shape[0], N, dtype=torch.float32)
@@ -396,8 +503,8 @@ KV_CACHE_DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.
 
 
 def _cache_args(k_cache, v_cache, k_scale, v_scale) -> tuple:
-    check_tensor("k_cache", k_cache, tuple(KV_CACHE_DTYPES), ndim=4)
-    check_tensor("v_cache", v_cache, (k_cache.dtype,), ndim=4)
+    check_tensor("k_cache", k_cache, tuple(KV_CACHE_DTYPES), ndim=4, device=_op_device("k_cache", k_cache))
+    check_tensor("v_cache", v_cache, (k_cache.dtype,), ndim=4, device=k_cache.device)
     if v_cache.shape != k_cache.shape:
         raise ValueError(f"k_cache and v_cache differ in shape: {tuple(k_cache.shape)} vs {tuple(v_cache.shape)}")
     num_blocks, block_size, kv_heads, head_dim = k_cache.shape
@@ -408,7 +515,7 @@ def _cache_args(k_cache, v_cache, k_scale, v_scale) -> tuple:
         for name, s in (("k_scale", k_scale), ("v_scale", v_scale)):
             if s is None:
                 raise ValueError(f"an int8 KV cache needs {name}")
-            check_tensor(name, s, (torch.float32,), ndim=3)
+            check_tensor(name, s, (torch.float32,), ndim=3, device=k_cache.device)
             if tuple(s.shape) != (num_blocks, block_size, kv_heads):
                 raise ValueError(f"{name} must have shape {(num_blocks, block_size, kv_heads)}, got {tuple(s.shape)}")
         scales = (ptr(k_scale), ptr(v_scale))
@@ -418,18 +525,28 @@ def _cache_args(k_cache, v_cache, k_scale, v_scale) -> tuple:
             kv_heads, head_dim, block_size)
 
 
-def _as_f32(name: str, t: object, shape_tail: tuple) -> torch.Tensor:
-    check_tensor(name, t, (torch.float32, torch.bfloat16, torch.float16), ndim=1 + len(shape_tail))
+def _as_f32(name: str, t: object, shape_tail: tuple, device: str | torch.device = "cpu") -> torch.Tensor:
+    check_tensor(name, t, (torch.float32, torch.bfloat16, torch.float16), ndim=1 + len(shape_tail), device=device)
     if tuple(t.shape[1:]) != shape_tail:
         raise ValueError(f"{name} must have shape (tokens, {', '.join(map(str, shape_tail))}), got {tuple(t.shape)}")
     return t.float().contiguous()
 
 
-def _index(name: str, t: object, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
-    check_tensor(name, t, (dtype,), ndim=len(shape))
+def _index(name: str, t: object, shape: tuple, dtype: torch.dtype,
+           device: str | torch.device = "cpu") -> torch.Tensor:
+    """An index array (slots, block tables, lengths). For a CUDA op it may sit on the CPU or on the
+    op's device; the CUDA paths take both copies (_host_and_device)."""
+    if isinstance(device, torch.device) and device.type == "cuda" and isinstance(t, torch.Tensor) \
+            and t.device.type == "cpu":
+        device = "cpu"
+    check_tensor(name, t, (dtype,), ndim=len(shape), device=device)
     if tuple(t.shape) != shape:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
     return t.contiguous()
+
+
+def _host_and_device(t: torch.Tensor, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return t.cpu().contiguous(), t.to(dev).contiguous()
 
 
 def write_kv_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -438,44 +555,59 @@ def write_kv_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor
     """Writes key/value (tokens, kv_heads, head_dim) into the cache at slot_mapping (tokens,) int64;
     a negative slot skips its token. In place."""
     cache = _cache_args(k_cache, v_cache, k_scale, v_scale)
+    dev = k_cache.device
     tail = tuple(k_cache.shape[2:])
-    key, value = _as_f32("key", key, tail), _as_f32("value", value, tail)
+    key, value = _as_f32("key", key, tail, dev), _as_f32("value", value, tail, dev)
     if key.shape != value.shape:
         raise ValueError(f"key and value differ in shape: {tuple(key.shape)} vs {tuple(value.shape)}")
-    slots = _index("slot_mapping", slot_mapping, (key.shape[0],), torch.int64)
+    slots = _index("slot_mapping", slot_mapping, (key.shape[0],), torch.int64, dev)
+    if dev.type == "cuda":
+        host, slots = _host_and_device(slots, dev)
+        _C.write_kv_cache_cuda(*_launch(dev), ptr(key), ptr(value), key.shape[0], ptr(slots), ptr(host), *cache)
+        return
     _C.write_kv_cache(ptr(key), ptr(value), key.shape[0], ptr(slots), *cache)
 
 
 def _attention(decode: bool, query, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale,
                slopes, k_scale, v_scale) -> torch.Tensor:
     cache = _cache_args(k_cache, v_cache, k_scale, v_scale)
+    dev = k_cache.device
     kv_heads, head_dim = k_cache.shape[2:]
-    check_tensor("query", query, (torch.float32, torch.bfloat16, torch.float16), ndim=3)
+    check_tensor("query", query, (torch.float32, torch.bfloat16, torch.float16), ndim=3, device=dev)
     if query.shape[2] != head_dim:
         raise ValueError(f"query head_dim {query.shape[2]} differs from the cache's {head_dim}")
     num_heads = query.shape[1]
     if num_heads % kv_heads:
         raise ValueError(f"query heads ({num_heads}) must be a multiple of the cache's kv_heads ({kv_heads})")
     q = query.float().contiguous()
-    check_tensor("block_tables", block_tables, (torch.int32,), ndim=2)
+    check_tensor("block_tables", block_tables, (torch.int32,), ndim=2,
+                 device=block_tables.device if isinstance(block_tables, torch.Tensor) else "cpu")
     num_seqs = block_tables.shape[0]
-    block_tables = block_tables.contiguous()
-    lens = _index("context_lens", context_lens, (num_seqs,), torch.int32)
+    block_tables = _index("block_tables", block_tables, tuple(block_tables.shape), torch.int32, dev)
+    lens = _index("context_lens", context_lens, (num_seqs,), torch.int32, dev)
     if decode:
         if q.shape[0] != num_seqs:
             raise ValueError(f"decode takes one query per sequence: {q.shape[0]} queries, {num_seqs} block tables")
         qsl_ptr = 0
     else:
-        qsl = _index("query_start_loc", query_start_loc, (num_seqs + 1,), torch.int32)
+        qsl = _index("query_start_loc", query_start_loc, (num_seqs + 1,), torch.int32, dev)
         if int(qsl[-1]) != q.shape[0]:
             raise ValueError(f"query_start_loc ends at {int(qsl[-1])}, query has {q.shape[0]} tokens")
         qsl_ptr = ptr(qsl)
     slopes_ptr = 0
     if slopes is not None:
-        slopes = _index("slopes", slopes, (num_heads,), torch.float32)
+        slopes = _index("slopes", slopes, (num_heads,), torch.float32, dev).to(dev)
         slopes_ptr = ptr(slopes)
     out = torch.empty_like(q)
-    if num_seqs:
+    if num_seqs and dev.type == "cuda":
+        bt_h, bt_d = _host_and_device(block_tables, dev)
+        lens_h, lens_d = _host_and_device(lens, dev)
+        qsl_h, qsl_d = _host_and_device(qsl, dev) if not decode else (None, None)
+        _C.paged_attention_cuda(*_launch(dev), decode, ptr(q), ptr(out), q.shape[0], num_heads, num_seqs, ptr(bt_d),
+                                ptr(bt_h), block_tables.shape[1], ptr(lens_d), ptr(lens_h),
+                                0 if decode else ptr(qsl_d), 0 if decode else ptr(qsl_h), slopes_ptr, float(scale),
+                                *cache)
+    elif num_seqs:
         _C.paged_attention(decode, ptr(q), ptr(out), num_heads, num_seqs, ptr(block_tables), block_tables.shape[1],
                            ptr(lens), qsl_ptr, slopes_ptr, float(scale), *cache)
     return out

@@ -1,11 +1,14 @@
-"""Paged KV cache write and attention kernels (every ISA variant) against ops.ref_*."""
+"""Paged KV cache write and attention kernels (every ISA variant, and CUDA where a GPU is
+visible) against ops.ref_*."""
 import pytest
 import torch
 
+from devices import device_of, needs_cuda, running, to, variants
 from mpt_lite import ops
 from mpt_lite.layers import alibi_slopes
 
 ISAS = ops.supported_isas()
+VARIANTS = variants(ISAS)
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.int8]
 
 
@@ -37,7 +40,7 @@ def fill(seq_lens, kv_heads, head_dim, dtype, block_size=16, seed=0):
     return cache, tables
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", VARIANTS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_write_kv_cache_matches_ref(isa, dtype):
     g = torch.Generator().manual_seed(1)
@@ -46,35 +49,39 @@ def test_write_kv_cache_matches_ref(isa, dtype):
     k[5] = 0  # an all-zero row: scale 0 for int8
     slots = torch.randperm(8 * 16, generator=g)[:37]
     slots[[2, 9]] = -1
-    got, want = make_cache(8, 16, 3, 20, dtype), make_cache(8, 16, 3, 20, dtype)
-    with ops.use_isa(isa):
-        ops.write_kv_cache(k, v, got[0], got[1], slots, *got[2:])
+    dev = device_of(isa)
+    got, want = to(dev, *make_cache(8, 16, 3, 20, dtype)), make_cache(8, 16, 3, 20, dtype)
+    with running(isa):
+        ops.write_kv_cache(k.to(dev), v.to(dev), got[0], got[1], slots.to(dev), *got[2:])
     ops.ref_write_kv_cache(k, v, want[0], want[1], slots, *want[2:])
     for a, b in zip(got, want):
         if a is not None:
-            assert torch.equal(a, b)
+            assert torch.equal(a.cpu(), b)
 
 
 def tol(dtype):
     return dict(atol=2e-5, rtol=2e-5)
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", VARIANTS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("heads,kv_heads,head_dim,alibi", [(4, 4, 32, True), (6, 2, 12, True), (4, 1, 16, False)])
+@pytest.mark.parametrize("heads,kv_heads,head_dim,alibi", [(4, 4, 32, True), (6, 2, 12, True), (4, 1, 16, False),
+                                                          (2, 2, 128, True)])
 def test_decode_ragged(isa, dtype, heads, kv_heads, head_dim, alibi):
     lens = [1, 5, 16, 17, 40]
     cache, tables = fill(lens, kv_heads, head_dim, dtype)
     q = torch.randn(len(lens), heads, head_dim)
     ctx = torch.tensor(lens, dtype=torch.int32)
     slopes = alibi_slopes(heads) if alibi else None
-    with ops.use_isa(isa):
-        got = ops.paged_attention_decode(q, cache[0], cache[1], tables, ctx, 0.3, slopes, *cache[2:])
+    dev = device_of(isa)
+    with running(isa):  # CUDA: index arrays on the GPU too
+        got = ops.paged_attention_decode(*to(dev, q, cache[0], cache[1], tables, ctx), 0.3, *to(dev, slopes, *cache[2:]))
+    got = got.cpu()
     want = ops.ref_paged_attention_decode(q, cache[0], cache[1], tables, ctx, 0.3, slopes, *cache[2:])
     torch.testing.assert_close(got, want, **tol(dtype))
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", VARIANTS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("heads,kv_heads,head_dim", [(4, 4, 32), (6, 2, 12)])
 def test_prefill_ragged_with_cached_prefix(isa, dtype, heads, kv_heads, head_dim):
@@ -85,35 +92,41 @@ def test_prefill_ragged_with_cached_prefix(isa, dtype, heads, kv_heads, head_dim
     q = torch.randn(int(qsl[-1]), heads, head_dim)
     ctx = torch.tensor([c for c, _ in shapes], dtype=torch.int32)
     slopes = alibi_slopes(heads, 6)
-    with ops.use_isa(isa):
-        got = ops.paged_attention_prefill(q, cache[0], cache[1], tables, ctx, qsl, 0.25, slopes, *cache[2:])
+    dev = device_of(isa)
+    with running(isa):  # CUDA: index arrays stay on the CPU (the engine's case)
+        got = ops.paged_attention_prefill(*to(dev, q, cache[0], cache[1]), tables, ctx, qsl, 0.25, slopes,
+                                          *to(dev, *cache[2:])).cpu()
     want = ops.ref_paged_attention_prefill(q, cache[0], cache[1], tables, ctx, qsl, 0.25, slopes, *cache[2:])
     torch.testing.assert_close(got, want, **tol(dtype))
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", VARIANTS)
 def test_8k_context_decode_and_prefill_chunk(isa):
     ctx_len = 8192
     cache, tables = fill([ctx_len, 300], 1, 16, torch.bfloat16, seed=5)
     slopes = alibi_slopes(2)
     q = torch.randn(2, 2, 16)
     ctx = torch.tensor([ctx_len, 300], dtype=torch.int32)
-    with ops.use_isa(isa):
-        got = ops.paged_attention_decode(q, *cache[:2], tables, ctx, 0.25, slopes)
+    dev = device_of(isa)
+    dcache = to(dev, *cache[:2])  # CUDA: the decode runs in partitions (8192 keys, 4 query heads)
+    with running(isa):
+        got = ops.paged_attention_decode(q.to(dev), *dcache, tables, ctx, 0.25, slopes).cpu()
     want = ops.ref_paged_attention_decode(q, *cache[:2], tables, ctx, 0.25, slopes)
     torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
     # the last 100 tokens of the 8k sequence as a prefill chunk over the cached 8092
     qsl = torch.tensor([0, 100, 101], dtype=torch.int32)
     q = torch.randn(101, 2, 16)
-    with ops.use_isa(isa):
-        got = ops.paged_attention_prefill(q, *cache[:2], tables, ctx, qsl, 0.25, slopes)
+    with running(isa):
+        got = ops.paged_attention_prefill(q.to(dev), *dcache, tables, ctx, qsl, 0.25, slopes).cpu()
     want = ops.ref_paged_attention_prefill(q, *cache[:2], tables, ctx, qsl, 0.25, slopes)
     torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
 
 
-def test_bad_arguments_raise():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_bad_arguments_raise(device):
     cache, tables = fill([20], 2, 8, torch.float32)
-    q = torch.randn(1, 4, 8)
+    cache = to(device, *cache)
+    q = torch.randn(1, 4, 8, device=device)
     ctx = torch.tensor([20], dtype=torch.int32)
     bad = tables.clone()
     bad[0, 1] = 999
@@ -122,14 +135,17 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="blocks"):
         ops.paged_attention_decode(q, *cache[:2], tables, torch.tensor([100], dtype=torch.int32), 1.0)
     with pytest.raises(ValueError, match="multiple"):
-        ops.paged_attention_decode(torch.randn(1, 3, 8), *cache[:2], tables, ctx, 1.0)
+        ops.paged_attention_decode(torch.randn(1, 3, 8, device=device), *cache[:2], tables, ctx, 1.0)
     with pytest.raises(TypeError, match="int32"):
         ops.paged_attention_decode(q, *cache[:2], tables.long(), ctx, 1.0)
     with pytest.raises(ValueError, match="query count"):
-        ops.paged_attention_prefill(torch.randn(5, 4, 8), *cache[:2], tables, torch.tensor([3], dtype=torch.int32),
+        ops.paged_attention_prefill(torch.randn(5, 4, 8, device=device), *cache[:2], tables, torch.tensor([3], dtype=torch.int32),
                                     torch.tensor([0, 5], dtype=torch.int32), 1.0)
     with pytest.raises(IndexError, match="slot"):
-        ops.write_kv_cache(torch.randn(1, 2, 8), torch.randn(1, 2, 8), *cache[:2], torch.tensor([10_000]))
+        ops.write_kv_cache(*to(device, torch.randn(1, 2, 8), torch.randn(1, 2, 8)), *cache[:2], torch.tensor([10_000]))
     with pytest.raises(ValueError, match="int8"):
-        k8 = torch.zeros(2, 16, 2, 8, dtype=torch.int8)
-        ops.write_kv_cache(torch.randn(1, 2, 8), torch.randn(1, 2, 8), k8, k8.clone(), torch.tensor([0]))
+        k8 = torch.zeros(2, 16, 2, 8, dtype=torch.int8, device=device)
+        ops.write_kv_cache(*to(device, torch.randn(1, 2, 8), torch.randn(1, 2, 8)), k8, k8.clone(), torch.tensor([0]))
+    if device == "cuda":
+        with pytest.raises(ValueError, match="query must be on cuda"):
+            ops.paged_attention_decode(q.cpu(), *cache[:2], tables, ctx, 1.0)

@@ -1,10 +1,13 @@
-"""Quantized formats and matmul kernels: every variant in ops.supported_isas() against ref_*."""
+"""Quantized formats and matmul kernels: every variant in ops.supported_isas() (and the CUDA
+kernels where a GPU is visible) against ref_*."""
 import pytest
 import torch
 
+from devices import DEVICES, device_of, needs_cuda, running, to, variants
 from mpt_lite import ops
 
 ISAS = ops.supported_isas()
+VARIANTS = variants(ISAS)
 FORMATS = ("int8", "nf4", "int4")
 SHAPES = [(1, 1), (7, 5), (33, 31), (64, 64), (40, 96), (13, 100), (97, 257), (200, 320)]  # (N, K)
 
@@ -53,50 +56,69 @@ def close(y, ref, x, wd):
     assert bool((err <= bound).all()), f"max err {err.max().item()} (bound {bound.min().item()})"
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_quantize_dequantize_match_reference(fmt, shape):
+def test_quantize_dequantize_match_reference(device, fmt, shape):
     w = torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape))) * 0.1
     w[0, 0] = 0.0
     if shape[0] > 2:
         w[1] = 0.0  # a zero row
-    q = quantize(fmt, w)
+    q = tuple(t.cpu() for t in quantize(fmt, w.to(device)))
     for got, want in zip(q, ref_quantize(fmt, w)):
         assert torch.equal(got, want)
-    d, rd = dequantize(fmt, q, shape)
+    d, rd = dequantize(fmt, to(device, *q), shape)
+    d, rd = d.cpu(), rd.cpu()
     assert torch.equal(d, rd)
     err = (d - w).abs().max().item()
     assert err <= {"int8": 0.5 / 127, "nf4": 0.25, "int4": 1.0 / 8}[fmt] * w.abs().max().item() + 1e-7
 
 
-@pytest.mark.parametrize("isa", ISAS)
+def cuda_gemm_reference(fmt, x, q, wd, bias):
+    """The CUDA GEMM (M > ops.CUDA_GEMV_MAX_M): bf16 operands (int8: the codes, then scb / 127)."""
+    if fmt == "int8":
+        return ops.ref_matmul_bf16_operands(x, q[0].float(), bias, q[1] * (1.0 / 127.0))
+    return ops.ref_matmul_bf16_operands(x, wd, bias)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("M", [1, 2, 3, 7, 16, 33, 128, 513])
-def test_matmul_matches_reference(isa, fmt, M):
+@pytest.mark.parametrize("M", [1, 2, 3, 7, 8, 9, 16, 33, 128, 513])
+def test_matmul_matches_reference(variant, fmt, M):
+    dev = device_of(variant)
     gen = torch.Generator().manual_seed(M)
-    for N, K in [(7, 5), (37, 64), (101, 96), (13, 257)] if M < 128 else [(19, 100), (101, 96)]:
+    shapes = [(7, 5), (37, 64), (101, 96), (13, 257)] if M < 128 else [(19, 100), (101, 96)]
+    if dev == "cuda":
+        shapes += [(130, 512), (64, 48)]  # several GEMM tiles; int8's K % 32 == 16 tail
+    for N, K in shapes:
         w = torch.randn(N, K, generator=gen)
         x = torch.randn(M, K, generator=gen)
         bias = torch.randn(N, generator=gen)
         q = quantize(fmt, w)
         wd = dequantize(fmt, q, (N, K))[1]
-        with ops.use_isa(isa):
-            y = matmul(fmt, x, q, (N, K), bias)
+        with running(variant):
+            y = matmul(fmt, x.to(dev), to(dev, *q), (N, K), bias.to(dev)).cpu()
         assert y.shape == (M, N) and y.dtype == torch.float32
-        close(y, ref_matmul(fmt, x, q, (N, K), bias), x, wd)
+        if dev == "cuda" and M > ops.CUDA_GEMV_MAX_M:
+            xb = x.to(torch.bfloat16).float()
+            close(y, cuda_gemm_reference(fmt, x, q, wd, bias), xb, wd.to(torch.bfloat16).float() * 1.01)
+        else:
+            close(y, ref_matmul(fmt, x, q, (N, K), bias), x, wd)
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_matmul_bf16_activations_and_batch_dims(isa, fmt):
+def test_matmul_bf16_activations_and_batch_dims(variant, fmt):
+    dev = device_of(variant)
     w = torch.randn(48, 64)
-    x = torch.randn(2, 3, 64).to(torch.bfloat16)
     q = quantize(fmt, w)
-    with ops.use_isa(isa):
-        y = matmul(fmt, x, q, (48, 64))
-    assert y.shape == (2, 3, 48) and y.dtype == torch.bfloat16
-    ref = ref_matmul(fmt, x.float(), q, (48, 64))
-    torch.testing.assert_close(y.float(), ref, rtol=1e-2, atol=1e-2)
+    for lead in ((2, 3), (4, 5)):  # 6 rows (CUDA: GEMV) and 20 rows (CUDA: GEMM)
+        x = torch.randn(*lead, 64).to(torch.bfloat16)
+        with running(variant):
+            y = matmul(fmt, x.to(dev), to(dev, *q), (48, 64)).cpu()
+        assert y.shape == (*lead, 48) and y.dtype == torch.bfloat16
+        ref = ref_matmul(fmt, x.float(), q, (48, 64))
+        torch.testing.assert_close(y.float(), ref, rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -116,12 +138,13 @@ def test_matmul_deterministic_across_runs_and_thread_counts(fmt):
         ops.set_num_threads(prev)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_dequantize_rows(fmt):
+def test_dequantize_rows(device, fmt):
     w = torch.randn(50, 70)
-    q = quantize(fmt, w)
+    q = to(device, *quantize(fmt, w))
     full = dequantize(fmt, q, (50, 70))[0]
-    ids = torch.tensor([[3, 0], [49, 3]])
+    ids = torch.tensor([[3, 0], [49, 3]], device=device)
     if fmt == "int8":
         rows = ops.dequantize_rows_int8(*q, ids)
     elif fmt == "nf4":
@@ -130,7 +153,30 @@ def test_dequantize_rows(fmt):
         rows = ops.dequantize_rows_int4(*q, 70, ids)
     assert torch.equal(rows, full[ids])
     with pytest.raises(IndexError, match="ids"):
-        ops.dequantize_rows_int8(*ops.quantize_int8(w), torch.tensor([50]))
+        ops.dequantize_rows_int8(*ops.quantize_int8(w.to(device)), torch.tensor([50], device=device))
+
+
+@needs_cuda
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_cuda_matmul_deterministic(fmt):
+    w = torch.randn(300, 200, device="cuda")
+    q = quantize(fmt, w)
+    for M in (1, 3, 40):
+        x = torch.randn(M, 200, device="cuda")
+        a, b = matmul(fmt, x, q, (300, 200)), matmul(fmt, x, q, (300, 200))
+        assert torch.equal(a, b)
+
+
+@needs_cuda
+def test_cuda_mixed_devices_raise():
+    w = torch.randn(8, 16)
+    cb, scb = ops.quantize_int8(w.cuda())
+    with pytest.raises(ValueError, match="x must be on cuda"):
+        ops.matmul_int8(torch.randn(2, 16), cb, scb)
+    with pytest.raises(ValueError, match="scb must be on cuda"):
+        ops.matmul_int8(torch.randn(2, 16, device="cuda"), cb, scb.cpu())
+    with pytest.raises(ValueError, match="bias must be on cuda"):
+        ops.matmul_int8(torch.randn(2, 16, device="cuda"), cb, scb, bias=torch.randn(8))
 
 
 def test_bad_input_raises_clear_errors():

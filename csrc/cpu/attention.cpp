@@ -58,12 +58,20 @@ void run(const AttnArgs& a, const KvCacheView& c, bool decode) {
 
 }  // namespace
 
-void write_kv_cache(const float* k, const float* v, int64_t n_tokens, const int64_t* slots, const KvCacheView& c) {
+void check_kv_slots(const int64_t* slots, int64_t n_tokens, const KvCacheView& c) {
   check_cache(c);
   for (int64_t t = 0; t < n_tokens; ++t)
     if (slots[t] >= c.num_slots)
       throw std::out_of_range("slot " + std::to_string(slots[t]) + " is outside the cache (" +
                               std::to_string(c.num_slots) + " slots)");
+}
+
+void check_attention_args(const AttnArgs& a, const KvCacheView& c, bool decode, int64_t n_tokens) {
+  check_args(a, c, decode, n_tokens);
+}
+
+void write_kv_cache(const float* k, const float* v, int64_t n_tokens, const int64_t* slots, const KvCacheView& c) {
+  check_kv_slots(slots, n_tokens, c);
   switch (current_isa()) {
     case Isa::Avx512: return attention_avx512::write_kv_cache(k, v, n_tokens, slots, c);
     case Isa::Avx2: return attention_avx2::write_kv_cache(k, v, n_tokens, slots, c);

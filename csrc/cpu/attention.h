@@ -44,6 +44,11 @@ void write_kv_cache(const float* k, const float* v, int64_t n_tokens, const int6
 void paged_attention_decode(const AttnArgs& a, const KvCacheView& cache);
 void paged_attention_prefill(const AttnArgs& a, const KvCacheView& cache);
 
+// The argument checks of the calls above (they raise std::invalid_argument / std::out_of_range),
+// also run by the CUDA entry points on host copies of the index arrays.
+void check_kv_slots(const int64_t* slot_mapping, int64_t n_tokens, const KvCacheView& cache);
+void check_attention_args(const AttnArgs& a, const KvCacheView& cache, bool decode, int64_t n_tokens);
+
 // One variant per ISA (attention_generic.cpp, attention_avx2.cpp, attention_avx512.cpp).
 #define MPT_ATTENTION_VARIANT(ns)                                                                  \
   namespace ns {                                                                                   \

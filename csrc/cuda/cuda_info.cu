@@ -1,4 +1,5 @@
-#include <cuda_runtime.h>
+#include "cuda/ops_cuda.h"
+#include "cuda/cuda_common.cuh"
 
 namespace mpt::cuda {
 

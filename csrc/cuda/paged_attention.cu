@@ -1,0 +1,262 @@
+// Paged ALiBi attention over the KV cache, decode and prefill (new tokens after a cached prefix),
+// in one kernel family. One warp owns one (query token, head, partition of the keys):
+//   - keys are taken 32 at a time, a lane per key: lane j reads key j's row through the block
+//     table and computes (q . k) * scale + slope * (key_pos - query_pos);
+//   - an online softmax (running max m and sum l) folds each chunk in; each lane then
+//     accumulates its own head_dim slice of sum p_j * v_j, with p_j broadcast by shuffles.
+// Long contexts are cut into partitions of kPartition keys (vLLM's paged attention v2) when
+// there are too few (token, head) pairs to fill the GPU; a second kernel merges the partitions'
+// (max, sum, normalised output) triples. Causality: query i of a sequence with q_len new tokens
+// and ctx_len tokens in all sits at position ctx_len - q_len + i and sees keys 0..position.
+// Same arithmetic as ops.ref_paged_attention_* up to float32 summation order.
+#include <algorithm>
+#include <string>
+
+#include "cuda/ops_cuda.h"
+#include "cuda/cuda_common.cuh"
+
+namespace mpt::cuda {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kPartition = 512;
+constexpr int kMaxHeadDim = 256;
+
+struct Params {
+  const float* q;
+  float* out;
+  const void* k;
+  const void* v;
+  const float* k_scale;
+  const float* v_scale;
+  const int32_t* block_tables;
+  const int32_t* context_lens;
+  const int32_t* query_start_loc;  // null: decode (row s is sequence s)
+  const float* slopes;
+  float scale;
+  int num_seqs, num_heads, kv_heads, head_dim, block_size, max_blocks;
+  int64_t n_rows;
+  int num_parts, part_size;
+  float* part_out;  // [rows][heads][parts][head_dim], normalised per partition
+  float* part_max;  // [rows][heads][parts]
+  float* part_sum;
+};
+
+template <typename T>
+__device__ __forceinline__ float to_f32(T x);
+template <>
+__device__ __forceinline__ float to_f32<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <>
+__device__ __forceinline__ float to_f32<__half>(__half x) { return __half2float(x); }
+template <>
+__device__ __forceinline__ float to_f32<int8_t>(int8_t x) { return static_cast<float>(x); }
+
+// q . row over D elements; 16-byte loads when the row allows (VEC: D * sizeof(T) % 16 == 0).
+template <typename T, bool VEC>
+__device__ __forceinline__ float dot_row(const float* __restrict__ q, const T* __restrict__ row, int D) {
+  float s = 0.f;
+  if constexpr (VEC) {
+    constexpr int E = 16 / sizeof(T);
+    for (int d0 = 0; d0 < D; d0 += E) {
+      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(row + d0));
+      const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int i = 0; i < E; ++i) s += q[d0 + i] * to_f32<T>(e[i]);
+    }
+  } else {
+    for (int d = 0; d < D; ++d) s += q[d] * to_f32<T>(row[d]);
+  }
+  return s;
+}
+
+template <typename T, int NI, bool VEC>
+__global__ void __launch_bounds__(kWarps * 32) attention_kernel(Params p) {
+  extern __shared__ float smem[];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t item = int64_t(blockIdx.x) * kWarps + warp;
+  const int H = p.num_heads, D = p.head_dim, bs = p.block_size;
+  if (item >= p.n_rows * H * p.num_parts) return;
+  const int part = static_cast<int>(item % p.num_parts);
+  const int h = static_cast<int>((item / p.num_parts) % H);
+  const int64_t row = item / (int64_t(p.num_parts) * H);
+
+  // The row's sequence: decode rows are sequences; prefill rows are found in query_start_loc.
+  int s, q_len, q_first;
+  if (!p.query_start_loc) {
+    s = static_cast<int>(row), q_len = 1, q_first = s;
+  } else {
+    int lo = 0, hi = p.num_seqs;  // the last s with query_start_loc[s] <= row
+    while (hi - lo > 1) {
+      const int mid = (lo + hi) / 2;
+      if (p.query_start_loc[mid] <= row) lo = mid;
+      else hi = mid;
+    }
+    s = lo, q_first = p.query_start_loc[s], q_len = p.query_start_loc[s + 1] - q_first;
+  }
+  const int pos = p.context_lens[s] - q_len + static_cast<int>(row - q_first);
+  const int kbeg = part * p.part_size, kend = min(kbeg + p.part_size, pos + 1);
+  const int kvh = h / (H / p.kv_heads);
+  const float slope = p.slopes ? p.slopes[h] : 0.f;
+  const int32_t* table = p.block_tables + int64_t(s) * p.max_blocks;
+  const T* kc = static_cast<const T*>(p.k);
+  const T* vc = static_cast<const T*>(p.v);
+  const int64_t slot_stride = int64_t(p.kv_heads) * D;
+
+  float* qs = smem + warp * D;
+  const float* qrow = p.q + (row * H + h) * D;
+  for (int d = lane; d < D; d += 32) qs[d] = qrow[d];
+  __syncwarp();
+
+  float m = -INFINITY, l = 0.f, acc[NI];
+#pragma unroll
+  for (int i = 0; i < NI; ++i) acc[i] = 0.f;
+
+  for (int c0 = kbeg; c0 < kend; c0 += 32) {
+    const int key = c0 + lane;
+    const bool valid = key < kend;
+    int64_t slot = 0;
+    float score = -INFINITY;
+    if (valid) {
+      slot = int64_t(table[key / bs]) * bs + key % bs;
+      float dot = dot_row<T, VEC>(qs, kc + slot * slot_stride + int64_t(kvh) * D, D);
+      if (p.k_scale) dot *= p.k_scale[slot * p.kv_heads + kvh];
+      score = dot * p.scale + slope * static_cast<float>(key - pos);
+    }
+    const float mnew = fmaxf(m, warp_max(score));
+    const float corr = m == -INFINITY ? 0.f : expf(m - mnew);
+    const float pr = valid ? expf(score - mnew) : 0.f;
+    l = l * corr + warp_sum(pr);
+#pragma unroll
+    for (int i = 0; i < NI; ++i) acc[i] *= corr;
+    m = mnew;
+    const int nvalid = min(32, kend - c0);
+    for (int j = 0; j < nvalid; ++j) {
+      const float pj = __shfl_sync(0xffffffffu, pr, j);
+      const int64_t sj = __shfl_sync(0xffffffffu, slot, j);
+      const T* vrow = vc + sj * slot_stride + int64_t(kvh) * D;
+      const float vs = p.v_scale ? p.v_scale[sj * p.kv_heads + kvh] : 1.f;
+      const float w = pj * vs;
+#pragma unroll
+      for (int i = 0; i < NI; ++i) {
+        const int d = lane + 32 * i;
+        if (d < D) acc[i] += w * to_f32<T>(vrow[d]);
+      }
+    }
+  }
+
+  const float inv = l > 0.f ? 1.f / l : 0.f;
+  if (p.num_parts == 1) {
+    float* o = p.out + (row * H + h) * D;
+#pragma unroll
+    for (int i = 0; i < NI; ++i)
+      if (lane + 32 * i < D) o[lane + 32 * i] = acc[i] * inv;
+  } else {
+    const int64_t pi = (row * H + h) * p.num_parts + part;
+    float* o = p.part_out + pi * D;
+#pragma unroll
+    for (int i = 0; i < NI; ++i)
+      if (lane + 32 * i < D) o[lane + 32 * i] = acc[i] * inv;
+    if (lane == 0) {
+      p.part_max[pi] = m;
+      p.part_sum[pi] = l;
+    }
+  }
+}
+
+// Merges the partitions of one (row, head) per warp.
+__global__ void merge_partitions_kernel(Params p) {
+  const int lane = threadIdx.x % 32;
+  const int64_t item = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  if (item >= p.n_rows * p.num_heads) return;
+  const int P = p.num_parts, D = p.head_dim;
+  const float* pm = p.part_max + item * P;
+  const float* ps = p.part_sum + item * P;
+  float gmax = -INFINITY;
+  for (int i = lane; i < P; i += 32) gmax = fmaxf(gmax, pm[i]);
+  gmax = warp_max(gmax);
+  float total = 0.f;
+  for (int i = lane; i < P; i += 32) total += ps[i] > 0.f ? ps[i] * expf(pm[i] - gmax) : 0.f;
+  total = warp_sum(total);
+  const float inv = total > 0.f ? 1.f / total : 0.f;
+  for (int d = lane; d < D; d += 32) {
+    float o = 0.f;
+    for (int i = 0; i < P; ++i)
+      if (ps[i] > 0.f) o += ps[i] * expf(pm[i] - gmax) * p.part_out[(item * P + i) * D + d];
+    p.out[item * D + d] = o * inv;
+  }
+}
+
+template <typename T, int NI>
+void launch_t(cudaStream_t st, const Params& p) {
+  const int64_t items = p.n_rows * p.num_heads * p.num_parts;
+  const unsigned grid = grid_1d(items, kWarps, "paged attention");
+  const size_t shm = size_t(kWarps) * p.head_dim * sizeof(float);
+  const bool vec = (size_t(p.head_dim) * sizeof(T)) % 16 == 0 && (reinterpret_cast<uintptr_t>(p.k) % 16) == 0;
+  if (vec) attention_kernel<T, NI, true><<<grid, kWarps * 32, shm, st>>>(p);
+  else attention_kernel<T, NI, false><<<grid, kWarps * 32, shm, st>>>(p);
+  check_launch("attention_kernel");
+}
+
+template <typename T>
+void launch_dtype(cudaStream_t st, const Params& p) {
+  if (p.head_dim <= 32) launch_t<T, 1>(st, p);
+  else if (p.head_dim <= 64) launch_t<T, 2>(st, p);
+  else if (p.head_dim <= 128) launch_t<T, 4>(st, p);
+  else launch_t<T, 8>(st, p);
+}
+
+}  // namespace
+
+void paged_attention(Launch l, bool decode, const AttnArgs& a, const AttnArgs& ah, int64_t n_rows,
+                     const KvCacheView& c) {
+  check_attention_args(ah, c, decode, n_rows);  // the CPU kernels' checks, on the host copies
+  if (c.head_dim > kMaxHeadDim)
+    throw std::invalid_argument("CUDA paged attention supports head_dim <= " + std::to_string(kMaxHeadDim) +
+                                ", got " + std::to_string(c.head_dim));
+  cudaStream_t st = begin(l.device, l.stream);
+  if (n_rows == 0 || a.num_seqs == 0) return;
+  int max_ctx = 1;
+  for (int s = 0; s < ah.num_seqs; ++s) max_ctx = std::max(max_ctx, ah.context_lens[s]);
+
+  Params p{};
+  p.q = a.q, p.out = a.out, p.k = c.k, p.v = c.v;
+  p.k_scale = c.dtype == KvDtype::I8 ? c.k_scale : nullptr;
+  p.v_scale = c.dtype == KvDtype::I8 ? c.v_scale : nullptr;
+  p.block_tables = a.block_tables, p.context_lens = a.context_lens;
+  p.query_start_loc = decode ? nullptr : a.query_start_loc;
+  p.slopes = a.slopes, p.scale = a.scale;
+  p.num_seqs = a.num_seqs, p.num_heads = a.num_heads, p.kv_heads = c.kv_heads, p.head_dim = c.head_dim;
+  p.block_size = c.block_size, p.max_blocks = a.max_blocks, p.n_rows = n_rows;
+  // Partitions only when (rows x heads) warps cannot fill the GPU and the context is long.
+  const int64_t pairs = n_rows * a.num_heads;
+  p.num_parts = (max_ctx > kPartition && pairs < 4096) ? (max_ctx + kPartition - 1) / kPartition : 1;
+  p.part_size = p.num_parts == 1 ? max_ctx : kPartition;
+  void* work = nullptr;
+  if (p.num_parts > 1) {
+    const size_t n = size_t(pairs) * p.num_parts;
+    check(cudaMallocAsync(&work, n * (size_t(c.head_dim) + 2) * sizeof(float), st), "cudaMallocAsync");
+    p.part_out = static_cast<float*>(work);
+    p.part_max = p.part_out + n * c.head_dim;
+    p.part_sum = p.part_max + n;
+  }
+  try {
+    switch (c.dtype) {
+      case KvDtype::F32: launch_dtype<float>(st, p); break;
+      case KvDtype::BF16: launch_dtype<__nv_bfloat16>(st, p); break;
+      case KvDtype::F16: launch_dtype<__half>(st, p); break;
+      case KvDtype::I8: launch_dtype<int8_t>(st, p); break;
+    }
+    if (p.num_parts > 1) {
+      merge_partitions_kernel<<<grid_1d(pairs * 32, 128, "merge partitions"), 128, 0, st>>>(p);
+      check_launch("merge_partitions_kernel");
+    }
+  } catch (...) {
+    if (work) cudaFreeAsync(work, st);
+    throw;
+  }
+  if (work) check(cudaFreeAsync(work, st), "cudaFreeAsync");
+}
+
+}  // namespace mpt::cuda

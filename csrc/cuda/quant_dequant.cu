@@ -1,0 +1,158 @@
+// Quantize and dequantize on the GPU: int8 (per row), nf4 (bitsandbytes blocks), int4 (groups
+// of 32). Same bytes and same float arithmetic as csrc/cpu/quant_{int8,nf4,int4}.cpp, so a weight
+// quantized here equals one quantized on the CPU (and ops.ref_quantize_*) bit for bit.
+#include <string>
+
+#include "cuda/ops_cuda.h"
+#include "cuda/quant_decode.cuh"
+
+namespace mpt::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+// One warp per row: absmax, then q = rint(w * (127 / absmax)) clamped to [-127, 127].
+__global__ void quantize_int8_kernel(const float* __restrict__ w, int64_t N, int64_t K, int8_t* __restrict__ cb,
+                                     float* __restrict__ scb) {
+  const int64_t n = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (n >= N) return;
+  const float* row = w + n * K;
+  float amax = 0.f;
+  for (int64_t k = lane; k < K; k += 32) amax = fmaxf(amax, fabsf(row[k]));
+  amax = warp_max(amax);
+  if (lane == 0) scb[n] = amax;
+  const float inv = amax > 0.f ? 127.0f / amax : 0.f;
+  for (int64_t k = lane; k < K; k += 32) {
+    const float q = rintf(__fmul_rn(row[k], inv));
+    cb[n * K + k] = static_cast<int8_t>(fminf(127.f, fmaxf(-127.f, q)));
+  }
+}
+
+// Nearest NF4 code by counting the midpoints below v (as quant_nf4.cpp and ref_quantize_nf4).
+__device__ __forceinline__ uint8_t nf4_code_of(float v) {
+  int q = 0;
+#pragma unroll
+  for (int i = 0; i < 15; ++i) q += v > __fmul_rn(0.5f, __fadd_rn(nf4_value(i), nf4_value(i + 1)));
+  return static_cast<uint8_t>(q);
+}
+
+// One warp per block of `bs` flat elements (bs even: no byte is shared by two blocks).
+__global__ void quantize_nf4_kernel(const float* __restrict__ w, int64_t numel, int64_t bs,
+                                    uint8_t* __restrict__ packed, float* __restrict__ absmax) {
+  const int64_t b = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  const int64_t nblocks = (numel + bs - 1) / bs;
+  if (b >= nblocks) return;
+  const int64_t f0 = b * bs, f1 = min(numel, f0 + bs);
+  float amax = 0.f;
+  for (int64_t f = f0 + lane; f < f1; f += 32) amax = fmaxf(amax, fabsf(w[f]));
+  amax = warp_max(amax);
+  if (lane == 0) absmax[b] = amax;
+  for (int64_t f = f0 + 2 * lane; f < f1; f += 64) {
+    const float v0 = amax > 0.f ? w[f] / amax : 0.f;
+    const float v1 = amax > 0.f && f + 1 < f1 ? w[f + 1] / amax : 0.f;
+    const uint8_t lo = f + 1 < f1 ? nf4_code_of(v1) : 0;
+    packed[f >> 1] = static_cast<uint8_t>(nf4_code_of(v0) << 4 | lo);
+  }
+}
+
+// One thread per (row, group): the sequential scan keeps "first of equal magnitudes wins".
+__global__ void quantize_int4_kernel(const float* __restrict__ w, int64_t N, int64_t K, uint8_t* __restrict__ packed,
+                                     float* __restrict__ scales) {
+  const int64_t G = (K + kInt4Group - 1) / kInt4Group;
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= N * G) return;
+  const int64_t n = i / G, g = i % G;
+  float v[kInt4Group];
+  float amax = 0.f, maxv = 0.f;
+#pragma unroll
+  for (int j = 0; j < kInt4Group; ++j) {
+    const int64_t k = g * kInt4Group + j;
+    v[j] = k < K ? w[n * K + k] : 0.f;
+    if (fabsf(v[j]) > amax) {
+      amax = fabsf(v[j]);
+      maxv = v[j];
+    }
+  }
+  const float d = maxv / -8.0f;
+  const float id = d != 0.f ? 1.0f / d : 0.f;
+  scales[i] = d;
+  uint8_t* out = packed + i * 16;
+#pragma unroll
+  for (int j = 0; j < 16; ++j) {
+    auto q = [&](float x) {
+      const float t = floorf(__fadd_rn(__fmul_rn(x, id), 8.5f));
+      return static_cast<uint8_t>(fminf(15.f, fmaxf(0.f, t)));
+    };
+    out[j] = static_cast<uint8_t>(q(v[j]) | q(v[j + 16]) << 4);
+  }
+}
+
+template <Fmt F>
+__global__ void dequantize_kernel(QW w, const int64_t* __restrict__ rows, int64_t nrows, float* __restrict__ out) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= nrows * w.K) return;
+  const int64_t r = i / w.K, k = i % w.K;
+  const int64_t n = rows ? rows[r] : r;
+  out[i] = dequant<F>(w, n, k);
+}
+
+void check_fmt(int fmt) {
+  if (fmt < 0 || fmt > 2) throw std::invalid_argument("unknown weight format code " + std::to_string(fmt));
+}
+
+template <Fmt F>
+void launch_dequant(cudaStream_t st, const QW& w, const int64_t* rows, int64_t nrows, float* out) {
+  if (nrows * w.K == 0) return;
+  dequantize_kernel<F><<<grid_1d(nrows * w.K, kThreads, "dequantize"), kThreads, 0, st>>>(w, rows, nrows, out);
+  check_launch("dequantize_kernel");
+}
+
+void dequant_any(cudaStream_t st, int fmt, const QW& w, const int64_t* rows, int64_t nrows, float* out) {
+  check_fmt(fmt);
+  if (fmt == 0) launch_dequant<Fmt::Int8>(st, w, rows, nrows, out);
+  else if (fmt == 1) launch_dequant<Fmt::Nf4>(st, w, rows, nrows, out);
+  else launch_dequant<Fmt::Int4>(st, w, rows, nrows, out);
+}
+
+}  // namespace
+
+void quantize_int8(Launch l, const float* w, int64_t N, int64_t K, int8_t* cb, float* scb) {
+  cudaStream_t st = begin(l.device, l.stream);
+  if (N == 0) return;
+  quantize_int8_kernel<<<grid_1d(N * 32, kThreads, "quantize_int8"), kThreads, 0, st>>>(w, N, K, cb, scb);
+  check_launch("quantize_int8_kernel");
+}
+
+void quantize_nf4(Launch l, const float* w, int64_t numel, int64_t bs, uint8_t* packed, float* absmax) {
+  cudaStream_t st = begin(l.device, l.stream);
+  if (bs < 2 || bs % 2) throw std::invalid_argument("blocksize must be an even int >= 2");
+  if (numel == 0) return;
+  const int64_t nblocks = (numel + bs - 1) / bs;
+  quantize_nf4_kernel<<<grid_1d(nblocks * 32, kThreads, "quantize_nf4"), kThreads, 0, st>>>(w, numel, bs, packed,
+                                                                                              absmax);
+  check_launch("quantize_nf4_kernel");
+}
+
+void quantize_int4(Launch l, const float* w, int64_t N, int64_t K, uint8_t* packed, float* scales) {
+  cudaStream_t st = begin(l.device, l.stream);
+  const int64_t G = (K + kInt4Group - 1) / kInt4Group;
+  if (N * G == 0) return;
+  quantize_int4_kernel<<<grid_1d(N * G, 128, "quantize_int4"), 128, 0, st>>>(w, N, K, packed, scales);
+  check_launch("quantize_int4_kernel");
+}
+
+void dequantize(Launch l, int fmt, const void* data, const float* scale, int64_t N, int64_t K, int64_t bs,
+                float* out) {
+  cudaStream_t st = begin(l.device, l.stream);
+  dequant_any(st, fmt, QW{static_cast<const uint8_t*>(data), scale, N, K, bs}, nullptr, N, out);
+}
+
+void dequantize_rows(Launch l, int fmt, const void* data, const float* scale, int64_t N, int64_t K, int64_t bs,
+                     const int64_t* rows, int64_t nrows, float* out) {
+  cudaStream_t st = begin(l.device, l.stream);
+  dequant_any(st, fmt, QW{static_cast<const uint8_t*>(data), scale, N, K, bs}, rows, nrows, out);
+}
+
+}  // namespace mpt::cuda
