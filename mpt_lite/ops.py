@@ -372,7 +372,7 @@ def ref_dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, shape, blocks
     p = packed.reshape(-1)
     q = torch.stack([p >> 4, p & 15], dim=1).reshape(-1)[: N * K].long()
     scale = absmax.repeat_interleave(blocksize)[: N * K]
-    return (nf4_code()[q] * scale).reshape(N, K)
+    return (nf4_code().to(p.device)[q] * scale).reshape(N, K)
 
 
 def dequantize_rows_nf4(packed, absmax, shape, ids, blocksize: int = NF4_BLOCKSIZE) -> torch.Tensor:
