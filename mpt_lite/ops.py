@@ -546,7 +546,18 @@ def _index(name: str, t: object, shape: tuple, dtype: torch.dtype,
 
 
 def _host_and_device(t: torch.Tensor, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return t.cpu().contiguous(), t.to(dev).contiguous()
+    """The host copy (for argument checks) and the device copy of an index array. Every layer of a
+    step passes the same CPU tensors, so the device copy is made once and kept on the tensor (keyed
+    by its version counter: an in-place change makes a new copy)."""
+    host = t.cpu().contiguous()
+    if t.device == dev:
+        return host, t.contiguous()
+    memo = getattr(t, "_mpt_lite_device_copy", None)
+    if memo is not None and memo[0] == t._version and memo[1].device == dev:
+        return host, memo[1]
+    copy = host.to(dev)
+    t._mpt_lite_device_copy = (t._version, copy)
+    return host, copy
 
 
 def write_kv_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
