@@ -92,13 +92,12 @@ inline float row_factor(const QWeight& w, int64_t n) {
 
 // x quantized ggml-q8_0 style, per row and per block b of 32 along K (K padded with zeros to KB*32):
 //   d[b] = amax_b / 127;  q[k] = clamp(round_half_even(x[k] / d[b]), -127, 127)  (0 where d[b] == 0
-//   or the ratio is NaN);  s[b] = sum of q over the block (for int4's zero point 8).
+//   or the ratio is NaN).
 // Plain IEEE arithmetic (one division, one rounding), so ops.ref_quantize_q8 reproduces it exactly.
 struct Q8Rows {
   int64_t M = 0, K = 0, KB = 0;
   std::vector<int8_t> q;   // [M, KB*32]
   std::vector<float> d;    // [M, KB]
-  std::vector<int32_t> s;  // [M, KB]
 };
 void quantize_q8(const float* x, int64_t M, int64_t K, Q8Rows& out);
 

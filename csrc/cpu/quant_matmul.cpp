@@ -32,7 +32,6 @@ void quantize_q8(const float* x, int64_t M, int64_t K, Q8Rows& out) {
   out.M = M, out.K = K, out.KB = KB;
   out.q.assign(static_cast<size_t>(M * Kp), 0);
   out.d.assign(static_cast<size_t>(M * KB), 0.f);
-  out.s.assign(static_cast<size_t>(M * KB), 0);
   parallel_for(M * KB, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t m = i / KB, b = i % KB, k0 = b * 32, k1 = std::min(K, k0 + 32);
@@ -41,16 +40,13 @@ void quantize_q8(const float* x, int64_t M, int64_t K, Q8Rows& out) {
       for (int64_t k = k0; k < k1; ++k) amax = std::fmax(amax, std::fabs(xr[k]));
       const float d = amax / 127.0f;
       int8_t* q = out.q.data() + m * Kp + k0;
-      int32_t sum = 0;
       if (d > 0.f)
         for (int64_t k = k0; k < k1; ++k) {
           const float r = std::nearbyint(xr[k] / d);  // |x| <= amax, so |r| <= 127 save for NaN
           const int v = r == r ? static_cast<int>(std::fmin(127.f, std::fmax(-127.f, r))) : 0;
           q[k - k0] = static_cast<int8_t>(v);
-          sum += v;
         }
       out.d[i] = d;
-      out.s[i] = sum;
     }
   });
 }

@@ -72,16 +72,15 @@ namespace avx2 {
 
 // ---- q8 activations x int8 / int4 weights: one 32-block per step, pmaddubsw (u8 x s8 pairs to
 // int16) then pmaddwd by ones (int16 pairs to int32). Exact in int16: int4 pairs reach 2*15*127;
-// int8 uses |cb| against x with cb's sign (at most 2*128*127), as the unsigned operand must be >= 0.
-// int4's nibbles are 0..15, so each lane subtracts s (8 lanes: 8 * s, the zero point).
+// The unsigned operand must be >= 0: the weight's magnitude goes there and its sign onto x
+// (pair sums at most 2*128*127). int4 codes are the nibbles minus 8.
 template <QFormat FMT, int MB>
 void q8_rows(const QWeight& w, const Q8Rows& x, int64_t m0, const float* bias, float* y, int64_t n0, int64_t n1) {
   constexpr int U = MB == 1 ? 2 : 1;
   const int64_t KB = x.KB, Kp = KB * 32, K = w.K, N = w.N;
-  const __m256i lo4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+  const __m256i lo4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1), eight = _mm256_set1_epi8(8);
   const int8_t* xq = x.q.data() + m0 * Kp;
   const float* xd = x.d.data() + m0 * KB;
-  const int32_t* xs = x.s.data() + m0 * KB;
   for (int64_t n = n0; n < n1; ++n) {
     __m256 acc[MB][U];
     for (int m = 0; m < MB; ++m)
@@ -91,12 +90,12 @@ void q8_rows(const QWeight& w, const Q8Rows& x, int64_t m0, const float* bias, f
     auto step = [&](int64_t b, int u) __attribute__((always_inline)) {
       if (FMT == QFormat::Int4) {
         const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wrow + b * 16));
-        const __m256i wv = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), lo4);
+        const __m256i wv = _mm256_sub_epi8(_mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), lo4), eight);
+        const __m256i aw = _mm256_abs_epi8(wv);
         const __m256 dw = _mm256_set1_ps(srow[b]);
         for (int m = 0; m < MB; ++m) {
           const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + m * Kp + b * 32));
-          __m256i i = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones);
-          i = _mm256_sub_epi32(i, _mm256_set1_epi32(xs[m * KB + b]));
+          const __m256i i = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, wv)), ones);
           acc[m][u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(dw, _mm256_set1_ps(xd[m * KB + b])),
                                       acc[m][u]);
         }

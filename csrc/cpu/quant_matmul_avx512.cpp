@@ -53,9 +53,10 @@ namespace avx512 {
 // Work goes in steps of 128 k (four 32-blocks). Two vpdpbusd fill each int32 lane with 8 products of
 // one block (4 lanes a block), so a step costs per x row two integer dot products, one conversion and
 // one multiply-add. The weight side is the unsigned operand:
-//   int8: cb ^ 0x80 = cb + 128, so each block's dot is off by 128 * s (s = sum of the block's x codes);
-//   int4: the raw nibbles 0..15, off by 8 * s from the codes q - 8.
-// Each lane starts at its quarter of minus that offset, so the integer sums are exact.
+//   int8: cb ^ 0x80 = cb + 128, so a dot is off by 128 * (sum of the x codes it covers);
+//   int4: the raw nibbles 0..15, off by 8 * (sum of the x codes) from the codes q - 8.
+// Each lane starts at minus the offset of its own 8 x codes, so every lane holds the exact partial
+// dot product of the codes (never a large offset that cancels only across lanes, in float).
 // Byte order of a step, the same for x and weights: half A = [b0 k0-15 | b1 k0-15 | b2 k0-15 | b3 k0-15],
 // half B = the same for k16-31. int4's low nibbles of 4 groups (64 bytes) are exactly A, the high ones B;
 // int8's two 64-byte loads are regrouped into A and B by 128-bit lane shuffles.
@@ -72,19 +73,21 @@ static void q8_pack(QFormat f, const Q8Rows& x, Q8Pack& out) {
   out.q.assign(static_cast<size_t>(M * S * 128), 0);
   out.init.assign(static_cast<size_t>(M * S * 16), 0);
   out.dx.assign(static_cast<size_t>(M * S * 16), 0.f);
-  const int32_t off = f == QFormat::Int8 ? 32 : 2;
+  const int32_t off = f == QFormat::Int8 ? 128 : 8;
   for (int64_t m = 0; m < M; ++m)
     for (int64_t st = 0; st < S; ++st) {
+      int8_t* q = out.q.data() + (m * S + st) * 128;
       for (int h = 0; h < 2; ++h)
         for (int p = 0; p < 64; ++p) {
           const int64_t k = (st * 4 + p / 16) * 32 + h * 16 + p % 16;
-          out.q[((m * S + st) * 2 + h) * 64 + p] = k < Kp ? x.q[m * Kp + k] : 0;
+          q[h * 64 + p] = k < Kp ? x.q[m * Kp + k] : 0;
         }
       for (int l = 0; l < 16; ++l) {
+        int32_t sum = 0;
+        for (int j = 0; j < 4; ++j) sum += q[4 * l + j] + q[64 + 4 * l + j];
+        out.init[(m * S + st) * 16 + l] = -off * sum;
         const int64_t b = st * 4 + l / 4;
-        if (b >= KB) continue;
-        out.init[(m * S + st) * 16 + l] = -off * x.s[m * KB + b];
-        out.dx[(m * S + st) * 16 + l] = x.d[m * KB + b];
+        if (b < KB) out.dx[(m * S + st) * 16 + l] = x.d[m * KB + b];
       }
     }
 }
