@@ -177,7 +177,7 @@ def _row_ids(ids: object, N: int) -> torch.Tensor:
     return flat
 
 
-Q8_MAX_ROWS = 8
+Q8_MAX_ROWS = 16  # measured: q8 wins up to 16 rows; from 32 the float GEMM is as fast or faster
 Q8_BLOCK = 32
 
 
