@@ -149,9 +149,9 @@ PYBIND11_MODULE(_C, m) {
     mpt::dequantize_rows_int8(P<const int8_t>(cb), P<const float>(scb), K, P<const int64_t>(rows), n, P<float>(out));
   }, G());
   m.def("matmul_int8", [](uintptr_t x, int64_t M, int64_t K, uintptr_t cb, uintptr_t scb, int64_t N, uintptr_t bias,
-                          uintptr_t y) {
+                          uintptr_t y, bool q8) {
     mpt::matmul_int8(P<const float>(x), M, K, P<const int8_t>(cb), P<const float>(scb), N, P<const float>(bias),
-                     P<float>(y));
+                     P<float>(y), q8);
   }, G());
   m.def("quantize_nf4", [](uintptr_t w, int64_t numel, int64_t bs, uintptr_t packed, uintptr_t absmax) {
     mpt::quantize_nf4(P<const float>(w), numel, bs, P<uint8_t>(packed), P<float>(absmax));
@@ -181,9 +181,9 @@ PYBIND11_MODULE(_C, m) {
                               P<float>(out));
   }, G());
   m.def("matmul_int4", [](uintptr_t x, int64_t M, int64_t K, uintptr_t packed, uintptr_t scales, int64_t N,
-                          uintptr_t bias, uintptr_t y) {
+                          uintptr_t bias, uintptr_t y, bool q8) {
     mpt::matmul_int4(P<const float>(x), M, K, P<const uint8_t>(packed), P<const float>(scales), N,
-                     P<const float>(bias), P<float>(y));
+                     P<const float>(bias), P<float>(y), q8);
   }, G());
 
   // ---- paged KV cache and attention (csrc/cpu/attention_*.cpp) ----

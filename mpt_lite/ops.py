@@ -125,8 +125,20 @@ def ptr(t: torch.Tensor) -> int:
 # ---- quantized matmuls (int8, nf4, int4) ----
 # Formats and byte layouts: csrc/cpu/quant_formats.h. Weights are W [N = out, K = in]; the matmuls
 # compute y = x @ W^T (+ bias) for x [..., K] in float32 or bfloat16 (bfloat16 is widened to float32
-# for the kernel and y is returned in x's dtype). Activations are NOT quantized: every kernel variant
-# equals ref_matmul_* (dequantize, then F.linear in float32) to float32 rounding.
+# for the kernel and y is returned in x's dtype).
+#
+# Activations: for int8 and int4 weights and at most Q8_MAX_ROWS rows of x (decode), the kernels
+# quantize x to int8 per block of 32 along K, as ggml's q8_0 does (ref_quantize_q8), and sum integer
+# products per block; otherwise (nf4, whose codes are not integers, and prefill) x stays float32.
+# The `q8` argument of matmul_int8 / matmul_int4 forces the choice (None: by the row count).
+# ref_matmul_* mirror exactly that choice: F.linear(ref_dequantize_q8(x) or x, dequantized W) in
+# float32, and every kernel variant equals its mirror to float32 rounding.
+#
+# Error of q8 against float activations: each x is rounded to q * d with d = amax_block / 127, an
+# error of at most d / 2 (1/254 of its block's largest magnitude), so for every output
+#   |y_q8 - y_float| <= sum_k |W[n, k]| * d[block(k)] / 2   (+ float32 rounding),
+# a relative error of at most 1/254 of sum_k |W[n, k]| * amax_block(k); tested in
+# tests/test_quant_kernels.py, together with cosine >= 0.9999 on random data.
 
 NF4_CODE = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
             -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
@@ -228,11 +240,12 @@ def ref_matmul_bf16_operands(x: torch.Tensor, w: torch.Tensor, bias: torch.Tenso
     return y if bias is None else y + bias.float()
 
 
-def _run_matmul(fn, x: object, K: int, N: int, bias: object, *weights) -> torch.Tensor:
+def _run_matmul(fn, x: object, K: int, N: int, bias: object, *weights, q8: object = None) -> torch.Tensor:
     x2, lead = _activations(x, K)
     b = _bias(bias, N)
+    use_q8 = _use_q8(q8, x2.shape[0])
     y = torch.empty(x2.shape[0], N, dtype=torch.float32)
-    fn(ptr(x2), x2.shape[0], K, *weights, N, 0 if b is None else ptr(b), ptr(y))
+    fn(ptr(x2), x2.shape[0], K, *weights, N, 0 if b is None else ptr(b), ptr(y), use_q8)
     return y.reshape(*lead, N).to(x.dtype)
 
 
@@ -242,6 +255,54 @@ def _row_ids(ids: object, N: int, device: str | torch.device = "cpu") -> torch.T
     if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= N):
         raise IndexError(f"ids must lie in [0, {N}), got values in [{int(flat.min())}, {int(flat.max())}]")
     return flat
+
+
+Q8_MAX_ROWS = 16  # measured: q8 wins up to 16 rows; from 32 the float GEMM is as fast or faster
+Q8_BLOCK = 32
+
+
+def _use_q8(q8: object, rows: int) -> bool:
+    if q8 is None:
+        return rows <= Q8_MAX_ROWS
+    if not isinstance(q8, bool):
+        raise TypeError(f"q8 must be None, True or False, got {q8!r}")
+    return q8
+
+
+def ref_quantize_q8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] float32 -> (q int8 [M, KB*32], d float32 [M, KB]), KB = ceil(K / 32): per block of 32
+    along K (zero-padded), d = amax / 127 and q = round_half_even(x / d) clamped to +-127 (0 where
+    d == 0 or the ratio is NaN). Exactly what the kernels compute (csrc/cpu/quant_formats.h, Q8Rows)."""
+    x = x.float()
+    M, K = x.shape
+    KB = (K + Q8_BLOCK - 1) // Q8_BLOCK
+    v = torch.zeros(M, KB * Q8_BLOCK)
+    v[:, :K] = x
+    v = v.view(M, KB, Q8_BLOCK)
+    d = v.abs().amax(dim=2) / 127.0
+    safe = torch.where(d > 0, d, torch.ones_like(d))
+    r = torch.where(d[..., None] > 0, torch.round(v / safe[..., None]), torch.zeros_like(v))
+    q = torch.nan_to_num(r, nan=0.0).clamp(-127, 127).to(torch.int8)
+    return q.view(M, KB * Q8_BLOCK), d
+
+
+def ref_dequantize_q8(x: torch.Tensor) -> torch.Tensor:
+    """x [..., K] as the q8 kernels see it: q * d per block, in float32."""
+    K = x.shape[-1]
+    x2 = x.float().reshape(-1, K)
+    q, d = ref_quantize_q8(x2)
+    xd = (q.float().view(x2.shape[0], -1, Q8_BLOCK) * d[..., None]).view(x2.shape[0], -1)[:, :K]
+    return xd.reshape(x.shape)
+
+
+def _no_q8_on_cuda(q8: object) -> None:
+    if q8:
+        raise ValueError("q8 activations are a CPU kernel path; the CUDA kernels take float activations")
+
+
+def _ref_activations(x: torch.Tensor, q8: object) -> torch.Tensor:
+    rows = x.numel() // max(x.shape[-1], 1) if x.dim() else 1
+    return ref_dequantize_q8(x) if _use_q8(q8, rows) else x.float()
 
 
 # int8: cb int8 [N, K], scb float32 [N]; W = (cb * scb) / 127 (bitsandbytes CB/SCB).
@@ -297,17 +358,19 @@ def dequantize_rows_int8(cb: torch.Tensor, scb: torch.Tensor, ids: torch.Tensor)
     return out.reshape(*ids.shape, K)
 
 
-def matmul_int8(x: torch.Tensor, cb: torch.Tensor, scb: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def matmul_int8(x: torch.Tensor, cb: torch.Tensor, scb: torch.Tensor, bias: torch.Tensor | None = None,
+                q8: bool | None = None) -> torch.Tensor:
     N, K = _check_int8(cb, scb)
     if cb.is_cuda:
+        _no_q8_on_cuda(q8)
         return _cuda_matmul("int8", x, cb, scb, N, K, 0, bias)
     cb, scb = cb.contiguous(), scb.contiguous()
-    return _run_matmul(_C.matmul_int8, x, K, N, bias, ptr(cb), ptr(scb))
+    return _run_matmul(_C.matmul_int8, x, K, N, bias, ptr(cb), ptr(scb), q8=q8)
 
 
-def ref_matmul_int8(x, cb, scb, bias=None) -> torch.Tensor:
+def ref_matmul_int8(x, cb, scb, bias=None, q8=None) -> torch.Tensor:
     b = None if bias is None else bias.float()
-    return F.linear(x.float(), ref_dequantize_int8(cb, scb), b).to(x.dtype)
+    return F.linear(_ref_activations(x, q8), ref_dequantize_int8(cb, scb), b).to(x.dtype)
 
 
 # nf4: packed uint8 [ceil(N*K/2)] over the flattened weight (first element in the high nibble),
@@ -474,22 +537,18 @@ def dequantize_rows_int4(packed, scales, in_features: int, ids) -> torch.Tensor:
 
 
 def matmul_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, in_features: int,
-                bias: torch.Tensor | None = None) -> torch.Tensor:
+                bias: torch.Tensor | None = None, q8: bool | None = None) -> torch.Tensor:
     N, K = _check_int4(packed, scales, in_features)
     if packed.is_cuda:
+        _no_q8_on_cuda(q8)
         return _cuda_matmul("int4", x, packed, scales, N, K, 0, bias)
-    x2, lead = _activations(x, K)
-    b = _bias(bias, N)
-    y = torch.empty(x2.shape[0], N, dtype=torch.float32)
     packed, scales = packed.contiguous(), scales.contiguous()
-    _C.matmul_int4(ptr(x2), x2.shape[0], K, ptr(packed), ptr(scales), N,
-                   0 if b is None else ptr(b), ptr(y))
-    return y.reshape(*lead, N).to(x.dtype)
+    return _run_matmul(_C.matmul_int4, x, K, N, bias, ptr(packed), ptr(scales), q8=q8)
 
 
-def ref_matmul_int4(x, packed, scales, in_features: int, bias=None) -> torch.Tensor:
+def ref_matmul_int4(x, packed, scales, in_features: int, bias=None, q8=None) -> torch.Tensor:
     b = None if bias is None else bias.float()
-    return F.linear(x.float(), ref_dequantize_int4(packed, scales, in_features), b).to(x.dtype)
+    return F.linear(_ref_activations(x, q8), ref_dequantize_int4(packed, scales, in_features), b).to(x.dtype)
 
 
 # ---- paged KV cache and attention ----

@@ -20,20 +20,21 @@ def quantize(fmt, w):
     return ops.quantize_int4(w)
 
 
-def matmul(fmt, x, q, shape, bias=None):
+def matmul(fmt, x, q, shape, bias=None, **kw):
     if fmt == "int8":
-        return ops.matmul_int8(x, *q, bias=bias)
+        return ops.matmul_int8(x, *q, bias=bias, **kw)
     if fmt == "nf4":
-        return ops.matmul_nf4(x, *q, shape, bias=bias)
-    return ops.matmul_int4(x, *q, shape[1], bias=bias)
+        return ops.matmul_nf4(x, *q, shape, bias=bias, **kw)
+    return ops.matmul_int4(x, *q, shape[1], bias=bias, **kw)
 
 
-def ref_matmul(fmt, x, q, shape, bias=None):
+def ref_matmul(fmt, x, q, shape, bias=None, **kw):
+    """The mirror of what the kernel runs: for int8 / int4 at M <= ops.Q8_MAX_ROWS, q8 activations."""
     if fmt == "int8":
-        return ops.ref_matmul_int8(x, *q, bias=bias)
+        return ops.ref_matmul_int8(x, *q, bias=bias, **kw)
     if fmt == "nf4":
-        return ops.ref_matmul_nf4(x, *q, shape, bias=bias)
-    return ops.ref_matmul_int4(x, *q, shape[1], bias=bias)
+        return ops.ref_matmul_nf4(x, *q, shape, bias=bias, **kw)
+    return ops.ref_matmul_int4(x, *q, shape[1], bias=bias, **kw)
 
 
 def dequantize(fmt, q, shape):
@@ -103,7 +104,8 @@ def test_matmul_matches_reference(variant, fmt, M):
             xb = x.to(torch.bfloat16).float()
             close(y, cuda_gemm_reference(fmt, x, q, wd, bias), xb, wd.to(torch.bfloat16).float() * 1.01)
         else:
-            close(y, ref_matmul(fmt, x, q, (N, K), bias), x, wd)
+            # the CUDA GEMV takes float activations; the CPU kernels q8 ones at few rows
+            close(y, ref_matmul(fmt, x, q, (N, K), bias, **({"q8": False} if dev == "cuda" else {})), x, wd)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -121,7 +123,7 @@ def test_matmul_bf16_activations_and_batch_dims(variant, fmt):
             # the CUDA GEMM rounds the dequantized 4-bit weight to bfloat16 before the tensor cores
             ref = ops.ref_matmul_bf16_operands(x.float(), dequantize(fmt, q, (48, 64))[1])
         else:
-            ref = ref_matmul(fmt, x.float(), q, (48, 64))
+            ref = ref_matmul(fmt, x.float(), q, (48, 64), **({"q8": False} if variant == "cuda" else {}))
         torch.testing.assert_close(y.float(), ref, rtol=2e-2, atol=2e-2)
 
 
@@ -212,3 +214,80 @@ def test_bad_input_raises_clear_errors():
         ops.matmul_int4(torch.randn(1, 16), p4, s4[:, :0], 16)
     with pytest.raises(ValueError, match="x"):
         ops.matmul_int4(torch.randn(1, 16, device="meta"), p4, s4, 16)
+
+
+# ---- q8 activations (int8 / int4 weights): x quantized to int8 per block of 32 along K ----
+
+Q8_FORMATS = ("int8", "int4")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("fmt", Q8_FORMATS)
+@pytest.mark.parametrize("q8", [True, False])
+@pytest.mark.parametrize("M", [1, 2, 3, 7, 8, 9, 33])
+def test_matmul_each_activation_path_matches_its_mirror(isa, fmt, q8, M):
+    gen = torch.Generator().manual_seed(100 + M)
+    for N, K in [(7, 5), (37, 64), (21, 96), (13, 257), (9, 300), (5, 640)]:
+        w = torch.randn(N, K, generator=gen)
+        x = torch.randn(M, K, generator=gen) * torch.rand(1, K, generator=gen) * 4
+        bias = torch.randn(N, generator=gen)
+        q = quantize(fmt, w)
+        wd = dequantize(fmt, q, (N, K))[1]
+        with ops.use_isa(isa):
+            y = matmul(fmt, x, q, (N, K), bias, q8=q8)
+        xs = ops.ref_dequantize_q8(x) if q8 else x
+        close(y, ref_matmul(fmt, x, q, (N, K), bias, q8=q8), xs, wd)
+
+
+def test_auto_activation_path_follows_row_count():
+    w = torch.randn(40, 96)
+    q = ops.quantize_int4(w)
+    for M in (1, ops.Q8_MAX_ROWS, ops.Q8_MAX_ROWS + 1):
+        x = torch.randn(M, 96)
+        want_q8 = M <= ops.Q8_MAX_ROWS
+        assert torch.equal(ops.matmul_int4(x, *q, 96), ops.matmul_int4(x, *q, 96, q8=want_q8))
+        assert torch.equal(ops.ref_matmul_int4(x, *q, 96), ops.ref_matmul_int4(x, *q, 96, q8=want_q8))
+    with pytest.raises(TypeError, match="q8"):
+        ops.matmul_int8(torch.randn(1, 96), *ops.quantize_int8(w), q8=1)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_kernel_quantizes_activations_exactly_like_the_reference(isa):
+    # With W = I (int8 codes 127, scale 1) the q8 kernel returns x as it quantized it; rounding ties
+    # (x / d = k + 0.5), zeros, a zero block, tiny and huge blocks must all agree with ref_quantize_q8.
+    K = 133
+    x = torch.randn(3, K) * torch.logspace(-30, 30, K)
+    x[0, :32] = torch.arange(32) - 15.5  # amax 15.5: d = 15.5 / 127; ties where x / d lands on .5
+    x[0, 5] = 127 * 0.5 / 127  # with d = 1 below
+    x[1, 32:64] = 0.0
+    x[2, 64:96] = torch.tensor([127.0] + [2.5, -3.5, 0.5, -0.5] * 7 + [1.5, 4.5, 6.5])
+    cb, scb = ops.quantize_int8(torch.eye(K))
+    with ops.use_isa(isa):
+        y = ops.matmul_int8(x, cb, scb, q8=True)
+    want = ops.ref_dequantize_q8(x)
+    assert torch.allclose(y, want, rtol=2 ** -20, atol=0)
+    q, d = ops.ref_quantize_q8(x)
+    assert q[2, 65:69].tolist() == [2, -4, 0, 0]  # half to even
+    assert bool((q[1, 32:64] == 0).all()) and d[1, 1].item() == 0.0
+
+
+@pytest.mark.parametrize("fmt", Q8_FORMATS)
+def test_q8_error_bound_against_float_activations(fmt):
+    gen = torch.Generator().manual_seed(7)
+    N, K, M = 64, 1000, 4
+    w = torch.randn(N, K, generator=gen) * 0.05
+    x = torch.randn(M, K, generator=gen) * (1 + 10 * torch.rand(M, K, generator=gen) ** 8)  # outliers
+    q = quantize(fmt, w)
+    wd = dequantize(fmt, q, (N, K))[1]
+    y8 = matmul(fmt, x, q, (N, K), q8=True)
+    yf = matmul(fmt, x, q, (N, K), q8=False)
+    _, d = ops.ref_quantize_q8(x)
+    half_step = (d / 2).repeat_interleave(32, dim=1)[:, :K]  # |x - q * d| <= d / 2 per element
+    assert bool(((x - ops.ref_dequantize_q8(x)).abs() <= half_step).all())
+    bound = half_step @ wd.abs().t()
+    slack = (x.abs() @ wd.abs().t()) * (2 * K * 2.0 ** -23) + 1e-6
+    assert bool(((y8 - yf).abs() <= bound + slack).all())
+    # relative form: 1/254 of sum_k |W| * (block amax)
+    assert bool((bound <= (d * 127 / 254).repeat_interleave(32, dim=1)[:, :K] @ wd.abs().t() * (1 + 1e-5)).all())
+    cos = torch.nn.functional.cosine_similarity(y8.flatten().double(), yf.flatten().double(), dim=0).item()
+    assert cos >= 0.9999

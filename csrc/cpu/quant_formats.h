@@ -21,6 +21,7 @@
 //                                  magnitude; q = clamp(floor(w / d + 8.5), 0, 15); w = (q - 8) * d
 #pragma once
 #include <cstdint>
+#include <vector>
 
 namespace mpt {
 
@@ -32,8 +33,10 @@ inline int64_t int4_groups(int64_t K) { return (K + kInt4Group - 1) / kInt4Group
 
 void quantize_int8(const float* w, int64_t N, int64_t K, int8_t* cb, float* scb);
 void dequantize_int8(const int8_t* cb, const float* scb, int64_t N, int64_t K, float* out);
+// q8: quantize x to int8 per block of 32 along K (see Q8Rows) and use integer dot products; only
+// int8 and int4 weights have that path (nf4's codes are not integers).
 void matmul_int8(const float* x, int64_t M, int64_t K, const int8_t* cb, const float* scb, int64_t N,
-                 const float* bias, float* y);
+                 const float* bias, float* y, bool q8 = false);
 
 void quantize_nf4(const float* w, int64_t numel, int64_t blocksize, uint8_t* packed, float* absmax);
 void dequantize_nf4(const uint8_t* packed, const float* absmax, int64_t numel, int64_t blocksize, float* out);
@@ -43,7 +46,7 @@ void matmul_nf4(const float* x, int64_t M, int64_t K, const uint8_t* packed, con
 void quantize_int4(const float* w, int64_t N, int64_t K, uint8_t* packed, float* scales);
 void dequantize_int4(const uint8_t* packed, const float* scales, int64_t N, int64_t K, float* out);
 void matmul_int4(const float* x, int64_t M, int64_t K, const uint8_t* packed, const float* scales, int64_t N,
-                 const float* bias, float* y);
+                 const float* bias, float* y, bool q8 = false);
 
 // Dequantizes rows [n0, n1) of a weight into out ([n1 - n0, K] row-major); used for embedding lookups.
 void dequantize_rows_int8(const int8_t* cb, const float* scb, int64_t K, const int64_t* rows, int64_t nrows, float* out);
@@ -87,10 +90,26 @@ inline float row_factor(const QWeight& w, int64_t n) {
   return w.fmt == QFormat::Int8 ? w.scale[n] * (1.0f / 127.0f) : 1.0f;
 }
 
+// x quantized ggml-q8_0 style, per row and per block b of 32 along K (K padded with zeros to KB*32):
+//   d[b] = amax_b / 127;  q[k] = clamp(round_half_even(x[k] / d[b]), -127, 127)  (0 where d[b] == 0
+//   or the ratio is NaN).
+// Plain IEEE arithmetic (one division, one rounding), so ops.ref_quantize_q8 reproduces it exactly.
+struct Q8Rows {
+  int64_t M = 0, K = 0, KB = 0;
+  std::vector<int8_t> q;   // [M, KB*32]
+  std::vector<float> d;    // [M, KB]
+};
+void quantize_q8(const float* x, int64_t M, int64_t K, Q8Rows& out);
+
 // Variants; each computes y = x @ W^T (+ bias). The dispatcher picks one by current_isa().
+// The *_q8 ones quantize x first (Q8Rows) and sum integer products per block: int8 weights give
+//   y = scb/127 * sum_b d[b] * dot(cb_b, q_b);  int4 gives  y = sum_g dw[g] * d[g] * dot(qw_g - 8, q_g).
+void qmatmul_q8_generic(const QWeight& w, const Q8Rows& x, const float* bias, float* y);
+void qmatmul_q8_avx2(const QWeight& w, const Q8Rows& x, const float* bias, float* y);
+void qmatmul_q8_avx512(const QWeight& w, const Q8Rows& x, const float* bias, float* y);
 void qmatmul_generic(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
 void qmatmul_avx2(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
 void qmatmul_avx512(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
-void qmatmul(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
+void qmatmul(const QWeight& w, const float* x, int64_t M, const float* bias, float* y, bool q8 = false);
 
 }  // namespace mpt

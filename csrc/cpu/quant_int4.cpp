@@ -58,9 +58,9 @@ void dequantize_int4(const uint8_t* packed, const float* scales, int64_t N, int6
 }
 
 void matmul_int4(const float* x, int64_t M, int64_t K, const uint8_t* packed, const float* scales, int64_t N,
-                 const float* bias, float* y) {
+                 const float* bias, float* y, bool q8) {
   QWeight w{QFormat::Int4, N, K, 0, packed, scales};
-  qmatmul(w, x, M, bias, y);
+  qmatmul(w, x, M, bias, y, q8);
 }
 
 }  // namespace mpt

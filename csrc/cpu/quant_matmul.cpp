@@ -1,4 +1,7 @@
 // y = x @ W^T for the quantized formats: the portable variant and the run-time dispatcher.
+#include <cmath>
+#include <stdexcept>
+#include <algorithm>
 #include <vector>
 
 #include "cpu/cpu_features.h"
@@ -24,12 +27,74 @@ void qmatmul_generic(const QWeight& w, const float* x, int64_t M, const float* b
   });
 }
 
-void qmatmul(const QWeight& w, const float* x, int64_t M, const float* bias, float* y) {
+void quantize_q8(const float* x, int64_t M, int64_t K, Q8Rows& out) {
+  const int64_t KB = (K + 31) / 32, Kp = KB * 32;
+  out.M = M, out.K = K, out.KB = KB;
+  out.q.assign(static_cast<size_t>(M * Kp), 0);
+  out.d.assign(static_cast<size_t>(M * KB), 0.f);
+  parallel_for(M * KB, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t m = i / KB, b = i % KB, k0 = b * 32, k1 = std::min(K, k0 + 32);
+      const float* xr = x + m * K;
+      float amax = 0.f;
+      for (int64_t k = k0; k < k1; ++k) amax = std::fmax(amax, std::fabs(xr[k]));
+      const float d = amax / 127.0f;
+      int8_t* q = out.q.data() + m * Kp + k0;
+      if (d > 0.f)
+        for (int64_t k = k0; k < k1; ++k) {
+          const float r = std::nearbyint(xr[k] / d);  // |x| <= amax, so |r| <= 127 save for NaN
+          const int v = r == r ? static_cast<int>(std::fmin(127.f, std::fmax(-127.f, r))) : 0;
+          q[k - k0] = static_cast<int8_t>(v);
+        }
+      out.d[i] = d;
+    }
+  });
+}
+
+void qmatmul_q8_generic(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
+  const int64_t N = w.N, K = w.K, KB = x.KB, Kp = KB * 32, M = x.M;
+  parallel_for(N, 1, [&](int64_t n0, int64_t n1) {
+    std::vector<int8_t> row(static_cast<size_t>(Kp), 0);  // weight codes, int4 already minus 8
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t k = 0; k < K; ++k) {
+        if (w.fmt == QFormat::Int8) {
+          row[k] = reinterpret_cast<const int8_t*>(w.data)[n * K + k];
+        } else {
+          const uint8_t b = w.data[(n * KB + k / 32) * 16 + (k & 15)];
+          row[k] = static_cast<int8_t>(((k & 16) ? b >> 4 : b & 15) - 8);
+        }
+      }
+      for (int64_t m = 0; m < M; ++m) {
+        const int8_t* q = x.q.data() + m * Kp;
+        float acc = 0.f;
+        for (int64_t b = 0; b < KB; ++b) {
+          int32_t sumi = 0;
+          for (int j = 0; j < 32; ++j) sumi += int32_t(row[b * 32 + j]) * q[b * 32 + j];
+          const float dw = w.fmt == QFormat::Int8 ? 1.f : w.scale[n * KB + b];
+          acc += dw * x.d[m * KB + b] * static_cast<float>(sumi);
+        }
+        y[m * N + n] = acc * row_factor(w, n) + (bias ? bias[n] : 0.f);
+      }
+    }
+  });
+}
+
+void qmatmul(const QWeight& w, const float* x, int64_t M, const float* bias, float* y, bool q8) {
   if (M <= 0 || w.N <= 0) return;
   if (w.K == 0) {  // an empty sum: y is the bias
     for (int64_t m = 0; m < M; ++m)
       for (int64_t n = 0; n < w.N; ++n) y[m * w.N + n] = bias ? bias[n] : 0.f;
     return;
+  }
+  if (q8) {
+    if (w.fmt == QFormat::Nf4) throw std::invalid_argument("nf4 weights have no q8 activation path");
+    Q8Rows xq;
+    quantize_q8(x, M, w.K, xq);
+    switch (current_isa()) {
+      case Isa::Avx512: return qmatmul_q8_avx512(w, xq, bias, y);
+      case Isa::Avx2: return qmatmul_q8_avx2(w, xq, bias, y);
+      case Isa::Generic: return qmatmul_q8_generic(w, xq, bias, y);
+    }
   }
   switch (current_isa()) {
     case Isa::Avx512: return qmatmul_avx512(w, x, M, bias, y);

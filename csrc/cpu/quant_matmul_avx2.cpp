@@ -68,7 +68,100 @@ struct V {
 #include "cpu/quant_simd.h"
 
 namespace mpt {
+namespace avx2 {
+
+// ---- q8 activations x int8 / int4 weights: one 32-block per step, pmaddubsw (u8 x s8 pairs to
+// int16) then pmaddwd by ones (int16 pairs to int32). Exact in int16: int4 pairs reach 2*15*127;
+// The unsigned operand must be >= 0: the weight's magnitude goes there and its sign onto x
+// (pair sums at most 2*128*127). int4 codes are the nibbles minus 8.
+template <QFormat FMT, int MB>
+void q8_rows(const QWeight& w, const Q8Rows& x, int64_t m0, const float* bias, float* y, int64_t n0, int64_t n1) {
+  constexpr int U = MB == 1 ? 2 : 1;
+  const int64_t KB = x.KB, Kp = KB * 32, K = w.K, N = w.N;
+  const __m256i lo4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1), eight = _mm256_set1_epi8(8);
+  const int8_t* xq = x.q.data() + m0 * Kp;
+  const float* xd = x.d.data() + m0 * KB;
+  for (int64_t n = n0; n < n1; ++n) {
+    __m256 acc[MB][U];
+    for (int m = 0; m < MB; ++m)
+      for (int u = 0; u < U; ++u) acc[m][u] = _mm256_setzero_ps();
+    const uint8_t* wrow = FMT == QFormat::Int4 ? w.data + n * KB * 16 : w.data + n * K;
+    const float* srow = w.scale + n * KB;
+    auto step = [&](int64_t b, int u) __attribute__((always_inline)) {
+      if (FMT == QFormat::Int4) {
+        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wrow + b * 16));
+        const __m256i wv = _mm256_sub_epi8(_mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), lo4), eight);
+        const __m256i aw = _mm256_abs_epi8(wv);
+        const __m256 dw = _mm256_set1_ps(srow[b]);
+        for (int m = 0; m < MB; ++m) {
+          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + m * Kp + b * 32));
+          const __m256i i = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, wv)), ones);
+          acc[m][u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(dw, _mm256_set1_ps(xd[m * KB + b])),
+                                      acc[m][u]);
+        }
+      } else {
+        __m256i raw;
+        if (K - b * 32 >= 32) {
+          raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wrow + b * 32));
+        } else {  // the tail block: zero codes against x codes of 0
+          alignas(32) uint8_t tmp[32] = {};
+          for (int64_t k = b * 32; k < K; ++k) tmp[k - b * 32] = wrow[k];
+          raw = _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp));
+        }
+        const __m256i aw = _mm256_abs_epi8(raw);
+        for (int m = 0; m < MB; ++m) {
+          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + m * Kp + b * 32));
+          const __m256i i = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, raw)), ones);
+          acc[m][u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(xd[m * KB + b]), acc[m][u]);
+        }
+      }
+    };
+    const int64_t bytes_per_block = FMT == QFormat::Int4 ? 16 : 32;
+    int64_t b = 0;
+    for (; b + U <= KB; b += U) {
+      _mm_prefetch(reinterpret_cast<const char*>(wrow + b * bytes_per_block + kPrefetchBytes), _MM_HINT_T0);
+      for (int u = 0; u < U; ++u) step(b + u, u);
+    }
+    for (; b < KB; ++b) step(b, 0);
+    const float rf = row_factor(w, n), bi = bias ? bias[n] : 0.f;
+    for (int m = 0; m < MB; ++m) {
+      __m256 s = acc[m][0];
+      for (int u = 1; u < U; ++u) s = _mm256_add_ps(s, acc[m][u]);
+      y[(m0 + m) * N + n] = V::hsum(s) * rf + bi;
+    }
+  }
+}
+
+template <QFormat FMT>
+void q8_run(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
+  struct Rows {
+    const QWeight& w;
+    const Q8Rows& x;
+    const float* bias;
+    float* y;
+    auto make_worker() { return [this](int64_t t0, int64_t t1) { tile(t0, t1); }; }
+    void tile(int64_t t0, int64_t t1) const {
+      for (int64_t m0 = 0; m0 < x.M; m0 += 4) {
+        switch (std::min<int64_t>(4, x.M - m0)) {
+          case 1: q8_rows<FMT, 1>(w, x, m0, bias, y, t0, t1); break;
+          case 2: q8_rows<FMT, 2>(w, x, m0, bias, y, t0, t1); break;
+          case 3: q8_rows<FMT, 3>(w, x, m0, bias, y, t0, t1); break;
+          default: q8_rows<FMT, 4>(w, x, m0, bias, y, t0, t1); break;
+        }
+      }
+    }
+  };
+  for_row_chunks(w.N, 16, Rows{w, x, bias, y});
+}
+
+}  // namespace avx2
+
 void qmatmul_avx2(const QWeight& w, const float* x, int64_t M, const float* bias, float* y) {
   avx2::qmatmul_simd(w, x, M, bias, y);
+}
+
+void qmatmul_q8_avx2(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
+  if (w.fmt == QFormat::Int8) return avx2::q8_run<QFormat::Int8>(w, x, bias, y);
+  avx2::q8_run<QFormat::Int4>(w, x, bias, y);
 }
 }  // namespace mpt

@@ -47,7 +47,255 @@ struct V {
 #include "cpu/quant_simd.h"
 
 namespace mpt {
+namespace avx512 {
+
+// ---- q8 activations x int8 / int4 weights with VNNI (vpdpbusd: u8 x s8, 4 products per int32 lane) ----
+// Work goes in steps of 128 k (four 32-blocks). Two vpdpbusd fill each int32 lane with 8 products of
+// one block (4 lanes a block), so a step costs per x row two integer dot products, one conversion and
+// one multiply-add. The weight side is the unsigned operand:
+//   int8: cb ^ 0x80 = cb + 128, so a dot is off by 128 * (sum of the x codes it covers);
+//   int4: the raw nibbles 0..15, off by 8 * (sum of the x codes) from the codes q - 8.
+// Each lane starts at minus the offset of its own 8 x codes, so every lane holds the exact partial
+// dot product of the codes (never a large offset that cancels only across lanes, in float).
+// Byte order of a step, the same for x and weights: half A = [b0 k0-15 | b1 k0-15 | b2 k0-15 | b3 k0-15],
+// half B = the same for k16-31. int4's low nibbles of 4 groups (64 bytes) are exactly A, the high ones B;
+// int8's two 64-byte loads are regrouped into A and B by 128-bit lane shuffles.
+struct Q8Pack {
+  int64_t S = 0;              // steps of 128 k
+  std::vector<int8_t> q;      // [M, S, 2 halves, 64] x codes
+  std::vector<int32_t> init;  // [M, S, 16] start value of each int32 lane
+  std::vector<float> dx;      // [M, S, 16] d of the block each lane belongs to
+};
+
+static void q8_pack(QFormat f, const Q8Rows& x, Q8Pack& out) {
+  const int64_t KB = x.KB, Kp = KB * 32, S = (KB + 3) / 4, M = x.M;
+  out.S = S;
+  out.q.assign(static_cast<size_t>(M * S * 128), 0);
+  out.init.assign(static_cast<size_t>(M * S * 16), 0);
+  out.dx.assign(static_cast<size_t>(M * S * 16), 0.f);
+  const int32_t off = f == QFormat::Int8 ? 128 : 8;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t st = 0; st < S; ++st) {
+      int8_t* q = out.q.data() + (m * S + st) * 128;
+      for (int h = 0; h < 2; ++h)
+        for (int p = 0; p < 64; ++p) {
+          const int64_t k = (st * 4 + p / 16) * 32 + h * 16 + p % 16;
+          q[h * 64 + p] = k < Kp ? x.q[m * Kp + k] : 0;
+        }
+      for (int l = 0; l < 16; ++l) {
+        int32_t sum = 0;
+        for (int j = 0; j < 4; ++j) sum += q[4 * l + j] + q[64 + 4 * l + j];
+        out.init[(m * S + st) * 16 + l] = -off * sum;
+        const int64_t b = st * 4 + l / 4;
+        if (b < KB) out.dx[(m * S + st) * 16 + l] = x.d[m * KB + b];
+      }
+    }
+}
+
+static inline __mmask64 bytes_mask(int64_t n) { return n >= 64 ? ~0ULL : n <= 0 ? 0ULL : (1ULL << n) - 1; }
+
+template <QFormat FMT, int MB>
+void q8_rows(const QWeight& w, const Q8Pack& xp, int64_t m0, const float* bias, float* y, int64_t n0, int64_t n1) {
+  constexpr int U = MB == 1 ? 2 : 1;  // a second accumulator hides the FMA latency of a single row
+  const int64_t S = xp.S, K = w.K, G = int4_groups(K), N = w.N;
+  const __m512i lo4 = _mm512_set1_epi8(15), x80 = _mm512_set1_epi8(static_cast<char>(0x80));
+  const __m512i gidx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  const int8_t* xq = xp.q.data() + m0 * S * 128;
+  const int32_t* xi = xp.init.data() + m0 * S * 16;
+  const float* xd = xp.dx.data() + m0 * S * 16;
+  for (int64_t n = n0; n < n1; ++n) {
+    __m512 acc[MB][U];
+    for (int m = 0; m < MB; ++m)
+      for (int u = 0; u < U; ++u) acc[m][u] = _mm512_setzero_ps();
+    const uint8_t* wrow = FMT == QFormat::Int4 ? w.data + n * G * 16 : w.data + n * K;
+    const float* srow = w.scale + n * G;
+    auto step = [&](int64_t st, int u, bool full) __attribute__((always_inline)) {
+      __m512i wa, wb;
+      __m512 dw = _mm512_setzero_ps();
+      if (FMT == QFormat::Int4) {
+        const int64_t g = st * 4;
+        const __m512i raw = full ? _mm512_loadu_si512(wrow + g * 16)
+                                 : _mm512_maskz_loadu_epi8(bytes_mask((G - g) * 16), wrow + g * 16);
+        const __m128 sc = full ? _mm_loadu_ps(srow + g) : _mm_maskz_loadu_ps(static_cast<__mmask8>((1u << (G - g)) - 1), srow + g);
+        dw = _mm512_permutexvar_ps(gidx, _mm512_castps128_ps512(sc));
+        wa = _mm512_and_si512(raw, lo4);  // absent groups: nibbles 0 against x codes 0
+        wb = _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo4);
+      } else {
+        const int64_t k = st * 128;
+        __m512i r0, r1;
+        if (full) {
+          r0 = _mm512_loadu_si512(wrow + k);
+          r1 = _mm512_loadu_si512(wrow + k + 64);
+        } else {
+          r0 = _mm512_maskz_loadu_epi8(bytes_mask(K - k), wrow + k);
+          r1 = _mm512_maskz_loadu_epi8(bytes_mask(K - k - 64), wrow + k + 64);
+        }
+        wa = _mm512_xor_si512(_mm512_shuffle_i64x2(r0, r1, _MM_SHUFFLE(2, 0, 2, 0)), x80);  // absent: 128 vs 0
+        wb = _mm512_xor_si512(_mm512_shuffle_i64x2(r0, r1, _MM_SHUFFLE(3, 1, 3, 1)), x80);
+      }
+      for (int m = 0; m < MB; ++m) {
+        const int8_t* q = xq + (m * S + st) * 128;
+        __m512i i = _mm512_dpbusd_epi32(_mm512_loadu_si512(xi + (m * S + st) * 16), wa, _mm512_loadu_si512(q));
+        i = _mm512_dpbusd_epi32(i, wb, _mm512_loadu_si512(q + 64));
+        const __m512 d = _mm512_loadu_ps(xd + (m * S + st) * 16);
+        acc[m][u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), FMT == QFormat::Int4 ? _mm512_mul_ps(dw, d) : d, acc[m][u]);
+      }
+    };
+    const int64_t Sfull = FMT == QFormat::Int4 ? G / 4 : K / 128;  // steps that need no masking
+    int64_t st = 0;
+    for (; st + U <= Sfull; st += U) {
+      _mm_prefetch(reinterpret_cast<const char*>(wrow + st * (FMT == QFormat::Int4 ? 64 : 128) + kPrefetchBytes),
+                   _MM_HINT_T0);
+      for (int u = 0; u < U; ++u) step(st + u, u, true);
+    }
+    for (; st < S; ++st) step(st, 0, st < Sfull);
+    const float rf = row_factor(w, n), b = bias ? bias[n] : 0.f;
+    for (int m = 0; m < MB; ++m) {
+      __m512 s = acc[m][0];
+      for (int u = 1; u < U; ++u) s = _mm512_add_ps(s, acc[m][u]);
+      y[(m0 + m) * N + n] = _mm512_reduce_add_ps(s) * rf + b;
+    }
+  }
+}
+
+template <QFormat FMT, int... MB>
+void q8_rows_any(std::integer_sequence<int, MB...>, int mb, const QWeight& w, const Q8Pack& xp, int64_t m0,
+                 const float* bias, float* y, int64_t n0, int64_t n1) {
+  using Fn = void (*)(const QWeight&, const Q8Pack&, int64_t, const float*, float*, int64_t, int64_t);
+  static constexpr Fn table[] = {&q8_rows<FMT, MB + 1>...};
+  table[mb - 1](w, xp, m0, bias, y, n0, n1);
+}
+
+constexpr int kQ8Rows = 3;  // up to this many x rows: q8_rows, streaming x per weight row; more: q8_gemm
+
+// Prefill: an R weight rows x MB x rows register tile over all of K. Each decoded weight vector serves
+// MB x rows and each x vector R weight rows, so neither stream limits the dot products.
+// int4 keeps the 4 decoded scale vectors too: 3 weight rows leave it clear of register spills.
+constexpr int kTileM = 4;
+
+template <QFormat FMT, int R>
+void q8_tile(const QWeight& w, const Q8Pack& xp, int64_t m0, int64_t mcount, const float* bias, float* y,
+             int64_t n0) {
+  constexpr int MB = kTileM;
+  const int64_t S = xp.S, K = w.K, G = int4_groups(K), N = w.N;
+  const __m512i lo4 = _mm512_set1_epi8(15), x80 = _mm512_set1_epi8(static_cast<char>(0x80));
+  const __m512i gidx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  const int8_t* xq = xp.q.data() + m0 * S * 128;
+  const int32_t* xi = xp.init.data() + m0 * S * 16;
+  const float* xd = xp.dx.data() + m0 * S * 16;
+  __m512 acc[R][MB];
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_setzero_ps();
+  const int64_t Sfull = FMT == QFormat::Int4 ? G / 4 : K / 128;
+  for (int64_t st = 0; st < S; ++st) {
+    const bool full = st < Sfull;
+    __m512i wa[R], wb[R];
+    __m512 dw[R];
+    for (int r = 0; r < R; ++r) {
+      const int64_t n = n0 + r;
+      if (FMT == QFormat::Int4) {
+        const uint8_t* p = w.data + (n * G + st * 4) * 16;
+        const float* sc = w.scale + n * G + st * 4;
+        const __m512i raw = full ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(bytes_mask((G - st * 4) * 16), p);
+        const __m128 s4 = full ? _mm_loadu_ps(sc) : _mm_maskz_loadu_ps(static_cast<__mmask8>((1u << (G - st * 4)) - 1), sc);
+        dw[r] = _mm512_permutexvar_ps(gidx, _mm512_castps128_ps512(s4));
+        wa[r] = _mm512_and_si512(raw, lo4);
+        wb[r] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo4);
+      } else {
+        const uint8_t* p = w.data + n * K + st * 128;
+        __m512i r0, r1;
+        if (full) {
+          r0 = _mm512_loadu_si512(p);
+          r1 = _mm512_loadu_si512(p + 64);
+        } else {
+          r0 = _mm512_maskz_loadu_epi8(bytes_mask(K - st * 128), p);
+          r1 = _mm512_maskz_loadu_epi8(bytes_mask(K - st * 128 - 64), p + 64);
+        }
+        wa[r] = _mm512_xor_si512(_mm512_shuffle_i64x2(r0, r1, _MM_SHUFFLE(2, 0, 2, 0)), x80);
+        wb[r] = _mm512_xor_si512(_mm512_shuffle_i64x2(r0, r1, _MM_SHUFFLE(3, 1, 3, 1)), x80);
+      }
+    }
+    for (int m = 0; m < MB; ++m) {
+      const int8_t* q = xq + (m * S + st) * 128;
+      const __m512i init = _mm512_loadu_si512(xi + (m * S + st) * 16);
+      const __m512i qa = _mm512_loadu_si512(q), qb = _mm512_loadu_si512(q + 64);
+      const __m512 d = _mm512_loadu_ps(xd + (m * S + st) * 16);
+      for (int r = 0; r < R; ++r) {
+        const __m512i i = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, wa[r], qa), wb[r], qb);
+        acc[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), FMT == QFormat::Int4 ? _mm512_mul_ps(dw[r], d) : d,
+                                    acc[r][m]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    const float rf = row_factor(w, n0 + r), b = bias ? bias[n0 + r] : 0.f;
+    for (int m = 0; m < MB && m < mcount; ++m) y[(m0 + m) * N + n0 + r] = _mm512_reduce_add_ps(acc[r][m]) * rf + b;
+  }
+}
+
+template <QFormat FMT>
+constexpr int kTileR = FMT == QFormat::Int4 ? 3 : 4;
+
+template <QFormat FMT>
+void q8_gemm(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
+  Q8Rows xpad = x;  // x rows padded to a multiple of kTileM with zero codes (their outputs are dropped)
+  const int64_t Mp = (x.M + kTileM - 1) / kTileM * kTileM;
+  xpad.M = Mp;
+  xpad.q.resize(static_cast<size_t>(Mp * x.KB * 32), 0);
+  xpad.d.resize(static_cast<size_t>(Mp * x.KB), 0.f);
+  Q8Pack xp;
+  q8_pack(FMT, xpad, xp);
+  struct Tiles {
+    const QWeight& w;
+    const Q8Pack& xp;
+    int64_t M, Mp;
+    const float* bias;
+    float* y;
+    auto make_worker() { return [this](int64_t t0, int64_t t1) { rows(t0, t1); }; }
+    void rows(int64_t t0, int64_t t1) const {
+      for (int64_t m0 = 0; m0 < Mp; m0 += kTileM)
+        for (int64_t n = t0; n < t1; n += kTileR<FMT>) {
+          switch (std::min<int64_t>(kTileR<FMT>, t1 - n)) {
+            case 1: q8_tile<FMT, 1>(w, xp, m0, M - m0, bias, y, n); break;
+            case 2: q8_tile<FMT, 2>(w, xp, m0, M - m0, bias, y, n); break;
+            case 3: q8_tile<FMT, 3>(w, xp, m0, M - m0, bias, y, n); break;
+            default: q8_tile<FMT, kTileR<FMT>>(w, xp, m0, M - m0, bias, y, n); break;
+          }
+        }
+    }
+  };
+  for_row_chunks(w.N, 16, Tiles{w, xp, x.M, Mp, bias, y});
+}
+
+template <QFormat FMT>
+void q8_run(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
+  if (x.M > kQ8Rows) return q8_gemm<FMT>(w, x, bias, y);
+  Q8Pack xp;
+  q8_pack(FMT, x, xp);
+  struct Rows {
+    const QWeight& w;
+    const Q8Pack& xp;
+    int64_t M;
+    const float* bias;
+    float* y;
+    auto make_worker() { return [this](int64_t t0, int64_t t1) { tile(t0, t1); }; }
+    void tile(int64_t t0, int64_t t1) const {
+      for (int64_t m0 = 0; m0 < M; m0 += kQ8Rows)
+        q8_rows_any<FMT>(std::make_integer_sequence<int, kQ8Rows>{}, static_cast<int>(std::min<int64_t>(kQ8Rows, M - m0)),
+                         w, xp, m0, bias, y, t0, t1);
+    }
+  };
+  for_row_chunks(w.N, 16, Rows{w, xp, x.M, bias, y});
+}
+
+}  // namespace avx512
+
 void qmatmul_avx512(const QWeight& w, const float* x, int64_t M, const float* bias, float* y) {
   avx512::qmatmul_simd(w, x, M, bias, y);
+}
+
+void qmatmul_q8_avx512(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
+  if (w.fmt == QFormat::Int8) return avx512::q8_run<QFormat::Int8>(w, x, bias, y);
+  avx512::q8_run<QFormat::Int4>(w, x, bias, y);
 }
 }  // namespace mpt
