@@ -32,6 +32,13 @@ def build(args):
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
     hf = transformers.MptForCausalLM(transformers.MptConfig(**cfg)).to(dtype).eval()
+    if args.bits != "none":  # mpt_lite quantizes the same weights through its real loading path
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            hf.save_pretrained(folder)
+            ours = MptForCausalLM.from_pretrained(folder, bits=int(args.bits), quant_type=args.quant_type)
+        return ours, hf
     with torch.device("meta"):
         ours = MptForCausalLM(MptConfig(**cfg))
     ours.load_state_dict(hf.state_dict(), strict=False, assign=True)  # the same tensors, no copy
@@ -40,6 +47,13 @@ def build(args):
     if missing:
         raise SystemExit(f"weights not shared: {missing[:3]}")
     return ours, hf
+
+
+def weights_note(args) -> str:
+    if args.bits == "none":
+        return ""
+    fmt = "int8" if args.bits == "8" else (args.quant_type or "nf4")
+    return f" (mpt_lite: {fmt} weights, transformers: {args.dtype})"
 
 
 def timed(fn) -> float:
@@ -102,6 +116,9 @@ def main():
     ap.add_argument("--new", type=int, default=8, help="decode steps timed per run")
     ap.add_argument("--prefill-2048-repeats", type=int, default=3, help="runs of the (slow) 2048-token prefill")
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--bits", default="none", choices=["none", "8", "4"],
+                    help="mpt_lite's weights: shared unquantized tensors (none) or quantized from them")
+    ap.add_argument("--quant-type", default=None, choices=["nf4", "int4"])
     ap.add_argument("--out", help="append the markdown table to this file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -143,7 +160,9 @@ def main():
     dl = add("decode tok/s, batch 1 (ctx 2048)", n, to, th)
     model = "quick model (d_model 512, 4 layers)" if args.quick else "synthetic MPT-1.3B (d_model 2048, 24 layers, vocab 50432)"
     lines = [
-        f"{model}, {args.dtype} weights and KV cache, {args.threads} threads, median of {args.repeats} runs, "
+        f"{model}, {args.dtype} weights and KV cache"
+        f"{weights_note(args)}"
+        f", {args.threads} threads, median of {args.repeats} runs, "
         f"{n} decode steps per run (one prefill, then {R} timed runs), 2048-token prefill: median of "
         f"{args.prefill_2048_repeats}; kernels: {ops.current_isa()}",
         "",
