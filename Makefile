@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PROMPT ?= def fibonacci(n):
 
-.PHONY: setup generate test bench clean
+.PHONY: setup generate test bench bench-quick bench-setup clean
 setup:
 	@scripts/setup_env.sh
 
@@ -11,6 +11,17 @@ generate: setup
 
 test: setup
 	@$(PY) -m pytest -q tests
+
+# Benchmarks against llama.cpp and transformers (docs/benchmarks.md). The bench extra builds
+# llama-cpp-python from source (CPU only) the first time: a few minutes.
+bench-setup: setup
+	@MPT_LITE_CUDA=$${MPT_LITE_CUDA:-off} CMAKE_ARGS="$${CMAKE_ARGS:--DGGML_NATIVE=ON -DGGML_CUDA=OFF}" $(PY) -m pip install --quiet --disable-pip-version-check -e ".[bench]" --no-build-isolation
+
+bench: bench-setup
+	@$(PY) benchmarks/bench_compare.py $(BENCH_ARGS)
+
+bench-quick: bench-setup
+	@$(PY) benchmarks/bench_compare.py --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf build mpt_lite/_C*.so
