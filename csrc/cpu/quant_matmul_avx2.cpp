@@ -151,7 +151,7 @@ void q8_run(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
       }
     }
   };
-  for_row_chunks(w.N, 16, Rows{w, x, bias, y});
+  for_row_chunks(w.N, decode_chunk(w.N), Rows{w, x, bias, y});
 }
 
 }  // namespace avx2

@@ -264,7 +264,7 @@ void q8_gemm(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
         }
     }
   };
-  for_row_chunks(w.N, 16, Tiles{w, xp, x.M, Mp, bias, y});
+  for_row_chunks(w.N, decode_chunk(w.N), Tiles{w, xp, x.M, Mp, bias, y});
 }
 
 template <QFormat FMT>
@@ -285,7 +285,7 @@ void q8_run(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
                          w, xp, m0, bias, y, t0, t1);
     }
   };
-  for_row_chunks(w.N, 16, Rows{w, xp, x.M, bias, y});
+  for_row_chunks(w.N, decode_chunk(w.N), Rows{w, xp, x.M, bias, y});
 }
 
 }  // namespace avx512

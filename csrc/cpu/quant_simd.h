@@ -36,6 +36,10 @@ inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 // does not hold the others up. Each output row is computed whole by whichever thread takes it, in
 // a fixed order, so results do not depend on who takes what. fn.make_worker() gives each thread
 // its callable (with its own scratch buffers), called as worker(begin, end) per chunk.
+// Decode reads each weight row once: chunks long enough that every thread streams long contiguous
+// runs (the hardware prefetchers ramp up per run), short enough (8 per thread) to rebalance.
+inline int64_t decode_chunk(int64_t n) { return std::max<int64_t>(16, n / (int64_t(num_threads()) * 8)); }
+
 template <class Fn>
 void for_row_chunks(int64_t n, int64_t chunk, Fn&& fn) {
   const int64_t nchunks = (n + chunk - 1) / chunk;
@@ -287,7 +291,7 @@ void run(const QWeight& w, const float* x, int64_t M, const float* bias, float* 
       }
     }
   };
-  for_row_chunks(w.N, 16, Rows{w, xq.data(), M, Kp, bias, y});
+  for_row_chunks(w.N, decode_chunk(w.N), Rows{w, xq.data(), M, Kp, bias, y});
 }
 
 inline void qmatmul_simd(const QWeight& w, const float* x, int64_t M, const float* bias, float* y) {
