@@ -1,5 +1,6 @@
 """benchmarks/convert_gguf.py writes a GGUF that llama.cpp loads and whose logits match mpt_lite's
-(float32, same weights). Skipped without llama-cpp-python / gguf (the `bench` extra, not `test`)."""
+(float32, same weights); gguf (in the test extra) reads it back. The llama.cpp test skips without
+llama-cpp-python (the `bench` extra: it builds from source for minutes)."""
 from __future__ import annotations
 
 import sys
@@ -44,3 +45,31 @@ def test_llama_cpp_logits_match(tmp_path):
     cos = (ref * got).sum(-1) / (np.linalg.norm(ref, axis=-1) * np.linalg.norm(got, axis=-1))
     assert cos.min() > 0.999, cos.min()
     assert (ref.argmax(-1) == got.argmax(-1)).mean() >= 0.9
+
+
+def test_gguf_file_reads_back_with_the_gguf_reader(tmp_path):
+    """gguf's own reader (the oracle) finds llama.cpp's MPT names, shapes, metadata and our weights."""
+    import gguf
+
+    cfg = tiny_config(d_model=64, n_heads=4, n_layers=2, vocab_size=320, max_seq_len=128,
+                      attn_config={"alibi_bias_max": 8, "clip_qkv": 6.0})
+    state = random_state(cfg, std=0.05)
+    write_safetensors_shards(tmp_path / "ckpt", cfg, state)
+    reader = gguf.GGUFReader(str(convert(tmp_path / "ckpt", tmp_path / "m.gguf")))
+    fields = {f.name: f for f in reader.fields.values()}
+
+    def scalar(name):
+        f = fields[name]
+        return f.parts[f.data[0]].tolist()[0]
+
+    assert bytes(fields["general.architecture"].parts[-1]).decode() == "mpt"
+    assert scalar("mpt.block_count") == 2 and scalar("mpt.embedding_length") == 64
+    assert scalar("mpt.attention.head_count") == 4 and scalar("mpt.context_length") == 128
+    assert scalar("mpt.attention.max_alibi_bias") == 8.0 and scalar("mpt.attention.clamp_kqv") == 6.0
+    tensors = {t.name: t for t in reader.tensors}
+    assert len(tensors) == len(state)
+    emb = tensors["token_embd.weight"]
+    want = state["transformer.wte.weight"].to(torch.bfloat16).float().numpy()
+    got = np.asarray(emb.data, dtype=np.float32).reshape(want.shape)
+    assert np.allclose(got, want, atol=1e-3)
+    assert tuple(int(n) for n in tensors["blk.1.ffn_up.weight"].shape) == (64, 256)
