@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
@@ -14,6 +15,14 @@
 
 namespace mpt {
 namespace {
+
+constexpr int kSpinMicros = 1000;
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
 
 int default_threads() {
   if (const char* env = std::getenv("MPT_LITE_NUM_THREADS")) {
@@ -73,10 +82,13 @@ class Pool {
     uint64_t seen = 0;
     for (;;) {
       uint64_t g;
-      int spins = 0;
-      while ((g = generation_.load(std::memory_order_acquire)) == seen && spins < 20000) {
-        ++spins;
-        if ((spins & 63) == 0) std::this_thread::yield();
+      // Spin ~1 ms (decode issues kernels every few tens of microseconds, with Python between
+      // them); a sleeping worker costs a futex wake-up per kernel, measured here at 2-3x the
+      // kernel's own time for small matmuls.
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
+      for (int spins = 0; (g = generation_.load(std::memory_order_acquire)) == seen; ++spins) {
+        cpu_relax();
+        if ((spins & 255) == 0 && std::chrono::steady_clock::now() > deadline) break;
       }
       if (g == seen) {
         std::unique_lock<std::mutex> lk(mu_);
