@@ -50,7 +50,3 @@ class MptCache:
 
     def to_legacy_cache(self) -> tuple:
         return tuple(self.layers)
-
-    def reorder(self, index: torch.Tensor) -> "MptCache":
-        """A cache for the rows `index` of the batch (beam search, dropping finished rows)."""
-        return MptCache([(k.index_select(0, index), v.index_select(0, index)) for k, v in self.layers])
