@@ -82,7 +82,7 @@ def convert(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
     import gguf
     import torch
 
-    from mpt_lite.checkpoint import iter_tensors, resolve_checkpoint, weight_files
+    from mpt_lite.hub.checkpoint import iter_tensors, resolve_checkpoint, weight_files
 
     folder = resolve_checkpoint(checkpoint)
     cfg = json.loads((folder / "config.json").read_text())

@@ -5,11 +5,11 @@ from typing import Any
 
 import torch
 
-from .cache import MptCache
-from .engine import Engine
+from . import ops  # noqa: F401  (the old path of mpt_lite.kernels; `mpt_lite.ops.x` keeps working)
 from .config import MptConfig
-from .modeling import (
+from .model import (
     TASKS,
+    MptCache,
     MptForCausalLM,
     MptForQuestionAnswering,
     MptForSequenceClassification,
@@ -17,7 +17,8 @@ from .modeling import (
     MptModel,
     MptPreTrainedModel,
 )
-from .tokenizer import MptTokenizer
+from .runtime.engine import Engine
+from .text.tokenizer import MptTokenizer
 
 __version__ = "0.1.0"
 

@@ -120,8 +120,8 @@ def model_label(name: str | None) -> str:
 def load_model(name: str | None, bits: int | None, quant_type: str | None, device: str = "cpu",
                task: str = "causal-lm"):
     import mpt_lite
-    from . import progress
-    from .checkpoint import count_tensors, resolve_checkpoint, weight_files
+    from .hub import progress
+    from .hub.checkpoint import count_tensors, resolve_checkpoint, weight_files
 
     if quant_type is not None and bits != 4:
         raise CliError("--quant-type needs --bits 4")
@@ -201,7 +201,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from .chat import render_chat
+    from .text.chat_template import render_chat
 
     kw = sampling_kwargs(args)
     model = load_model(args.model, parse_bits(args.bits), args.quant_type, args.device)
@@ -274,7 +274,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from .server import bind_socket, create_app, make_server
         from .server.launch import url_of
     except ImportError as e:
-        raise CliError(str(e)) from None
+        raise CliError(str(e)) from e
 
     for name in ("max_num_seqs", "max_body_bytes"):
         if getattr(args, name) < 1:
@@ -339,7 +339,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         raise CliError(f"{dst} is (or holds) the source checkpoint {src_path}; choose another destination")
     model = load_model(args.src, bits, args.quant_type, task=args.task)
     tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
-    from . import progress
+    from .hub import progress
 
     try:
         with progress.track(f"saving to {dst}"):
@@ -356,10 +356,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from . import ops
-    from .checkpoint import resolve_checkpoint, weight_files
+    from . import kernels
+    from .hub.checkpoint import resolve_checkpoint, weight_files
     from .config import CONFIG_NAME, MptConfig
-    from .model_info import human_bytes, model_info
+    from .model.info import human_bytes, model_info
 
     folder = resolve_checkpoint(model_source(args.model), config_only=True)
     config = MptConfig.from_json_file(folder / CONFIG_NAME)
@@ -372,14 +372,14 @@ def cmd_info(args: argparse.Namespace) -> int:
         info["checkpoint_bytes"] = None  # only config.json was fetched
     info["tokenizer_tokens"] = None
     if (folder / "tokenizer.json").is_file():
-        from .tokenizer import MptTokenizer
+        from .text.tokenizer import MptTokenizer
 
         info["tokenizer_tokens"] = len(MptTokenizer.from_pretrained(folder))
     info["config"] = {k: v for k, v in config.to_dict().items() if k not in ("id2label", "label2id")}
-    info["cpu_features"] = ops.cpu_features()
-    info["kernel_variants"] = ops.supported_isas()
-    info["kernel_variant"] = ops.current_isa()
-    info["threads"] = ops.num_threads()
+    info["cpu_features"] = kernels.cpu_features()
+    info["kernel_variants"] = kernels.supported_isas()
+    info["kernel_variant"] = kernels.current_isa()
+    info["threads"] = kernels.num_threads()
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
@@ -407,8 +407,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def one_line(e: BaseException) -> str:
     msg = str(e).strip() or type(e).__name__
-    if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
-        msg = e.args[0]
     return " ".join(msg.split())
 
 

@@ -11,6 +11,14 @@ from typing import Any
 
 CONFIG_NAME = "config.json"
 
+
+class MissingKeyError(KeyError):
+    """A KeyError (missing or unexpected fields, tensors or codes) whose str() is its message,
+    not the repr() a plain KeyError gives."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
 ATTN_DEFAULTS: dict[str, Any] = {
     "attn_type": "multihead_attention",
     "attn_pdrop": 0,
@@ -63,8 +71,8 @@ class AttnConfig(dict):
     def __getattr__(self, name: str) -> Any:
         try:
             return self[name]
-        except KeyError:
-            raise AttributeError(f"attn_config has no field {name!r}") from None
+        except KeyError as err:
+            raise AttributeError(f"attn_config has no field {name!r}") from err
 
     def __setattr__(self, name: str, value: Any) -> None:
         self[name] = value
@@ -299,30 +307,30 @@ class MptConfig:
         path = Path(path)
         try:
             text = path.read_text()
-        except FileNotFoundError:
-            raise FileNotFoundError(f"no config.json at {path}") from None
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"no config.json at {path}") from err
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
+            raise ValueError(f"{path} is not valid JSON: {e}") from e
         if not isinstance(data, dict):
             raise ValueError(f"{path} must hold a JSON object")
         # A checkpoint's config must describe its architecture: defaults would silently mis-shape it.
         missing = [name for name in REQUIRED_IN_FILE
                    if name not in data and not any(a in data for a, n in ALIASES.items() if n == name)]
         if missing:
-            raise KeyError(f"{path} is missing required field(s): {', '.join(missing)}")
+            raise MissingKeyError(f"{path} is missing required field(s): {', '.join(missing)}")
         mt = data.get("model_type")
         if mt not in (None, "mpt", "replit_lm"):
             raise ValueError(f"{path} describes a {mt!r} model, not an MPT model")
         try:
             return cls.from_dict(data, **overrides)
         except (ValueError, TypeError) as e:
-            raise type(e)(f"{path}: {e}") from None
+            raise type(e)(f"{path}: {e}") from e
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **overrides: Any) -> "MptConfig":
-        from .checkpoint import resolve_checkpoint
+        from .hub.checkpoint import resolve_checkpoint
 
         folder = resolve_checkpoint(name_or_path, config_only=True)
         return cls.from_json_file(folder / CONFIG_NAME, **overrides)

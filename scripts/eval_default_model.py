@@ -26,7 +26,7 @@ import torch  # noqa: E402
 import mpt_lite  # noqa: E402
 from default_model_corpus import held_out_perplexity, split_files, stdlib_files, token_stream  # noqa: E402
 from mpt_lite.config import MptConfig  # noqa: E402
-from mpt_lite.model_info import format_sizes, human_bytes, parameter_shapes  # noqa: E402
+from mpt_lite.model.info import format_sizes, human_bytes, parameter_shapes  # noqa: E402
 
 FORMATS = [  # (row name, bits, quant_type, size key)
     ("unquantized (float32)", None, None, "fp32"),

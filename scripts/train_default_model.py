@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from default_model_corpus import held_out_perplexity, split_files, stdlib_files, token_stream, read_text  # noqa: E402
 from mpt_lite import MptConfig, MptForCausalLM, MptTokenizer  # noqa: E402
-from mpt_lite.chat import CHATML_TEMPLATE  # noqa: E402
+from mpt_lite.text.chat_template import CHATML_TEMPLATE  # noqa: E402
 
 EOS = "<|endoftext|>"  # bos, eos and unk, as in the mosaicml repos (gpt-neox-20b's tokenizer)
 PAD = "<|padding|>"

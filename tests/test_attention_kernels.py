@@ -5,7 +5,7 @@ import torch
 
 from devices import device_of, needs_cuda, running, to, variants
 from mpt_lite import ops
-from mpt_lite.layers import alibi_slopes
+from mpt_lite.model.layers import alibi_slopes
 
 ISAS = ops.supported_isas()
 VARIANTS = variants(ISAS)

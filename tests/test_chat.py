@@ -7,7 +7,7 @@ import torch
 
 import mpt_lite
 from mpt_lite import MptConfig, MptForCausalLM, MptTokenizer
-from mpt_lite.chat import CHATML_TEMPLATE, render_chat
+from mpt_lite.text.chat_template import CHATML_TEMPLATE, render_chat
 
 FOLDER = mpt_lite.default_model_path()
 CONVERSATIONS = [

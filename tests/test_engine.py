@@ -5,9 +5,9 @@ import torch
 from checkpoints import random_causal_lm
 
 from mpt_lite import Engine, MptConfig, MptForCausalLM
-from mpt_lite.generation import _text_pieces
+from mpt_lite.text.detok import text_pieces
 from mpt_lite.kv_cache import CacheExhaustedError, PagedKVCache
-from mpt_lite.tokenizer import MptTokenizer
+from mpt_lite.text.tokenizer import MptTokenizer
 
 
 def tiny(seed=0, **kw):
@@ -148,7 +148,7 @@ def test_stream_cuts_at_multibyte_characters():
     text = "sea é 世界 🌊!"
     ids = tok.encode(text)
     assert len(ids) > len(text)  # the non-ASCII characters span several byte tokens
-    pieces = list(_text_pieces(tok, iter(ids), set(), []))
+    pieces = list(text_pieces(tok, iter(ids), set(), []))
     assert "".join(pieces) == text and all("\ufffd" not in p for p in pieces)
-    pieces = list(_text_pieces(tok, iter(ids), set(), ["界 "]))
+    pieces = list(text_pieces(tok, iter(ids), set(), ["界 "]))
     assert "".join(pieces) == "sea é 世"

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "import resource, torch, mpt_lite; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
 LOAD = """
 import json, resource, sys, torch, mpt_lite
-import mpt_lite.loading, safetensors, tqdm.auto  # what loading imports, so the reset below sees it
+import mpt_lite.hub.loading, safetensors, tqdm.auto  # what loading imports, so the reset below sees it
 def status_kb(field):
     return int(next(l for l in open("/proc/self/status") if l.startswith(field)).split()[1])
 # Building a model on the meta device loads torch's meta kernels (a fixed ~80 MB of Python modules,

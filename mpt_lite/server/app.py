@@ -18,11 +18,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..chat import render_chat, stop_settings
-from ..engine import Engine
-from ..generation import _eos_ids
-from ..sampling import SamplingParams
-from .detok import TextDecoder
+from ..text.chat_template import render_chat, stop_settings
+from ..runtime.engine import Engine
+from ..runtime.generation import eos_ids
+from ..runtime.sampler import SamplingParams
+from ..text.detok import TextDecoder
 from .errors import STATUS_TYPES, APIError, bad_request, error_body, too_large, unauthorized
 from .protocol import ChatRequest, CompletionRequest, Reply, parse
 from .runner import EngineRunner, Job
@@ -57,8 +57,8 @@ async def read_json(request: Request, limit: int) -> Any:
     if length is not None:
         try:
             declared = int(length)
-        except ValueError:
-            raise bad_request(f"invalid Content-Length header: {length!r}") from None
+        except ValueError as err:
+            raise bad_request(f"invalid Content-Length header: {length!r}") from err
         if declared > limit:
             raise too_large(limit)
     body = bytearray()
@@ -71,7 +71,7 @@ async def read_json(request: Request, limit: int) -> Any:
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
-        raise bad_request(f"the body is not valid JSON: {e}") from None
+        raise bad_request(f"the body is not valid JSON: {e}") from e
 
 
 class Service:
@@ -97,13 +97,13 @@ class Service:
         try:
             text = render_chat(self.tok, messages, add_generation_prompt=True)
         except (ValueError, TypeError) as e:
-            raise bad_request(str(e), param="messages") from None
-        eos_ids, chat_stops = stop_settings(self.tok)
-        return self.tok.encode(text), set(eos_ids) | _eos_ids(self.model, None), chat_stops + body.stop_list()
+            raise bad_request(str(e), param="messages") from e
+        chat_eos, chat_stops = stop_settings(self.tok)
+        return self.tok.encode(text), set(chat_eos) | eos_ids(self.model, None), chat_stops + body.stop_list()
 
     def completion_prompt(self, body: CompletionRequest) -> tuple[list[int], set[int], list[str]]:
         ids = self.tok.encode(body.prompt) if isinstance(body.prompt, str) else list(body.prompt)
-        return ids, _eos_ids(self.model, None), body.stop_list()
+        return ids, eos_ids(self.model, None), body.stop_list()
 
     def budget(self, n_prompt: int, max_tokens: int | None, prompt_param: str) -> int:
         """max_tokens checked against the context (default: the rest of the context)."""

@@ -23,7 +23,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.bind(addr)
     except OSError as e:
         sock.close()
-        raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock

@@ -118,7 +118,7 @@ def parse(cls: type[BaseModel], data: Any) -> Any:
         loc = [str(p) for p in err["loc"] if not _is_union_tag(p)]
         param = ".".join(loc) or None
         msg = err["msg"].removeprefix("Value error, ")
-        raise bad_request(f"{param}: {msg}" if param else msg, param=param) from None
+        raise bad_request(f"{param}: {msg}" if param else msg, param=param) from e
 
 
 def _is_union_tag(p: Any) -> bool:  # pydantic names the union member tried: 'str', 'list[int]', ...

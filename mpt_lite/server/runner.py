@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
-from ..engine import Engine, Request
-from ..sampling import SamplingParams
-from .detok import TextDecoder
+from ..runtime.engine import Engine, Request
+from ..runtime.sampler import SamplingParams
+from ..text.detok import TextDecoder
 from .errors import APIError, bad_request, queue_full
 
 log = logging.getLogger("mpt_lite.server")

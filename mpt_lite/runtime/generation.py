@@ -9,7 +9,11 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from .sampling import SamplingParams
+from ..model.inputs import check_attention_mask, check_input_ids
+from ..text.detok import find_stop, text_pieces
+from .block_manager import DEFAULT_BLOCK_SIZE
+from .engine import Engine
+from .sampler import SamplingParams
 
 
 def generate(model, inputs: Any = None, attention_mask: torch.Tensor | None = None, *,
@@ -28,7 +32,7 @@ def generate(model, inputs: Any = None, attention_mask: torch.Tensor | None = No
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     if any(not isinstance(s, str) or not s for s in stops):
         raise ValueError("stop must be a non-empty string or a list of them")
-    eos = _eos_ids(model, eos_token_id)
+    eos = eos_ids(model, eos_token_id)
 
     if isinstance(inputs, torch.Tensor):
         if stream:
@@ -51,7 +55,8 @@ def generate(model, inputs: Any = None, attention_mask: torch.Tensor | None = No
     raise TypeError(f"generate() takes a string, a list of strings or a LongTensor, not {type(inputs).__name__}")
 
 
-def _eos_ids(model, eos_token_id: Any) -> set[int]:
+def eos_ids(model, eos_token_id: Any) -> set[int]:
+    """The token ids that end generation: those given, else the config's or the tokenizer's eos."""
     if eos_token_id is None:
         eos_token_id = model.config.eos_token_id
         if eos_token_id is None and model.tokenizer is not None:
@@ -63,9 +68,6 @@ def _eos_ids(model, eos_token_id: Any) -> set[int]:
 
 def _engine(model, rows: list[list[int]], max_new: int):
     """An engine whose cache holds every row at full length (blocks are committed only when used)."""
-    from .engine import Engine
-    from .kv_cache import DEFAULT_BLOCK_SIZE
-
     blocks = sum(-(-(len(r) + max_new) // DEFAULT_BLOCK_SIZE) for r in rows)
     return Engine(model, num_blocks=max(blocks, 1), max_num_seqs=max(len(rows), 1))
 
@@ -79,11 +81,9 @@ def _add(engine, row: list[int], max_new: int, params: SamplingParams, eos: set[
 def _generate_ids(model, ids, mask, max_new, params, eos) -> torch.Tensor:
     """Rows run unpadded (a padded position is dropped, as the mask says), so left padding gives
     what transformers gives: ALiBi biases and llm-foundry's shifted wpe positions are relative."""
-    from .modeling import _check_attention_mask, check_input_ids
-
     check_input_ids(ids, model.config.vocab_size)
     if mask is not None:
-        mask = _check_attention_mask(mask, ids.shape[0], ids.shape[1], ids.device)
+        mask = check_attention_mask(mask, ids.shape[0], ids.shape[1], ids.device)
     rows = [r[m != 0].tolist() for r, m in zip(ids, mask)] if mask is not None else ids.tolist()
     for i, r in enumerate(rows):
         if not r:
@@ -110,14 +110,12 @@ def _stop_fn(tok, stops: list[str]):
     tail = 4 * max(len(s) for s in stops) + 4  # a character spans at most 4 byte-level tokens
 
     def hit(out: list[int]) -> bool:
-        return _find_stop(tok.decode(out[-tail:]), stops) is not None
+        return find_stop(tok.decode(out[-tail:]), stops) is not None
 
     return hit
 
 
 def _prompt_ids(model, tok, prompt: str) -> list[int]:
-    from .modeling import check_input_ids
-
     ids = tok.encode(prompt)
     if not ids:
         raise ValueError("the prompt encodes to no tokens")
@@ -129,35 +127,7 @@ def _stream_text(model, tok, prompt: str, max_new: int, params, eos, stops) -> I
     ids = _prompt_ids(model, tok, prompt)
     engine = _engine(model, [ids], max_new)
     req = _add(engine, ids, max_new, params, eos, 0)
-    return _text_pieces(tok, engine.stream(req), eos, stops)
-
-
-def _text_pieces(tok, tokens: Iterator[int], eos: set[int], stops: list[str]) -> Iterator[str]:
-    """Text pieces of a token stream: held back while a multi-byte character or a possible stop
-    string is unfinished; ends before a stop string or at eos."""
-    out_ids: list[int] = []
-    emitted = 0
-    text = ""
-    for t in tokens:
-        if t in eos:
-            break
-        out_ids.append(t)
-        text = tok.decode(out_ids)
-        if text.endswith("\ufffd"):  # an unfinished multi-byte character: wait for its next byte
-            continue
-        cut = _find_stop(text, stops)
-        if cut is not None:
-            if cut > emitted:
-                yield text[emitted:cut]
-            return
-        safe = len(text) - _held_back(text, stops)
-        if safe > emitted:
-            yield text[emitted:safe]
-            emitted = safe
-    cut = _find_stop(text, stops)
-    end = cut if cut is not None else len(text)
-    if end > emitted:
-        yield text[emitted:end]
+    return text_pieces(tok, engine.stream(req), eos, stops)
 
 
 def _generate_texts(model, tok, prompts, max_new, params, eos, stops) -> list[str]:
@@ -166,26 +136,4 @@ def _generate_texts(model, tok, prompts, max_new, params, eos, stops) -> list[st
     reqs = [_add(engine, r, max_new, params, eos, i, _stop_fn(tok, stops)) for i, r in enumerate(rows)]
     for _ in engine.run():
         pass
-    results = []
-    for r in reqs:
-        ids = [t for t in r.output if t not in eos]
-        text = tok.decode(ids)
-        cut = _find_stop(text, stops)
-        results.append(text if cut is None else text[:cut])
-    return results
-
-
-def _find_stop(text: str, stops: list[str]) -> int | None:
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return min(hits) if hits else None
-
-
-def _held_back(text: str, stops: list[str]) -> int:
-    """How many trailing characters could still turn out to be the start of a stop string."""
-    keep = 0
-    for s in stops:
-        for n in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:n]):
-                keep = max(keep, n)
-                break
-    return keep
+    return ["".join(text_pieces(tok, r.output, eos, stops)) for r in reqs]

@@ -1,4 +1,4 @@
-"""from_pretrained / save_pretrained: checkpoint files -> model and back.
+"""from_pretrained: checkpoint files -> a model of the class it is given (saving.py goes back).
 
 The model is built on the meta device (no memory, no random init) and each tensor is moved
 into place as the checkpoint streams it, so the whole float model is never held twice."""
@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import ops
+from .. import kernels
 from .checkpoint import iter_tensors, resolve_checkpoint, safetensors_metadata, weight_files
-from .config import CONFIG_NAME, MptConfig
-from .quant import QuantEmbedding, QuantLinear, quant_metadata, quant_type_for, quantized_modules
+from ..config import CONFIG_NAME, MissingKeyError, MptConfig
+from ..quant import QuantEmbedding, QuantLinear, quant_type_for, quantized_modules
 
 HEAD_PREFIXES = ("score.", "classifier.", "qa_outputs.", "lm_head.")
 WEIGHT_FILE_PATTERNS = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
@@ -30,12 +30,12 @@ def check_device(device: Any) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"unknown device {device!r}: {e}") from None
+        raise ValueError(f"unknown device {device!r}: {e}") from e
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             why = "this torch is a CPU-only build" if torch.version.cuda is None else "no GPU or driver is visible"
             raise ValueError(f"device='cuda' was requested but torch sees no CUDA GPU on this machine ({why}); "
-                             f"mpt_lite's CUDA kernels are {'built' if ops.cuda_built() else 'not built'}")
+                             f"mpt_lite's CUDA kernels are {'built' if kernels.cuda_built() else 'not built'}")
     elif dev.type != "cpu":
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     return dev
@@ -58,9 +58,9 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
             raise ValueError(f"{folder} holds {stored} weights; they cannot be loaded as {qtype} "
                              f"(pass bits=None to use them as saved)")
         qtype = stored
-    if qtype is not None and dev.type == "cuda" and not ops.cuda_built():
+    if qtype is not None and dev.type == "cuda" and not kernels.cuda_built():
         raise ValueError(f"device='cuda' with quantized weights ({qtype}) needs mpt_lite's CUDA kernels, but "
-                         f"{ops.NO_CUDA_BUILD}")
+                         f"{kernels.NO_CUDA_BUILD}")
     with torch.device("meta"):
         if qtype is None:
             model = cls(config)
@@ -110,13 +110,13 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
         _install_codes(qmods[mod_name], mod_name, got)
         seen.add(mod_name)
     if unexpected:
-        raise KeyError(f"unexpected tensors in {folder} (the config does not describe them): "
+        raise MissingKeyError(f"unexpected tensors in {folder} (the config does not describe them): "
                        + ", ".join(sorted(unexpected)))
     missing = [n for n in params if n not in seen]
     missing_backbone = [n for n in missing if not n.startswith(HEAD_PREFIXES)]
     missing_backbone += [f"{n}.weight" for n in qmods if n not in seen]
     if missing_backbone:
-        raise KeyError(f"tensors missing from {folder}: " + ", ".join(missing_backbone))
+        raise MissingKeyError(f"tensors missing from {folder}: " + ", ".join(missing_backbone))
     if missing:
         warnings.warn(f"{', '.join(missing)} not in the checkpoint: newly initialised; train the head before use",
                       stacklevel=3)
@@ -127,8 +127,6 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
         model.to(dev)  # codes are made (or read) on the CPU, then moved with the rest
     model.eval()
     model.requires_grad_(False)
-    if qmods:
-        model.torch_threads = 1  # the heavy work runs in mpt_lite's pool (see threads.py)
     _attach_tokenizer(model, folder)
     return model
 
@@ -146,14 +144,14 @@ def _stored_quantization(files: list[Path]) -> tuple[str | None, int]:
     """(format, blocksize) of a checkpoint saved quantized by mpt_lite or by transformers +
     bitsandbytes; (None, 64) for a float checkpoint."""
     if files[0].suffix != ".safetensors":
-        return None, ops.NF4_BLOCKSIZE
+        return None, kernels.NF4_BLOCKSIZE
     meta = safetensors_metadata(files[0])
     if "mpt_lite_quant" in meta:
         try:
             info = json.loads(meta["mpt_lite_quant"])
             fmt, version, blocksize = info["format"], int(info["version"]), int(info["blocksize"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise OSError(f"{files[0]}: unreadable mpt_lite_quant metadata ({e})") from None
+            raise OSError(f"{files[0]}: unreadable mpt_lite_quant metadata ({e})") from e
         if version > 1 or fmt not in ("int8", "nf4", "int4"):
             raise OSError(f"{files[0]}: quantized format {fmt!r} version {version} is newer than this mpt_lite")
         return fmt, blocksize
@@ -166,8 +164,8 @@ def _stored_quantization(files: list[Path]) -> tuple[str | None, int]:
             state = _bnb_state(sf.get_tensor(states[0]), states[0])
             return "nf4", int(state["blocksize"])
     if any(k.endswith(".SCB") for k in keys):
-        return "int8", ops.NF4_BLOCKSIZE
-    return None, ops.NF4_BLOCKSIZE
+        return "int8", kernels.NF4_BLOCKSIZE
+    return None, kernels.NF4_BLOCKSIZE
 
 
 BNB_STATE = ".weight.quant_state.bitsandbytes__nf4"
@@ -187,7 +185,7 @@ def _bnb_state(t: torch.Tensor, key: str) -> dict:
     try:
         return json.loads(bytes(t.to(torch.uint8).reshape(-1).tolist()).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise OSError(f"{key}: unreadable bitsandbytes quant_state ({e})") from None
+        raise OSError(f"{key}: unreadable bitsandbytes quant_state ({e})") from e
 
 
 def _install_codes(mod, name: str, got: dict[str, torch.Tensor]) -> None:
@@ -203,7 +201,7 @@ def _install_codes(mod, name: str, got: dict[str, torch.Tensor]) -> None:
             raise ValueError(f"{name}: bitsandbytes shape {state.get('shape')} != [{mod.rows}, {mod.cols}]")
         mod.blocksize = int(state["blocksize"])
         qmap = got.pop("weight.quant_map", None)
-        if qmap is not None and not torch.equal(qmap.float().reshape(-1), ops.nf4_code()):
+        if qmap is not None and not torch.equal(qmap.float().reshape(-1), kernels.nf4_code()):
             raise ValueError(f"{name}: the quant_map is not the NF4 code table")
         absmax = got.pop("weight.absmax")
         if "weight.nested_absmax" in got:  # bitsandbytes double quantization of absmax
@@ -214,11 +212,11 @@ def _install_codes(mod, name: str, got: dict[str, torch.Tensor]) -> None:
             absmax = code[absmax.reshape(-1).long()] * scale + float(state["nested_offset"])
         got["weight_absmax"] = absmax.float().reshape(-1)
     if "weight" not in got:
-        raise KeyError(f"{name}.weight is missing from the checkpoint (found {sorted(got)})")
+        raise MissingKeyError(f"{name}.weight is missing from the checkpoint (found {sorted(got)})")
     try:
         mod.load_codes(got)
     except (KeyError, TypeError, ValueError) as e:
-        raise type(e)(f"{name}: {e}") from None
+        raise type(e)(f"{name}: {e}") from e
 
 
 def _model_key(key: str, is_base: bool) -> str:
@@ -248,34 +246,7 @@ def _init_missing(model: nn.Module, names: list[str], dev: torch.device, dtype: 
 
 
 def _attach_tokenizer(model: nn.Module, folder: Path) -> None:
-    from .tokenizer import MptTokenizer
+    from ..text.tokenizer import MptTokenizer
 
     if (folder / "tokenizer.json").is_file():
         model.tokenizer = MptTokenizer.from_pretrained(folder)
-
-
-def save_pretrained(model: nn.Module, save_directory: Any) -> None:
-    """Writes config.json and model.safetensors (the tied wte once, no lm_head).
-
-    Files are written beside their final name and renamed into place, so a failed save leaves the
-    previous ones intact; a folder holding another checkpoint's weight files is refused."""
-    from safetensors.torch import save_file
-
-    path = Path(save_directory)
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"{path} exists and is not a folder")
-    path.mkdir(parents=True, exist_ok=True)
-    others = sorted({p.name for pat in WEIGHT_FILE_PATTERNS for p in path.glob(pat)} - {"model.safetensors"})
-    if others:
-        raise FileExistsError(f"{path} already holds other weight files ({', '.join(others)}); "
-                              "save into an empty folder")
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    metadata = {"format": "pt", **(quant_metadata(model) or {})}
-    tmp = path / ".model.safetensors.tmp"
-    save_file(state, str(tmp), metadata=metadata)
-    config_tmp = path / ".config.json.tmp"
-    config_tmp.write_text(model.config.to_json_string())
-    os.replace(tmp, path / "model.safetensors")
-    os.replace(config_tmp, path / CONFIG_NAME)
-    if getattr(model, "tokenizer", None) is not None:
-        model.tokenizer.save_pretrained(path)

@@ -7,18 +7,17 @@ from typing import Any
 
 import torch
 
-from .config import MptConfig
+from ..config import MptConfig
+from ..quant import FORMATS
 
-# Layouts of the quantized formats (see DESIGN.md, "Weight formats").
-NF4_BLOCK = 64          # fp32 absmax per block of 64 weights of the flattened tensor
-INT4_GROUP = 32         # one scale per group of 32 weights along in_features
-INT4_SCALE_BYTES = 4    # an fp32 scale per group of 32 (csrc/cpu/quant_formats.h)
+NF4_BLOCK = 64  # the default nf4 blocksize, as load() quantizes
+
 QUANTIZED_SUFFIXES = ("Wqkv.weight", "out_proj.weight", "up_proj.weight", "down_proj.weight")
 
 
 def parameter_shapes(config: MptConfig, task: str = "causal-lm") -> dict[str, tuple[int, ...]]:
     """name -> shape of every parameter of the model, built on the meta device (no memory)."""
-    from .modeling import TASKS
+    from .heads import TASKS
 
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
@@ -48,10 +47,8 @@ def format_sizes(shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
                 sizes[k] += 4 * n
             continue
         out_f, in_f = shape
-        sizes["int8"] += n + 4 * out_f                                   # int8 codes + fp32 scale per row
-        sizes["nf4"] += (n + 1) // 2 + 4 * math.ceil(n / NF4_BLOCK)       # two codes a byte + fp32 absmax
-        groups = math.ceil(in_f / INT4_GROUP)  # rows are padded to whole groups of 32
-        sizes["int4"] += out_f * groups * (INT4_GROUP // 2 + INT4_SCALE_BYTES)
+        for k in ("int8", "nf4", "int4"):
+            sizes[k] += FORMATS[k].nbytes(out_f, in_f, NF4_BLOCK)
     return sizes
 
 

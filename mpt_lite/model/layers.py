@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import MptConfig
-from .kv_cache import PagedLayer
+from ..config import MptConfig
+from .attention_backend import PagedAttention
 
 
 def alibi_slopes(n_heads: int, alibi_bias_max: float = 8) -> torch.Tensor:
@@ -22,6 +22,17 @@ def alibi_slopes(n_heads: int, alibi_bias_max: float = 8) -> torch.Tensor:
     if n_pow2 != n_heads:
         slopes = torch.cat([slopes[1::2], slopes[::2]])[:n_heads]
     return slopes
+
+
+SMALL_NORM = 1 << 15  # elements: below this a norm is computed without entering torch's OpenMP pool
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """Exact (erf) GELU. Small tensors avoid torch's oneDNN kernel, which opens an OpenMP parallel
+    region for any size (see MptNorm)."""
+    if x.numel() > SMALL_NORM:
+        return F.gelu(x)
+    return x * 0.5 * (1.0 + torch.erf(x * 0.7071067811865476))
 
 
 class MptNorm(nn.Module):
@@ -39,7 +50,18 @@ class MptNorm(nn.Module):
             xf = x.float()
             y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
             return (y * self.weight.float()).to(x.dtype)
-        return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+        if x.numel() > SMALL_NORM:
+            return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+        # torch's layer_norm opens an OpenMP parallel region even for one row; on a small machine
+        # its threads then wait for cores that mpt_lite's kernel pool holds (measured: 10x slower
+        # decode on 2 cores). Elementwise ops and reductions this small stay on the calling thread.
+        xf = x.float()
+        mu = xf.mean(-1, keepdim=True)
+        d = xf - mu
+        y = d * torch.rsqrt(d.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
+        if self.bias is not None:
+            y = y + self.bias.float()
+        return y.to(x.dtype)
 
 
 def attention_mask_4d(
@@ -119,7 +141,7 @@ class MptAttention(nn.Module):
         q, k, v = qkv.split([self.d_model, kv_dim, kv_dim], dim=-1)
         if self.q_ln is not None:
             q, k = self.q_ln(q), self.k_ln(k)
-        if isinstance(past, PagedLayer):  # the engine's flat batch: b == 1, s tokens of many sequences
+        if isinstance(past, PagedAttention):  # the engine's flat batch: b == 1, s tokens of many sequences
             ctx = past.attend(q.reshape(b * s, self.n_heads, self.head_dim),
                               k.reshape(b * s, self.kv_n_heads, self.head_dim),
                               v.reshape(b * s, self.kv_n_heads, self.head_dim), self.scale, slopes)
@@ -143,7 +165,7 @@ class MptMLP(nn.Module):
         self.down_proj = linear(hidden, config.d_model, bias=not config.no_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.gelu(self.up_proj(x)))
+        return self.down_proj(gelu(self.up_proj(x)))
 
 
 class MptBlock(nn.Module):

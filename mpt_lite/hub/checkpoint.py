@@ -57,7 +57,7 @@ def _hub_snapshot(repo_id: str, config_only: bool) -> Path:
 
     try:  # the local cache first: no network, no waiting
         return Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception:
+    except (OSError, ValueError):  # not cached (LocalEntryNotFoundError) or not a valid repo id
         pass
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
         raise FileNotFoundError(
@@ -71,10 +71,10 @@ def _hub_snapshot(repo_id: str, config_only: bool) -> Path:
             folder = Path(snapshot_download(repo_id, allow_patterns=patterns + ["*.bin"]))
         return folder
     except HfHubHTTPError as e:
-        raise OSError(f"could not download {repo_id} from the hub: {_first_line(e)}") from None
+        raise OSError(f"could not download {repo_id} from the hub: {_first_line(e)}") from e
     except Exception as e:  # connection errors, timeouts, missing repos
         raise OSError(f"could not fetch {repo_id}: it is not in the Hugging Face cache and the hub could not be "
-                      f"reached ({type(e).__name__}: {_first_line(e)})") from None
+                      f"reached ({type(e).__name__}: {_first_line(e)})") from e
 
 
 def _first_line(e: Exception) -> str:
@@ -95,7 +95,7 @@ def weight_files(folder: Path) -> list[Path]:
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise OSError(f"{index} is not a valid shard index ({e})") from None
+                raise OSError(f"{index} is not a valid shard index ({e})") from e
             shards = sorted(set(weight_map.values()))
             missing = [s for s in shards if not (folder / s).is_file()]
             if missing:
@@ -138,7 +138,7 @@ def count_tensors(files: list[Path]) -> int | None:
             with safe_open(str(f), framework="pt") as sf:
                 n += len(list(sf.keys()))
         except Exception as e:
-            raise OSError(f"{f} is not a readable safetensors file ({e})") from None
+            raise OSError(f"{f} is not a readable safetensors file ({e})") from e
     return n
 
 
@@ -149,7 +149,7 @@ def safetensors_metadata(path: Path) -> dict:
         with safe_open(str(path), framework="pt") as sf:
             return dict(sf.metadata() or {})
     except Exception as e:
-        raise OSError(f"{path} is not a readable safetensors file ({e})") from None
+        raise OSError(f"{path} is not a readable safetensors file ({e})") from e
 
 
 _SAFE_DTYPES = {
@@ -169,7 +169,7 @@ def _iter_safetensors(path: Path, shared: list | None = None) -> Iterator[tuple[
     try:
         f = open(path, "rb")
     except OSError as e:
-        raise OSError(f"{path} is not a readable safetensors file: {e}") from None
+        raise OSError(f"{path} is not a readable safetensors file: {e}") from e
     with f:
         try:
             (n,) = struct.unpack("<Q", f.read(8))
@@ -179,7 +179,7 @@ def _iter_safetensors(path: Path, shared: list | None = None) -> Iterator[tuple[
             entries = [(k, v) for k, v in header.items() if k != "__metadata__"]
             entries.sort(key=lambda kv: kv[1]["data_offsets"][0])
         except (struct.error, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise OSError(f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from None
+            raise OSError(f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from e
         base = 8 + n
         size = os.fstat(f.fileno()).st_size
         for key, info in entries:
@@ -188,7 +188,7 @@ def _iter_safetensors(path: Path, shared: list | None = None) -> Iterator[tuple[
                 shape = [int(d) for d in info["shape"]]
                 start, end = (int(o) for o in info["data_offsets"])
             except (KeyError, TypeError, ValueError) as e:
-                raise OSError(f"{path}: tensor {key!r} has an unsupported or malformed entry ({e})") from None
+                raise OSError(f"{path}: tensor {key!r} has an unsupported or malformed entry ({e})") from e
             if shared is None:
                 t = torch.empty(shape, dtype=dtype)
             else:
@@ -216,7 +216,7 @@ def _iter_torch_bin(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:
-        raise OSError(f"{path} is not a readable PyTorch weight file (corrupt or truncated?): {e}") from None
+        raise OSError(f"{path} is not a readable PyTorch weight file (corrupt or truncated?): {e}") from e
     if not isinstance(state, dict):
         raise OSError(f"{path} does not hold a state dict (found {type(state).__name__})")
     keys = list(state.keys())

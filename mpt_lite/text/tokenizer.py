@@ -33,7 +33,7 @@ class MptTokenizer:
         try:
             tok = Tokenizer.from_file(str(path))
         except Exception as e:
-            raise OSError(f"cannot read tokenizer {path}: {e}") from None
+            raise OSError(f"cannot read tokenizer {path}: {e}") from e
         config: dict = {}
         for name in ("special_tokens_map.json", "tokenizer_config.json"):
             f = folder / name
@@ -41,7 +41,7 @@ class MptTokenizer:
                 try:
                     config.update(json.loads(f.read_text()))
                 except json.JSONDecodeError as e:
-                    raise OSError(f"{f} is not valid JSON: {e}") from None
+                    raise OSError(f"{f} is not valid JSON: {e}") from e
         return cls(tok, config, folder)
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
@@ -121,7 +121,7 @@ class MptTokenizer:
     def apply_chat_template(self, messages: Sequence[dict], add_generation_prompt: bool = True,
                             tokenize: bool = False, chat_template: str | None = None, **extra: Any):
         """The prompt of a conversation (ChatML for MPT chat models), as text or token ids."""
-        from .chat import render_chat
+        from .chat_template import render_chat
 
         text = render_chat(self, messages, add_generation_prompt=add_generation_prompt,
                            chat_template=chat_template, **extra)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -79,9 +79,9 @@ def render_chat(tokenizer: Any, messages: Any, add_generation_prompt: bool = Tru
     }
     try:
         import jinja2  # noqa: F401
-    except ImportError:
+    except ImportError as err:
         if template != CHATML_TEMPLATE:
-            raise ImportError("rendering this checkpoint's chat_template needs jinja2: pip install jinja2") from None
+            raise ImportError("rendering this checkpoint's chat_template needs jinja2: pip install jinja2") from err
         return _render_chatml(messages, add_generation_prompt)
     return _render_jinja(template, messages, add_generation_prompt, variables)
 
@@ -108,7 +108,7 @@ def _render_jinja(template: str, messages: list[dict], add_generation_prompt: bo
         compiled = env.from_string(template)
         return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt, **variables)
     except TemplateError as e:
-        raise ValueError(f"the chat template could not be rendered: {e}") from None
+        raise ValueError(f"the chat template could not be rendered: {e}") from e
 
 
 def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
@@ -126,19 +126,3 @@ def stop_settings(tokenizer: Any) -> tuple[list[int], list[str]]:
         if i is not None:
             ids.append(i)
     return list(dict.fromkeys(ids)), [IM_END, IM_START]
-
-
-def chat(model: Any, messages: Any, stream: bool = False, chat_template: str | None = None,
-         **gen_kwargs: Any) -> str | Iterator[str]:
-    """The assistant's reply to a conversation (a string, or text pieces with stream=True)."""
-    tok = getattr(model, "tokenizer", None)
-    if tok is None:
-        raise ValueError("this model has no tokenizer (no tokenizer.json in its checkpoint): chat needs one")
-    prompt = render_chat(tok, messages, add_generation_prompt=True, chat_template=chat_template)
-    eos_ids, stops = stop_settings(tok)
-    if gen_kwargs.get("eos_token_id") is not None:
-        extra = gen_kwargs.pop("eos_token_id")
-        eos_ids += list(extra) if isinstance(extra, (list, tuple, set)) else [extra]
-    user_stop = gen_kwargs.pop("stop", None)
-    stops += [user_stop] if isinstance(user_stop, str) else list(user_stop or [])
-    return model.generate(prompt, stream=stream, eos_token_id=eos_ids, stop=stops, **gen_kwargs)

@@ -1,0 +1,40 @@
+"""save_pretrained: a model -> config.json, model.safetensors (quantized codes as they are) and
+the tokenizer files, written so that a failed save never destroys what was there."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..config import CONFIG_NAME
+from ..quant import quant_metadata
+from .loading import WEIGHT_FILE_PATTERNS
+
+
+def save_pretrained(model: nn.Module, save_directory: Any) -> None:
+    """Writes config.json and model.safetensors (the tied wte once, no lm_head).
+
+    Files are written beside their final name and renamed into place, so a failed save leaves the
+    previous ones intact; a folder holding another checkpoint's weight files is refused."""
+    from safetensors.torch import save_file
+
+    path = Path(save_directory)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path} exists and is not a folder")
+    path.mkdir(parents=True, exist_ok=True)
+    others = sorted({p.name for pat in WEIGHT_FILE_PATTERNS for p in path.glob(pat)} - {"model.safetensors"})
+    if others:
+        raise FileExistsError(f"{path} already holds other weight files ({', '.join(others)}); "
+                              "save into an empty folder")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    metadata = {"format": "pt", **(quant_metadata(model) or {})}
+    tmp = path / ".model.safetensors.tmp"
+    save_file(state, str(tmp), metadata=metadata)
+    config_tmp = path / ".config.json.tmp"
+    config_tmp.write_text(model.config.to_json_string())
+    os.replace(tmp, path / "model.safetensors")
+    os.replace(config_tmp, path / CONFIG_NAME)
+    if getattr(model, "tokenizer", None) is not None:
+        model.tokenizer.save_pretrained(path)

@@ -1,0 +1,24 @@
+"""The only door to the compiled extension (mpt_lite._C): typed argument checks, then dispatch by
+device to the CPU or CUDA kernels. `reference` holds the plain-torch mirror of every op."""
+from __future__ import annotations
+
+from .attention_ops import (KV_CACHE_DTYPES, paged_attention_decode, paged_attention_prefill,
+                            write_kv_cache)
+from .checks import FLOAT_DTYPES, check_blocksize, check_tensor, ptr
+from .extension import (CUDA_GEMV_MAX_M, NO_CUDA_BUILD, cpu_features, cuda_available, cuda_built, current_isa,
+                        num_threads, set_isa, set_num_threads, supported_isas, use_isa)
+from .layouts import INT4_GROUP, NF4_BLOCKSIZE, NF4_CODE, Q8_BLOCK, Q8_MAX_ROWS, int4_groups, nf4_code, use_q8
+from .quant_ops import (dequantize_int4, dequantize_int8, dequantize_nf4, dequantize_rows_int4,
+                        dequantize_rows_int8, dequantize_rows_nf4, matmul_int4, matmul_int8, matmul_nf4,
+                        quantize_int4, quantize_int8, quantize_nf4)
+
+__all__ = [
+    "KV_CACHE_DTYPES", "paged_attention_decode", "paged_attention_prefill", "write_kv_cache",
+    "FLOAT_DTYPES", "check_blocksize", "check_tensor", "ptr",
+    "CUDA_GEMV_MAX_M", "NO_CUDA_BUILD", "cpu_features", "cuda_available", "cuda_built", "current_isa",
+    "num_threads", "set_isa", "set_num_threads", "supported_isas", "use_isa",
+    "INT4_GROUP", "NF4_BLOCKSIZE", "NF4_CODE", "Q8_BLOCK", "Q8_MAX_ROWS", "int4_groups", "nf4_code", "use_q8",
+    "dequantize_int4", "dequantize_int8", "dequantize_nf4", "dequantize_rows_int4", "dequantize_rows_int8",
+    "dequantize_rows_nf4", "matmul_int4", "matmul_int8", "matmul_nf4", "quantize_int4", "quantize_int8",
+    "quantize_nf4",
+]

@@ -1,0 +1,160 @@
+"""The paged KV cache ops: writing keys/values into cache blocks, and ALiBi attention over them
+(decode: one query per sequence; prefill: a causal chunk per sequence)."""
+from __future__ import annotations
+
+import torch
+
+from .checks import check_tensor, op_device, ptr
+from .extension import _C, launch
+
+# ---- paged KV cache and attention ----
+#
+# A layer's cache is a pair of tensors k_cache, v_cache of shape (num_blocks, block_size,
+# kv_heads, head_dim) in float32, bfloat16, float16 or int8; int8 caches carry float32 scales
+# k_scale, v_scale of shape (num_blocks, block_size, kv_heads): value = int8 * scale, with
+# scale = absmax / 127 over one token and head. A slot is block * block_size + offset.
+
+KV_CACHE_DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.int8: 3}
+
+
+def _cache_args(k_cache, v_cache, k_scale, v_scale) -> tuple:
+    check_tensor("k_cache", k_cache, tuple(KV_CACHE_DTYPES), ndim=4, device=op_device("k_cache", k_cache))
+    check_tensor("v_cache", v_cache, (k_cache.dtype,), ndim=4, device=k_cache.device)
+    if v_cache.shape != k_cache.shape:
+        raise ValueError(f"k_cache and v_cache differ in shape: {tuple(k_cache.shape)} vs {tuple(v_cache.shape)}")
+    num_blocks, block_size, kv_heads, head_dim = k_cache.shape
+    if min(block_size, kv_heads, head_dim) == 0:
+        raise ValueError(f"empty KV cache dimensions: {tuple(k_cache.shape)}")
+    scales = (0, 0)
+    if k_cache.dtype == torch.int8:
+        for name, s in (("k_scale", k_scale), ("v_scale", v_scale)):
+            if s is None:
+                raise ValueError(f"an int8 KV cache needs {name}")
+            check_tensor(name, s, (torch.float32,), ndim=3, device=k_cache.device)
+            if tuple(s.shape) != (num_blocks, block_size, kv_heads):
+                raise ValueError(f"{name} must have shape {(num_blocks, block_size, kv_heads)}, got {tuple(s.shape)}")
+        scales = (ptr(k_scale), ptr(v_scale))
+    elif k_scale is not None or v_scale is not None:
+        raise ValueError("k_scale/v_scale belong to int8 KV caches only")
+    return (ptr(k_cache), ptr(v_cache), *scales, KV_CACHE_DTYPES[k_cache.dtype], num_blocks * block_size,
+            kv_heads, head_dim, block_size)
+
+
+def _as_f32(name: str, t: object, shape_tail: tuple, device: str | torch.device = "cpu") -> torch.Tensor:
+    check_tensor(name, t, (torch.float32, torch.bfloat16, torch.float16), ndim=1 + len(shape_tail), device=device)
+    if tuple(t.shape[1:]) != shape_tail:
+        raise ValueError(f"{name} must have shape (tokens, {', '.join(map(str, shape_tail))}), got {tuple(t.shape)}")
+    return t.float().contiguous()
+
+
+def _index(name: str, t: object, shape: tuple, dtype: torch.dtype,
+           device: str | torch.device = "cpu") -> torch.Tensor:
+    """An index array (slots, block tables, lengths). For a CUDA op it may sit on the CPU or on the
+    op's device; the CUDA paths take both copies (_host_and_device)."""
+    if isinstance(device, torch.device) and device.type == "cuda" and isinstance(t, torch.Tensor) \
+            and t.device.type == "cpu":
+        device = "cpu"
+    check_tensor(name, t, (dtype,), ndim=len(shape), device=device)
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    return t.contiguous()
+
+
+def _host_and_device(t: torch.Tensor, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The host copy (for argument checks) and the device copy of an index array. Every layer of a
+    step passes the same CPU tensors, so the device copy is made once and kept on the tensor (keyed
+    by its version counter: an in-place change makes a new copy)."""
+    host = t.cpu().contiguous()
+    if t.device == dev:
+        return host, t.contiguous()
+    memo = getattr(t, "_mpt_lite_device_copy", None)
+    if memo is not None and memo[0] == t._version and memo[1].device == dev:
+        return host, memo[1]
+    copy = host.to(dev)
+    t._mpt_lite_device_copy = (t._version, copy)
+    return host, copy
+
+
+def write_kv_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                   slot_mapping: torch.Tensor, k_scale: torch.Tensor | None = None,
+                   v_scale: torch.Tensor | None = None) -> None:
+    """Writes key/value (tokens, kv_heads, head_dim) into the cache at slot_mapping (tokens,) int64;
+    a negative slot skips its token. In place."""
+    cache = _cache_args(k_cache, v_cache, k_scale, v_scale)
+    dev = k_cache.device
+    tail = tuple(k_cache.shape[2:])
+    key, value = _as_f32("key", key, tail, dev), _as_f32("value", value, tail, dev)
+    if key.shape != value.shape:
+        raise ValueError(f"key and value differ in shape: {tuple(key.shape)} vs {tuple(value.shape)}")
+    slots = _index("slot_mapping", slot_mapping, (key.shape[0],), torch.int64, dev)
+    if dev.type == "cuda":
+        host, slots = _host_and_device(slots, dev)
+        _C.write_kv_cache_cuda(*launch(dev), ptr(key), ptr(value), key.shape[0], ptr(slots), ptr(host), *cache)
+        return
+    _C.write_kv_cache(ptr(key), ptr(value), key.shape[0], ptr(slots), *cache)
+
+
+def _attention(decode: bool, query, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale,
+               slopes, k_scale, v_scale) -> torch.Tensor:
+    cache = _cache_args(k_cache, v_cache, k_scale, v_scale)
+    dev = k_cache.device
+    kv_heads, head_dim = k_cache.shape[2:]
+    check_tensor("query", query, (torch.float32, torch.bfloat16, torch.float16), ndim=3, device=dev)
+    if query.shape[2] != head_dim:
+        raise ValueError(f"query head_dim {query.shape[2]} differs from the cache's {head_dim}")
+    num_heads = query.shape[1]
+    if num_heads % kv_heads:
+        raise ValueError(f"query heads ({num_heads}) must be a multiple of the cache's kv_heads ({kv_heads})")
+    q = query.float().contiguous()
+    check_tensor("block_tables", block_tables, (torch.int32,), ndim=2,
+                 device=block_tables.device if isinstance(block_tables, torch.Tensor) else "cpu")
+    num_seqs = block_tables.shape[0]
+    block_tables = _index("block_tables", block_tables, tuple(block_tables.shape), torch.int32, dev)
+    lens = _index("context_lens", context_lens, (num_seqs,), torch.int32, dev)
+    if decode:
+        if q.shape[0] != num_seqs:
+            raise ValueError(f"decode takes one query per sequence: {q.shape[0]} queries, {num_seqs} block tables")
+        qsl_ptr = 0
+    else:
+        qsl = _index("query_start_loc", query_start_loc, (num_seqs + 1,), torch.int32, dev)
+        if int(qsl[-1]) != q.shape[0]:
+            raise ValueError(f"query_start_loc ends at {int(qsl[-1])}, query has {q.shape[0]} tokens")
+        qsl_ptr = ptr(qsl)
+    slopes_ptr = 0
+    if slopes is not None:
+        slopes = _index("slopes", slopes, (num_heads,), torch.float32, dev).to(dev)
+        slopes_ptr = ptr(slopes)
+    out = torch.empty_like(q)
+    if num_seqs and dev.type == "cuda":
+        bt_h, bt_d = _host_and_device(block_tables, dev)
+        lens_h, lens_d = _host_and_device(lens, dev)
+        qsl_h, qsl_d = _host_and_device(qsl, dev) if not decode else (None, None)
+        _C.paged_attention_cuda(*launch(dev), decode, ptr(q), ptr(out), q.shape[0], num_heads, num_seqs, ptr(bt_d),
+                                ptr(bt_h), block_tables.shape[1], ptr(lens_d), ptr(lens_h),
+                                0 if decode else ptr(qsl_d), 0 if decode else ptr(qsl_h), slopes_ptr, float(scale),
+                                *cache)
+    elif num_seqs:
+        _C.paged_attention(decode, ptr(q), ptr(out), num_heads, num_seqs, ptr(block_tables), block_tables.shape[1],
+                           ptr(lens), qsl_ptr, slopes_ptr, float(scale), *cache)
+    return out
+
+
+def paged_attention_decode(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                           block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
+                           slopes: torch.Tensor | None = None, k_scale: torch.Tensor | None = None,
+                           v_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """One query per sequence, query (seqs, heads, head_dim), at position context_lens[s] - 1, over
+    the keys its block_tables (seqs, max_blocks) int32 row names. Returns float32 (seqs, heads, head_dim)."""
+    return _attention(True, query, k_cache, v_cache, block_tables, context_lens, None, scale, slopes, k_scale,
+                      v_scale)
+
+
+def paged_attention_prefill(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                            block_tables: torch.Tensor, context_lens: torch.Tensor,
+                            query_start_loc: torch.Tensor, scale: float, slopes: torch.Tensor | None = None,
+                            k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal attention of the new tokens of each sequence: query (tokens, heads, head_dim) holds
+    sequence s at rows query_start_loc[s]:query_start_loc[s+1], the last ones of its context_lens[s]
+    tokens (a cached prefix plus these); their K/V must already be in the cache."""
+    return _attention(False, query, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale, slopes,
+                      k_scale, v_scale)

@@ -1,0 +1,75 @@
+"""The compiled extension (mpt_lite._C): the one place it is imported. CPU features, the kernel
+variant (ISA), the thread pool's size, and whether the CUDA kernels were built."""
+from __future__ import annotations
+
+import torch
+
+try:
+    from .. import _C
+except ImportError as e:  # pragma: no cover - a broken or missing build
+    raise ImportError(
+        f"mpt_lite's C++ extension is not built ({e}); run `make setup` (or "
+        "`python setup.py build_ext --inplace`) in the source tree"
+    ) from e
+
+# ---- CPU features, kernel variants, threads ----
+
+def cpu_features() -> dict:
+    return dict(_C.cpu_features())
+
+
+def supported_isas() -> list[str]:
+    return list(_C.supported_isas())
+
+
+def current_isa() -> str:
+    return _C.current_isa()
+
+
+def set_isa(name: str) -> None:
+    """Selects the kernel variant ("generic", "avx2", "avx512"); ValueError if the CPU lacks it."""
+    _C.set_isa(name)
+
+
+class use_isa:
+    """Context manager: run kernels with one variant, then restore the previous one."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.prev = name, None
+
+    def __enter__(self) -> "use_isa":
+        self.prev = current_isa()
+        set_isa(self.name)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        set_isa(self.prev)
+
+
+def num_threads() -> int:
+    return _C.num_threads()
+
+
+def set_num_threads(n: int) -> None:
+    _C.set_num_threads(int(n))
+
+
+NO_CUDA_BUILD = ("mpt_lite was built without CUDA (MPT_LITE_CUDA=on python setup.py build_ext --inplace, "
+                 "with nvcc on the PATH, builds the CUDA kernels)")
+CUDA_GEMV_MAX_M = int(getattr(_C, "cuda_gemv_max_m", 8))
+
+
+def cuda_built() -> bool:
+    """Whether this build of mpt_lite._C holds the CUDA kernels."""
+    return bool(_C.with_cuda)
+
+
+def cuda_available() -> bool:
+    """The CUDA build and a GPU that torch sees."""
+    return cuda_built() and torch.cuda.is_available()
+
+
+def launch(dev: torch.device) -> tuple[int, int]:
+    """(device index, current stream handle) for a CUDA kernel call."""
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    return index, torch.cuda.current_stream(index).cuda_stream

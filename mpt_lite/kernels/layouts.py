@@ -1,0 +1,32 @@
+"""Constants of the weight and activation layouts (csrc/cpu/quant_formats.h), shared by the
+kernel ops and their plain-torch references."""
+from __future__ import annotations
+
+import torch
+
+NF4_CODE = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+            -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+            0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+            0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0)
+NF4_BLOCKSIZE = 64
+INT4_GROUP = 32
+
+
+def nf4_code() -> torch.Tensor:
+    return torch.tensor(NF4_CODE, dtype=torch.float32)
+
+
+def int4_groups(in_features: int) -> int:
+    return (in_features + INT4_GROUP - 1) // INT4_GROUP
+
+
+Q8_MAX_ROWS = 16  # measured: q8 wins up to 16 rows; from 32 the float GEMM is as fast or faster
+Q8_BLOCK = 32
+
+
+def use_q8(q8: object, rows: int) -> bool:
+    if q8 is None:
+        return rows <= Q8_MAX_ROWS
+    if not isinstance(q8, bool):
+        raise TypeError(f"q8 must be None, True or False, got {q8!r}")
+    return q8

@@ -1,0 +1,242 @@
+"""Quantized weights: quantize, dequantize (whole or by rows) and matmul for int8, nf4 and int4,
+on the CPU kernels or, for CUDA tensors, the CUDA kernels."""
+from __future__ import annotations
+
+import torch
+
+from .checks import (check_activations, check_bias, check_blocksize, check_dim, check_row_ids,
+                     check_shape, check_tensor, op_device, ptr, weight_f32)
+from .extension import _C, launch
+from .layouts import NF4_BLOCKSIZE, int4_groups, use_q8
+
+# ---- quantized matmuls (int8, nf4, int4) ----
+# Formats and byte layouts: csrc/cpu/quant_formats.h. Weights are W [N = out, K = in]; the matmuls
+# compute y = x @ W^T (+ bias) for x [..., K] in float32 or bfloat16 (bfloat16 is widened to float32
+# for the kernel and y is returned in x's dtype).
+#
+# Activations: for int8 and int4 weights and at most Q8_MAX_ROWS rows of x (decode), the kernels
+# quantize x to int8 per block of 32 along K, as ggml's q8_0 does (ref_quantize_q8), and sum integer
+# products per block; otherwise (nf4, whose codes are not integers, and prefill) x stays float32.
+# The `q8` argument of matmul_int8 / matmul_int4 forces the choice (None: by the row count).
+# ref_matmul_* mirror exactly that choice: F.linear(ref_dequantize_q8(x) or x, dequantized W) in
+# float32, and every kernel variant equals its mirror to float32 rounding.
+#
+# Error of q8 against float activations: each x is rounded to q * d with d = amax_block / 127, an
+# error of at most d / 2 (1/254 of its block's largest magnitude), so for every output
+#   |y_q8 - y_float| <= sum_k |W[n, k]| * d[block(k)] / 2   (+ float32 rounding),
+# a relative error of at most 1/254 of sum_k |W[n, k]| * amax_block(k); tested in
+# tests/test_quant_kernels.py, together with cosine >= 0.9999 on random data.
+
+
+_FMT_CODE = {"int8": 0, "nf4": 1, "int4": 2}
+
+
+def _cuda_matmul(fmt: str, x: object, data: torch.Tensor, scale: torch.Tensor, N: int, K: int, bs: int,
+                 bias: object) -> torch.Tensor:
+    dev = data.device
+    x2, lead = check_activations(x, K, dev)
+    b = check_bias(bias, N, dev)
+    data, scale = data.contiguous(), scale.contiguous()
+    y = torch.empty(x2.shape[0], N, dtype=torch.float32, device=dev)
+    _C.matmul_cuda(*launch(dev), _FMT_CODE[fmt], ptr(x2), x2.shape[0], ptr(data), ptr(scale), N, K, bs,
+                   0 if b is None else ptr(b), ptr(y))
+    return y.reshape(*lead, N).to(x.dtype)
+
+
+def _cuda_dequantize(fmt: str, data: torch.Tensor, scale: torch.Tensor, N: int, K: int, bs: int,
+                     rows: torch.Tensor | None = None) -> torch.Tensor:
+    dev = data.device
+    data, scale = data.contiguous(), scale.contiguous()
+    n = N if rows is None else rows.numel()
+    out = torch.empty(n, K, dtype=torch.float32, device=dev)
+    if rows is None:
+        _C.dequantize_cuda(*launch(dev), _FMT_CODE[fmt], ptr(data), ptr(scale), N, K, bs, ptr(out))
+    else:
+        _C.dequantize_rows_cuda(*launch(dev), _FMT_CODE[fmt], ptr(data), ptr(scale), N, K, bs, ptr(rows), n,
+                                ptr(out))
+    return out
+
+
+def _run_matmul(fn, x: object, K: int, N: int, bias: object, *weights, q8: object = None) -> torch.Tensor:
+    x2, lead = check_activations(x, K)
+    b = check_bias(bias, N)
+    q8_rows = use_q8(q8, x2.shape[0])
+    y = torch.empty(x2.shape[0], N, dtype=torch.float32)
+    fn(ptr(x2), x2.shape[0], K, *weights, N, 0 if b is None else ptr(b), ptr(y), q8_rows)
+    return y.reshape(*lead, N).to(x.dtype)
+
+
+def _no_q8_on_cuda(q8: object) -> None:
+    if q8:
+        raise ValueError("q8 activations are a CPU kernel path; the CUDA kernels take float activations")
+
+
+# int8: cb int8 [N, K], scb float32 [N]; W = (cb * scb) / 127 (bitsandbytes CB/SCB).
+
+def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    w = weight_f32("w", w)
+    N, K = w.shape
+    cb = torch.empty(N, K, dtype=torch.int8, device=w.device)
+    scb = torch.empty(N, dtype=torch.float32, device=w.device)
+    if w.is_cuda:
+        _C.quantize_int8_cuda(*launch(w.device), ptr(w), N, K, ptr(cb), ptr(scb))
+    else:
+        _C.quantize_int8(ptr(w), N, K, ptr(cb), ptr(scb))
+    return cb, scb
+
+
+def _check_int8(cb: object, scb: object) -> tuple[int, int]:
+    check_tensor("cb", cb, (torch.int8,), ndim=2, device=op_device("cb", cb))
+    check_tensor("scb", scb, (torch.float32,), ndim=1, device=cb.device)
+    check_shape("scb", scb, (cb.shape[0],))
+    return cb.shape[0], cb.shape[1]
+
+
+def dequantize_int8(cb: torch.Tensor, scb: torch.Tensor) -> torch.Tensor:
+    N, K = _check_int8(cb, scb)
+    if cb.is_cuda:
+        return _cuda_dequantize("int8", cb, scb, N, K, 0)
+    cb, scb = cb.contiguous(), scb.contiguous()
+    out = torch.empty(N, K, dtype=torch.float32)
+    _C.dequantize_int8(ptr(cb), ptr(scb), N, K, ptr(out))
+    return out
+
+
+def dequantize_rows_int8(cb: torch.Tensor, scb: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    N, K = _check_int8(cb, scb)
+    cb, scb, rows = cb.contiguous(), scb.contiguous(), check_row_ids(ids, N, cb.device)
+    if cb.is_cuda:
+        return _cuda_dequantize("int8", cb, scb, N, K, 0, rows).reshape(*ids.shape, K)
+    out = torch.empty(rows.numel(), K, dtype=torch.float32)
+    _C.dequantize_rows_int8(ptr(cb), ptr(scb), K, ptr(rows), rows.numel(), ptr(out))
+    return out.reshape(*ids.shape, K)
+
+
+def matmul_int8(x: torch.Tensor, cb: torch.Tensor, scb: torch.Tensor, bias: torch.Tensor | None = None,
+                q8: bool | None = None) -> torch.Tensor:
+    N, K = _check_int8(cb, scb)
+    if cb.is_cuda:
+        _no_q8_on_cuda(q8)
+        return _cuda_matmul("int8", x, cb, scb, N, K, 0, bias)
+    cb, scb = cb.contiguous(), scb.contiguous()
+    return _run_matmul(_C.matmul_int8, x, K, N, bias, ptr(cb), ptr(scb), q8=q8)
+
+
+# nf4: packed uint8 [ceil(N*K/2)] over the flattened weight (first element in the high nibble),
+# absmax float32 [ceil(N*K/blocksize)]; W = NF4_CODE[q] * absmax[block] (bitsandbytes NF4).
+
+def quantize_nf4(w: torch.Tensor, blocksize: int = NF4_BLOCKSIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    w = weight_f32("w", w)
+    bs = check_blocksize(blocksize)
+    numel = w.numel()
+    packed = torch.empty((numel + 1) // 2, dtype=torch.uint8, device=w.device)
+    absmax = torch.empty((numel + bs - 1) // bs, dtype=torch.float32, device=w.device)
+    if w.is_cuda:
+        _C.quantize_nf4_cuda(*launch(w.device), ptr(w), numel, bs, ptr(packed), ptr(absmax))
+    else:
+        _C.quantize_nf4(ptr(w), numel, bs, ptr(packed), ptr(absmax))
+    return packed, absmax
+
+
+def _check_nf4(packed: object, absmax: object, shape: object, blocksize: object) -> tuple[int, int, int]:
+    if not (isinstance(shape, (tuple, list, torch.Size)) and len(shape) == 2):
+        raise TypeError(f"shape must be (out_features, in_features), got {shape!r}")
+    N, K = check_dim("shape[0]", shape[0]), check_dim("shape[1]", shape[1])
+    bs = check_blocksize(blocksize)
+    check_tensor("packed", packed, (torch.uint8,), device=op_device("packed", packed))
+    check_tensor("absmax", absmax, (torch.float32,), ndim=1, device=packed.device)
+    if packed.numel() != (N * K + 1) // 2:
+        raise ValueError(f"packed must hold {(N * K + 1) // 2} bytes for shape {(N, K)}, got {packed.numel()}")
+    check_shape("absmax", absmax, ((N * K + bs - 1) // bs,))
+    return N, K, bs
+
+
+def dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, shape, blocksize: int = NF4_BLOCKSIZE) -> torch.Tensor:
+    N, K, bs = _check_nf4(packed, absmax, shape, blocksize)
+    if packed.is_cuda:
+        return _cuda_dequantize("nf4", packed, absmax, N, K, bs)
+    packed, absmax = packed.contiguous(), absmax.contiguous()
+    out = torch.empty(N, K, dtype=torch.float32)
+    _C.dequantize_nf4(ptr(packed), ptr(absmax), N * K, bs, ptr(out))
+    return out
+
+
+def dequantize_rows_nf4(packed, absmax, shape, ids, blocksize: int = NF4_BLOCKSIZE) -> torch.Tensor:
+    N, K, bs = _check_nf4(packed, absmax, shape, blocksize)
+    rows = check_row_ids(ids, N, packed.device)
+    if packed.is_cuda:
+        return _cuda_dequantize("nf4", packed, absmax, N, K, bs, rows).reshape(*ids.shape, K)
+    out = torch.empty(rows.numel(), K, dtype=torch.float32)
+    packed, absmax = packed.contiguous(), absmax.contiguous()
+    _C.dequantize_rows_nf4(ptr(packed), ptr(absmax), K, bs, ptr(rows), rows.numel(), ptr(out))
+    return out.reshape(*ids.shape, K)
+
+
+def matmul_nf4(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, shape, blocksize: int = NF4_BLOCKSIZE,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+    N, K, bs = _check_nf4(packed, absmax, shape, blocksize)
+    if packed.is_cuda:
+        return _cuda_matmul("nf4", x, packed, absmax, N, K, bs, bias)
+    x2, lead = check_activations(x, K)
+    b = check_bias(bias, N)
+    y = torch.empty(x2.shape[0], N, dtype=torch.float32)
+    packed, absmax = packed.contiguous(), absmax.contiguous()
+    _C.matmul_nf4(ptr(x2), x2.shape[0], K, ptr(packed), ptr(absmax), N, bs,
+                  0 if b is None else ptr(b), ptr(y))
+    return y.reshape(*lead, N).to(x.dtype)
+
+
+# int4: packed uint8 [N, G*16], scales float32 [N, G], G = ceil(K/32); W = (q - 8) * d.
+
+def quantize_int4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    w = weight_f32("w", w)
+    N, K = w.shape
+    G = int4_groups(K)
+    packed = torch.empty(N, G * 16, dtype=torch.uint8, device=w.device)
+    scales = torch.empty(N, G, dtype=torch.float32, device=w.device)
+    if w.is_cuda:
+        _C.quantize_int4_cuda(*launch(w.device), ptr(w), N, K, ptr(packed), ptr(scales))
+    else:
+        _C.quantize_int4(ptr(w), N, K, ptr(packed), ptr(scales))
+    return packed, scales
+
+
+def _check_int4(packed: object, scales: object, in_features: object) -> tuple[int, int]:
+    K = check_dim("in_features", in_features)
+    check_tensor("packed", packed, (torch.uint8,), ndim=2, device=op_device("packed", packed))
+    check_tensor("scales", scales, (torch.float32,), ndim=2, device=packed.device)
+    N, G = packed.shape[0], int4_groups(K)
+    check_shape("packed", packed, (N, G * 16))
+    check_shape("scales", scales, (N, G))
+    return N, K
+
+
+def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, in_features: int) -> torch.Tensor:
+    N, K = _check_int4(packed, scales, in_features)
+    if packed.is_cuda:
+        return _cuda_dequantize("int4", packed, scales, N, K, 0)
+    out = torch.empty(N, K, dtype=torch.float32)
+    packed, scales = packed.contiguous(), scales.contiguous()
+    _C.dequantize_int4(ptr(packed), ptr(scales), N, K, ptr(out))
+    return out
+
+
+def dequantize_rows_int4(packed, scales, in_features: int, ids) -> torch.Tensor:
+    N, K = _check_int4(packed, scales, in_features)
+    rows = check_row_ids(ids, N, packed.device)
+    if packed.is_cuda:
+        return _cuda_dequantize("int4", packed, scales, N, K, 0, rows).reshape(*ids.shape, K)
+    out = torch.empty(rows.numel(), K, dtype=torch.float32)
+    packed, scales = packed.contiguous(), scales.contiguous()
+    _C.dequantize_rows_int4(ptr(packed), ptr(scales), K, ptr(rows), rows.numel(), ptr(out))
+    return out.reshape(*ids.shape, K)
+
+
+def matmul_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, in_features: int,
+                bias: torch.Tensor | None = None, q8: bool | None = None) -> torch.Tensor:
+    N, K = _check_int4(packed, scales, in_features)
+    if packed.is_cuda:
+        _no_q8_on_cuda(q8)
+        return _cuda_matmul("int4", x, packed, scales, N, K, 0, bias)
+    packed, scales = packed.contiguous(), scales.contiguous()
+    return _run_matmul(_C.matmul_int4, x, K, N, bias, ptr(packed), ptr(scales), q8=q8)

@@ -1,0 +1,183 @@
+"""Plain-torch references of every kernel op: each mirrors exactly what its kernel computes
+(activation quantization included), so that tests compare every kernel variant against it and
+model-level code can fall back on it. Imports nothing compiled."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .layouts import INT4_GROUP, NF4_BLOCKSIZE, Q8_BLOCK, int4_groups, nf4_code, use_q8
+
+def ref_matmul_bf16_operands(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
+                             row_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """What the CUDA GEMM (M > CUDA_GEMV_MAX_M rows) computes: x and the weight operand w rounded to
+    bfloat16, products summed in float32, then times row_scale (int8: w is the codes cb and
+    row_scale = scb / 127) plus bias. Returns float32."""
+    xb = x.float().to(torch.bfloat16).float()
+    wb = w.float().to(torch.bfloat16).float()
+    y = xb @ wb.t()
+    if row_scale is not None:
+        y = y * row_scale.float()
+    return y if bias is None else y + bias.float()
+
+
+def ref_quantize_q8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] float32 -> (q int8 [M, KB*32], d float32 [M, KB]), KB = ceil(K / 32): per block of 32
+    along K (zero-padded), d = amax / 127 and q = round_half_even(x / d) clamped to +-127 (0 where
+    d == 0 or the ratio is NaN). Exactly what the kernels compute (csrc/cpu/quant_formats.h, Q8Rows)."""
+    x = x.float()
+    M, K = x.shape
+    KB = (K + Q8_BLOCK - 1) // Q8_BLOCK
+    v = torch.zeros(M, KB * Q8_BLOCK)
+    v[:, :K] = x
+    v = v.view(M, KB, Q8_BLOCK)
+    d = v.abs().amax(dim=2) / 127.0
+    safe = torch.where(d > 0, d, torch.ones_like(d))
+    r = torch.where(d[..., None] > 0, torch.round(v / safe[..., None]), torch.zeros_like(v))
+    q = torch.nan_to_num(r, nan=0.0).clamp(-127, 127).to(torch.int8)
+    return q.view(M, KB * Q8_BLOCK), d
+
+
+def ref_dequantize_q8(x: torch.Tensor) -> torch.Tensor:
+    """x [..., K] as the q8 kernels see it: q * d per block, in float32."""
+    K = x.shape[-1]
+    x2 = x.float().reshape(-1, K)
+    q, d = ref_quantize_q8(x2)
+    xd = (q.float().view(x2.shape[0], -1, Q8_BLOCK) * d[..., None]).view(x2.shape[0], -1)[:, :K]
+    return xd.reshape(x.shape)
+
+
+def _ref_activations(x: torch.Tensor, q8: object) -> torch.Tensor:
+    rows = x.numel() // max(x.shape[-1], 1) if x.dim() else 1
+    return ref_dequantize_q8(x) if use_q8(q8, rows) else x.float()
+
+
+def ref_quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    w = w.float()
+    scb = w.abs().amax(dim=1)
+    inv = torch.where(scb > 0, 127.0 / scb, torch.zeros_like(scb))
+    cb = torch.round(w * inv[:, None]).clamp(-127, 127).to(torch.int8)
+    return cb, scb
+
+
+def ref_dequantize_int8(cb: torch.Tensor, scb: torch.Tensor) -> torch.Tensor:
+    return (cb.float() * scb[:, None]) * (1.0 / 127.0)
+
+
+def ref_matmul_int8(x, cb, scb, bias=None, q8=None) -> torch.Tensor:
+    b = None if bias is None else bias.float()
+    return F.linear(_ref_activations(x, q8), ref_dequantize_int8(cb, scb), b).to(x.dtype)
+
+
+def ref_quantize_nf4(w: torch.Tensor, blocksize: int = NF4_BLOCKSIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    flat = w.float().reshape(-1)
+    numel = flat.numel()
+    nb = (numel + blocksize - 1) // blocksize
+    padded = torch.zeros(nb * blocksize + 1)
+    padded[:numel] = flat
+    blocks = padded[: nb * blocksize].view(nb, blocksize)
+    absmax = blocks.abs().amax(dim=1)
+    safe = torch.where(absmax > 0, absmax, torch.ones_like(absmax))
+    v = torch.where(absmax[:, None] > 0, blocks / safe[:, None], torch.zeros_like(blocks)).reshape(-1)
+    code = nf4_code()
+    mids = 0.5 * (code[:-1] + code[1:])
+    q = (v[:, None] > mids[None, :]).sum(dim=1).to(torch.uint8)[:numel]
+    if numel % 2:
+        q = torch.cat([q, torch.zeros(1, dtype=torch.uint8)])
+    return (q[0::2] << 4) | q[1::2], absmax
+
+
+def ref_dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, shape, blocksize: int = NF4_BLOCKSIZE) -> torch.Tensor:
+    N, K = shape
+    p = packed.reshape(-1)
+    q = torch.stack([p >> 4, p & 15], dim=1).reshape(-1)[: N * K].long()
+    scale = absmax.repeat_interleave(blocksize)[: N * K]
+    return (nf4_code().to(p.device)[q] * scale).reshape(N, K)
+
+
+def ref_matmul_nf4(x, packed, absmax, shape, blocksize: int = NF4_BLOCKSIZE, bias=None) -> torch.Tensor:
+    b = None if bias is None else bias.float()
+    return F.linear(x.float(), ref_dequantize_nf4(packed, absmax, shape, blocksize), b).to(x.dtype)
+
+
+def ref_quantize_int4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    w = w.float()
+    N, K = w.shape
+    G = int4_groups(K)
+    v = torch.zeros(N, G * INT4_GROUP)
+    v[:, :K] = w
+    v = v.view(N, G, INT4_GROUP)
+    idx = v.abs().argmax(dim=2, keepdim=True)
+    d = torch.gather(v, 2, idx).squeeze(2) / -8.0
+    inv = torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
+    q = torch.floor(v * inv[..., None] + 8.5).clamp(0, 15).to(torch.uint8)
+    packed = q[..., :16] | (q[..., 16:] << 4)
+    return packed.reshape(N, G * 16), d
+
+
+def ref_dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, in_features: int) -> torch.Tensor:
+    N, G = scales.shape
+    p = packed.view(N, G, 16)
+    q = torch.cat([p & 15, p >> 4], dim=2).float() - 8.0
+    return (q * scales[..., None]).reshape(N, G * INT4_GROUP)[:, :in_features]
+
+
+def ref_matmul_int4(x, packed, scales, in_features: int, bias=None, q8=None) -> torch.Tensor:
+    b = None if bias is None else bias.float()
+    return F.linear(_ref_activations(x, q8), ref_dequantize_int4(packed, scales, in_features), b).to(x.dtype)
+
+
+def ref_quantize_kv_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., head_dim) float32 -> int8 values and (...) float32 scales, as the kernel stores them."""
+    s = x.abs().amax(-1) / 127.0
+    q = torch.where(s[..., None] > 0, torch.round(x / s[..., None]), torch.zeros_like(x)).clamp(-127, 127)
+    return q.to(torch.int8), s
+
+
+def ref_write_kv_cache(key, value, k_cache, v_cache, slot_mapping, k_scale=None, v_scale=None) -> None:
+    keep = slot_mapping >= 0
+    slots = slot_mapping[keep]
+    for x, cache, scales in ((key, k_cache, k_scale), (value, v_cache, v_scale)):
+        flat = cache.view(-1, *cache.shape[2:])
+        x = x[keep].float()
+        if cache.dtype == torch.int8:
+            q, s = ref_quantize_kv_int8(x)
+            flat[slots] = q
+            scales.view(-1, scales.shape[-1])[slots] = s
+        else:
+            flat[slots] = x.to(cache.dtype)
+
+
+def _ref_gather(cache, scales, table, ctx) -> torch.Tensor:
+    bs = cache.shape[1]
+    blocks = table[: (ctx + bs - 1) // bs].long()
+    x = cache[blocks].float()
+    if cache.dtype == torch.int8:
+        x = x * scales[blocks][..., None]
+    return x.reshape(-1, *cache.shape[2:])[:ctx]
+
+
+def ref_paged_attention_prefill(query, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale,
+                                slopes=None, k_scale=None, v_scale=None) -> torch.Tensor:
+    out = torch.empty(query.shape, dtype=torch.float32)
+    heads, kv_heads = query.shape[1], k_cache.shape[2]
+    for s in range(block_tables.shape[0]):
+        q0, q1, ctx = int(query_start_loc[s]), int(query_start_loc[s + 1]), int(context_lens[s])
+        k = _ref_gather(k_cache, k_scale, block_tables[s], ctx).repeat_interleave(heads // kv_heads, dim=1)
+        v = _ref_gather(v_cache, v_scale, block_tables[s], ctx).repeat_interleave(heads // kv_heads, dim=1)
+        q = query[q0:q1].float()
+        scores = torch.einsum("qhd,khd->hqk", q, k) * scale
+        q_pos = torch.arange(ctx - (q1 - q0), ctx).view(-1, 1)
+        rel = (torch.arange(ctx).view(1, -1) - q_pos).float()
+        if slopes is not None:
+            scores = scores + slopes.view(-1, 1, 1) * rel
+        scores = scores.masked_fill(rel > 0, float("-inf"))
+        out[q0:q1] = torch.einsum("hqk,khd->qhd", torch.softmax(scores, dim=-1), v)
+    return out
+
+
+def ref_paged_attention_decode(query, k_cache, v_cache, block_tables, context_lens, scale, slopes=None,
+                               k_scale=None, v_scale=None) -> torch.Tensor:
+    qsl = torch.arange(query.shape[0] + 1, dtype=torch.int32)
+    return ref_paged_attention_prefill(query, k_cache, v_cache, block_tables, context_lens, qsl, scale, slopes,
+                                       k_scale, v_scale)

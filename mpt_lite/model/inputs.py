@@ -1,0 +1,53 @@
+"""Checks of what a caller passes to a model: token ids, attention masks, labels, stray arguments."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def check_input_ids(input_ids: Any, vocab_size: int) -> None:
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(f"input_ids must be a torch.LongTensor, got {type(input_ids).__name__}")
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise TypeError(f"input_ids must hold integer token ids (torch.long), got {input_ids.dtype}")
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must have shape (batch, tokens), got {tuple(input_ids.shape)}")
+    if input_ids.shape[1] == 0 or input_ids.shape[0] == 0:
+        raise ValueError(f"input_ids is empty: shape {tuple(input_ids.shape)}")
+    lo, hi = int(input_ids.min()), int(input_ids.max())
+    if lo < 0 or hi >= vocab_size:
+        bad = lo if lo < 0 else hi
+        raise IndexError(f"token id {bad} is out of range for a vocabulary of {vocab_size}")
+
+
+def check_attention_mask(mask: Any, batch: int, total: int, device: torch.device) -> torch.Tensor | None:
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"attention_mask must be a tensor, got {type(mask).__name__}")
+    if mask.shape != (batch, total):
+        raise ValueError(
+            f"attention_mask must have shape (batch, past + new tokens) = ({batch}, {total}), "
+            f"got {tuple(mask.shape)}"
+        )
+    mask = mask.to(device)
+    if bool((mask != 0).all()):
+        return None
+    return mask
+
+
+def reject_unused(unused: dict, who: str) -> None:
+    given = [k for k, v in unused.items() if v is not None and v is not False and not (k == "logits_to_keep" and v == 0)]
+    if given:
+        raise TypeError(f"{who}.forward() got unexpected arguments: {', '.join(sorted(given))}")
+
+
+def check_labels(labels: Any, shape: torch.Size, name: str) -> torch.Tensor:
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(labels).__name__}")
+    if labels.is_floating_point():
+        raise TypeError(f"{name} must hold integer class ids, got {labels.dtype}")
+    if tuple(labels.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(labels.shape)}")
+    return labels.long()

@@ -1,0 +1,16 @@
+"""Quantized weights: the formats (formats.py, one object per format) and the layers that hold
+them (layers.py)."""
+from __future__ import annotations
+
+from .formats import FORMATS, QUANT_TYPES, WeightFormat, check_quant_type, quant_type_for, weight_format
+from .layers import FORMAT_VERSION, QuantEmbedding, QuantLinear, QuantWeight, quant_metadata, quantized_modules
+
+
+def quantize(quant_type: str, w, blocksize: int = 64) -> dict:
+    """The code buffers of a float weight [N, K] in quant_type."""
+    return weight_format(quant_type).quantize(w, blocksize)
+
+
+__all__ = ["FORMATS", "QUANT_TYPES", "WeightFormat", "check_quant_type", "quant_type_for", "weight_format",
+           "FORMAT_VERSION", "QuantEmbedding", "QuantLinear", "QuantWeight", "quant_metadata", "quantized_modules",
+           "quantize"]

@@ -1,0 +1,160 @@
+"""The weight formats, one object each: how a float weight [N, K] becomes codes, what the codes
+cost in bytes, and how the kernels dequantize them and multiply by them.
+
+    int8  weight int8 [N, K] (bitsandbytes CB), SCB float32 [N]
+    nf4   weight uint8 [ceil(N*K/2)] (bitsandbytes layout), weight_absmax float32 [ceil(N*K/blocksize)]
+    int4  weight uint8 [N, ceil(K/32)*16], weight_scales float32 [N, ceil(K/32)]
+
+Byte layouts: csrc/cpu/quant_formats.h. Code tensors are held in a dict keyed by the names above
+(the names they have in a module's state_dict and in saved files)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import kernels
+
+QUANT_TYPES = ("int8", "nf4", "int4")
+
+
+class WeightFormat:
+    """One quantized weight format. `codes` is the dict of code tensors of one weight."""
+
+    name: str = ""
+    code_names: tuple[str, ...] = ()
+
+    def empty_codes(self, n: int, k: int, blocksize: int) -> dict[str, torch.Tensor]:
+        """Uninitialised code tensors for a weight [n, k] (on the current default device)."""
+        raise NotImplementedError
+
+    def quantize(self, w: torch.Tensor, blocksize: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def dequantize(self, codes: dict, n: int, k: int, blocksize: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def dequantize_rows(self, codes: dict, n: int, k: int, blocksize: int, ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def matmul(self, x: torch.Tensor, codes: dict, n: int, k: int, blocksize: int,
+               bias: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def nbytes(self, n: int, k: int, blocksize: int) -> int:
+        """Bytes of the codes of a weight [n, k]."""
+        return sum(t.numel() * t.element_size() for t in self.empty_codes_meta(n, k, blocksize).values())
+
+    def empty_codes_meta(self, n: int, k: int, blocksize: int) -> dict[str, torch.Tensor]:
+        with torch.device("meta"):
+            return self.empty_codes(n, k, blocksize)
+
+    def slab_rows(self, k: int, blocksize: int) -> int:
+        """Rows of a weight that quantize independently of the others (its slabs are multiples)."""
+        return 1
+
+    def write_slab(self, codes: dict, part: dict, r0: int, r1: int, k: int, blocksize: int) -> None:
+        """Copies the codes of rows r0:r1 (quantized alone) into the codes of the whole weight."""
+        for name, t in part.items():
+            codes[name][r0:r1] = t
+
+
+class Int8Format(WeightFormat):
+    name, code_names = "int8", ("weight", "SCB")
+
+    def empty_codes(self, n, k, blocksize):
+        return {"weight": torch.empty(n, k, dtype=torch.int8), "SCB": torch.empty(n, dtype=torch.float32)}
+
+    def quantize(self, w, blocksize):
+        cb, scb = kernels.quantize_int8(w)
+        return {"weight": cb, "SCB": scb}
+
+    def dequantize(self, codes, n, k, blocksize):
+        return kernels.dequantize_int8(codes["weight"], codes["SCB"])
+
+    def dequantize_rows(self, codes, n, k, blocksize, ids):
+        return kernels.dequantize_rows_int8(codes["weight"], codes["SCB"], ids)
+
+    def matmul(self, x, codes, n, k, blocksize, bias):
+        return kernels.matmul_int8(x, codes["weight"], codes["SCB"], bias)
+
+
+class Nf4Format(WeightFormat):
+    name, code_names = "nf4", ("weight", "weight_absmax")
+
+    def empty_codes(self, n, k, blocksize):
+        return {"weight": torch.empty((n * k + 1) // 2, dtype=torch.uint8),
+                "weight_absmax": torch.empty((n * k + blocksize - 1) // blocksize, dtype=torch.float32)}
+
+    def quantize(self, w, blocksize):
+        packed, absmax = kernels.quantize_nf4(w, blocksize)
+        return {"weight": packed, "weight_absmax": absmax}
+
+    def dequantize(self, codes, n, k, blocksize):
+        return kernels.dequantize_nf4(codes["weight"], codes["weight_absmax"], (n, k), blocksize)
+
+    def dequantize_rows(self, codes, n, k, blocksize, ids):
+        return kernels.dequantize_rows_nf4(codes["weight"], codes["weight_absmax"], (n, k), ids, blocksize)
+
+    def matmul(self, x, codes, n, k, blocksize, bias):
+        return kernels.matmul_nf4(x, codes["weight"], codes["weight_absmax"], (n, k), blocksize, bias)
+
+    def slab_rows(self, k, blocksize):
+        # blocks run over the flattened weight: a slab must hold a whole number of them
+        return blocksize // math.gcd(k, blocksize)
+
+    def write_slab(self, codes, part, r0, r1, k, blocksize):
+        for name, t in part.items():
+            off = r0 * k // (2 if name == "weight" else blocksize)
+            codes[name].view(-1)[off: off + t.numel()] = t.view(-1)
+
+
+class Int4Format(WeightFormat):
+    name, code_names = "int4", ("weight", "weight_scales")
+
+    def empty_codes(self, n, k, blocksize):
+        g = kernels.int4_groups(k)
+        return {"weight": torch.empty(n, g * 16, dtype=torch.uint8),
+                "weight_scales": torch.empty(n, g, dtype=torch.float32)}
+
+    def quantize(self, w, blocksize):
+        packed, scales = kernels.quantize_int4(w)
+        return {"weight": packed, "weight_scales": scales}
+
+    def dequantize(self, codes, n, k, blocksize):
+        return kernels.dequantize_int4(codes["weight"], codes["weight_scales"], k)
+
+    def dequantize_rows(self, codes, n, k, blocksize, ids):
+        return kernels.dequantize_rows_int4(codes["weight"], codes["weight_scales"], k, ids)
+
+    def matmul(self, x, codes, n, k, blocksize, bias):
+        return kernels.matmul_int4(x, codes["weight"], codes["weight_scales"], k, bias)
+
+
+FORMATS: dict[str, WeightFormat] = {f.name: f for f in (Int8Format(), Nf4Format(), Int4Format())}
+
+
+def weight_format(quant_type: object) -> WeightFormat:
+    """The format object of "int8", "nf4" or "int4"; ValueError for anything else."""
+    if quant_type not in FORMATS:
+        raise ValueError(f"quant_type must be one of {', '.join(QUANT_TYPES)}, got {quant_type!r}")
+    return FORMATS[quant_type]
+
+
+def check_quant_type(quant_type: object) -> str:
+    return weight_format(quant_type).name
+
+
+def quant_type_for(bits: object, quant_type: object) -> str:
+    """bits=8 -> int8; bits=4 -> quant_type "nf4" (default) or "int4"."""
+    if bits == 8 and not isinstance(bits, bool):
+        if quant_type not in (None, "int8"):
+            raise ValueError(f"quant_type={quant_type!r} does not apply to bits=8 (int8 per row)")
+        return "int8"
+    if bits == 4 and not isinstance(bits, bool):
+        if quant_type is None:
+            return "nf4"
+        if quant_type not in ("nf4", "int4"):
+            raise ValueError(f"quant_type for bits=4 must be 'nf4' or 'int4', got {quant_type!r}")
+        return quant_type
+    raise ValueError(f"bits must be None, 8 or 4, got {bits!r}")

@@ -1,0 +1,131 @@
+"""Quantized layers: QuantLinear (the block Linears) and QuantEmbedding (the tied wte/lm_head).
+
+Each holds its weight as the code buffers of one format (formats.py), so state_dict() is the
+saved form, plus an optional float ``bias``. Activations stay float (float32, or bfloat16 widened
+in the kernel)."""
+from __future__ import annotations
+
+import json
+
+import torch
+from torch import nn
+
+from .. import kernels
+from ..config import MissingKeyError
+from .formats import WeightFormat, weight_format
+
+FORMAT_VERSION = 1
+
+
+class QuantWeight(nn.Module):
+    """Shared by QuantLinear and QuantEmbedding: a weight [out_rows, in_cols] held quantized."""
+
+    def _init_codes(self, rows: int, cols: int, quant_type: str, blocksize: int) -> None:
+        self.format: WeightFormat = weight_format(quant_type)
+        self.quant_type = self.format.name
+        self.blocksize = kernels.check_blocksize(blocksize)
+        self.rows, self.cols = rows, cols
+        for name, t in self.format.empty_codes(rows, cols, blocksize).items():
+            self.register_buffer(name, t)
+
+    def code_names(self) -> tuple[str, ...]:
+        return self.format.code_names
+
+    def codes(self) -> dict[str, torch.Tensor]:
+        return {name: self._buffers[name] for name in self.format.code_names}
+
+    def load_codes(self, codes: dict[str, torch.Tensor]) -> None:
+        """Installs already-quantized buffers (checked against this layer's shape)."""
+        want = self.format.empty_codes_meta(self.rows, self.cols, self.blocksize)
+        if set(codes) != set(want):
+            raise MissingKeyError(f"{self.quant_type} weight needs {sorted(want)}, got {sorted(codes)}")
+        for name, t in codes.items():
+            if t.dtype != want[name].dtype:
+                raise TypeError(f"{name}: expected {want[name].dtype}, got {t.dtype}")
+            if t.numel() != want[name].numel():
+                raise ValueError(f"{name}: expected shape {tuple(want[name].shape)} for a "
+                                 f"[{self.rows}, {self.cols}] weight, got {tuple(t.shape)}")
+            self._buffers[name] = t.reshape(want[name].shape).contiguous()
+
+    def quantize_from(self, w: torch.Tensor) -> None:
+        """Quantizes a float weight [rows, cols] of any float dtype, a slab of rows at a time, so no
+        float32 copy of the whole weight is ever made (loading stays within its memory budget)."""
+        if tuple(w.shape) != (self.rows, self.cols):
+            raise ValueError(f"weight must have shape {(self.rows, self.cols)}, got {tuple(w.shape)}")
+        kernels.check_tensor("weight", w, kernels.FLOAT_DTYPES, ndim=2)
+        fmt, bs = self.format, self.blocksize
+        codes = fmt.empty_codes(self.rows, self.cols, bs)
+        unit = fmt.slab_rows(self.cols, bs)
+        step = max(unit, (1 << 18) // max(1, self.cols) // unit * unit)
+        for r0 in range(0, self.rows, step):
+            r1 = min(self.rows, r0 + step)
+            fmt.write_slab(codes, fmt.quantize(w[r0:r1], bs), r0, r1, self.cols, bs)
+        self.load_codes(codes)
+
+    def dequantized(self) -> torch.Tensor:
+        """The float32 weight these codes stand for."""
+        return self.format.dequantize(self.codes(), self.rows, self.cols, self.blocksize)
+
+    def _matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        dtype = x.dtype
+        if dtype not in (torch.float32, torch.bfloat16):
+            x = x.float()
+        return self.format.matmul(x, self.codes(), self.rows, self.cols, self.blocksize, bias).to(dtype)
+
+    def extra_repr(self) -> str:
+        extra = f", blocksize={self.blocksize}" if self.quant_type == "nf4" else ""
+        return f"{self.cols}, {self.rows}, quant_type={self.quant_type!r}{extra}"
+
+
+class QuantLinear(QuantWeight):
+    """y = x @ W^T + b with W quantized; a drop-in for nn.Linear(in_features, out_features, bias)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, quant_type: str = "nf4",
+                 blocksize: int = kernels.NF4_BLOCKSIZE) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self._init_codes(out_features, in_features, quant_type, blocksize)
+        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, quant_type: str = "nf4", blocksize: int = kernels.NF4_BLOCKSIZE):
+        q = cls(linear.in_features, linear.out_features, linear.bias is not None, quant_type, blocksize)
+        q.quantize_from(linear.weight.detach())
+        if linear.bias is not None:
+            q.bias = nn.Parameter(linear.bias.detach().float().clone(), requires_grad=False)
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._matmul(x, self.bias)
+
+
+class QuantEmbedding(QuantWeight):
+    """The tied wte/lm_head stored once, quantized: forward(ids) dequantizes only the looked-up rows,
+    as_linear(x) is the quantized matmul (the logits)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, quant_type: str = "nf4",
+                 blocksize: int = kernels.NF4_BLOCKSIZE, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.out_dtype = num_embeddings, embedding_dim, dtype
+        self._init_codes(num_embeddings, embedding_dim, quant_type, blocksize)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = self.format.dequantize_rows(self.codes(), self.rows, self.cols, self.blocksize, ids)
+        return rows.to(self.out_dtype)
+
+    def as_linear(self, x: torch.Tensor) -> torch.Tensor:
+        return self._matmul(x, None)
+
+
+def quantized_modules(model: nn.Module) -> dict[str, QuantWeight]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, QuantWeight)}
+
+
+def quant_metadata(model: nn.Module) -> dict[str, str] | None:
+    """safetensors metadata describing a quantized model (None for a float one)."""
+    mods = quantized_modules(model)
+    if not mods:
+        return None
+    first = next(iter(mods.values()))
+    return {"mpt_lite_quant": json.dumps({"format": first.quant_type, "version": FORMAT_VERSION,
+                                          "blocksize": first.blocksize, "group_size": kernels.INT4_GROUP})}

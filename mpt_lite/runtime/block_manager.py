@@ -1,0 +1,134 @@
+"""Block bookkeeping of the paged KV cache: a free list with reference counts, block tables per
+sequence, and prefix sharing.
+
+A block holds `block_size` consecutive tokens of one sequence for every layer. Full blocks are
+keyed by a hash of their token ids chained with the previous block's key, so a later sequence
+that starts with the same tokens reuses them: with ALiBi, keys carry no position, and a block's
+K/V depend only on the tokens up to it, so the reuse is exact. A freed block keeps its contents
+and key until it is handed out again (least recently freed first), so a prefix survives between
+requests while memory allows."""
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Sequence
+
+DEFAULT_BLOCK_SIZE = 16
+
+
+class CacheExhaustedError(ValueError):
+    """The KV cache budget cannot hold what was asked of it."""
+
+
+@dataclass
+class SeqBlocks:
+    """One sequence's share of the cache: its block table and how many tokens have K/V in it."""
+
+    table: list[int] = field(default_factory=list)
+    num_cached: int = 0  # tokens whose K/V are in the cache
+    hashed: int = 0  # leading full blocks registered for prefix sharing
+    last_key: bytes = b""
+
+
+class BlockManager:
+    """Which blocks are free, which sequence holds which, and which full blocks hold which token
+    prefix. Pure bookkeeping: no tensors (PagedKVCache adds them)."""
+
+    def __init__(self, num_blocks: int, block_size: int = DEFAULT_BLOCK_SIZE, prefix_caching: bool = True) -> None:
+        if not isinstance(block_size, int) or block_size < 1:
+            raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+        if not isinstance(num_blocks, int) or num_blocks < 1:
+            raise CacheExhaustedError(f"the KV cache budget holds no block (num_blocks={num_blocks!r})")
+        self.num_blocks, self.block_size, self.prefix_caching = num_blocks, block_size, prefix_caching
+        self._ref = [0] * num_blocks
+        self._free: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
+        self._by_key: dict[bytes, int] = {}
+        self._key_of: dict[int, tuple[bytes, tuple[int, ...]]] = {}
+
+    # ---- block pool ----
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self._free)
+
+    def blocks_for(self, n_tokens: int) -> int:
+        return -(-n_tokens // self.block_size)
+
+    def _take(self) -> int:
+        b, _ = self._free.popitem(last=False)
+        old = self._key_of.pop(b, None)
+        if old is not None and self._by_key.get(old[0]) == b:
+            del self._by_key[old[0]]
+        self._ref[b] = 1
+        return b
+
+    def _release_block(self, b: int) -> None:
+        self._ref[b] -= 1
+        if self._ref[b] == 0:
+            self._free[b] = None
+
+    # ---- sequences ----
+    def _key(self, prev: bytes, tokens: Sequence[int]) -> bytes:
+        h = hashlib.blake2b(prev, digest_size=16)
+        h.update(b"".join(int(t).to_bytes(4, "little", signed=True) for t in tokens))
+        return h.digest()
+
+    def match_prefix(self, tokens: Sequence[int]) -> SeqBlocks:
+        """Blocks for a new sequence, starting with the cached full blocks of its longest known
+        prefix. At least the last token is left to compute: its logits are needed."""
+        seq = SeqBlocks()
+        if not self.prefix_caching:
+            return seq
+        bs = self.block_size
+        for i in range((len(tokens) - 1) // bs):
+            chunk = tuple(int(t) for t in tokens[i * bs:(i + 1) * bs])
+            key = self._key(seq.last_key, chunk)
+            b = self._by_key.get(key)
+            if b is None or self._key_of[b][1] != chunk:
+                break
+            if self._ref[b] == 0:
+                del self._free[b]
+            self._ref[b] += 1
+            seq.table.append(b)
+            seq.last_key, seq.hashed = key, i + 1
+        seq.num_cached = len(seq.table) * bs
+        return seq
+
+    def can_grow(self, seq: SeqBlocks, n_tokens: int) -> bool:
+        return self.blocks_for(n_tokens) - len(seq.table) <= len(self._free)
+
+    def grow(self, seq: SeqBlocks, n_tokens: int) -> None:
+        """Gives `seq` blocks for n_tokens tokens in all; CacheExhaustedError when the pool is short."""
+        need = self.blocks_for(n_tokens) - len(seq.table)
+        if need > len(self._free):
+            raise CacheExhaustedError(
+                f"the KV cache is full: {n_tokens} tokens need {need} more blocks of {self.block_size} tokens, "
+                f"{len(self._free)} of {self.num_blocks} are free; raise the budget (num_blocks / max_bytes) or "
+                "run fewer sequences at once")
+        for _ in range(need):
+            seq.table.append(self._take())
+
+    def release(self, seq: SeqBlocks) -> None:
+        for b in reversed(seq.table):  # the tail is freed first, so it is reused first
+            self._release_block(b)
+        seq.table, seq.num_cached, seq.hashed, seq.last_key = [], 0, 0, b""
+
+    def commit(self, seq: SeqBlocks, tokens: Sequence[int], num_cached: int) -> None:
+        """Records that the first num_cached tokens have K/V in the cache; keys the full blocks."""
+        seq.num_cached = num_cached
+        if not self.prefix_caching:
+            return
+        bs = self.block_size
+        while (seq.hashed + 1) * bs <= num_cached:
+            i = seq.hashed
+            chunk = tuple(int(t) for t in tokens[i * bs:(i + 1) * bs])
+            key = self._key(seq.last_key, chunk)
+            b = seq.table[i]
+            if key not in self._by_key:
+                self._by_key[key] = b
+                self._key_of[b] = (key, chunk)
+            seq.last_key, seq.hashed = key, i + 1
+
+    def slots(self, seq: SeqBlocks, start: int, end: int) -> list[int]:
+        bs, table = self.block_size, seq.table
+        return [table[p // bs] * bs + p % bs for p in range(start, end)]

@@ -1,0 +1,22 @@
+"""model.chat(): a conversation rendered with the checkpoint's chat template, answered by generate."""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from ..text.chat_template import render_chat, stop_settings
+
+
+def chat(model: Any, messages: Any, stream: bool = False, chat_template: str | None = None,
+         **gen_kwargs: Any) -> str | Iterator[str]:
+    """The assistant's reply to a conversation (a string, or text pieces with stream=True)."""
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        raise ValueError("this model has no tokenizer (no tokenizer.json in its checkpoint): chat needs one")
+    prompt = render_chat(tok, messages, add_generation_prompt=True, chat_template=chat_template)
+    eos_ids, stops = stop_settings(tok)
+    if gen_kwargs.get("eos_token_id") is not None:
+        extra = gen_kwargs.pop("eos_token_id")
+        eos_ids += list(extra) if isinstance(extra, (list, tuple, set)) else [extra]
+    user_stop = gen_kwargs.pop("stop", None)
+    stops += [user_stop] if isinstance(user_stop, str) else list(user_stop or [])
+    return model.generate(prompt, stream=stream, eos_token_id=eos_ids, stop=stops, **gen_kwargs)

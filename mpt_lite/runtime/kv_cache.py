@@ -1,0 +1,97 @@
+"""The paged KV cache's tensors: per layer a pool of blocks for K and V (bookkeeping in
+block_manager.py), and PagedStep / PagedLayer, through which the model's layers read and write
+them (the model's PagedBatch / PagedAttention interface)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .. import kernels
+from ..model.attention_backend import PagedAttention, PagedBatch
+from .block_manager import DEFAULT_BLOCK_SIZE, BlockManager, CacheExhaustedError, SeqBlocks
+
+
+class PagedKVCache(BlockManager):
+    def __init__(self, n_layers: int, kv_heads: int, head_dim: int, *, block_size: int = DEFAULT_BLOCK_SIZE,
+                 num_blocks: int | None = None, max_bytes: int | None = None,
+                 dtype: torch.dtype = torch.float32, prefix_caching: bool = True,
+                 device: torch.device | str = "cpu") -> None:
+        if dtype not in kernels.KV_CACHE_DTYPES:
+            raise TypeError(f"KV cache dtype must be one of {', '.join(map(str, kernels.KV_CACHE_DTYPES))}, got {dtype}")
+        if not isinstance(block_size, int) or block_size < 1:
+            raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+        self.n_layers, self.kv_heads, self.head_dim, self.dtype = n_layers, kv_heads, head_dim, dtype
+        self.bytes_per_block = self.block_bytes(n_layers, kv_heads, head_dim, block_size, dtype)
+        if (num_blocks is None) == (max_bytes is None):
+            raise ValueError("give the KV cache budget as exactly one of num_blocks and max_bytes")
+        if max_bytes is not None:
+            num_blocks = int(max_bytes) // self.bytes_per_block
+        if not isinstance(num_blocks, int) or num_blocks < 1:
+            raise CacheExhaustedError(
+                f"the KV cache budget holds no block (one block of {block_size} tokens needs "
+                f"{self.bytes_per_block} bytes over {n_layers} layers)")
+        super().__init__(num_blocks, block_size, prefix_caching)
+        shape = (num_blocks, block_size, kv_heads, head_dim)
+        self.device = torch.device(device)
+        # torch.empty: pages are committed by the OS only when written, so a large budget is cheap
+        # (on a GPU the whole budget is allocated at once).
+        self.k = [torch.empty(shape, dtype=dtype, device=self.device) for _ in range(n_layers)]
+        self.v = [torch.empty(shape, dtype=dtype, device=self.device) for _ in range(n_layers)]
+        if dtype == torch.int8:
+            self.k_scale = [torch.empty(shape[:3], device=self.device) for _ in range(n_layers)]
+            self.v_scale = [torch.empty(shape[:3], device=self.device) for _ in range(n_layers)]
+        else:
+            self.k_scale = self.v_scale = [None] * n_layers
+
+    @staticmethod
+    def block_bytes(n_layers: int, kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype) -> int:
+        per_token = kv_heads * (head_dim * torch.empty((), dtype=dtype).element_size() + (4 if dtype == torch.int8 else 0))
+        return 2 * n_layers * block_size * per_token
+
+    def layer(self, i: int) -> tuple:
+        return self.k[i], self.v[i], self.k_scale[i], self.v_scale[i]
+
+
+class PagedStep(PagedBatch):
+    """What one forward pass over the paged cache needs: for each scheduled sequence, its new
+    tokens' slots, its block table and context length. Layers call `attend` through `layer(i)`."""
+
+    def __init__(self, cache: PagedKVCache, seqs: Sequence[SeqBlocks], starts: Sequence[int],
+                 ends: Sequence[int]) -> None:
+        self.cache = cache
+        slots: list[int] = []
+        for seq, a, b in zip(seqs, starts, ends):
+            slots.extend(cache.slots(seq, a, b))
+        q_lens = [b - a for a, b in zip(starts, ends)]
+        self.decode = all(n == 1 for n in q_lens)
+        self.slot_mapping = torch.tensor(slots, dtype=torch.int64)
+        width = max(len(s.table) for s in seqs)
+        self.block_tables = torch.tensor([s.table + [0] * (width - len(s.table)) for s in seqs], dtype=torch.int32)
+        self.context_lens = torch.tensor(list(ends), dtype=torch.int32)
+        qsl = [0]
+        for n in q_lens:
+            qsl.append(qsl[-1] + n)
+        self.query_start_loc = torch.tensor(qsl, dtype=torch.int32)
+        self.positions = torch.cat([torch.arange(a, b) for a, b in zip(starts, ends)])
+        self.last_rows = self.query_start_loc[1:] - 1
+
+    def layer(self, i: int) -> "PagedLayer":
+        return PagedLayer(self, i)
+
+
+class PagedLayer(PagedAttention):
+    def __init__(self, step: PagedStep, index: int) -> None:
+        self.step, self.index = step, index
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+               slopes: torch.Tensor | None) -> torch.Tensor:
+        """q (tokens, heads, head_dim), k/v (tokens, kv_heads, head_dim) of the new tokens:
+        writes k/v to the cache, returns the attention output (tokens, heads, head_dim) in float32."""
+        st = self.step
+        kc, vc, ks, vs = st.cache.layer(self.index)
+        kernels.write_kv_cache(k, v, kc, vc, st.slot_mapping, ks, vs)
+        if st.decode:
+            return kernels.paged_attention_decode(q, kc, vc, st.block_tables, st.context_lens, scale, slopes, ks, vs)
+        return kernels.paged_attention_prefill(q, kc, vc, st.block_tables, st.context_lens, st.query_start_loc, scale,
+                                           slopes, ks, vs)
