@@ -77,7 +77,7 @@ def check_tree(data: Any) -> None:
                     name = k if len(k) <= 64 else k[:64] + "..."
                     stack.append((v, f"{path}.{name}" if path else name, depth + 1))
             else:
-                stack.extend((v, f"{path}.{i}", depth + 1) for i, v in enumerate(value))
+                stack.extend((v, f"{path}.{i}" if path else str(i), depth + 1) for i, v in enumerate(value))
 
 
 def _check_unicode(text: str, path: str) -> None:
