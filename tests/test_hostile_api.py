@@ -221,3 +221,27 @@ def test_a_prefix_hit_survives_the_next_requests_tail():
     bm.release(b)
     bm.release(c)
     assert bm.num_free_blocks == 8
+
+
+def test_default_kv_budget_from_model_and_free_memory(model):
+    from mpt_lite.runtime.kv_budget import default_kv_bytes
+
+    cfg = model.config
+    per_token = 2 * cfg.n_layers * cfg.kv_n_heads * cfg.head_dim * 4  # K and V, float32
+    per_seq = per_token * cfg.max_seq_len
+    assert default_kv_bytes(model, 8, free_bytes=1 << 40) == 8 * per_seq  # plenty free: 8 full sequences
+    assert default_kv_bytes(model, 8, free_bytes=4 * per_seq) == 2 * per_seq  # half of what is free
+    assert default_kv_bytes(model, 8, free_bytes=per_seq) == per_seq  # never less than one sequence
+    with pytest.raises(ValueError, match="max_num_seqs"):
+        default_kv_bytes(model, 0)
+
+
+def test_serve_help_and_bad_origin(capsys):
+    from mpt_lite import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--allow-origin" in out and "at most half of the memory free" in out
+    assert cli.main(["serve", "--allow-origin", "evil.example/x", "--port", "0"]) == 1
+    assert "--allow-origin" in capsys.readouterr().err
