@@ -74,7 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests that may wait beyond the running ones; more get HTTP 429 (default 64)")
     s.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
     s.add_argument("--kv-cache-mb", type=float, default=None,
-                   help="KV cache budget in MiB (default: the engine's, 4096)")
+                   help="KV cache budget in MiB (default: room for --max-num-seqs sequences at the model's full "
+                        "context, at most half of the memory free at start (RAM, or GPU memory with --device cuda), "
+                        "at least one full-context sequence)")
+    s.add_argument("--allow-origin", action="append", default=None, metavar="ORIGIN",
+                   help="let web pages from ORIGIN (e.g. http://localhost:3000; '*' for any) call the server "
+                        "(CORS); repeatable; default none: only non-browser clients and the server's own pages")
     s.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="warning",
                    help="uvicorn's log level; info also logs every request (default warning)")
     s.set_defaults(func=cmd_serve)
@@ -272,6 +277,7 @@ def fit_history(tok, history: list[dict], keep: int, max_new: int, max_seq_len: 
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         from .server import bind_socket, create_app, make_server
+        from .server.cors import check_origins
         from .server.launch import url_of
     except ImportError as e:
         raise CliError(str(e)) from e
@@ -285,6 +291,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(f"--kv-cache-mb must be > 0, got {args.kv_cache_mb}")
     if args.api_key is not None and not args.api_key.strip():
         raise CliError("--api-key is empty")
+    try:
+        check_origins(args.allow_origin)
+    except ValueError as e:
+        raise CliError(f"--allow-origin: {e}") from e
     sock = bind_socket(args.host, args.port)  # before loading: a taken port fails at once
     try:
         model = load_model(args.model, parse_bits(args.bits), args.quant_type, args.device)
@@ -295,7 +305,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             engine_kw["max_bytes"] = int(args.kv_cache_mb * (1 << 20))
         name = args.served_model_name or args.model or "mpt-lite"
         app = create_app(model, model_name=name, api_key=args.api_key, max_queue=args.max_queue,
-                         max_body_bytes=args.max_body_bytes, **engine_kw)
+                         max_body_bytes=args.max_body_bytes, allow_origins=args.allow_origin or (), **engine_kw)
         url = url_of(sock)
         if args.api_key is None and not is_loopback(args.host):
             print(f"[{PROG}] warning: listening on {args.host} without --api-key: anyone who can reach it "

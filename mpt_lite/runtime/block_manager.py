@@ -5,8 +5,10 @@ A block holds `block_size` consecutive tokens of one sequence for every layer. F
 keyed by a hash of their token ids chained with the previous block's key, so a later sequence
 that starts with the same tokens reuses them: with ALiBi, keys carry no position, and a block's
 K/V depend only on the tokens up to it, so the reuse is exact. A freed block keeps its contents
-and key until it is handed out again (least recently freed first), so a prefix survives between
-requests while memory allows."""
+and key until it is handed out again, so a prefix survives between requests while memory allows.
+Free blocks are handed out most recently freed first: a server running one request after another
+keeps reusing the same few blocks, whose memory is already touched, instead of walking through
+the whole budget page by page (its resident memory would climb to the budget)."""
 from __future__ import annotations
 
 import hashlib
@@ -42,7 +44,8 @@ class BlockManager:
             raise CacheExhaustedError(f"the KV cache budget holds no block (num_blocks={num_blocks!r})")
         self.num_blocks, self.block_size, self.prefix_caching = num_blocks, block_size, prefix_caching
         self._ref = [0] * num_blocks
-        self._free: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
+        # the end of the dict is taken first: block 0 first on a fresh pool, then the latest freed
+        self._free: OrderedDict[int, None] = OrderedDict((b, None) for b in reversed(range(num_blocks)))
         self._by_key: dict[bytes, int] = {}
         self._key_of: dict[int, tuple[bytes, tuple[int, ...]]] = {}
 
@@ -55,7 +58,7 @@ class BlockManager:
         return -(-n_tokens // self.block_size)
 
     def _take(self) -> int:
-        b, _ = self._free.popitem(last=False)
+        b, _ = self._free.popitem(last=True)
         old = self._key_of.pop(b, None)
         if old is not None and self._by_key.get(old[0]) == b:
             del self._by_key[old[0]]
@@ -109,7 +112,7 @@ class BlockManager:
             seq.table.append(self._take())
 
     def release(self, seq: SeqBlocks) -> None:
-        for b in reversed(seq.table):  # the tail is freed first, so it is reused first
+        for b in seq.table:  # the tail is freed last, so it is reused first and a prefix survives longest
             self._release_block(b)
         seq.table, seq.num_cached, seq.hashed, seq.last_key = [], 0, 0, b""
 

@@ -11,9 +11,10 @@ import torch
 
 from ..model.inputs import check_attention_mask, check_input_ids
 from ..text.detok import find_stop, text_pieces
+from .arguments import check_max_new_tokens, check_prompts, check_stops
 from .block_manager import DEFAULT_BLOCK_SIZE
 from .engine import Engine
-from .sampler import SamplingParams
+from .sampler import SEED_MAX, SamplingParams
 
 
 def generate(model, inputs: Any = None, attention_mask: torch.Tensor | None = None, *,
@@ -27,11 +28,9 @@ def generate(model, inputs: Any = None, attention_mask: torch.Tensor | None = No
         raise ValueError("generate() needs a prompt: a string, a list of strings or a LongTensor of token ids")
     params = SamplingParams(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
                             repetition_penalty=repetition_penalty, seed=seed)
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    if any(not isinstance(s, str) or not s for s in stops):
-        raise ValueError("stop must be a non-empty string or a list of them")
+    check_max_new_tokens(max_new_tokens, model.config.max_seq_len)
+    stops = check_stops(stop)
+    check_prompts(inputs)
     eos = eos_ids(model, eos_token_id)
 
     if isinstance(inputs, torch.Tensor):
@@ -74,7 +73,8 @@ def _engine(model, rows: list[list[int]], max_new: int):
 
 def _add(engine, row: list[int], max_new: int, params: SamplingParams, eos: set[int], index: int, stop_fn=None):
     if params.do_sample and params.seed is not None and index:  # each row its own, reproducible, stream
-        params = SamplingParams(**{**params.__dict__, "seed": int(params.seed) + index})
+        seed = int(params.seed) + index
+        params = SamplingParams(**{**params.__dict__, "seed": seed if seed <= SEED_MAX else seed - (1 << 64)})
     return engine.add_request(row, max_new, params=params, eos_token_id=sorted(eos), stop_fn=stop_fn)
 
 

@@ -5,7 +5,32 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import math
+
 import torch
+
+# torch.Generator.manual_seed takes [-2**63, 2**64 - 1]; seeds stay in the signed 64-bit range (as
+# OpenAI's API says) so that generate() can add a row's index to one.
+SEED_MIN, SEED_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _check_number(name: str, value: object, low: float, high: float | None = None, low_open: bool = False) -> None:
+    """A finite real number in range, or a TypeError/ValueError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if value < low or (low_open and value == low) or (high is not None and value > high):
+        bound = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+
+
+def _check_int(name: str, value: object, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if value < low or (high is not None and value > high):
+        span = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {span}, got {value}")
 
 
 @dataclass
@@ -18,14 +43,15 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
-        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 0):
-            raise ValueError(f"top_k must be a non-negative integer, got {self.top_k!r}")
-        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not isinstance(self.repetition_penalty, (int, float)) or self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
+        if not isinstance(self.do_sample, bool):
+            raise TypeError(f"do_sample must be True or False, got {self.do_sample!r}")
+        _check_number("temperature", self.temperature, low=0.0)
+        if self.top_k is not None:
+            _check_int("top_k", self.top_k, low=0)
+        _check_number("top_p", self.top_p, low=0.0, low_open=True, high=1.0)
+        _check_number("repetition_penalty", self.repetition_penalty, low=0.0, low_open=True)
+        if self.seed is not None:
+            _check_int("seed", self.seed, low=SEED_MIN, high=SEED_MAX)
         if self.temperature == 0:  # temperature 0 means greedy, as in the OpenAI API
             self.do_sample = False
 

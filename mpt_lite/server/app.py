@@ -8,22 +8,26 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import json
 import logging
+import re
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..text.chat_template import render_chat, stop_settings
+from ..text.chat_encode import encode_chat
+from ..text.chat_template import stop_settings
 from ..runtime.engine import Engine
 from ..runtime.generation import eos_ids
+from ..runtime.kv_budget import default_kv_bytes
 from ..runtime.sampler import SamplingParams
 from ..text.detok import TextDecoder
-from .errors import STATUS_TYPES, APIError, bad_request, error_body, too_large, unauthorized
+from .body import read_json
+from .cors import add_cors, check_origins
+from .errors import STATUS_TYPES, APIError, bad_request, error_body, unauthorized
 from .protocol import ChatRequest, CompletionRequest, Reply, parse
 from .runner import EngineRunner, Job
 from .sse import ClientGone, EventStream, until_disconnect
@@ -32,6 +36,7 @@ log = logging.getLogger("mpt_lite.server")
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB: far more text than any MPT context holds
 DEFAULT_MAX_QUEUE = 64
+DEFAULT_MAX_NUM_SEQS = 64  # as Engine's
 
 
 class APIKeyMiddleware:
@@ -49,29 +54,6 @@ class APIKeyMiddleware:
             if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
                 return await unauthorized("invalid API key").response()(scope, receive, send)
         await self.app(scope, receive, send)
-
-
-async def read_json(request: Request, limit: int) -> Any:
-    """The body as JSON; 413 past `limit` bytes (by Content-Length, or as it streams in)."""
-    length = request.headers.get("content-length")
-    if length is not None:
-        try:
-            declared = int(length)
-        except ValueError as err:
-            raise bad_request(f"invalid Content-Length header: {length!r}") from err
-        if declared > limit:
-            raise too_large(limit)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large(limit)
-    if not body:
-        raise bad_request("the request has no body: send a JSON object")
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise bad_request(f"the body is not valid JSON: {e}") from e
 
 
 class Service:
@@ -93,16 +75,18 @@ class Service:
                            param="model", code="model_not_found")
 
     def chat_prompt(self, body: ChatRequest) -> tuple[list[int], set[int], list[str]]:
+        """Message text is text: only the template's own markers become special tokens."""
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         try:
-            text = render_chat(self.tok, messages, add_generation_prompt=True)
+            ids = encode_chat(self.tok, messages, add_generation_prompt=True)
         except (ValueError, TypeError) as e:
-            raise bad_request(str(e), param="messages") from e
+            raise bad_request(str(e), param=message_param(str(e))) from e
         chat_eos, chat_stops = stop_settings(self.tok)
-        return self.tok.encode(text), set(chat_eos) | eos_ids(self.model, None), chat_stops + body.stop_list()
+        return ids, set(chat_eos) | eos_ids(self.model, None), chat_stops + body.stop_list()
 
     def completion_prompt(self, body: CompletionRequest) -> tuple[list[int], set[int], list[str]]:
-        ids = self.tok.encode(body.prompt) if isinstance(body.prompt, str) else list(body.prompt)
+        """A text prompt is text (`<|endoftext|>` in it is not eos); token ids are taken as they are."""
+        ids = self.tok.encode_text(body.prompt) if isinstance(body.prompt, str) else list(body.prompt)
         return ids, eos_ids(self.model, None), body.stop_list()
 
     def budget(self, n_prompt: int, max_tokens: int | None, prompt_param: str) -> int:
@@ -146,6 +130,12 @@ class Service:
             await stack.aclose()
 
 
+def message_param(message: str) -> str:
+    """'messages.3.role' for an error about messages[3].role, else 'messages'."""
+    m = re.match(r"messages\[(\d+)\]\.(\w+)", message)
+    return f"messages.{m.group(1)}.{m.group(2)}" if m else "messages"
+
+
 async def collect(job: Job, reply: Reply, n_prompt: int) -> dict:
     parts: list[str] = []
     while True:
@@ -177,12 +167,17 @@ async def stream_chunks(job: Job, reply: Reply, n_prompt: int, include_usage: bo
 
 def create_app(model: Any, *, model_name: str = "mpt-lite", api_key: str | None = None,
                max_queue: int = DEFAULT_MAX_QUEUE, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               **engine_kwargs: Any) -> FastAPI:
+               allow_origins: Sequence[str] = (), **engine_kwargs: Any) -> FastAPI:
     """The server's ASGI app for a loaded MptForCausalLM. engine_kwargs go to Engine (num_blocks
-    or max_bytes, max_num_seqs, max_batch_tokens, prefix_caching). max_queue: requests that may
-    wait beyond the max_num_seqs running ones before new ones get 429."""
+    or max_bytes, max_num_seqs, max_batch_tokens, prefix_caching); without num_blocks or max_bytes
+    the KV budget is sized from the model and the free memory (runtime.kv_budget). max_queue:
+    requests that may wait beyond the max_num_seqs running ones before new ones get 429.
+    allow_origins: web origins whose pages may call the server (CORS); none by default."""
     if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
         raise ValueError("api_key must be a non-empty string (or None for no key)")
+    origins = check_origins(allow_origins)
+    if "num_blocks" not in engine_kwargs and "max_bytes" not in engine_kwargs:
+        engine_kwargs["max_bytes"] = default_kv_bytes(model, engine_kwargs.get("max_num_seqs", DEFAULT_MAX_NUM_SEQS))
     runner = EngineRunner(Engine(model, **engine_kwargs), max_queue=max_queue)
     svc = Service(model, runner, model_name, max_body_bytes)
 
@@ -198,6 +193,7 @@ def create_app(model: Any, *, model_name: str = "mpt-lite", api_key: str | None 
     app.state.service = svc
     if api_key is not None:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
+    add_cors(app, origins)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError) -> Response:
@@ -222,7 +218,7 @@ def create_app(model: Any, *, model_name: str = "mpt-lite", api_key: str | None 
             "status": "ok" if alive else "engine stopped", "model": svc.model_name,
             "active_requests": runner.active, "max_queue": runner.max_queue,
             "max_num_seqs": runner.engine.max_num_seqs, "capacity": runner.capacity, **runner.snapshot,
-            "counters": dict(runner.counters)}, status_code=200 if alive else 503)
+            "counters": runner.counters_now()}, status_code=200 if alive else 503)
 
     @app.get("/v1/models")
     async def models() -> dict:

@@ -63,8 +63,10 @@ class EngineRunner:
         self._jobs: dict[Request, Job] = {}  # engine thread only
         self._thread: threading.Thread | None = None
         self.active = 0  # event-loop side: accepted requests not yet over
+        # requests = completed + aborted + rejected + failed once none is in flight
         self.counters = {"requests": 0, "completed": 0, "aborted": 0, "rejected": 0, "failed": 0,
                          "completion_tokens": 0}
+        self._counters_lock = threading.Lock()  # both threads count
         self.snapshot: dict[str, Any] = {}
         self._publish()
 
@@ -91,6 +93,14 @@ class EngineRunner:
         """Requests accepted at once: a full batch running plus max_queue waiting."""
         return self.engine.max_num_seqs + self.max_queue
 
+    def count(self, name: str, n: int = 1) -> None:
+        with self._counters_lock:
+            self.counters[name] += n
+
+    def counters_now(self) -> dict[str, int]:
+        with self._counters_lock:
+            return dict(self.counters)
+
     # ---- event-loop side ----
     @contextlib.asynccontextmanager
     async def job(self, prompt: list[int], max_tokens: int, params: SamplingParams, eos: set[int],
@@ -99,12 +109,12 @@ class EngineRunner:
         arrive as APIError here); leaving the block early aborts it."""
         if not self.alive:
             raise APIError(503, "the engine is not running", type="server_error", code="engine_stopped")
+        self.count("requests")
         if self.active >= self.capacity:
-            self.counters["rejected"] += 1
+            self.count("rejected")
             raise queue_full(self.max_queue)
         job = Job(prompt, max_tokens, params, eos, decoder, asyncio.get_running_loop())
         self.active += 1
-        self.counters["requests"] += 1
         self._inbox.put(("add", job))
         try:
             msg = await job.next()
@@ -149,10 +159,12 @@ class EngineRunner:
                 req = self.engine.add_request(job.prompt, job.max_tokens, params=job.params,
                                               eos_token_id=sorted(job.eos))
             except (ValueError, TypeError, IndexError) as e:  # the engine's checks of the request
+                self.count("rejected")
                 job.send(("error", bad_request(str(e))))
                 return
             except Exception as e:  # noqa: BLE001
                 log.exception("add_request failed")
+                self.count("failed")
                 job.send(("error", APIError(500, f"the engine could not take the request: {type(e).__name__}: {e}",
                                             type="server_error", code="engine_error")))
                 return
@@ -165,7 +177,7 @@ class EngineRunner:
             req = job.req
             if req is not None and self._jobs.pop(req, None) is not None:
                 self.engine.abort(req)
-                self.counters["aborted"] += 1
+                self.count("aborted")
 
     def _dispatch(self, events: list[tuple[Request, int]]) -> None:
         for req, token in events:
@@ -187,14 +199,14 @@ class EngineRunner:
         reason = "stop" if job.decoder.stopped else FINISH_REASONS.get(req.finish_reason, "stop")
         job.send(("done", reason, len(req.output)))
         self._jobs.pop(req, None)
-        self.counters["completed"] += 1
-        self.counters["completion_tokens"] += len(req.output)
+        self.count("completed")
+        self.count("completion_tokens", len(req.output))
 
     def _fail_all(self, err: APIError) -> None:
         for req, job in list(self._jobs.items()):
             self.engine.abort(req)
             job.send(("error", err))
-            self.counters["failed"] += 1
+            self.count("failed")
         self._jobs.clear()
 
     def _publish(self) -> None:

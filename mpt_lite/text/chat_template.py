@@ -7,6 +7,7 @@ tokenizers that know the ChatML tokens (the mosaicml chat repos)."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Any, Sequence
 
@@ -20,6 +21,10 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
+
+BASE_ROLES = ("system", "user", "assistant")
+# Roles some templates handle besides the base three; accepted only when the template names them.
+EXTRA_ROLES = ("tool", "ipython", "function", "developer")
 
 
 def check_messages(messages: Any) -> list[dict]:
@@ -42,6 +47,23 @@ def check_messages(messages: Any) -> list[dict]:
             raise ValueError(f"messages[{i}] has an empty role")
         out.append(m)
     return out
+
+
+def template_roles(template: str) -> tuple[str, ...]:
+    """The roles a template knows: system, user and assistant, plus those of EXTRA_ROLES that it
+    names in quotes (a template that handles tool messages compares the role with 'tool')."""
+    named = [r for r in EXTRA_ROLES if re.search(rf"""['"]{r}['"]""", template)]
+    return BASE_ROLES + tuple(named)
+
+
+def check_roles(messages: list[dict], template: str) -> None:
+    """A ValueError naming the first message whose role the template does not know: a role is
+    pasted into the prompt as it is, so an unknown one could carry a turn of its own."""
+    roles = template_roles(template)
+    for i, m in enumerate(messages):
+        if m["role"] not in roles:
+            shown = m["role"] if len(m["role"]) <= 40 else m["role"][:40] + "..."
+            raise ValueError(f"messages[{i}].role must be one of {', '.join(roles)}; got {shown!r}")
 
 
 def template_for(tokenizer: Any, chat_template: str | None = None) -> str:
@@ -72,6 +94,7 @@ def render_chat(tokenizer: Any, messages: Any, add_generation_prompt: bool = Tru
     """The prompt text of a conversation."""
     messages = check_messages(messages)
     template = template_for(tokenizer, chat_template)
+    check_roles(messages, template)
     variables = {
         "bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or "",
         "pad_token": tokenizer.pad_token or "", "unk_token": tokenizer.unk_token or "",

@@ -23,14 +23,69 @@ def held_back(text: str, stops: list[str]) -> int:
     return keep
 
 
+class StopMatcher:
+    """Watches a growing text for stop strings, one character at a time: a KMP automaton per stop
+    string, so each new character costs O(1) amortized per stop, whatever the stops' lengths
+    (re-searching the text's tail for every token costs O(len(stop)^2))."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.fail = [_failure(s) for s in self.stops]
+        self.state = [0] * len(self.stops)  # per stop: its longest prefix that ends the text so far
+        self.length = 0  # characters seen
+
+    def feed(self, text: str) -> int | None:
+        """Reads the next characters; where the earliest stop string completed in them starts
+        (an index into the whole text), or None."""
+        best = None
+        for k, stop in enumerate(self.stops):
+            q, fail, n = self.state[k], self.fail[k], len(stop)
+            for j, ch in enumerate(text):
+                while q and stop[q] != ch:
+                    q = fail[q - 1]
+                if stop[q] == ch:
+                    q += 1
+                if q == n:
+                    start = self.length + j + 1 - n
+                    best = start if best is None else min(best, start)
+                    q = fail[q - 1]
+                    break
+            self.state[k] = q
+        self.length += len(text)
+        return best
+
+    def held_back(self) -> int:
+        """How many trailing characters could still be the start of a stop string."""
+        return max(self.state, default=0)
+
+
+def _failure(s: str) -> list[int]:
+    """KMP's failure table: for each prefix of s, its longest proper prefix that is also its suffix."""
+    fail = [0] * len(s)
+    k = 0
+    for i in range(1, len(s)):
+        while k and s[i] != s[k]:
+            k = fail[k - 1]
+        if s[i] == s[k]:
+            k += 1
+        fail[i] = k
+    return fail
+
+
 class TextDecoder:
-    """One request's tokens in, safe text pieces out."""
+    """One request's tokens in, safe text pieces out. Decodes only a window of the last few tokens
+    per step (as text-generation-inference does), so the cost per token does not grow with the
+    length of the answer."""
 
     def __init__(self, tokenizer: Any, eos: set[int] | frozenset[int], stops: list[str]) -> None:
         self.tok, self.eos, self.stops = tokenizer, eos, stops
         self.ids: list[int] = []
-        self.text = ""
-        self.emitted = 0
+        self._prefix = 0  # ids[_prefix:_read] is the window of already decoded tokens before new ones
+        self._read = 0
+        self._matcher = StopMatcher(stops)
+        self._pending = ""  # decoded text not yet sent
+        self._sent = 0  # characters sent
+        self._cut: int | None = None  # where a stop string starts
         self.stopped = False  # a stop string was found: the request should end now
 
     def feed(self, token: int) -> str:
@@ -38,25 +93,41 @@ class TextDecoder:
         if self.stopped or token in self.eos:
             return ""
         self.ids.append(token)
-        self.text = self.tok.decode(self.ids)
-        if self.text.endswith("\ufffd"):  # an unfinished multi-byte character: wait for its next byte
+        new = self._decode_new(final=False)
+        if new is None:  # an unfinished multi-byte character: wait for its next byte
             return ""
-        cut = find_stop(self.text, self.stops)
-        if cut is not None:
+        self._add(new)
+        if self._cut is not None:
             self.stopped = True
-            return self._emit(cut)
-        return self._emit(len(self.text) - held_back(self.text, self.stops))
+            return self._emit(self._cut)
+        return self._emit(self._sent + len(self._pending) - self._matcher.held_back())
 
     def flush(self) -> str:
         """What is left once the request has ended (held-back text that never became a stop)."""
-        cut = find_stop(self.text, self.stops)
-        return self._emit(len(self.text) if cut is None else cut)
+        if not self.stopped and self._read < len(self.ids):
+            self._add(self._decode_new(final=True) or "")
+        return self._emit(self._sent + len(self._pending) if self._cut is None else self._cut)
+
+    def _decode_new(self, final: bool) -> str | None:
+        before = self.tok.decode(self.ids[self._prefix:self._read])
+        now = self.tok.decode(self.ids[self._prefix:])
+        if len(now) <= len(before) or (now.endswith("\ufffd") and not final):
+            return "" if final else None
+        self._prefix, self._read = self._read, len(self.ids)
+        return now[len(before):]
+
+    def _add(self, text: str) -> None:
+        if self._cut is None and text:
+            self._pending += text
+            self._cut = self._matcher.feed(text)
 
     def _emit(self, end: int) -> str:
-        if end <= self.emitted:
+        """Sends the text up to absolute position `end`."""
+        n = end - self._sent
+        if n <= 0:
             return ""
-        piece = self.text[self.emitted:end]
-        self.emitted = end
+        piece, self._pending = self._pending[:n], self._pending[n:]
+        self._sent = end
         return piece
 
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+
+from .checks import check_text
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "additional_special_tokens")
@@ -23,6 +26,8 @@ class MptTokenizer:
         self.pad_token = _token_str(self.config.get("pad_token"))
         self.unk_token = _token_str(self.config.get("unk_token"))
         self.chat_template = self.config.get("chat_template")
+        self._plain: Any = None  # a copy that reads special-token text as text (encode_text)
+        self._plain_lock = threading.Lock()
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> "MptTokenizer":
@@ -101,9 +106,29 @@ class MptTokenizer:
 
     # ---- encode / decode ----
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        if not isinstance(text, str):
-            raise TypeError(f"expected a string, got {type(text).__name__}")
+        """Token ids of text; special-token text in it (``<|endoftext|>``) becomes that special token,
+        as in transformers. Text from an untrusted source goes through encode_text instead."""
+        check_text(text)
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def encode_text(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of text read as plain text: ``<|im_end|>`` written in it is the characters
+        ``<|im_end|>``, never the special token (add_special_tokens still adds what the
+        tokenizer's post-processor adds, a BOS for instance)."""
+        check_text(text)
+        return self._plain_tokenizer().encode(text, add_special_tokens=add_special_tokens).ids
+
+    def _plain_tokenizer(self) -> Any:
+        # `tokenizers` matches special tokens even with add_special_tokens=False; its
+        # encode_special_tokens setting turns that off, on a copy so that encode() keeps matching.
+        with self._plain_lock:
+            if self._plain is None:
+                from tokenizers import Tokenizer
+
+                plain = Tokenizer.from_str(self._tok.to_str())
+                plain.encode_special_tokens = True
+                self._plain = plain
+            return self._plain
 
     def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
         """Text of a sequence of ids. Ids of embedding rows beyond the tokenizer (a padded vocab:
@@ -120,12 +145,18 @@ class MptTokenizer:
 
     def apply_chat_template(self, messages: Sequence[dict], add_generation_prompt: bool = True,
                             tokenize: bool = False, chat_template: str | None = None, **extra: Any):
-        """The prompt of a conversation (ChatML for MPT chat models), as text or token ids."""
+        """The prompt of a conversation (ChatML for MPT chat models), as text or token ids. As ids,
+        only the template's own markers are special tokens: special-token text inside a message
+        stays text."""
+        if tokenize:
+            from .chat_encode import encode_chat
+
+            return encode_chat(self, messages, add_generation_prompt=add_generation_prompt,
+                               chat_template=chat_template, **extra)
         from .chat_template import render_chat
 
-        text = render_chat(self, messages, add_generation_prompt=add_generation_prompt,
+        return render_chat(self, messages, add_generation_prompt=add_generation_prompt,
                            chat_template=chat_template, **extra)
-        return self.encode(text, add_special_tokens=False) if tokenize else text
 
     def __call__(self, texts: str | Sequence[str], padding_side: str = "left",
                  add_special_tokens: bool = True) -> dict[str, torch.Tensor]:
@@ -138,6 +169,8 @@ class MptTokenizer:
         bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
         if bad:
             raise TypeError(f"expected a string or a list of strings, got a list holding {bad[0]}")
+        for t in texts:
+            check_text(t)
         rows = [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=add_special_tokens)]
         width = max(len(r) for r in rows) if rows else 0
         pad = self.pad_token_id
