@@ -81,7 +81,7 @@ def start_server(server_args: str) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "mpt_lite.cli", "serve", "--host", "127.0.0.1", "--port", "0",
            "--served-model-name", "mpt-lite", *server_args.split()]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # Ray Serve replicas (--replicas N) take a while to start
     while time.monotonic() < deadline:
         line = proc.stderr.readline()
         if not line and proc.poll() is not None:
@@ -89,7 +89,7 @@ def start_server(server_args: str) -> tuple[subprocess.Popen, str]:
         if " serving " in line:
             return proc, line.split(" on ")[1].split()[0]
     proc.kill()
-    raise RuntimeError("mpt-lite serve did not start within 120 s")
+    raise RuntimeError("mpt-lite serve did not start within 300 s")
 
 
 def request_body(i: int, max_tokens: int) -> tuple[str, dict]:
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
         if proc is not None:
             proc.terminate()
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=90)  # Ray Serve takes its replicas down first
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()

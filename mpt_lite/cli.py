@@ -82,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "(CORS); repeatable; default none: only non-browser clients and the server's own pages")
     s.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="warning",
                    help="uvicorn's log level; info also logs every request (default warning)")
+    s.add_argument("--replicas", type=int, default=None,
+                   help="serve N replicas on Ray Serve, each loading the model once (needs the ray extra); "
+                        "default: one process, no Ray")
+    s.add_argument("--ray-address", default=None,
+                   help="with --replicas: an existing Ray cluster ('auto' or ray://host:10001); default: start a "
+                        "local Ray instance")
+    s.add_argument("--replica-cpus", type=float, default=None,
+                   help="with --replicas: CPUs each replica reserves (default: the cluster's CPUs / N, at least 1)")
     s.set_defaults(func=cmd_serve)
 
     q = sub.add_parser("quantize", help="write a quantized copy of a checkpoint")
@@ -295,6 +303,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         check_origins(args.allow_origin)
     except ValueError as e:
         raise CliError(f"--allow-origin: {e}") from e
+    if args.replicas is not None:
+        return serve_replicas(args)
+    if args.ray_address is not None or args.replica_cpus is not None:
+        raise CliError("--ray-address and --replica-cpus need --replicas N")
     sock = bind_socket(args.host, args.port)  # before loading: a taken port fails at once
     try:
         model = load_model(args.model, parse_bits(args.bits), args.quant_type, args.device)
@@ -322,6 +334,53 @@ def cmd_serve(args: argparse.Namespace) -> int:
             pass
     finally:
         sock.close()
+    print(f"[{PROG}] server stopped", file=sys.stderr)
+    return 0
+
+
+def serve_replicas(args: argparse.Namespace) -> int:
+    """`serve --replicas N`: the same app as N replicas on Ray Serve (mpt_lite/server/ray_serve.py)."""
+    if args.replicas < 1:
+        raise CliError(f"--replicas must be >= 1, got {args.replicas}")
+    if args.replica_cpus is not None and args.replica_cpus <= 0:
+        raise CliError(f"--replica-cpus must be > 0, got {args.replica_cpus}")
+    try:
+        from .server.ray_serve import ReplicaSettings, run, shutdown
+    except ImportError as e:
+        raise CliError(str(e)) from e
+    engine_kw: dict[str, Any] = {"max_num_seqs": args.max_num_seqs}
+    if args.kv_cache_mb is not None:
+        engine_kw["max_bytes"] = int(args.kv_cache_mb * (1 << 20))
+    name = args.served_model_name or args.model or "mpt-lite"
+    bits = parse_bits(args.bits)
+    if args.quant_type is not None and bits != 4:
+        raise CliError("--quant-type needs --bits 4")
+    settings = ReplicaSettings(model=args.model, bits=bits, quant_type=args.quant_type, device=args.device,
+                               model_name=name, api_key=args.api_key, max_queue=args.max_queue,
+                               max_body_bytes=args.max_body_bytes, allow_origins=list(args.allow_origin or ()),
+                               engine_kwargs=engine_kw)
+    if args.api_key is None and not is_loopback(args.host):
+        print(f"[{PROG}] warning: listening on {args.host} without --api-key: anyone who can reach it "
+              "can use it", file=sys.stderr)
+    print(f"[{PROG}] starting {args.replicas} replica(s) of {name} on Ray Serve"
+          f"{' at ' + args.ray_address if args.ray_address else ' (local Ray instance)'} ...", file=sys.stderr, flush=True)
+    url = run(settings, args.replicas, args.host, args.port, ray_address=args.ray_address,
+              cpus_per_replica=args.replica_cpus, blocking=False)
+    print(f"[{PROG}] serving {name} on {url} (OpenAI API under {url}/v1; Ctrl-C stops)", file=sys.stderr, flush=True)
+
+    def stop(signum: int, frame: Any) -> None:  # SIGTERM too must take the Ray processes down
+        raise KeyboardInterrupt
+
+    import signal
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        shutdown()
     print(f"[{PROG}] server stopped", file=sys.stderr)
     return 0
 

@@ -11,7 +11,7 @@ import hmac
 import logging
 import re
 import time
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -167,12 +167,14 @@ async def stream_chunks(job: Job, reply: Reply, n_prompt: int, include_usage: bo
 
 def create_app(model: Any, *, model_name: str = "mpt-lite", api_key: str | None = None,
                max_queue: int = DEFAULT_MAX_QUEUE, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               allow_origins: Sequence[str] = (), **engine_kwargs: Any) -> FastAPI:
+               allow_origins: Sequence[str] = (), health_extra: Callable[[], Awaitable[dict]] | None = None,
+               **engine_kwargs: Any) -> FastAPI:
     """The server's ASGI app for a loaded MptForCausalLM. engine_kwargs go to Engine (num_blocks
     or max_bytes, max_num_seqs, max_batch_tokens, prefix_caching); without num_blocks or max_bytes
     the KV budget is sized from the model and the free memory (runtime.kv_budget). max_queue:
     requests that may wait beyond the max_num_seqs running ones before new ones get 429.
-    allow_origins: web origins whose pages may call the server (CORS); none by default."""
+    allow_origins: web origins whose pages may call the server (CORS); none by default.
+    health_extra: more fields for /health (a Ray Serve replica adds its id and the deployment's state)."""
     if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
         raise ValueError("api_key must be a non-empty string (or None for no key)")
     origins = check_origins(allow_origins)
@@ -218,7 +220,8 @@ def create_app(model: Any, *, model_name: str = "mpt-lite", api_key: str | None 
             "status": "ok" if alive else "engine stopped", "model": svc.model_name,
             "active_requests": runner.active, "max_queue": runner.max_queue,
             "max_num_seqs": runner.engine.max_num_seqs, "capacity": runner.capacity, **runner.snapshot,
-            "counters": runner.counters_now()}, status_code=200 if alive else 503)
+            "counters": runner.counters_now(), **(await health_extra() if health_extra else {})},
+            status_code=200 if alive else 503)
 
     @app.get("/v1/models")
     async def models() -> dict:

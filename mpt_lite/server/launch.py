@@ -49,8 +49,10 @@ class Server(uvicorn.Server):
 
 def make_server(app: Any, log_level: str = "warning", access_log: bool = False,
                 on_ready: Callable[[], None] | None = None) -> Server:
+    # loop and http pinned: "auto" would switch to uvloop/httptools whenever another package (Ray
+    # Serve) happens to install them, changing the server's behaviour with the environment
     config = uvicorn.Config(app, log_level=log_level, access_log=access_log, timeout_graceful_shutdown=5,
-                            lifespan="on")
+                            lifespan="on", loop="asyncio", http="h11")
     return Server(config, on_ready)
 
 
