@@ -15,8 +15,7 @@ import torch
 from torch import nn
 
 from .. import kernels
-from ..model.base import TiedEmbedding
-from ..model.heads import MptForCausalLM
+from ..model.base import MptModel, TiedEmbedding
 from ..quant.layers import QuantEmbedding, QuantLinear, QuantWeight
 from .kv_cache import PagedKVCache, PagedStep
 
@@ -44,7 +43,9 @@ def _weight_problem(name: str, m: Any, embedding: bool = False) -> str | None:
 
 def unsupported_reason(model: Any, cache: PagedKVCache) -> str | None:
     """Why the native step cannot run this model and cache (None: it can)."""
-    if not isinstance(model, MptForCausalLM):
+    # (duck-typed: model.heads imports the runtime for generate, so the runtime does not import it)
+    if not isinstance(getattr(model, "transformer", None), MptModel) or not hasattr(model, "lm_head") \
+            or type(model).__name__ != "MptForCausalLM":
         return f"the model is a {type(model).__name__}, not an MptForCausalLM"
     cfg = model.config
     if model.device.type != "cpu" or cache.device.type != "cpu":
@@ -85,7 +86,7 @@ def _set_weight(plan: kernels.DecodePlan, layer: int, name: str, m: Any) -> None
         plan.set_float_weight(layer, name, m.weight.detach().contiguous(), _f32(bias))
 
 
-def build_plan(model: MptForCausalLM, cache: PagedKVCache) -> kernels.DecodePlan:
+def build_plan(model: Any, cache: PagedKVCache) -> kernels.DecodePlan:
     cfg, t = model.config, model.transformer
     slopes = t.alibi_slopes(torch.device("cpu"))
     plan = kernels.DecodePlan(
