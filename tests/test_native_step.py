@@ -42,6 +42,7 @@ CONFIGS = {
                                                      "clip_qkv": 0.8}, no_bias=False, logit_scale=0.5),
     "mqa_no_alibi_no_wpe": dict(attn_config={"attn_type": "multiquery_attention", "alibi": False},
                                 learned_pos_emb=False),
+    "untied_float_lm_head": dict(tie_word_embeddings=False),
     "alibi4_6heads_softmax_scale": dict(d_model=48, n_heads=6, attn_config={"alibi_bias_max": 4,
                                                                              "softmax_scale": 0.3}),
 }
