@@ -180,6 +180,20 @@ def test_other_model_types_and_linears_fall_back():
     assert "up_proj" in engine.native_step_fallback_reason
 
 
+def test_forward_hooks_fall_back():
+    model = tiny()
+    calls = []
+    handle = model.transformer.norm_f.register_forward_hook(lambda *a: calls.append(1))
+    engine = Engine(model, num_blocks=32)
+    assert "hooks" in engine.native_step_fallback_reason
+    engine.add_request([1, 2], 2)
+    for _ in engine.run():
+        pass
+    assert len(calls) == 2
+    handle.remove()
+    assert Engine(model, num_blocks=32).uses_native_step
+
+
 def test_env_switch_and_argument(monkeypatch):
     model = tiny()
     assert Engine(model, num_blocks=8).uses_native_step

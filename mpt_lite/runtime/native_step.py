@@ -4,7 +4,7 @@ modules and the engine's paged KV cache on first use.
 Only what the native step computes exactly is sent there: a float32 MptForCausalLM on the CPU with
 LayerNorm, no qk_ln, no learned position embedding, and float32 or quantized (int8 / nf4 / int4,
 each weight its own format) Linears and embedding. Anything else (bfloat16 / float16 models, CUDA,
-rmsnorm, qk_ln, wpe) runs the torch path, model.forward_paged. MPT_LITE_NATIVE_STEP=0 forces the
+rmsnorm, qk_ln, wpe, a model with forward hooks) runs the torch path, model.forward_paged. MPT_LITE_NATIVE_STEP=0 forces the
 torch path everywhere."""
 from __future__ import annotations
 
@@ -56,6 +56,8 @@ def unsupported_reason(model: Any, cache: PagedKVCache) -> str | None:
         return f"norm_type {cfg.norm_type!r}"
     if cfg.attn_config["qk_ln"]:
         return "qk_ln"
+    if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
+        return "forward hooks are registered on the model (the native step runs no module)"
     t = model.transformer
     if t.wpe is not None:
         return "a learned position embedding (wpe)"
