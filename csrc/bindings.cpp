@@ -8,6 +8,7 @@
 
 #include "cpu/attention.h"
 #include "cpu/cpu_features.h"
+#include "cpu/decode_step.h"
 #include "cpu/quant_formats.h"
 #include "cpu/thread_pool.h"
 
@@ -218,4 +219,61 @@ PYBIND11_MODULE(_C, m) {
     if (decode) mpt::paged_attention_decode(a, c);
     else mpt::paged_attention_prefill(a, c);
   });
+
+  // ---- the engine's whole forward pass in one call (csrc/cpu/decode_step.h); keyword arguments
+  // only. fmt: -1 float32, 0 int8, 1 nf4, 2 int4. ----
+  py::class_<mpt::DecodePlan>(m, "DecodePlan")
+      .def(py::init([](int64_t d_model, int64_t n_heads, int64_t kv_heads, int64_t head_dim, int64_t ffn,
+                       int64_t vocab, int64_t n_layers, float eps, float clip_qkv, float softmax_scale,
+                       float logit_scale, bool has_logit_scale, uintptr_t slopes, int64_t q8_max_rows) {
+             mpt::StepConfig c;
+             c.d_model = d_model, c.n_heads = n_heads, c.kv_heads = kv_heads, c.head_dim = head_dim, c.ffn = ffn;
+             c.vocab = vocab, c.n_layers = n_layers, c.eps = eps, c.clip_qkv = clip_qkv;
+             c.softmax_scale = softmax_scale, c.logit_scale = logit_scale, c.has_logit_scale = has_logit_scale;
+             c.slopes = P<const float>(slopes), c.q8_max_rows = q8_max_rows;
+             return new mpt::DecodePlan(c);
+           }),
+           py::kw_only(), py::arg("d_model"), py::arg("n_heads"), py::arg("kv_heads"), py::arg("head_dim"),
+           py::arg("ffn"), py::arg("vocab"), py::arg("n_layers"), py::arg("eps"), py::arg("clip_qkv"),
+           py::arg("softmax_scale"), py::arg("logit_scale"), py::arg("has_logit_scale"), py::arg("slopes"),
+           py::arg("q8_max_rows"))
+      .def("set_weight", [](mpt::DecodePlan& p, int64_t layer, const std::string& name, int fmt, int64_t n,
+                            int64_t k, int64_t blocksize, uintptr_t data, uintptr_t scale, uintptr_t bias) {
+             if (fmt < -1 || fmt > 2) throw std::invalid_argument("unknown weight format code");
+             mpt::StepWeight& w = p.weight(layer, name);
+             w.fmt = static_cast<mpt::StepFormat>(fmt), w.N = n, w.K = k, w.blocksize = blocksize;
+             w.data = P<const void>(data), w.scale = P<const float>(scale), w.bias = P<const float>(bias);
+           },
+           py::kw_only(), py::arg("layer"), py::arg("name"), py::arg("fmt"), py::arg("n"), py::arg("k"),
+           py::arg("blocksize"), py::arg("data"), py::arg("scale"), py::arg("bias"))
+      .def("set_norm", [](mpt::DecodePlan& p, int64_t layer, const std::string& name, uintptr_t weight,
+                          uintptr_t bias) {
+             mpt::StepNorm& n = p.norm(layer, name);
+             n.weight = P<const float>(weight), n.bias = P<const float>(bias);
+           },
+           py::kw_only(), py::arg("layer"), py::arg("name"), py::arg("weight"), py::arg("bias"))
+      .def("set_cache", [](mpt::DecodePlan& p, int64_t layer, uintptr_t k, uintptr_t v, uintptr_t k_scale,
+                           uintptr_t v_scale, int dtype, int64_t num_slots, int kv_heads, int head_dim,
+                           int block_size) {
+             mpt::StepLayer& l = p.layer(layer);
+             l.cache = kv_view(k, v, k_scale, v_scale, dtype, num_slots, kv_heads, head_dim, block_size);
+             l.has_cache = true;
+           },
+           py::kw_only(), py::arg("layer"), py::arg("k"), py::arg("v"), py::arg("k_scale"), py::arg("v_scale"),
+           py::arg("dtype"), py::arg("num_slots"), py::arg("kv_heads"), py::arg("head_dim"), py::arg("block_size"))
+      .def("validate", &mpt::DecodePlan::validate)
+      .def("step", [](mpt::DecodePlan& p, uintptr_t ids, int64_t n_tokens, uintptr_t slots, uintptr_t block_tables,
+                      int num_seqs, int max_blocks, uintptr_t context_lens, uintptr_t query_start_loc, bool decode,
+                      uintptr_t rows, int64_t n_rows, uintptr_t logits) {
+             mpt::StepBatch b;
+             b.ids = P<const int64_t>(ids), b.n_tokens = n_tokens, b.slots = P<const int64_t>(slots);
+             b.block_tables = P<const int32_t>(block_tables), b.num_seqs = num_seqs, b.max_blocks = max_blocks;
+             b.context_lens = P<const int32_t>(context_lens), b.query_start_loc = P<const int32_t>(query_start_loc);
+             b.decode = decode, b.rows = P<const int64_t>(rows), b.n_rows = n_rows, b.logits = P<float>(logits);
+             py::gil_scoped_release nogil;
+             p.step(b);
+           },
+           py::kw_only(), py::arg("ids"), py::arg("n_tokens"), py::arg("slots"), py::arg("block_tables"),
+           py::arg("num_seqs"), py::arg("max_blocks"), py::arg("context_lens"), py::arg("query_start_loc"),
+           py::arg("decode"), py::arg("rows"), py::arg("n_rows"), py::arg("logits"));
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .attention_ops import (KV_CACHE_DTYPES, paged_attention_decode, paged_attention_prefill,
                             write_kv_cache)
+from .decode_step import DecodePlan
 from .checks import FLOAT_DTYPES, check_blocksize, check_tensor, ptr
 from .extension import (CUDA_GEMV_MAX_M, NO_CUDA_BUILD, cpu_features, cuda_available, cuda_built, current_isa,
                         num_threads, set_isa, set_num_threads, supported_isas, use_isa)
@@ -14,6 +15,7 @@ from .quant_ops import (dequantize_int4, dequantize_int8, dequantize_nf4, dequan
 
 __all__ = [
     "KV_CACHE_DTYPES", "paged_attention_decode", "paged_attention_prefill", "write_kv_cache",
+    "DecodePlan",
     "FLOAT_DTYPES", "check_blocksize", "check_tensor", "ptr",
     "CUDA_GEMV_MAX_M", "NO_CUDA_BUILD", "cpu_features", "cuda_available", "cuda_built", "current_isa",
     "num_threads", "set_isa", "set_num_threads", "supported_isas", "use_isa",

@@ -22,6 +22,7 @@ import torch
 
 from .block_manager import DEFAULT_BLOCK_SIZE, CacheExhaustedError
 from .kv_cache import PagedKVCache, PagedStep
+from .native_step import build_plan, env_allows_native, native_logits, unsupported_reason
 from .request import Request
 from .sampler import SamplingParams, mask_beyond_tokenizer, sample_batch
 from .scheduler import Scheduler
@@ -34,7 +35,10 @@ __all__ = ["Engine", "Request", "DEFAULT_MAX_BYTES"]
 class Engine:
     def __init__(self, model: Any, *, block_size: int = DEFAULT_BLOCK_SIZE, num_blocks: int | None = None,
                  max_bytes: int | None = None, kv_dtype: torch.dtype | None = None, max_num_seqs: int = 64,
-                 max_batch_tokens: int = 2048, prefix_caching: bool = True) -> None:
+                 max_batch_tokens: int = 2048, prefix_caching: bool = True, native_step: bool | None = None) -> None:
+        """native_step: None runs each step as one native call when the model allows it (see
+        native_step.py; MPT_LITE_NATIVE_STEP=0 turns it off), False always runs the torch path
+        (model.forward_paged), True insists on the native step (ValueError when unsupported)."""
         if not hasattr(model, "forward_paged") or not hasattr(model, "logits"):
             raise TypeError(f"Engine needs an MptForCausalLM, got {type(model).__name__}")
         if not isinstance(max_num_seqs, int) or max_num_seqs < 1:
@@ -56,6 +60,19 @@ class Engine:
         self._counts = {"steps": 0, "computed_tokens": 0}
         tok = getattr(model, "tokenizer", None)
         self._n_text_tokens = len(tok) if tok is not None else None
+        if native_step not in (None, True, False):
+            raise TypeError(f"native_step must be None, True or False, got {native_step!r}")
+        reason = unsupported_reason(model, self.cache) if native_step is not False else "native_step=False"
+        if native_step is None and reason is None and not env_allows_native():
+            reason = "MPT_LITE_NATIVE_STEP=0"
+        if native_step is True and reason is not None:
+            raise ValueError(f"native_step=True, but this model runs only on the torch path: {reason}")
+        self.native_step_fallback_reason = reason  # None: steps run natively
+        self._plan = None  # built on the first step
+
+    @property
+    def uses_native_step(self) -> bool:
+        return self.native_step_fallback_reason is None
 
     @property
     def waiting(self):
@@ -145,8 +162,13 @@ class Engine:
         ids = torch.tensor([t for s in batch for t in s.req.tokens[s.start:s.end]], dtype=torch.long)
         step = PagedStep(self.cache, [s.req.blocks for s in batch], [s.start for s in batch], [s.end for s in batch])
         rows = [i for i, s in enumerate(batch) if s.samples]
-        with torch.inference_mode():
-            logits = self.model.forward_paged(ids, step, step.last_rows[rows])
+        if self.uses_native_step:
+            if self._plan is None:
+                self._plan = build_plan(self.model, self.cache)
+            logits = native_logits(self._plan, ids, step, step.last_rows[rows].to(torch.int64))
+        else:
+            with torch.inference_mode():
+                logits = self.model.forward_paged(ids, step, step.last_rows[rows])
         self._counts["steps"] += 1
         self._counts["computed_tokens"] += len(ids)
         for s in batch:

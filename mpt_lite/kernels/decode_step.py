@@ -1,0 +1,116 @@
+"""The engine's whole forward pass in one native call (csrc/cpu/decode_step.h).
+
+A DecodePlan is filled once with every weight (float32, or the codes of one quantized format,
+each weight its own), the norms, the config fields and each layer's paged KV cache; `step` then
+runs a flat batch of new tokens of several sequences and returns the logits of the chosen rows.
+The plan keeps a reference to every tensor it was given, so the pointers it holds stay valid."""
+from __future__ import annotations
+
+import torch
+
+from .attention_ops import KV_CACHE_DTYPES
+from .checks import check_tensor, ptr
+from .extension import _C
+from .layouts import Q8_MAX_ROWS, int4_groups
+
+_FMT = {"float32": -1, "int8": 0, "nf4": 1, "int4": 2}
+
+
+def _f32(name: str, t: object, numel: int) -> torch.Tensor:
+    check_tensor(name, t, (torch.float32,))
+    if t.numel() != numel or not t.is_contiguous():
+        raise ValueError(f"{name} must be a contiguous float32 tensor of {numel} elements, got {tuple(t.shape)}")
+    return t
+
+
+class DecodePlan:
+    def __init__(self, *, d_model: int, n_heads: int, kv_heads: int, head_dim: int, ffn: int, vocab: int,
+                 n_layers: int, eps: float, clip_qkv: float | None, softmax_scale: float,
+                 logit_scale: float | None, slopes: torch.Tensor | None) -> None:
+        if slopes is not None:
+            slopes = _f32("slopes", slopes, n_heads)
+        self.vocab, self.d_model = vocab, d_model
+        self._keep: list[torch.Tensor] = [] if slopes is None else [slopes]
+        self._plan = _C.DecodePlan(
+            d_model=d_model, n_heads=n_heads, kv_heads=kv_heads, head_dim=head_dim, ffn=ffn, vocab=vocab,
+            n_layers=n_layers, eps=float(eps), clip_qkv=float(clip_qkv or 0.0), softmax_scale=float(softmax_scale),
+            logit_scale=float(logit_scale if logit_scale is not None else 1.0),
+            has_logit_scale=logit_scale is not None, slopes=0 if slopes is None else ptr(slopes),
+            q8_max_rows=Q8_MAX_ROWS)
+
+    def _hold(self, t: torch.Tensor | None) -> int:
+        if t is None:
+            return 0
+        check_tensor("plan tensor", t, (t.dtype,))  # on the CPU
+        self._keep.append(t)
+        return ptr(t)
+
+    def set_float_weight(self, layer: int, name: str, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """weight float32 [N, K] (nn.Linear's layout, or an embedding table)."""
+        check_tensor(name, weight, (torch.float32,), ndim=2)
+        n, k = weight.shape
+        bias = None if bias is None else _f32(f"{name} bias", bias, n)
+        self._plan.set_weight(layer=layer, name=name, fmt=_FMT["float32"], n=n, k=k, blocksize=0,
+                              data=self._hold(weight.contiguous()), scale=0, bias=self._hold(bias))
+
+    def set_quant_weight(self, layer: int, name: str, quant_type: str, data: torch.Tensor, scale: torch.Tensor,
+                         n: int, k: int, blocksize: int, bias: torch.Tensor | None) -> None:
+        """The codes of one weight [n, k] in `quant_type` (byte layouts: csrc/cpu/quant_formats.h)."""
+        if quant_type not in ("int8", "nf4", "int4"):
+            raise ValueError(f"unknown quant_type {quant_type!r}")
+        want = {"int8": (n * k, n), "nf4": ((n * k + 1) // 2, (n * k + blocksize - 1) // blocksize),
+                "int4": (n * int4_groups(k) * 16, n * int4_groups(k))}[quant_type]
+        check_tensor(f"{name} codes", data, (torch.int8 if quant_type == "int8" else torch.uint8,))
+        if data.numel() != want[0] or not data.is_contiguous():
+            raise ValueError(f"{name}: {quant_type} codes of a [{n}, {k}] weight hold {want[0]} bytes, "
+                             f"got {data.numel()}")
+        scale = _f32(f"{name} scales", scale, want[1])
+        bias = None if bias is None else _f32(f"{name} bias", bias, n)
+        self._plan.set_weight(layer=layer, name=name, fmt=_FMT[quant_type], n=n, k=k, blocksize=blocksize,
+                              data=self._hold(data), scale=self._hold(scale), bias=self._hold(bias))
+
+    def set_norm(self, layer: int, name: str, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        weight = _f32(f"{name} weight", weight, self.d_model)
+        bias = None if bias is None else _f32(f"{name} bias", bias, self.d_model)
+        self._plan.set_norm(layer=layer, name=name, weight=self._hold(weight), bias=self._hold(bias))
+
+    def set_cache(self, layer: int, k_cache: torch.Tensor, v_cache: torch.Tensor, k_scale: torch.Tensor | None,
+                  v_scale: torch.Tensor | None) -> None:
+        """One layer's paged cache, (num_blocks, block_size, kv_heads, head_dim) each (see attention_ops)."""
+        check_tensor("k_cache", k_cache, tuple(KV_CACHE_DTYPES), ndim=4)
+        check_tensor("v_cache", v_cache, (k_cache.dtype,), ndim=4)
+        if v_cache.shape != k_cache.shape:
+            raise ValueError("k_cache and v_cache differ in shape")
+        int8 = k_cache.dtype == torch.int8
+        if int8 != (k_scale is not None) or int8 != (v_scale is not None):
+            raise ValueError("k_scale/v_scale are given exactly for int8 KV caches")
+        nb, bs, kvh, hd = k_cache.shape
+        self._plan.set_cache(layer=layer, k=self._hold(k_cache), v=self._hold(v_cache), k_scale=self._hold(k_scale),
+                             v_scale=self._hold(v_scale), dtype=KV_CACHE_DTYPES[k_cache.dtype], num_slots=nb * bs,
+                             kv_heads=kvh, head_dim=hd, block_size=bs)
+
+    def validate(self) -> None:
+        """ValueError naming the first part of the plan that is missing or mis-shaped."""
+        self._plan.validate()
+
+    def step(self, ids: torch.Tensor, slot_mapping: torch.Tensor, block_tables: torch.Tensor,
+             context_lens: torch.Tensor, query_start_loc: torch.Tensor, decode: bool,
+             rows: torch.Tensor) -> torch.Tensor:
+        """Logits (len(rows), vocab) float32 of the flat batch `ids` (int64, the new tokens of every
+        sequence back to back); the other arguments as kv_cache.PagedStep holds them."""
+        n = ids.numel()
+        ids = check_tensor("ids", ids, (torch.int64,)).reshape(-1).contiguous()
+        slots = check_tensor("slot_mapping", slot_mapping, (torch.int64,), ndim=1).contiguous()
+        tables = check_tensor("block_tables", block_tables, (torch.int32,), ndim=2).contiguous()
+        lens = check_tensor("context_lens", context_lens, (torch.int32,), ndim=1).contiguous()
+        qsl = check_tensor("query_start_loc", query_start_loc, (torch.int32,), ndim=1).contiguous()
+        rows = check_tensor("rows", rows, (torch.int64,), ndim=1).contiguous()
+        seqs = tables.shape[0]
+        if slots.numel() != n or lens.numel() != seqs or qsl.numel() != seqs + 1:
+            raise ValueError(f"a step of {n} tokens and {seqs} sequences needs {n} slots, {seqs} context lengths "
+                             f"and {seqs + 1} query starts, got {slots.numel()}, {lens.numel()}, {qsl.numel()}")
+        logits = torch.empty(rows.numel(), self.vocab, dtype=torch.float32)
+        self._plan.step(ids=ptr(ids), n_tokens=n, slots=ptr(slots), block_tables=ptr(tables), num_seqs=seqs,
+                        max_blocks=tables.shape[1], context_lens=ptr(lens), query_start_loc=ptr(qsl),
+                        decode=bool(decode), rows=ptr(rows), n_rows=rows.numel(), logits=ptr(logits))
+        return logits
