@@ -99,6 +99,10 @@ class MptTokenizer:
     def __len__(self) -> int:
         return self.vocab_size
 
+    def to_json(self) -> str:
+        """The tokenizer.json text (grammar libraries build their token tables from it)."""
+        return self._tok.to_str()
+
     # ---- encode / decode ----
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         if not isinstance(text, str):
