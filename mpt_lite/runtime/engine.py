@@ -23,6 +23,7 @@ import torch
 from .block_manager import DEFAULT_BLOCK_SIZE, CacheExhaustedError
 from .constraints import Constraint, constrain_logits
 from .kv_cache import PagedKVCache, PagedStep
+from .logprobs import record_logprobs
 from .request import Request
 from .sampler import SamplingParams, mask_beyond_tokenizer, sample_batch
 from .scheduler import Scheduler
@@ -155,10 +156,12 @@ class Engine:
         for s in batch:
             self.cache.commit(s.req.blocks, s.req.tokens, s.end)
         reqs = [batch[i].req for i in rows]
+        raw = logits
         logits = mask_beyond_tokenizer(logits, self._n_text_tokens)
         logits = constrain_logits(logits, [r.constraint for r in reqs], [r.eos for r in reqs])
         tokens = sample_batch(logits, [r.params for r in reqs], [r.generator for r in reqs],
-                              [r.tokens for r in reqs])
+                              [r.tokens for r in reqs], [r.output for r in reqs])
+        record_logprobs(raw, reqs, tokens)
         events = []
         for r, tok in zip(reqs, tokens):
             r.append(tok)

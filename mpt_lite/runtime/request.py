@@ -24,6 +24,7 @@ class Request:
     blocks: SeqBlocks | None = None
     generator: torch.Generator | None = None
     num_preemptions: int = 0
+    logprobs: list = field(default_factory=list)  # logprobs.TokenLogprob per output token, when params ask
     constraint: Any = None  # a constraints.Constraint: masks the logits, ends the request when complete
     tokens: list[int] = field(init=False, repr=False)  # prompt + output, kept up to date by append()
 
