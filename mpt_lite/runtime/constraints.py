@@ -14,6 +14,7 @@ import json
 import weakref
 from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
 import torch
 
 INSTALL_HINT = "structured output needs llguidance: pip install 'mpt_lite[structured]'"
@@ -22,8 +23,8 @@ INSTALL_HINT = "structured output needs llguidance: pip install 'mpt_lite[struct
 # (a schema's "x-guidance" options may still ask for it)
 JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
-_tables: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
 _executor = None
+_tables: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
 
 
 def _llguidance():
@@ -130,22 +131,20 @@ def constraint_factory(tokenizer: Any, json_schema: Any = None, regex: str | Non
     return make
 
 
-def _bitmask_rows(matchers: Sequence[Any], n_tokens: int) -> torch.Tensor:
-    """(rows, n_tokens) bool: the tokens each matcher allows next."""
+def _allowed_rows(matchers: Sequence[Any], n_tokens: int) -> np.ndarray:
+    """(rows, n_tokens) uint8, 1 where a matcher allows the token next."""
     global _executor
-    llg = _llguidance()
     words = (n_tokens + 31) // 32
-    bits = torch.zeros((len(matchers), words), dtype=torch.int32)
-    if len(matchers) == 1:
-        matchers[0].unsafe_compute_mask_ptr(bits.data_ptr(), words * 4)
+    bits = np.zeros((len(matchers), words), dtype="<i4")  # bit j of word w is token 32 w + j
+    if len(matchers) <= 2:  # the executor's threads pay off from a few rows on
+        for i, m in enumerate(matchers):
+            m.unsafe_compute_mask_ptr(bits.ctypes.data + i * words * 4, words * 4)
     else:
         if _executor is None:
-            _executor = llg.LLExecutor()
-        _executor.unsafe_compute_mask_ptr([(m, i) for i, m in enumerate(matchers)], bits.data_ptr(), words * 4,
+            _executor = _llguidance().LLExecutor()
+        _executor.unsafe_compute_mask_ptr([(m, i) for i, m in enumerate(matchers)], bits.ctypes.data, words * 4,
                                           len(matchers))
-    shifts = torch.arange(32, dtype=torch.int32)
-    allowed = (bits.unsqueeze(-1) >> shifts) & 1  # bit j of word w is token 32 w + j
-    return allowed.reshape(len(matchers), words * 32)[:, :n_tokens].bool()
+    return np.unpackbits(bits.view(np.uint8), axis=1, bitorder="little")[:, :n_tokens]
 
 
 def constrain_logits(logits: torch.Tensor, constraints: Sequence[Constraint | None],
@@ -159,15 +158,13 @@ def constrain_logits(logits: torch.Tensor, constraints: Sequence[Constraint | No
     vocab = logits.shape[-1]
     n_tokens = constraints[rows[0]].n_tokens
     width = min(vocab, n_tokens)  # embedding rows beyond the tokenizer stay forbidden
-    allowed = torch.zeros((len(rows), vocab), dtype=torch.bool)
-    allowed[:, :width] = _bitmask_rows([constraints[i].matcher for i in rows], n_tokens)[:, :width]
+    allowed = _allowed_rows([constraints[i].matcher for i in rows], n_tokens)
+    forbid = np.zeros(tuple(logits.shape), dtype=bool)
+    forbid[rows] = True
+    forbid[rows, :width] = allowed[:, :width] == 0
     for j, i in enumerate(rows):
         eos = constraints[i].eos_token
         if eos is not None and eos < width and allowed[j, eos]:
             extra = [e for e in eos_sets[i] if 0 <= e < vocab]
-            if extra:
-                allowed[j, extra] = True
-    out = logits.clone()
-    idx = torch.tensor(rows, device=logits.device)
-    out[idx] = out[idx].masked_fill(~allowed.to(logits.device), float("-inf"))
-    return out
+            forbid[i, extra] = False
+    return logits.masked_fill(torch.from_numpy(forbid).to(logits.device), float("-inf"))
