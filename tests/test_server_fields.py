@@ -132,3 +132,12 @@ def test_penalties_change_sampling_and_stop_lists(oa, model):
     assert penalised != plain
     stopped = oa.completions.create(**base, stop=[",", "]"]).choices[0]
     assert "," not in stopped.text and "]" not in stopped.text
+
+
+def test_streamed_logprobs_cover_the_streamed_text(oa):
+    chunks = list(oa.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=10, temperature=0,
+                                             logprobs=True, top_logprobs=1, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    entries = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert b"".join(bytes(e.bytes) for e in entries).decode() == text
+    assert all(len(e.top_logprobs) == 1 for e in entries)
