@@ -141,7 +141,7 @@ class Service:
         max_tokens = self.budget(len(prompt), body.token_limit(), "messages" if chat else "prompt", limit_param)
         make = self.constraint(body)
         want = body.logprobs_wanted()
-        echo = self.tok.decode(prompt) if not chat and body.echo else ""
+        echo = "" if chat or not body.echo else body.prompt if isinstance(body.prompt, str) else self.tok.decode(prompt)
         reply = Reply(chat, self.model_name)
         stack = contextlib.AsyncExitStack()
         jobs = []
