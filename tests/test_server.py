@@ -212,7 +212,21 @@ LONG_PROMPT = "x = 1\n" * 1100  # > 1024 tokens, < the body cap
     ("/v1/completions", {"prompt": ""}, 400, "prompt"),
     ("/v1/completions", {"prompt": ["a", "b"]}, 400, "prompt"),
     ("/v1/completions", {"prompt": [1, 2, 99999]}, 400, None),
-    ("/v1/completions", {"prompt": "x", "n": 2}, 400, "n"),
+    ("/v1/completions", {"prompt": "x", "n": 0}, 400, "n"),
+    ("/v1/completions", {"prompt": "x", "n": 17}, 400, "n"),
+    ("/v1/completions", {"prompt": "x", "logprobs": 6}, 400, "logprobs"),
+    ("/v1/completions", {"prompt": "x", "echo": True, "logprobs": 1}, 400, None),
+    ("/v1/completions", {"prompt": "x", "presence_penalty": 2.5}, 400, "presence_penalty"),
+    ("/v1/completions", {"prompt": "x", "frequency_penalty": "1"}, 400, "frequency_penalty"),
+    ("/v1/completions", {"prompt": "x", "max_tokens": 4, "max_completion_tokens": 5}, 400, None),
+    ("/v1/completions", {"prompt": "x", "max_completion_tokens": 5000}, 400, "max_completion_tokens"),
+    ("/v1/completions", {"prompt": "x", "logit_bias": {"5": 10}}, 400, "logit_bias"),
+    ("/v1/completions", {"prompt": "x", "response_format": {"type": "xml"}}, 400, "response_format.type"),
+    ("/v1/completions", {"prompt": "x", "response_format": {"type": "json_schema"}}, 400, "response_format"),
+    ("/v1/completions", {"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {
+        "name": "bad", "schema": {"type": "integr"}}}}, 400, "response_format"),
+    ("/v1/completions", {"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {
+        "name": "bad", "schema": {"type": "string", "pattern": "(unclosed"}}}}, 400, "response_format"),
     ("/v1/completions", {"prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
     ("/v1/completions", {"prompt": "x", "max_tokens": "5"}, 400, "max_tokens"),
     ("/v1/completions", {"prompt": "x", "temperature": -1}, 400, "temperature"),
@@ -226,7 +240,10 @@ LONG_PROMPT = "x = 1\n" * 1100  # > 1024 tokens, < the body cap
     ("/v1/chat/completions", {"messages": "hello"}, 400, "messages"),
     ("/v1/chat/completions", {"messages": [{"content": "hi"}]}, 400, "messages.0.role"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, 400, "messages.0.content"),
-    ("/v1/chat/completions", {"messages": CHAT, "n": 3}, 400, "n"),
+    ("/v1/chat/completions", {"messages": CHAT, "n": 100}, 400, "n"),
+    ("/v1/chat/completions", {"messages": CHAT, "top_logprobs": 2}, 400, None),
+    ("/v1/chat/completions", {"messages": CHAT, "logprobs": True, "top_logprobs": 21}, 400, "top_logprobs"),
+    ("/v1/chat/completions", {"messages": CHAT, "tools": [{"type": "function"}]}, 400, "tools"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": LONG_PROMPT}]}, 400, "messages"),
 ])
 def test_bad_requests(client, path, payload, status, param):
@@ -291,8 +308,8 @@ def test_openai_client(url, model):
     assert "".join(pieces) == expected
     text = oa.completions.create(model=MODEL, prompt="def add(a, b):", max_tokens=12, temperature=0)
     assert text.choices[0].text == model.generate("def add(a, b):", max_new_tokens=12)
-    with pytest.raises(openai.BadRequestError, match="n=1"):
-        oa.chat.completions.create(model=MODEL, messages=CHAT, n=2)
+    with pytest.raises(openai.BadRequestError, match="logit_bias"):
+        oa.chat.completions.create(model=MODEL, messages=CHAT, logit_bias={"5": 3})
 
 
 # ---- the command ----

@@ -21,7 +21,9 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from .block_manager import DEFAULT_BLOCK_SIZE, CacheExhaustedError
+from .constraints import Constraint, constrain_logits
 from .kv_cache import PagedKVCache, PagedStep
+from .logprobs import record_logprobs
 from .native_step import build_plan, env_allows_native, native_logits, unsupported_reason
 from .request import Request
 from .sampler import SamplingParams, mask_beyond_tokenizer, sample_batch
@@ -89,9 +91,11 @@ class Engine:
     # ---- requests ----
     def add_request(self, prompt: Sequence[int] | torch.Tensor, max_new_tokens: int = 64, *,
                     params: SamplingParams | None = None, eos_token_id: int | Sequence[int] | None = None,
-                    stop_fn: Callable[[list[int]], bool] | None = None, **sampling: Any) -> Request:
+                    stop_fn: Callable[[list[int]], bool] | None = None, constraint: Constraint | None = None,
+                    **sampling: Any) -> Request:
         """Queues a prompt (token ids); sampling options as SamplingParams (do_sample, temperature,
-        top_k, top_p, repetition_penalty, seed). The request joins at the next step."""
+        top_k, top_p, repetition_penalty, seed). A constraint (constraints.constraint_factory)
+        limits the output to a grammar. The request joins at the next step."""
         if isinstance(prompt, torch.Tensor):
             if prompt.dim() != 1 or prompt.is_floating_point():
                 raise ValueError(f"a prompt tensor must be 1-D integer token ids, got {prompt.dtype} {tuple(prompt.shape)}")
@@ -122,7 +126,7 @@ class Engine:
             eos = frozenset([eos_token_id])
         else:
             eos = frozenset(int(e) for e in eos_token_id)
-        req = Request(next(self._ids), prompt, max_new_tokens, params, eos, stop_fn)
+        req = Request(next(self._ids), prompt, max_new_tokens, params, eos, stop_fn, constraint=constraint)
         req.generator = params.generator(torch.device("cpu"))
         if max_new_tokens == 0:
             req.finish_reason = "length"
@@ -174,9 +178,12 @@ class Engine:
         for s in batch:
             self.cache.commit(s.req.blocks, s.req.tokens, s.end)
         reqs = [batch[i].req for i in rows]
+        raw = logits
         logits = mask_beyond_tokenizer(logits, self._n_text_tokens)
+        logits = constrain_logits(logits, [r.constraint for r in reqs], [r.eos for r in reqs])
         tokens = sample_batch(logits, [r.params for r in reqs], [r.generator for r in reqs],
-                              [r.tokens for r in reqs])
+                              [r.tokens for r in reqs], [r.output for r in reqs])
+        record_logprobs(raw, reqs, tokens)
         events = []
         for r, tok in zip(reqs, tokens):
             r.append(tok)

@@ -13,6 +13,7 @@ from ..model.inputs import check_attention_mask, check_input_ids
 from ..text.detok import find_stop, text_pieces
 from .arguments import check_max_new_tokens, check_prompts, check_stops
 from .block_manager import DEFAULT_BLOCK_SIZE
+from .constraints import constraint_factory
 from .engine import Engine
 from .sampler import SEED_MAX, SamplingParams
 
@@ -21,7 +22,8 @@ def generate(model, inputs: Any = None, attention_mask: torch.Tensor | None = No
              input_ids: torch.Tensor | None = None, max_new_tokens: int = 64, do_sample: bool = False,
              temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0,
              repetition_penalty: float = 1.0, seed: int | None = None, eos_token_id: Any = None,
-             stop: str | Sequence[str] | None = None, stream: bool = False):
+             stop: str | Sequence[str] | None = None, stream: bool = False, json_schema: Any = None,
+             regex: str | None = None, grammar: str | None = None):
     if inputs is None:
         inputs = input_ids
     if inputs is None:
@@ -32,25 +34,26 @@ def generate(model, inputs: Any = None, attention_mask: torch.Tensor | None = No
     stops = check_stops(stop)
     check_prompts(inputs)
     eos = eos_ids(model, eos_token_id)
+    constrain = constraint_factory(model.tokenizer, json_schema, regex, grammar)
 
     if isinstance(inputs, torch.Tensor):
         if stream:
             raise ValueError("stream=True needs a string prompt (it yields text)")
         if stops:
             raise ValueError("stop strings need a string prompt; with token ids use eos_token_id")
-        return _generate_ids(model, inputs, attention_mask, max_new_tokens, params, eos)
+        return _generate_ids(model, inputs, attention_mask, max_new_tokens, params, eos, constrain)
     tok = model.tokenizer
     if tok is None:
         raise ValueError("this model has no tokenizer: pass token ids (a LongTensor) instead of text")
     if isinstance(inputs, str):
-        pieces = _stream_text(model, tok, inputs, max_new_tokens, params, eos, stops)
+        pieces = _stream_text(model, tok, inputs, max_new_tokens, params, eos, stops, constrain)
         return pieces if stream else "".join(pieces)
     if isinstance(inputs, (list, tuple)) and all(isinstance(t, str) for t in inputs):
         if stream:
             raise ValueError("stream=True takes one string prompt, not a list")
         if not inputs:
             return []
-        return _generate_texts(model, tok, list(inputs), max_new_tokens, params, eos, stops)
+        return _generate_texts(model, tok, list(inputs), max_new_tokens, params, eos, stops, constrain)
     raise TypeError(f"generate() takes a string, a list of strings or a LongTensor, not {type(inputs).__name__}")
 
 
@@ -71,14 +74,16 @@ def _engine(model, rows: list[list[int]], max_new: int):
     return Engine(model, num_blocks=max(blocks, 1), max_num_seqs=max(len(rows), 1))
 
 
-def _add(engine, row: list[int], max_new: int, params: SamplingParams, eos: set[int], index: int, stop_fn=None):
+def _add(engine, row: list[int], max_new: int, params: SamplingParams, eos: set[int], index: int, stop_fn=None,
+         constrain=None):
     if params.do_sample and params.seed is not None and index:  # each row its own, reproducible, stream
         seed = int(params.seed) + index
         params = SamplingParams(**{**params.__dict__, "seed": seed if seed <= SEED_MAX else seed - (1 << 64)})
-    return engine.add_request(row, max_new, params=params, eos_token_id=sorted(eos), stop_fn=stop_fn)
+    return engine.add_request(row, max_new, params=params, eos_token_id=sorted(eos), stop_fn=stop_fn,
+                              constraint=constrain() if constrain is not None else None)
 
 
-def _generate_ids(model, ids, mask, max_new, params, eos) -> torch.Tensor:
+def _generate_ids(model, ids, mask, max_new, params, eos, constrain=None) -> torch.Tensor:
     """Rows run unpadded (a padded position is dropped, as the mask says), so left padding gives
     what transformers gives: ALiBi biases and llm-foundry's shifted wpe positions are relative."""
     check_input_ids(ids, model.config.vocab_size)
@@ -89,7 +94,7 @@ def _generate_ids(model, ids, mask, max_new, params, eos) -> torch.Tensor:
         if not r:
             raise ValueError(f"row {i} of attention_mask masks every token")
     engine = _engine(model, rows, max_new)
-    reqs = [_add(engine, r, max_new, params, eos, i) for i, r in enumerate(rows)]
+    reqs = [_add(engine, r, max_new, params, eos, i, constrain=constrain) for i, r in enumerate(rows)]
     for _ in engine.run():
         pass
     width = max(len(r.output) for r in reqs)
@@ -123,17 +128,17 @@ def _prompt_ids(model, tok, prompt: str) -> list[int]:
     return ids
 
 
-def _stream_text(model, tok, prompt: str, max_new: int, params, eos, stops) -> Iterator[str]:
+def _stream_text(model, tok, prompt: str, max_new: int, params, eos, stops, constrain=None) -> Iterator[str]:
     ids = _prompt_ids(model, tok, prompt)
     engine = _engine(model, [ids], max_new)
-    req = _add(engine, ids, max_new, params, eos, 0)
+    req = _add(engine, ids, max_new, params, eos, 0, constrain=constrain)
     return text_pieces(tok, engine.stream(req), eos, stops)
 
 
-def _generate_texts(model, tok, prompts, max_new, params, eos, stops) -> list[str]:
+def _generate_texts(model, tok, prompts, max_new, params, eos, stops, constrain=None) -> list[str]:
     rows = [_prompt_ids(model, tok, p) for p in prompts]
     engine = _engine(model, rows, max_new)
-    reqs = [_add(engine, r, max_new, params, eos, i, _stop_fn(tok, stops)) for i, r in enumerate(rows)]
+    reqs = [_add(engine, r, max_new, params, eos, i, _stop_fn(tok, stops), constrain) for i, r in enumerate(rows)]
     for _ in engine.run():
         pass
     return ["".join(text_pieces(tok, r.output, eos, stops)) for r in reqs]

@@ -3,7 +3,7 @@ of the KV cache and why it ended."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -24,6 +24,8 @@ class Request:
     blocks: SeqBlocks | None = None
     generator: torch.Generator | None = None
     num_preemptions: int = 0
+    logprobs: list = field(default_factory=list)  # logprobs.TokenLogprob per output token, when params ask
+    constraint: Any = None  # a constraints.Constraint: masks the logits, ends the request when complete
     tokens: list[int] = field(init=False, repr=False)  # prompt + output, kept up to date by append()
 
     def __post_init__(self) -> None:
@@ -35,6 +37,8 @@ class Request:
         self.tokens.append(token)
         if token in self.eos:
             self.finish_reason = "eos"
+        elif self.constraint is not None and self.constraint.advance(token):
+            self.finish_reason = "stop"
         elif len(self.output) >= self.max_new_tokens:
             self.finish_reason = "length"
         elif self.stop_fn is not None and self.stop_fn(self.output):

@@ -9,6 +9,7 @@ import math
 
 import torch
 
+MAX_LOGPROBS = 20  # alternatives per token, as in the OpenAI API
 # torch.Generator.manual_seed takes [-2**63, 2**64 - 1]; seeds stay in the signed 64-bit range (as
 # OpenAI's API says) so that generate() can add a row's index to one.
 SEED_MIN, SEED_MAX = -(1 << 63), (1 << 63) - 1
@@ -41,6 +42,9 @@ class SamplingParams:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     seed: int | None = None
+    presence_penalty: float = 0.0  # OpenAI's: subtracted once from each token already generated
+    frequency_penalty: float = 0.0  # OpenAI's: subtracted once per time a token was generated
+    logprobs: int | None = None  # record each chosen token's log-probability and this many alternatives
 
     def __post_init__(self) -> None:
         if not isinstance(self.do_sample, bool):
@@ -52,6 +56,13 @@ class SamplingParams:
         _check_number("repetition_penalty", self.repetition_penalty, low=0.0, low_open=True)
         if self.seed is not None:
             _check_int("seed", self.seed, low=SEED_MIN, high=SEED_MAX)
+        for name in ("presence_penalty", "frequency_penalty"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not -2.0 <= v <= 2.0:
+                raise ValueError(f"{name} must be a number in [-2, 2], got {v!r}")
+        if self.logprobs is not None and (isinstance(self.logprobs, bool) or not isinstance(self.logprobs, int)
+                                          or not 0 <= self.logprobs <= MAX_LOGPROBS):
+            raise ValueError(f"logprobs must be an integer in [0, {MAX_LOGPROBS}] (or None), got {self.logprobs!r}")
         if self.temperature == 0:  # temperature 0 means greedy, as in the OpenAI API
             self.do_sample = False
 
@@ -89,9 +100,26 @@ def apply_repetition_penalty(logits: torch.Tensor, histories: Sequence[Sequence[
     return logits
 
 
+def apply_presence_frequency(logits: torch.Tensor, outputs: Sequence[Sequence[int]],
+                             params: Sequence[SamplingParams]) -> torch.Tensor:
+    """OpenAI's penalties over the tokens each row has generated so far (not its prompt):
+    logit -= frequency_penalty * count + presence_penalty * (count > 0)."""
+    rows = [i for i, p in enumerate(params) if (p.presence_penalty or p.frequency_penalty) and outputs[i]]
+    if not rows:
+        return logits
+    logits = logits.clone()
+    for i in rows:
+        ids, counts = torch.tensor(outputs[i], dtype=torch.long).unique(return_counts=True)
+        p = params[i]
+        penalty = p.frequency_penalty * counts.float() + p.presence_penalty
+        logits[i, ids.to(logits.device)] -= penalty.to(logits.device)
+    return logits
+
+
 def sample_batch(logits: torch.Tensor, params: Sequence[SamplingParams],
                  generators: Sequence[torch.Generator | None],
-                 histories: Sequence[Sequence[int]] | None = None) -> list[int]:
+                 histories: Sequence[Sequence[int]] | None = None,
+                 outputs: Sequence[Sequence[int]] | None = None) -> list[int]:
     """logits (rows, vocab) on any device -> one token id per row. Greedy rows take the argmax;
     sampled rows draw from their own generator (CPU), so a seeded row is reproducible whatever
     else shares its batch."""
@@ -101,6 +129,8 @@ def sample_batch(logits: torch.Tensor, params: Sequence[SamplingParams],
     logits = logits.float()
     if histories is not None:
         logits = apply_repetition_penalty(logits, histories, [p.repetition_penalty for p in params])
+    if outputs is not None:
+        logits = apply_presence_frequency(logits, outputs, params)
     picked = logits.argmax(dim=-1)
     sampled = [i for i, p in enumerate(params) if p.do_sample]
     if sampled:

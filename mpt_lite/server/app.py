@@ -18,18 +18,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..runtime.constraints import constraint_factory
 from ..text.chat_encode import encode_chat
 from ..text.chat_template import stop_settings
 from ..runtime.engine import Engine
 from ..runtime.generation import eos_ids
 from ..runtime.kv_budget import default_kv_bytes
-from ..runtime.sampler import SamplingParams
+from ..runtime.sampler import SEED_MAX, SamplingParams
 from ..text.detok import TextDecoder
 from .body import read_json
+from .choices import collect, stream_chunks
 from .cors import add_cors, check_origins
 from .errors import STATUS_TYPES, APIError, bad_request, error_body, unauthorized
+from .logprob_format import LogprobFormat
 from .protocol import ChatRequest, CompletionRequest, Reply, parse
-from .runner import EngineRunner, Job
+from .runner import EngineRunner
 from .sse import ClientGone, EventStream, until_disconnect
 
 log = logging.getLogger("mpt_lite.server")
@@ -89,7 +92,7 @@ class Service:
         ids = self.tok.encode_text(body.prompt) if isinstance(body.prompt, str) else list(body.prompt)
         return ids, eos_ids(self.model, None), body.stop_list()
 
-    def budget(self, n_prompt: int, max_tokens: int | None, prompt_param: str) -> int:
+    def budget(self, n_prompt: int, max_tokens: int | None, prompt_param: str, limit_param: str = "max_tokens") -> int:
         """max_tokens checked against the context (default: the rest of the context)."""
         if n_prompt == 0:
             raise bad_request("the prompt encodes to no tokens", param=prompt_param)
@@ -102,67 +105,64 @@ class Service:
         if n_prompt + max_tokens > self.max_seq_len:
             raise bad_request(f"this model's maximum context length is {self.max_seq_len} tokens, but "
                               f"{n_prompt + max_tokens} were requested ({n_prompt} in the prompt, {max_tokens} "
-                              "for the completion); lower max_tokens or shorten the prompt",
-                              param="max_tokens", code="context_length_exceeded")
+                              f"for the completion); lower {limit_param} or shorten the prompt",
+                              param=limit_param, code="context_length_exceeded")
         return max_tokens
+
+    def constraint(self, body: Any):
+        """A maker of grammar matchers for response_format (None for free text); 400 naming the problem."""
+        schema = body.response_format.constraint_schema() if body.response_format is not None else None
+        if schema is None:
+            return None
+        try:
+            return constraint_factory(self.tok, json_schema=schema)
+        except (ValueError, TypeError, ImportError) as e:
+            raise bad_request(f"response_format: {e}", param="response_format") from e
 
     async def answer(self, request: Request, chat: bool, body: Any, prompt: list[int], eos: set[int],
                      stops: list[str]) -> Response:
-        max_tokens = self.budget(len(prompt), body.max_tokens, "messages" if chat else "prompt")
-        params = SamplingParams(do_sample=body.temperature > 0, temperature=body.temperature, top_p=body.top_p,
-                                seed=body.seed)
+        limit_param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+        max_tokens = self.budget(len(prompt), body.token_limit(), "messages" if chat else "prompt", limit_param)
+        make = self.constraint(body)
+        want = body.logprobs_wanted()
+        echo = "" if chat or not body.echo else body.prompt if isinstance(body.prompt, str) else self.tok.decode(prompt)
         reply = Reply(chat, self.model_name)
         stack = contextlib.AsyncExitStack()
+        jobs = []
         try:
-            job = await stack.enter_async_context(
-                self.runner.job(prompt, max_tokens, params, eos, TextDecoder(self.tok, eos, stops)))
+            for i in range(body.n):  # each choice its own request; a seed gives choice i seed + i
+                params = SamplingParams(do_sample=body.temperature > 0, temperature=body.temperature,
+                                        top_p=body.top_p, seed=None if body.seed is None else wrap_seed(body.seed + i),
+                                        presence_penalty=body.presence_penalty,
+                                        frequency_penalty=body.frequency_penalty, logprobs=want)
+                jobs.append(await stack.enter_async_context(self.runner.job(
+                    prompt, max_tokens, params, eos, TextDecoder(self.tok, eos, stops),
+                    constraint=make() if make is not None else None)))
         except BaseException:
             await stack.aclose()
             raise
+        formats = [LogprobFormat(self.tok, chat, len(echo)) if want is not None else None for _ in jobs]
         if body.stream:
             usage = body.stream_options is not None and body.stream_options.include_usage
-            return EventStream(stream_chunks(job, reply, len(prompt), usage), on_close=stack.aclose)
+            return EventStream(stream_chunks(jobs, reply, len(prompt), usage, formats, echo), on_close=stack.aclose)
         try:
-            return JSONResponse(await until_disconnect(request.receive, collect(job, reply, len(prompt))))
+            return JSONResponse(await until_disconnect(request.receive,
+                                                       collect(jobs, reply, len(prompt), formats, echo)))
         except ClientGone:
             return Response(status_code=499)  # nobody reads it; the request was aborted
         finally:
             await stack.aclose()
 
 
+def wrap_seed(seed: int) -> int:
+    """seed + i for choice i, wrapped into the signed 64-bit range the sampler accepts."""
+    return seed if seed <= SEED_MAX else seed - (1 << 64)
+
+
 def message_param(message: str) -> str:
     """'messages.3.role' for an error about messages[3].role, else 'messages'."""
     m = re.match(r"messages\[(\d+)\]\.(\w+)", message)
     return f"messages.{m.group(1)}.{m.group(2)}" if m else "messages"
-
-
-async def collect(job: Job, reply: Reply, n_prompt: int) -> dict:
-    parts: list[str] = []
-    while True:
-        msg = await job.next()
-        if msg[0] == "text":
-            parts.append(msg[1])
-        elif msg[0] == "done":
-            return reply.whole("".join(parts), msg[1], n_prompt, msg[2])
-        elif msg[0] == "error":
-            raise msg[1]
-
-
-async def stream_chunks(job: Job, reply: Reply, n_prompt: int, include_usage: bool):
-    if reply.chat:
-        yield reply.chunk("", first=True)
-    while True:
-        msg = await job.next()
-        if msg[0] == "text":
-            yield reply.chunk(msg[1])
-        elif msg[0] == "done":
-            yield reply.chunk(None if reply.chat else "", finish_reason=msg[1])
-            if include_usage:
-                yield reply.usage_chunk(n_prompt, msg[2])
-            return
-        elif msg[0] == "error":
-            yield msg[1].body()
-            return
 
 
 def create_app(model: Any, *, model_name: str = "mpt-lite", api_key: str | None = None,

@@ -1,19 +1,20 @@
 """The request bodies the server accepts (OpenAI's fields that it honours) and the responses it
-sends. Unknown fields are accepted and ignored, as other local servers do; fields whose
-meaning it cannot honour (n > 1, echo, best_of > 1) are refused with a 400."""
+sends. Unknown fields are accepted and ignored, as OpenAI does; fields whose meaning it cannot
+honour (best_of > 1, logit_bias, tools, echo with logprobs) are refused with a 400."""
 from __future__ import annotations
 
 import time
 import uuid
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import bad_request
 
 MAX_STOP_STRINGS = 4  # as in the OpenAI API
 MAX_STOP_CHARS = 256  # per stop string: a stop is a marker, not a document
 SEED_MIN, SEED_MAX = -(1 << 63), (1 << 63) - 1  # OpenAI's seed is a signed 64-bit integer
+MAX_CHOICES = 16  # n: each choice is a request of its own in the batch
 
 
 class StreamOptions(BaseModel):
@@ -21,25 +22,71 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    name: Optional[str] = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")  # {} (no schema): any JSON
+    strict: Optional[bool] = None
+    description: Optional[str] = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[JsonSchemaFormat] = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> "ResponseFormat":
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError('type "json_schema" needs a json_schema object: {"name": ..., "schema": {...}}')
+        return self
+
+    def constraint_schema(self) -> dict[str, Any] | None:
+        """The JSON schema the output must follow (None: free text)."""
+        if self.type == "json_object":
+            return {"type": "object"}
+        if self.type == "json_schema":
+            return self.json_schema.schema_
+        return None
+
+
 class _Common(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
     model: Optional[str] = None
     max_tokens: Optional[int] = Field(None, ge=1)
+    max_completion_tokens: Optional[int] = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     stop: Union[str, list[str], None] = None
     seed: Optional[int] = Field(None, ge=SEED_MIN, le=SEED_MAX)
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
-    n: int = 1
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
+    user: Optional[str] = None
+    response_format: Optional[ResponseFormat] = None
+    logit_bias: Optional[dict[str, Any]] = None
+    tools: Optional[list[Any]] = None
+    functions: Optional[list[Any]] = None
 
-    @field_validator("n")
+    @field_validator("logit_bias", "tools", "functions")
     @classmethod
-    def _one_choice(cls, n: int) -> int:
-        if n != 1:
-            raise ValueError(f"only n=1 is supported, got {n}")
-        return n
+    def _unsupported(cls, value: Any, info: Any) -> Any:
+        if value:
+            raise ValueError(f"{info.field_name} is not supported by this server")
+        return value
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> "_Common":
+        if None not in (self.max_tokens, self.max_completion_tokens) and self.max_tokens != self.max_completion_tokens:
+            raise ValueError(f"max_tokens ({self.max_tokens}) and max_completion_tokens "
+                             f"({self.max_completion_tokens}) disagree; send one of them")
+        return self
+
+    def token_limit(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
     @field_validator("stop")
     @classmethod
@@ -83,19 +130,33 @@ class Message(BaseModel):
 
 class ChatRequest(_Common):
     messages: list[Message] = Field(min_length=1)
+    logprobs: bool = False
+    top_logprobs: Optional[int] = Field(None, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> "ChatRequest":
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    def logprobs_wanted(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(_Common):
     prompt: Union[str, list[str], list[int]]
     echo: bool = False
+    logprobs: Optional[int] = Field(None, ge=0, le=5)
     best_of: Optional[int] = None
 
-    @field_validator("echo")
-    @classmethod
-    def _no_echo(cls, echo: bool) -> bool:
-        if echo:
-            raise ValueError("echo is not supported")
-        return echo
+    @model_validator(mode="after")
+    def _no_prompt_logprobs(self) -> "CompletionRequest":
+        if self.echo and self.logprobs is not None:
+            raise ValueError("echo with logprobs is not supported (the prompt's logprobs are not computed)")
+        return self
+
+    def logprobs_wanted(self) -> int | None:
+        return self.logprobs
 
     @field_validator("best_of")
     @classmethod
@@ -156,26 +217,28 @@ class Reply:
     def _base(self, obj: str) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
 
-    def whole(self, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    def choice(self, index: int, text: str, finish_reason: str, logprobs: dict | None = None) -> dict[str, Any]:
+        """One choice of a whole (non-streamed) response."""
         if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                      "finish_reason": finish_reason}
-            out = self._base("chat.completion")
-        else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
-            out = self._base("text_completion")
-        return {**out, "choices": [choice], "usage": usage(prompt_tokens, completion_tokens)}
+            return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
+                    "finish_reason": finish_reason}
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
 
-    def chunk(self, text: str | None, finish_reason: str | None = None, first: bool = False) -> dict[str, Any]:
+    def whole(self, choices: list[dict[str, Any]], prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+        out = self._base("chat.completion" if self.chat else "text_completion")
+        return {**out, "choices": choices, "usage": usage(prompt_tokens, completion_tokens)}
+
+    def chunk(self, text: str | None, finish_reason: str | None = None, first: bool = False, index: int = 0,
+              logprobs: dict | None = None) -> dict[str, Any]:
         if self.chat:
             delta: dict[str, Any] = {}
             if first:
                 delta["role"] = "assistant"
             if text is not None:
                 delta["content"] = text
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
             return {**self._base("chat.completion.chunk"), "choices": [choice]}
-        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+        choice = {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}
         return {**self._base("text_completion"), "choices": [choice]}
 
     def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:

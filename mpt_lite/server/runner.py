@@ -27,8 +27,9 @@ FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
 
 @dataclass(eq=False)
 class Job:
-    """One request as both threads see it. Messages on `events`: ("accepted",), ("text", piece),
-    ("done", finish_reason, completion_tokens), ("error", APIError)."""
+    """One request as both threads see it. Messages on `events`: ("accepted",), ("text", piece,
+    logprobs), ("done", finish_reason, completion_tokens), ("error", APIError); logprobs: the
+    TokenLogprob of each token behind the piece (empty unless params.logprobs is set)."""
 
     prompt: list[int]
     max_tokens: int
@@ -39,6 +40,8 @@ class Job:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     ended: bool = False  # event-loop side: "done" or "error" was received
     req: Request | None = None  # engine thread only
+    constraint: Any = None  # a runtime.constraints.Constraint, or None
+    pending: list = field(default_factory=list)  # engine thread: logprobs of tokens whose text is held back
 
     def send(self, msg: tuple) -> None:  # engine thread
         try:
@@ -104,7 +107,7 @@ class EngineRunner:
     # ---- event-loop side ----
     @contextlib.asynccontextmanager
     async def job(self, prompt: list[int], max_tokens: int, params: SamplingParams, eos: set[int],
-                  decoder: TextDecoder) -> AsyncIterator[Job]:
+                  decoder: TextDecoder, constraint: Any = None) -> AsyncIterator[Job]:
         """Submits a request and waits until the engine has taken it (errors from add_request
         arrive as APIError here); leaving the block early aborts it."""
         if not self.alive:
@@ -113,7 +116,7 @@ class EngineRunner:
         if self.active >= self.capacity:
             self.count("rejected")
             raise queue_full(self.max_queue)
-        job = Job(prompt, max_tokens, params, eos, decoder, asyncio.get_running_loop())
+        job = Job(prompt, max_tokens, params, eos, decoder, asyncio.get_running_loop(), constraint=constraint)
         self.active += 1
         self._inbox.put(("add", job))
         try:
@@ -157,7 +160,7 @@ class EngineRunner:
         if kind == "add":
             try:
                 req = self.engine.add_request(job.prompt, job.max_tokens, params=job.params,
-                                              eos_token_id=sorted(job.eos))
+                                              eos_token_id=sorted(job.eos), constraint=job.constraint)
             except (ValueError, TypeError, IndexError) as e:  # the engine's checks of the request
                 self.count("rejected")
                 job.send(("error", bad_request(str(e))))
@@ -185,8 +188,11 @@ class EngineRunner:
             if job is None:
                 continue
             piece = job.decoder.feed(token)
+            if req.params.logprobs is not None and token not in job.eos and req.logprobs:
+                job.pending.append(req.logprobs[-1])
             if piece:
-                job.send(("text", piece))
+                job.send(("text", piece, job.pending))
+                job.pending = []
             if job.decoder.stopped and not req.finished:
                 self.engine.abort(req)  # frees its blocks now
             if req.finished:
@@ -195,7 +201,7 @@ class EngineRunner:
     def _finish(self, req: Request, job: Job) -> None:
         tail = job.decoder.flush()
         if tail:
-            job.send(("text", tail))
+            job.send(("text", tail, job.pending))
         reason = "stop" if job.decoder.stopped else FINISH_REASONS.get(req.finish_reason, "stop")
         job.send(("done", reason, len(req.output)))
         self._jobs.pop(req, None)

@@ -104,6 +104,10 @@ class MptTokenizer:
     def __len__(self) -> int:
         return self.vocab_size
 
+    def to_json(self) -> str:
+        """The tokenizer.json text (grammar libraries build their token tables from it)."""
+        return self._tok.to_str()
+
     # ---- encode / decode ----
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of text; special-token text in it (``<|endoftext|>``) becomes that special token,
