@@ -143,7 +143,8 @@ class Engine:
         if not batch:
             return []
         ids = torch.tensor([t for s in batch for t in s.req.tokens[s.start:s.end]], dtype=torch.long)
-        step = PagedStep(self.cache, [s.req.blocks for s in batch], [s.start for s in batch], [s.end for s in batch])
+        step = PagedStep(self.cache, [s.req.blocks for s in batch], [s.start for s in batch], [s.end for s in batch],
+                         num_threads=getattr(self.model, "num_threads", None))
         rows = [i for i, s in enumerate(batch) if s.samples]
         with torch.inference_mode():
             logits = self.model.forward_paged(ids, step, step.last_rows[rows])
