@@ -34,8 +34,8 @@ int default_threads() {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
-thread_local int t_limit = 0;        // this thread's ThreadLimit (0: none)
-thread_local bool t_in_job = false;  // inside a job: on a worker, or the caller running part 0
+thread_local int t_limit = 0;  // this thread's ThreadLimit (0: none)
+thread_local int t_team = 0;   // inside a job (a worker, or the caller running part 0): its thread count
 
 class Pool {
  public:
@@ -82,7 +82,6 @@ class Pool {
   }
 
   void loop(int i) {
-    t_in_job = true;  // a worker's own parallel_for calls run inline
     uint64_t seen = 0;
     for (;;) {
       uint64_t g;
@@ -101,7 +100,11 @@ class Pool {
       }
       seen = g;
       if (stop_) return;
-      if (i < parts_) call(i);
+      if (i < parts_) {
+        t_team = parts_;
+        call(i);
+        t_team = 0;
+      }
       pending_.fetch_sub(1, std::memory_order_acq_rel);
     }
   }
@@ -141,14 +144,14 @@ int pool_size() {
 }
 
 struct InJob {
-  InJob() { t_in_job = true; }
-  ~InJob() { t_in_job = false; }
+  explicit InJob(int parts) { t_team = parts; }
+  ~InJob() { t_team = 0; }
 };
 
 }  // namespace
 
 int num_threads() {
-  if (t_in_job) return 1;
+  if (t_team > 0) return t_team;
   const int n = pool_size();
   return t_limit > 0 ? std::min(n, t_limit) : n;
 }
@@ -167,7 +170,7 @@ void parallel_for(int64_t n, int64_t align, const std::function<void(int64_t, in
   if (n <= 0) return;
   align = std::max<int64_t>(1, align);
   const int64_t units = (n + align - 1) / align;
-  if (std::min<int64_t>(num_threads(), units) <= 1) {
+  if (t_team > 0 || std::min<int64_t>(num_threads(), units) <= 1) {  // nested calls run inline
     fn(0, n);
     return;
   }
@@ -185,7 +188,7 @@ void parallel_for(int64_t n, int64_t align, const std::function<void(int64_t, in
     int64_t b = std::min(n, i * per * align), e = std::min(n, (i + 1) * per * align);
     if (b < e) fn(b, e);
   };
-  InJob in_job;
+  InJob in_job(parts);
   p.run(parts, job);
 }
 

@@ -14,7 +14,8 @@
 
 namespace mpt {
 
-// Threads a parallel_for from this thread may use now: the pool's size, capped by a ThreadLimit.
+// Threads a parallel_for from this thread may use now: the pool's size, capped by a ThreadLimit;
+// inside a job (in fn of a parallel_for), the number of threads running that job.
 int num_threads();
 // The process default. n <= 0 resets it to MPT_LITE_NUM_THREADS, else the number of cores this
 // process may use. Waits for the job running on the pool, if any.
