@@ -1,11 +1,16 @@
-// The one pybind11 module, mpt_lite._C. Thin argument checks only: ops.py owns tensors, dtypes
-// and shapes and hands raw buffers (pointers as integers) and sizes to these functions.
+// The one pybind11 module, mpt_lite._C. Thin argument checks only: mpt_lite/kernels owns tensors,
+// dtypes and shapes and hands raw buffers (addresses as integers) and sizes to these functions.
+// Every function takes its arguments by keyword only (a swapped pair is a TypeError, a null buffer
+// or a bad size a ValueError; bind_args.h), runs without the GIL, and takes `num_threads` (CPU: at
+// most that many pool threads for this call; 0: the pool's size, set_num_threads).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <cstdint>
 #include <stdexcept>
+#include <string>
 
+#include "bind_args.h"
 #include "cpu/attention.h"
 #include "cpu/cpu_features.h"
 #include "cpu/decode_step.h"
@@ -13,30 +18,16 @@
 #include "cpu/thread_pool.h"
 
 namespace py = pybind11;
+using mpt::bind::Attention;
+using mpt::bind::buf;
+using mpt::bind::dim;
+using mpt::bind::opt;
+using mpt::bind::positive;
 
 #if MPT_LITE_WITH_CUDA
 #include "cuda/ops_cuda.h"
 #endif
 
-static mpt::KvCacheView kv_view(uintptr_t k, uintptr_t v, uintptr_t k_scale, uintptr_t v_scale, int dtype,
-                                int64_t num_slots, int kv_heads, int head_dim, int block_size) {
-  if (dtype < 0 || dtype > 3) throw std::invalid_argument("unknown KV cache dtype code");
-  mpt::KvCacheView c;
-  c.k = reinterpret_cast<void*>(k);
-  c.v = reinterpret_cast<void*>(v);
-  c.k_scale = reinterpret_cast<float*>(k_scale);
-  c.v_scale = reinterpret_cast<float*>(v_scale);
-  c.dtype = static_cast<mpt::KvDtype>(dtype);
-  c.num_slots = num_slots;
-  c.kv_heads = kv_heads;
-  c.head_dim = head_dim;
-  c.block_size = block_size;
-  return c;
-}
-
-// Buffers arrive as integer addresses (ops.py checked dtype, shape, contiguity and device).
-template <typename T>
-static T* P(uintptr_t a) { return reinterpret_cast<T*>(a); }
 using G = py::call_guard<py::gil_scoped_release>;
 
 static py::dict cpu_features_dict() {
@@ -55,171 +46,238 @@ static py::dict cpu_features_dict() {
   return d;
 }
 
-PYBIND11_MODULE(_C, m) {
-  m.doc() = "mpt_lite kernels (no torch linkage; see mpt_lite/ops.py)";
+// fmt codes of the CUDA entry points, by name.
+[[maybe_unused]] static int format_code(const std::string& name) {
+  if (name == "int8") return 0;
+  if (name == "nf4") return 1;
+  if (name == "int4") return 2;
+  throw std::invalid_argument("unknown weight format '" + name + "' (int8, nf4 or int4)");
+}
 
-  // ---- CPU features, kernel variant, threads ----
-  m.def("cpu_features", &cpu_features_dict, "CPU features detected at run time");
-  m.def("supported_isas", &mpt::supported_isa_names, "kernel variants this CPU can run");
-  m.def("current_isa", [] { return std::string(mpt::isa_name(mpt::current_isa())); });
-  m.def("set_isa", [](const std::string& name) { mpt::set_isa(mpt::isa_from_name(name)); }, py::arg("name"));
-  m.def("num_threads", &mpt::num_threads);
-  m.def("set_num_threads", &mpt::set_num_threads, py::arg("n"));
+static void bind_structs(py::module_& m) {
+  // cache: k, v (num_slots x kv_heads x head_dim values of `dtype`: 0 f32, 1 bf16, 2 f16, 3 int8),
+  // k_scale, v_scale (float32, num_slots x kv_heads; int8 caches only, else 0).
+  py::class_<mpt::KvCacheView>(m, "KvCache")
+      .def(py::init(&mpt::bind::kv_cache), py::kw_only(), py::arg("k"), py::arg("v"), py::arg("k_scale") = 0,
+           py::arg("v_scale") = 0, py::arg("dtype"), py::arg("num_slots"), py::arg("kv_heads"), py::arg("head_dim"),
+           py::arg("block_size"))
+      .def_readonly("num_slots", &mpt::KvCacheView::num_slots)
+      .def_readonly("kv_heads", &mpt::KvCacheView::kv_heads)
+      .def_readonly("head_dim", &mpt::KvCacheView::head_dim)
+      .def_readonly("block_size", &mpt::KvCacheView::block_size);
+  // q, out: num_tokens x num_heads x head_dim float32; block_tables int32 [num_seqs, max_blocks];
+  // context_lens int32 [num_seqs]; query_start_loc int32 [num_seqs + 1] (prefill; 0 for decode);
+  // slopes float32 [num_heads] (0: no ALiBi).
+  py::class_<Attention>(m, "AttnArgs")
+      .def(py::init(&mpt::bind::attention), py::kw_only(), py::arg("q"), py::arg("out"), py::arg("num_tokens"),
+           py::arg("num_heads"), py::arg("head_dim"), py::arg("num_seqs"), py::arg("block_tables"),
+           py::arg("max_blocks"), py::arg("context_lens"), py::arg("query_start_loc") = 0, py::arg("slopes") = 0,
+           py::arg("scale"))
+      .def_readonly("num_tokens", &Attention::num_tokens)
+      .def_readonly("head_dim", &Attention::head_dim);
+}
 
-  // ---- CUDA (csrc/cuda/*.cu): the same ops on device pointers; every call takes the device index
-  // and torch's current stream (an integer) first, and returns once the work is enqueued. ----
+static void bind_quant(py::module_& m) {
+  using py::arg;
+  const auto kw = py::kw_only();
+  const auto nt = arg("num_threads") = 0;
+  // int8: cb int8 [n, k], scb float32 [n].
+  m.def("quantize_int8", [](uintptr_t w, int64_t n, int64_t k, uintptr_t cb, uintptr_t scb, int nthreads) {
+    mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
+    dim(n, "n"), dim(k, "k");
+    mpt::quantize_int8(buf<const float>(w, n * k, "w"), n, k, buf<int8_t>(cb, n * k, "cb"), buf<float>(scb, n, "scb"));
+  }, kw, arg("w"), arg("n"), arg("k"), arg("cb"), arg("scb"), nt, G());
+  m.def("dequantize_int8", [](uintptr_t cb, uintptr_t scb, int64_t n, int64_t k, uintptr_t out, int nthreads) {
+    mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
+    dim(n, "n"), dim(k, "k");
+    mpt::dequantize_int8(buf<const int8_t>(cb, n * k, "cb"), buf<const float>(scb, n, "scb"), n, k,
+                         buf<float>(out, n * k, "out"));
+  }, kw, arg("cb"), arg("scb"), arg("n"), arg("k"), arg("out"), nt, G());
+  m.def("dequantize_rows_int8", [](uintptr_t cb, uintptr_t scb, int64_t k, uintptr_t rows, int64_t n_rows,
+                                   uintptr_t out, int nthreads) {
+    mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
+    dim(k, "k"), dim(n_rows, "n_rows");
+    mpt::dequantize_rows_int8(buf<const int8_t>(cb, n_rows ? k : 0, "cb"), buf<const float>(scb, n_rows, "scb"), k,
+                              buf<const int64_t>(rows, n_rows, "rows"), n_rows, buf<float>(out, n_rows * k, "out"));
+  }, kw, arg("cb"), arg("scb"), arg("k"), arg("rows"), arg("n_rows"), arg("out"), nt, G());
+  m.def("matmul_int8", [](uintptr_t x, int64_t m_, int64_t k, uintptr_t cb, uintptr_t scb, int64_t n,
+                          uintptr_t bias, uintptr_t y, bool q8, int nthreads) {
+    mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
+    dim(m_, "m"), dim(k, "k"), dim(n, "n");
+    mpt::matmul_int8(buf<const float>(x, m_ * k, "x"), m_, k, buf<const int8_t>(cb, n * k, "cb"),
+                     buf<const float>(scb, n, "scb"), n, opt<const float>(bias), buf<float>(y, m_ * n, "y"), q8);
+  }, kw, arg("x"), arg("m"), arg("k"), arg("cb"), arg("scb"), arg("n"), arg("bias") = 0, arg("y"), arg("q8"), nt, G());
+
+  // nf4: packed uint8 [ceil(numel / 2)], absmax float32 [ceil(numel / blocksize)].
+  m.def("quantize_nf4", [](uintptr_t w, int64_t numel, int64_t bs, uintptr_t packed, uintptr_t absmax,
+                           int nthreads) {
+    mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
+    dim(numel, "numel"), positive(bs, "blocksize");
+    mpt::quantize_nf4(buf<const float>(w, numel, "w"), numel, bs, buf<uint8_t>(packed, (numel + 1) / 2, "packed"),
+                      buf<float>(absmax, (numel + bs - 1) / bs, "absmax"));
+  }, kw, arg("w"), arg("numel"), arg("blocksize"), arg("packed"), arg("absmax"), nt, G());
+  m.def("dequantize_nf4", [](uintptr_t packed, uintptr_t absmax, int64_t numel, int64_t bs, uintptr_t out,
+                             int nthreads) {
+    mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
+    dim(numel, "numel"), positive(bs, "blocksize");
+    mpt::dequantize_nf4(buf<const uint8_t>(packed, (numel + 1) / 2, "packed"),
+                        buf<const float>(absmax, (numel + bs - 1) / bs, "absmax"), numel, bs,
+                        buf<float>(out, numel, "out"));
+  }, kw, arg("packed"), arg("absmax"), arg("numel"), arg("blocksize"), arg("out"), nt, G());
+  m.def("dequantize_rows_nf4", [](uintptr_t packed, uintptr_t absmax, int64_t k, int64_t bs, uintptr_t rows,
+                                  int64_t n_rows, uintptr_t out, int nthreads) {
+    mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
+    dim(k, "k"), positive(bs, "blocksize"), dim(n_rows, "n_rows");
+    mpt::dequantize_rows_nf4(buf<const uint8_t>(packed, n_rows ? (k + 1) / 2 : 0, "packed"),
+                             buf<const float>(absmax, n_rows, "absmax"), k, bs, buf<const int64_t>(rows, n_rows, "rows"),
+                             n_rows, buf<float>(out, n_rows * k, "out"));
+  }, kw, arg("packed"), arg("absmax"), arg("k"), arg("blocksize"), arg("rows"), arg("n_rows"), arg("out"), nt, G());
+  m.def("matmul_nf4", [](uintptr_t x, int64_t m_, int64_t k, uintptr_t packed, uintptr_t absmax, int64_t n,
+                         int64_t bs, uintptr_t bias, uintptr_t y, int nthreads) {
+    mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
+    dim(m_, "m"), dim(k, "k"), dim(n, "n"), positive(bs, "blocksize");
+    mpt::matmul_nf4(buf<const float>(x, m_ * k, "x"), m_, k, buf<const uint8_t>(packed, (n * k + 1) / 2, "packed"),
+                    buf<const float>(absmax, (n * k + bs - 1) / bs, "absmax"), n, bs, opt<const float>(bias),
+                    buf<float>(y, m_ * n, "y"));
+  }, kw, arg("x"), arg("m"), arg("k"), arg("packed"), arg("absmax"), arg("n"), arg("blocksize"), arg("bias") = 0,
+     arg("y"), nt, G());
+
+  // int4: packed uint8 [n, groups * 16], scales float32 [n, groups], groups = ceil(k / 32).
+  m.def("quantize_int4", [](uintptr_t w, int64_t n, int64_t k, uintptr_t packed, uintptr_t scales, int nthreads) {
+    mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
+    dim(n, "n"), dim(k, "k");
+    const int64_t g = mpt::int4_groups(k);
+    mpt::quantize_int4(buf<const float>(w, n * k, "w"), n, k, buf<uint8_t>(packed, n * g * 16, "packed"),
+                       buf<float>(scales, n * g, "scales"));
+  }, kw, arg("w"), arg("n"), arg("k"), arg("packed"), arg("scales"), nt, G());
+  m.def("dequantize_int4", [](uintptr_t packed, uintptr_t scales, int64_t n, int64_t k, uintptr_t out,
+                              int nthreads) {
+    mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
+    dim(n, "n"), dim(k, "k");
+    const int64_t g = mpt::int4_groups(k);
+    mpt::dequantize_int4(buf<const uint8_t>(packed, n * g * 16, "packed"), buf<const float>(scales, n * g, "scales"),
+                         n, k, buf<float>(out, n * k, "out"));
+  }, kw, arg("packed"), arg("scales"), arg("n"), arg("k"), arg("out"), nt, G());
+  m.def("dequantize_rows_int4", [](uintptr_t packed, uintptr_t scales, int64_t k, uintptr_t rows, int64_t n_rows,
+                                   uintptr_t out, int nthreads) {
+    mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
+    dim(k, "k"), dim(n_rows, "n_rows");
+    const int64_t g = n_rows ? mpt::int4_groups(k) : 0;
+    mpt::dequantize_rows_int4(buf<const uint8_t>(packed, g * 16, "packed"), buf<const float>(scales, g, "scales"), k,
+                              buf<const int64_t>(rows, n_rows, "rows"), n_rows, buf<float>(out, n_rows * k, "out"));
+  }, kw, arg("packed"), arg("scales"), arg("k"), arg("rows"), arg("n_rows"), arg("out"), nt, G());
+  m.def("matmul_int4", [](uintptr_t x, int64_t m_, int64_t k, uintptr_t packed, uintptr_t scales, int64_t n,
+                          uintptr_t bias, uintptr_t y, bool q8, int nthreads) {
+    mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
+    dim(m_, "m"), dim(k, "k"), dim(n, "n");
+    const int64_t g = mpt::int4_groups(k);
+    mpt::matmul_int4(buf<const float>(x, m_ * k, "x"), m_, k, buf<const uint8_t>(packed, n * g * 16, "packed"),
+                     buf<const float>(scales, n * g, "scales"), n, opt<const float>(bias), buf<float>(y, m_ * n, "y"),
+                     q8);
+  }, kw, arg("x"), arg("m"), arg("k"), arg("packed"), arg("scales"), arg("n"), arg("bias") = 0, arg("y"), arg("q8"),
+     nt, G());
+}
+
+static void bind_attention(py::module_& m) {
+  using py::arg;
+  // key, value: float32 [n_tokens, kv_heads, head_dim]; slot_mapping int64 [n_tokens] (< 0 skips).
+  m.def("write_kv_cache", [](uintptr_t key, uintptr_t value, int64_t n_tokens, uintptr_t slots,
+                             const mpt::KvCacheView& c, int nthreads) {
+    mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
+    const int64_t n = dim(n_tokens, "n_tokens") * c.kv_heads * c.head_dim;
+    mpt::write_kv_cache(buf<const float>(key, n, "key"), buf<const float>(value, n, "value"), n_tokens,
+                        buf<const int64_t>(slots, n_tokens, "slot_mapping"), c);
+  }, py::kw_only(), arg("key"), arg("value"), arg("n_tokens"), arg("slot_mapping"), arg("cache"),
+     arg("num_threads") = 0, G());
+  m.def("paged_attention", [](bool decode, const Attention& at, const mpt::KvCacheView& c, int nthreads) {
+    mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
+    mpt::bind::check_attention(at, c, decode);
+    if (decode) mpt::paged_attention_decode(at.a, c);
+    else mpt::paged_attention_prefill(at.a, c);
+  }, py::kw_only(), arg("decode"), arg("args"), arg("cache"), arg("num_threads") = 0, G());
+}
+
 #if MPT_LITE_WITH_CUDA
-  m.attr("with_cuda") = true;
-  m.def("cuda_device_count", &mpt::cuda::device_count);
+// CUDA (csrc/cuda/*.cu): the same ops on device pointers; every call takes the device index and
+// torch's current stream (an integer), and returns once the work is enqueued.
+static void bind_cuda(py::module_& m) {
+  using py::arg;
   using mpt::cuda::Launch;
-  m.def("quantize_int8_cuda", [](int dev, uintptr_t st, uintptr_t w, int64_t N, int64_t K, uintptr_t cb,
+  const auto kw = py::kw_only();
+  m.def("quantize_int8_cuda", [](int dev, uintptr_t st, uintptr_t w, int64_t n, int64_t k, uintptr_t cb,
                                  uintptr_t scb) {
-    mpt::cuda::quantize_int8(Launch{dev, st}, P<const float>(w), N, K, P<int8_t>(cb), P<float>(scb));
-  }, G());
+    dim(n, "n"), dim(k, "k");
+    mpt::cuda::quantize_int8(Launch{dev, st}, buf<const float>(w, n * k, "w"), n, k, buf<int8_t>(cb, n * k, "cb"),
+                             buf<float>(scb, n, "scb"));
+  }, kw, arg("device"), arg("stream"), arg("w"), arg("n"), arg("k"), arg("cb"), arg("scb"), G());
   m.def("quantize_nf4_cuda", [](int dev, uintptr_t st, uintptr_t w, int64_t numel, int64_t bs, uintptr_t packed,
                                 uintptr_t absmax) {
-    mpt::cuda::quantize_nf4(Launch{dev, st}, P<const float>(w), numel, bs, P<uint8_t>(packed), P<float>(absmax));
-  }, G());
-  m.def("quantize_int4_cuda", [](int dev, uintptr_t st, uintptr_t w, int64_t N, int64_t K, uintptr_t packed,
+    dim(numel, "numel"), positive(bs, "blocksize");
+    mpt::cuda::quantize_nf4(Launch{dev, st}, buf<const float>(w, numel, "w"), numel, bs,
+                            buf<uint8_t>(packed, (numel + 1) / 2, "packed"),
+                            buf<float>(absmax, (numel + bs - 1) / bs, "absmax"));
+  }, kw, arg("device"), arg("stream"), arg("w"), arg("numel"), arg("blocksize"), arg("packed"), arg("absmax"), G());
+  m.def("quantize_int4_cuda", [](int dev, uintptr_t st, uintptr_t w, int64_t n, int64_t k, uintptr_t packed,
                                  uintptr_t scales) {
-    mpt::cuda::quantize_int4(Launch{dev, st}, P<const float>(w), N, K, P<uint8_t>(packed), P<float>(scales));
-  }, G());
-  // fmt: 0 int8 (cb, scb), 1 nf4 (packed, absmax; blocksize), 2 int4 (packed, scales).
-  m.def("dequantize_cuda", [](int dev, uintptr_t st, int fmt, uintptr_t data, uintptr_t scale, int64_t N, int64_t K,
-                              int64_t bs, uintptr_t out) {
-    mpt::cuda::dequantize(Launch{dev, st}, fmt, P<const void>(data), P<const float>(scale), N, K, bs, P<float>(out));
-  }, G());
-  m.def("dequantize_rows_cuda", [](int dev, uintptr_t st, int fmt, uintptr_t data, uintptr_t scale, int64_t N,
-                                   int64_t K, int64_t bs, uintptr_t rows, int64_t nrows, uintptr_t out) {
-    mpt::cuda::dequantize_rows(Launch{dev, st}, fmt, P<const void>(data), P<const float>(scale), N, K, bs,
-                               P<const int64_t>(rows), nrows, P<float>(out));
-  }, G());
-  m.def("matmul_cuda", [](int dev, uintptr_t st, int fmt, uintptr_t x, int64_t M, uintptr_t data, uintptr_t scale,
-                          int64_t N, int64_t K, int64_t bs, uintptr_t bias, uintptr_t y) {
-    mpt::cuda::qmatmul(Launch{dev, st}, fmt, P<const float>(x), M, P<const void>(data), P<const float>(scale), N, K,
-                       bs, P<const float>(bias), P<float>(y));
-  }, G());
+    dim(n, "n"), dim(k, "k");
+    const int64_t g = mpt::int4_groups(k);
+    mpt::cuda::quantize_int4(Launch{dev, st}, buf<const float>(w, n * k, "w"), n, k,
+                             buf<uint8_t>(packed, n * g * 16, "packed"), buf<float>(scales, n * g, "scales"));
+  }, kw, arg("device"), arg("stream"), arg("w"), arg("n"), arg("k"), arg("packed"), arg("scales"), G());
+  // format: "int8" (data = cb, scale = scb), "nf4" (packed, absmax; blocksize), "int4" (packed, scales).
+  m.def("dequantize_cuda", [](int dev, uintptr_t st, const std::string& fmt, uintptr_t data, uintptr_t scale,
+                              int64_t n, int64_t k, int64_t bs, uintptr_t out) {
+    dim(n, "n"), dim(k, "k"), dim(bs, "blocksize");
+    mpt::cuda::dequantize(Launch{dev, st}, format_code(fmt), buf<const void>(data, n * k, "data"),
+                          buf<const float>(scale, n * k ? 1 : 0, "scale"), n, k, bs, buf<float>(out, n * k, "out"));
+  }, kw, arg("device"), arg("stream"), arg("format"), arg("data"), arg("scale"), arg("n"), arg("k"),
+     arg("blocksize") = 0, arg("out"), G());
+  m.def("dequantize_rows_cuda", [](int dev, uintptr_t st, const std::string& fmt, uintptr_t data, uintptr_t scale,
+                                   int64_t n, int64_t k, int64_t bs, uintptr_t rows, int64_t n_rows, uintptr_t out) {
+    dim(n, "n"), dim(k, "k"), dim(bs, "blocksize"), dim(n_rows, "n_rows");
+    mpt::cuda::dequantize_rows(Launch{dev, st}, format_code(fmt), buf<const void>(data, n * k, "data"),
+                               buf<const float>(scale, n * k ? 1 : 0, "scale"), n, k, bs,
+                               buf<const int64_t>(rows, n_rows, "rows"), n_rows, buf<float>(out, n_rows * k, "out"));
+  }, kw, arg("device"), arg("stream"), arg("format"), arg("data"), arg("scale"), arg("n"), arg("k"),
+     arg("blocksize") = 0, arg("rows"), arg("n_rows"), arg("out"), G());
+  m.def("matmul_cuda", [](int dev, uintptr_t st, const std::string& fmt, uintptr_t x, int64_t m_, uintptr_t data,
+                          uintptr_t scale, int64_t n, int64_t k, int64_t bs, uintptr_t bias, uintptr_t y) {
+    dim(m_, "m"), dim(n, "n"), dim(k, "k"), dim(bs, "blocksize");
+    mpt::cuda::qmatmul(Launch{dev, st}, format_code(fmt), buf<const float>(x, m_ * k, "x"), m_,
+                       buf<const void>(data, n * k, "data"), buf<const float>(scale, n * k ? 1 : 0, "scale"), n, k, bs,
+                       opt<const float>(bias), buf<float>(y, m_ * n, "y"));
+  }, kw, arg("device"), arg("stream"), arg("format"), arg("x"), arg("m"), arg("data"), arg("scale"), arg("n"),
+     arg("k"), arg("blocksize") = 0, arg("bias") = 0, arg("y"), G());
   m.attr("cuda_gemv_max_m") = mpt::cuda::kGemvMaxM;
   // *_host: CPU copies of the index arrays (checked, and read for the launch geometry).
-  m.def("write_kv_cache_cuda", [](int dev, uintptr_t st, uintptr_t k, uintptr_t v, int64_t n_tokens, uintptr_t slots,
-                                  uintptr_t slots_host, uintptr_t kc, uintptr_t vc, uintptr_t ks, uintptr_t vs,
-                                  int dtype, int64_t num_slots, int kv_heads, int head_dim, int block_size) {
-    mpt::KvCacheView c = kv_view(kc, vc, ks, vs, dtype, num_slots, kv_heads, head_dim, block_size);
-    py::gil_scoped_release nogil;
-    mpt::cuda::write_kv_cache(Launch{dev, st}, P<const float>(k), P<const float>(v), n_tokens, P<const int64_t>(slots),
-                              P<const int64_t>(slots_host), c);
-  });
-  m.def("paged_attention_cuda", [](int dev, uintptr_t st, bool decode, uintptr_t q, uintptr_t out, int64_t n_rows,
-                                   int num_heads, int num_seqs, uintptr_t block_tables, uintptr_t block_tables_host,
-                                   int max_blocks, uintptr_t context_lens, uintptr_t context_lens_host,
-                                   uintptr_t query_start_loc, uintptr_t query_start_loc_host, uintptr_t slopes,
-                                   float scale, uintptr_t kc, uintptr_t vc, uintptr_t ks, uintptr_t vs, int dtype,
-                                   int64_t num_slots, int kv_heads, int head_dim, int block_size) {
-    mpt::KvCacheView c = kv_view(kc, vc, ks, vs, dtype, num_slots, kv_heads, head_dim, block_size);
-    mpt::AttnArgs a;
-    a.q = P<const float>(q);
-    a.out = P<float>(out);
-    a.num_heads = num_heads;
-    a.num_seqs = num_seqs;
-    a.block_tables = P<const int32_t>(block_tables);
-    a.max_blocks = max_blocks;
-    a.context_lens = P<const int32_t>(context_lens);
-    a.query_start_loc = P<const int32_t>(query_start_loc);
-    a.slopes = P<const float>(slopes);
-    a.scale = scale;
-    mpt::AttnArgs h = a;
-    h.block_tables = P<const int32_t>(block_tables_host);
-    h.context_lens = P<const int32_t>(context_lens_host);
-    h.query_start_loc = P<const int32_t>(query_start_loc_host);
-    py::gil_scoped_release nogil;
-    mpt::cuda::paged_attention(Launch{dev, st}, decode, a, h, n_rows, c);
-  });
-#else
-  m.attr("with_cuda") = false;
-  m.def("cuda_device_count", [] { return 0; });
+  m.def("write_kv_cache_cuda", [](int dev, uintptr_t st, uintptr_t key, uintptr_t value, int64_t n_tokens,
+                                  uintptr_t slots, uintptr_t slots_host, const mpt::KvCacheView& c) {
+    const int64_t n = dim(n_tokens, "n_tokens") * c.kv_heads * c.head_dim;
+    mpt::cuda::write_kv_cache(Launch{dev, st}, buf<const float>(key, n, "key"), buf<const float>(value, n, "value"),
+                              n_tokens, buf<const int64_t>(slots, n_tokens, "slot_mapping"),
+                              buf<const int64_t>(slots_host, n_tokens, "slot_mapping_host"), c);
+  }, kw, arg("device"), arg("stream"), arg("key"), arg("value"), arg("n_tokens"), arg("slot_mapping"),
+     arg("slot_mapping_host"), arg("cache"), G());
+  // The float32 workspace (elements) paged_attention_cuda needs for these arguments; the caller
+  // allocates it (torch's allocator) and passes it in.
+  m.def("paged_attention_cuda_workspace", [](bool decode, const Attention& host, const mpt::KvCacheView& c) {
+    mpt::bind::check_attention(host, c, decode);
+    return mpt::cuda::paged_attention_workspace(decode, host.a, host.num_tokens, c);
+  }, kw, arg("decode"), arg("args_host"), arg("cache"), G());
+  m.def("paged_attention_cuda", [](int dev, uintptr_t st, bool decode, const Attention& a, const Attention& host,
+                                   const mpt::KvCacheView& c, uintptr_t workspace, int64_t workspace_size) {
+    mpt::bind::check_attention(host, c, decode);
+    if (a.num_tokens != host.num_tokens || a.a.num_seqs != host.a.num_seqs || a.a.max_blocks != host.a.max_blocks)
+      throw std::invalid_argument("args and args_host describe different batches");
+    dim(workspace_size, "workspace_size");
+    mpt::cuda::paged_attention(Launch{dev, st}, decode, a.a, host.a, host.num_tokens, c,
+                               buf<float>(workspace, workspace_size, "workspace"), workspace_size);
+  }, kw, arg("device"), arg("stream"), arg("decode"), arg("args"), arg("args_host"), arg("cache"),
+     arg("workspace") = 0, arg("workspace_size") = 0, G());
+}
 #endif
 
-  // ---- quantized matmuls (csrc/cpu/quant_*.cpp) ----
-  m.def("quantize_int8", [](uintptr_t w, int64_t N, int64_t K, uintptr_t cb, uintptr_t scb) {
-    mpt::quantize_int8(P<const float>(w), N, K, P<int8_t>(cb), P<float>(scb));
-  }, G());
-  m.def("dequantize_int8", [](uintptr_t cb, uintptr_t scb, int64_t N, int64_t K, uintptr_t out) {
-    mpt::dequantize_int8(P<const int8_t>(cb), P<const float>(scb), N, K, P<float>(out));
-  }, G());
-  m.def("dequantize_rows_int8", [](uintptr_t cb, uintptr_t scb, int64_t K, uintptr_t rows, int64_t n, uintptr_t out) {
-    mpt::dequantize_rows_int8(P<const int8_t>(cb), P<const float>(scb), K, P<const int64_t>(rows), n, P<float>(out));
-  }, G());
-  m.def("matmul_int8", [](uintptr_t x, int64_t M, int64_t K, uintptr_t cb, uintptr_t scb, int64_t N, uintptr_t bias,
-                          uintptr_t y, bool q8) {
-    mpt::matmul_int8(P<const float>(x), M, K, P<const int8_t>(cb), P<const float>(scb), N, P<const float>(bias),
-                     P<float>(y), q8);
-  }, G());
-  m.def("quantize_nf4", [](uintptr_t w, int64_t numel, int64_t bs, uintptr_t packed, uintptr_t absmax) {
-    mpt::quantize_nf4(P<const float>(w), numel, bs, P<uint8_t>(packed), P<float>(absmax));
-  }, G());
-  m.def("dequantize_nf4", [](uintptr_t packed, uintptr_t absmax, int64_t numel, int64_t bs, uintptr_t out) {
-    mpt::dequantize_nf4(P<const uint8_t>(packed), P<const float>(absmax), numel, bs, P<float>(out));
-  }, G());
-  m.def("dequantize_rows_nf4", [](uintptr_t packed, uintptr_t absmax, int64_t K, int64_t bs, uintptr_t rows, int64_t n,
-                                  uintptr_t out) {
-    mpt::dequantize_rows_nf4(P<const uint8_t>(packed), P<const float>(absmax), K, bs, P<const int64_t>(rows), n,
-                             P<float>(out));
-  }, G());
-  m.def("matmul_nf4", [](uintptr_t x, int64_t M, int64_t K, uintptr_t packed, uintptr_t absmax, int64_t N, int64_t bs,
-                         uintptr_t bias, uintptr_t y) {
-    mpt::matmul_nf4(P<const float>(x), M, K, P<const uint8_t>(packed), P<const float>(absmax), N, bs,
-                    P<const float>(bias), P<float>(y));
-  }, G());
-  m.def("quantize_int4", [](uintptr_t w, int64_t N, int64_t K, uintptr_t packed, uintptr_t scales) {
-    mpt::quantize_int4(P<const float>(w), N, K, P<uint8_t>(packed), P<float>(scales));
-  }, G());
-  m.def("dequantize_int4", [](uintptr_t packed, uintptr_t scales, int64_t N, int64_t K, uintptr_t out) {
-    mpt::dequantize_int4(P<const uint8_t>(packed), P<const float>(scales), N, K, P<float>(out));
-  }, G());
-  m.def("dequantize_rows_int4", [](uintptr_t packed, uintptr_t scales, int64_t K, uintptr_t rows, int64_t n,
-                                   uintptr_t out) {
-    mpt::dequantize_rows_int4(P<const uint8_t>(packed), P<const float>(scales), K, P<const int64_t>(rows), n,
-                              P<float>(out));
-  }, G());
-  m.def("matmul_int4", [](uintptr_t x, int64_t M, int64_t K, uintptr_t packed, uintptr_t scales, int64_t N,
-                          uintptr_t bias, uintptr_t y, bool q8) {
-    mpt::matmul_int4(P<const float>(x), M, K, P<const uint8_t>(packed), P<const float>(scales), N,
-                     P<const float>(bias), P<float>(y), q8);
-  }, G());
-
-  // ---- paged KV cache and attention (csrc/cpu/attention_*.cpp) ----
-  // cache arguments, in order: k, v, k_scale, v_scale (0 unless int8), dtype code (0 f32, 1 bf16,
-  // 2 f16, 3 int8), num_slots, kv_heads, head_dim, block_size.
-  m.def("write_kv_cache", [](uintptr_t k, uintptr_t v, int64_t n_tokens, uintptr_t slots, uintptr_t kc, uintptr_t vc,
-                             uintptr_t ks, uintptr_t vs, int dtype, int64_t num_slots, int kv_heads, int head_dim,
-                             int block_size) {
-    mpt::KvCacheView c = kv_view(kc, vc, ks, vs, dtype, num_slots, kv_heads, head_dim, block_size);
-    py::gil_scoped_release nogil;
-    mpt::write_kv_cache(reinterpret_cast<const float*>(k), reinterpret_cast<const float*>(v), n_tokens,
-                        reinterpret_cast<const int64_t*>(slots), c);
-  });
-  m.def("paged_attention", [](bool decode, uintptr_t q, uintptr_t out, int num_heads, int num_seqs,
-                              uintptr_t block_tables, int max_blocks, uintptr_t context_lens,
-                              uintptr_t query_start_loc, uintptr_t slopes, float scale, uintptr_t kc, uintptr_t vc,
-                              uintptr_t ks, uintptr_t vs, int dtype, int64_t num_slots, int kv_heads, int head_dim,
-                              int block_size) {
-    mpt::KvCacheView c = kv_view(kc, vc, ks, vs, dtype, num_slots, kv_heads, head_dim, block_size);
-    mpt::AttnArgs a;
-    a.q = reinterpret_cast<const float*>(q);
-    a.out = reinterpret_cast<float*>(out);
-    a.num_heads = num_heads;
-    a.num_seqs = num_seqs;
-    a.block_tables = reinterpret_cast<const int32_t*>(block_tables);
-    a.max_blocks = max_blocks;
-    a.context_lens = reinterpret_cast<const int32_t*>(context_lens);
-    a.query_start_loc = reinterpret_cast<const int32_t*>(query_start_loc);
-    a.slopes = reinterpret_cast<const float*>(slopes);
-    a.scale = scale;
-    py::gil_scoped_release nogil;
-    if (decode) mpt::paged_attention_decode(a, c);
-    else mpt::paged_attention_prefill(a, c);
-  });
-
+static void bind_decode_step(py::module_& m) {
   // ---- the engine's whole forward pass in one call (csrc/cpu/decode_step.h); keyword arguments
   // only. fmt: -1 float32, 0 int8, 1 nf4, 2 int4. ----
   py::class_<mpt::DecodePlan>(m, "DecodePlan")
@@ -230,7 +288,7 @@ PYBIND11_MODULE(_C, m) {
              c.d_model = d_model, c.n_heads = n_heads, c.kv_heads = kv_heads, c.head_dim = head_dim, c.ffn = ffn;
              c.vocab = vocab, c.n_layers = n_layers, c.eps = eps, c.clip_qkv = clip_qkv;
              c.softmax_scale = softmax_scale, c.logit_scale = logit_scale, c.has_logit_scale = has_logit_scale;
-             c.slopes = P<const float>(slopes), c.q8_max_rows = q8_max_rows;
+             c.slopes = mpt::bind::opt<const float>(slopes), c.q8_max_rows = q8_max_rows;
              return new mpt::DecodePlan(c);
            }),
            py::kw_only(), py::arg("d_model"), py::arg("n_heads"), py::arg("kv_heads"), py::arg("head_dim"),
@@ -242,21 +300,22 @@ PYBIND11_MODULE(_C, m) {
              if (fmt < -1 || fmt > 2) throw std::invalid_argument("unknown weight format code");
              mpt::StepWeight& w = p.weight(layer, name);
              w.fmt = static_cast<mpt::StepFormat>(fmt), w.N = n, w.K = k, w.blocksize = blocksize;
-             w.data = P<const void>(data), w.scale = P<const float>(scale), w.bias = P<const float>(bias);
+             w.data = mpt::bind::buf<const void>(data, n * k, "data"), w.scale = mpt::bind::opt<const float>(scale);
+             w.bias = mpt::bind::opt<const float>(bias);
            },
            py::kw_only(), py::arg("layer"), py::arg("name"), py::arg("fmt"), py::arg("n"), py::arg("k"),
            py::arg("blocksize"), py::arg("data"), py::arg("scale"), py::arg("bias"))
       .def("set_norm", [](mpt::DecodePlan& p, int64_t layer, const std::string& name, uintptr_t weight,
                           uintptr_t bias) {
              mpt::StepNorm& n = p.norm(layer, name);
-             n.weight = P<const float>(weight), n.bias = P<const float>(bias);
+             n.weight = mpt::bind::buf<const float>(weight, 1, "weight"), n.bias = mpt::bind::opt<const float>(bias);
            },
            py::kw_only(), py::arg("layer"), py::arg("name"), py::arg("weight"), py::arg("bias"))
       .def("set_cache", [](mpt::DecodePlan& p, int64_t layer, uintptr_t k, uintptr_t v, uintptr_t k_scale,
                            uintptr_t v_scale, int dtype, int64_t num_slots, int kv_heads, int head_dim,
                            int block_size) {
              mpt::StepLayer& l = p.layer(layer);
-             l.cache = kv_view(k, v, k_scale, v_scale, dtype, num_slots, kv_heads, head_dim, block_size);
+             l.cache = mpt::bind::kv_cache(k, v, k_scale, v_scale, dtype, num_slots, kv_heads, head_dim, block_size);
              l.has_cache = true;
            },
            py::kw_only(), py::arg("layer"), py::arg("k"), py::arg("v"), py::arg("k_scale"), py::arg("v_scale"),
@@ -264,16 +323,48 @@ PYBIND11_MODULE(_C, m) {
       .def("validate", &mpt::DecodePlan::validate)
       .def("step", [](mpt::DecodePlan& p, uintptr_t ids, int64_t n_tokens, uintptr_t slots, uintptr_t block_tables,
                       int num_seqs, int max_blocks, uintptr_t context_lens, uintptr_t query_start_loc, bool decode,
-                      uintptr_t rows, int64_t n_rows, uintptr_t logits) {
+                      uintptr_t rows, int64_t n_rows, uintptr_t logits, int nthreads) {
+             using mpt::bind::buf;
              mpt::StepBatch b;
-             b.ids = P<const int64_t>(ids), b.n_tokens = n_tokens, b.slots = P<const int64_t>(slots);
-             b.block_tables = P<const int32_t>(block_tables), b.num_seqs = num_seqs, b.max_blocks = max_blocks;
-             b.context_lens = P<const int32_t>(context_lens), b.query_start_loc = P<const int32_t>(query_start_loc);
-             b.decode = decode, b.rows = P<const int64_t>(rows), b.n_rows = n_rows, b.logits = P<float>(logits);
+             b.ids = buf<const int64_t>(ids, n_tokens, "ids"), b.n_tokens = mpt::bind::dim(n_tokens, "n_tokens");
+             b.slots = buf<const int64_t>(slots, n_tokens, "slots");
+             b.block_tables = buf<const int32_t>(block_tables, int64_t(num_seqs) * max_blocks, "block_tables");
+             b.num_seqs = num_seqs, b.max_blocks = max_blocks;
+             b.context_lens = buf<const int32_t>(context_lens, num_seqs, "context_lens");
+             b.query_start_loc = mpt::bind::opt<const int32_t>(query_start_loc);
+             b.decode = decode, b.rows = buf<const int64_t>(rows, n_rows, "rows"), b.n_rows = n_rows;
+             b.logits = buf<float>(logits, n_rows, "logits");
              py::gil_scoped_release nogil;
+             mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
              p.step(b);
            },
            py::kw_only(), py::arg("ids"), py::arg("n_tokens"), py::arg("slots"), py::arg("block_tables"),
            py::arg("num_seqs"), py::arg("max_blocks"), py::arg("context_lens"), py::arg("query_start_loc"),
-           py::arg("decode"), py::arg("rows"), py::arg("n_rows"), py::arg("logits"));
+           py::arg("decode"), py::arg("rows"), py::arg("n_rows"), py::arg("logits"), py::arg("num_threads") = 0);
+}
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "mpt_lite kernels (no torch linkage; see mpt_lite/kernels)";
+
+  // ---- CPU features, kernel variant, threads ----
+  m.def("cpu_features", &cpu_features_dict, "CPU features detected at run time");
+  m.def("supported_isas", &mpt::supported_isa_names, "kernel variants this CPU can run");
+  m.def("current_isa", [] { return std::string(mpt::isa_name(mpt::current_isa())); });
+  m.def("set_isa", [](const std::string& name) { mpt::set_isa(mpt::isa_from_name(name)); }, py::arg("name"));
+  m.def("num_threads", &mpt::num_threads, G());
+  // Waits for the job running on the pool (the GIL is released meanwhile).
+  m.def("set_num_threads", &mpt::set_num_threads, py::arg("n"), G());
+
+  bind_structs(m);
+  bind_quant(m);
+  bind_attention(m);
+  bind_decode_step(m);
+#if MPT_LITE_WITH_CUDA
+  m.attr("with_cuda") = true;
+  m.def("cuda_device_count", &mpt::cuda::device_count);
+  bind_cuda(m);
+#else
+  m.attr("with_cuda") = false;
+  m.def("cuda_device_count", [] { return 0; });
+#endif
 }

@@ -34,6 +34,9 @@ int default_threads() {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
+thread_local int t_limit = 0;  // this thread's ThreadLimit (0: none)
+thread_local int t_team = 0;   // inside a job (a worker, or the caller running part 0): its thread count
+
 class Pool {
  public:
   explicit Pool(int n) : n_(n) {
@@ -50,8 +53,8 @@ class Pool {
   }
   int size() const { return n_; }
 
+  // One job at a time: the caller holds g_mu (below) for the whole call.
   void run(int parts, const std::function<void(int)>& job) {
-    std::lock_guard<std::mutex> serial(run_mu_);  // one job at a time; callers from many threads queue
     job_ = &job;
     parts_ = parts;
     error_ = nullptr;
@@ -97,14 +100,18 @@ class Pool {
       }
       seen = g;
       if (stop_) return;
-      if (i < parts_) call(i);
+      if (i < parts_) {
+        t_team = parts_;
+        call(i);
+        t_team = 0;
+      }
       pending_.fetch_sub(1, std::memory_order_acq_rel);
     }
   }
 
   int n_;
   std::vector<std::thread> workers_;
-  std::mutex mu_, run_mu_;
+  std::mutex mu_;
   std::condition_variable cv_;
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> pending_{0};
@@ -114,40 +121,74 @@ class Pool {
   std::exception_ptr error_;
 };
 
-std::mutex g_pool_mu;
-std::unique_ptr<Pool> g_pool;
+// Held for a whole job, for creating the pool and for resizing it: a resize waits for the running
+// job, and a job never sees the pool replaced under it. Simpler than per-caller job slots, and no
+// slower: a job already has every core it asked for, so a second one could only oversubscribe.
+std::mutex g_mu;
+std::unique_ptr<Pool> g_pool;  // guarded by g_mu
+std::atomic<int> g_size{0};    // g_pool's size, readable while a job runs (0: no pool yet)
 
-Pool& pool() {
-  std::lock_guard<std::mutex> lk(g_pool_mu);
-  if (!g_pool) g_pool = std::make_unique<Pool>(default_threads());
+Pool& pool_locked() {
+  if (!g_pool) {
+    g_pool = std::make_unique<Pool>(default_threads());
+    g_size.store(g_pool->size(), std::memory_order_release);
+  }
   return *g_pool;
 }
 
+int pool_size() {
+  const int n = g_size.load(std::memory_order_acquire);
+  if (n > 0) return n;
+  std::lock_guard<std::mutex> lk(g_mu);
+  return pool_locked().size();
+}
+
+struct InJob {
+  explicit InJob(int parts) { t_team = parts; }
+  ~InJob() { t_team = 0; }
+};
+
 }  // namespace
 
-int num_threads() { return pool().size(); }
+int num_threads() {
+  if (t_team > 0) return t_team;
+  const int n = pool_size();
+  return t_limit > 0 ? std::min(n, t_limit) : n;
+}
 
 void set_num_threads(int n) {
-  std::lock_guard<std::mutex> lk(g_pool_mu);
+  std::lock_guard<std::mutex> lk(g_mu);
   g_pool.reset();
   g_pool = std::make_unique<Pool>(n > 0 ? n : default_threads());
+  g_size.store(g_pool->size(), std::memory_order_release);
 }
+
+ThreadLimit::ThreadLimit(int n) : prev_(t_limit) { t_limit = n > 0 ? n : 0; }
+ThreadLimit::~ThreadLimit() { t_limit = prev_; }
 
 void parallel_for(int64_t n, int64_t align, const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
   align = std::max<int64_t>(1, align);
-  Pool& p = pool();
-  int64_t units = (n + align - 1) / align;
-  int parts = static_cast<int>(std::min<int64_t>(p.size(), units));
-  if (parts <= 1) {
+  const int64_t units = (n + align - 1) / align;
+  if (t_team > 0 || std::min<int64_t>(num_threads(), units) <= 1) {  // nested calls run inline
     fn(0, n);
     return;
   }
-  int64_t per = (units + parts - 1) / parts;
+  std::unique_lock<std::mutex> lk(g_mu);
+  Pool& p = pool_locked();  // its size may have changed since num_threads()
+  const int cap = t_limit > 0 ? std::min(p.size(), t_limit) : p.size();
+  const int parts = static_cast<int>(std::min<int64_t>(cap, units));
+  if (parts <= 1) {
+    lk.unlock();
+    fn(0, n);
+    return;
+  }
+  const int64_t per = (units + parts - 1) / parts;
   std::function<void(int)> job = [&](int i) {
     int64_t b = std::min(n, i * per * align), e = std::min(n, (i + 1) * per * align);
     if (b < e) fn(b, e);
   };
+  InJob in_job(parts);
   p.run(parts, job);
 }
 

@@ -1,6 +1,6 @@
 // Shared by the CUDA kernels: error handling (CUDA errors become C++ exceptions that pybind11
 // maps to Python: std::invalid_argument -> ValueError for bad launch configurations,
-// std::runtime_error -> RuntimeError for everything else), the stream/device prologue, and
+// std::runtime_error -> RuntimeError for everything else), the device scope of an entry point, and
 // small conversions. Include from .cu files only.
 #pragma once
 #include <cuda_bf16.h>
@@ -26,16 +26,32 @@ inline void check(cudaError_t e, const char* what) {
 // After every launch: configuration errors surface here (execution errors surface at the next sync).
 inline void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
 
-// Every entry point starts here: the device the tensors live on, and torch's current stream.
-inline cudaStream_t begin(int device, uintptr_t stream) {
-  int n = 0;
-  check(cudaGetDeviceCount(&n), "cudaGetDeviceCount");
-  if (device < 0 || device >= n)
-    throw std::invalid_argument("CUDA device " + std::to_string(device) + " does not exist (" + std::to_string(n) +
-                                " visible)");
-  check(cudaSetDevice(device), "cudaSetDevice");
-  return reinterpret_cast<cudaStream_t>(stream);
-}
+// Every entry point starts here: switches to the device the tensors live on for the call and
+// back to the caller's current device when it returns or throws (a library call must not leave
+// the caller on another device); the stream is torch's current stream, handed over as an integer.
+class DeviceScope {
+ public:
+  DeviceScope(int device, uintptr_t stream) : stream_(reinterpret_cast<cudaStream_t>(stream)) {
+    int n = 0;
+    check(cudaGetDeviceCount(&n), "cudaGetDeviceCount");
+    if (device < 0 || device >= n)
+      throw std::invalid_argument("CUDA device " + std::to_string(device) + " does not exist (" + std::to_string(n) +
+                                  " visible)");
+    check(cudaGetDevice(&prev_), "cudaGetDevice");
+    if (prev_ != device) check(cudaSetDevice(device), "cudaSetDevice");
+    device_ = device;
+  }
+  ~DeviceScope() {
+    if (prev_ != device_) cudaSetDevice(prev_);
+  }
+  DeviceScope(const DeviceScope&) = delete;
+  DeviceScope& operator=(const DeviceScope&) = delete;
+  cudaStream_t stream() const { return stream_; }
+
+ private:
+  cudaStream_t stream_;
+  int prev_ = -1, device_ = -1;
+};
 
 inline unsigned grid_1d(int64_t n, int threads, const char* what) {
   const int64_t g = (n + threads - 1) / threads;

@@ -60,7 +60,8 @@ __global__ void write_kv_i8_kernel(const float* __restrict__ k, const float* __r
 void write_kv_cache(Launch l, const float* k, const float* v, int64_t n_tokens, const int64_t* slots,
                     const int64_t* slots_host, const KvCacheView& c) {
   check_kv_slots(slots_host, n_tokens, c);  // the CPU kernels' checks and messages
-  cudaStream_t st = begin(l.device, l.stream);
+  DeviceScope scope(l.device, l.stream);
+  cudaStream_t st = scope.stream();
   if (n_tokens == 0) return;
   if (n_tokens > 0x7fffffffLL) throw std::invalid_argument("write_kv_cache: too many tokens for one launch");
   const unsigned grid = static_cast<unsigned>(n_tokens);

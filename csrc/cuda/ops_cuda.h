@@ -42,8 +42,11 @@ void write_kv_cache(Launch l, const float* k, const float* v, int64_t n_tokens, 
 
 // a: device pointers; a_host: the same arguments with host copies of block_tables,
 // context_lens and query_start_loc (checked as the CPU kernels check them, and read for the
-// launch geometry). n_rows: query tokens (decode: num_seqs).
+// launch geometry). n_rows: query tokens (decode: num_seqs). workspace: device float32 scratch of
+// at least paged_attention_workspace(...) elements (0 for short contexts), allocated by the
+// caller (torch's caching allocator, on the same stream), so no allocation happens here.
+int64_t paged_attention_workspace(bool decode, const AttnArgs& a_host, int64_t n_rows, const KvCacheView& cache);
 void paged_attention(Launch l, bool decode, const AttnArgs& a, const AttnArgs& a_host, int64_t n_rows,
-                     const KvCacheView& cache);
+                     const KvCacheView& cache, float* workspace, int64_t workspace_size);
 
 }  // namespace mpt::cuda

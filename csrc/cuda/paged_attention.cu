@@ -207,18 +207,44 @@ void launch_dtype(cudaStream_t st, const Params& p) {
   else launch_t<T, 8>(st, p);
 }
 
+// How the keys are cut: partitions only when (rows x heads) warps cannot fill the GPU and the
+// context is long.
+struct Plan {
+  int max_ctx = 1, num_parts = 1, part_size = 1;
+  int64_t workspace = 0;  // floats: per (row, head, part) an output row, a max and a sum
+};
+
+Plan plan(const AttnArgs& ah, int64_t n_rows, const KvCacheView& c) {
+  Plan pl;
+  for (int s = 0; s < ah.num_seqs; ++s) pl.max_ctx = std::max(pl.max_ctx, ah.context_lens[s]);
+  const int64_t pairs = n_rows * ah.num_heads;
+  pl.num_parts = (pl.max_ctx > kPartition && pairs < 4096) ? (pl.max_ctx + kPartition - 1) / kPartition : 1;
+  pl.part_size = pl.num_parts == 1 ? pl.max_ctx : kPartition;
+  if (pl.num_parts > 1) pl.workspace = pairs * pl.num_parts * (int64_t(c.head_dim) + 2);
+  return pl;
+}
+
 }  // namespace
 
+int64_t paged_attention_workspace(bool decode, const AttnArgs& ah, int64_t n_rows, const KvCacheView& c) {
+  check_attention_args(ah, c, decode, n_rows);
+  if (n_rows == 0 || ah.num_seqs == 0) return 0;
+  return plan(ah, n_rows, c).workspace;
+}
+
 void paged_attention(Launch l, bool decode, const AttnArgs& a, const AttnArgs& ah, int64_t n_rows,
-                     const KvCacheView& c) {
+                     const KvCacheView& c, float* workspace, int64_t workspace_size) {
   check_attention_args(ah, c, decode, n_rows);  // the CPU kernels' checks, on the host copies
   if (c.head_dim > kMaxHeadDim)
     throw std::invalid_argument("CUDA paged attention supports head_dim <= " + std::to_string(kMaxHeadDim) +
                                 ", got " + std::to_string(c.head_dim));
-  cudaStream_t st = begin(l.device, l.stream);
+  DeviceScope scope(l.device, l.stream);
+  cudaStream_t st = scope.stream();
   if (n_rows == 0 || a.num_seqs == 0) return;
-  int max_ctx = 1;
-  for (int s = 0; s < ah.num_seqs; ++s) max_ctx = std::max(max_ctx, ah.context_lens[s]);
+  const Plan pl = plan(ah, n_rows, c);
+  if (workspace_size < pl.workspace)
+    throw std::invalid_argument("paged attention needs a workspace of " + std::to_string(pl.workspace) +
+                                " floats, got " + std::to_string(workspace_size));
 
   Params p{};
   p.q = a.q, p.out = a.out, p.k = c.k, p.v = c.v;
@@ -229,34 +255,25 @@ void paged_attention(Launch l, bool decode, const AttnArgs& a, const AttnArgs& a
   p.slopes = a.slopes, p.scale = a.scale;
   p.num_seqs = a.num_seqs, p.num_heads = a.num_heads, p.kv_heads = c.kv_heads, p.head_dim = c.head_dim;
   p.block_size = c.block_size, p.max_blocks = a.max_blocks, p.n_rows = n_rows;
-  // Partitions only when (rows x heads) warps cannot fill the GPU and the context is long.
+  p.num_parts = pl.num_parts;
+  p.part_size = pl.part_size;
   const int64_t pairs = n_rows * a.num_heads;
-  p.num_parts = (max_ctx > kPartition && pairs < 4096) ? (max_ctx + kPartition - 1) / kPartition : 1;
-  p.part_size = p.num_parts == 1 ? max_ctx : kPartition;
-  void* work = nullptr;
   if (p.num_parts > 1) {
-    const size_t n = size_t(pairs) * p.num_parts;
-    check(cudaMallocAsync(&work, n * (size_t(c.head_dim) + 2) * sizeof(float), st), "cudaMallocAsync");
-    p.part_out = static_cast<float*>(work);
+    const int64_t n = pairs * p.num_parts;
+    p.part_out = workspace;
     p.part_max = p.part_out + n * c.head_dim;
     p.part_sum = p.part_max + n;
   }
-  try {
-    switch (c.dtype) {
-      case KvDtype::F32: launch_dtype<float>(st, p); break;
-      case KvDtype::BF16: launch_dtype<__nv_bfloat16>(st, p); break;
-      case KvDtype::F16: launch_dtype<__half>(st, p); break;
-      case KvDtype::I8: launch_dtype<int8_t>(st, p); break;
-    }
-    if (p.num_parts > 1) {
-      merge_partitions_kernel<<<grid_1d(pairs * 32, 128, "merge partitions"), 128, 0, st>>>(p);
-      check_launch("merge_partitions_kernel");
-    }
-  } catch (...) {
-    if (work) cudaFreeAsync(work, st);
-    throw;
+  switch (c.dtype) {
+    case KvDtype::F32: launch_dtype<float>(st, p); break;
+    case KvDtype::BF16: launch_dtype<__nv_bfloat16>(st, p); break;
+    case KvDtype::F16: launch_dtype<__half>(st, p); break;
+    case KvDtype::I8: launch_dtype<int8_t>(st, p); break;
   }
-  if (work) check(cudaFreeAsync(work, st), "cudaFreeAsync");
+  if (p.num_parts > 1) {
+    merge_partitions_kernel<<<grid_1d(pairs * 32, 128, "merge partitions"), 128, 0, st>>>(p);
+    check_launch("merge_partitions_kernel");
+  }
 }
 
 }  // namespace mpt::cuda

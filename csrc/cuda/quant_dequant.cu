@@ -119,14 +119,16 @@ void dequant_any(cudaStream_t st, int fmt, const QW& w, const int64_t* rows, int
 }  // namespace
 
 void quantize_int8(Launch l, const float* w, int64_t N, int64_t K, int8_t* cb, float* scb) {
-  cudaStream_t st = begin(l.device, l.stream);
+  DeviceScope scope(l.device, l.stream);
+  cudaStream_t st = scope.stream();
   if (N == 0) return;
   quantize_int8_kernel<<<grid_1d(N * 32, kThreads, "quantize_int8"), kThreads, 0, st>>>(w, N, K, cb, scb);
   check_launch("quantize_int8_kernel");
 }
 
 void quantize_nf4(Launch l, const float* w, int64_t numel, int64_t bs, uint8_t* packed, float* absmax) {
-  cudaStream_t st = begin(l.device, l.stream);
+  DeviceScope scope(l.device, l.stream);
+  cudaStream_t st = scope.stream();
   if (bs < 2 || bs % 2) throw std::invalid_argument("blocksize must be an even int >= 2");
   if (numel == 0) return;
   const int64_t nblocks = (numel + bs - 1) / bs;
@@ -136,7 +138,8 @@ void quantize_nf4(Launch l, const float* w, int64_t numel, int64_t bs, uint8_t* 
 }
 
 void quantize_int4(Launch l, const float* w, int64_t N, int64_t K, uint8_t* packed, float* scales) {
-  cudaStream_t st = begin(l.device, l.stream);
+  DeviceScope scope(l.device, l.stream);
+  cudaStream_t st = scope.stream();
   const int64_t G = (K + kInt4Group - 1) / kInt4Group;
   if (N * G == 0) return;
   quantize_int4_kernel<<<grid_1d(N * G, 128, "quantize_int4"), 128, 0, st>>>(w, N, K, packed, scales);
@@ -145,13 +148,15 @@ void quantize_int4(Launch l, const float* w, int64_t N, int64_t K, uint8_t* pack
 
 void dequantize(Launch l, int fmt, const void* data, const float* scale, int64_t N, int64_t K, int64_t bs,
                 float* out) {
-  cudaStream_t st = begin(l.device, l.stream);
+  DeviceScope scope(l.device, l.stream);
+  cudaStream_t st = scope.stream();
   dequant_any(st, fmt, QW{static_cast<const uint8_t*>(data), scale, N, K, bs}, nullptr, N, out);
 }
 
 void dequantize_rows(Launch l, int fmt, const void* data, const float* scale, int64_t N, int64_t K, int64_t bs,
                      const int64_t* rows, int64_t nrows, float* out) {
-  cudaStream_t st = begin(l.device, l.stream);
+  DeviceScope scope(l.device, l.stream);
+  cudaStream_t st = scope.stream();
   dequant_any(st, fmt, QW{static_cast<const uint8_t*>(data), scale, N, K, bs}, rows, nrows, out);
 }
 

@@ -110,7 +110,8 @@ void launch_gemv(cudaStream_t st, int fmt, const QW& w, const float* x, int M, c
 
 void qmatmul(Launch l, int fmt, const float* x, int64_t M, const void* data, const float* scale, int64_t N,
              int64_t K, int64_t blocksize, const float* bias, float* y) {
-  cudaStream_t st = begin(l.device, l.stream);
+  DeviceScope scope(l.device, l.stream);
+  cudaStream_t st = scope.stream();
   if (fmt < 0 || fmt > 2) throw std::invalid_argument("unknown weight format code");
   if (fmt == 1 && (blocksize < 2 || blocksize % 2)) throw std::invalid_argument("blocksize must be an even int >= 2");
   if (M == 0 || N == 0) return;

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .checks import check_tensor, op_device, ptr
+from .checks import check_tensor, check_threads, op_device, ptr
 from .extension import _C, launch
 
 # ---- paged KV cache and attention ----
@@ -17,7 +17,7 @@ from .extension import _C, launch
 KV_CACHE_DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.int8: 3}
 
 
-def _cache_args(k_cache, v_cache, k_scale, v_scale) -> tuple:
+def _cache_args(k_cache, v_cache, k_scale, v_scale) -> "_C.KvCache":
     check_tensor("k_cache", k_cache, tuple(KV_CACHE_DTYPES), ndim=4, device=op_device("k_cache", k_cache))
     check_tensor("v_cache", v_cache, (k_cache.dtype,), ndim=4, device=k_cache.device)
     if v_cache.shape != k_cache.shape:
@@ -36,8 +36,9 @@ def _cache_args(k_cache, v_cache, k_scale, v_scale) -> tuple:
         scales = (ptr(k_scale), ptr(v_scale))
     elif k_scale is not None or v_scale is not None:
         raise ValueError("k_scale/v_scale belong to int8 KV caches only")
-    return (ptr(k_cache), ptr(v_cache), *scales, KV_CACHE_DTYPES[k_cache.dtype], num_blocks * block_size,
-            kv_heads, head_dim, block_size)
+    return _C.KvCache(k=ptr(k_cache), v=ptr(v_cache), k_scale=scales[0], v_scale=scales[1],
+                      dtype=KV_CACHE_DTYPES[k_cache.dtype], num_slots=num_blocks * block_size, kv_heads=kv_heads,
+                      head_dim=head_dim, block_size=block_size)
 
 
 def _as_f32(name: str, t: object, shape_tail: tuple, device: str | torch.device = "cpu") -> torch.Tensor:
@@ -77,9 +78,10 @@ def _host_and_device(t: torch.Tensor, dev: torch.device) -> tuple[torch.Tensor, 
 
 def write_kv_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                    slot_mapping: torch.Tensor, k_scale: torch.Tensor | None = None,
-                   v_scale: torch.Tensor | None = None) -> None:
+                   v_scale: torch.Tensor | None = None, *, num_threads: int | None = None) -> None:
     """Writes key/value (tokens, kv_heads, head_dim) into the cache at slot_mapping (tokens,) int64;
-    a negative slot skips its token. In place."""
+    a negative slot skips its token. In place. num_threads: as for the quantized ops."""
+    threads = check_threads(num_threads)
     cache = _cache_args(k_cache, v_cache, k_scale, v_scale)
     dev = k_cache.device
     tail = tuple(k_cache.shape[2:])
@@ -89,13 +91,16 @@ def write_kv_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor
     slots = _index("slot_mapping", slot_mapping, (key.shape[0],), torch.int64, dev)
     if dev.type == "cuda":
         host, slots = _host_and_device(slots, dev)
-        _C.write_kv_cache_cuda(*launch(dev), ptr(key), ptr(value), key.shape[0], ptr(slots), ptr(host), *cache)
+        _C.write_kv_cache_cuda(**launch(dev), key=ptr(key), value=ptr(value), n_tokens=key.shape[0],
+                               slot_mapping=ptr(slots), slot_mapping_host=ptr(host), cache=cache)
         return
-    _C.write_kv_cache(ptr(key), ptr(value), key.shape[0], ptr(slots), *cache)
+    _C.write_kv_cache(key=ptr(key), value=ptr(value), n_tokens=key.shape[0], slot_mapping=ptr(slots), cache=cache,
+                      num_threads=threads)
 
 
 def _attention(decode: bool, query, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale,
-               slopes, k_scale, v_scale) -> torch.Tensor:
+               slopes, k_scale, v_scale, num_threads) -> torch.Tensor:
+    threads = check_threads(num_threads)
     cache = _cache_args(k_cache, v_cache, k_scale, v_scale)
     dev = k_cache.device
     kv_heads, head_dim = k_cache.shape[2:]
@@ -114,47 +119,58 @@ def _attention(decode: bool, query, k_cache, v_cache, block_tables, context_lens
     if decode:
         if q.shape[0] != num_seqs:
             raise ValueError(f"decode takes one query per sequence: {q.shape[0]} queries, {num_seqs} block tables")
-        qsl_ptr = 0
+        qsl = None
     else:
         qsl = _index("query_start_loc", query_start_loc, (num_seqs + 1,), torch.int32, dev)
         if int(qsl[-1]) != q.shape[0]:
             raise ValueError(f"query_start_loc ends at {int(qsl[-1])}, query has {q.shape[0]} tokens")
-        qsl_ptr = ptr(qsl)
     slopes_ptr = 0
     if slopes is not None:
         slopes = _index("slopes", slopes, (num_heads,), torch.float32, dev).to(dev)
         slopes_ptr = ptr(slopes)
     out = torch.empty_like(q)
-    if num_seqs and dev.type == "cuda":
+    if not num_seqs:
+        return out
+
+    def args(tables: torch.Tensor, lens: torch.Tensor, starts: torch.Tensor | None) -> "_C.AttnArgs":
+        return _C.AttnArgs(q=ptr(q), out=ptr(out), num_tokens=q.shape[0], num_heads=num_heads, head_dim=head_dim,
+                           num_seqs=num_seqs, block_tables=ptr(tables), max_blocks=tables.shape[1],
+                           context_lens=ptr(lens), query_start_loc=0 if starts is None else ptr(starts),
+                           slopes=slopes_ptr, scale=float(scale))
+
+    if dev.type == "cuda":
         bt_h, bt_d = _host_and_device(block_tables, dev)
         lens_h, lens_d = _host_and_device(lens, dev)
         qsl_h, qsl_d = _host_and_device(qsl, dev) if not decode else (None, None)
-        _C.paged_attention_cuda(*launch(dev), decode, ptr(q), ptr(out), q.shape[0], num_heads, num_seqs, ptr(bt_d),
-                                ptr(bt_h), block_tables.shape[1], ptr(lens_d), ptr(lens_h),
-                                0 if decode else ptr(qsl_d), 0 if decode else ptr(qsl_h), slopes_ptr, float(scale),
-                                *cache)
-    elif num_seqs:
-        _C.paged_attention(decode, ptr(q), ptr(out), num_heads, num_seqs, ptr(block_tables), block_tables.shape[1],
-                           ptr(lens), qsl_ptr, slopes_ptr, float(scale), *cache)
+        host = args(bt_h, lens_h, qsl_h)
+        # scratch for long contexts, from torch's allocator on this stream (freed once the kernel ran)
+        size = _C.paged_attention_cuda_workspace(decode=decode, args_host=host, cache=cache)
+        work = torch.empty(size, dtype=torch.float32, device=dev)
+        _C.paged_attention_cuda(**launch(dev), decode=decode, args=args(bt_d, lens_d, qsl_d), args_host=host,
+                                cache=cache, workspace=ptr(work) if size else 0, workspace_size=size)
+    else:
+        _C.paged_attention(decode=decode, args=args(block_tables, lens, None if decode else qsl), cache=cache,
+                           num_threads=threads)
     return out
 
 
 def paged_attention_decode(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
                            slopes: torch.Tensor | None = None, k_scale: torch.Tensor | None = None,
-                           v_scale: torch.Tensor | None = None) -> torch.Tensor:
+                           v_scale: torch.Tensor | None = None, *, num_threads: int | None = None) -> torch.Tensor:
     """One query per sequence, query (seqs, heads, head_dim), at position context_lens[s] - 1, over
     the keys its block_tables (seqs, max_blocks) int32 row names. Returns float32 (seqs, heads, head_dim)."""
     return _attention(True, query, k_cache, v_cache, block_tables, context_lens, None, scale, slopes, k_scale,
-                      v_scale)
+                      v_scale, num_threads)
 
 
 def paged_attention_prefill(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                             block_tables: torch.Tensor, context_lens: torch.Tensor,
                             query_start_loc: torch.Tensor, scale: float, slopes: torch.Tensor | None = None,
-                            k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> torch.Tensor:
+                            k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None, *,
+                            num_threads: int | None = None) -> torch.Tensor:
     """Causal attention of the new tokens of each sequence: query (tokens, heads, head_dim) holds
     sequence s at rows query_start_loc[s]:query_start_loc[s+1], the last ones of its context_lens[s]
     tokens (a cached prefix plus these); their K/V must already be in the cache."""
     return _attention(False, query, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale, slopes,
-                      k_scale, v_scale)
+                      k_scale, v_scale, num_threads)

@@ -62,6 +62,17 @@ def check_shape(name: str, t: torch.Tensor, shape: tuple) -> None:
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
 
 
+def check_threads(num_threads: object) -> int:
+    """A per-call thread count: None (the pool's size) -> 0, else a positive int."""
+    if num_threads is None:
+        return 0
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int):
+        raise TypeError(f"num_threads must be None or a positive int, got {num_threads!r}")
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be None or a positive int, got {num_threads}")
+    return num_threads
+
+
 def check_blocksize(blocksize: object) -> int:
     if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 2 or blocksize % 2:
         raise ValueError(f"blocksize must be an even int >= 2, got {blocksize!r}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .attention_ops import KV_CACHE_DTYPES
-from .checks import check_tensor, ptr
+from .checks import check_tensor, check_threads, ptr
 from .extension import _C
 from .layouts import Q8_MAX_ROWS, int4_groups
 
@@ -95,9 +95,10 @@ class DecodePlan:
 
     def step(self, ids: torch.Tensor, slot_mapping: torch.Tensor, block_tables: torch.Tensor,
              context_lens: torch.Tensor, query_start_loc: torch.Tensor, decode: bool,
-             rows: torch.Tensor) -> torch.Tensor:
+             rows: torch.Tensor, num_threads: int | None = None) -> torch.Tensor:
         """Logits (len(rows), vocab) float32 of the flat batch `ids` (int64, the new tokens of every
-        sequence back to back); the other arguments as kv_cache.PagedStep holds them."""
+        sequence back to back); the other arguments as kv_cache.PagedStep holds them. num_threads:
+        at most this many kernel threads (None: the pool's size)."""
         n = ids.numel()
         ids = check_tensor("ids", ids, (torch.int64,)).reshape(-1).contiguous()
         slots = check_tensor("slot_mapping", slot_mapping, (torch.int64,), ndim=1).contiguous()
@@ -112,5 +113,6 @@ class DecodePlan:
         logits = torch.empty(rows.numel(), self.vocab, dtype=torch.float32)
         self._plan.step(ids=ptr(ids), n_tokens=n, slots=ptr(slots), block_tables=ptr(tables), num_seqs=seqs,
                         max_blocks=tables.shape[1], context_lens=ptr(lens), query_start_loc=ptr(qsl),
-                        decode=bool(decode), rows=ptr(rows), n_rows=rows.numel(), logits=ptr(logits))
+                        decode=bool(decode), rows=ptr(rows), n_rows=rows.numel(), logits=ptr(logits),
+                        num_threads=check_threads(num_threads))
         return logits

@@ -2,6 +2,8 @@
 variant (ISA), the thread pool's size, and whether the CUDA kernels were built."""
 from __future__ import annotations
 
+import operator
+
 import torch
 
 try:
@@ -51,7 +53,16 @@ def num_threads() -> int:
 
 
 def set_num_threads(n: int) -> None:
-    _C.set_num_threads(int(n))
+    """The process default of the kernels' thread pool (n <= 0: MPT_LITE_NUM_THREADS, else every
+    core this process may use). A model's or a call's num_threads caps it per call. Safe while
+    other threads run kernels: the new size applies from their next kernel call."""
+    if isinstance(n, bool):
+        raise TypeError("n must be an int, got bool")
+    try:
+        n = operator.index(n)
+    except TypeError as err:
+        raise TypeError(f"n must be an int, got {type(n).__name__}") from err
+    _C.set_num_threads(n)
 
 
 NO_CUDA_BUILD = ("mpt_lite was built without CUDA (MPT_LITE_CUDA=on python setup.py build_ext --inplace, "
@@ -69,7 +80,8 @@ def cuda_available() -> bool:
     return cuda_built() and torch.cuda.is_available()
 
 
-def launch(dev: torch.device) -> tuple[int, int]:
-    """(device index, current stream handle) for a CUDA kernel call."""
+def launch(dev: torch.device) -> dict[str, int]:
+    """The device index and its current stream handle, as keyword arguments of a CUDA kernel call
+    (the kernel switches to that device for the call and back to the caller's current one)."""
     index = dev.index if dev.index is not None else torch.cuda.current_device()
-    return index, torch.cuda.current_stream(index).cuda_stream
+    return {"device": index, "stream": torch.cuda.current_stream(index).cuda_stream}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .checks import (check_activations, check_bias, check_blocksize, check_dim, check_row_ids,
-                     check_shape, check_tensor, op_device, ptr, weight_f32)
+                     check_shape, check_tensor, check_threads, op_device, ptr, weight_f32)
 from .extension import _C, launch
 from .layouts import NF4_BLOCKSIZE, int4_groups, use_q8
 
@@ -26,9 +26,9 @@ from .layouts import NF4_BLOCKSIZE, int4_groups, use_q8
 #   |y_q8 - y_float| <= sum_k |W[n, k]| * d[block(k)] / 2   (+ float32 rounding),
 # a relative error of at most 1/254 of sum_k |W[n, k]| * amax_block(k); tested in
 # tests/test_quant_kernels.py, together with cosine >= 0.9999 on random data.
-
-
-_FMT_CODE = {"int8": 0, "nf4": 1, "int4": 2}
+#
+# num_threads (keyword, every CPU op): at most that many of the kernels' pool threads for this call
+# (None: the pool's size, set_num_threads); a model's num_threads arrives here. CUDA ops ignore it.
 
 
 def _cuda_matmul(fmt: str, x: object, data: torch.Tensor, scale: torch.Tensor, N: int, K: int, bs: int,
@@ -38,8 +38,8 @@ def _cuda_matmul(fmt: str, x: object, data: torch.Tensor, scale: torch.Tensor, N
     b = check_bias(bias, N, dev)
     data, scale = data.contiguous(), scale.contiguous()
     y = torch.empty(x2.shape[0], N, dtype=torch.float32, device=dev)
-    _C.matmul_cuda(*launch(dev), _FMT_CODE[fmt], ptr(x2), x2.shape[0], ptr(data), ptr(scale), N, K, bs,
-                   0 if b is None else ptr(b), ptr(y))
+    _C.matmul_cuda(**launch(dev), format=fmt, x=ptr(x2), m=x2.shape[0], data=ptr(data), scale=ptr(scale), n=N, k=K,
+                   blocksize=bs, bias=0 if b is None else ptr(b), y=ptr(y))
     return y.reshape(*lead, N).to(x.dtype)
 
 
@@ -49,21 +49,27 @@ def _cuda_dequantize(fmt: str, data: torch.Tensor, scale: torch.Tensor, N: int, 
     data, scale = data.contiguous(), scale.contiguous()
     n = N if rows is None else rows.numel()
     out = torch.empty(n, K, dtype=torch.float32, device=dev)
+    weight = dict(format=fmt, data=ptr(data), scale=ptr(scale), n=N, k=K, blocksize=bs)
     if rows is None:
-        _C.dequantize_cuda(*launch(dev), _FMT_CODE[fmt], ptr(data), ptr(scale), N, K, bs, ptr(out))
+        _C.dequantize_cuda(**launch(dev), **weight, out=ptr(out))
     else:
-        _C.dequantize_rows_cuda(*launch(dev), _FMT_CODE[fmt], ptr(data), ptr(scale), N, K, bs, ptr(rows), n,
-                                ptr(out))
+        _C.dequantize_rows_cuda(**launch(dev), **weight, rows=ptr(rows), n_rows=n, out=ptr(out))
     return out
 
 
-def _run_matmul(fn, x: object, K: int, N: int, bias: object, *weights, q8: object = None) -> torch.Tensor:
+def _run_matmul(fn, x: object, K: int, N: int, bias: object, weights: dict, q8: object,
+                num_threads: object) -> torch.Tensor:
+    threads = check_threads(num_threads)
     x2, lead = check_activations(x, K)
     b = check_bias(bias, N)
-    q8_rows = use_q8(q8, x2.shape[0])
     y = torch.empty(x2.shape[0], N, dtype=torch.float32)
-    fn(ptr(x2), x2.shape[0], K, *weights, N, 0 if b is None else ptr(b), ptr(y), q8_rows)
+    q8_kw = {} if q8 is _NO_Q8 else {"q8": use_q8(q8, x2.shape[0])}
+    fn(x=ptr(x2), m=x2.shape[0], k=K, n=N, bias=0 if b is None else ptr(b), y=ptr(y), **weights, **q8_kw,
+       num_threads=threads)
     return y.reshape(*lead, N).to(x.dtype)
+
+
+_NO_Q8 = object()  # nf4 has no q8 path: its kernel takes no q8 argument
 
 
 def _no_q8_on_cuda(q8: object) -> None:
@@ -73,15 +79,16 @@ def _no_q8_on_cuda(q8: object) -> None:
 
 # int8: cb int8 [N, K], scb float32 [N]; W = (cb * scb) / 127 (bitsandbytes CB/SCB).
 
-def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_int8(w: torch.Tensor, *, num_threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    threads = check_threads(num_threads)
     w = weight_f32("w", w)
     N, K = w.shape
     cb = torch.empty(N, K, dtype=torch.int8, device=w.device)
     scb = torch.empty(N, dtype=torch.float32, device=w.device)
     if w.is_cuda:
-        _C.quantize_int8_cuda(*launch(w.device), ptr(w), N, K, ptr(cb), ptr(scb))
+        _C.quantize_int8_cuda(**launch(w.device), w=ptr(w), n=N, k=K, cb=ptr(cb), scb=ptr(scb))
     else:
-        _C.quantize_int8(ptr(w), N, K, ptr(cb), ptr(scb))
+        _C.quantize_int8(w=ptr(w), n=N, k=K, cb=ptr(cb), scb=ptr(scb), num_threads=threads)
     return cb, scb
 
 
@@ -92,49 +99,57 @@ def _check_int8(cb: object, scb: object) -> tuple[int, int]:
     return cb.shape[0], cb.shape[1]
 
 
-def dequantize_int8(cb: torch.Tensor, scb: torch.Tensor) -> torch.Tensor:
+def dequantize_int8(cb: torch.Tensor, scb: torch.Tensor, *, num_threads: int | None = None) -> torch.Tensor:
+    threads = check_threads(num_threads)
     N, K = _check_int8(cb, scb)
     if cb.is_cuda:
         return _cuda_dequantize("int8", cb, scb, N, K, 0)
     cb, scb = cb.contiguous(), scb.contiguous()
     out = torch.empty(N, K, dtype=torch.float32)
-    _C.dequantize_int8(ptr(cb), ptr(scb), N, K, ptr(out))
+    _C.dequantize_int8(cb=ptr(cb), scb=ptr(scb), n=N, k=K, out=ptr(out), num_threads=threads)
     return out
 
 
-def dequantize_rows_int8(cb: torch.Tensor, scb: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+def dequantize_rows_int8(cb: torch.Tensor, scb: torch.Tensor, ids: torch.Tensor, *,
+                         num_threads: int | None = None) -> torch.Tensor:
+    threads = check_threads(num_threads)
     N, K = _check_int8(cb, scb)
     cb, scb, rows = cb.contiguous(), scb.contiguous(), check_row_ids(ids, N, cb.device)
     if cb.is_cuda:
         return _cuda_dequantize("int8", cb, scb, N, K, 0, rows).reshape(*ids.shape, K)
     out = torch.empty(rows.numel(), K, dtype=torch.float32)
-    _C.dequantize_rows_int8(ptr(cb), ptr(scb), K, ptr(rows), rows.numel(), ptr(out))
+    _C.dequantize_rows_int8(cb=ptr(cb), scb=ptr(scb), k=K, rows=ptr(rows), n_rows=rows.numel(), out=ptr(out),
+                            num_threads=threads)
     return out.reshape(*ids.shape, K)
 
 
 def matmul_int8(x: torch.Tensor, cb: torch.Tensor, scb: torch.Tensor, bias: torch.Tensor | None = None,
-                q8: bool | None = None) -> torch.Tensor:
+                q8: bool | None = None, *, num_threads: int | None = None) -> torch.Tensor:
     N, K = _check_int8(cb, scb)
     if cb.is_cuda:
         _no_q8_on_cuda(q8)
         return _cuda_matmul("int8", x, cb, scb, N, K, 0, bias)
     cb, scb = cb.contiguous(), scb.contiguous()
-    return _run_matmul(_C.matmul_int8, x, K, N, bias, ptr(cb), ptr(scb), q8=q8)
+    return _run_matmul(_C.matmul_int8, x, K, N, bias, {"cb": ptr(cb), "scb": ptr(scb)}, q8, num_threads)
 
 
 # nf4: packed uint8 [ceil(N*K/2)] over the flattened weight (first element in the high nibble),
 # absmax float32 [ceil(N*K/blocksize)]; W = NF4_CODE[q] * absmax[block] (bitsandbytes NF4).
 
-def quantize_nf4(w: torch.Tensor, blocksize: int = NF4_BLOCKSIZE) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_nf4(w: torch.Tensor, blocksize: int = NF4_BLOCKSIZE, *,
+                 num_threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    threads = check_threads(num_threads)
     w = weight_f32("w", w)
     bs = check_blocksize(blocksize)
     numel = w.numel()
     packed = torch.empty((numel + 1) // 2, dtype=torch.uint8, device=w.device)
     absmax = torch.empty((numel + bs - 1) // bs, dtype=torch.float32, device=w.device)
     if w.is_cuda:
-        _C.quantize_nf4_cuda(*launch(w.device), ptr(w), numel, bs, ptr(packed), ptr(absmax))
+        _C.quantize_nf4_cuda(**launch(w.device), w=ptr(w), numel=numel, blocksize=bs, packed=ptr(packed),
+                             absmax=ptr(absmax))
     else:
-        _C.quantize_nf4(ptr(w), numel, bs, ptr(packed), ptr(absmax))
+        _C.quantize_nf4(w=ptr(w), numel=numel, blocksize=bs, packed=ptr(packed), absmax=ptr(absmax),
+                        num_threads=threads)
     return packed, absmax
 
 
@@ -151,53 +166,56 @@ def _check_nf4(packed: object, absmax: object, shape: object, blocksize: object)
     return N, K, bs
 
 
-def dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, shape, blocksize: int = NF4_BLOCKSIZE) -> torch.Tensor:
+def dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, shape, blocksize: int = NF4_BLOCKSIZE, *,
+                   num_threads: int | None = None) -> torch.Tensor:
+    threads = check_threads(num_threads)
     N, K, bs = _check_nf4(packed, absmax, shape, blocksize)
     if packed.is_cuda:
         return _cuda_dequantize("nf4", packed, absmax, N, K, bs)
     packed, absmax = packed.contiguous(), absmax.contiguous()
     out = torch.empty(N, K, dtype=torch.float32)
-    _C.dequantize_nf4(ptr(packed), ptr(absmax), N * K, bs, ptr(out))
+    _C.dequantize_nf4(packed=ptr(packed), absmax=ptr(absmax), numel=N * K, blocksize=bs, out=ptr(out),
+                      num_threads=threads)
     return out
 
 
-def dequantize_rows_nf4(packed, absmax, shape, ids, blocksize: int = NF4_BLOCKSIZE) -> torch.Tensor:
+def dequantize_rows_nf4(packed, absmax, shape, ids, blocksize: int = NF4_BLOCKSIZE, *,
+                        num_threads: int | None = None) -> torch.Tensor:
+    threads = check_threads(num_threads)
     N, K, bs = _check_nf4(packed, absmax, shape, blocksize)
     rows = check_row_ids(ids, N, packed.device)
     if packed.is_cuda:
         return _cuda_dequantize("nf4", packed, absmax, N, K, bs, rows).reshape(*ids.shape, K)
     out = torch.empty(rows.numel(), K, dtype=torch.float32)
     packed, absmax = packed.contiguous(), absmax.contiguous()
-    _C.dequantize_rows_nf4(ptr(packed), ptr(absmax), K, bs, ptr(rows), rows.numel(), ptr(out))
+    _C.dequantize_rows_nf4(packed=ptr(packed), absmax=ptr(absmax), k=K, blocksize=bs, rows=ptr(rows),
+                           n_rows=rows.numel(), out=ptr(out), num_threads=threads)
     return out.reshape(*ids.shape, K)
 
 
 def matmul_nf4(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, shape, blocksize: int = NF4_BLOCKSIZE,
-               bias: torch.Tensor | None = None) -> torch.Tensor:
+               bias: torch.Tensor | None = None, *, num_threads: int | None = None) -> torch.Tensor:
     N, K, bs = _check_nf4(packed, absmax, shape, blocksize)
     if packed.is_cuda:
         return _cuda_matmul("nf4", x, packed, absmax, N, K, bs, bias)
-    x2, lead = check_activations(x, K)
-    b = check_bias(bias, N)
-    y = torch.empty(x2.shape[0], N, dtype=torch.float32)
     packed, absmax = packed.contiguous(), absmax.contiguous()
-    _C.matmul_nf4(ptr(x2), x2.shape[0], K, ptr(packed), ptr(absmax), N, bs,
-                  0 if b is None else ptr(b), ptr(y))
-    return y.reshape(*lead, N).to(x.dtype)
+    return _run_matmul(_C.matmul_nf4, x, K, N, bias, {"packed": ptr(packed), "absmax": ptr(absmax), "blocksize": bs},
+                       _NO_Q8, num_threads)
 
 
 # int4: packed uint8 [N, G*16], scales float32 [N, G], G = ceil(K/32); W = (q - 8) * d.
 
-def quantize_int4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_int4(w: torch.Tensor, *, num_threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    threads = check_threads(num_threads)
     w = weight_f32("w", w)
     N, K = w.shape
     G = int4_groups(K)
     packed = torch.empty(N, G * 16, dtype=torch.uint8, device=w.device)
     scales = torch.empty(N, G, dtype=torch.float32, device=w.device)
     if w.is_cuda:
-        _C.quantize_int4_cuda(*launch(w.device), ptr(w), N, K, ptr(packed), ptr(scales))
+        _C.quantize_int4_cuda(**launch(w.device), w=ptr(w), n=N, k=K, packed=ptr(packed), scales=ptr(scales))
     else:
-        _C.quantize_int4(ptr(w), N, K, ptr(packed), ptr(scales))
+        _C.quantize_int4(w=ptr(w), n=N, k=K, packed=ptr(packed), scales=ptr(scales), num_threads=threads)
     return packed, scales
 
 
@@ -211,32 +229,38 @@ def _check_int4(packed: object, scales: object, in_features: object) -> tuple[in
     return N, K
 
 
-def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, in_features: int) -> torch.Tensor:
+def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, in_features: int, *,
+                    num_threads: int | None = None) -> torch.Tensor:
+    threads = check_threads(num_threads)
     N, K = _check_int4(packed, scales, in_features)
     if packed.is_cuda:
         return _cuda_dequantize("int4", packed, scales, N, K, 0)
     out = torch.empty(N, K, dtype=torch.float32)
     packed, scales = packed.contiguous(), scales.contiguous()
-    _C.dequantize_int4(ptr(packed), ptr(scales), N, K, ptr(out))
+    _C.dequantize_int4(packed=ptr(packed), scales=ptr(scales), n=N, k=K, out=ptr(out), num_threads=threads)
     return out
 
 
-def dequantize_rows_int4(packed, scales, in_features: int, ids) -> torch.Tensor:
+def dequantize_rows_int4(packed, scales, in_features: int, ids, *, num_threads: int | None = None) -> torch.Tensor:
+    threads = check_threads(num_threads)
     N, K = _check_int4(packed, scales, in_features)
     rows = check_row_ids(ids, N, packed.device)
     if packed.is_cuda:
         return _cuda_dequantize("int4", packed, scales, N, K, 0, rows).reshape(*ids.shape, K)
     out = torch.empty(rows.numel(), K, dtype=torch.float32)
     packed, scales = packed.contiguous(), scales.contiguous()
-    _C.dequantize_rows_int4(ptr(packed), ptr(scales), K, ptr(rows), rows.numel(), ptr(out))
+    _C.dequantize_rows_int4(packed=ptr(packed), scales=ptr(scales), k=K, rows=ptr(rows), n_rows=rows.numel(),
+                            out=ptr(out), num_threads=threads)
     return out.reshape(*ids.shape, K)
 
 
 def matmul_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, in_features: int,
-                bias: torch.Tensor | None = None, q8: bool | None = None) -> torch.Tensor:
+                bias: torch.Tensor | None = None, q8: bool | None = None, *,
+                num_threads: int | None = None) -> torch.Tensor:
     N, K = _check_int4(packed, scales, in_features)
     if packed.is_cuda:
         _no_q8_on_cuda(q8)
         return _cuda_matmul("int4", x, packed, scales, N, K, 0, bias)
     packed, scales = packed.contiguous(), scales.contiguous()
-    return _run_matmul(_C.matmul_int4, x, K, N, bias, ptr(packed), ptr(scales), q8=q8)
+    return _run_matmul(_C.matmul_int4, x, K, N, bias, {"packed": ptr(packed), "scales": ptr(scales)}, q8,
+                       num_threads)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import MptConfig
+from ..quant.layers import QuantWeight
 from .attention_backend import PagedBatch
 from .cache import MptCache
 from .inputs import check_attention_mask, check_input_ids, reject_unused
@@ -50,6 +51,24 @@ class MptPreTrainedModel(nn.Module):
                 nn.init.ones_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+
+    @property
+    def num_threads(self) -> int | None:
+        """Threads of mpt_lite's CPU kernels in this model's calls: None (the default) uses the
+        kernels' pool size (MPT_LITE_NUM_THREADS, else every core; mpt_lite.kernels.set_num_threads),
+        n caps them at n for this model only, so models in different Python threads may differ.
+        The engine follows its model. torch's own thread settings are never changed."""
+        return self.__dict__.get("_num_threads")
+
+    @num_threads.setter
+    def num_threads(self, n: int | None) -> None:
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"num_threads must be None or a positive int, got {n!r}")
+        for m in self.modules():
+            if isinstance(m, MptPreTrainedModel):
+                m.__dict__["_num_threads"] = n
+            elif isinstance(m, QuantWeight):
+                m.num_threads = n
 
     @property
     def device(self) -> torch.device:

@@ -28,17 +28,19 @@ class WeightFormat:
         """Uninitialised code tensors for a weight [n, k] (on the current default device)."""
         raise NotImplementedError
 
-    def quantize(self, w: torch.Tensor, blocksize: int) -> dict[str, torch.Tensor]:
+    def quantize(self, w: torch.Tensor, blocksize: int, num_threads: int | None = None) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def dequantize(self, codes: dict, n: int, k: int, blocksize: int) -> torch.Tensor:
+    def dequantize(self, codes: dict, n: int, k: int, blocksize: int, num_threads: int | None = None) -> torch.Tensor:
         raise NotImplementedError
 
-    def dequantize_rows(self, codes: dict, n: int, k: int, blocksize: int, ids: torch.Tensor) -> torch.Tensor:
+    def dequantize_rows(self, codes: dict, n: int, k: int, blocksize: int, ids: torch.Tensor,
+                        num_threads: int | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     def matmul(self, x: torch.Tensor, codes: dict, n: int, k: int, blocksize: int,
-               bias: torch.Tensor | None) -> torch.Tensor:
+               bias: torch.Tensor | None, num_threads: int | None = None) -> torch.Tensor:
+        """num_threads (every op): at most that many kernel threads for the call (None: the pool's size)."""
         raise NotImplementedError
 
     def nbytes(self, n: int, k: int, blocksize: int) -> int:
@@ -65,18 +67,18 @@ class Int8Format(WeightFormat):
     def empty_codes(self, n, k, blocksize):
         return {"weight": torch.empty(n, k, dtype=torch.int8), "SCB": torch.empty(n, dtype=torch.float32)}
 
-    def quantize(self, w, blocksize):
-        cb, scb = kernels.quantize_int8(w)
+    def quantize(self, w, blocksize, num_threads=None):
+        cb, scb = kernels.quantize_int8(w, num_threads=num_threads)
         return {"weight": cb, "SCB": scb}
 
-    def dequantize(self, codes, n, k, blocksize):
-        return kernels.dequantize_int8(codes["weight"], codes["SCB"])
+    def dequantize(self, codes, n, k, blocksize, num_threads=None):
+        return kernels.dequantize_int8(codes["weight"], codes["SCB"], num_threads=num_threads)
 
-    def dequantize_rows(self, codes, n, k, blocksize, ids):
-        return kernels.dequantize_rows_int8(codes["weight"], codes["SCB"], ids)
+    def dequantize_rows(self, codes, n, k, blocksize, ids, num_threads=None):
+        return kernels.dequantize_rows_int8(codes["weight"], codes["SCB"], ids, num_threads=num_threads)
 
-    def matmul(self, x, codes, n, k, blocksize, bias):
-        return kernels.matmul_int8(x, codes["weight"], codes["SCB"], bias)
+    def matmul(self, x, codes, n, k, blocksize, bias, num_threads=None):
+        return kernels.matmul_int8(x, codes["weight"], codes["SCB"], bias, num_threads=num_threads)
 
 
 class Nf4Format(WeightFormat):
@@ -86,18 +88,21 @@ class Nf4Format(WeightFormat):
         return {"weight": torch.empty((n * k + 1) // 2, dtype=torch.uint8),
                 "weight_absmax": torch.empty((n * k + blocksize - 1) // blocksize, dtype=torch.float32)}
 
-    def quantize(self, w, blocksize):
-        packed, absmax = kernels.quantize_nf4(w, blocksize)
+    def quantize(self, w, blocksize, num_threads=None):
+        packed, absmax = kernels.quantize_nf4(w, blocksize, num_threads=num_threads)
         return {"weight": packed, "weight_absmax": absmax}
 
-    def dequantize(self, codes, n, k, blocksize):
-        return kernels.dequantize_nf4(codes["weight"], codes["weight_absmax"], (n, k), blocksize)
+    def dequantize(self, codes, n, k, blocksize, num_threads=None):
+        return kernels.dequantize_nf4(codes["weight"], codes["weight_absmax"], (n, k), blocksize,
+                                      num_threads=num_threads)
 
-    def dequantize_rows(self, codes, n, k, blocksize, ids):
-        return kernels.dequantize_rows_nf4(codes["weight"], codes["weight_absmax"], (n, k), ids, blocksize)
+    def dequantize_rows(self, codes, n, k, blocksize, ids, num_threads=None):
+        return kernels.dequantize_rows_nf4(codes["weight"], codes["weight_absmax"], (n, k), ids, blocksize,
+                                           num_threads=num_threads)
 
-    def matmul(self, x, codes, n, k, blocksize, bias):
-        return kernels.matmul_nf4(x, codes["weight"], codes["weight_absmax"], (n, k), blocksize, bias)
+    def matmul(self, x, codes, n, k, blocksize, bias, num_threads=None):
+        return kernels.matmul_nf4(x, codes["weight"], codes["weight_absmax"], (n, k), blocksize, bias,
+                                  num_threads=num_threads)
 
     def slab_rows(self, k, blocksize):
         # blocks run over the flattened weight: a slab must hold a whole number of them
@@ -117,18 +122,18 @@ class Int4Format(WeightFormat):
         return {"weight": torch.empty(n, g * 16, dtype=torch.uint8),
                 "weight_scales": torch.empty(n, g, dtype=torch.float32)}
 
-    def quantize(self, w, blocksize):
-        packed, scales = kernels.quantize_int4(w)
+    def quantize(self, w, blocksize, num_threads=None):
+        packed, scales = kernels.quantize_int4(w, num_threads=num_threads)
         return {"weight": packed, "weight_scales": scales}
 
-    def dequantize(self, codes, n, k, blocksize):
-        return kernels.dequantize_int4(codes["weight"], codes["weight_scales"], k)
+    def dequantize(self, codes, n, k, blocksize, num_threads=None):
+        return kernels.dequantize_int4(codes["weight"], codes["weight_scales"], k, num_threads=num_threads)
 
-    def dequantize_rows(self, codes, n, k, blocksize, ids):
-        return kernels.dequantize_rows_int4(codes["weight"], codes["weight_scales"], k, ids)
+    def dequantize_rows(self, codes, n, k, blocksize, ids, num_threads=None):
+        return kernels.dequantize_rows_int4(codes["weight"], codes["weight_scales"], k, ids, num_threads=num_threads)
 
-    def matmul(self, x, codes, n, k, blocksize, bias):
-        return kernels.matmul_int4(x, codes["weight"], codes["weight_scales"], k, bias)
+    def matmul(self, x, codes, n, k, blocksize, bias, num_threads=None):
+        return kernels.matmul_int4(x, codes["weight"], codes["weight_scales"], k, bias, num_threads=num_threads)
 
 
 FORMATS: dict[str, WeightFormat] = {f.name: f for f in (Int8Format(), Nf4Format(), Int4Format())}

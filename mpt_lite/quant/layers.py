@@ -25,6 +25,9 @@ class QuantWeight(nn.Module):
         self.quant_type = self.format.name
         self.blocksize = kernels.check_blocksize(blocksize)
         self.rows, self.cols = rows, cols
+        # CPU kernel threads for this layer's calls (None: the pool's size); the model sets it for
+        # all its layers (MptPreTrainedModel.num_threads).
+        self.num_threads: int | None = None
         for name, t in self.format.empty_codes(rows, cols, blocksize).items():
             self.register_buffer(name, t)
 
@@ -59,18 +62,19 @@ class QuantWeight(nn.Module):
         step = max(unit, (1 << 18) // max(1, self.cols) // unit * unit)
         for r0 in range(0, self.rows, step):
             r1 = min(self.rows, r0 + step)
-            fmt.write_slab(codes, fmt.quantize(w[r0:r1], bs), r0, r1, self.cols, bs)
+            fmt.write_slab(codes, fmt.quantize(w[r0:r1], bs, self.num_threads), r0, r1, self.cols, bs)
         self.load_codes(codes)
 
     def dequantized(self) -> torch.Tensor:
         """The float32 weight these codes stand for."""
-        return self.format.dequantize(self.codes(), self.rows, self.cols, self.blocksize)
+        return self.format.dequantize(self.codes(), self.rows, self.cols, self.blocksize, self.num_threads)
 
     def _matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         dtype = x.dtype
         if dtype not in (torch.float32, torch.bfloat16):
             x = x.float()
-        return self.format.matmul(x, self.codes(), self.rows, self.cols, self.blocksize, bias).to(dtype)
+        return self.format.matmul(x, self.codes(), self.rows, self.cols, self.blocksize, bias,
+                                  self.num_threads).to(dtype)
 
     def extra_repr(self) -> str:
         extra = f", blocksize={self.blocksize}" if self.quant_type == "nf4" else ""
@@ -110,7 +114,7 @@ class QuantEmbedding(QuantWeight):
         self._init_codes(num_embeddings, embedding_dim, quant_type, blocksize)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = self.format.dequantize_rows(self.codes(), self.rows, self.cols, self.blocksize, ids)
+        rows = self.format.dequantize_rows(self.codes(), self.rows, self.cols, self.blocksize, ids, self.num_threads)
         return rows.to(self.out_dtype)
 
     def as_linear(self, x: torch.Tensor) -> torch.Tensor:

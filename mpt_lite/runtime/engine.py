@@ -164,12 +164,14 @@ class Engine:
         if not batch:
             return []
         ids = torch.tensor([t for s in batch for t in s.req.tokens[s.start:s.end]], dtype=torch.long)
-        step = PagedStep(self.cache, [s.req.blocks for s in batch], [s.start for s in batch], [s.end for s in batch])
+        step = PagedStep(self.cache, [s.req.blocks for s in batch], [s.start for s in batch], [s.end for s in batch],
+                         num_threads=getattr(self.model, "num_threads", None))
         rows = [i for i, s in enumerate(batch) if s.samples]
         if self.uses_native_step:
             if self._plan is None:
                 self._plan = build_plan(self.model, self.cache)
-            logits = native_logits(self._plan, ids, step, step.last_rows[rows].to(torch.int64))
+            logits = native_logits(self._plan, ids, step, step.last_rows[rows].to(torch.int64),
+                                   getattr(self.model, "num_threads", None))
         else:
             with torch.inference_mode():
                 logits = self.model.forward_paged(ids, step, step.last_rows[rows])

@@ -58,8 +58,9 @@ class PagedStep(PagedBatch):
     tokens' slots, its block table and context length. Layers call `attend` through `layer(i)`."""
 
     def __init__(self, cache: PagedKVCache, seqs: Sequence[SeqBlocks], starts: Sequence[int],
-                 ends: Sequence[int]) -> None:
+                 ends: Sequence[int], num_threads: int | None = None) -> None:
         self.cache = cache
+        self.num_threads = num_threads  # CPU kernel threads of the attention calls (None: the pool's size)
         slots: list[int] = []
         for seq, a, b in zip(seqs, starts, ends):
             slots.extend(cache.slots(seq, a, b))
@@ -90,8 +91,9 @@ class PagedLayer(PagedAttention):
         writes k/v to the cache, returns the attention output (tokens, heads, head_dim) in float32."""
         st = self.step
         kc, vc, ks, vs = st.cache.layer(self.index)
-        kernels.write_kv_cache(k, v, kc, vc, st.slot_mapping, ks, vs)
+        kernels.write_kv_cache(k, v, kc, vc, st.slot_mapping, ks, vs, num_threads=st.num_threads)
         if st.decode:
-            return kernels.paged_attention_decode(q, kc, vc, st.block_tables, st.context_lens, scale, slopes, ks, vs)
+            return kernels.paged_attention_decode(q, kc, vc, st.block_tables, st.context_lens, scale, slopes, ks, vs,
+                                                  num_threads=st.num_threads)
         return kernels.paged_attention_prefill(q, kc, vc, st.block_tables, st.context_lens, st.query_start_loc, scale,
-                                           slopes, ks, vs)
+                                               slopes, ks, vs, num_threads=st.num_threads)

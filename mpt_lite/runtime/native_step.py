@@ -111,7 +111,8 @@ def build_plan(model: Any, cache: PagedKVCache) -> kernels.DecodePlan:
     return plan
 
 
-def native_logits(plan: kernels.DecodePlan, ids: torch.Tensor, step: PagedStep, rows: torch.Tensor) -> torch.Tensor:
+def native_logits(plan: kernels.DecodePlan, ids: torch.Tensor, step: PagedStep, rows: torch.Tensor,
+                  num_threads: int | None = None) -> torch.Tensor:
     """What model.forward_paged(ids, step, rows) returns, computed by the plan."""
     return plan.step(ids, step.slot_mapping, step.block_tables, step.context_lens, step.query_start_loc,
-                     step.decode, rows)
+                     step.decode, rows, num_threads)
