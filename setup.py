@@ -3,6 +3,7 @@
 Environment:
   MPT_LITE_CUDA=auto|on|off   build the CUDA sources (auto: when nvcc is found); default auto
   MPT_LITE_CUDA_ARCHS="90"    CUDA architectures (default "80;86;89;90")
+  MPT_LITE_X86_SIMD=auto|on|off  build the AVX2/AVX-512 kernel variants (auto: on x86-64); default auto
   MPT_LITE_BUILD_DIR          CMake build folder (default build/cmake), kept for incremental builds
   MPT_LITE_BUILD_TYPE         CMake build type (default Release)
 """
@@ -32,12 +33,16 @@ class CMakeBuild(build_ext):
         cuda = os.environ.get("MPT_LITE_CUDA", "auto").lower()
         if cuda not in ("auto", "on", "off"):
             raise ValueError(f"MPT_LITE_CUDA must be auto, on or off, not {cuda!r}")
+        simd = os.environ.get("MPT_LITE_X86_SIMD", "auto").lower()
+        if simd not in ("auto", "on", "off"):
+            raise ValueError(f"MPT_LITE_X86_SIMD must be auto, on or off, not {simd!r}")
         args = [
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DCMAKE_BUILD_TYPE={os.environ.get('MPT_LITE_BUILD_TYPE', 'Release')}",
             f"-DMPT_LITE_CUDA={cuda.upper()}",
+            f"-DMPT_LITE_X86_SIMD={simd.upper()}",
             f"-DMPT_LITE_EXT_NAME={ext.name.split('.')[-1]}",
         ]
         if os.environ.get("MPT_LITE_CUDA_ARCHS"):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import mpt_lite
+from python_text import assert_plausible_python
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDER = mpt_lite.default_model_path()
@@ -33,11 +34,12 @@ def assert_one_line_error(proc, *words):
 
 
 def test_generate_streams_python_and_reports_speed():
-    p = run("generate", "def fibonacci(n):", "--bits", "none", "--max-new-tokens", "30", "--seed", "0")
+    p = run("generate", "def fibonacci(n):", "--bits", "none", "--max-new-tokens", "64", "--seed", "0")
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("def fibonacci(n):")
     completion = p.stdout[len("def fibonacci(n):"):]
     assert completion.strip() and ("return" in completion or "(" in completion)
+    assert_plausible_python("def fibonacci(n):", completion)
     assert "tokens/s" in p.stderr
 
 

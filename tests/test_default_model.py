@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import mpt_lite
+from python_text import assert_plausible_python
 
 FOLDER = mpt_lite.default_model_path()
 
@@ -35,11 +36,10 @@ def test_loads_with_no_name_and_matches_transformers():
 
 def test_generates_python():
     model = mpt_lite.load(bits=None)
-    text = model.generate("def fibonacci(n):", max_new_tokens=40)
+    text = model.generate("def fibonacci(n):", max_new_tokens=64)
     assert isinstance(text, str) and text.strip()
     assert "return" in text or "(" in text
-    compile_ok = any(k in text for k in ("return", "if ", "for ", "=", "self"))
-    assert compile_ok, text
+    assert_plausible_python("def fibonacci(n):", text)
 
 
 def test_held_out_style_text_is_far_better_than_chance():

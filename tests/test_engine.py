@@ -138,9 +138,11 @@ def test_generate_text_stream_stop_and_list():
     assert "".join(pieces) == text  # a random model may emit invalid UTF-8; cutting is tested below
     both = model.generate(["the sea", "hello"], max_new_tokens=16, eos_token_id=eos)
     assert both[0] == text and both[1] == model.generate("hello", max_new_tokens=16, eos_token_id=eos)
-    if len(text) > 3:
-        stop = text[2:4]
-        assert model.generate("the sea", max_new_tokens=16, eos_token_id=eos, stop=stop) == text[: text.find(stop)]
+    assert len(text) > 3, text  # the seeded model does not stop early, so the stop checks below always run
+    stop = text[2:4]
+    assert model.generate("the sea", max_new_tokens=16, eos_token_id=eos, stop=stop) == text[: text.find(stop)]
+    assert model.generate("the sea", max_new_tokens=16, eos_token_id=eos, stop=["never in it", text[-2:]]) == \
+        text[: text.find(text[-2:])]
 
 
 def test_stream_cuts_at_multibyte_characters():

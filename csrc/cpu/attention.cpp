@@ -50,8 +50,10 @@ void check_args(const AttnArgs& a, const KvCacheView& c, bool decode, int64_t n_
 
 void run(const AttnArgs& a, const KvCacheView& c, bool decode) {
   switch (current_isa()) {
+#if MPT_LITE_X86_SIMD
     case Isa::Avx512: return attention_avx512::paged_attention(a, c, decode);
     case Isa::Avx2: return attention_avx2::paged_attention(a, c, decode);
+#endif
     default: return attention_generic::paged_attention(a, c, decode);
   }
 }
@@ -73,8 +75,10 @@ void check_attention_args(const AttnArgs& a, const KvCacheView& c, bool decode, 
 void write_kv_cache(const float* k, const float* v, int64_t n_tokens, const int64_t* slots, const KvCacheView& c) {
   check_kv_slots(slots, n_tokens, c);
   switch (current_isa()) {
+#if MPT_LITE_X86_SIMD
     case Isa::Avx512: return attention_avx512::write_kv_cache(k, v, n_tokens, slots, c);
     case Isa::Avx2: return attention_avx2::write_kv_cache(k, v, n_tokens, slots, c);
+#endif
     default: return attention_generic::write_kv_cache(k, v, n_tokens, slots, c);
   }
 }

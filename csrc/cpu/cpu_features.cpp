@@ -32,6 +32,7 @@ const CpuFeatures& cpu_features() {
 
 bool isa_supported(Isa isa) {
   const CpuFeatures& f = cpu_features();
+  if (isa != Isa::Generic && !MPT_LITE_X86_SIMD) return false;  // variant not compiled in
   switch (isa) {
     case Isa::Generic: return true;
     case Isa::Avx2: return f.avx2 && f.fma && f.f16c;
@@ -64,12 +65,18 @@ Isa isa_from_name(const std::string& name) {
   throw std::invalid_argument("unknown kernel variant '" + name + "' (expected generic, avx2 or avx512)");
 }
 
+static std::string why_unsupported(Isa isa) {
+  if (!MPT_LITE_X86_SIMD)
+    return std::string("this build has only the generic kernels, not the ") + isa_name(isa) + " ones";
+  return std::string("this CPU does not support the ") + isa_name(isa) + " kernels";
+}
+
 static Isa initial_isa() {
   const char* env = std::getenv("MPT_LITE_ISA");
   if (env && *env) {
     Isa isa = isa_from_name(env);
     if (!isa_supported(isa))
-      throw std::invalid_argument(std::string("MPT_LITE_ISA=") + env + " but this CPU does not support it");
+      throw std::invalid_argument(std::string("MPT_LITE_ISA=") + env + ": " + why_unsupported(isa));
     return isa;
   }
   return best_isa();
@@ -84,7 +91,7 @@ Isa current_isa() { return static_cast<Isa>(isa_slot().load(std::memory_order_re
 
 void set_isa(Isa isa) {
   if (!isa_supported(isa))
-    throw std::invalid_argument(std::string("this CPU does not support the ") + isa_name(isa) + " kernels");
+    throw std::invalid_argument(why_unsupported(isa));
   isa_slot().store(static_cast<int>(isa));
 }
 

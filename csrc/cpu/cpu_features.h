@@ -3,6 +3,19 @@
 #include <string>
 #include <vector>
 
+// 1 when the AVX2/AVX-512 variants are compiled in (CMake: x86-64 targets unless
+// MPT_LITE_X86_SIMD=OFF); 0 builds the portable kernels alone, as on aarch64.
+#ifndef MPT_LITE_X86_SIMD
+#if defined(__x86_64__) || defined(_M_X64)
+#define MPT_LITE_X86_SIMD 1
+#else
+#define MPT_LITE_X86_SIMD 0
+#endif
+#endif
+#if MPT_LITE_X86_SIMD && !(defined(__x86_64__) || defined(_M_X64))
+#error "MPT_LITE_X86_SIMD=1 needs an x86-64 target"
+#endif
+
 namespace mpt {
 
 enum class Isa { Generic = 0, Avx2 = 1, Avx512 = 2 };

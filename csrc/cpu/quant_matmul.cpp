@@ -91,15 +91,19 @@ void qmatmul(const QWeight& w, const float* x, int64_t M, const float* bias, flo
     Q8Rows xq;
     quantize_q8(x, M, w.K, xq);
     switch (current_isa()) {
+#if MPT_LITE_X86_SIMD
       case Isa::Avx512: return qmatmul_q8_avx512(w, xq, bias, y);
       case Isa::Avx2: return qmatmul_q8_avx2(w, xq, bias, y);
-      case Isa::Generic: return qmatmul_q8_generic(w, xq, bias, y);
+#endif
+      default: return qmatmul_q8_generic(w, xq, bias, y);
     }
   }
   switch (current_isa()) {
+#if MPT_LITE_X86_SIMD
     case Isa::Avx512: return qmatmul_avx512(w, x, M, bias, y);
     case Isa::Avx2: return qmatmul_avx2(w, x, M, bias, y);
-    case Isa::Generic: return qmatmul_generic(w, x, M, bias, y);
+#endif
+    default: return qmatmul_generic(w, x, M, bias, y);
   }
 }
 
