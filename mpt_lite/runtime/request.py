@@ -24,6 +24,13 @@ class Request:
     blocks: SeqBlocks | None = None
     generator: torch.Generator | None = None
     num_preemptions: int = 0
+    context_shift: bool = False  # drop the oldest blocks after n_keep tokens instead of passing `window`
+    n_keep: int = 0
+    window: int = 0  # the most tokens the sequence may hold in the cache (max_seq_len, or the budget)
+    prompt_lookup: int = 0  # draft up to this many tokens per step from the sequence itself (0: off)
+    keep_cache: bool = False  # keep the blocks when finished, for a continuation (Engine.add_request)
+    drafted: int = 0  # speculative tokens proposed and accepted so far
+    accepted: int = 0
     tokens: list[int] = field(init=False, repr=False)  # prompt + output, kept up to date by append()
 
     def __post_init__(self) -> None:
