@@ -237,7 +237,7 @@ class Engine:
                 break
         if start is not None:
             self.cache.commit(r.blocks, r.tokens, min(start + 1 + min(accepted, n), len(r.tokens) - 1))
-            self.cache.truncate(r.blocks, len(r.tokens))
+            self.cache.truncate(r.blocks, r.blocks.num_cached)
         if r.finished:
             self.scheduler.finish(r, keep_blocks=r.keep_cache)
 

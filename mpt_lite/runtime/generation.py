@@ -12,7 +12,7 @@ import torch
 from ..model.inputs import check_attention_mask, check_input_ids
 from ..text.detok import find_stop, text_pieces
 from .block_manager import DEFAULT_BLOCK_SIZE
-from .engine import Engine
+from .engine import Engine, check_prompt_lookup
 from .sampler import SamplingParams
 
 
@@ -20,7 +20,8 @@ def generate(model, inputs: Any = None, attention_mask: torch.Tensor | None = No
              input_ids: torch.Tensor | None = None, max_new_tokens: int = 64, do_sample: bool = False,
              temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0,
              repetition_penalty: float = 1.0, seed: int | None = None, eos_token_id: Any = None,
-             stop: str | Sequence[str] | None = None, stream: bool = False):
+             stop: str | Sequence[str] | None = None, stream: bool = False, context_shift: bool = False,
+             n_keep: int = 0, prompt_lookup_num_tokens: int | None = None, assistant_model: Any = None):
     if inputs is None:
         inputs = input_ids
     if inputs is None:
@@ -33,25 +34,30 @@ def generate(model, inputs: Any = None, attention_mask: torch.Tensor | None = No
     if any(not isinstance(s, str) or not s for s in stops):
         raise ValueError("stop must be a non-empty string or a list of them")
     eos = eos_ids(model, eos_token_id)
+    if assistant_model is not None:
+        raise ValueError("assistant_model is not supported yet: use prompt_lookup_num_tokens=K for speculative "
+                         "decoding (drafts taken from the prompt)")
+    opts = {"context_shift": bool(context_shift), "n_keep": n_keep,
+            "prompt_lookup_num_tokens": check_prompt_lookup(prompt_lookup_num_tokens)}
 
     if isinstance(inputs, torch.Tensor):
         if stream:
             raise ValueError("stream=True needs a string prompt (it yields text)")
         if stops:
             raise ValueError("stop strings need a string prompt; with token ids use eos_token_id")
-        return _generate_ids(model, inputs, attention_mask, max_new_tokens, params, eos)
+        return _generate_ids(model, inputs, attention_mask, max_new_tokens, params, eos, opts)
     tok = model.tokenizer
     if tok is None:
         raise ValueError("this model has no tokenizer: pass token ids (a LongTensor) instead of text")
     if isinstance(inputs, str):
-        pieces = _stream_text(model, tok, inputs, max_new_tokens, params, eos, stops)
+        pieces = _stream_text(model, tok, inputs, max_new_tokens, params, eos, stops, opts)
         return pieces if stream else "".join(pieces)
     if isinstance(inputs, (list, tuple)) and all(isinstance(t, str) for t in inputs):
         if stream:
             raise ValueError("stream=True takes one string prompt, not a list")
         if not inputs:
             return []
-        return _generate_texts(model, tok, list(inputs), max_new_tokens, params, eos, stops)
+        return _generate_texts(model, tok, list(inputs), max_new_tokens, params, eos, stops, opts)
     raise TypeError(f"generate() takes a string, a list of strings or a LongTensor, not {type(inputs).__name__}")
 
 
@@ -66,19 +72,22 @@ def eos_ids(model, eos_token_id: Any) -> set[int]:
     return {int(e) for e in eos_token_id} if isinstance(eos_token_id, (list, tuple, set)) else {int(eos_token_id)}
 
 
-def _engine(model, rows: list[list[int]], max_new: int):
-    """An engine whose cache holds every row at full length (blocks are committed only when used)."""
-    blocks = sum(-(-(len(r) + max_new) // DEFAULT_BLOCK_SIZE) for r in rows)
+def _engine(model, rows: list[list[int]], max_new: int, opts: dict):
+    """An engine whose cache holds every row at full length, or at max_seq_len when the context
+    shifts (blocks are committed only when used)."""
+    limit = model.config.max_seq_len if opts["context_shift"] else None
+    blocks = sum(-(-min(len(r) + max_new, limit or len(r) + max_new) // DEFAULT_BLOCK_SIZE) for r in rows)
     return Engine(model, num_blocks=max(blocks, 1), max_num_seqs=max(len(rows), 1))
 
 
-def _add(engine, row: list[int], max_new: int, params: SamplingParams, eos: set[int], index: int, stop_fn=None):
+def _add(engine, row: list[int], max_new: int, params: SamplingParams, eos: set[int], index: int, opts: dict,
+         stop_fn=None):
     if params.do_sample and params.seed is not None and index:  # each row its own, reproducible, stream
         params = SamplingParams(**{**params.__dict__, "seed": int(params.seed) + index})
-    return engine.add_request(row, max_new, params=params, eos_token_id=sorted(eos), stop_fn=stop_fn)
+    return engine.add_request(row, max_new, params=params, eos_token_id=sorted(eos), stop_fn=stop_fn, **opts)
 
 
-def _generate_ids(model, ids, mask, max_new, params, eos) -> torch.Tensor:
+def _generate_ids(model, ids, mask, max_new, params, eos, opts) -> torch.Tensor:
     """Rows run unpadded (a padded position is dropped, as the mask says), so left padding gives
     what transformers gives: ALiBi biases and llm-foundry's shifted wpe positions are relative."""
     check_input_ids(ids, model.config.vocab_size)
@@ -88,8 +97,8 @@ def _generate_ids(model, ids, mask, max_new, params, eos) -> torch.Tensor:
     for i, r in enumerate(rows):
         if not r:
             raise ValueError(f"row {i} of attention_mask masks every token")
-    engine = _engine(model, rows, max_new)
-    reqs = [_add(engine, r, max_new, params, eos, i) for i, r in enumerate(rows)]
+    engine = _engine(model, rows, max_new, opts)
+    reqs = [_add(engine, r, max_new, params, eos, i, opts) for i, r in enumerate(rows)]
     for _ in engine.run():
         pass
     width = max(len(r.output) for r in reqs)
@@ -123,17 +132,17 @@ def _prompt_ids(model, tok, prompt: str) -> list[int]:
     return ids
 
 
-def _stream_text(model, tok, prompt: str, max_new: int, params, eos, stops) -> Iterator[str]:
+def _stream_text(model, tok, prompt: str, max_new: int, params, eos, stops, opts) -> Iterator[str]:
     ids = _prompt_ids(model, tok, prompt)
-    engine = _engine(model, [ids], max_new)
-    req = _add(engine, ids, max_new, params, eos, 0)
+    engine = _engine(model, [ids], max_new, opts)
+    req = _add(engine, ids, max_new, params, eos, 0, opts)
     return text_pieces(tok, engine.stream(req), eos, stops)
 
 
-def _generate_texts(model, tok, prompts, max_new, params, eos, stops) -> list[str]:
+def _generate_texts(model, tok, prompts, max_new, params, eos, stops, opts) -> list[str]:
     rows = [_prompt_ids(model, tok, p) for p in prompts]
-    engine = _engine(model, rows, max_new)
-    reqs = [_add(engine, r, max_new, params, eos, i, _stop_fn(tok, stops)) for i, r in enumerate(rows)]
+    engine = _engine(model, rows, max_new, opts)
+    reqs = [_add(engine, r, max_new, params, eos, i, opts, _stop_fn(tok, stops)) for i, r in enumerate(rows)]
     for _ in engine.run():
         pass
     return ["".join(text_pieces(tok, r.output, eos, stops)) for r in reqs]
