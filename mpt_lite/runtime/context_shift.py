@@ -11,7 +11,12 @@ from .block_manager import BlockManager
 from .request import Request
 
 
-def check_window(n_keep: int, window: int, block_size: int) -> None:
+def check_context_shift(config, n_keep: int, window: int, block_size: int) -> None:
+    """ValueError unless a sequence of this model can shift within `window` tokens keeping n_keep."""
+    if config.uses_wpe:
+        raise ValueError(
+            "context_shift needs ALiBi: this model has learned positions (transformer.wpe, alibi off), so "
+            "its kept keys would need their positions changed, which a shift does not do")
     if not isinstance(n_keep, int) or isinstance(n_keep, bool) or n_keep < 0:
         raise ValueError(f"n_keep must be a non-negative integer, got {n_keep!r}")
     kept = -(-n_keep // block_size) * block_size

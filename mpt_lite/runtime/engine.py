@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from .block_manager import DEFAULT_BLOCK_SIZE, CacheExhaustedError
-from .context_shift import check_window
+from .context_shift import check_context_shift
 from .kv_cache import PagedKVCache, PagedStep
 from .request import Request
 from .sampler import SamplingParams, mask_beyond_tokenizer, sample_batch
@@ -107,11 +107,7 @@ class Engine:
         total, limit = len(prompt) + max_new_tokens, self.model.config.max_seq_len
         window = min(limit, self.cache.num_blocks * self.cache.block_size)
         if context_shift:
-            if self.model.config.uses_wpe:
-                raise ValueError(
-                    "context_shift needs ALiBi: this model has learned positions (transformer.wpe, alibi off), so "
-                    "its kept keys would need their positions changed, which a shift does not do")
-            check_window(n_keep, window, self.cache.block_size)
+            check_context_shift(self.model.config, n_keep, window, self.cache.block_size)
         elif total > limit:
             raise ValueError(
                 f"the prompt ({len(prompt)} tokens) plus max_new_tokens={max_new_tokens} exceed max_seq_len={limit}; "

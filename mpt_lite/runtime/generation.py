@@ -113,7 +113,8 @@ def _generate_ids(model, ids, mask, max_new, params, eos, opts) -> torch.Tensor:
     return torch.cat([ids, new.to(ids.device)], dim=1)
 
 
-def _stop_fn(tok, stops: list[str]):
+def stop_checker(tok, stops: list[str]):
+    """An engine stop_fn: whether the decoded tail of the output holds a stop string (None: no stops)."""
     if not stops:
         return None
     tail = 4 * max(len(s) for s in stops) + 4  # a character spans at most 4 byte-level tokens
@@ -142,7 +143,7 @@ def _stream_text(model, tok, prompt: str, max_new: int, params, eos, stops, opts
 def _generate_texts(model, tok, prompts, max_new, params, eos, stops, opts) -> list[str]:
     rows = [_prompt_ids(model, tok, p) for p in prompts]
     engine = _engine(model, rows, max_new, opts)
-    reqs = [_add(engine, r, max_new, params, eos, i, opts, _stop_fn(tok, stops)) for i, r in enumerate(rows)]
+    reqs = [_add(engine, r, max_new, params, eos, i, opts, stop_checker(tok, stops)) for i, r in enumerate(rows)]
     for _ in engine.run():
         pass
     return ["".join(text_pieces(tok, r.output, eos, stops)) for r in reqs]

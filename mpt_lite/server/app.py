@@ -109,6 +109,8 @@ class Service:
         """max_tokens checked against the context (default: the rest of the context)."""
         if n_prompt == 0:
             raise bad_request("the prompt encodes to no tokens", param=prompt_param)
+        if self.runner.request_options.get("context_shift"):  # the context slides: no length limit
+            return self.max_seq_len if max_tokens is None else max_tokens
         if n_prompt >= self.max_seq_len:
             raise bad_request(f"this model's maximum context length is {self.max_seq_len} tokens, "
                               f"but the prompt has {n_prompt} tokens", param=prompt_param,
@@ -177,13 +179,14 @@ async def stream_chunks(job: Job, reply: Reply, n_prompt: int, include_usage: bo
 
 def create_app(model: Any, *, model_name: str = "mpt-lite", api_key: str | None = None,
                max_queue: int = DEFAULT_MAX_QUEUE, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               **engine_kwargs: Any) -> FastAPI:
+               request_options: dict | None = None, **engine_kwargs: Any) -> FastAPI:
     """The server's ASGI app for a loaded MptForCausalLM. engine_kwargs go to Engine (num_blocks
     or max_bytes, max_num_seqs, max_batch_tokens, prefix_caching). max_queue: requests that may
-    wait beyond the max_num_seqs running ones before new ones get 429."""
+    wait beyond the max_num_seqs running ones before new ones get 429. request_options go to
+    every Engine.add_request (context_shift, n_keep, prompt_lookup_num_tokens)."""
     if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
         raise ValueError("api_key must be a non-empty string (or None for no key)")
-    runner = EngineRunner(Engine(model, **engine_kwargs), max_queue=max_queue)
+    runner = EngineRunner(Engine(model, **engine_kwargs), max_queue=max_queue, request_options=request_options)
     svc = Service(model, runner, model_name, max_body_bytes)
 
     @contextlib.asynccontextmanager
