@@ -29,6 +29,7 @@ import torch
 from .block_manager import DEFAULT_BLOCK_SIZE, CacheExhaustedError
 from .context_shift import check_context_shift
 from .kv_cache import PagedKVCache, PagedStep
+from .prompt_lookup import LookupState
 from .request import Request
 from .sampler import SamplingParams, mask_beyond_tokenizer, sample_batch
 from .scheduler import Scheduler
@@ -127,7 +128,8 @@ class Engine:
         if continue_from is not None:
             self._check_continuation(continue_from, prompt)
         req = Request(next(self._ids), prompt, max_new_tokens, params, eos, stop_fn, context_shift=bool(context_shift),
-                      n_keep=n_keep, window=window, prompt_lookup=lookup, keep_cache=keep_cache)
+                      n_keep=n_keep, window=window, prompt_lookup=LookupState(lookup) if lookup else None,
+                      keep_cache=keep_cache)
         req.generator = params.generator(torch.device("cpu"))
         if continue_from is not None:
             req.blocks, continue_from.blocks = continue_from.blocks, None
@@ -217,6 +219,7 @@ class Engine:
             self._counts["accepted_tokens"] += accepted
             s.req.drafted += len(s.draft)
             s.req.accepted += accepted
+            s.req.prompt_lookup.update(len(s.draft), accepted)
             self._append(s.req, new, events, s.start, accepted)
         return events
 

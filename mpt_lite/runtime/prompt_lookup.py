@@ -27,3 +27,29 @@ def propose(tokens: Sequence[int], num_tokens: int, max_ngram: int = MAX_NGRAM, 
             start = at // 4 + n
             return list(tokens[start:start + num_tokens])
     return []
+
+
+class LookupState:
+    """One request's drafting: up to `k` tokens, fewer after a partial acceptance (the next draft is
+    one longer than what was accepted, growing back by two on a full acceptance, as transformers'
+    assistant heuristic does), and after a draft rejected outright a pause of 1, 2, 4, ... up to
+    MAX_PAUSE steps without drafting: a rejected draft costs a wider step, so where the text does
+    not repeat itself drafting soon stops costing anything."""
+
+    MAX_PAUSE = 16
+
+    def __init__(self, k: int) -> None:
+        self.k, self.cap, self.pause, self.backoff = k, k, 0, 1
+
+    def draft(self, tokens: Sequence[int], room: int) -> list[int]:
+        if self.pause:
+            self.pause -= 1
+            return []
+        return propose(tokens, min(self.cap, room))
+
+    def update(self, drafted: int, accepted: int) -> None:
+        if accepted == 0:
+            self.pause, self.backoff = self.backoff, min(2 * self.backoff, self.MAX_PAUSE)
+        else:
+            self.backoff = 1
+        self.cap = min(self.k, self.cap + 2) if accepted == drafted else max(1, accepted + 1)

@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 from .block_manager import SeqBlocks
+from .prompt_lookup import LookupState
 from .sampler import SamplingParams
 
 
@@ -27,7 +28,7 @@ class Request:
     context_shift: bool = False  # drop the oldest blocks after n_keep tokens instead of passing `window`
     n_keep: int = 0
     window: int = 0  # the most tokens the sequence may hold in the cache (max_seq_len, or the budget)
-    prompt_lookup: int = 0  # draft up to this many tokens per step from the sequence itself (0: off)
+    prompt_lookup: LookupState | None = None  # drafts tokens from the sequence itself (None: off)
     keep_cache: bool = False  # keep the blocks when finished, for a continuation (Engine.add_request)
     drafted: int = 0  # speculative tokens proposed and accepted so far
     accepted: int = 0

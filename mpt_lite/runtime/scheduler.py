@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 from .block_manager import BlockManager, CacheExhaustedError
 from .context_shift import fit_chunk, shift_for_memory
-from .prompt_lookup import propose
 from .request import Request
 
 
@@ -113,10 +112,9 @@ class Scheduler:
 
     def _draft(self, req: Request, start: int, end: int, budget: int) -> list[int]:
         """Prompt-lookup tokens to verify after the last one, for a request that is decoding."""
-        if not req.prompt_lookup or start != len(req.tokens) - 1 or end != len(req.tokens):
+        if req.prompt_lookup is None or start != len(req.tokens) - 1 or end != len(req.tokens):
             return []
-        room = min(req.prompt_lookup, budget - 1, req.max_new_tokens - len(req.output) - 1)
-        return propose(req.tokens, room)
+        return req.prompt_lookup.draft(req.tokens, min(budget - 1, req.max_new_tokens - len(req.output) - 1))
 
     def _free(self, req: Request) -> None:
         if req.blocks is not None:
