@@ -55,7 +55,7 @@ def test_default_model_copy_prompt_accepts_drafts(default_model):
     engine = Engine(default_model, num_blocks=64)
     req = engine.add_request(default_model.tokenizer.encode(COPY_PROMPT), 60, prompt_lookup_num_tokens=10)
     list(engine.run())
-    assert req.accepted > 20 and engine.stats["steps"] < 60
+    assert req.accepted >= 10 and engine.stats["steps"] < 60 - 8  # fewer steps than tokens
     assert engine.cache.num_free_blocks == 64  # every block, rejected drafts' included, is back
 
 
