@@ -135,5 +135,5 @@ def test_sampling_keeps_the_target_distribution():
 def test_bad_values_are_refused(default_model):
     with pytest.raises(ValueError, match="prompt_lookup_num_tokens"):
         default_model.generate("x", max_new_tokens=2, prompt_lookup_num_tokens=-1)
-    with pytest.raises(ValueError, match="assistant_model"):
-        default_model.generate("x", max_new_tokens=2, assistant_model=default_model)
+    with pytest.raises(ValueError, match="prompt_lookup_num_tokens"):
+        default_model.generate("x", max_new_tokens=2, prompt_lookup_num_tokens=1.5)

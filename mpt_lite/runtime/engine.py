@@ -29,6 +29,7 @@ import torch
 from .block_manager import DEFAULT_BLOCK_SIZE, CacheExhaustedError
 from .context_shift import check_context_shift
 from .kv_cache import PagedKVCache, PagedStep
+from .assistant import DEFAULT_ASSISTANT_TOKENS, AssistantCache
 from .prompt_lookup import LookupState
 from .request import Request
 from .sampler import SamplingParams, mask_beyond_tokenizer, sample_batch
@@ -43,7 +44,8 @@ __all__ = ["Engine", "Request", "DEFAULT_MAX_BYTES"]
 class Engine:
     def __init__(self, model: Any, *, block_size: int = DEFAULT_BLOCK_SIZE, num_blocks: int | None = None,
                  max_bytes: int | None = None, kv_dtype: torch.dtype | None = None, max_num_seqs: int = 64,
-                 max_batch_tokens: int = 2048, prefix_caching: bool = True) -> None:
+                 max_batch_tokens: int = 2048, prefix_caching: bool = True, assistant_model: Any = None,
+                 num_assistant_tokens: int = DEFAULT_ASSISTANT_TOKENS) -> None:
         if not hasattr(model, "forward_paged") or not hasattr(model, "logits"):
             raise TypeError(f"Engine needs an MptForCausalLM, got {type(model).__name__}")
         if not isinstance(max_num_seqs, int) or max_num_seqs < 1:
@@ -65,6 +67,12 @@ class Engine:
         self._counts = {"steps": 0, "computed_tokens": 0, "drafted_tokens": 0, "accepted_tokens": 0}
         tok = getattr(model, "tokenizer", None)
         self._n_text_tokens = len(tok) if tok is not None else None
+        self.assistant = None  # drafts every greedy request (assistant.py)
+        if assistant_model is not None:
+            if not isinstance(num_assistant_tokens, int) or num_assistant_tokens < 1:
+                raise ValueError(f"num_assistant_tokens must be a positive integer, got {num_assistant_tokens!r}")
+            self.num_assistant_tokens = num_assistant_tokens
+            self.assistant = AssistantCache(assistant_model, cfg, self.cache.num_blocks, self._n_text_tokens)
 
     @property
     def waiting(self):
@@ -127,9 +135,16 @@ class Engine:
             eos = frozenset(int(e) for e in eos_token_id)
         if continue_from is not None:
             self._check_continuation(continue_from, prompt)
+        drafter = LookupState(lookup) if lookup else None
+        if self.assistant is not None and not lookup:
+            if params.do_sample:
+                raise ValueError("assistant_model works with greedy decoding only so far (do_sample=False); "
+                                 "with sampling use prompt_lookup_num_tokens")
+            if context_shift:
+                raise ValueError("assistant_model and context_shift do not combine yet")
+            drafter = self.assistant.drafter(self.num_assistant_tokens)
         req = Request(next(self._ids), prompt, max_new_tokens, params, eos, stop_fn, context_shift=bool(context_shift),
-                      n_keep=n_keep, window=window, prompt_lookup=LookupState(lookup) if lookup else None,
-                      keep_cache=keep_cache)
+                      n_keep=n_keep, window=window, drafter=drafter, keep_cache=keep_cache)
         req.generator = params.generator(torch.device("cpu"))
         if continue_from is not None:
             req.blocks, continue_from.blocks = continue_from.blocks, None
@@ -163,6 +178,8 @@ class Engine:
         self.scheduler.finish(req)
         if not req.finished:
             req.finish_reason = "abort"
+            if req.drafter is not None:
+                req.drafter.close()
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -219,7 +236,7 @@ class Engine:
             self._counts["accepted_tokens"] += accepted
             s.req.drafted += len(s.draft)
             s.req.accepted += accepted
-            s.req.prompt_lookup.update(len(s.draft), accepted)
+            s.req.drafter.update(len(s.draft), accepted)
             self._append(s.req, new, events, s.start, accepted)
         return events
 
@@ -239,6 +256,8 @@ class Engine:
             self.cache.truncate(r.blocks, r.blocks.num_cached)
         if r.finished:
             self.scheduler.finish(r, keep_blocks=r.keep_cache)
+            if r.drafter is not None:
+                r.drafter.close()
 
 
 def check_prompt_lookup(k: Any) -> int:

@@ -34,11 +34,10 @@ def generate(model, inputs: Any = None, attention_mask: torch.Tensor | None = No
     if any(not isinstance(s, str) or not s for s in stops):
         raise ValueError("stop must be a non-empty string or a list of them")
     eos = eos_ids(model, eos_token_id)
-    if assistant_model is not None:
-        raise ValueError("assistant_model is not supported yet: use prompt_lookup_num_tokens=K for speculative "
-                         "decoding (drafts taken from the prompt)")
     opts = {"context_shift": bool(context_shift), "n_keep": n_keep,
-            "prompt_lookup_num_tokens": check_prompt_lookup(prompt_lookup_num_tokens)}
+            "prompt_lookup_num_tokens": check_prompt_lookup(prompt_lookup_num_tokens), "assistant_model": assistant_model}
+    if assistant_model is not None and opts["prompt_lookup_num_tokens"]:
+        raise ValueError("pass one of assistant_model and prompt_lookup_num_tokens, not both")
 
     if isinstance(inputs, torch.Tensor):
         if stream:
@@ -77,13 +76,15 @@ def _engine(model, rows: list[list[int]], max_new: int, opts: dict):
     shifts (blocks are committed only when used)."""
     limit = model.config.max_seq_len if opts["context_shift"] else None
     blocks = sum(-(-min(len(r) + max_new, limit or len(r) + max_new) // DEFAULT_BLOCK_SIZE) for r in rows)
-    return Engine(model, num_blocks=max(blocks, 1), max_num_seqs=max(len(rows), 1))
+    return Engine(model, num_blocks=max(blocks, 1), max_num_seqs=max(len(rows), 1),
+                  assistant_model=opts["assistant_model"])
 
 
 def _add(engine, row: list[int], max_new: int, params: SamplingParams, eos: set[int], index: int, opts: dict,
          stop_fn=None):
     if params.do_sample and params.seed is not None and index:  # each row its own, reproducible, stream
         params = SamplingParams(**{**params.__dict__, "seed": int(params.seed) + index})
+    opts = {k: v for k, v in opts.items() if k != "assistant_model"}  # the engine's, not the request's
     return engine.add_request(row, max_new, params=params, eos_token_id=sorted(eos), stop_fn=stop_fn, **opts)
 
 

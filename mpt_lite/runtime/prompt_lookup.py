@@ -53,3 +53,6 @@ class LookupState:
         else:
             self.backoff = 1
         self.cap = min(self.k, self.cap + 2) if accepted == drafted else max(1, accepted + 1)
+
+    def close(self) -> None:
+        pass

@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 from .block_manager import SeqBlocks
+from .assistant import AssistantDrafter
 from .prompt_lookup import LookupState
 from .sampler import SamplingParams
 
@@ -28,7 +29,7 @@ class Request:
     context_shift: bool = False  # drop the oldest blocks after n_keep tokens instead of passing `window`
     n_keep: int = 0
     window: int = 0  # the most tokens the sequence may hold in the cache (max_seq_len, or the budget)
-    prompt_lookup: LookupState | None = None  # drafts tokens from the sequence itself (None: off)
+    drafter: LookupState | AssistantDrafter | None = None  # speculative drafts (None: off)
     keep_cache: bool = False  # keep the blocks when finished, for a continuation (Engine.add_request)
     drafted: int = 0  # speculative tokens proposed and accepted so far
     accepted: int = 0

@@ -111,10 +111,10 @@ class Scheduler:
         return batch
 
     def _draft(self, req: Request, start: int, end: int, budget: int) -> list[int]:
-        """Prompt-lookup tokens to verify after the last one, for a request that is decoding."""
-        if req.prompt_lookup is None or start != len(req.tokens) - 1 or end != len(req.tokens):
+        """Speculative tokens to verify after the last one, for a request that is decoding."""
+        if req.drafter is None or start != len(req.tokens) - 1 or end != len(req.tokens):
             return []
-        return req.prompt_lookup.draft(req.tokens, min(budget - 1, req.max_new_tokens - len(req.output) - 1))
+        return req.drafter.draft(req.tokens, min(budget - 1, req.max_new_tokens - len(req.output) - 1))
 
     def _free(self, req: Request) -> None:
         if req.blocks is not None:

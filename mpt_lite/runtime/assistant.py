@@ -1,0 +1,80 @@
+"""Assistant-model drafts: a smaller MPT sharing the tokenizer proposes the next tokens greedily
+from its own paged KV cache, the target verifies them in one step (speculative.py).
+
+Each request with an assistant has an AssistantDrafter: its sequence in the assistant's cache
+catches up with the request's tokens (one chunk), drafts a token per assistant step, and after
+verification keeps the K/V of the tokens that were accepted only. Greedy only: sampling would
+need the assistant's distribution in the rejection rule, which is not done yet."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from .kv_cache import PagedKVCache, PagedStep
+from .sampler import mask_beyond_tokenizer
+
+DEFAULT_ASSISTANT_TOKENS = 5
+
+
+class AssistantCache:
+    """The assistant model and its paged KV cache, shared by the drafters of one engine."""
+
+    def __init__(self, assistant: Any, target_config: Any, num_blocks: int, n_text_tokens: int | None) -> None:
+        if not hasattr(assistant, "forward_paged") or not hasattr(assistant, "logits"):
+            raise TypeError(f"assistant_model must be an MptForCausalLM, got {type(assistant).__name__}")
+        cfg = assistant.config
+        if cfg.vocab_size != target_config.vocab_size:
+            raise ValueError(f"assistant_model has a vocabulary of {cfg.vocab_size} tokens, the model "
+                             f"{target_config.vocab_size}: they must share the tokenizer")
+        kv_dtype = assistant.dtype if assistant.dtype in (torch.float32, torch.bfloat16, torch.float16) else torch.float32
+        self.model = assistant
+        self.cache = PagedKVCache(cfg.n_layers, cfg.kv_n_heads, cfg.head_dim, num_blocks=num_blocks, dtype=kv_dtype,
+                                  prefix_caching=False, device=assistant.device)
+        self.n_text_tokens = n_text_tokens
+
+    def drafter(self, k: int) -> "AssistantDrafter":
+        return AssistantDrafter(self, k)
+
+
+class AssistantDrafter:
+    """One request's drafts (the draft/update interface of prompt_lookup.LookupState, plus close):
+    up to `k` tokens, one longer than the last accepted run, growing back by two on full acceptance."""
+
+    def __init__(self, shared: AssistantCache, k: int) -> None:
+        self.shared, self.k, self.cap = shared, k, k
+        self.seq = shared.cache.match_prefix([])
+        self._base = 0  # len(tokens) when the last draft was made
+
+    def draft(self, tokens: Sequence[int], room: int) -> list[int]:
+        n = min(self.cap, room)
+        cache, model = self.shared.cache, self.shared.model
+        if n <= 0 or len(tokens) + n - 1 > model.config.max_seq_len:
+            return []
+        if not cache.can_grow(self.seq, len(tokens) + n - 1):
+            return []
+        cache.grow(self.seq, len(tokens) + n - 1)
+        ids, start, out = list(tokens[self.seq.num_cached:]), self.seq.num_cached, []
+        with torch.inference_mode():
+            while len(out) < n:
+                end = start + len(ids)
+                step = PagedStep(cache, [self.seq], [start], [end])
+                logits = model.forward_paged(torch.tensor(ids, dtype=torch.long), step, step.last_rows)
+                cache.commit(self.seq, (), end)
+                tok = int(mask_beyond_tokenizer(logits, self.shared.n_text_tokens)[0].argmax())
+                out.append(tok)
+                ids, start = [tok], end
+        self._base = len(tokens)
+        return out
+
+    def update(self, drafted: int, accepted: int) -> None:
+        """Keeps the assistant's K/V of the tokens that stayed: the request's earlier tokens and
+        the accepted drafts (the last draft was never fed to the assistant)."""
+        valid = self._base + min(accepted, drafted - 1)
+        self.seq.num_cached = min(self.seq.num_cached, valid)
+        self.shared.cache.truncate(self.seq, self.seq.num_cached)
+        self.cap = min(self.k, self.cap + 2) if accepted == drafted else max(1, accepted + 1)
+
+    def close(self) -> None:
+        self.shared.cache.release(self.seq)
+
