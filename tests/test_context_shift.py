@@ -137,3 +137,15 @@ def test_bad_settings_are_refused():
         Engine(wpe, num_blocks=32).add_request([1, 2], 4, context_shift=True)
     with pytest.raises(ValueError, match="ALiBi"):
         wpe.generate(torch.tensor([[1, 2]]), max_new_tokens=2, context_shift=True)
+
+
+def test_prompt_lookup_with_context_shift_gives_the_same_tokens():
+    model = random_causal_lm(8, vocab_size=40, max_seq_len=48)
+    prompt = [3, 4, 5, 6, 7] * 6
+    outs = []
+    for k in (None, 6):
+        engine = Engine(model, num_blocks=32, block_size=BS)
+        req = engine.add_request(prompt, 70, context_shift=True, n_keep=5, prompt_lookup_num_tokens=k)
+        list(engine.run())
+        outs.append(req)
+    assert outs[1].output == outs[0].output and outs[1].accepted > 10

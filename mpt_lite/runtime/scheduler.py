@@ -114,7 +114,10 @@ class Scheduler:
         """Speculative tokens to verify after the last one, for a request that is decoding."""
         if req.drafter is None or start != len(req.tokens) - 1 or end != len(req.tokens):
             return []
-        return req.drafter.draft(req.tokens, min(budget - 1, req.max_new_tokens - len(req.output) - 1))
+        room = min(budget - 1, req.max_new_tokens - len(req.output) - 1)
+        if req.context_shift:  # drafts never cause a shift: tokens see the context plain decoding gives them
+            room = min(room, req.window - req.blocks.kv_len(end))
+        return req.drafter.draft(req.tokens, room)
 
     def _free(self, req: Request) -> None:
         if req.blocks is not None:
