@@ -64,3 +64,31 @@ def test_cli_chat_keeps_a_200_turn_conversation_on_the_default_model():
     assert p.returncode == 0, p.stderr
     assert "error" not in p.stderr
     assert p.stdout.count("\n") >= 200
+
+
+def test_continuation_checks_and_blocks():
+    from checkpoints import random_causal_lm
+
+    from mpt_lite import Engine
+
+    model = random_causal_lm(0, vocab_size=50, max_seq_len=128)
+    engine = Engine(model, num_blocks=16)
+    first = engine.add_request(list(range(1, 30)), 5, keep_cache=True)
+    list(engine.run())
+    held = engine.cache.num_free_blocks
+    with pytest.raises(ValueError, match="start with"):
+        engine.add_request([9] + first.tokens, 3, continue_from=first)
+    second = engine.add_request(first.tokens + [7, 8], 6, continue_from=first)
+    list(engine.run())
+    assert first.blocks is None and engine.stats["computed_tokens"] == len(second.tokens) - 1
+    ref = Engine(model, num_blocks=16)
+    r = ref.add_request(first.tokens + [7, 8], 6)
+    list(ref.run())
+    assert second.output == r.output
+    assert engine.cache.num_free_blocks == 16  # second did not keep its cache
+    with pytest.raises(ValueError, match="keep_cache"):
+        engine.add_request(second.tokens, 3, continue_from=second)
+    third = engine.add_request(list(range(1, 30)), 5, keep_cache=True)
+    list(engine.run())
+    engine.add_request(third.tokens, 0, continue_from=third)  # nothing to generate: the blocks are freed
+    assert engine.cache.num_free_blocks == 16 and held < 16

@@ -152,6 +152,10 @@ class Engine:
             req.blocks.num_cached = min(req.blocks.num_cached, len(prompt) - 1)
         if max_new_tokens == 0:
             req.finish_reason = "length"
+            if drafter is not None:
+                drafter.close()
+            if not keep_cache:
+                self.release(req)
         else:
             self.scheduler.add(req)
         return req
