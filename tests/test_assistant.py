@@ -62,3 +62,15 @@ def test_refusals():
         target.generate(torch.tensor([[1, 2]]), max_new_tokens=2, assistant_model=target, prompt_lookup_num_tokens=3)
     with pytest.raises(ValueError, match="context_shift"):
         target.generate(torch.tensor([[1, 2]]), max_new_tokens=2, assistant_model=target, context_shift=True)
+
+
+def test_preempted_requests_with_an_assistant_keep_plain_greedy_tokens():
+    target = random_causal_lm(5, vocab_size=60, max_seq_len=256)
+    helper = random_causal_lm(6, vocab_size=60, max_seq_len=256, n_layers=1)
+    prompts = [[1, 2, 3] * 5, [4, 5, 6, 7] * 4, [9, 8] * 8]
+    engine = Engine(target, num_blocks=9, block_size=4, assistant_model=helper, num_assistant_tokens=4)
+    reqs = [engine.add_request(p, 20) for p in prompts]  # 36 slots for three sequences of 36: preemptions
+    list(engine.run())
+    assert engine.stats["preemptions"] > 0
+    for r, p in zip(reqs, prompts):
+        assert r.output == plain(target, p, 20)

@@ -45,10 +45,14 @@ class AssistantDrafter:
         self.shared, self.k, self.cap = shared, k, k
         self.seq = shared.cache.match_prefix([])
         self._base = 0  # len(tokens) when the last draft was made
+        self._pending = False  # that draft was not verified (its request was preempted before its step)
 
     def draft(self, tokens: Sequence[int], room: int) -> list[int]:
         n = min(self.cap, room)
         cache, model = self.shared.cache, self.shared.model
+        if self._pending:  # only the tokens before that draft are real
+            self._rewind(self._base)
+        self._rewind(len(tokens) - 1)  # at least the last token is fed: its logits give the first draft
         if n <= 0 or len(tokens) + n - 1 > model.config.max_seq_len:
             return []
         if not cache.can_grow(self.seq, len(tokens) + n - 1):
@@ -64,15 +68,18 @@ class AssistantDrafter:
                 tok = int(mask_beyond_tokenizer(logits, self.shared.n_text_tokens)[0].argmax())
                 out.append(tok)
                 ids, start = [tok], end
-        self._base = len(tokens)
+        self._base, self._pending = len(tokens), True
         return out
+
+    def _rewind(self, n_tokens: int) -> None:
+        self.seq.num_cached = min(self.seq.num_cached, n_tokens)
+        self.shared.cache.truncate(self.seq, self.seq.num_cached)
 
     def update(self, drafted: int, accepted: int) -> None:
         """Keeps the assistant's K/V of the tokens that stayed: the request's earlier tokens and
         the accepted drafts (the last draft was never fed to the assistant)."""
-        valid = self._base + min(accepted, drafted - 1)
-        self.seq.num_cached = min(self.seq.num_cached, valid)
-        self.shared.cache.truncate(self.seq, self.seq.num_cached)
+        self._pending = False
+        self._rewind(self._base + min(accepted, drafted - 1))
         self.cap = min(self.k, self.cap + 2) if accepted == drafted else max(1, accepted + 1)
 
     def close(self) -> None:
