@@ -56,8 +56,6 @@ def test_refusals():
         Engine(target, num_blocks=8, assistant_model=other_vocab)
     with pytest.raises(TypeError, match="assistant_model"):
         Engine(target, num_blocks=8, assistant_model="small")
-    with pytest.raises(ValueError, match="greedy"):
-        target.generate(torch.tensor([[1, 2]]), max_new_tokens=2, do_sample=True, assistant_model=target)
     with pytest.raises(ValueError, match="not both"):
         target.generate(torch.tensor([[1, 2]]), max_new_tokens=2, assistant_model=target, prompt_lookup_num_tokens=3)
     with pytest.raises(ValueError, match="context_shift"):
@@ -74,3 +72,39 @@ def test_preempted_requests_with_an_assistant_keep_plain_greedy_tokens():
     assert engine.stats["preemptions"] > 0
     for r, p in zip(reqs, prompts):
         assert r.output == plain(target, p, 20)
+
+
+def test_sampling_with_an_assistant_keeps_the_target_distribution():
+    """The rejection rule with the assistant's q: drafts drawn from q, the emitted tokens follow p."""
+    from mpt_lite.runtime.request import Request
+    from mpt_lite.runtime.sampler import SamplingParams
+    from mpt_lite.runtime.speculative import verify
+
+    p = torch.tensor([[0.5, 0.2, 0.2, 0.1, 0.0], [0.1, 0.1, 0.6, 0.1, 0.1], [0.2, 0.2, 0.2, 0.2, 0.2]])
+    q = torch.tensor([[0.1, 0.6, 0.1, 0.1, 0.1], [0.3, 0.3, 0.1, 0.2, 0.1]])
+    req = Request(0, [1], 10, SamplingParams(do_sample=True, seed=0), frozenset())
+    req.generator = torch.Generator().manual_seed(0)
+    draws = torch.Generator().manual_seed(1)
+    n, first, second = 8000, torch.zeros(5), torch.zeros(5)
+    for _ in range(n):
+        draft = [int(torch.multinomial(q[0], 1, generator=draws)), int(torch.multinomial(q[1], 1, generator=draws))]
+        out, accepted = verify(p.log(), req, draft, q)
+        first[out[0]] += 1
+        if accepted >= 1:
+            second[out[1]] += 1
+    assert (first / n - p[0]).abs().max() < 0.025
+    assert (second / second.sum() - p[1]).abs().max() < 0.04
+
+
+def test_sampled_generation_with_an_assistant_runs_and_frees_its_blocks():
+    target = random_causal_lm(2, vocab_size=60, max_seq_len=256)
+    helper = random_causal_lm(4, vocab_size=60, max_seq_len=256, n_layers=1)
+    engine = Engine(target, num_blocks=64, assistant_model=helper, num_assistant_tokens=4)
+    reqs = [engine.add_request([1, 2, 3], 40, do_sample=True, temperature=0.9, top_k=20, seed=s) for s in range(3)]
+    list(engine.run())
+    assert all(len(r.output) == 40 and r.drafted > 0 for r in reqs)
+    assert engine.assistant.cache.num_free_blocks == engine.assistant.cache.num_blocks
+    again = Engine(target, num_blocks=64, assistant_model=helper, num_assistant_tokens=4)
+    r = again.add_request([1, 2, 3], 40, do_sample=True, temperature=0.9, top_k=20, seed=0)
+    list(again.run())
+    assert r.output == reqs[0].output  # seeded: reproducible

@@ -3,8 +3,9 @@ from its own paged KV cache, the target verifies them in one step (speculative.p
 
 Each request with an assistant has an AssistantDrafter: its sequence in the assistant's cache
 catches up with the request's tokens (one chunk), drafts a token per assistant step, and after
-verification keeps the K/V of the tokens that were accepted only. Greedy only: sampling would
-need the assistant's distribution in the rejection rule, which is not done yet."""
+verification keeps the K/V of the tokens that were accepted only. Greedy requests draft the
+assistant's argmax; sampled ones draw from the assistant's distribution (the request's
+temperature, top-k, top-p and repetition penalty), which the rejection rule then needs (`probs`)."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -12,7 +13,7 @@ from typing import Any, Sequence
 import torch
 
 from .kv_cache import PagedKVCache, PagedStep
-from .sampler import mask_beyond_tokenizer
+from .sampler import SamplingParams, apply_repetition_penalty, mask_beyond_tokenizer, probabilities
 
 DEFAULT_ASSISTANT_TOKENS = 5
 
@@ -33,16 +34,19 @@ class AssistantCache:
                                   prefix_caching=False, device=assistant.device)
         self.n_text_tokens = n_text_tokens
 
-    def drafter(self, k: int) -> "AssistantDrafter":
-        return AssistantDrafter(self, k)
+    def drafter(self, k: int, params: SamplingParams, generator: torch.Generator | None) -> "AssistantDrafter":
+        return AssistantDrafter(self, k, params, generator)
 
 
 class AssistantDrafter:
     """One request's drafts (the draft/update interface of prompt_lookup.LookupState, plus close):
     up to `k` tokens, one longer than the last accepted run, growing back by two on full acceptance."""
 
-    def __init__(self, shared: AssistantCache, k: int) -> None:
+    def __init__(self, shared: AssistantCache, k: int, params: SamplingParams,
+                 generator: torch.Generator | None) -> None:
         self.shared, self.k, self.cap = shared, k, k
+        self.params, self.generator = params, generator
+        self.probs: torch.Tensor | None = None  # sampled drafts: the distribution each was drawn from
         self.seq = shared.cache.match_prefix([])
         self._base = 0  # len(tokens) when the last draft was made
         self._pending = False  # that draft was not verified (its request was preempted before its step)
@@ -58,18 +62,29 @@ class AssistantDrafter:
         if not cache.can_grow(self.seq, len(tokens) + n - 1):
             return []
         cache.grow(self.seq, len(tokens) + n - 1)
-        ids, start, out = list(tokens[self.seq.num_cached:]), self.seq.num_cached, []
+        ids, start, out, rows = list(tokens[self.seq.num_cached:]), self.seq.num_cached, [], []
         with torch.inference_mode():
             while len(out) < n:
                 end = start + len(ids)
                 step = PagedStep(cache, [self.seq], [start], [end])
                 logits = model.forward_paged(torch.tensor(ids, dtype=torch.long), step, step.last_rows)
                 cache.commit(self.seq, (), end)
-                tok = int(mask_beyond_tokenizer(logits, self.shared.n_text_tokens)[0].argmax())
+                tok = self._pick(mask_beyond_tokenizer(logits, self.shared.n_text_tokens), list(tokens) + out, rows)
                 out.append(tok)
                 ids, start = [tok], end
         self._base, self._pending = len(tokens), True
+        self.probs = torch.cat(rows) if rows else None
         return out
+
+    def _pick(self, logits: torch.Tensor, history: list[int], rows: list[torch.Tensor]) -> int:
+        if not self.params.do_sample:
+            return int(logits[0].argmax())
+        logits = logits.float()
+        if self.params.repetition_penalty != 1.0:
+            logits = apply_repetition_penalty(logits, [history], [self.params.repetition_penalty])
+        q = probabilities(logits, [self.params]).cpu()
+        rows.append(q)
+        return int(torch.multinomial(q[0], 1, generator=self.generator))
 
     def _rewind(self, n_tokens: int) -> None:
         self.seq.num_cached = min(self.seq.num_cached, n_tokens)

@@ -135,17 +135,15 @@ class Engine:
             eos = frozenset(int(e) for e in eos_token_id)
         if continue_from is not None:
             self._check_continuation(continue_from, prompt)
+        generator = params.generator(torch.device("cpu"))
         drafter = LookupState(lookup) if lookup else None
         if self.assistant is not None and not lookup:
-            if params.do_sample:
-                raise ValueError("assistant_model works with greedy decoding only so far (do_sample=False); "
-                                 "with sampling use prompt_lookup_num_tokens")
             if context_shift:
                 raise ValueError("assistant_model and context_shift do not combine yet")
-            drafter = self.assistant.drafter(self.num_assistant_tokens)
+            drafter = self.assistant.drafter(self.num_assistant_tokens, params, generator)
         req = Request(next(self._ids), prompt, max_new_tokens, params, eos, stop_fn, context_shift=bool(context_shift),
                       n_keep=n_keep, window=window, drafter=drafter, keep_cache=keep_cache)
-        req.generator = params.generator(torch.device("cpu"))
+        req.generator = generator
         if continue_from is not None:
             req.blocks, continue_from.blocks = continue_from.blocks, None
             # the last token is computed again: its logits are needed (its slot is the sequence's own)
@@ -234,7 +232,7 @@ class Engine:
         row = len(plain)
         for s in drafted:
             n = len(s.draft) + 1
-            new, accepted = verify(logits[row:row + n], s.req, s.draft)
+            new, accepted = verify(logits[row:row + n], s.req, s.draft, s.req.drafter.probs)
             row += n
             self._counts["drafted_tokens"] += len(s.draft)
             self._counts["accepted_tokens"] += accepted

@@ -38,6 +38,8 @@ class LookupState:
 
     MAX_PAUSE = 16
 
+    probs = None  # drafts proposed with certainty (see speculative.verify)
+
     def __init__(self, k: int) -> None:
         self.k, self.cap, self.pause, self.backoff = k, k, 0, 1
 
