@@ -52,29 +52,54 @@ class AssistantDrafter:
         self._pending = False  # that draft was not verified (its request was preempted before its step)
 
     def draft(self, tokens: Sequence[int], room: int) -> list[int]:
+        return self.draft_many([(self, tokens, room)])[0]
+
+    @staticmethod
+    def draft_many(jobs: Sequence[tuple["AssistantDrafter", Sequence[int], int]]) -> list[list[int]]:
+        """Drafts for several requests of one engine at once: each assistant pass runs every
+        sequence still drafting (first its catch-up chunk, then one token each)."""
+        wants = [d._prepare(tokens, room) for d, tokens, room in jobs]
+        outs: list[list[int]] = [[] for _ in jobs]
+        rows: list[list[torch.Tensor]] = [[] for _ in jobs]
+        feed = [(list(tokens[d.seq.num_cached:]), d.seq.num_cached) for d, tokens, _ in jobs]
+        if jobs:
+            shared = jobs[0][0].shared
+            with torch.inference_mode():
+                while True:
+                    active = [i for i, n in enumerate(wants) if len(outs[i]) < n]
+                    if not active:
+                        break
+                    seqs = [jobs[i][0].seq for i in active]
+                    starts = [feed[i][1] for i in active]
+                    ends = [feed[i][1] + len(feed[i][0]) for i in active]
+                    ids = torch.tensor([t for i in active for t in feed[i][0]], dtype=torch.long)
+                    step = PagedStep(shared.cache, seqs, starts, ends)
+                    logits = mask_beyond_tokenizer(shared.model.forward_paged(ids, step, step.last_rows),
+                                                   shared.n_text_tokens)
+                    for row, (i, end) in enumerate(zip(active, ends)):
+                        d, tokens, _ = jobs[i]
+                        shared.cache.commit(d.seq, (), end)
+                        tok = d._pick(logits[row:row + 1], list(tokens) + outs[i], rows[i])
+                        outs[i].append(tok)
+                        feed[i] = ([tok], end)
+        for (d, tokens, _), out, r in zip(jobs, outs, rows):
+            if out:
+                d._base, d._pending = len(tokens), True
+                d.probs = torch.cat(r) if r else None
+        return outs
+
+    def _prepare(self, tokens: Sequence[int], room: int) -> int:
+        """Rewinds to the real tokens and makes room; how many tokens to draft (0: none)."""
         n = min(self.cap, room)
         cache, model = self.shared.cache, self.shared.model
-        if self._pending:  # only the tokens before that draft are real
+        if self._pending:  # the last draft was never verified: only the tokens before it are real
             self._rewind(self._base)
+            self._pending = False
         self._rewind(len(tokens) - 1)  # at least the last token is fed: its logits give the first draft
-        if n <= 0 or len(tokens) + n - 1 > model.config.max_seq_len:
-            return []
-        if not cache.can_grow(self.seq, len(tokens) + n - 1):
-            return []
+        if n <= 0 or len(tokens) + n - 1 > model.config.max_seq_len or not cache.can_grow(self.seq, len(tokens) + n - 1):
+            return 0
         cache.grow(self.seq, len(tokens) + n - 1)
-        ids, start, out, rows = list(tokens[self.seq.num_cached:]), self.seq.num_cached, [], []
-        with torch.inference_mode():
-            while len(out) < n:
-                end = start + len(ids)
-                step = PagedStep(cache, [self.seq], [start], [end])
-                logits = model.forward_paged(torch.tensor(ids, dtype=torch.long), step, step.last_rows)
-                cache.commit(self.seq, (), end)
-                tok = self._pick(mask_beyond_tokenizer(logits, self.shared.n_text_tokens), list(tokens) + out, rows)
-                out.append(tok)
-                ids, start = [tok], end
-        self._base, self._pending = len(tokens), True
-        self.probs = torch.cat(rows) if rows else None
-        return out
+        return n
 
     def _pick(self, logits: torch.Tensor, history: list[int], rows: list[torch.Tensor]) -> int:
         if not self.params.do_sample:

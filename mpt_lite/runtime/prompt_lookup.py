@@ -43,6 +43,10 @@ class LookupState:
     def __init__(self, k: int) -> None:
         self.k, self.cap, self.pause, self.backoff = k, k, 0, 1
 
+    @staticmethod
+    def draft_many(jobs: Sequence[tuple["LookupState", Sequence[int], int]]) -> list[list[int]]:
+        return [d.draft(tokens, room) for d, tokens, room in jobs]
+
     def draft(self, tokens: Sequence[int], room: int) -> list[int]:
         if self.pause:
             self.pause -= 1

@@ -60,6 +60,7 @@ class Scheduler:
     def schedule(self) -> list[Scheduled]:
         budget = self.max_batch_tokens
         batch: list[Scheduled] = []
+        drafts = self._drafts()
         for req in list(self.running):
             if budget == 0:
                 break
@@ -67,7 +68,8 @@ class Scheduler:
                 continue
             start = req.blocks.num_cached
             end = min(len(req.tokens), start + budget)
-            draft = self._draft(req, start, end, budget)
+            draft = drafts.get(req, []) if end == len(req.tokens) else []
+            del draft[max(0, budget - 1):]  # what the token budget leaves
             end += len(draft)
             if req.context_shift:
                 end = fit_chunk(self.blocks, req, start, end)
@@ -110,14 +112,22 @@ class Scheduler:
             budget -= end - start
         return batch
 
-    def _draft(self, req: Request, start: int, end: int, budget: int) -> list[int]:
-        """Speculative tokens to verify after the last one, for a request that is decoding."""
-        if req.drafter is None or start != len(req.tokens) - 1 or end != len(req.tokens):
-            return []
-        room = min(budget - 1, req.max_new_tokens - len(req.output) - 1)
-        if req.context_shift:  # drafts never cause a shift: tokens see the context plain decoding gives them
-            room = min(room, req.window - req.blocks.kv_len(end))
-        return req.drafter.draft(req.tokens, room)
+    def _drafts(self) -> dict[Request, list[int]]:
+        """Speculative tokens to verify after the last one, for the running requests that are
+        decoding; drafters of one kind draft together (an assistant model runs them as a batch)."""
+        groups: dict[type, list] = {}
+        for req in self.running:
+            if req.drafter is None or req.blocks.num_cached != len(req.tokens) - 1:
+                continue
+            room = min(self.max_batch_tokens - 1, req.max_new_tokens - len(req.output) - 1)
+            if req.context_shift:  # drafts never cause a shift: tokens see the context plain decoding gives them
+                room = min(room, req.window - req.blocks.kv_len(len(req.tokens)))
+            groups.setdefault(type(req.drafter), []).append((req, room))
+        out: dict[Request, list[int]] = {}
+        for kind, jobs in groups.items():
+            for (req, _), draft in zip(jobs, kind.draft_many([(r.drafter, r.tokens, room) for r, room in jobs])):
+                out[req] = draft
+        return out
 
     def _free(self, req: Request) -> None:
         if req.blocks is not None:
