@@ -1,5 +1,5 @@
-"""Assistant-model drafts: a smaller MPT sharing the tokenizer proposes the next tokens greedily
-from its own paged KV cache, the target verifies them in one step (speculative.py).
+"""Assistant-model drafts: a smaller MPT sharing the tokenizer proposes the next tokens from its
+own paged KV cache, and the target verifies them in one step (speculative.py).
 
 Each request with an assistant has an AssistantDrafter: its sequence in the assistant's cache
 catches up with the request's tokens (one chunk), drafts a token per assistant step, and after
