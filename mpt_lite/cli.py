@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(c)
     sampling_args(c, 256)
     c.add_argument("--system", default=None, help="a system message that starts the conversation")
+    speed_args(c, "the system message")
     c.set_defaults(func=cmd_chat)
 
     s = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions)")
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "local Ray instance")
     s.add_argument("--replica-cpus", type=float, default=None,
                    help="with --replicas: CPUs each replica reserves (default: the cluster's CPUs / N, at least 1)")
+    speed_args(s, "0")
     s.set_defaults(func=cmd_serve)
 
     q = sub.add_parser("quantize", help="write a quantized copy of a checkpoint")
@@ -106,6 +108,26 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.set_defaults(func=cmd_info)
     return p
+
+
+def speed_args(sp: argparse.ArgumentParser, keep_default: str) -> None:
+    sp.add_argument("--context-shift", action="store_true",
+                    help="past max_seq_len, drop the oldest KV blocks after the first --keep tokens and go on "
+                         "(ALiBi models)")
+    sp.add_argument("--keep", type=int, default=None, metavar="N",
+                    help=f"tokens kept at the start when the context shifts (default: {keep_default})")
+    sp.add_argument("--prompt-lookup", type=int, default=None, metavar="K",
+                    help="prompt-lookup decoding: draft up to K tokens a step from the text so far (try 10)")
+
+
+def speed_kwargs(args: argparse.Namespace) -> dict:
+    for name in ("keep", "prompt_lookup"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            raise CliError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+    if args.keep is not None and not args.context_shift:
+        raise CliError("--keep needs --context-shift")
+    return {"context_shift": args.context_shift, "n_keep": args.keep, "prompt_lookup_num_tokens": args.prompt_lookup}
 
 
 def parse_bits(value: str) -> int | None:
@@ -214,9 +236,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
+    from .runtime.chat_session import ChatSession
     from .text.chat_template import render_chat
 
     kw = sampling_kwargs(args)
+    speed = speed_kwargs(args)
     model = load_model(args.model, parse_bits(args.bits), args.quant_type, args.device)
     tok = model.tokenizer
     if tok is None:
@@ -224,6 +248,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     start = [{"role": "system", "content": args.system}] if args.system else []
     render_chat(tok, start or [{"role": "user", "content": ""}])  # fails now, not at the first turn, if no template
     history = list(start)
+    # with --context-shift the conversation keeps its KV cache between turns and slides past max_seq_len
+    session = ChatSession(model, args.system, **speed, **kw) if args.context_shift else None
     interactive = sys.stdin.isatty()
     print(f"[{PROG}] chatting with {model_label(args.model)}; /reset clears the history, /exit or Ctrl-D quits",
           file=sys.stderr)
@@ -244,19 +270,25 @@ def cmd_chat(args: argparse.Namespace) -> int:
             return 0
         if command == "/reset":
             history = list(start)
+            if session is not None:
+                session.reset()
             print(f"[{PROG}] history cleared", file=sys.stderr)
             continue
         if command.startswith("/") and " " not in command:
             print(f"[{PROG}] unknown command {command}; known: /reset, /exit", file=sys.stderr)
             continue
         history.append({"role": "user", "content": text})
-        dropped = fit_history(tok, history, len(start), kw["max_new_tokens"], model.config.max_seq_len)
+        dropped = 0 if session is not None else fit_history(tok, history, len(start), kw["max_new_tokens"], model.config.max_seq_len)
         if dropped:
             print(f"[{PROG}] dropped the {dropped} oldest messages to fit max_seq_len={model.config.max_seq_len}",
                   file=sys.stderr)
         t0 = time.perf_counter()
         try:
-            reply, first = stream_out(model.chat(history, stream=True, **kw))
+            if session is not None:
+                reply, first = stream_out(session.send(text, stream=True))
+            else:
+                reply, first = stream_out(model.chat(history, stream=True, prompt_lookup_num_tokens=args.prompt_lookup,
+                                                     **kw))
         except ValueError as e:  # e.g. one message longer than the context: report it, keep chatting
             history.pop()
             print(f"\n[{PROG}] error: {one_line(e)}", file=sys.stderr)
@@ -316,8 +348,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.kv_cache_mb is not None:
             engine_kw["max_bytes"] = int(args.kv_cache_mb * (1 << 20))
         name = args.served_model_name or args.model or "mpt-lite"
+        speed = speed_kwargs(args)
+        speed["n_keep"] = speed["n_keep"] or 0
         app = create_app(model, model_name=name, api_key=args.api_key, max_queue=args.max_queue,
-                         max_body_bytes=args.max_body_bytes, allow_origins=args.allow_origin or (), **engine_kw)
+                         max_body_bytes=args.max_body_bytes, allow_origins=args.allow_origin or (),
+                         request_options=speed, **engine_kw)
         url = url_of(sock)
         if args.api_key is None and not is_loopback(args.host):
             print(f"[{PROG}] warning: listening on {args.host} without --api-key: anyone who can reach it "
@@ -358,6 +393,7 @@ def serve_replicas(args: argparse.Namespace) -> int:
     settings = ReplicaSettings(model=args.model, bits=bits, quant_type=args.quant_type, device=args.device,
                                model_name=name, api_key=args.api_key, max_queue=args.max_queue,
                                max_body_bytes=args.max_body_bytes, allow_origins=list(args.allow_origin or ()),
+                               request_options={**speed_kwargs(args), "n_keep": speed_kwargs(args)["n_keep"] or 0},
                                engine_kwargs=engine_kw)
     if args.api_key is None and not is_loopback(args.host):
         print(f"[{PROG}] warning: listening on {args.host} without --api-key: anyone who can reach it "

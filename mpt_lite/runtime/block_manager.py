@@ -28,9 +28,14 @@ class SeqBlocks:
     """One sequence's share of the cache: its block table and how many tokens have K/V in it."""
 
     table: list[int] = field(default_factory=list)
-    num_cached: int = 0  # tokens whose K/V are in the cache
+    num_cached: int = 0  # tokens of the sequence whose K/V were computed (dropped ones included)
     hashed: int = 0  # leading full blocks registered for prefix sharing
     last_key: bytes = b""
+    dropped: int = 0  # tokens dropped by context shifts (whole blocks after the kept ones)
+
+    def kv_len(self, n_tokens: int) -> int:
+        """Where token n_tokens of the sequence sits in its block table (dropped tokens left out)."""
+        return n_tokens - self.dropped
 
 
 class BlockManager:
@@ -98,11 +103,12 @@ class BlockManager:
         return seq
 
     def can_grow(self, seq: SeqBlocks, n_tokens: int) -> bool:
-        return self.blocks_for(n_tokens) - len(seq.table) <= len(self._free)
+        return self.blocks_for(seq.kv_len(n_tokens)) - len(seq.table) <= len(self._free)
 
     def grow(self, seq: SeqBlocks, n_tokens: int) -> None:
-        """Gives `seq` blocks for n_tokens tokens in all; CacheExhaustedError when the pool is short."""
-        need = self.blocks_for(n_tokens) - len(seq.table)
+        """Gives `seq` blocks for its first n_tokens tokens (dropped ones excepted); CacheExhaustedError
+        when the pool is short."""
+        need = self.blocks_for(seq.kv_len(n_tokens)) - len(seq.table)
         if need > len(self._free):
             raise CacheExhaustedError(
                 f"the KV cache is full: {n_tokens} tokens need {need} more blocks of {self.block_size} tokens, "
@@ -114,12 +120,38 @@ class BlockManager:
     def release(self, seq: SeqBlocks) -> None:
         for b in seq.table:  # the tail is freed last, so it is reused first and a prefix survives longest
             self._release_block(b)
-        seq.table, seq.num_cached, seq.hashed, seq.last_key = [], 0, 0, b""
+        seq.table, seq.num_cached, seq.hashed, seq.last_key, seq.dropped = [], 0, 0, b"", 0
+
+    def truncate(self, seq: SeqBlocks, n_tokens: int) -> None:
+        """Frees the blocks beyond those the first n_tokens tokens need (after speculative tokens
+        were rejected). Those blocks were never keyed: commit keys only blocks below num_cached."""
+        keep = self.blocks_for(seq.kv_len(n_tokens))
+        for b in reversed(seq.table[keep:]):
+            self._release_block(b)
+        del seq.table[keep:]
+
+    def droppable_blocks(self, seq: SeqBlocks, n_keep: int) -> int:
+        """How many whole blocks a context shift may drop: the full blocks between the ones that
+        hold the first n_keep tokens (whole blocks: n_keep rounds up) and the block being written."""
+        return max(0, seq.kv_len(seq.num_cached) // self.block_size - self.blocks_for(n_keep))
+
+    def shift(self, seq: SeqBlocks, n_keep: int, n_blocks: int) -> None:
+        """Context shift: drops n_blocks whole blocks after those holding the first n_keep tokens.
+        The kept K/V stay where they are; the dropped blocks return to the pool (a block another
+        sequence shares stays with it, untouched). The sequence stops keying its blocks for prefix
+        sharing: what it computes from now on depends on a context no prefix describes."""
+        if not 0 < n_blocks <= self.droppable_blocks(seq, n_keep):
+            raise ValueError(f"cannot drop {n_blocks} blocks: {self.droppable_blocks(seq, n_keep)} are droppable")
+        kb = self.blocks_for(n_keep)
+        for b in reversed(seq.table[kb:kb + n_blocks]):
+            self._release_block(b)
+        del seq.table[kb:kb + n_blocks]
+        seq.dropped += n_blocks * self.block_size
 
     def commit(self, seq: SeqBlocks, tokens: Sequence[int], num_cached: int) -> None:
         """Records that the first num_cached tokens have K/V in the cache; keys the full blocks."""
         seq.num_cached = num_cached
-        if not self.prefix_caching:
+        if not self.prefix_caching or seq.dropped:
             return
         bs = self.block_size
         while (seq.hashed + 1) * bs <= num_cached:
@@ -133,5 +165,6 @@ class BlockManager:
             seq.last_key, seq.hashed = key, i + 1
 
     def slots(self, seq: SeqBlocks, start: int, end: int) -> list[int]:
+        """Cache slots of the sequence's tokens [start, end) (positions in the block table)."""
         bs, table = self.block_size, seq.table
         return [table[p // bs] * bs + p % bs for p in range(start, end)]

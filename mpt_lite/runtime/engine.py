@@ -7,6 +7,12 @@ budget runs out, the most recently admitted sequence is preempted: its blocks ar
 is recomputed from its tokens (prompt plus what it generated) once memory allows, which leaves
 greedy output unchanged. Full blocks are shared between requests with a common prefix.
 
+A request may shift its context (context_shift=True, n_keep: drop its oldest KV blocks after the
+first n_keep tokens instead of passing max_seq_len; context_shift.py), draft tokens from itself
+and verify them in the same step (prompt_lookup_num_tokens=K; speculative.py), and keep its
+blocks when it finishes (keep_cache=True) so that a later request continues it (continue_from=)
+computing only its new tokens, as a chat does turn after turn.
+
     engine = mpt_lite.Engine(model, max_bytes=2**30)
     a = engine.add_request(prompt_ids_a, max_new_tokens=32)
     b = engine.add_request(prompt_ids_b, max_new_tokens=8)
@@ -21,13 +27,17 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from .block_manager import DEFAULT_BLOCK_SIZE, CacheExhaustedError
+from .assistant import DEFAULT_ASSISTANT_TOKENS, AssistantCache
 from .constraints import Constraint, constrain_logits
+from .context_shift import check_context_shift
 from .kv_cache import PagedKVCache, PagedStep
 from .logprobs import record_logprobs
 from .native_step import build_plan, env_allows_native, native_logits, unsupported_reason
+from .prompt_lookup import LookupState
 from .request import Request
 from .sampler import SamplingParams, mask_beyond_tokenizer, sample_batch
 from .scheduler import Scheduler
+from .speculative import verify
 
 DEFAULT_MAX_BYTES = 4 << 30
 
@@ -37,10 +47,12 @@ __all__ = ["Engine", "Request", "DEFAULT_MAX_BYTES"]
 class Engine:
     def __init__(self, model: Any, *, block_size: int = DEFAULT_BLOCK_SIZE, num_blocks: int | None = None,
                  max_bytes: int | None = None, kv_dtype: torch.dtype | None = None, max_num_seqs: int = 64,
-                 max_batch_tokens: int = 2048, prefix_caching: bool = True, native_step: bool | None = None) -> None:
+                 max_batch_tokens: int = 2048, prefix_caching: bool = True, native_step: bool | None = None,
+                 assistant_model: Any = None, num_assistant_tokens: int = DEFAULT_ASSISTANT_TOKENS) -> None:
         """native_step: None runs each step as one native call when the model allows it (see
         native_step.py; MPT_LITE_NATIVE_STEP=0 turns it off), False always runs the torch path
-        (model.forward_paged), True insists on the native step (ValueError when unsupported)."""
+        (model.forward_paged), True insists on the native step (ValueError when unsupported).
+        assistant_model: a smaller MPT sharing the tokenizer that drafts tokens (speculative decoding)."""
         if not hasattr(model, "forward_paged") or not hasattr(model, "logits"):
             raise TypeError(f"Engine needs an MptForCausalLM, got {type(model).__name__}")
         if not isinstance(max_num_seqs, int) or max_num_seqs < 1:
@@ -59,7 +71,7 @@ class Engine:
         self.scheduler = Scheduler(self.cache, max_num_seqs, max_batch_tokens)
         self.max_num_seqs, self.max_batch_tokens = max_num_seqs, max_batch_tokens
         self._ids = itertools.count()
-        self._counts = {"steps": 0, "computed_tokens": 0}
+        self._counts = {"steps": 0, "computed_tokens": 0, "drafted_tokens": 0, "accepted_tokens": 0}
         tok = getattr(model, "tokenizer", None)
         self._n_text_tokens = len(tok) if tok is not None else None
         if native_step not in (None, True, False):
@@ -71,6 +83,12 @@ class Engine:
             raise ValueError(f"native_step=True, but this model runs only on the torch path: {reason}")
         self.native_step_fallback_reason = reason  # None: steps run natively
         self._plan = None  # built on the first step
+        self.assistant = None  # drafts every greedy request (assistant.py)
+        if assistant_model is not None:
+            if not isinstance(num_assistant_tokens, int) or num_assistant_tokens < 1:
+                raise ValueError(f"num_assistant_tokens must be a positive integer, got {num_assistant_tokens!r}")
+            self.num_assistant_tokens = num_assistant_tokens
+            self.assistant = AssistantCache(assistant_model, cfg, self.cache.num_blocks, self._n_text_tokens)
 
     @property
     def uses_native_step(self) -> bool:
@@ -92,10 +110,16 @@ class Engine:
     def add_request(self, prompt: Sequence[int] | torch.Tensor, max_new_tokens: int = 64, *,
                     params: SamplingParams | None = None, eos_token_id: int | Sequence[int] | None = None,
                     stop_fn: Callable[[list[int]], bool] | None = None, constraint: Constraint | None = None,
-                    **sampling: Any) -> Request:
+                    context_shift: bool = False, n_keep: int = 0, prompt_lookup_num_tokens: int | None = None,
+                    keep_cache: bool = False, continue_from: Request | None = None, **sampling: Any) -> Request:
         """Queues a prompt (token ids); sampling options as SamplingParams (do_sample, temperature,
-        top_k, top_p, repetition_penalty, seed). A constraint (constraints.constraint_factory)
-        limits the output to a grammar. The request joins at the next step."""
+        top_k, top_p, repetition_penalty, seed). The request joins at the next step.
+
+        constraint (constraints.constraint_factory): limits the output to a grammar.
+        context_shift/n_keep: see context_shift.py. prompt_lookup_num_tokens: draft up to that many
+        tokens a step. keep_cache: keep the blocks when finished (free them with release()).
+        continue_from: a finished keep_cache request whose tokens this prompt starts with; its
+        blocks pass to the new request, which computes only the tokens after them."""
         if isinstance(prompt, torch.Tensor):
             if prompt.dim() != 1 or prompt.is_floating_point():
                 raise ValueError(f"a prompt tensor must be 1-D integer token ids, got {prompt.dtype} {tuple(prompt.shape)}")
@@ -109,13 +133,17 @@ class Engine:
             raise IndexError(f"token id {bad[0]} is out of range for a vocabulary of {vocab}")
         if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+        lookup = check_prompt_lookup(prompt_lookup_num_tokens)
         total, limit = len(prompt) + max_new_tokens, self.model.config.max_seq_len
-        if total > limit:
+        window = min(limit, self.cache.num_blocks * self.cache.block_size)
+        if context_shift:
+            check_context_shift(self.model.config, n_keep, window, self.cache.block_size)
+        elif total > limit:
             raise ValueError(
                 f"the prompt ({len(prompt)} tokens) plus max_new_tokens={max_new_tokens} exceed max_seq_len={limit}; "
                 "lower max_new_tokens or load with a larger max_seq_len (from_pretrained(..., max_seq_len=N))")
         need = self.cache.blocks_for(total)
-        if need > self.cache.num_blocks:
+        if not context_shift and need > self.cache.num_blocks:
             raise CacheExhaustedError(
                 f"a request of {total} tokens needs {need} KV blocks, the whole cache holds {self.cache.num_blocks}; "
                 "raise the budget (num_blocks / max_bytes)")
@@ -126,19 +154,59 @@ class Engine:
             eos = frozenset([eos_token_id])
         else:
             eos = frozenset(int(e) for e in eos_token_id)
-        req = Request(next(self._ids), prompt, max_new_tokens, params, eos, stop_fn, constraint=constraint)
-        req.generator = params.generator(torch.device("cpu"))
+        if continue_from is not None:
+            self._check_continuation(continue_from, prompt)
+        if constraint is not None and lookup:
+            raise ValueError("constrained decoding (json_schema/regex/grammar) does not combine with "
+                             "prompt_lookup_num_tokens yet")
+        generator = params.generator(torch.device("cpu"))
+        drafter = LookupState(lookup) if lookup else None
+        if self.assistant is not None and not lookup and constraint is None:
+            if context_shift:
+                raise ValueError("assistant_model and context_shift do not combine yet")
+            drafter = self.assistant.drafter(self.num_assistant_tokens, params, generator)
+        req = Request(next(self._ids), prompt, max_new_tokens, params, eos, stop_fn, constraint=constraint,
+                      context_shift=bool(context_shift), n_keep=n_keep, window=window, drafter=drafter,
+                      keep_cache=keep_cache)
+        req.generator = generator
+        if continue_from is not None:
+            req.blocks, continue_from.blocks = continue_from.blocks, None
+            # the last token is computed again: its logits are needed (its slot is the sequence's own)
+            req.blocks.num_cached = min(req.blocks.num_cached, len(prompt) - 1)
         if max_new_tokens == 0:
             req.finish_reason = "length"
+            if drafter is not None:
+                drafter.close()
+            if not keep_cache:
+                self.release(req)
         else:
             self.scheduler.add(req)
         return req
+
+    def _check_continuation(self, prev: Request, prompt: list[int]) -> None:
+        if not isinstance(prev, Request):
+            raise TypeError(f"continue_from takes a Request, got {type(prev).__name__}")
+        if not prev.finished or prev.blocks is None:
+            raise ValueError("continue_from needs a finished request added with keep_cache=True and not released "
+                             "or continued yet")
+        if prompt[:len(prev.tokens)] != prev.tokens:
+            raise ValueError(f"the prompt does not start with the {len(prev.tokens)} tokens of the request it continues")
+
+    def release(self, req: Request) -> None:
+        """Frees the blocks a finished keep_cache request kept."""
+        if not req.finished:
+            raise ValueError("release() takes a finished request; abort() a running one")
+        if req.blocks is not None:
+            self.cache.release(req.blocks)
+            req.blocks = None
 
     def abort(self, req: Request) -> None:
         """Drops a request between steps (a client went away)."""
         self.scheduler.finish(req)
         if not req.finished:
             req.finish_reason = "abort"
+            if req.drafter is not None:
+                req.drafter.close()
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -163,33 +231,76 @@ class Engine:
         batch = self.scheduler.schedule()
         if not batch:
             return []
-        ids = torch.tensor([t for s in batch for t in s.req.tokens[s.start:s.end]], dtype=torch.long)
+        ids = torch.tensor([t for s in batch for t in s.ids], dtype=torch.long)
+        threads = getattr(self.model, "num_threads", None)
         step = PagedStep(self.cache, [s.req.blocks for s in batch], [s.start for s in batch], [s.end for s in batch],
-                         num_threads=getattr(self.model, "num_threads", None))
-        rows = [i for i, s in enumerate(batch) if s.samples]
+                         num_threads=threads)
+        plain = [s for s in batch if s.samples and not s.draft]
+        drafted = [s for s in batch if s.samples and s.draft]
+        ends = step.query_start_loc[1:].tolist()
+        rows = [ends[i] - 1 for i, s in enumerate(batch) if s.samples and not s.draft]
+        for i, s in enumerate(batch):
+            if s.samples and s.draft:  # the logits after the last real token and after each drafted one
+                rows.extend(range(ends[i] - 1 - len(s.draft), ends[i]))
+        rows_t = torch.tensor(rows, dtype=torch.long)
         if self.uses_native_step:
             if self._plan is None:
                 self._plan = build_plan(self.model, self.cache)
-            logits = native_logits(self._plan, ids, step, step.last_rows[rows].to(torch.int64),
-                                   getattr(self.model, "num_threads", None))
+            logits = native_logits(self._plan, ids, step, rows_t, threads)
         else:
             with torch.inference_mode():
-                logits = self.model.forward_paged(ids, step, step.last_rows[rows])
+                logits = self.model.forward_paged(ids, step, rows_t)
         self._counts["steps"] += 1
         self._counts["computed_tokens"] += len(ids)
         for s in batch:
-            self.cache.commit(s.req.blocks, s.req.tokens, s.end)
-        reqs = [batch[i].req for i in rows]
-        raw = logits
+            if not s.draft:
+                self.cache.commit(s.req.blocks, s.req.tokens, s.end)
+        reqs = [s.req for s in plain]
+        raw = logits[:len(plain)]
         logits = mask_beyond_tokenizer(logits, self._n_text_tokens)
-        logits = constrain_logits(logits, [r.constraint for r in reqs], [r.eos for r in reqs])
-        tokens = sample_batch(logits, [r.params for r in reqs], [r.generator for r in reqs],
+        free = constrain_logits(logits[:len(plain)], [r.constraint for r in reqs], [r.eos for r in reqs])
+        tokens = sample_batch(free, [r.params for r in reqs], [r.generator for r in reqs],
                               [r.tokens for r in reqs], [r.output for r in reqs])
         record_logprobs(raw, reqs, tokens)
         events = []
         for r, tok in zip(reqs, tokens):
+            self._append(r, [tok], events)
+        row = len(plain)
+        for s in drafted:
+            n = len(s.draft) + 1
+            new, accepted = verify(logits[row:row + n], s.req, s.draft, s.req.drafter.probs)
+            row += n
+            self._counts["drafted_tokens"] += len(s.draft)
+            self._counts["accepted_tokens"] += accepted
+            s.req.drafted += len(s.draft)
+            s.req.accepted += accepted
+            s.req.drafter.update(len(s.draft), accepted)
+            self._append(s.req, new, events, s.start, accepted)
+        return events
+
+    def _append(self, r: Request, new: list[int], events: list, start: int | None = None, accepted: int = 0) -> None:
+        """Appends tokens until the request ends; after a verified draft (start given) records which
+        of the computed K/V hold real tokens (the last real one and the accepted drafts) and frees
+        the blocks of the rejected ones."""
+        n = 0
+        for tok in new:
             r.append(tok)
             events.append((r, tok))
+            n += 1
             if r.finished:
-                self.scheduler.finish(r)
-        return events
+                break
+        if start is not None:
+            self.cache.commit(r.blocks, r.tokens, min(start + 1 + min(accepted, n), len(r.tokens) - 1))
+            self.cache.truncate(r.blocks, r.blocks.num_cached)
+        if r.finished:
+            self.scheduler.finish(r, keep_blocks=r.keep_cache)
+            if r.drafter is not None:
+                r.drafter.close()
+
+
+def check_prompt_lookup(k: Any) -> int:
+    if k is None:
+        return 0
+    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+        raise ValueError(f"prompt_lookup_num_tokens must be None or a non-negative integer, got {k!r}")
+    return k

@@ -14,7 +14,7 @@ from ..text.detok import find_stop, text_pieces
 from .arguments import check_max_new_tokens, check_prompts, check_stops
 from .block_manager import DEFAULT_BLOCK_SIZE
 from .constraints import constraint_factory
-from .engine import Engine
+from .engine import Engine, check_prompt_lookup
 from .sampler import SEED_MAX, SamplingParams
 
 
@@ -22,38 +22,43 @@ def generate(model, inputs: Any = None, attention_mask: torch.Tensor | None = No
              input_ids: torch.Tensor | None = None, max_new_tokens: int = 64, do_sample: bool = False,
              temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0,
              repetition_penalty: float = 1.0, seed: int | None = None, eos_token_id: Any = None,
-             stop: str | Sequence[str] | None = None, stream: bool = False, json_schema: Any = None,
-             regex: str | None = None, grammar: str | None = None):
+             stop: str | Sequence[str] | None = None, stream: bool = False, context_shift: bool = False,
+             n_keep: int = 0, prompt_lookup_num_tokens: int | None = None, assistant_model: Any = None,
+             json_schema: Any = None, regex: str | None = None, grammar: str | None = None):
     if inputs is None:
         inputs = input_ids
     if inputs is None:
         raise ValueError("generate() needs a prompt: a string, a list of strings or a LongTensor of token ids")
     params = SamplingParams(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
                             repetition_penalty=repetition_penalty, seed=seed)
-    check_max_new_tokens(max_new_tokens, model.config.max_seq_len)
+    check_max_new_tokens(max_new_tokens, None if context_shift else model.config.max_seq_len)
     stops = check_stops(stop)
     check_prompts(inputs)
     eos = eos_ids(model, eos_token_id)
-    constrain = constraint_factory(model.tokenizer, json_schema, regex, grammar)
+    opts = {"context_shift": bool(context_shift), "n_keep": n_keep,
+            "prompt_lookup_num_tokens": check_prompt_lookup(prompt_lookup_num_tokens), "assistant_model": assistant_model,
+            "constrain": constraint_factory(model.tokenizer, json_schema, regex, grammar)}
+    if assistant_model is not None and opts["prompt_lookup_num_tokens"]:
+        raise ValueError("pass one of assistant_model and prompt_lookup_num_tokens, not both")
 
     if isinstance(inputs, torch.Tensor):
         if stream:
             raise ValueError("stream=True needs a string prompt (it yields text)")
         if stops:
             raise ValueError("stop strings need a string prompt; with token ids use eos_token_id")
-        return _generate_ids(model, inputs, attention_mask, max_new_tokens, params, eos, constrain)
+        return _generate_ids(model, inputs, attention_mask, max_new_tokens, params, eos, opts)
     tok = model.tokenizer
     if tok is None:
         raise ValueError("this model has no tokenizer: pass token ids (a LongTensor) instead of text")
     if isinstance(inputs, str):
-        pieces = _stream_text(model, tok, inputs, max_new_tokens, params, eos, stops, constrain)
+        pieces = _stream_text(model, tok, inputs, max_new_tokens, params, eos, stops, opts)
         return pieces if stream else "".join(pieces)
     if isinstance(inputs, (list, tuple)) and all(isinstance(t, str) for t in inputs):
         if stream:
             raise ValueError("stream=True takes one string prompt, not a list")
         if not inputs:
             return []
-        return _generate_texts(model, tok, list(inputs), max_new_tokens, params, eos, stops, constrain)
+        return _generate_texts(model, tok, list(inputs), max_new_tokens, params, eos, stops, opts)
     raise TypeError(f"generate() takes a string, a list of strings or a LongTensor, not {type(inputs).__name__}")
 
 
@@ -68,22 +73,27 @@ def eos_ids(model, eos_token_id: Any) -> set[int]:
     return {int(e) for e in eos_token_id} if isinstance(eos_token_id, (list, tuple, set)) else {int(eos_token_id)}
 
 
-def _engine(model, rows: list[list[int]], max_new: int):
-    """An engine whose cache holds every row at full length (blocks are committed only when used)."""
-    blocks = sum(-(-(len(r) + max_new) // DEFAULT_BLOCK_SIZE) for r in rows)
-    return Engine(model, num_blocks=max(blocks, 1), max_num_seqs=max(len(rows), 1))
+def _engine(model, rows: list[list[int]], max_new: int, opts: dict):
+    """An engine whose cache holds every row at full length, or at max_seq_len when the context
+    shifts (blocks are committed only when used)."""
+    limit = model.config.max_seq_len if opts["context_shift"] else None
+    blocks = sum(-(-min(len(r) + max_new, limit or len(r) + max_new) // DEFAULT_BLOCK_SIZE) for r in rows)
+    return Engine(model, num_blocks=max(blocks, 1), max_num_seqs=max(len(rows), 1),
+                  assistant_model=opts["assistant_model"])
 
 
-def _add(engine, row: list[int], max_new: int, params: SamplingParams, eos: set[int], index: int, stop_fn=None,
-         constrain=None):
+def _add(engine, row: list[int], max_new: int, params: SamplingParams, eos: set[int], index: int, opts: dict,
+         stop_fn=None):
     if params.do_sample and params.seed is not None and index:  # each row its own, reproducible, stream
         seed = int(params.seed) + index
         params = SamplingParams(**{**params.__dict__, "seed": seed if seed <= SEED_MAX else seed - (1 << 64)})
+    constrain = opts["constrain"]
+    request_opts = {k: v for k, v in opts.items() if k not in ("assistant_model", "constrain")}  # the engine's
     return engine.add_request(row, max_new, params=params, eos_token_id=sorted(eos), stop_fn=stop_fn,
-                              constraint=constrain() if constrain is not None else None)
+                              constraint=constrain() if constrain is not None else None, **request_opts)
 
 
-def _generate_ids(model, ids, mask, max_new, params, eos, constrain=None) -> torch.Tensor:
+def _generate_ids(model, ids, mask, max_new, params, eos, opts) -> torch.Tensor:
     """Rows run unpadded (a padded position is dropped, as the mask says), so left padding gives
     what transformers gives: ALiBi biases and llm-foundry's shifted wpe positions are relative."""
     check_input_ids(ids, model.config.vocab_size)
@@ -93,8 +103,8 @@ def _generate_ids(model, ids, mask, max_new, params, eos, constrain=None) -> tor
     for i, r in enumerate(rows):
         if not r:
             raise ValueError(f"row {i} of attention_mask masks every token")
-    engine = _engine(model, rows, max_new)
-    reqs = [_add(engine, r, max_new, params, eos, i, constrain=constrain) for i, r in enumerate(rows)]
+    engine = _engine(model, rows, max_new, opts)
+    reqs = [_add(engine, r, max_new, params, eos, i, opts) for i, r in enumerate(rows)]
     for _ in engine.run():
         pass
     width = max(len(r.output) for r in reqs)
@@ -109,7 +119,8 @@ def _generate_ids(model, ids, mask, max_new, params, eos, constrain=None) -> tor
     return torch.cat([ids, new.to(ids.device)], dim=1)
 
 
-def _stop_fn(tok, stops: list[str]):
+def stop_checker(tok, stops: list[str]):
+    """An engine stop_fn: whether the decoded tail of the output holds a stop string (None: no stops)."""
     if not stops:
         return None
     tail = 4 * max(len(s) for s in stops) + 4  # a character spans at most 4 byte-level tokens
@@ -128,17 +139,17 @@ def _prompt_ids(model, tok, prompt: str) -> list[int]:
     return ids
 
 
-def _stream_text(model, tok, prompt: str, max_new: int, params, eos, stops, constrain=None) -> Iterator[str]:
+def _stream_text(model, tok, prompt: str, max_new: int, params, eos, stops, opts) -> Iterator[str]:
     ids = _prompt_ids(model, tok, prompt)
-    engine = _engine(model, [ids], max_new)
-    req = _add(engine, ids, max_new, params, eos, 0, constrain=constrain)
+    engine = _engine(model, [ids], max_new, opts)
+    req = _add(engine, ids, max_new, params, eos, 0, opts)
     return text_pieces(tok, engine.stream(req), eos, stops)
 
 
-def _generate_texts(model, tok, prompts, max_new, params, eos, stops, constrain=None) -> list[str]:
+def _generate_texts(model, tok, prompts, max_new, params, eos, stops, opts) -> list[str]:
     rows = [_prompt_ids(model, tok, p) for p in prompts]
-    engine = _engine(model, rows, max_new)
-    reqs = [_add(engine, r, max_new, params, eos, i, _stop_fn(tok, stops), constrain) for i, r in enumerate(rows)]
+    engine = _engine(model, rows, max_new, opts)
+    reqs = [_add(engine, r, max_new, params, eos, i, opts, stop_checker(tok, stops)) for i, r in enumerate(rows)]
     for _ in engine.run():
         pass
     return ["".join(text_pieces(tok, r.output, eos, stops)) for r in reqs]

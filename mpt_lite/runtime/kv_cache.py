@@ -55,12 +55,18 @@ class PagedKVCache(BlockManager):
 
 class PagedStep(PagedBatch):
     """What one forward pass over the paged cache needs: for each scheduled sequence, its new
-    tokens' slots, its block table and context length. Layers call `attend` through `layer(i)`."""
+    tokens' slots, its block table and context length. Layers call `attend` through `layer(i)`.
+
+    starts/ends count the sequence's tokens; after a context shift the fields count only the kept
+    ones (a token's position is its place in the block table), which is what makes ALiBi measure
+    distances over the kept positions."""
 
     def __init__(self, cache: PagedKVCache, seqs: Sequence[SeqBlocks], starts: Sequence[int],
                  ends: Sequence[int], num_threads: int | None = None) -> None:
         self.cache = cache
         self.num_threads = num_threads  # CPU kernel threads of the attention calls (None: the pool's size)
+        starts = [s.kv_len(a) for s, a in zip(seqs, starts)]
+        ends = [s.kv_len(b) for s, b in zip(seqs, ends)]
         slots: list[int] = []
         for seq, a, b in zip(seqs, starts, ends):
             slots.extend(cache.slots(seq, a, b))

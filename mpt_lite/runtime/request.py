@@ -8,6 +8,8 @@ from typing import Any, Callable
 import torch
 
 from .block_manager import SeqBlocks
+from .assistant import AssistantDrafter
+from .prompt_lookup import LookupState
 from .sampler import SamplingParams
 
 
@@ -26,6 +28,13 @@ class Request:
     num_preemptions: int = 0
     logprobs: list = field(default_factory=list)  # logprobs.TokenLogprob per output token, when params ask
     constraint: Any = None  # a constraints.Constraint: masks the logits, ends the request when complete
+    context_shift: bool = False  # drop the oldest blocks after n_keep tokens instead of passing `window`
+    n_keep: int = 0
+    window: int = 0  # the most tokens the sequence may hold in the cache (max_seq_len, or the budget)
+    drafter: LookupState | AssistantDrafter | None = None  # speculative drafts (None: off)
+    keep_cache: bool = False  # keep the blocks when finished, for a continuation (Engine.add_request)
+    drafted: int = 0  # speculative tokens proposed and accepted so far
+    accepted: int = 0
     tokens: list[int] = field(init=False, repr=False)  # prompt + output, kept up to date by append()
 
     def __post_init__(self) -> None:

@@ -140,7 +140,16 @@ def sample_batch(logits: torch.Tensor, params: Sequence[SamplingParams],
     return picked.tolist()
 
 
-def _draw(logits: torch.Tensor, params: list[SamplingParams], gens: list[torch.Generator | None]) -> torch.Tensor:
+def probabilities(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
+    """The distribution (rows, vocab) each sampled row draws from: temperature, top-k, top-p, as
+    sample_batch applies them (repetition penalty is the caller's, see apply_repetition_penalty)."""
+    probs, order = _filtered(logits.float(), list(params))
+    probs = probs / probs.sum(-1, keepdim=True)
+    return torch.zeros_like(probs).scatter_(1, order, probs)
+
+
+def _filtered(logits: torch.Tensor, params: list[SamplingParams]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities in descending order of logit after temperature, top-k and top-p, and that order."""
     dev = logits.device
     temp = torch.tensor([p.temperature for p in params], dtype=torch.float32, device=dev)
     logits = logits / temp[:, None]
@@ -153,6 +162,12 @@ def _draw(logits: torch.Tensor, params: list[SamplingParams], gens: list[torch.G
     top_p = torch.tensor([p.top_p for p in params], dtype=torch.float32, device=dev)
     before = probs.cumsum(dim=-1) - probs  # keep the first token past top_p
     probs = probs.masked_fill((before >= top_p[:, None]) & (top_p[:, None] < 1.0), 0.0)
+    return probs, order
+
+
+def _draw(logits: torch.Tensor, params: list[SamplingParams], gens: list[torch.Generator | None]) -> torch.Tensor:
+    probs, order = _filtered(logits, params)
+    dev, vocab = logits.device, logits.shape[-1]
     cdf = probs.cumsum(dim=-1)
     u = torch.cat([torch.rand(1, generator=g) for g in gens]).to(dev) * cdf[:, -1]
     pos = torch.searchsorted(cdf, u[:, None]).clamp(max=vocab - 1)

@@ -96,6 +96,8 @@ class Service:
         """max_tokens checked against the context (default: the rest of the context)."""
         if n_prompt == 0:
             raise bad_request("the prompt encodes to no tokens", param=prompt_param)
+        if self.runner.request_options.get("context_shift"):  # the context slides: no length limit
+            return self.max_seq_len if max_tokens is None else max_tokens
         if n_prompt >= self.max_seq_len:
             raise bad_request(f"this model's maximum context length is {self.max_seq_len} tokens, "
                               f"but the prompt has {n_prompt} tokens", param=prompt_param,
@@ -168,19 +170,20 @@ def message_param(message: str) -> str:
 def create_app(model: Any, *, model_name: str = "mpt-lite", api_key: str | None = None,
                max_queue: int = DEFAULT_MAX_QUEUE, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                allow_origins: Sequence[str] = (), health_extra: Callable[[], Awaitable[dict]] | None = None,
-               **engine_kwargs: Any) -> FastAPI:
+               request_options: dict | None = None, **engine_kwargs: Any) -> FastAPI:
     """The server's ASGI app for a loaded MptForCausalLM. engine_kwargs go to Engine (num_blocks
     or max_bytes, max_num_seqs, max_batch_tokens, prefix_caching); without num_blocks or max_bytes
     the KV budget is sized from the model and the free memory (runtime.kv_budget). max_queue:
     requests that may wait beyond the max_num_seqs running ones before new ones get 429.
     allow_origins: web origins whose pages may call the server (CORS); none by default.
-    health_extra: more fields for /health (a Ray Serve replica adds its id and the deployment's state)."""
+    health_extra: more fields for /health (a Ray Serve replica adds its id and the deployment's state).
+    request_options go to every Engine.add_request (context_shift, n_keep, prompt_lookup_num_tokens)."""
     if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
         raise ValueError("api_key must be a non-empty string (or None for no key)")
     origins = check_origins(allow_origins)
     if "num_blocks" not in engine_kwargs and "max_bytes" not in engine_kwargs:
         engine_kwargs["max_bytes"] = default_kv_bytes(model, engine_kwargs.get("max_num_seqs", DEFAULT_MAX_NUM_SEQS))
-    runner = EngineRunner(Engine(model, **engine_kwargs), max_queue=max_queue)
+    runner = EngineRunner(Engine(model, **engine_kwargs), max_queue=max_queue, request_options=request_options)
     svc = Service(model, runner, model_name, max_body_bytes)
 
     @contextlib.asynccontextmanager

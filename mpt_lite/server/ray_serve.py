@@ -38,6 +38,7 @@ class ReplicaSettings:
     max_queue: int = 64
     max_body_bytes: int = 1 << 20
     allow_origins: list[str] = field(default_factory=list)
+    request_options: dict[str, Any] = field(default_factory=dict)  # context_shift, n_keep, prompt_lookup_num_tokens
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -63,6 +64,7 @@ class MptLiteReplica:
         self.started = time.time()
         self._mpt_app = create_app(model, model_name=s.model_name, api_key=s.api_key, max_queue=s.max_queue,
                               max_body_bytes=s.max_body_bytes, allow_origins=s.allow_origins,
+                              request_options=s.request_options,
                               health_extra=self._replica_health,
                               **s.engine_kwargs)
 

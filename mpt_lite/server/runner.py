@@ -57,10 +57,11 @@ class Job:
 
 
 class EngineRunner:
-    def __init__(self, engine: Engine, max_queue: int = 64) -> None:
+    def __init__(self, engine: Engine, max_queue: int = 64, request_options: dict | None = None) -> None:
         if not isinstance(max_queue, int) or max_queue < 0:
             raise ValueError(f"max_queue must be a non-negative integer, got {max_queue!r}")
         self.engine = engine
+        self.request_options = dict(request_options or {})  # add_request options of every request
         self.max_queue = max_queue
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._jobs: dict[Request, Job] = {}  # engine thread only
@@ -160,7 +161,8 @@ class EngineRunner:
         if kind == "add":
             try:
                 req = self.engine.add_request(job.prompt, job.max_tokens, params=job.params,
-                                              eos_token_id=sorted(job.eos), constraint=job.constraint)
+                                              eos_token_id=sorted(job.eos), constraint=job.constraint,
+                                              **self.request_options)
             except (ValueError, TypeError, IndexError) as e:  # the engine's checks of the request
                 self.count("rejected")
                 job.send(("error", bad_request(str(e))))
