@@ -70,10 +70,14 @@ class BlockManager:
         self._ref[b] = 1
         return b
 
-    def _release_block(self, b: int) -> None:
+    def _release_block(self, b: int, keep_longest: bool = False) -> None:
+        """keep_longest: a keyed block goes to the far end of the free list (reused last), for
+        blocks that still hold a prefix other requests may want while their owner runs on."""
         self._ref[b] -= 1
         if self._ref[b] == 0:
             self._free[b] = None
+            if keep_longest and b in self._key_of:
+                self._free.move_to_end(b, last=False)
 
     # ---- sequences ----
     def _key(self, prev: bytes, tokens: Sequence[int]) -> bytes:
@@ -143,8 +147,8 @@ class BlockManager:
         if not 0 < n_blocks <= self.droppable_blocks(seq, n_keep):
             raise ValueError(f"cannot drop {n_blocks} blocks: {self.droppable_blocks(seq, n_keep)} are droppable")
         kb = self.blocks_for(n_keep)
-        for b in reversed(seq.table[kb:kb + n_blocks]):
-            self._release_block(b)
+        for b in seq.table[kb:kb + n_blocks]:  # a dropped prefix block is not the next one rewritten
+            self._release_block(b, keep_longest=True)
         del seq.table[kb:kb + n_blocks]
         seq.dropped += n_blocks * self.block_size
 
