@@ -1,0 +1,119 @@
+"""Chat instruction pairs made from the standard library itself: for each function or method with a
+docstring, a user request written from its name, signature and the docstring's first sentence, and
+the function's source as the assistant's answer; some conversations go on for a second turn
+("now add a docstring", "rename it to Y").
+
+Shared by finetune_chat_model.py (training files) and eval_chat_model.py (held-out files)."""
+from __future__ import annotations
+
+import ast
+import random
+import re
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+from default_model_corpus import read_text
+
+# Requests that name the function (eval uses only these, so "defines the requested name" is fair).
+NAMED_PHRASINGS = [
+    "Write a function named {name} that does the following: {sentence}.",
+    "Implement {name}({params}): {sentence}.",
+    "Write a Python function `{name}`. {sentence}.",
+    "{sentence}. Call the function {name}.",
+]
+UNNAMED_PHRASINGS = ["How do I {lower} in Python?"]
+FOLLOW_UPS = ("docstring", "rename")
+
+
+@dataclass
+class Function:
+    name: str
+    params: str  # the signature's parameters, as written
+    sentence: str  # the docstring's first sentence, without its final period
+    source: str  # dedented, decorators left out
+    bare_source: str  # the same without its docstring
+
+
+def first_sentence(doc: str) -> str | None:
+    para = " ".join(doc.strip().split("\n\n")[0].split())
+    m = re.match(r"(.+?[.!?])(\s|$)", para)
+    sentence = (m.group(1) if m else para).rstrip(".")
+    if not 8 <= len(sentence) <= 160 or not sentence[0].isalpha() or ">>>" in sentence:
+        return None
+    return sentence
+
+
+def strip_docstring(node: ast.FunctionDef, lines: list[str]) -> str:
+    """The function's lines without the docstring statement's lines."""
+    doc = node.body[0]
+    keep = [line for i, line in enumerate(lines, start=node.lineno)
+            if not doc.lineno <= i <= doc.end_lineno]
+    if len(node.body) == 1:  # a function that is only a docstring keeps a body
+        indent = re.match(r"\s*", lines[doc.lineno - node.lineno]).group(0)
+        keep.append(indent + "pass")
+    return "\n".join(keep)
+
+
+def functions_of(path: Path) -> list[Function]:
+    """Module-level functions and methods of module-level classes that have a docstring."""
+    text = read_text(path)
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return []
+    file_lines = text.splitlines()
+    nodes = []
+    for top in tree.body:
+        if isinstance(top, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            nodes.append(top)
+        elif isinstance(top, ast.ClassDef):
+            nodes += [n for n in top.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    out = []
+    for node in nodes:
+        doc = ast.get_docstring(node)
+        if not doc or node.name.startswith("__"):
+            continue
+        sentence = first_sentence(doc)
+        if sentence is None:
+            continue
+        lines = file_lines[node.lineno - 1:node.end_lineno]  # from `def`: decorators left out
+        source = textwrap.dedent("\n".join(lines))
+        try:
+            ast.parse(source)
+        except SyntaxError:  # e.g. a def line that continues a backslash
+            continue
+        bare = textwrap.dedent(strip_docstring(node, lines))
+        out.append(Function(node.name, ast.unparse(node.args), sentence, source, bare))
+    return out
+
+
+def request(fn: Function, rng: random.Random, named_only: bool = False) -> str:
+    phrasings = NAMED_PHRASINGS if named_only else NAMED_PHRASINGS + UNNAMED_PHRASINGS
+    lower = fn.sentence[0].lower() + fn.sentence[1:]
+    return rng.choice(phrasings).format(name=fn.name, params=fn.params, sentence=fn.sentence, lower=lower)
+
+
+def renamed(fn: Function, rng: random.Random) -> tuple[str, str]:
+    base = fn.name.strip("_")
+    new = rng.choice([f"my_{base}", f"{base}_impl", f"do_{base}", f"{base}2"])
+    return new, re.sub(rf"\b{re.escape(fn.name)}\b", new, fn.source)
+
+
+def conversation(fn: Function, rng: random.Random, follow_up_fraction: float) -> list[dict]:
+    """One conversation: a request and the source; sometimes a second turn."""
+    user = {"role": "user", "content": request(fn, rng)}
+    if rng.random() >= follow_up_fraction:
+        return [user, {"role": "assistant", "content": fn.source}]
+    if rng.choice(FOLLOW_UPS) == "docstring" and fn.bare_source != fn.source:
+        return [user, {"role": "assistant", "content": fn.bare_source},
+                {"role": "user", "content": rng.choice(["Now add a docstring.", "Add a docstring to it."])},
+                {"role": "assistant", "content": fn.source}]
+    new, source = renamed(fn, rng)
+    return [user, {"role": "assistant", "content": fn.source},
+            {"role": "user", "content": rng.choice([f"Rename it to {new}.", f"Now call it {new} instead."])},
+            {"role": "assistant", "content": source}]
+
+
+def all_functions(files: list[Path]) -> list[Function]:
+    return [fn for f in files for fn in functions_of(f)]

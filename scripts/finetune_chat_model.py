@@ -1,0 +1,189 @@
+#!/usr/bin/env python
+"""Fine-tunes the embedded default model to answer in chat: continues from its weights on ChatML
+conversations made from the standard library's own functions (scripts/chat_pairs.py; a request
+from the name, signature and first docstring sentence, the source as the answer), loss on the
+assistant turns only, mixed with plain code windows so that the base model's held-out code
+perplexity stays within 2%. The held-out files are the base model's (same seeded split), so no
+held-out module's function is trained on.
+
+Reproducible: a fixed seed, a fixed number of steps, seeded phrasings and batches.
+
+    python scripts/finetune_chat_model.py --out build/chat_model     # 734 cpu-s of training; 40 min on busy cores
+    python scripts/finetune_chat_model.py --steps 10 --out /tmp/c    # a quick smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import torch  # noqa: E402
+
+from chat_data import chat_rows  # noqa: E402
+from chat_pairs import all_functions  # noqa: E402
+from default_model_corpus import held_out_perplexity, split_files, stdlib_files, token_stream  # noqa: E402
+from mpt_lite import MptForCausalLM, MptTokenizer  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", type=Path, default=ROOT / "mpt_lite" / "default_model")
+    p.add_argument("--out", type=Path, default=ROOT / "build" / "chat_model")
+    p.add_argument("--seed", type=int, default=0, help="also picks the held-out files, as the base training did")
+    p.add_argument("--seq-len", type=int, default=256, help="training row (tokens); longer conversations are skipped")
+    p.add_argument("--max-answer-tokens", type=int, default=200, help="functions whose source is longer are left out")
+    p.add_argument("--follow-up-fraction", type=float, default=0.2, help="conversations with a second turn")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--code-rows", type=int, default=4, help="rows of each batch that are plain code windows")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--save-dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
+    return p.parse_args()
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def optimizer(model, lr: float) -> torch.optim.Optimizer:
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "wte" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "wte" not in n)]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def lr_at(step: int, args) -> float:
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    t = (step - args.warmup) / max(1, args.steps - args.warmup)
+    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))  # cosine down to 10%
+
+
+def held_out_chat_loss(model, rows: list[tuple[list[int], list[int]]], batch: int = 16) -> float:
+    """Mean loss per assistant token over fixed held-out rows."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for i in range(0, len(rows), batch):
+            x = torch.tensor([r[0] for r in rows[i:i + batch]])
+            y = torch.tensor([r[1] for r in rows[i:i + batch]])
+            n = int((y[:, 1:] != -100).sum())
+            total += float(model(input_ids=x, labels=y).loss) * n
+            count += n
+    model.train(was_training)
+    return total / count
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    t0, cpu0 = time.time(), time.process_time()
+
+    from tokenizers import Tokenizer
+    tok = MptTokenizer.from_pretrained(args.base)
+    bpe = Tokenizer.from_file(str(args.base / "tokenizer.json"))
+    pad_id, eos_id = tok.pad_token_id, tok.eos_token_id
+
+    train_files, held_files = split_files(stdlib_files(), args.seed)
+    lengths = lambda fns: [len(e.ids) for e in bpe.encode_batch([f.source for f in fns], add_special_tokens=False)]
+    train_fns = all_functions(train_files)
+    train_fns = [f for f, n in zip(train_fns, lengths(train_fns)) if n <= args.max_answer_tokens]
+    held_fns = all_functions(held_files)
+    held_fns = [f for f, n in zip(held_fns, lengths(held_fns)) if n <= args.max_answer_tokens]
+    code_ids = torch.tensor(token_stream(bpe, train_files, eos_id), dtype=torch.long)
+    held_ids = token_stream(bpe, held_files, eos_id)
+    rows = chat_rows(tok, bpe, train_fns, args.seq_len, pad_id, args.seed, args.follow_up_fraction)
+    held_gen = chat_rows(tok, bpe, held_fns, args.seq_len, pad_id, args.seed + 1, args.follow_up_fraction)
+    held_rows = [next(held_gen) for _ in range(32)]
+    log(f"data: {len(train_fns)} train functions (source <= {args.max_answer_tokens} tokens) from "
+        f"{len(train_files)} files, {len(held_fns)} held-out functions from {len(held_files)} files; "
+        f"code stream {len(code_ids):,} tokens ({time.time() - t0:.0f}s)")
+
+    model = MptForCausalLM.from_pretrained(args.base, dtype=torch.float32)
+    model.requires_grad_(True)  # from_pretrained loads for inference, with gradients off
+    model.train()
+    ppl_before, n_eval = held_out_perplexity(model, held_ids, args.seq_len)
+    chat_before = held_out_chat_loss(model, held_rows)
+    log(f"base: held-out code perplexity {ppl_before:.3f} over {n_eval:,} tokens; "
+        f"held-out chat loss {chat_before:.3f} per assistant token")
+
+    opt = optimizer(model, args.lr)
+    gen = torch.Generator().manual_seed(args.seed)
+    span = len(code_ids) - args.seq_len
+    n_chat = args.batch - args.code_rows
+    chat_tokens = 0
+    t_train, cpu_train = time.time(), time.process_time()
+    for step in range(args.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args)
+        batch = [next(rows) for _ in range(n_chat)]
+        starts = torch.randint(0, span, (args.code_rows,), generator=gen).tolist()
+        code = [code_ids[s:s + args.seq_len] for s in starts]
+        x = torch.stack([torch.tensor(r[0]) for r in batch] + code)
+        y = torch.stack([torch.tensor(r[1]) for r in batch] + code)
+        chat_tokens += sum(sum(t != -100 for t in r[1]) for r in batch)
+        loss = model(input_ids=x, labels=y).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 10 == 0 or step == args.steps - 1:
+            el = time.time() - t_train
+            eta = el / (step + 1) * (args.steps - step - 1)
+            log(f"step {step + 1:4d}/{args.steps}  loss {loss.item():.3f}  lr {g['lr']:.2e}  "
+                f"{el / (step + 1):.2f} s/step  cpu {time.process_time() - cpu_train:.0f}s  "
+                f"elapsed {el:.0f}s  eta {eta:.0f}s")
+    train_s, train_cpu = time.time() - t_train, time.process_time() - cpu_train
+
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    model.to(getattr(torch, args.save_dtype))
+    model.tokenizer = tok
+    model.save_pretrained(out)
+    reloaded = MptForCausalLM.from_pretrained(out, dtype=torch.float32)
+    ppl_after, _ = held_out_perplexity(reloaded, held_ids, args.seq_len)
+    chat_after = held_out_chat_loss(reloaded, held_rows)
+    base_info_path = args.base / "training_info.json"
+    base_info = json.loads(base_info_path.read_text()) if base_info_path.is_file() else {}
+    info = {
+        **{k: v for k, v in base_info.items() if k != "chat_finetune"},
+        "held_out_perplexity_saved_weights": round(ppl_after, 4),
+        "chat_finetune": {
+            "script": "scripts/finetune_chat_model.py", "seed": args.seed, "steps": args.steps,
+            "batch": args.batch, "code_rows_per_batch": args.code_rows, "seq_len": args.seq_len,
+            "lr": args.lr, "warmup": args.warmup, "max_answer_tokens": args.max_answer_tokens,
+            "follow_up_fraction": args.follow_up_fraction,
+            "train_functions": len(train_fns), "held_out_functions": len(held_fns),
+            "assistant_tokens_trained": int(chat_tokens),
+            "code_tokens_trained": args.steps * args.code_rows * args.seq_len,
+            "held_out_perplexity_before": round(ppl_before, 4), "held_out_perplexity_after": round(ppl_after, 4),
+            "held_out_perplexity_change": round(ppl_after / ppl_before - 1, 4),
+            "held_out_chat_loss_before": round(chat_before, 4), "held_out_chat_loss_after": round(chat_after, 4),
+            "python": platform.python_version(), "torch": torch.__version__, "threads": args.threads,
+            "train_seconds": round(train_s, 1), "train_cpu_seconds": round(train_cpu, 1),
+            "total_seconds": round(time.time() - t0, 1), "total_cpu_seconds": round(time.process_time() - cpu0, 1),
+            "saved_dtype": args.save_dtype,
+        },
+    }
+    (out / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    log(f"saved to {out} ({size / 1e6:.1f} MB); held-out code perplexity {ppl_before:.3f} -> {ppl_after:.3f} "
+        f"({100 * (ppl_after / ppl_before - 1):+.2f}%), chat loss {chat_before:.3f} -> {chat_after:.3f}; "
+        f"training {train_s:.0f}s ({train_cpu:.0f} cpu-s)")
+    print(json.dumps(info["chat_finetune"]))
+
+
+if __name__ == "__main__":
+    main()
