@@ -9,6 +9,7 @@
 #include "cpu/attention.h"
 #include "cpu/cpu_features.h"
 #include "cpu/quant_formats.h"
+#include "cpu/quant_search.h"
 #include "cpu/thread_pool.h"
 
 namespace py = pybind11;
@@ -171,6 +172,12 @@ PYBIND11_MODULE(_C, m) {
   }, G());
   m.def("quantize_int4", [](uintptr_t w, int64_t N, int64_t K, uintptr_t packed, uintptr_t scales) {
     mpt::quantize_int4(P<const float>(w), N, K, P<uint8_t>(packed), P<float>(scales));
+  }, G());
+  m.def("search_quantize_int4", [](uintptr_t w, int64_t N, int64_t K, uintptr_t packed, uintptr_t scales) {
+    mpt::search_quantize_int4(P<const float>(w), N, K, P<uint8_t>(packed), P<float>(scales));
+  }, G());
+  m.def("search_quantize_nf4", [](uintptr_t w, int64_t numel, int64_t bs, uintptr_t packed, uintptr_t absmax) {
+    mpt::search_quantize_nf4(P<const float>(w), numel, bs, P<uint8_t>(packed), P<float>(absmax));
   }, G());
   m.def("dequantize_int4", [](uintptr_t packed, uintptr_t scales, int64_t N, int64_t K, uintptr_t out) {
     mpt::dequantize_int4(P<const uint8_t>(packed), P<const float>(scales), N, K, P<float>(out));

@@ -5,7 +5,8 @@ cost in bytes, and how the kernels dequantize them and multiply by them.
     nf4   weight uint8 [ceil(N*K/2)] (bitsandbytes layout), weight_absmax float32 [ceil(N*K/blocksize)]
     int4  weight uint8 [N, ceil(K/32)*16], weight_scales float32 [N, ceil(K/32)]
 
-Byte layouts: csrc/cpu/quant_formats.h. Code tensors are held in a dict keyed by the names above
+Byte layouts: csrc/cpu/quant_formats.h. int4 and nf4 quantize with searched block scales (least
+squared error, kernels.search_quantize_*), stored in the same layouts as the absmax quantizers'. Code tensors are held in a dict keyed by the names above
 (the names they have in a module's state_dict and in saved files)."""
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ class Nf4Format(WeightFormat):
                 "weight_absmax": torch.empty((n * k + blocksize - 1) // blocksize, dtype=torch.float32)}
 
     def quantize(self, w, blocksize):
-        packed, absmax = kernels.quantize_nf4(w, blocksize)
+        packed, absmax = kernels.search_quantize_nf4(w, blocksize)
         return {"weight": packed, "weight_absmax": absmax}
 
     def dequantize(self, codes, n, k, blocksize):
@@ -118,7 +119,7 @@ class Int4Format(WeightFormat):
                 "weight_scales": torch.empty(n, g, dtype=torch.float32)}
 
     def quantize(self, w, blocksize):
-        packed, scales = kernels.quantize_int4(w)
+        packed, scales = kernels.search_quantize_int4(w)
         return {"weight": packed, "weight_scales": scales}
 
     def dequantize(self, codes, n, k, blocksize):
