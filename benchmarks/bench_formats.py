@@ -6,7 +6,12 @@ interleaved (round-robin) so that a busy machine slows them alike; prints median
     python benchmarks/bench_formats.py                         # synthetic 1.3B shapes
 
 Formats: int4 and nf4 with the tied embedding at int8 (the 4-bit defaults), int4 with
-embedding_bits=4, int8. Batch 1, a 32-token prompt, --new decode steps per timed run."""
+embedding_bits=4, int8. Batch 1, a 32-token prompt, --new decode steps per timed run.
+
+    python benchmarks/bench_formats.py --load /tmp/mpt-125m   # (benchmarks/synthetic.py 125m /tmp/mpt-125m)
+
+times instead the whole 4-bit load of a checkpoint (CPU seconds, best of --rounds, one thread)
+with the searched block scales against the absmax quantizers they replaced."""
 from __future__ import annotations
 
 import argparse
@@ -28,6 +33,31 @@ FORMATS = {  # name -> from_pretrained keywords
 }
 
 
+def load_times(folder: str, rounds: int) -> None:
+    import mpt_lite
+    from mpt_lite import kernels
+
+    torch.set_num_threads(1)
+    kernels.set_num_threads(1)
+    searched = kernels.search_quantize_int4, kernels.search_quantize_nf4
+    absmax = kernels.quantize_int4, kernels.quantize_nf4
+    best: dict[tuple[str, str], float] = {}
+    for _ in range(rounds):
+        for qt in ("int4", "nf4"):
+            for which, fns in (("absmax", absmax), ("searched", searched)):
+                kernels.search_quantize_int4, kernels.search_quantize_nf4 = fns  # what the formats call
+                try:
+                    c0 = time.process_time()
+                    mpt_lite.MptForCausalLM.from_pretrained(folder, bits=4, quant_type=qt)
+                    t = time.process_time() - c0
+                finally:
+                    kernels.search_quantize_int4, kernels.search_quantize_nf4 = searched
+                best[(qt, which)] = min(t, best.get((qt, which), t))
+    for qt in ("int4", "nf4"):
+        a, s = best[(qt, "absmax")], best[(qt, "searched")]
+        print(f"{qt}: absmax scales {a:.2f} s, searched {s:.2f} s: {s / a:.2f}x (CPU seconds, best of {rounds})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -35,7 +65,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--new", type=int, default=16, help="decode steps per timed run")
     ap.add_argument("--vocab", type=int, default=50432, help="embedding rows (the mpt repos: 50432)")
+    ap.add_argument("--load", metavar="CHECKPOINT", help="time loading this checkpoint instead")
     args = ap.parse_args()
+    if args.load:
+        return load_times(args.load, min(args.rounds, 3))
     torch.set_num_threads(args.threads)
     import mpt_lite
     from mpt_lite import Engine, MptConfig, MptForCausalLM, kernels
