@@ -50,7 +50,8 @@ def build(args):
 
         with tempfile.TemporaryDirectory() as folder:
             hf.save_pretrained(folder)
-            ours = MptForCausalLM.from_pretrained(folder, bits=int(args.bits), quant_type=args.quant_type)
+            ours = MptForCausalLM.from_pretrained(folder, bits=int(args.bits), quant_type=args.quant_type,
+                                                  embedding_bits=args.embedding_bits)
         return ours, hf
     with torch.device("meta"):
         ours = MptForCausalLM(MptConfig(**cfg))
@@ -67,7 +68,11 @@ def weights_note(args) -> str:
         return " (mpt_lite.load()'s 4-bit weights, float32 activations and KV cache)"
     if args.bits == "none":
         return ""
-    fmt = "int8" if args.bits == "8" else (args.quant_type or "nf4")
+    from mpt_lite.quant import DEFAULT_4BIT
+
+    fmt = "int8" if args.bits == "8" else (args.quant_type or DEFAULT_4BIT)
+    if args.bits == "4":
+        fmt += f", embedding {'int8' if args.embedding_bits != 4 else 'at 4 bits'}"
     return f" (mpt_lite: {fmt} weights, transformers: {args.dtype})"
 
 
@@ -140,6 +145,7 @@ def main():
     ap.add_argument("--bits", default="none", choices=["none", "8", "4"],
                     help="mpt_lite's weights: shared unquantized tensors (none) or quantized from them")
     ap.add_argument("--quant-type", default=None, choices=["nf4", "int4"])
+    ap.add_argument("--embedding-bits", type=int, default=None, choices=[4, 8], help="with --bits 4 (default 8)")
     ap.add_argument("--out", help="append the markdown table to this file")
     args = ap.parse_args()
     if args.quick:

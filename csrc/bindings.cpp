@@ -15,6 +15,7 @@
 #include "cpu/cpu_features.h"
 #include "cpu/decode_step.h"
 #include "cpu/quant_formats.h"
+#include "cpu/quant_search.h"
 #include "cpu/thread_pool.h"
 
 namespace py = pybind11;
@@ -150,6 +151,23 @@ static void bind_quant(py::module_& m) {
     mpt::quantize_int4(buf<const float>(w, n * k, "w"), n, k, buf<uint8_t>(packed, n * g * 16, "packed"),
                        buf<float>(scales, n * g, "scales"));
   }, kw, arg("w"), arg("n"), arg("k"), arg("packed"), arg("scales"), nt, G());
+  // the searched quantizers (csrc/cpu/quant_search.h): the same layouts, scales chosen for least error
+  m.def("search_quantize_int4", [](uintptr_t w, int64_t n, int64_t k, uintptr_t packed, uintptr_t scales,
+                                   int nthreads) {
+    mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
+    dim(n, "n"), dim(k, "k");
+    const int64_t g = mpt::int4_groups(k);
+    mpt::search_quantize_int4(buf<const float>(w, n * k, "w"), n, k, buf<uint8_t>(packed, n * g * 16, "packed"),
+                              buf<float>(scales, n * g, "scales"));
+  }, kw, arg("w"), arg("n"), arg("k"), arg("packed"), arg("scales"), nt, G());
+  m.def("search_quantize_nf4", [](uintptr_t w, int64_t numel, int64_t bs, uintptr_t packed, uintptr_t absmax,
+                                  int nthreads) {
+    mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
+    dim(numel, "numel"), positive(bs, "blocksize");
+    mpt::search_quantize_nf4(buf<const float>(w, numel, "w"), numel, bs,
+                             buf<uint8_t>(packed, (numel + 1) / 2, "packed"),
+                             buf<float>(absmax, (numel + bs - 1) / bs, "absmax"));
+  }, kw, arg("w"), arg("numel"), arg("blocksize"), arg("packed"), arg("absmax"), nt, G());
   m.def("dequantize_int4", [](uintptr_t packed, uintptr_t scales, int64_t n, int64_t k, uintptr_t out,
                               int nthreads) {
     mpt::ThreadLimit lim(mpt::bind::threads(nthreads));

@@ -41,8 +41,9 @@ def load(name_or_path: Any = None, bits: int | None = 4, task: str = "causal-lm"
     """A ready model (with ``model.tokenizer`` when the checkpoint has one).
 
     name_or_path: a folder, a hub id ("mosaicml/mpt-7b") or an alias ("mpt-7b"); None loads the
-    embedded default model. bits: 4 (default), 8 or None (unquantized). task: "base",
-    "causal-lm", "sequence-classification", "token-classification" or "question-answering"."""
+    embedded default model. bits: 4 (default; quant_type "int4" or "nf4", the tied embedding at
+    int8 unless embedding_bits=4), 8 or None (unquantized). task: "base", "causal-lm",
+    "sequence-classification", "token-classification" or "question-answering"."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
     if name_or_path is None:

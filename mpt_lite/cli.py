@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a folder, hub id (mosaicml/mpt-7b) or alias (mpt-7b-chat); default: the embedded model")
         sp.add_argument("--bits", choices=BITS_CHOICES, default=bits_default,
                         help=f"weight format: 4-bit, int8 or none (unquantized); default {bits_default}")
-        sp.add_argument("--quant-type", choices=("nf4", "int4"), default=None, help="4-bit format (default nf4)")
+        sp.add_argument("--quant-type", choices=("int4", "nf4"), default=None, help="4-bit format (default int4)")
+        sp.add_argument("--embedding-bits", type=int, choices=(4, 8), default=None,
+                        help="with --bits 4: the tied embedding at 8 bits (default) or 4")
         sp.add_argument("--device", default="cpu", help="cpu or cuda")
 
     def sampling_args(sp: argparse.ArgumentParser, max_new: int) -> None:
@@ -98,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("src", help="the checkpoint: a folder, hub id or alias")
     q.add_argument("dst", help="the folder to write")
     q.add_argument("--bits", choices=("4", "8"), default="4")
-    q.add_argument("--quant-type", choices=("nf4", "int4"), default=None)
+    q.add_argument("--quant-type", choices=("int4", "nf4"), default=None, help="4-bit format (default int4)")
+    q.add_argument("--embedding-bits", type=int, choices=(4, 8), default=None,
+                   help="with --bits 4: the tied embedding at 8 bits (default) or 4")
     q.add_argument("--task", default="causal-lm", help="the head to keep (default causal-lm)")
     q.add_argument("--force", action="store_true", help="replace DST if it exists")
     q.set_defaults(func=cmd_quantize)
@@ -153,17 +157,21 @@ def model_label(name: str | None) -> str:
 
 
 def load_model(name: str | None, bits: int | None, quant_type: str | None, device: str = "cpu",
-               task: str = "causal-lm"):
+               task: str = "causal-lm", embedding_bits: int | None = None):
     import mpt_lite
     from .hub import progress
     from .hub.checkpoint import count_tensors, resolve_checkpoint, weight_files
 
     if quant_type is not None and bits != 4:
         raise CliError("--quant-type needs --bits 4")
+    if embedding_bits is not None and bits != 4:
+        raise CliError("--embedding-bits needs --bits 4")
     folder = resolve_checkpoint(model_source(name))
     total = count_tensors(weight_files(folder))
     what = "loading" if bits is None else f"loading and quantizing ({bits}-bit{', ' + quant_type if quant_type else ''})"
     kw = {"quant_type": quant_type} if quant_type is not None else {}
+    if embedding_bits is not None:
+        kw["embedding_bits"] = embedding_bits
     with progress.track(f"{what} {model_label(name)}", total=total):
         model = mpt_lite.load(folder, bits=bits, task=task, device=device, **kw)
     return model
@@ -215,7 +223,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not prompt.strip():
         raise CliError("the prompt is empty")
     kw = sampling_kwargs(args)
-    model = load_model(args.model, parse_bits(args.bits), args.quant_type, args.device)
+    model = load_model(args.model, parse_bits(args.bits), args.quant_type, args.device,
+                       embedding_bits=args.embedding_bits)
     if model.tokenizer is None:
         raise CliError(f"{model_label(args.model)} has no tokenizer.json: generate needs one")
     if not args.no_echo:
@@ -241,7 +250,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     kw = sampling_kwargs(args)
     speed = speed_kwargs(args)
-    model = load_model(args.model, parse_bits(args.bits), args.quant_type, args.device)
+    model = load_model(args.model, parse_bits(args.bits), args.quant_type, args.device,
+                       embedding_bits=args.embedding_bits)
     tok = model.tokenizer
     if tok is None:
         raise CliError(f"{model_label(args.model)} has no tokenizer.json: chat needs one")
@@ -341,7 +351,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError("--ray-address and --replica-cpus need --replicas N")
     sock = bind_socket(args.host, args.port)  # before loading: a taken port fails at once
     try:
-        model = load_model(args.model, parse_bits(args.bits), args.quant_type, args.device)
+        model = load_model(args.model, parse_bits(args.bits), args.quant_type, args.device,
+                       embedding_bits=args.embedding_bits)
         if model.tokenizer is None:
             raise CliError(f"{model_label(args.model)} has no tokenizer.json: serve needs one")
         engine_kw: dict[str, Any] = {"max_num_seqs": args.max_num_seqs}
@@ -390,7 +401,10 @@ def serve_replicas(args: argparse.Namespace) -> int:
     bits = parse_bits(args.bits)
     if args.quant_type is not None and bits != 4:
         raise CliError("--quant-type needs --bits 4")
-    settings = ReplicaSettings(model=args.model, bits=bits, quant_type=args.quant_type, device=args.device,
+    if args.embedding_bits is not None and bits != 4:
+        raise CliError("--embedding-bits needs --bits 4")
+    settings = ReplicaSettings(model=args.model, bits=bits, quant_type=args.quant_type,
+                               embedding_bits=args.embedding_bits, device=args.device,
                                model_name=name, api_key=args.api_key, max_queue=args.max_queue,
                                max_body_bytes=args.max_body_bytes, allow_origins=list(args.allow_origin or ()),
                                request_options={**speed_kwargs(args), "n_keep": speed_kwargs(args)["n_keep"] or 0},
@@ -442,7 +456,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         raise CliError(f"{dst} exists and is not a folder")
     if src_path.exists() and (dst.resolve() == src_path.resolve() or dst.resolve() in src_path.resolve().parents):
         raise CliError(f"{dst} is (or holds) the source checkpoint {src_path}; choose another destination")
-    model = load_model(args.src, bits, args.quant_type, task=args.task)
+    model = load_model(args.src, bits, args.quant_type, task=args.task, embedding_bits=args.embedding_bits)
     tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
     from .hub import progress
 
@@ -501,6 +515,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"checkpoint   {human_bytes(info['checkpoint_bytes'])} on disk")
     sizes = "  ".join(f"{k} {human_bytes(v)}" for k, v in info["bytes"].items())
     print(f"weights      {sizes}")
+    q4 = info["default_4bit"]
+    extra = info["embedding_int8_extra_bytes"][q4]
+    print(f"4-bit        {q4} by default (better held-out perplexity and faster than nf4: docs/default_model.md); "
+          f"the tied embedding stays int8: +{human_bytes(extra)} "
+          f"(+{100 * extra / max(1, info['bytes'][q4] - extra):.1f}%) over --embedding-bits 4")
     feats = " ".join(k for k, v in info["cpu_features"].items() if v) or "none"
     print(f"cpu          {feats}")
     print(f"kernels      {info['kernel_variant']} in use (available: {', '.join(info['kernel_variants'])}); "

@@ -79,12 +79,30 @@ def test_info_reports_shapes_sizes_and_kernels():
     rows = sum(s[0] for s in quant.values())
     assert info["bytes"]["int8"] == q + 4 * rows + 4 * (n - q)
     assert info["bytes"]["nf4"] < info["bytes"]["int8"] < info["bytes"]["bf16"]
+    # 4-bit keeps the tied embedding at int8: its cost over int4 codes + a scale per group of 32
+    V, d = tuple(ref.transformer.wte.weight.shape)
+    G = -(-d // 32)
+    assert info["default_4bit"] == "int4"
+    assert info["embedding_int8_extra_bytes"]["int4"] == (V * d + 4 * V) - (V * G * 16 + 4 * V * G)
     assert info["kernel_variant"] in info["kernel_variants"]
     assert set(info["cpu_features"]) >= {"avx2", "avx512f"}
     assert info["tokenizer_tokens"] < info["config"]["vocab_size"]
     text = run("info")
     assert text.returncode == 0 and "parameters" in text.stdout and "kernels" in text.stdout
     assert f"{n:,}" in text.stdout
+    assert "int4 by default" in text.stdout and "embedding stays int8" in text.stdout
+
+
+def test_quantize_with_embedding_bits(tmp_path):
+    dst = tmp_path / "q"
+    p = run("quantize", str(FOLDER), str(dst), "--bits", "4", "--quant-type", "nf4", "--embedding-bits", "4")
+    assert p.returncode == 0, p.stderr
+    from safetensors import safe_open
+
+    with safe_open(str(dst / "model.safetensors"), framework="pt") as sf:
+        meta = json.loads(sf.metadata()["mpt_lite_quant"])
+    assert meta["format"] == "nf4" and meta["formats"]["transformer.wte"] == "nf4"
+    assert_one_line_error(run("generate", "x", "--bits", "8", "--embedding-bits", "4"), "--embedding-bits")
 
 
 def test_chat_loop_with_history_reset_and_exit():

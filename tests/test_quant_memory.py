@@ -75,7 +75,7 @@ def test_peak_rss_while_quantizing_a_bf16_checkpoint(tmp_path):
     base_kb = int(run(BASELINE))
     got = json.loads(run(LOAD, str(tmp_path)))
     bound_kb = base_kb + (got["model_bytes"] + largest) / 1024
-    print(f"\n[peak-rss] checkpoint {total / 1e6:.0f} MB bf16 -> {got['model_bytes'] / 1e6:.0f} MB nf4; "
+    print(f"\n[peak-rss] checkpoint {total / 1e6:.0f} MB bf16 -> {got['model_bytes'] / 1e6:.0f} MB 4-bit; "
           f"peak {got['peak_kb'] / 1024:.0f} MiB, bound {bound_kb / 1024:.0f} MiB "
           f"(import {base_kb / 1024:.0f} MiB + largest fp32 tensor {largest / 2**20:.0f} MiB)")
     assert got["peak_kb"] <= bound_kb

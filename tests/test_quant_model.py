@@ -103,24 +103,83 @@ def test_decode_with_cache_and_generate(float_ckpt):
     assert out.shape == (1, 9)
 
 
-@pytest.mark.parametrize("bits,quant_type", MODES)
-def test_save_reload_round_trips_exactly(float_ckpt, tmp_path, bits, quant_type):
-    q = load(mpt_lite.MptForCausalLM, float_ckpt, bits=bits, quant_type=quant_type)
-    q.save_pretrained(tmp_path)
+def _saved_meta(folder):
     from safetensors import safe_open
 
-    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as sf:
-        meta = json.loads(sf.metadata()["mpt_lite_quant"])
-    assert meta == {"format": quant_type or "int8", "version": 1, "blocksize": 64, "group_size": 32}
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as sf:
+        return json.loads(sf.metadata()["mpt_lite_quant"])
+
+
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("bits,quant_type,embedding_bits",
+                         [(8, None, None), (4, "nf4", None), (4, "nf4", 4), (4, "int4", None), (4, "int4", 4)])
+def test_save_reload_round_trips_exactly(float_ckpt, tmp_path, bits, quant_type, embedding_bits):
+    q = load(mpt_lite.MptForCausalLM, float_ckpt, bits=bits, quant_type=quant_type, embedding_bits=embedding_bits)
+    q.save_pretrained(tmp_path)
+    meta = _saved_meta(tmp_path)
+    fmt = quant_type or "int8"
+    emb = "int8" if embedding_bits is None else fmt
+    assert {k: meta[k] for k in ("format", "version", "blocksize", "group_size")} == \
+        {"format": fmt, "version": 2, "blocksize": 64, "group_size": 32}
+    assert meta["formats"]["transformer.wte"] == emb
+    assert meta["formats"]["transformer.blocks.1.ffn.up_proj"] == fmt
     r = mpt_lite.MptForCausalLM.from_pretrained(tmp_path)  # no bits: reloaded as saved, no quantizing
-    sa, sb = q.state_dict(), r.state_dict()
-    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert "lm_head.weight" not in sb  # the tied matrix is stored once
+    assert r.transformer.wte.quant_type == emb and r.transformer.blocks[0].attn.Wqkv.quant_type == fmt
+    assert _same_weights(q, r)
+    assert "lm_head.weight" not in r.state_dict()  # the tied matrix is stored once
     ids = torch.randint(0, 97, (1, 7))
     assert torch.equal(q(ids).logits, r(ids).logits)
     with pytest.raises(ValueError, match="int4|nf4|int8"):
         other = "int4" if quant_type == "nf4" else "nf4"
         mpt_lite.MptForCausalLM.from_pretrained(tmp_path, bits=4, quant_type=other if bits == 4 else "nf4")
+    if bits == 4:  # the embedding as saved, not as embedding_bits would make it
+        with pytest.raises(ValueError, match="embedding"):
+            mpt_lite.MptForCausalLM.from_pretrained(tmp_path, embedding_bits=8 if embedding_bits else 4)
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "int4"])
+def test_reads_version_1_files(float_ckpt, tmp_path, quant_type):
+    """Files saved before per-tensor formats: one format for every module, the embedding included."""
+    from safetensors.torch import load_file
+
+    q = load(mpt_lite.MptForCausalLM, float_ckpt, bits=4, quant_type=quant_type, embedding_bits=4)
+    q.save_pretrained(tmp_path)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    v1 = {"format": quant_type, "version": 1, "blocksize": 64, "group_size": 32}
+    save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt", "mpt_lite_quant": json.dumps(v1)})
+    r = mpt_lite.MptForCausalLM.from_pretrained(tmp_path)
+    assert r.transformer.wte.quant_type == quant_type
+    assert _same_weights(q, r)
+
+
+def test_embedding_bits(float_ckpt):
+    for quant_type in ("int4", "nf4"):
+        m = load(mpt_lite.MptForCausalLM, float_ckpt, bits=4, quant_type=quant_type)
+        assert m.transformer.wte.quant_type == "int8" and m.transformer.blocks[0].ffn.up_proj.quant_type == quant_type
+        m4 = mpt_lite.load(float_ckpt, quant_type=quant_type, embedding_bits=4)
+        assert m4.transformer.wte.quant_type == quant_type
+        assert load(mpt_lite.MptForCausalLM, float_ckpt, bits=4, quant_type=quant_type,
+                    embedding_bits=8).transformer.wte.quant_type == "int8"
+    assert mpt_lite.load(float_ckpt, bits=8).transformer.wte.quant_type == "int8"
+    for bad, match in [(dict(bits=4, embedding_bits=6), "4 or 8"), (dict(bits=4, embedding_bits=True), "4 or 8"),
+                       (dict(bits=4, embedding_bits="4"), "4 or 8"), (dict(bits=8, embedding_bits=8), "bits=4"),
+                       (dict(bits=None, embedding_bits=4), "bits=4")]:
+        with pytest.raises(ValueError, match=match):
+            mpt_lite.MptForCausalLM.from_pretrained(float_ckpt, **bad)
+
+
+def test_untied_lm_head_follows_the_embedding_format(tmp_path):
+    torch.manual_seed(0)
+    src = mpt_lite.MptForCausalLM(small_config(tie_word_embeddings=False)).eval()
+    src.save_pretrained(tmp_path)
+    q = mpt_lite.MptForCausalLM.from_pretrained(tmp_path, bits=4)
+    assert q.lm_head.quant_type == "int8" and q.transformer.wte.quant_type == "int8"
+    ids = torch.randint(0, 97, (1, 8))
+    assert cosine(q(ids).logits, simulate(q)(ids).logits) >= 0.999
 
 
 def test_bad_bits_and_quant_type(float_ckpt):
@@ -132,9 +191,10 @@ def test_bad_bits_and_quant_type(float_ckpt):
         mpt_lite.MptForCausalLM.from_pretrained(float_ckpt, quant_type="nf4")
 
 
-def test_mpt_lite_load_defaults_to_nf4(float_ckpt):
-    m = mpt_lite.load(float_ckpt)
-    assert m.transformer.blocks[0].attn.Wqkv.quant_type == "nf4"
+def test_bits_4_defaults_to_int4_with_an_int8_embedding(float_ckpt):
+    for m in (mpt_lite.load(float_ckpt), mpt_lite.MptForCausalLM.from_pretrained(float_ckpt, bits=4)):
+        assert m.transformer.blocks[0].attn.Wqkv.quant_type == "int4"
+        assert m.transformer.wte.quant_type == "int8"
 
 
 # ---- bitsandbytes interoperability ----

@@ -18,7 +18,9 @@ from torch import nn
 from .. import kernels
 from .checkpoint import iter_tensors, resolve_checkpoint, safetensors_metadata, weight_files
 from ..config import CONFIG_NAME, MissingKeyError, MptConfig
-from ..quant import QuantEmbedding, QuantLinear, quant_type_for, quantized_modules
+from ..quant import FORMAT_VERSION, QUANT_TYPES
+from ..quant import (QuantEmbedding, QuantLinear, check_embedding_bits, embedding_quant_type, quant_type_for,
+                     quantized_modules)
 
 HEAD_PREFIXES = ("score.", "classifier.", "qa_outputs.", "lm_head.")
 WEIGHT_FILE_PATTERNS = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
@@ -42,22 +44,26 @@ def check_device(device: Any) -> torch.device:
 
 
 def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type: str | None = None,
-                    dtype: torch.dtype = torch.float32, device: Any = "cpu", **config_overrides: Any):
+                    dtype: torch.dtype = torch.float32, device: Any = "cpu", embedding_bits: int | None = None,
+                    **config_overrides: Any):
     if bits is None and quant_type is not None:
         raise ValueError("quant_type is only meaningful with bits=8 or bits=4")
     qtype = None if bits is None else quant_type_for(bits, quant_type)
+    if bits is not None:
+        check_embedding_bits(embedding_bits, qtype)
     if dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype!r}")
     dev = check_device(device)
     folder = resolve_checkpoint(name_or_path)
     config = MptConfig.from_json_file(folder / CONFIG_NAME, **config_overrides)
     files = weight_files(folder)
-    stored, blocksize = _stored_quantization(files)
+    stored, blocksize, stored_formats = _stored_quantization(files)
     if stored is not None:
         if qtype is not None and qtype != stored:
             raise ValueError(f"{folder} holds {stored} weights; they cannot be loaded as {qtype} "
                              f"(pass bits=None to use them as saved)")
         qtype = stored
+    emb_qtype = embedding_quant_type(qtype, embedding_bits)
     if qtype is not None and dev.type == "cuda" and not kernels.cuda_built():
         raise ValueError(f"device='cuda' with quantized weights ({qtype}) needs mpt_lite's CUDA kernels, but "
                          f"{kernels.NO_CUDA_BUILD}")
@@ -67,7 +73,10 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
         else:
             model = cls(config, linear=partial(QuantLinear, quant_type=qtype, blocksize=blocksize))
             base = model.transformer_model()
-            base.wte = QuantEmbedding(config.vocab_size, config.d_model, qtype, blocksize, dtype)
+            base.wte = QuantEmbedding(config.vocab_size, config.d_model, emb_qtype, blocksize, dtype)
+            if isinstance(getattr(model, "lm_head", None), QuantLinear):  # untied: as the embedding
+                model.lm_head.set_format(emb_qtype)
+            _apply_stored_formats(model, stored_formats, embedding_bits, folder)
     params = dict(model.named_parameters())
     qmods = quantized_modules(model)
     is_base = not hasattr(model, "transformer")
@@ -140,21 +149,26 @@ def _progress(stream, total: int, desc: str):
                 disable=not sys.stderr.isatty())
 
 
-def _stored_quantization(files: list[Path]) -> tuple[str | None, int]:
-    """(format, blocksize) of a checkpoint saved quantized by mpt_lite or by transformers +
-    bitsandbytes; (None, 64) for a float checkpoint."""
+def _stored_quantization(files: list[Path]) -> tuple[str | None, int, dict[str, str]]:
+    """(format of the block Linears, blocksize, {module: format} of every quantized module the file
+    names) of a checkpoint saved quantized by mpt_lite or by transformers + bitsandbytes;
+    (None, 64, {}) for a float one. mpt_lite version 1 files hold every module in the one format;
+    bitsandbytes leaves the embedding in float (then it is quantized as for bits=4 or 8)."""
     if files[0].suffix != ".safetensors":
-        return None, kernels.NF4_BLOCKSIZE
+        return None, kernels.NF4_BLOCKSIZE, {}
     meta = safetensors_metadata(files[0])
     if "mpt_lite_quant" in meta:
         try:
             info = json.loads(meta["mpt_lite_quant"])
             fmt, version, blocksize = info["format"], int(info["version"]), int(info["blocksize"])
+            formats = dict(info.get("formats", {}))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise OSError(f"{files[0]}: unreadable mpt_lite_quant metadata ({e})") from e
-        if version > 1 or fmt not in ("int8", "nf4", "int4"):
+        if version > FORMAT_VERSION or fmt not in QUANT_TYPES or not set(formats.values()) <= set(QUANT_TYPES):
             raise OSError(f"{files[0]}: quantized format {fmt!r} version {version} is newer than this mpt_lite")
-        return fmt, blocksize
+        if version == 1:
+            formats = {name: fmt for name in ("transformer.wte", "wte", "lm_head")}
+        return fmt, blocksize, formats
     from safetensors import safe_open
 
     with safe_open(str(files[0]), framework="pt") as sf:
@@ -162,10 +176,28 @@ def _stored_quantization(files: list[Path]) -> tuple[str | None, int]:
         states = [k for k in keys if k.endswith(BNB_STATE)]
         if states:
             state = _bnb_state(sf.get_tensor(states[0]), states[0])
-            return "nf4", int(state["blocksize"])
+            return "nf4", int(state["blocksize"]), {}
     if any(k.endswith(".SCB") for k in keys):
-        return "int8", kernels.NF4_BLOCKSIZE
-    return None, kernels.NF4_BLOCKSIZE
+        return "int8", kernels.NF4_BLOCKSIZE, {}
+    return None, kernels.NF4_BLOCKSIZE, {}
+
+
+def _apply_stored_formats(model: nn.Module, formats: dict[str, str], embedding_bits: int | None,
+                          folder: Path) -> None:
+    """Gives each quantized module the format its saved codes are in (names as in the file)."""
+    is_base = not hasattr(model, "transformer")
+    qmods = quantized_modules(model)
+    for saved_name, fmt in formats.items():
+        name = _model_key(saved_name + ".weight", is_base)[: -len(".weight")]
+        mod = qmods.get(name)
+        if mod is None:
+            continue  # a head this class does not have
+        if isinstance(mod, QuantEmbedding) and embedding_bits is not None and \
+                embedding_bits != (8 if fmt == "int8" else 4):
+            raise ValueError(f"{folder} holds the embedding as {fmt}; it cannot be loaded with "
+                             f"embedding_bits={embedding_bits} (pass embedding_bits=None to use it as saved)")
+        if mod.quant_type != fmt:
+            mod.set_format(fmt)
 
 
 BNB_STATE = ".weight.quant_state.bitsandbytes__nf4"

@@ -12,6 +12,7 @@ from .layouts import INT4_GROUP, NF4_BLOCKSIZE, NF4_CODE, Q8_BLOCK, Q8_MAX_ROWS,
 from .quant_ops import (dequantize_int4, dequantize_int8, dequantize_nf4, dequantize_rows_int4,
                         dequantize_rows_int8, dequantize_rows_nf4, matmul_int4, matmul_int8, matmul_nf4,
                         quantize_int4, quantize_int8, quantize_nf4)
+from .search_ops import search_quantize_int4, search_quantize_nf4
 
 __all__ = [
     "KV_CACHE_DTYPES", "paged_attention_decode", "paged_attention_prefill", "write_kv_cache",
@@ -22,5 +23,5 @@ __all__ = [
     "INT4_GROUP", "NF4_BLOCKSIZE", "NF4_CODE", "Q8_BLOCK", "Q8_MAX_ROWS", "int4_groups", "nf4_code", "use_q8",
     "dequantize_int4", "dequantize_int8", "dequantize_nf4", "dequantize_rows_int4", "dequantize_rows_int8",
     "dequantize_rows_nf4", "matmul_int4", "matmul_int8", "matmul_nf4", "quantize_int4", "quantize_int8",
-    "quantize_nf4",
+    "quantize_nf4", "search_quantize_int4", "search_quantize_nf4",
 ]

@@ -127,6 +127,98 @@ def ref_matmul_int4(x, packed, scales, in_features: int, bias=None, q8=None) -> 
     return F.linear(_ref_activations(x, q8), ref_dequantize_int4(packed, scales, in_features), b).to(x.dtype)
 
 
+# ---- searched block scales (csrc/cpu/quant_search.cpp) ----
+# Each block's scale is picked for the least squared error, as llama.cpp's k-quant / IQ4_NL
+# quantizers pick it (make_qx_quants): every trial scale around absmax / qmax gives codes (nearest
+# level); the least-squares scale of codes c, sum(x*c) / sum(c*c), is the best they admit and
+# removes sum(x*c)**2 / sum(c*c) of the block's sum(x*x); the codes removing the most win (the
+# first on ties), are rounded once more at their least-squares scale, and the scale is refit. The
+# trial at exactly absmax / qmax is the absmax quantizer's, so the result is never worse than it
+# beyond rounding. Codes keep the absmax kernels' layouts (nf4's absmax field holds the scale).
+# Float32 throughout; sums are pairwise over the block zero-padded to a power of two, in the
+# kernel's order, so kernel and reference agree bit for bit.
+INT4_TRIALS = (7.0, 7.5, 8.0, 8.5, 9.0, 9.5, 10.0)  # divisors of the signed absmax (qmax 8)
+NF4_TRIALS = (1.0, 1.1, 1.2)                        # multipliers of 1 / absmax
+
+
+def _tree_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over the last dim (a power of two) as the kernel's tree_sum: a[j] += a[j + n/2], halving."""
+    while t.shape[-1] > 1:
+        h = t.shape[-1] // 2
+        t = t[..., :h] + t[..., h:]
+    return t[..., 0]
+
+
+def _ls_fit(x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(least-squares scale, error removed) per block of code values c; 0 where every code is 0."""
+    sumlx, suml2 = _tree_sum(x * c), _tree_sum(c * c)
+    ok = suml2 > 0
+    scale = torch.where(ok, sumlx / torch.where(ok, suml2, torch.ones_like(suml2)), torch.zeros_like(sumlx))
+    return scale, torch.where(ok, scale * sumlx, torch.zeros_like(sumlx))
+
+
+def _pick_first_best(gain: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    best, best_gain = levels[0], gain[0]
+    for t in range(1, gain.shape[0]):  # strictly greater: the first trial wins ties
+        better = gain[t] > best_gain
+        best = torch.where(better[:, None], levels[t], best)
+        best_gain = torch.where(better, gain[t], best_gain)
+    return best
+
+
+def _inverse(s: torch.Tensor) -> torch.Tensor:
+    return torch.where(s != 0, 1.0 / torch.where(s != 0, s, torch.ones_like(s)), torch.zeros_like(s))
+
+
+def _int4_levels(x: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+    return torch.round((x * inv).clamp(-8, 7))
+
+
+def ref_search_quantize_int4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int4 with searched group scales, in quantize_int4's layout: W = (q - 8) * d."""
+    w = w.float()
+    N, K = w.shape
+    G = int4_groups(K)
+    x = torch.zeros(N * G, INT4_GROUP, device=w.device)
+    x.view(N, G * INT4_GROUP)[:, :K] = w
+    m = torch.gather(x, 1, x.abs().argmax(1, keepdim=True))  # signed absmax, first on ties
+    safe = torch.where(m != 0, m, torch.ones_like(m))
+    inv = torch.stack([torch.where(m != 0, torch.full_like(m, -t) / safe, torch.zeros_like(m)) for t in INT4_TRIALS])
+    levels = _int4_levels(x, inv)
+    levels = _pick_first_best(_ls_fit(x, levels)[1], levels)
+    levels = _int4_levels(x, _inverse(_ls_fit(x, levels)[0])[:, None])
+    d, _ = _ls_fit(x, levels)
+    q = (levels + 8).to(torch.uint8).view(N, G, INT4_GROUP)
+    return (q[..., :16] | (q[..., 16:] << 4)).reshape(N, G * 16), d.view(N, G)
+
+
+def _nf4_codes(x: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+    code = nf4_code().to(x.device)
+    return torch.bucketize(x * inv, 0.5 * (code[:-1] + code[1:]))  # midpoints strictly below
+
+
+def ref_search_quantize_nf4(w: torch.Tensor, blocksize: int = NF4_BLOCKSIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """nf4 with searched block scales, in quantize_nf4's (bitsandbytes') layout: W = NF4_CODE[q] * absmax."""
+    flat = w.float().reshape(-1)
+    numel = flat.numel()
+    nb = (numel + blocksize - 1) // blocksize
+    width = 1 << (blocksize - 1).bit_length()
+    blocks = torch.zeros(nb * blocksize, device=w.device)
+    blocks[:numel] = flat
+    x = torch.zeros(nb, width, device=w.device)
+    x[:, :blocksize] = blocks.view(nb, blocksize)
+    code = nf4_code().to(w.device)
+    inv = _inverse(x.abs().amax(1, keepdim=True))
+    q = torch.stack([_nf4_codes(x, torch.tensor(t, device=w.device) * inv) for t in NF4_TRIALS])
+    q = _pick_first_best(_ls_fit(x, code[q])[1], q)
+    q = _nf4_codes(x, _inverse(_ls_fit(x, code[q])[0])[:, None])
+    s, _ = _ls_fit(x, code[q])
+    q = q[:, :blocksize].reshape(-1)[:numel].to(torch.uint8)
+    if numel % 2:
+        q = torch.cat([q, torch.zeros(1, dtype=torch.uint8, device=q.device)])
+    return (q[0::2] << 4) | q[1::2], s
+
+
 def ref_quantize_kv_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(..., head_dim) float32 -> int8 values and (...) float32 scales, as the kernel stores them."""
     s = x.abs().amax(-1) / 127.0

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..config import MptConfig
-from ..quant import FORMATS
+from ..quant import DEFAULT_4BIT, FORMATS, FOUR_BIT, embedding_quant_type
 
 NF4_BLOCK = 64  # the default nf4 blocksize, as load() quantizes
 
@@ -34,9 +34,14 @@ def is_quantized(name: str, shape: tuple[int, ...]) -> bool:
     return name.endswith(QUANTIZED_SUFFIXES) or name.endswith(("wte.weight", "lm_head.weight"))
 
 
-def format_sizes(shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
-    """Bytes of the weights in fp32, bf16 (= fp16), int8, nf4 and int4; parts that stay in float
-    are counted as fp32 in the quantized formats (the default dtype they load in)."""
+def is_embedding(name: str) -> bool:
+    return name.endswith(("wte.weight", "lm_head.weight"))
+
+
+def format_sizes(shapes: dict[str, tuple[int, ...]], embedding_bits: int | None = None) -> dict[str, int]:
+    """Bytes of the weights in fp32, bf16 (= fp16), int8, nf4 and int4, as load() holds them: the 4-bit
+    formats keep the tied embedding (and an untied lm_head) at int8 unless embedding_bits=4; parts
+    that stay in float are counted as fp32 (the default dtype they load in)."""
     sizes = {"fp32": 0, "bf16": 0, "int8": 0, "nf4": 0, "int4": 0}
     for name, shape in shapes.items():
         n = math.prod(shape)
@@ -48,7 +53,8 @@ def format_sizes(shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
             continue
         out_f, in_f = shape
         for k in ("int8", "nf4", "int4"):
-            sizes[k] += FORMATS[k].nbytes(out_f, in_f, NF4_BLOCK)
+            fmt = embedding_quant_type(k, embedding_bits if k in FOUR_BIT else None) if is_embedding(name) else k
+            sizes[k] += FORMATS[fmt].nbytes(out_f, in_f, NF4_BLOCK)
     return sizes
 
 
@@ -57,11 +63,15 @@ def model_info(config: MptConfig, task: str = "causal-lm") -> dict[str, Any]:
     n_params = sum(math.prod(s) for s in shapes.values())
     n_quant = sum(math.prod(s) for name, s in shapes.items() if is_quantized(name, s))
     emb = math.prod(shapes.get("transformer.wte.weight", shapes.get("wte.weight", (0,))))
+    sizes = format_sizes(shapes)
     return {
         "parameters": n_params,
         "parameters_without_embedding": n_params - emb,
         "quantized_parameters": n_quant,
-        "bytes": format_sizes(shapes),
+        "bytes": sizes,
+        "default_4bit": DEFAULT_4BIT,
+        # what the int8 embedding of the 4-bit formats costs over embedding_bits=4
+        "embedding_int8_extra_bytes": {k: sizes[k] - format_sizes(shapes, embedding_bits=4)[k] for k in FOUR_BIT},
     }
 
 

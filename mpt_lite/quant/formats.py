@@ -5,7 +5,8 @@ cost in bytes, and how the kernels dequantize them and multiply by them.
     nf4   weight uint8 [ceil(N*K/2)] (bitsandbytes layout), weight_absmax float32 [ceil(N*K/blocksize)]
     int4  weight uint8 [N, ceil(K/32)*16], weight_scales float32 [N, ceil(K/32)]
 
-Byte layouts: csrc/cpu/quant_formats.h. Code tensors are held in a dict keyed by the names above
+Byte layouts: csrc/cpu/quant_formats.h. int4 and nf4 quantize with searched block scales (least
+squared error, kernels.search_quantize_*), stored in the same layouts as the absmax quantizers'. Code tensors are held in a dict keyed by the names above
 (the names they have in a module's state_dict and in saved files)."""
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ class Nf4Format(WeightFormat):
                 "weight_absmax": torch.empty((n * k + blocksize - 1) // blocksize, dtype=torch.float32)}
 
     def quantize(self, w, blocksize, num_threads=None):
-        packed, absmax = kernels.quantize_nf4(w, blocksize, num_threads=num_threads)
+        packed, absmax = kernels.search_quantize_nf4(w, blocksize, num_threads=num_threads)
         return {"weight": packed, "weight_absmax": absmax}
 
     def dequantize(self, codes, n, k, blocksize, num_threads=None):
@@ -123,7 +124,7 @@ class Int4Format(WeightFormat):
                 "weight_scales": torch.empty(n, g, dtype=torch.float32)}
 
     def quantize(self, w, blocksize, num_threads=None):
-        packed, scales = kernels.quantize_int4(w, num_threads=num_threads)
+        packed, scales = kernels.search_quantize_int4(w, num_threads=num_threads)
         return {"weight": packed, "weight_scales": scales}
 
     def dequantize(self, codes, n, k, blocksize, num_threads=None):
@@ -150,16 +151,41 @@ def check_quant_type(quant_type: object) -> str:
     return weight_format(quant_type).name
 
 
+FOUR_BIT = ("int4", "nf4")
+DEFAULT_4BIT = "int4"  # lower held-out perplexity and faster decoding than nf4 (docs/default_model.md)
+
+
 def quant_type_for(bits: object, quant_type: object) -> str:
-    """bits=8 -> int8; bits=4 -> quant_type "nf4" (default) or "int4"."""
+    """bits=8 -> int8; bits=4 -> quant_type "int4" (default) or "nf4"."""
     if bits == 8 and not isinstance(bits, bool):
         if quant_type not in (None, "int8"):
             raise ValueError(f"quant_type={quant_type!r} does not apply to bits=8 (int8 per row)")
         return "int8"
     if bits == 4 and not isinstance(bits, bool):
         if quant_type is None:
-            return "nf4"
-        if quant_type not in ("nf4", "int4"):
-            raise ValueError(f"quant_type for bits=4 must be 'nf4' or 'int4', got {quant_type!r}")
+            return DEFAULT_4BIT
+        if quant_type not in FOUR_BIT:
+            raise ValueError(f"quant_type for bits=4 must be 'int4' or 'nf4', got {quant_type!r}")
         return quant_type
     raise ValueError(f"bits must be None, 8 or 4, got {bits!r}")
+
+
+def check_embedding_bits(embedding_bits: object, quant_type: str | None) -> None:
+    """embedding_bits is None, 4 or 8, and only given when the block weights are 4-bit."""
+    if embedding_bits is None:
+        return
+    if isinstance(embedding_bits, bool) or embedding_bits not in (4, 8):
+        raise ValueError(f"embedding_bits must be 4 or 8, got {embedding_bits!r}")
+    if quant_type not in FOUR_BIT:
+        held = "unquantized" if quant_type is None else quant_type
+        raise ValueError(f"embedding_bits is only meaningful with bits=4 (the block weights are {held})")
+
+
+def embedding_quant_type(quant_type: str | None, embedding_bits: object = None) -> str | None:
+    """The format of the tied wte/lm_head when the block Linears are in quant_type: int8 under 4-bit
+    blocks (llama.cpp keeps it at 6 bits, bitsandbytes in float: it is the costliest matrix to
+    round, read by every token twice), the blocks' own 4-bit format with embedding_bits=4."""
+    check_embedding_bits(embedding_bits, quant_type)
+    if quant_type in FOUR_BIT and embedding_bits != 4:
+        return "int8"
+    return quant_type

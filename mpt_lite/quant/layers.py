@@ -12,9 +12,9 @@ from torch import nn
 
 from .. import kernels
 from ..config import MissingKeyError
-from .formats import WeightFormat, weight_format
+from .formats import DEFAULT_4BIT, WeightFormat, weight_format
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a format per quantized tensor ("formats"); 1: one format for the model
 
 
 class QuantWeight(nn.Module):
@@ -30,6 +30,12 @@ class QuantWeight(nn.Module):
         self.num_threads: int | None = None
         for name, t in self.format.empty_codes(rows, cols, blocksize).items():
             self.register_buffer(name, t)
+
+    def set_format(self, quant_type: str) -> None:
+        """Holds this weight in another format (new, uninitialised code buffers)."""
+        for name in self.format.code_names:
+            del self._buffers[name]
+        self._init_codes(self.rows, self.cols, quant_type, self.blocksize)
 
     def code_names(self) -> tuple[str, ...]:
         return self.format.code_names
@@ -84,7 +90,7 @@ class QuantWeight(nn.Module):
 class QuantLinear(QuantWeight):
     """y = x @ W^T + b with W quantized; a drop-in for nn.Linear(in_features, out_features, bias)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, quant_type: str = "nf4",
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, quant_type: str = DEFAULT_4BIT,
                  blocksize: int = kernels.NF4_BLOCKSIZE) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
@@ -92,7 +98,7 @@ class QuantLinear(QuantWeight):
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, quant_type: str = "nf4", blocksize: int = kernels.NF4_BLOCKSIZE):
+    def from_linear(cls, linear: nn.Linear, quant_type: str = DEFAULT_4BIT, blocksize: int = kernels.NF4_BLOCKSIZE):
         q = cls(linear.in_features, linear.out_features, linear.bias is not None, quant_type, blocksize)
         q.quantize_from(linear.weight.detach())
         if linear.bias is not None:
@@ -107,7 +113,7 @@ class QuantEmbedding(QuantWeight):
     """The tied wte/lm_head stored once, quantized: forward(ids) dequantizes only the looked-up rows,
     as_linear(x) is the quantized matmul (the logits)."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, quant_type: str = "nf4",
+    def __init__(self, num_embeddings: int, embedding_dim: int, quant_type: str = DEFAULT_4BIT,
                  blocksize: int = kernels.NF4_BLOCKSIZE, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.num_embeddings, self.embedding_dim, self.out_dtype = num_embeddings, embedding_dim, dtype
@@ -126,10 +132,13 @@ def quantized_modules(model: nn.Module) -> dict[str, QuantWeight]:
 
 
 def quant_metadata(model: nn.Module) -> dict[str, str] | None:
-    """safetensors metadata describing a quantized model (None for a float one)."""
+    """safetensors metadata describing a quantized model (None for a float one): "format" is the
+    block Linears' format, "formats" the format of every quantized module by name."""
     mods = quantized_modules(model)
     if not mods:
         return None
-    first = next(iter(mods.values()))
-    return {"mpt_lite_quant": json.dumps({"format": first.quant_type, "version": FORMAT_VERSION,
-                                          "blocksize": first.blocksize, "group_size": kernels.INT4_GROUP})}
+    linears = [m for m in mods.values() if isinstance(m, QuantLinear)]
+    main = (linears or list(mods.values()))[0]
+    return {"mpt_lite_quant": json.dumps({"format": main.quant_type, "version": FORMAT_VERSION,
+                                          "blocksize": main.blocksize, "group_size": kernels.INT4_GROUP,
+                                          "formats": {name: m.quant_type for name, m in mods.items()}})}

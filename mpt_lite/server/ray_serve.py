@@ -32,6 +32,7 @@ class ReplicaSettings:
     model: str | None = None  # folder, hub id or alias; None: the embedded default model
     bits: int | None = 4
     quant_type: str | None = None
+    embedding_bits: int | None = None  # bits=4 only: 8 (default) or 4 for the tied embedding / lm_head
     device: str = "cpu"
     model_name: str = "mpt-lite"
     api_key: str | None = None
@@ -57,7 +58,7 @@ class MptLiteReplica:
         from .app import create_app
 
         s = ReplicaSettings(**settings)
-        kw = {"quant_type": s.quant_type} if s.quant_type is not None else {}
+        kw = {k: v for k, v in (("quant_type", s.quant_type), ("embedding_bits", s.embedding_bits)) if v is not None}
         model = mpt_lite.load(s.model, bits=s.bits, device=s.device, **kw)
         if model.tokenizer is None:
             raise ValueError(f"{s.model or 'the model'} has no tokenizer.json: serving needs one")

@@ -1,0 +1,201 @@
+// Searched block scales for int4 and nf4 (quant_search.h). Float32 throughout, sums pairwise in a
+// fixed order (tree_sum), so the reference in mpt_lite/kernels/reference.py agrees bit for bit.
+#include "cpu/quant_search.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "cpu/quant_formats.h"
+#include "cpu/thread_pool.h"
+
+namespace mpt {
+
+namespace {
+
+// The search runs at load time over every weight: an AVX2 clone of the two workers, picked by the
+// loader (GCC ifunc), keeps loading near the absmax quantizers' speed. Same IEEE operations (no
+// FMA contraction: this file is built with -ffp-contract=off), so every clone gives the same bits.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define MPT_SEARCH_CLONES __attribute__((target_clones("avx2", "default")))
+#define MPT_INLINE inline __attribute__((always_inline))  // into each clone, with its ISA
+#else
+#define MPT_SEARCH_CLONES
+#define MPT_INLINE inline
+#endif
+
+constexpr float kInt4Trials[] = {7.0f, 7.5f, 8.0f, 8.5f, 9.0f, 9.5f, 10.0f};
+constexpr float kNf4Trials[] = {1.0f, 1.1f, 1.2f};
+
+// round half to even of v in [-2^22, 2^22], exactly as torch.round (no SSE4.1 needed)
+MPT_INLINE float round_even(float v) {
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds v to an integer (IEEE, no fast-math)
+  return (v + magic) - magic;
+}
+
+struct Fit {
+  float scale = 0.f, gain = 0.f;  // least-squares scale, error it removes
+};
+
+MPT_INLINE Fit ls_fit(float sumlx, float suml2) {
+  Fit f;
+  if (suml2 > 0.f) {
+    f.scale = sumlx / suml2;
+    f.gain = f.scale * sumlx;
+  }
+  return f;
+}
+
+MPT_INLINE float inverse(float s) { return s != 0.f ? 1.0f / s : 0.f; }
+
+// Pairwise sum of a[0..n) (n a power of two): a[j] += a[j + n/2], halving n; overwrites a. The
+// reference sums in the same order, so both agree bit for bit.
+MPT_INLINE float tree_sum(float* a, int64_t n) {
+  for (int64_t width = n / 2; width > 0; width /= 2)
+    for (int64_t j = 0; j < width; ++j) a[j] += a[j + width];
+  return a[0];
+}
+
+// int4 works on a group of 32 as four vectors of 8 (GCC/Clang vector extensions: SSE or AVX2
+// code by clone, plain scalar code elsewhere).
+typedef float v8f __attribute__((vector_size(32)));
+struct Group {
+  v8f v[4];
+};
+
+// levels l = round(clamp(x * inv, -8, 7))
+MPT_INLINE Group int4_assign(const Group& x, float inv) {
+  const v8f magic = v8f{} + 12582912.0f, lo = v8f{} - 8.f, hi = v8f{} + 7.f;
+  Group l;
+  for (int i = 0; i < 4; ++i) {
+    v8f t = x.v[i] * inv;
+    t = t < lo ? lo : t;
+    t = t > hi ? hi : t;
+    l.v[i] = (t + magic) - magic;  // round half to even, as torch.round
+  }
+  return l;
+}
+
+// the tree_sum order over 32: a[j] += a[j + 16], then + 8, + 4, + 2, + 1
+MPT_INLINE float tree_sum32(const v8f* a) {
+  const v8f s = (a[0] + a[2]) + (a[1] + a[3]);
+  const float t0 = s[0] + s[4], t1 = s[1] + s[5], t2 = s[2] + s[6], t3 = s[3] + s[7];
+  return (t0 + t2) + (t1 + t3);
+}
+
+MPT_INLINE Fit int4_fit(const Group& x, const Group& l) {
+  v8f sx[4], s2[4];
+  for (int i = 0; i < 4; ++i) {
+    sx[i] = x.v[i] * l.v[i];
+    s2[i] = l.v[i] * l.v[i];
+  }
+  return ls_fit(tree_sum32(sx), tree_sum32(s2));
+}
+
+// nf4 code q = number of code midpoints strictly below x * inv (as quantize_nf4 counts them).
+MPT_INLINE void nf4_assign(const float* x, int64_t n, float inv, const float* mids, uint8_t* q) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float v = x[j] * inv;
+    int c = 0;
+    for (int i = 0; i < 15; ++i) c += v > mids[i];
+    q[j] = static_cast<uint8_t>(c);
+  }
+}
+
+// x is the block zero-padded to n (a power of two); sx, s2 are scratch of n floats.
+MPT_INLINE Fit nf4_fit(const float* x, int64_t n, const uint8_t* q, float* sx, float* s2) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float c = kNf4Code[q[j]];
+    sx[j] = x[j] * c;
+    s2[j] = c * c;
+  }
+  return ls_fit(tree_sum(sx, n), tree_sum(s2, n));
+}
+
+MPT_SEARCH_CLONES void int4_rows(const float* w, int64_t n0, int64_t n1, int64_t K, uint8_t* packed,
+                                 float* scales) {
+  static_assert(kInt4Group == 32, "int4 groups are four vectors of 8");
+  const int64_t G = int4_groups(K);
+  for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t k0 = g * kInt4Group, len = std::min<int64_t>(kInt4Group, K - k0);
+      float buf[kInt4Group];
+      std::memcpy(buf, w + n * K + k0, len * sizeof(float));
+      std::fill(buf + len, buf + kInt4Group, 0.f);
+      Group x;
+      std::memcpy(x.v, buf, sizeof(buf));
+      float amax = 0.f, m = 0.f;
+      for (int j = 0; j < kInt4Group; ++j) amax = std::max(amax, std::fabs(buf[j]));
+      for (int j = 0; j < kInt4Group; ++j)
+        if (std::fabs(buf[j]) == amax) {  // the first of equal magnitudes, like torch.argmax
+          m = buf[j];
+          break;
+        }
+      Group best{};
+      float best_gain = -1.f;
+      for (float t : kInt4Trials) {
+        const Group l = int4_assign(x, m != 0.f ? -t / m : 0.f);
+        const Fit f = int4_fit(x, l);
+        if (f.gain > best_gain) {  // the first trial wins ties
+          best_gain = f.gain;
+          best = l;
+        }
+      }
+      const Group l = int4_assign(x, inverse(int4_fit(x, best).scale));
+      scales[n * G + g] = int4_fit(x, l).scale;
+      std::memcpy(buf, l.v, sizeof(buf));
+      uint8_t* out = packed + (n * G + g) * 16;
+      for (int j = 0; j < 16; ++j)
+        out[j] = static_cast<uint8_t>(static_cast<int>(buf[j]) + 8 | (static_cast<int>(buf[j + 16]) + 8) << 4);
+    }
+  }
+}
+
+MPT_SEARCH_CLONES void nf4_blocks(const float* w, int64_t b0, int64_t b1, int64_t numel, int64_t blocksize,
+                                  const float* mids, uint8_t* packed, float* absmax) {
+  int64_t n = 1;
+  while (n < blocksize) n *= 2;
+  std::vector<float> x(n), sx(n), s2(n);
+  std::vector<uint8_t> q(n), best(n);
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t f0 = b * blocksize, len = std::min(numel, f0 + blocksize) - f0;
+    std::fill(x.begin(), x.end(), 0.f);
+    std::copy(w + f0, w + f0 + len, x.begin());
+    float amax = 0.f;
+    for (int64_t j = 0; j < len; ++j) amax = std::fmax(amax, std::fabs(x[j]));
+    const float inv = inverse(amax);
+    float best_gain = -1.f;
+    for (float t : kNf4Trials) {
+      nf4_assign(x.data(), n, t * inv, mids, q.data());
+      const Fit f = nf4_fit(x.data(), n, q.data(), sx.data(), s2.data());
+      if (f.gain > best_gain) {  // the first trial wins ties
+        best_gain = f.gain;
+        std::swap(q, best);
+      }
+    }
+    const float s = nf4_fit(x.data(), n, best.data(), sx.data(), s2.data()).scale;
+    nf4_assign(x.data(), n, inverse(s), mids, q.data());
+    absmax[b] = nf4_fit(x.data(), n, q.data(), sx.data(), s2.data()).scale;
+    for (int64_t j = 0; j < len; j += 2) {
+      const uint8_t lo = j + 1 < len ? q[j + 1] : 0;  // the pad nibble of an odd-sized weight is 0
+      packed[(f0 + j) >> 1] = static_cast<uint8_t>(q[j] << 4 | lo);
+    }
+  }
+}
+
+}  // namespace
+
+void search_quantize_int4(const float* w, int64_t N, int64_t K, uint8_t* packed, float* scales) {
+  parallel_for(N, 1, [&](int64_t n0, int64_t n1) { int4_rows(w, n0, n1, K, packed, scales); });
+}
+
+void search_quantize_nf4(const float* w, int64_t numel, int64_t blocksize, uint8_t* packed, float* absmax) {
+  const int64_t nblocks = (numel + blocksize - 1) / blocksize;
+  float mids[15];
+  for (int i = 0; i < 15; ++i) mids[i] = 0.5f * (kNf4Code[i] + kNf4Code[i + 1]);
+  // Blocks are even-sized (checked by the Python side), so no byte is shared by two blocks.
+  parallel_for(nblocks, 1, [&](int64_t b0, int64_t b1) { nf4_blocks(w, b0, b1, numel, blocksize, mids, packed, absmax); });
+}
+
+}  // namespace mpt
