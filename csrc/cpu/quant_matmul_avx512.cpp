@@ -1,6 +1,8 @@
 // AVX-512 variant of the quantized matmul (16-float vectors); the algorithm is in quant_simd.h.
 #include <immintrin.h>
 
+#include <cstdlib>
+
 #include "cpu/quant_formats.h"
 
 namespace mpt {
@@ -267,8 +269,136 @@ void q8_gemm(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
   for_row_chunks(w.N, decode_chunk(w.N), Tiles{w, xp, x.M, Mp, bias, y});
 }
 
+// ---- int4 at 4+ x rows: 16 groups a step, one int32 lane per group ----
+// q8_tile converts each step's int32 lanes to float per (weight row, x row): 2 dot products for 3
+// float operations. Here a step covers 16 groups (512 k) and each lane sums all 32 products of one
+// group (8 vpdpbusd), so the float work per (weight row, x row) drops to 3 operations per 8 dot
+// products. The weight side is regrouped once per weight row and step (4 loads, a 4x4 dword transpose
+// inside each 128-bit lane: 8 unpacks) and serves every x row: lane p = 4b + a holds group 4a + b
+// (a, b < 4), dword j of its 16 bytes in vector j (low nibbles: k 4j..4j+3, high: k 16+4j..16+4j+3).
+struct Q8Wide {
+  int64_t S = 0;              // steps of 16 groups
+  std::vector<int8_t> q;      // [M, S, 8 vectors, 64] x codes in lane order
+  std::vector<int32_t> init;  // [M, S, 16] -8 * (sum of the group's x codes)
+  std::vector<float> dx;      // [M, S, 16] d of the group of each lane (0 past KB)
+};
+
+static inline int wide_group(int p) { return 4 * (p & 3) + (p >> 2); }  // lane -> group in its step (an involution)
+
+static void q8_pack_wide(const Q8Rows& x, Q8Wide& out) {
+  const int64_t KB = x.KB, Kp = KB * 32, S = (KB + 15) / 16, M = x.M;
+  out.S = S;
+  out.q.assign(static_cast<size_t>(M * S * 512), 0);
+  out.init.assign(static_cast<size_t>(M * S * 16), 0);
+  out.dx.assign(static_cast<size_t>(M * S * 16), 0.f);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t st = 0; st < S; ++st)
+      for (int p = 0; p < 16; ++p) {
+        const int64_t g = st * 16 + wide_group(p);
+        if (g >= KB) continue;
+        const int8_t* src = x.q.data() + m * Kp + g * 32;
+        int8_t* q = out.q.data() + (m * S + st) * 512;
+        int32_t sum = 0;
+        for (int j = 0; j < 8; ++j)
+          for (int i = 0; i < 4; ++i) {
+            const int8_t v = src[(j < 4 ? 4 * j : 16 + 4 * (j - 4)) + i];
+            q[j * 64 + 4 * p + i] = v;
+            sum += v;
+          }
+        out.init[(m * S + st) * 16 + p] = -8 * sum;
+        out.dx[(m * S + st) * 16 + p] = x.d[m * KB + g];
+      }
+}
+
+constexpr int kWideMB = 8;  // x rows per pass over a weight row
+
+template <int MB>
+void q8_wide_rows(const QWeight& w, const Q8Wide& xp, int64_t m0, const float* bias, float* y, int64_t n0,
+                  int64_t n1) {
+  const int64_t S = xp.S, G = int4_groups(w.K), N = w.N;
+  const __m512i lo4 = _mm512_set1_epi8(15);
+  const __m512i sidx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  const int8_t* xq = xp.q.data() + m0 * S * 512;
+  const int32_t* xi = xp.init.data() + m0 * S * 16;
+  const float* xd = xp.dx.data() + m0 * S * 16;
+  const int64_t Sfull = G / 16;
+  for (int64_t n = n0; n < n1; ++n) {
+    __m512 acc[MB];
+    for (int m = 0; m < MB; ++m) acc[m] = _mm512_setzero_ps();
+    const uint8_t* wrow = w.data + n * G * 16;
+    const float* srow = w.scale + n * G;
+    for (int64_t st = 0; st < S; ++st) {
+      const uint8_t* p = wrow + st * 256;
+      __m512i z[4];
+      __m512 s16;
+      if (st < Sfull) {
+        for (int a = 0; a < 4; ++a) z[a] = _mm512_loadu_si512(p + 64 * a);
+        s16 = _mm512_loadu_ps(srow + st * 16);
+        _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes + 128), _MM_HINT_T0);
+      } else {  // the last, partial step: absent groups load as nibbles 0 and scale 0
+        const int64_t left = G - st * 16;
+        for (int a = 0; a < 4; ++a) z[a] = _mm512_maskz_loadu_epi8(bytes_mask(left * 16 - 64 * a), p + 64 * a);
+        s16 = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << left) - 1), srow + st * 16);
+      }
+      const __m512i a0 = _mm512_unpacklo_epi32(z[0], z[1]), a1 = _mm512_unpackhi_epi32(z[0], z[1]);
+      const __m512i a2 = _mm512_unpacklo_epi32(z[2], z[3]), a3 = _mm512_unpackhi_epi32(z[2], z[3]);
+      const __m512i r[4] = {_mm512_unpacklo_epi64(a0, a2), _mm512_unpackhi_epi64(a0, a2),
+                            _mm512_unpacklo_epi64(a1, a3), _mm512_unpackhi_epi64(a1, a3)};
+      __m512i wv[8];
+      for (int j = 0; j < 4; ++j) {
+        wv[j] = _mm512_and_si512(r[j], lo4);
+        wv[4 + j] = _mm512_and_si512(_mm512_srli_epi16(r[j], 4), lo4);
+      }
+      const __m512 dw = _mm512_permutexvar_ps(sidx, s16);
+      for (int m = 0; m < MB; ++m) {
+        const int8_t* q = xq + (m * S + st) * 512;
+        __m512i i = _mm512_loadu_si512(xi + (m * S + st) * 16);
+        for (int j = 0; j < 8; ++j) i = _mm512_dpbusd_epi32(i, wv[j], _mm512_loadu_si512(q + 64 * j));
+        acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(dw, _mm512_loadu_ps(xd + (m * S + st) * 16)),
+                                 acc[m]);
+      }
+    }
+    const float b = bias ? bias[n] : 0.f;
+    for (int m = 0; m < MB; ++m) y[(m0 + m) * N + n] = _mm512_reduce_add_ps(acc[m]) + b;
+  }
+}
+
+template <int... MB>
+void q8_wide_any(std::integer_sequence<int, MB...>, int mb, const QWeight& w, const Q8Wide& xp, int64_t m0,
+                 const float* bias, float* y, int64_t n0, int64_t n1) {
+  using Fn = void (*)(const QWeight&, const Q8Wide&, int64_t, const float*, float*, int64_t, int64_t);
+  static constexpr Fn table[] = {&q8_wide_rows<MB + 1>...};
+  table[mb - 1](w, xp, m0, bias, y, n0, n1);
+}
+
+static bool wide_int4() {  // TEMP A/B toggle
+  const char* e = std::getenv("MPT_LITE_Q8_WIDE");
+  return !(e && e[0] == '0');
+}
+
+static void q8_wide_int4(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
+  Q8Wide xp;
+  q8_pack_wide(x, xp);
+  struct Rows {
+    const QWeight& w;
+    const Q8Wide& xp;
+    int64_t M;
+    const float* bias;
+    float* y;
+    auto make_worker() { return [this](int64_t t0, int64_t t1) { tile(t0, t1); }; }
+    void tile(int64_t t0, int64_t t1) const {
+      for (int64_t m0 = 0; m0 < M; m0 += kWideMB)
+        q8_wide_any(std::make_integer_sequence<int, kWideMB>{}, static_cast<int>(std::min<int64_t>(kWideMB, M - m0)),
+                    w, xp, m0, bias, y, t0, t1);
+    }
+  };
+  for_row_chunks(w.N, decode_chunk(w.N), Rows{w, xp, x.M, bias, y});
+}
+
 template <QFormat FMT>
 void q8_run(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
+  if (FMT == QFormat::Int4 && x.M > kQ8Rows && wide_int4()) return q8_wide_int4(w, x, bias, y);
   if (x.M > kQ8Rows) return q8_gemm<FMT>(w, x, bias, y);
   Q8Pack xp;
   q8_pack(FMT, x, xp);
