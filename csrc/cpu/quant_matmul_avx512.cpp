@@ -269,24 +269,36 @@ void q8_gemm(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
   for_row_chunks(w.N, decode_chunk(w.N), Tiles{w, xp, x.M, Mp, bias, y});
 }
 
-// ---- int4 at 4+ x rows: 16 groups a step, one int32 lane per group ----
-// q8_tile converts each step's int32 lanes to float per (weight row, x row): 2 dot products for 3
-// float operations. Here a step covers 16 groups (512 k) and each lane sums all 32 products of one
-// group (8 vpdpbusd), so the float work per (weight row, x row) drops to 3 operations per 8 dot
-// products. The weight side is regrouped once per weight row and step (4 loads, a 4x4 dword transpose
-// inside each 128-bit lane: 8 unpacks) and serves every x row: lane p = 4b + a holds group 4a + b
-// (a, b < 4), dword j of its 16 bytes in vector j (low nibbles: k 4j..4j+3, high: k 16+4j..16+4j+3).
+// ---- int4 / int8 at 4+ x rows: 16 blocks a step, one int32 lane per block ----
+// q8_tile converts each step's int32 lanes to float per (weight row, x row) after 2 dot products. Here
+// a step covers 16 blocks of 32 k and each lane sums all 32 products of one block (8 vpdpbusd), so the
+// float work per (weight row, x row) is 2-3 operations per 8 dot products. The weight side is regrouped
+// once per weight row and step, by dword transposes inside 128-bit lanes, and serves every x row.
+// x vector v (v < 8) of a step holds in lane p the 4 codes of block wide_block(FMT, p) at k offsets
+// wide_koff(FMT, v) .. +3:
+//   int4: 4 loads of 4 groups; 8 unpacks give r_j (j < 4) with lane p = 4b + a holding dword j of
+//         group 4a + b; its low nibbles are k 4j.., its high nibbles k 16+4j.. (vectors j and 4 + j).
+//   int8: 8 loads of 2 blocks; two such transposes and 8 128-bit shuffles give vectors v = dword v of
+//         block 8 (c / 2) + 2 a + c % 2 in lane p = 4c + a.
+template <QFormat FMT>
+inline int wide_block(int p) {
+  const int a = p & 3, c = p >> 2;
+  return FMT == QFormat::Int4 ? 4 * a + c : 8 * (c >> 1) + 2 * a + (c & 1);
+}
+template <QFormat FMT>
+inline int wide_koff(int v) { return FMT == QFormat::Int4 && v >= 4 ? 16 + 4 * (v - 4) : 4 * v; }
+
 struct Q8Wide {
-  int64_t S = 0;              // steps of 16 groups
+  int64_t S = 0;              // steps of 16 blocks
   std::vector<int8_t> q;      // [M, S, 8 vectors, 64] x codes in lane order
-  std::vector<int32_t> init;  // [M, S, 16] -8 * (sum of the group's x codes)
-  std::vector<float> dx;      // [M, S, 16] d of the group of each lane (0 past KB)
+  std::vector<int32_t> init;  // [M, S, 16] -offset * (sum of the block's x codes), as in q8_pack
+  std::vector<float> dx;      // [M, S, 16] d of the block of each lane (0 past KB)
 };
 
-static inline int wide_group(int p) { return 4 * (p & 3) + (p >> 2); }  // lane -> group in its step (an involution)
-
-static void q8_pack_wide(const Q8Rows& x, Q8Wide& out) {
+template <QFormat FMT>
+void q8_pack_wide(const Q8Rows& x, Q8Wide& out) {
   const int64_t KB = x.KB, Kp = KB * 32, S = (KB + 15) / 16, M = x.M;
+  const int32_t off = FMT == QFormat::Int8 ? 128 : 8;
   out.S = S;
   out.q.assign(static_cast<size_t>(M * S * 512), 0);
   out.init.assign(static_cast<size_t>(M * S * 16), 0);
@@ -294,92 +306,108 @@ static void q8_pack_wide(const Q8Rows& x, Q8Wide& out) {
   for (int64_t m = 0; m < M; ++m)
     for (int64_t st = 0; st < S; ++st)
       for (int p = 0; p < 16; ++p) {
-        const int64_t g = st * 16 + wide_group(p);
+        const int64_t g = st * 16 + wide_block<FMT>(p);
         if (g >= KB) continue;
         const int8_t* src = x.q.data() + m * Kp + g * 32;
         int8_t* q = out.q.data() + (m * S + st) * 512;
         int32_t sum = 0;
-        for (int j = 0; j < 8; ++j)
-          for (int i = 0; i < 4; ++i) {
-            const int8_t v = src[(j < 4 ? 4 * j : 16 + 4 * (j - 4)) + i];
-            q[j * 64 + 4 * p + i] = v;
-            sum += v;
-          }
-        out.init[(m * S + st) * 16 + p] = -8 * sum;
+        for (int v = 0; v < 8; ++v)
+          for (int i = 0; i < 4; ++i) sum += q[v * 64 + 4 * p + i] = src[wide_koff<FMT>(v) + i];
+        out.init[(m * S + st) * 16 + p] = -off * sum;
         out.dx[(m * S + st) * 16 + p] = x.d[m * KB + g];
       }
 }
 
+// 4x4 dword transposes inside each 128-bit lane: out[j] lane (c, a) = in[a] lane (c, j).
+static inline void transpose4_dwords(const __m512i* in, __m512i* out) {
+  const __m512i a0 = _mm512_unpacklo_epi32(in[0], in[1]), a1 = _mm512_unpackhi_epi32(in[0], in[1]);
+  const __m512i a2 = _mm512_unpacklo_epi32(in[2], in[3]), a3 = _mm512_unpackhi_epi32(in[2], in[3]);
+  out[0] = _mm512_unpacklo_epi64(a0, a2), out[1] = _mm512_unpackhi_epi64(a0, a2);
+  out[2] = _mm512_unpacklo_epi64(a1, a3), out[3] = _mm512_unpackhi_epi64(a1, a3);
+}
+
 constexpr int kWideMB = 8;  // x rows per pass over a weight row
 
-template <int MB>
+template <QFormat FMT, int MB>
 void q8_wide_rows(const QWeight& w, const Q8Wide& xp, int64_t m0, const float* bias, float* y, int64_t n0,
                   int64_t n1) {
-  const int64_t S = xp.S, G = int4_groups(w.K), N = w.N;
-  const __m512i lo4 = _mm512_set1_epi8(15);
+  constexpr bool I4 = FMT == QFormat::Int4;
+  const int64_t S = xp.S, K = w.K, G = int4_groups(K), N = w.N;
+  const __m512i lo4 = _mm512_set1_epi8(15), x80 = _mm512_set1_epi8(static_cast<char>(0x80));
   const __m512i sidx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   const int8_t* xq = xp.q.data() + m0 * S * 512;
   const int32_t* xi = xp.init.data() + m0 * S * 16;
   const float* xd = xp.dx.data() + m0 * S * 16;
-  const int64_t Sfull = G / 16;
+  const int64_t rowbytes = I4 ? G * 16 : K, Sfull = I4 ? G / 16 : K / 512;
+  constexpr int NL = I4 ? 4 : 8;  // 64-byte loads a step
   for (int64_t n = n0; n < n1; ++n) {
     __m512 acc[MB];
     for (int m = 0; m < MB; ++m) acc[m] = _mm512_setzero_ps();
-    const uint8_t* wrow = w.data + n * G * 16;
-    const float* srow = w.scale + n * G;
+    const uint8_t* wrow = w.data + n * rowbytes;
+    const float* srow = I4 ? w.scale + n * G : nullptr;
     for (int64_t st = 0; st < S; ++st) {
-      const uint8_t* p = wrow + st * 256;
-      __m512i z[4];
-      __m512 s16;
+      const uint8_t* p = wrow + st * 64 * NL;
+      __m512i z[NL];
+      __m512 dw = _mm512_setzero_ps();
       if (st < Sfull) {
-        for (int a = 0; a < 4; ++a) z[a] = _mm512_loadu_si512(p + 64 * a);
-        s16 = _mm512_loadu_ps(srow + st * 16);
-        _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes + 128), _MM_HINT_T0);
-      } else {  // the last, partial step: absent groups load as nibbles 0 and scale 0
-        const int64_t left = G - st * 16;
-        for (int a = 0; a < 4; ++a) z[a] = _mm512_maskz_loadu_epi8(bytes_mask(left * 16 - 64 * a), p + 64 * a);
-        s16 = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << left) - 1), srow + st * 16);
+        for (int a = 0; a < NL; ++a) z[a] = _mm512_loadu_si512(p + 64 * a);
+        if (I4) dw = _mm512_permutexvar_ps(sidx, _mm512_loadu_ps(srow + st * 16));
+        for (int a = 0; a < NL; a += 2)
+          _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes + 64 * a), _MM_HINT_T0);
+      } else {  // the last, partial step: absent bytes load as 0 (int4: scale 0 too), against x codes 0
+        const int64_t left = rowbytes - st * 64 * NL;
+        for (int a = 0; a < NL; ++a) z[a] = _mm512_maskz_loadu_epi8(bytes_mask(left - 64 * a), p + 64 * a);
+        if (I4)
+          dw = _mm512_permutexvar_ps(
+              sidx, _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << (G - st * 16)) - 1), srow + st * 16));
       }
-      const __m512i a0 = _mm512_unpacklo_epi32(z[0], z[1]), a1 = _mm512_unpackhi_epi32(z[0], z[1]);
-      const __m512i a2 = _mm512_unpacklo_epi32(z[2], z[3]), a3 = _mm512_unpackhi_epi32(z[2], z[3]);
-      const __m512i r[4] = {_mm512_unpacklo_epi64(a0, a2), _mm512_unpackhi_epi64(a0, a2),
-                            _mm512_unpacklo_epi64(a1, a3), _mm512_unpackhi_epi64(a1, a3)};
       __m512i wv[8];
-      for (int j = 0; j < 4; ++j) {
-        wv[j] = _mm512_and_si512(r[j], lo4);
-        wv[4 + j] = _mm512_and_si512(_mm512_srli_epi16(r[j], 4), lo4);
+      if (I4) {
+        __m512i r[4];
+        transpose4_dwords(z, r);
+        for (int j = 0; j < 4; ++j) {
+          wv[j] = _mm512_and_si512(r[j], lo4);
+          wv[4 + j] = _mm512_and_si512(_mm512_srli_epi16(r[j], 4), lo4);
+        }
+      } else {
+        __m512i r0[4], r1[4];
+        transpose4_dwords(z, r0);
+        transpose4_dwords(z + 4, r1);
+        for (int j = 0; j < 4; ++j) {  // absent bytes: 0 ^ 0x80 = 128 against x codes 0
+          wv[j] = _mm512_xor_si512(_mm512_shuffle_i64x2(r0[j], r1[j], _MM_SHUFFLE(2, 0, 2, 0)), x80);
+          wv[4 + j] = _mm512_xor_si512(_mm512_shuffle_i64x2(r0[j], r1[j], _MM_SHUFFLE(3, 1, 3, 1)), x80);
+        }
       }
-      const __m512 dw = _mm512_permutexvar_ps(sidx, s16);
       for (int m = 0; m < MB; ++m) {
         const int8_t* q = xq + (m * S + st) * 512;
         __m512i i = _mm512_loadu_si512(xi + (m * S + st) * 16);
-        for (int j = 0; j < 8; ++j) i = _mm512_dpbusd_epi32(i, wv[j], _mm512_loadu_si512(q + 64 * j));
-        acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(dw, _mm512_loadu_ps(xd + (m * S + st) * 16)),
-                                 acc[m]);
+        for (int v = 0; v < 8; ++v) i = _mm512_dpbusd_epi32(i, wv[v], _mm512_loadu_si512(q + 64 * v));
+        const __m512 d = _mm512_loadu_ps(xd + (m * S + st) * 16);
+        acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), I4 ? _mm512_mul_ps(dw, d) : d, acc[m]);
       }
     }
-    const float b = bias ? bias[n] : 0.f;
-    for (int m = 0; m < MB; ++m) y[(m0 + m) * N + n] = _mm512_reduce_add_ps(acc[m]) + b;
+    const float rf = row_factor(w, n), b = bias ? bias[n] : 0.f;
+    for (int m = 0; m < MB; ++m) y[(m0 + m) * N + n] = _mm512_reduce_add_ps(acc[m]) * rf + b;
   }
 }
 
-template <int... MB>
+template <QFormat FMT, int... MB>
 void q8_wide_any(std::integer_sequence<int, MB...>, int mb, const QWeight& w, const Q8Wide& xp, int64_t m0,
                  const float* bias, float* y, int64_t n0, int64_t n1) {
   using Fn = void (*)(const QWeight&, const Q8Wide&, int64_t, const float*, float*, int64_t, int64_t);
-  static constexpr Fn table[] = {&q8_wide_rows<MB + 1>...};
+  static constexpr Fn table[] = {&q8_wide_rows<FMT, MB + 1>...};
   table[mb - 1](w, xp, m0, bias, y, n0, n1);
 }
 
-static bool wide_int4() {  // TEMP A/B toggle
+static bool wide_on() {  // TEMP A/B toggle
   const char* e = std::getenv("MPT_LITE_Q8_WIDE");
   return !(e && e[0] == '0');
 }
 
-static void q8_wide_int4(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
+template <QFormat FMT>
+void q8_wide(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
   Q8Wide xp;
-  q8_pack_wide(x, xp);
+  q8_pack_wide<FMT>(x, xp);
   struct Rows {
     const QWeight& w;
     const Q8Wide& xp;
@@ -389,8 +417,8 @@ static void q8_wide_int4(const QWeight& w, const Q8Rows& x, const float* bias, f
     auto make_worker() { return [this](int64_t t0, int64_t t1) { tile(t0, t1); }; }
     void tile(int64_t t0, int64_t t1) const {
       for (int64_t m0 = 0; m0 < M; m0 += kWideMB)
-        q8_wide_any(std::make_integer_sequence<int, kWideMB>{}, static_cast<int>(std::min<int64_t>(kWideMB, M - m0)),
-                    w, xp, m0, bias, y, t0, t1);
+        q8_wide_any<FMT>(std::make_integer_sequence<int, kWideMB>{},
+                         static_cast<int>(std::min<int64_t>(kWideMB, M - m0)), w, xp, m0, bias, y, t0, t1);
     }
   };
   for_row_chunks(w.N, decode_chunk(w.N), Rows{w, xp, x.M, bias, y});
@@ -398,7 +426,7 @@ static void q8_wide_int4(const QWeight& w, const Q8Rows& x, const float* bias, f
 
 template <QFormat FMT>
 void q8_run(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
-  if (FMT == QFormat::Int4 && x.M > kQ8Rows && wide_int4()) return q8_wide_int4(w, x, bias, y);
+  if (x.M > kQ8Rows && wide_on()) return q8_wide<FMT>(w, x, bias, y);
   if (x.M > kQ8Rows) return q8_gemm<FMT>(w, x, bias, y);
   Q8Pack xp;
   q8_pack(FMT, x, xp);
