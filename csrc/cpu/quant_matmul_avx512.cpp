@@ -326,7 +326,7 @@ static inline void transpose4_dwords(const __m512i* in, __m512i* out) {
   out[2] = _mm512_unpacklo_epi64(a1, a3), out[3] = _mm512_unpackhi_epi64(a1, a3);
 }
 
-constexpr int kWideMB = 8;  // x rows per pass over a weight row
+constexpr int kWideMB = 16;  // x rows per pass over a weight row
 
 template <QFormat FMT, int MB>
 void q8_wide_rows(const QWeight& w, const Q8Wide& xp, int64_t m0, const float* bias, float* y, int64_t n0,
