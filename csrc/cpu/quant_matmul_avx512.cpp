@@ -1,8 +1,6 @@
 // AVX-512 variant of the quantized matmul (16-float vectors); the algorithm is in quant_simd.h.
 #include <immintrin.h>
 
-#include <cstdlib>
-
 #include "cpu/quant_formats.h"
 
 namespace mpt {
@@ -168,111 +166,13 @@ void q8_rows_any(std::integer_sequence<int, MB...>, int mb, const QWeight& w, co
   table[mb - 1](w, xp, m0, bias, y, n0, n1);
 }
 
-constexpr int kQ8Rows = 3;  // up to this many x rows: q8_rows, streaming x per weight row; more: q8_gemm
-
-// Prefill: an R weight rows x MB x rows register tile over all of K. Each decoded weight vector serves
-// MB x rows and each x vector R weight rows, so neither stream limits the dot products.
-// int4 keeps the 4 decoded scale vectors too: 3 weight rows leave it clear of register spills.
-constexpr int kTileM = 4;
-
-template <QFormat FMT, int R>
-void q8_tile(const QWeight& w, const Q8Pack& xp, int64_t m0, int64_t mcount, const float* bias, float* y,
-             int64_t n0) {
-  constexpr int MB = kTileM;
-  const int64_t S = xp.S, K = w.K, G = int4_groups(K), N = w.N;
-  const __m512i lo4 = _mm512_set1_epi8(15), x80 = _mm512_set1_epi8(static_cast<char>(0x80));
-  const __m512i gidx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-  const int8_t* xq = xp.q.data() + m0 * S * 128;
-  const int32_t* xi = xp.init.data() + m0 * S * 16;
-  const float* xd = xp.dx.data() + m0 * S * 16;
-  __m512 acc[R][MB];
-  for (int r = 0; r < R; ++r)
-    for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_setzero_ps();
-  const int64_t Sfull = FMT == QFormat::Int4 ? G / 4 : K / 128;
-  for (int64_t st = 0; st < S; ++st) {
-    const bool full = st < Sfull;
-    __m512i wa[R], wb[R];
-    __m512 dw[R];
-    for (int r = 0; r < R; ++r) {
-      const int64_t n = n0 + r;
-      if (FMT == QFormat::Int4) {
-        const uint8_t* p = w.data + (n * G + st * 4) * 16;
-        const float* sc = w.scale + n * G + st * 4;
-        const __m512i raw = full ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(bytes_mask((G - st * 4) * 16), p);
-        const __m128 s4 = full ? _mm_loadu_ps(sc) : _mm_maskz_loadu_ps(static_cast<__mmask8>((1u << (G - st * 4)) - 1), sc);
-        dw[r] = _mm512_permutexvar_ps(gidx, _mm512_castps128_ps512(s4));
-        wa[r] = _mm512_and_si512(raw, lo4);
-        wb[r] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo4);
-      } else {
-        const uint8_t* p = w.data + n * K + st * 128;
-        __m512i r0, r1;
-        if (full) {
-          r0 = _mm512_loadu_si512(p);
-          r1 = _mm512_loadu_si512(p + 64);
-        } else {
-          r0 = _mm512_maskz_loadu_epi8(bytes_mask(K - st * 128), p);
-          r1 = _mm512_maskz_loadu_epi8(bytes_mask(K - st * 128 - 64), p + 64);
-        }
-        wa[r] = _mm512_xor_si512(_mm512_shuffle_i64x2(r0, r1, _MM_SHUFFLE(2, 0, 2, 0)), x80);
-        wb[r] = _mm512_xor_si512(_mm512_shuffle_i64x2(r0, r1, _MM_SHUFFLE(3, 1, 3, 1)), x80);
-      }
-    }
-    for (int m = 0; m < MB; ++m) {
-      const int8_t* q = xq + (m * S + st) * 128;
-      const __m512i init = _mm512_loadu_si512(xi + (m * S + st) * 16);
-      const __m512i qa = _mm512_loadu_si512(q), qb = _mm512_loadu_si512(q + 64);
-      const __m512 d = _mm512_loadu_ps(xd + (m * S + st) * 16);
-      for (int r = 0; r < R; ++r) {
-        const __m512i i = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, wa[r], qa), wb[r], qb);
-        acc[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), FMT == QFormat::Int4 ? _mm512_mul_ps(dw[r], d) : d,
-                                    acc[r][m]);
-      }
-    }
-  }
-  for (int r = 0; r < R; ++r) {
-    const float rf = row_factor(w, n0 + r), b = bias ? bias[n0 + r] : 0.f;
-    for (int m = 0; m < MB && m < mcount; ++m) y[(m0 + m) * N + n0 + r] = _mm512_reduce_add_ps(acc[r][m]) * rf + b;
-  }
-}
-
-template <QFormat FMT>
-constexpr int kTileR = FMT == QFormat::Int4 ? 3 : 4;
-
-template <QFormat FMT>
-void q8_gemm(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
-  Q8Rows xpad = x;  // x rows padded to a multiple of kTileM with zero codes (their outputs are dropped)
-  const int64_t Mp = (x.M + kTileM - 1) / kTileM * kTileM;
-  xpad.M = Mp;
-  xpad.q.resize(static_cast<size_t>(Mp * x.KB * 32), 0);
-  xpad.d.resize(static_cast<size_t>(Mp * x.KB), 0.f);
-  Q8Pack xp;
-  q8_pack(FMT, xpad, xp);
-  struct Tiles {
-    const QWeight& w;
-    const Q8Pack& xp;
-    int64_t M, Mp;
-    const float* bias;
-    float* y;
-    auto make_worker() { return [this](int64_t t0, int64_t t1) { rows(t0, t1); }; }
-    void rows(int64_t t0, int64_t t1) const {
-      for (int64_t m0 = 0; m0 < Mp; m0 += kTileM)
-        for (int64_t n = t0; n < t1; n += kTileR<FMT>) {
-          switch (std::min<int64_t>(kTileR<FMT>, t1 - n)) {
-            case 1: q8_tile<FMT, 1>(w, xp, m0, M - m0, bias, y, n); break;
-            case 2: q8_tile<FMT, 2>(w, xp, m0, M - m0, bias, y, n); break;
-            case 3: q8_tile<FMT, 3>(w, xp, m0, M - m0, bias, y, n); break;
-            default: q8_tile<FMT, kTileR<FMT>>(w, xp, m0, M - m0, bias, y, n); break;
-          }
-        }
-    }
-  };
-  for_row_chunks(w.N, decode_chunk(w.N), Tiles{w, xp, x.M, Mp, bias, y});
-}
+constexpr int kQ8Rows = 3;  // up to this many x rows: q8_rows, streaming x per weight row; more: q8_wide
 
 // ---- int4 / int8 at 4+ x rows: 16 blocks a step, one int32 lane per block ----
-// q8_tile converts each step's int32 lanes to float per (weight row, x row) after 2 dot products. Here
-// a step covers 16 blocks of 32 k and each lane sums all 32 products of one block (8 vpdpbusd), so the
-// float work per (weight row, x row) is 2-3 operations per 8 dot products. The weight side is regrouped
+// q8_rows converts each step's int32 lanes to float per (weight row, x row) after 2 dot products (so did
+// the 4x4 register tile used here before: 3 float operations per 2 dot products). Here a step covers 16
+// blocks of 32 k and each lane sums all 32 products of one block (8 vpdpbusd), so the float work per
+// (weight row, x row) is 2-3 operations per 8 dot products. The weight side is regrouped
 // once per weight row and step, by dword transposes inside 128-bit lanes, and serves every x row.
 // x vector v (v < 8) of a step holds in lane p the 4 codes of block wide_block(FMT, p) at k offsets
 // wide_koff(FMT, v) .. +3:
@@ -399,11 +299,6 @@ void q8_wide_any(std::integer_sequence<int, MB...>, int mb, const QWeight& w, co
   table[mb - 1](w, xp, m0, bias, y, n0, n1);
 }
 
-static bool wide_on() {  // TEMP A/B toggle
-  const char* e = std::getenv("MPT_LITE_Q8_WIDE");
-  return !(e && e[0] == '0');
-}
-
 template <QFormat FMT>
 void q8_wide(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
   Q8Wide xp;
@@ -426,8 +321,7 @@ void q8_wide(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
 
 template <QFormat FMT>
 void q8_run(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
-  if (x.M > kQ8Rows && wide_on()) return q8_wide<FMT>(w, x, bias, y);
-  if (x.M > kQ8Rows) return q8_gemm<FMT>(w, x, bias, y);
+  if (x.M > kQ8Rows) return q8_wide<FMT>(w, x, bias, y);
   Q8Pack xp;
   q8_pack(FMT, x, xp);
   struct Rows {
