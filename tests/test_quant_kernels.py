@@ -224,10 +224,10 @@ Q8_FORMATS = ("int8", "int4")
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("fmt", Q8_FORMATS)
 @pytest.mark.parametrize("q8", [True, False])
-@pytest.mark.parametrize("M", [1, 2, 3, 7, 8, 9, 33])
+@pytest.mark.parametrize("M", [1, 2, 3, 4, 7, 8, 9, 16, 33])
 def test_matmul_each_activation_path_matches_its_mirror(isa, fmt, q8, M):
     gen = torch.Generator().manual_seed(100 + M)
-    for N, K in [(7, 5), (37, 64), (21, 96), (13, 257), (9, 300), (5, 640)]:
+    for N, K in [(7, 5), (37, 64), (21, 96), (13, 257), (9, 300), (5, 640), (3, 1100)]:
         w = torch.randn(N, K, generator=gen)
         x = torch.randn(M, K, generator=gen) * torch.rand(1, K, generator=gen) * 4
         bias = torch.randn(N, generator=gen)

@@ -166,110 +166,162 @@ void q8_rows_any(std::integer_sequence<int, MB...>, int mb, const QWeight& w, co
   table[mb - 1](w, xp, m0, bias, y, n0, n1);
 }
 
-constexpr int kQ8Rows = 3;  // up to this many x rows: q8_rows, streaming x per weight row; more: q8_gemm
+constexpr int kQ8Rows = 3;  // up to this many x rows: q8_rows, streaming x per weight row; more: q8_wide
 
-// Prefill: an R weight rows x MB x rows register tile over all of K. Each decoded weight vector serves
-// MB x rows and each x vector R weight rows, so neither stream limits the dot products.
-// int4 keeps the 4 decoded scale vectors too: 3 weight rows leave it clear of register spills.
-constexpr int kTileM = 4;
+// ---- int4 / int8 at 4+ x rows: 16 blocks a step, one int32 lane per block ----
+// q8_rows converts each step's int32 lanes to float per (weight row, x row) after 2 dot products (so did
+// the 4x4 register tile used here before: 3 float operations per 2 dot products). Here a step covers 16
+// blocks of 32 k and each lane sums all 32 products of one block (8 vpdpbusd), so the float work per
+// (weight row, x row) is 2-3 operations per 8 dot products. The weight side is regrouped
+// once per weight row and step, by dword transposes inside 128-bit lanes, and serves every x row.
+// x vector v (v < 8) of a step holds in lane p the 4 codes of block wide_block(FMT, p) at k offsets
+// wide_koff(FMT, v) .. +3:
+//   int4: 4 loads of 4 groups; 8 unpacks give r_j (j < 4) with lane p = 4b + a holding dword j of
+//         group 4a + b; its low nibbles are k 4j.., its high nibbles k 16+4j.. (vectors j and 4 + j).
+//   int8: 8 loads of 2 blocks; two such transposes and 8 128-bit shuffles give vectors v = dword v of
+//         block 8 (c / 2) + 2 a + c % 2 in lane p = 4c + a.
+template <QFormat FMT>
+inline int wide_block(int p) {
+  const int a = p & 3, c = p >> 2;
+  return FMT == QFormat::Int4 ? 4 * a + c : 8 * (c >> 1) + 2 * a + (c & 1);
+}
+template <QFormat FMT>
+inline int wide_koff(int v) { return FMT == QFormat::Int4 && v >= 4 ? 16 + 4 * (v - 4) : 4 * v; }
 
-template <QFormat FMT, int R>
-void q8_tile(const QWeight& w, const Q8Pack& xp, int64_t m0, int64_t mcount, const float* bias, float* y,
-             int64_t n0) {
-  constexpr int MB = kTileM;
+struct Q8Wide {
+  int64_t S = 0;              // steps of 16 blocks
+  std::vector<int8_t> q;      // [M, S, 8 vectors, 64] x codes in lane order
+  std::vector<int32_t> init;  // [M, S, 16] -offset * (sum of the block's x codes), as in q8_pack
+  std::vector<float> dx;      // [M, S, 16] d of the block of each lane (0 past KB)
+};
+
+template <QFormat FMT>
+void q8_pack_wide(const Q8Rows& x, Q8Wide& out) {
+  const int64_t KB = x.KB, Kp = KB * 32, S = (KB + 15) / 16, M = x.M;
+  const int32_t off = FMT == QFormat::Int8 ? 128 : 8;
+  out.S = S;
+  out.q.assign(static_cast<size_t>(M * S * 512), 0);
+  out.init.assign(static_cast<size_t>(M * S * 16), 0);
+  out.dx.assign(static_cast<size_t>(M * S * 16), 0.f);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t st = 0; st < S; ++st)
+      for (int p = 0; p < 16; ++p) {
+        const int64_t g = st * 16 + wide_block<FMT>(p);
+        if (g >= KB) continue;
+        const int8_t* src = x.q.data() + m * Kp + g * 32;
+        int8_t* q = out.q.data() + (m * S + st) * 512;
+        int32_t sum = 0;
+        for (int v = 0; v < 8; ++v)
+          for (int i = 0; i < 4; ++i) sum += q[v * 64 + 4 * p + i] = src[wide_koff<FMT>(v) + i];
+        out.init[(m * S + st) * 16 + p] = -off * sum;
+        out.dx[(m * S + st) * 16 + p] = x.d[m * KB + g];
+      }
+}
+
+// 4x4 dword transposes inside each 128-bit lane: out[j] lane (c, a) = in[a] lane (c, j).
+static inline void transpose4_dwords(const __m512i* in, __m512i* out) {
+  const __m512i a0 = _mm512_unpacklo_epi32(in[0], in[1]), a1 = _mm512_unpackhi_epi32(in[0], in[1]);
+  const __m512i a2 = _mm512_unpacklo_epi32(in[2], in[3]), a3 = _mm512_unpackhi_epi32(in[2], in[3]);
+  out[0] = _mm512_unpacklo_epi64(a0, a2), out[1] = _mm512_unpackhi_epi64(a0, a2);
+  out[2] = _mm512_unpacklo_epi64(a1, a3), out[3] = _mm512_unpackhi_epi64(a1, a3);
+}
+
+constexpr int kWideMB = 16;  // x rows per pass over a weight row
+
+template <QFormat FMT, int MB>
+void q8_wide_rows(const QWeight& w, const Q8Wide& xp, int64_t m0, const float* bias, float* y, int64_t n0,
+                  int64_t n1) {
+  constexpr bool I4 = FMT == QFormat::Int4;
   const int64_t S = xp.S, K = w.K, G = int4_groups(K), N = w.N;
   const __m512i lo4 = _mm512_set1_epi8(15), x80 = _mm512_set1_epi8(static_cast<char>(0x80));
-  const __m512i gidx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-  const int8_t* xq = xp.q.data() + m0 * S * 128;
+  const __m512i sidx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  const int8_t* xq = xp.q.data() + m0 * S * 512;
   const int32_t* xi = xp.init.data() + m0 * S * 16;
   const float* xd = xp.dx.data() + m0 * S * 16;
-  __m512 acc[R][MB];
-  for (int r = 0; r < R; ++r)
-    for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_setzero_ps();
-  const int64_t Sfull = FMT == QFormat::Int4 ? G / 4 : K / 128;
-  for (int64_t st = 0; st < S; ++st) {
-    const bool full = st < Sfull;
-    __m512i wa[R], wb[R];
-    __m512 dw[R];
-    for (int r = 0; r < R; ++r) {
-      const int64_t n = n0 + r;
-      if (FMT == QFormat::Int4) {
-        const uint8_t* p = w.data + (n * G + st * 4) * 16;
-        const float* sc = w.scale + n * G + st * 4;
-        const __m512i raw = full ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(bytes_mask((G - st * 4) * 16), p);
-        const __m128 s4 = full ? _mm_loadu_ps(sc) : _mm_maskz_loadu_ps(static_cast<__mmask8>((1u << (G - st * 4)) - 1), sc);
-        dw[r] = _mm512_permutexvar_ps(gidx, _mm512_castps128_ps512(s4));
-        wa[r] = _mm512_and_si512(raw, lo4);
-        wb[r] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo4);
-      } else {
-        const uint8_t* p = w.data + n * K + st * 128;
-        __m512i r0, r1;
-        if (full) {
-          r0 = _mm512_loadu_si512(p);
-          r1 = _mm512_loadu_si512(p + 64);
-        } else {
-          r0 = _mm512_maskz_loadu_epi8(bytes_mask(K - st * 128), p);
-          r1 = _mm512_maskz_loadu_epi8(bytes_mask(K - st * 128 - 64), p + 64);
+  const int64_t rowbytes = I4 ? G * 16 : K, Sfull = I4 ? G / 16 : K / 512;
+  constexpr int NL = I4 ? 4 : 8;  // 64-byte loads a step
+  for (int64_t n = n0; n < n1; ++n) {
+    __m512 acc[MB];
+    for (int m = 0; m < MB; ++m) acc[m] = _mm512_setzero_ps();
+    const uint8_t* wrow = w.data + n * rowbytes;
+    const float* srow = I4 ? w.scale + n * G : nullptr;
+    for (int64_t st = 0; st < S; ++st) {
+      const uint8_t* p = wrow + st * 64 * NL;
+      __m512i z[NL];
+      __m512 dw = _mm512_setzero_ps();
+      if (st < Sfull) {
+        for (int a = 0; a < NL; ++a) z[a] = _mm512_loadu_si512(p + 64 * a);
+        if (I4) dw = _mm512_permutexvar_ps(sidx, _mm512_loadu_ps(srow + st * 16));
+        for (int a = 0; a < NL; a += 2)
+          _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes + 64 * a), _MM_HINT_T0);
+      } else {  // the last, partial step: absent bytes load as 0 (int4: scale 0 too), against x codes 0
+        const int64_t left = rowbytes - st * 64 * NL;
+        for (int a = 0; a < NL; ++a) z[a] = _mm512_maskz_loadu_epi8(bytes_mask(left - 64 * a), p + 64 * a);
+        if (I4)
+          dw = _mm512_permutexvar_ps(
+              sidx, _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << (G - st * 16)) - 1), srow + st * 16));
+      }
+      __m512i wv[8];
+      if (I4) {
+        __m512i r[4];
+        transpose4_dwords(z, r);
+        for (int j = 0; j < 4; ++j) {
+          wv[j] = _mm512_and_si512(r[j], lo4);
+          wv[4 + j] = _mm512_and_si512(_mm512_srli_epi16(r[j], 4), lo4);
         }
-        wa[r] = _mm512_xor_si512(_mm512_shuffle_i64x2(r0, r1, _MM_SHUFFLE(2, 0, 2, 0)), x80);
-        wb[r] = _mm512_xor_si512(_mm512_shuffle_i64x2(r0, r1, _MM_SHUFFLE(3, 1, 3, 1)), x80);
+      } else {
+        __m512i r0[4], r1[4];
+        transpose4_dwords(z, r0);
+        transpose4_dwords(z + 4, r1);
+        for (int j = 0; j < 4; ++j) {  // absent bytes: 0 ^ 0x80 = 128 against x codes 0
+          wv[j] = _mm512_xor_si512(_mm512_shuffle_i64x2(r0[j], r1[j], _MM_SHUFFLE(2, 0, 2, 0)), x80);
+          wv[4 + j] = _mm512_xor_si512(_mm512_shuffle_i64x2(r0[j], r1[j], _MM_SHUFFLE(3, 1, 3, 1)), x80);
+        }
+      }
+      for (int m = 0; m < MB; ++m) {
+        const int8_t* q = xq + (m * S + st) * 512;
+        __m512i i = _mm512_loadu_si512(xi + (m * S + st) * 16);
+        for (int v = 0; v < 8; ++v) i = _mm512_dpbusd_epi32(i, wv[v], _mm512_loadu_si512(q + 64 * v));
+        const __m512 d = _mm512_loadu_ps(xd + (m * S + st) * 16);
+        acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), I4 ? _mm512_mul_ps(dw, d) : d, acc[m]);
       }
     }
-    for (int m = 0; m < MB; ++m) {
-      const int8_t* q = xq + (m * S + st) * 128;
-      const __m512i init = _mm512_loadu_si512(xi + (m * S + st) * 16);
-      const __m512i qa = _mm512_loadu_si512(q), qb = _mm512_loadu_si512(q + 64);
-      const __m512 d = _mm512_loadu_ps(xd + (m * S + st) * 16);
-      for (int r = 0; r < R; ++r) {
-        const __m512i i = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, wa[r], qa), wb[r], qb);
-        acc[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), FMT == QFormat::Int4 ? _mm512_mul_ps(dw[r], d) : d,
-                                    acc[r][m]);
-      }
-    }
-  }
-  for (int r = 0; r < R; ++r) {
-    const float rf = row_factor(w, n0 + r), b = bias ? bias[n0 + r] : 0.f;
-    for (int m = 0; m < MB && m < mcount; ++m) y[(m0 + m) * N + n0 + r] = _mm512_reduce_add_ps(acc[r][m]) * rf + b;
+    const float rf = row_factor(w, n), b = bias ? bias[n] : 0.f;
+    for (int m = 0; m < MB; ++m) y[(m0 + m) * N + n] = _mm512_reduce_add_ps(acc[m]) * rf + b;
   }
 }
 
-template <QFormat FMT>
-constexpr int kTileR = FMT == QFormat::Int4 ? 3 : 4;
+template <QFormat FMT, int... MB>
+void q8_wide_any(std::integer_sequence<int, MB...>, int mb, const QWeight& w, const Q8Wide& xp, int64_t m0,
+                 const float* bias, float* y, int64_t n0, int64_t n1) {
+  using Fn = void (*)(const QWeight&, const Q8Wide&, int64_t, const float*, float*, int64_t, int64_t);
+  static constexpr Fn table[] = {&q8_wide_rows<FMT, MB + 1>...};
+  table[mb - 1](w, xp, m0, bias, y, n0, n1);
+}
 
 template <QFormat FMT>
-void q8_gemm(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
-  Q8Rows xpad = x;  // x rows padded to a multiple of kTileM with zero codes (their outputs are dropped)
-  const int64_t Mp = (x.M + kTileM - 1) / kTileM * kTileM;
-  xpad.M = Mp;
-  xpad.q.resize(static_cast<size_t>(Mp * x.KB * 32), 0);
-  xpad.d.resize(static_cast<size_t>(Mp * x.KB), 0.f);
-  Q8Pack xp;
-  q8_pack(FMT, xpad, xp);
-  struct Tiles {
+void q8_wide(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
+  Q8Wide xp;
+  q8_pack_wide<FMT>(x, xp);
+  struct Rows {
     const QWeight& w;
-    const Q8Pack& xp;
-    int64_t M, Mp;
+    const Q8Wide& xp;
+    int64_t M;
     const float* bias;
     float* y;
-    auto make_worker() { return [this](int64_t t0, int64_t t1) { rows(t0, t1); }; }
-    void rows(int64_t t0, int64_t t1) const {
-      for (int64_t m0 = 0; m0 < Mp; m0 += kTileM)
-        for (int64_t n = t0; n < t1; n += kTileR<FMT>) {
-          switch (std::min<int64_t>(kTileR<FMT>, t1 - n)) {
-            case 1: q8_tile<FMT, 1>(w, xp, m0, M - m0, bias, y, n); break;
-            case 2: q8_tile<FMT, 2>(w, xp, m0, M - m0, bias, y, n); break;
-            case 3: q8_tile<FMT, 3>(w, xp, m0, M - m0, bias, y, n); break;
-            default: q8_tile<FMT, kTileR<FMT>>(w, xp, m0, M - m0, bias, y, n); break;
-          }
-        }
+    auto make_worker() { return [this](int64_t t0, int64_t t1) { tile(t0, t1); }; }
+    void tile(int64_t t0, int64_t t1) const {
+      for (int64_t m0 = 0; m0 < M; m0 += kWideMB)
+        q8_wide_any<FMT>(std::make_integer_sequence<int, kWideMB>{},
+                         static_cast<int>(std::min<int64_t>(kWideMB, M - m0)), w, xp, m0, bias, y, t0, t1);
     }
   };
-  for_row_chunks(w.N, decode_chunk(w.N), Tiles{w, xp, x.M, Mp, bias, y});
+  for_row_chunks(w.N, decode_chunk(w.N), Rows{w, xp, x.M, bias, y});
 }
 
 template <QFormat FMT>
 void q8_run(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
-  if (x.M > kQ8Rows) return q8_gemm<FMT>(w, x, bias, y);
+  if (x.M > kQ8Rows) return q8_wide<FMT>(w, x, bias, y);
   Q8Pack xp;
   q8_pack(FMT, x, xp);
   struct Rows {
