@@ -18,6 +18,12 @@ from .engine import Engine, check_prompt_lookup
 from .sampler import SEED_MAX, SamplingParams
 
 
+class PromptIds(list):
+    """The token ids of a prompt that stands for text (a rendered conversation, encoded so that
+    message text is never read as special tokens): generate() answers it with text, as it answers
+    a string."""
+
+
 def generate(model, inputs: Any = None, attention_mask: torch.Tensor | None = None, *,
              input_ids: torch.Tensor | None = None, max_new_tokens: int = 64, do_sample: bool = False,
              temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0,
@@ -50,7 +56,7 @@ def generate(model, inputs: Any = None, attention_mask: torch.Tensor | None = No
     tok = model.tokenizer
     if tok is None:
         raise ValueError("this model has no tokenizer: pass token ids (a LongTensor) instead of text")
-    if isinstance(inputs, str):
+    if isinstance(inputs, (str, PromptIds)):
         pieces = _stream_text(model, tok, inputs, max_new_tokens, params, eos, stops, opts)
         return pieces if stream else "".join(pieces)
     if isinstance(inputs, (list, tuple)) and all(isinstance(t, str) for t in inputs):
@@ -131,15 +137,15 @@ def stop_checker(tok, stops: list[str]):
     return hit
 
 
-def _prompt_ids(model, tok, prompt: str) -> list[int]:
-    ids = tok.encode(prompt)
+def _prompt_ids(model, tok, prompt: str | PromptIds) -> list[int]:
+    ids = list(prompt) if isinstance(prompt, PromptIds) else tok.encode(prompt)
     if not ids:
         raise ValueError("the prompt encodes to no tokens")
     check_input_ids(torch.tensor([ids], dtype=torch.long), model.config.vocab_size)
     return ids
 
 
-def _stream_text(model, tok, prompt: str, max_new: int, params, eos, stops, opts) -> Iterator[str]:
+def _stream_text(model, tok, prompt: str | PromptIds, max_new: int, params, eos, stops, opts) -> Iterator[str]:
     ids = _prompt_ids(model, tok, prompt)
     engine = _engine(model, [ids], max_new, opts)
     req = _add(engine, ids, max_new, params, eos, 0, opts)
