@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <memory>
@@ -31,7 +32,7 @@ constexpr int kCallerSpinMicros = 200;
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();
-#elif defined(__aarch64__) || defined(__arm__)
+#elif defined(__aarch64__)
   __asm__ __volatile__("yield" ::: "memory");
 #endif
 }
@@ -65,6 +66,32 @@ int default_threads() {
   if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
   return std::max(1u, std::thread::hardware_concurrency());
 }
+
+// MPT_LITE_POOL_STATS=1: counters of what the pool did, printed to stderr at exit (profiling only;
+// off, each costs one predictable branch).
+struct Stats {
+  const bool on = [] {
+    const char* e = std::getenv("MPT_LITE_POOL_STATS");
+    return e && *e && *e != '0';
+  }();
+  std::atomic<uint64_t> jobs{0}, parts{0}, caller_parts{0}, worker_parts{0}, worker_late{0}, worker_sleeps{0},
+      caller_sleeps{0}, caller_wait_ns{0};
+  void add(std::atomic<uint64_t>& c, uint64_t n = 1) {
+    if (on) c.fetch_add(n, std::memory_order_relaxed);
+  }
+  ~Stats() {
+    if (!on) return;
+    std::fprintf(stderr,
+                 "[mpt_lite pool] jobs %llu, parts %llu: run by the caller %llu (%llu beyond one each), by "
+                 "workers %llu; workers arriving after every part was taken %llu, worker sleeps %llu; caller "
+                 "waits for running parts %.1f ms in all, %llu of them asleep\n",
+                 (unsigned long long)jobs, (unsigned long long)parts, (unsigned long long)caller_parts,
+                 (unsigned long long)(caller_parts - jobs), (unsigned long long)worker_parts,
+                 (unsigned long long)worker_late, (unsigned long long)worker_sleeps, caller_wait_ns / 1e6,
+                 (unsigned long long)caller_sleeps);
+  }
+};
+Stats g_stats;
 
 thread_local int t_limit = 0;  // this thread's ThreadLimit (0: none)
 thread_local int t_team = 0;   // inside a job (a worker, or the caller running part 0): its thread count
@@ -111,12 +138,22 @@ class Pool {
     int ran = 0;
     for (int i; (i = claim(s)) >= 0; ++ran) call(i);
     if (ran) done_.fetch_add(ran, std::memory_order_acq_rel);
+    g_stats.add(g_stats.jobs);
+    g_stats.add(g_stats.parts, parts);
+    g_stats.add(g_stats.caller_parts, ran);
     auto all_done = [&] { return done_.load(std::memory_order_acquire) == parts; };
-    if (!spin_until(all_done, kCallerSpinMicros)) {
-      std::unique_lock<std::mutex> lk(mu_);
-      caller_waiting_.store(true, std::memory_order_seq_cst);
-      done_cv_.wait(lk, [&] { return done_.load(std::memory_order_seq_cst) == parts; });
-      caller_waiting_.store(false, std::memory_order_relaxed);
+    if (!all_done()) {
+      const auto t0 = g_stats.on ? Clock::now() : Clock::time_point();
+      if (!spin_until(all_done, kCallerSpinMicros)) {
+        g_stats.add(g_stats.caller_sleeps);
+        std::unique_lock<std::mutex> lk(mu_);
+        caller_waiting_.store(true, std::memory_order_seq_cst);
+        done_cv_.wait(lk, [&] { return done_.load(std::memory_order_seq_cst) == parts; });
+        caller_waiting_.store(false, std::memory_order_relaxed);
+      }
+      if (g_stats.on)
+        g_stats.add(g_stats.caller_wait_ns,
+                    std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
     }
     job_ = nullptr;
     if (error_) std::rethrow_exception(error_);
@@ -149,6 +186,7 @@ class Pool {
       uint64_t s = state_.load(std::memory_order_acquire);
       if (s == seen) {
         if (!spin_until([&] { return (s = state_.load(std::memory_order_acquire)) != seen; }, spin_us)) {
+          g_stats.add(g_stats.worker_sleeps);
           std::unique_lock<std::mutex> lk(mu_);
           sleepers_.fetch_add(1, std::memory_order_seq_cst);
           cv_.wait(lk, [&] { return (s = state_.load(std::memory_order_seq_cst)) != seen; });
@@ -166,6 +204,7 @@ class Pool {
         t_team = 0;
       }
       if (ran) {
+        g_stats.add(g_stats.worker_parts, ran);
         spin_us = std::min(kWorkerSpinMicros, spin_us * 2);
         // seq_cst pairs with caller_waiting_ so that a caller going to sleep is always woken.
         if (done_.fetch_add(ran, std::memory_order_seq_cst) + ran == parts &&
@@ -174,6 +213,7 @@ class Pool {
           done_cv_.notify_one();
         }
       } else if (next_part(s) == num_parts(s) && num_parts(s) > 0) {
+        g_stats.add(g_stats.worker_late);
         spin_us = std::max(kPauseMicros, spin_us / 2);
       }
       seen = (s & ~kPartMask) | static_cast<uint64_t>(num_parts(s));  // this job, fully claimed
