@@ -28,6 +28,7 @@ namespace {
 constexpr int kPauseMicros = 20;
 constexpr int kWorkerSpinMicros = 1000;
 constexpr int kCallerSpinMicros = 200;
+constexpr int kYieldedMicros = 50;
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -49,7 +50,12 @@ bool spin_until(Done&& done, int micros) {
       const auto us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count();
       if (us >= micros) return false;
       if (us >= kPauseMicros) {
+        // A yield that gave the CPU away for a while means other threads are waiting for it: the
+        // machine is oversubscribed, and spinning on would only take time from them (and from our
+        // own caller or workers). Stop and sleep.
+        const auto y0 = Clock::now();
         sched_yield();
+        if (Clock::now() - y0 > std::chrono::microseconds(kYieldedMicros)) return done();
         continue;
       }
     }
