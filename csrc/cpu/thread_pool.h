@@ -1,13 +1,20 @@
 // A small persistent thread pool shared by every CPU kernel.
 //
-// Work is split statically into one contiguous range per thread, so results are deterministic for a
-// fixed thread count. Threads spin briefly between jobs (kernels arrive back to back during decoding)
-// and then sleep, so an idle pool costs no CPU.
+// Work is split statically into one contiguous range per thread (a "part"), so results are
+// deterministic for a fixed thread count. Parts are claimed, not assigned: the caller runs one, then
+// keeps claiming, so a part whose worker has not started it (descheduled on a busy machine, or
+// asleep) is run by the caller instead of holding the job up; the caller only waits for parts that
+// are already running. Threads spin briefly between jobs (kernels arrive back to back during
+// decoding), yielding the CPU after a few microseconds, and then sleep, so an idle pool costs no
+// CPU and an oversubscribed machine never makes N threads much slower than one.
 //
 // Concurrency: any number of threads may call into the pool at once. One job runs on it at a time
 // (a job already uses every worker it asks for); other callers wait for it, and so does
 // set_num_threads, which therefore never pulls the pool from under a running job. A call that
 // needs a single thread (ThreadLimit 1, or little work) runs inline and waits for nothing.
+//
+// MPT_LITE_POOL_STATS=1 prints counters at exit (jobs, parts run by the caller and by workers,
+// late workers, sleeps, time the caller waited), for profiling.
 #pragma once
 #include <cstdint>
 #include <functional>
