@@ -391,7 +391,7 @@ def serve_replicas(args: argparse.Namespace) -> int:
     if args.replica_cpus is not None and args.replica_cpus <= 0:
         raise CliError(f"--replica-cpus must be > 0, got {args.replica_cpus}")
     try:
-        from .server.ray_serve import ReplicaSettings, run, shutdown
+        from .server.ray_serve import ReplicaSettings, run
     except ImportError as e:
         raise CliError(str(e)) from e
     engine_kw: dict[str, Any] = {"max_num_seqs": args.max_num_seqs}
@@ -414,23 +414,12 @@ def serve_replicas(args: argparse.Namespace) -> int:
               "can use it", file=sys.stderr)
     print(f"[{PROG}] starting {args.replicas} replica(s) of {name} on Ray Serve"
           f"{' at ' + args.ray_address if args.ray_address else ' (local Ray instance)'} ...", file=sys.stderr, flush=True)
-    url = run(settings, args.replicas, args.host, args.port, ray_address=args.ray_address,
-              cpus_per_replica=args.replica_cpus, blocking=False)
-    print(f"[{PROG}] serving {name} on {url} (OpenAI API under {url}/v1; Ctrl-C stops)", file=sys.stderr, flush=True)
+    def ready(url: str) -> None:
+        print(f"[{PROG}] serving {name} on {url} (OpenAI API under {url}/v1; Ctrl-C stops)", file=sys.stderr,
+              flush=True)
 
-    def stop(signum: int, frame: Any) -> None:  # SIGTERM too must take the Ray processes down
-        raise KeyboardInterrupt
-
-    import signal
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        shutdown()
+    run(settings, args.replicas, args.host, args.port, ray_address=args.ray_address,
+        cpus_per_replica=args.replica_cpus, blocking=True, on_ready=ready)
     print(f"[{PROG}] server stopped", file=sys.stderr)
     return 0
 

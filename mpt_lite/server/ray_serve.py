@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 try:
     from ray import serve
@@ -131,8 +132,11 @@ def app_builder(args: dict[str, str]):
 
 
 def run(settings: ReplicaSettings, replicas: int, host: str, port: int, ray_address: str | None = None,
-        cpus_per_replica: float | None = None, blocking: bool = True) -> str:
-    """Starts (or joins) Ray, deploys the app and returns its URL; with blocking, serves until Ctrl-C."""
+        cpus_per_replica: float | None = None, blocking: bool = True,
+        on_ready: Callable[[str], None] | None = None) -> str:
+    """Starts (or joins) Ray, deploys the app and returns its URL; with blocking, serves until Ctrl-C
+    or SIGTERM (both take the deployment down, and a Ray instance started here). on_ready(url) runs
+    once the replicas answer."""
     import ray
 
     if not ray.is_initialized():
@@ -153,7 +157,13 @@ def run(settings: ReplicaSettings, replicas: int, host: str, port: int, ray_addr
     serve.run(deployment_app(settings, replicas, cpus_per_replica), name=APP_NAME, route_prefix="/",
               blocking=False)
     url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    if on_ready is not None:
+        on_ready(url)
     if blocking:
+        def stop(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, stop)
         try:
             while True:
                 time.sleep(3600)
