@@ -185,7 +185,10 @@ class EngineRunner:
                 self.count("aborted")
 
     def _dispatch(self, events: list[tuple[Request, int]]) -> None:
-        for req, token in events:
+        # a step may give one request several tokens (speculative decoding): it is finished from the
+        # first of them on, but its text is complete only after the last
+        last = {id(req): i for i, (req, _) in enumerate(events)}
+        for i, (req, token) in enumerate(events):
             job = self._jobs.get(req)
             if job is None:
                 continue
@@ -197,7 +200,7 @@ class EngineRunner:
                 job.pending = []
             if job.decoder.stopped and not req.finished:
                 self.engine.abort(req)  # frees its blocks now
-            if req.finished:
+            if req.finished and last[id(req)] == i:
                 self._finish(req, job)
 
     def _finish(self, req: Request, job: Job) -> None:
