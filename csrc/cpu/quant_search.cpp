@@ -17,7 +17,7 @@ namespace {
 // The search runs at load time over every weight: an AVX2 clone of the two workers, picked by the
 // loader (GCC ifunc), keeps loading near the absmax quantizers' speed. Same IEEE operations (no
 // FMA contraction: this file is built with -ffp-contract=off), so every clone gives the same bits.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(MPT_LITE_X86_SIMD) && MPT_LITE_X86_SIMD && defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define MPT_SEARCH_CLONES __attribute__((target_clones("avx2", "default")))
 #define MPT_INLINE inline __attribute__((always_inline))  // into each clone, with its ISA
 #else
