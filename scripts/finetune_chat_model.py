@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import time
@@ -30,6 +29,7 @@ import torch  # noqa: E402
 from chat_data import chat_rows  # noqa: E402
 from chat_pairs import all_functions  # noqa: E402
 from default_model_corpus import held_out_perplexity, split_files, stdlib_files, token_stream  # noqa: E402
+from train_default_model import lr_at, optimizer  # noqa: E402  (the base run's AdamW groups and schedule)
 from mpt_lite import MptForCausalLM, MptTokenizer  # noqa: E402
 
 
@@ -53,20 +53,6 @@ def parse_args() -> argparse.Namespace:
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def optimizer(model, lr: float) -> torch.optim.Optimizer:
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "wte" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "wte" not in n)]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
-                             lr=lr, betas=(0.9, 0.95), eps=1e-8)
-
-
-def lr_at(step: int, args) -> float:
-    if step < args.warmup:
-        return args.lr * (step + 1) / args.warmup
-    t = (step - args.warmup) / max(1, args.steps - args.warmup)
-    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))  # cosine down to 10%
 
 
 def held_out_chat_loss(model, rows: list[tuple[list[int], list[int]]], batch: int = 16) -> float:

@@ -16,7 +16,7 @@ from torch import nn
 
 from .. import kernels
 from ..model.base import MptModel, TiedEmbedding
-from ..quant.layers import QuantEmbedding, QuantLinear, QuantWeight
+from ..quant.layers import QuantEmbedding, QuantWeight
 from .kv_cache import PagedKVCache, PagedStep
 
 ENV_SWITCH = "MPT_LITE_NATIVE_STEP"
