@@ -15,7 +15,8 @@ test: setup
 # Benchmarks against llama.cpp and transformers (docs/benchmarks.md). The bench extra builds
 # llama-cpp-python from source (CPU only) the first time: a few minutes.
 bench-setup: setup
-	@MPT_LITE_CUDA=$${MPT_LITE_CUDA:-off} CMAKE_ARGS="$${CMAKE_ARGS:--DGGML_NATIVE=ON -DGGML_CUDA=OFF}" $(PY) -m pip install --quiet --disable-pip-version-check -e ".[bench]" --no-build-isolation
+	@PY=$(PY) scripts/install_llama_cpp.sh
+	@MPT_LITE_CUDA=$${MPT_LITE_CUDA:-off} $(PY) -m pip install --quiet --disable-pip-version-check -e ".[bench]" --no-build-isolation
 
 bench: bench-setup
 	@$(PY) benchmarks/bench_compare.py $(BENCH_ARGS)

@@ -110,17 +110,23 @@ def weight_files(folder: Path) -> list[Path]:
     )
 
 
-def iter_tensors(files: list[Path], reuse_buffer: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_tensors(files: list[Path], reuse_buffer: bool = False, mapped: bool = False
+                 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yields (name, tensor) one at a time; only one shard is open at once.
 
     reuse_buffer=True (safetensors): every tensor is read into one shared buffer, valid only until the
     next one is yielded, for a consumer that converts each tensor at once (quantizing while loading);
-    then no freed source tensor lingers in the allocator's heap and resident memory stays flat."""
+    then no freed source tensor lingers in the allocator's heap and resident memory stays flat.
+    mapped=True (safetensors): every tensor is a view of a memory map of its file, for a consumer that
+    keeps the tensors as they are (a model saved quantized by mpt_lite): loading copies nothing."""
     from . import progress
 
-    shared = [torch.empty(0, dtype=torch.uint8)] if reuse_buffer else None
+    shared = [torch.empty(0, dtype=torch.uint8)] if reuse_buffer and not mapped else None
     for f in files:
-        tensors = _iter_safetensors(f, shared) if f.suffix == ".safetensors" else _iter_torch_bin(f)
+        if f.suffix != ".safetensors":
+            tensors = _iter_torch_bin(f)
+        else:
+            tensors = _map_safetensors(f) if mapped else _iter_safetensors(f, shared)
         for item in tensors:
             yield item
             progress.tick()  # advances a progress bar when a caller (the CLI) tracks one
@@ -159,57 +165,87 @@ _SAFE_DTYPES = {
 }
 
 
+class _Entry:
+    """One tensor of a safetensors file: its name, dtype, shape and absolute byte range."""
+    __slots__ = ("key", "dtype", "shape", "begin", "nbytes")
+
+    def __init__(self, path: Path, key: str, info: dict, base: int, size: int) -> None:
+        try:
+            self.dtype = _SAFE_DTYPES[info["dtype"]]
+            self.shape = [int(d) for d in info["shape"]]
+            start, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise OSError(f"{path}: tensor {key!r} has an unsupported or malformed entry ({e})") from e
+        numel = 1
+        for d in self.shape:
+            numel *= d
+        self.key, self.begin, self.nbytes = key, base + start, numel * self.dtype.itemsize
+        if min(self.shape, default=0) < 0 or end - start != self.nbytes or start < 0 or base + end > size:
+            raise OSError(f"{path}: could not read tensor {key!r} (corrupt or truncated?)")
+
+
+def _safetensors_entries(f, path: Path) -> list[_Entry]:
+    """The tensors of an open safetensors file, in file order, each checked against the file size."""
+    import struct
+
+    try:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > 100_000_000:
+            raise ValueError(f"header length {n} is implausible")
+        header = json.loads(f.read(n))
+        items = [(k, v) for k, v in header.items() if k != "__metadata__"]
+    except (struct.error, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise OSError(f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from e
+    size = os.fstat(f.fileno()).st_size
+    entries = [_Entry(path, k, v, 8 + n, size) for k, v in items]
+    return sorted(entries, key=lambda e: e.begin)
+
+
 def _iter_safetensors(path: Path, shared: list | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """Reads each tensor with a plain file read into its own buffer (no memory map), so the pages of
     tensors already consumed are not counted in the process's resident memory while a shard streams."""
     import ctypes
-    import json
-    import struct
 
     try:
         f = open(path, "rb")
     except OSError as e:
         raise OSError(f"{path} is not a readable safetensors file: {e}") from e
     with f:
-        try:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > 100_000_000:
-                raise ValueError(f"header length {n} is implausible")
-            header = json.loads(f.read(n))
-            entries = [(k, v) for k, v in header.items() if k != "__metadata__"]
-            entries.sort(key=lambda kv: kv[1]["data_offsets"][0])
-        except (struct.error, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise OSError(f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from e
-        base = 8 + n
-        size = os.fstat(f.fileno()).st_size
-        for key, info in entries:
-            try:
-                dtype = _SAFE_DTYPES[info["dtype"]]
-                shape = [int(d) for d in info["shape"]]
-                start, end = (int(o) for o in info["data_offsets"])
-            except (KeyError, TypeError, ValueError) as e:
-                raise OSError(f"{path}: tensor {key!r} has an unsupported or malformed entry ({e})") from e
+        for e in _safetensors_entries(f, path):
             if shared is None:
-                t = torch.empty(shape, dtype=dtype)
+                t = torch.empty(e.shape, dtype=e.dtype)
             else:
-                need = (end - start) if end > start else 0
-                if shared[0].numel() < need:
+                if shared[0].numel() < e.nbytes:
                     shared[0] = torch.empty(0, dtype=torch.uint8)  # free the old one first
-                    shared[0] = torch.empty(need, dtype=torch.uint8)
-                t = shared[0][:need].view(dtype)
-                numel = 1
-                for d in shape:
-                    numel *= d
-                if t.numel() != numel:
-                    raise OSError(f"{path}: could not read tensor {key!r} (corrupt entry)")
-                t = t.view(shape)
-            nbytes = t.numel() * t.element_size()
-            if end - start != nbytes or base + end > size:
-                raise OSError(f"{path}: could not read tensor {key!r} (corrupt or truncated?)")
-            f.seek(base + start)
-            if nbytes and f.readinto((ctypes.c_char * nbytes).from_address(t.data_ptr())) != nbytes:
-                raise OSError(f"{path}: could not read tensor {key!r} (truncated)")
-            yield key, t
+                    shared[0] = torch.empty(e.nbytes, dtype=torch.uint8)
+                t = shared[0][: e.nbytes].view(e.dtype).view(e.shape)
+            f.seek(e.begin)
+            if e.nbytes and f.readinto((ctypes.c_char * e.nbytes).from_address(t.data_ptr())) != e.nbytes:
+                raise OSError(f"{path}: could not read tensor {e.key!r} (truncated)")
+            yield e.key, t
+
+
+def _map_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yields each tensor as a view of a private memory map of the file: nothing is read or copied
+    until a page is used, and the pages stay shared with the page cache. A later rename over the file
+    (save_pretrained writes beside it and renames) leaves the mapped file intact. A tensor whose
+    offset is not a multiple of its element size (safetensors writers align them; others may not) is
+    copied instead."""
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise OSError(f"{path} is not a readable safetensors file: {e}") from e
+    with f:
+        entries = _safetensors_entries(f, path)
+        size = os.fstat(f.fileno()).st_size
+    whole = torch.empty(0, dtype=torch.uint8)
+    if size:
+        whole.set_(torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size))
+    for e in entries:
+        raw = whole[e.begin: e.begin + e.nbytes]
+        if e.begin % e.dtype.itemsize:
+            raw = raw.clone()
+        yield e.key, raw.view(e.dtype).view(e.shape)
 
 
 def _iter_torch_bin(path: Path) -> Iterator[tuple[str, torch.Tensor]]:

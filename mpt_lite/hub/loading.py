@@ -84,7 +84,9 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
     unexpected: list[str] = []
     unused_heads: list[str] = []
     pieces: dict[str, dict[str, torch.Tensor]] = {}
-    stream = iter_tensors(files, reuse_buffer=bool(qmods))
+    # A model saved by mpt_lite holds its codes in the kernels' layout: map them, copy nothing.
+    mapped = bool(stored_formats)  # only mpt_lite's own files name their formats
+    stream = iter_tensors(files, reuse_buffer=bool(qmods), mapped=mapped)
     if qmods:
         stream = _progress(stream, len(params) + len(qmods), "loading" if stored else f"quantizing ({qtype})")
     for key, tensor in stream:
@@ -96,7 +98,7 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
                 seen.add(owner)
             else:
                 mod_name, rest = _bnb_owner(name, qmods) or (owner, piece)
-                pieces.setdefault(mod_name, {})[rest] = tensor.clone()
+                pieces.setdefault(mod_name, {})[rest] = tensor if mapped else tensor.clone()
             del tensor
             continue
         if name not in params:
