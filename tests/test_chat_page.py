@@ -267,6 +267,16 @@ def test_package_data_lists_the_static_files():
         assert (Path(mpt_lite.__file__).parent / "server" / "static" / name).is_file()
 
 
+def test_missing_browser_skips_or_fails_when_required(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.delenv("MPT_LITE_REQUIRE_BROWSER", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="scripts/install_chromium.sh"):
+        browser_paths()
+    monkeypatch.setenv("MPT_LITE_REQUIRE_BROWSER", "1")
+    with pytest.raises(pytest.fail.Exception, match="MPT_LITE_REQUIRE_BROWSER=1 but chromium"):
+        browser_paths()
+
+
 # ---- in the browser ----
 
 def test_streamed_reply_conversation_and_new_chat(browser, default_server):

@@ -66,6 +66,11 @@ function renderContent(el, text) {
   if (code !== null) appendCode(el, code, lang); else flush();
 }
 
+function scrollDown() {
+  const list = $("messages");
+  list.scrollTop = list.scrollHeight;
+}
+
 function addMessage(role, text) {
   const box = document.createElement("div");
   box.className = "msg " + role;
@@ -79,7 +84,7 @@ function addMessage(role, text) {
   box.append(who, content, meta);
   if (role === "user") content.textContent = text; else renderContent(content, text);
   $("messages").appendChild(box);
-  box.scrollIntoView({ block: "end" });
+  scrollDown();
   return box;
 }
 
@@ -203,7 +208,7 @@ async function send(text) {
         if (!tFirst) tFirst = performance.now();
         reply += delta.content;
         renderContent(content, reply);
-        box.scrollIntoView({ block: "end" });
+        scrollDown();
       }
     }
     box.dataset.state = "done";
@@ -224,6 +229,7 @@ async function send(text) {
       state.controller = null;
       setBusy(false);
     }
+    scrollDown();
   }
   if (state.chat !== chat) return;
   if (!reply && box.dataset.state !== "done") {
