@@ -218,11 +218,11 @@ def create_app(model: Any, *, model_name: str = "mpt-lite", api_key: str | None 
         log.exception("request failed")
         return JSONResponse(error_body(f"internal error: {type(e).__name__}: {e}", "server_error"), status_code=500)
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def chat_page() -> Response:
         return page_file("index.html")
 
-    @app.get("/static/{name}", include_in_schema=False)
+    @app.api_route("/static/{name}", methods=["GET", "HEAD"], include_in_schema=False)
     async def chat_page_file(name: str) -> Response:
         return page_file(name)
 
