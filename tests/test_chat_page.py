@@ -347,6 +347,10 @@ def check_rendered_literally(page) -> None:
 
 def test_model_output_is_shown_as_text(browser, spelling_server):
     page = Page(browser, spelling_server)
+    page.say(ASK, max_tokens="5000")  # more than the context: the server's 400 is shown as it is
+    until(lambda: page.reply_state() == "error", what="the error")
+    assert "HTTP 400: this model's maximum context length is 1024 tokens" in page.last_reply().text
+    assert page.el("send").is_enabled()
     page.say(ASK, temperature="1")
     page.wait_done()
     check_rendered_literally(page)

@@ -198,8 +198,9 @@ async function send(text) {
       return;
     }
     if (!r.ok) throw new Error("HTTP " + r.status + ": " + (await errorMessage(r)));
+    let complete = false;
     for await (const data of sseData(r.body)) {
-      if (data === "[DONE]") break;
+      if (data === "[DONE]") { complete = true; break; }
       const chunk = JSON.parse(data);
       if (chunk.error) throw new Error(chunk.error.message || "the server failed");
       if (chunk.usage) usage = chunk.usage;
@@ -211,6 +212,7 @@ async function send(text) {
         scrollDown();
       }
     }
+    if (!complete) throw new Error("the connection closed before the reply was complete");
     box.dataset.state = "done";
     if (usage) meta.textContent = speed(usage, t0, tFirst, performance.now());
   } catch (e) {
