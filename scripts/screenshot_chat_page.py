@@ -38,7 +38,7 @@ def main() -> None:
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium") or shutil.which("chromium-browser")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,860",
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,1250",
                 "--hide-scrollbars"):
         opts.add_argument(arg)
     app = create_app(mpt_lite.load(args.model), model_name=args.model or "mpt-lite", num_blocks=256, max_num_seqs=2)
