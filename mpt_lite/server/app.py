@@ -1,4 +1,5 @@
-"""The ASGI app: OpenAI's /v1/chat/completions, /v1/completions and /v1/models, plus /health.
+"""The ASGI app: OpenAI's /v1/chat/completions, /v1/completions and /v1/models, plus /health and the
+chat page at / (page.py).
 
     app = create_app(mpt_lite.load(), model_name="mpt-lite", api_key=None)
     uvicorn.run(app, host="127.0.0.1", port=8000)
@@ -31,6 +32,7 @@ from .choices import collect, stream_chunks
 from .cors import add_cors, check_origins
 from .errors import STATUS_TYPES, APIError, bad_request, error_body, unauthorized
 from .logprob_format import LogprobFormat
+from .page import is_public, page_file
 from .protocol import ChatRequest, CompletionRequest, Reply, parse
 from .runner import EngineRunner
 from .sse import ClientGone, EventStream, until_disconnect
@@ -43,13 +45,14 @@ DEFAULT_MAX_NUM_SEQS = 64  # as Engine's
 
 
 class APIKeyMiddleware:
-    """Refuses (401) every request without `Authorization: Bearer <key>`."""
+    """Refuses (401) every request without `Authorization: Bearer <key>`, except the chat page's
+    static files (page.is_public), which hold no secret and ask for the key themselves."""
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app, self.key = app, api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == "http" and not is_public(scope):
             auth = dict(scope["headers"]).get(b"authorization", b"")
             scheme, _, token = auth.partition(b" ")
             if not auth:
@@ -214,6 +217,14 @@ def create_app(model: Any, *, model_name: str = "mpt-lite", api_key: str | None 
     async def _internal_error(request: Request, e: Exception) -> Response:
         log.exception("request failed")
         return JSONResponse(error_body(f"internal error: {type(e).__name__}: {e}", "server_error"), status_code=500)
+
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    async def chat_page() -> Response:
+        return page_file("index.html")
+
+    @app.api_route("/static/{name}", methods=["GET", "HEAD"], include_in_schema=False)
+    async def chat_page_file(name: str) -> Response:
+        return page_file(name)
 
     @app.get("/health")
     async def health() -> Response:
