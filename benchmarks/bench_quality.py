@@ -11,7 +11,8 @@ perplexity, cost_percent (over the first row, the unquantized model), bits_per_w
 model converted by our GGUF converter, quantized by llama.cpp's own quantizer to Q8_0, Q4_0 and
 Q4_K_M, scored by llama-cpp-python on the same windows; skipped with the reason when
 llama-cpp-python is not installed). Each peer's cost is over its own float row (mpt_lite: float32,
-llama.cpp: F16). bits/weight counts the matrices (block Linears and the tied embedding)."""
+llama.cpp: F16). bits/weight counts the matrices (block Linears and the tied embedding); block
+Linears bits/weight the block matrices alone (int4: 4.5 with fp16 group scales, as Q4_0)."""
 from __future__ import annotations
 
 import argparse
@@ -37,11 +38,14 @@ def mpt_lite_rows(model_dir: Path, stream: list[int], seq_len: int) -> list[dict
     return [dict(r, peer="mpt_lite") for r in ev.evaluate(model_dir, rows, stream, seq_len)]
 
 
-def _gguf_bits_per_weight(path: Path) -> float:
+def _gguf_bits_per_weight(path: Path, blocks_only: bool = False) -> float:
+    """Bits per weight of the matrices (blocks_only: without the token embedding / output matrix)."""
     from gguf import GGUFReader
 
     mats = [t for t in GGUFReader(str(path)).tensors if len(t.shape) == 2 or t.name == "token_embd.weight"]
     mats = [t for t in mats if int(t.n_elements) > max(int(d) for d in t.shape)]  # matrices, not vectors
+    if blocks_only:
+        mats = [t for t in mats if t.name.startswith("blk.")]
     return 8.0 * sum(int(t.n_bytes) for t in mats) / sum(int(t.n_elements) for t in mats)
 
 
@@ -85,7 +89,9 @@ def llama_cpp_rows(model_dir: Path, stream: list[int], seq_len: int, threads: in
             base = ppl if name == "F16" else base
             rows.append({"name": f"llama.cpp {name}", "perplexity": ppl, "peer": "llama.cpp",
                          "cost_percent": None if name == "F16" else 100 * (ppl / base - 1),
-                         "bits_per_weight": _gguf_bits_per_weight(path), "bytes": path.stat().st_size, "tokens": n})
+                         "bits_per_weight": _gguf_bits_per_weight(path),
+                         "block_bits_per_weight": _gguf_bits_per_weight(path, blocks_only=True),
+                         "bytes": path.stat().st_size, "tokens": n})
             print(f"llama.cpp {name}: perplexity {ppl:.3f} over {n:,} tokens ({time.time() - t0:.0f}s)", file=sys.stderr)
     return rows
 

@@ -143,13 +143,15 @@ static void bind_quant(py::module_& m) {
   }, kw, arg("x"), arg("m"), arg("k"), arg("packed"), arg("absmax"), arg("n"), arg("blocksize"), arg("bias") = 0,
      arg("y"), nt, G());
 
-  // int4: packed uint8 [n, groups * 16], scales float32 [n, groups], groups = ceil(k / 32).
+  // int4: packed uint8 [n, groups * 16], scales float16 (IEEE half bits) [n, groups], groups = ceil(k / 32).
+  // Raw addresses carry no dtype: mpt_lite/kernels/quant_ops.py rejects float32 scales (the layout
+  // before format version 3) with an error that says how to convert them.
   m.def("quantize_int4", [](uintptr_t w, int64_t n, int64_t k, uintptr_t packed, uintptr_t scales, int nthreads) {
     mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
     dim(n, "n"), dim(k, "k");
     const int64_t g = mpt::int4_groups(k);
     mpt::quantize_int4(buf<const float>(w, n * k, "w"), n, k, buf<uint8_t>(packed, n * g * 16, "packed"),
-                       buf<float>(scales, n * g, "scales"));
+                       buf<uint16_t>(scales, n * g, "scales"));
   }, kw, arg("w"), arg("n"), arg("k"), arg("packed"), arg("scales"), nt, G());
   // the searched quantizers (csrc/cpu/quant_search.h): the same layouts, scales chosen for least error
   m.def("search_quantize_int4", [](uintptr_t w, int64_t n, int64_t k, uintptr_t packed, uintptr_t scales,
@@ -158,7 +160,7 @@ static void bind_quant(py::module_& m) {
     dim(n, "n"), dim(k, "k");
     const int64_t g = mpt::int4_groups(k);
     mpt::search_quantize_int4(buf<const float>(w, n * k, "w"), n, k, buf<uint8_t>(packed, n * g * 16, "packed"),
-                              buf<float>(scales, n * g, "scales"));
+                              buf<uint16_t>(scales, n * g, "scales"));
   }, kw, arg("w"), arg("n"), arg("k"), arg("packed"), arg("scales"), nt, G());
   m.def("search_quantize_nf4", [](uintptr_t w, int64_t numel, int64_t bs, uintptr_t packed, uintptr_t absmax,
                                   int nthreads) {
@@ -173,7 +175,7 @@ static void bind_quant(py::module_& m) {
     mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
     dim(n, "n"), dim(k, "k");
     const int64_t g = mpt::int4_groups(k);
-    mpt::dequantize_int4(buf<const uint8_t>(packed, n * g * 16, "packed"), buf<const float>(scales, n * g, "scales"),
+    mpt::dequantize_int4(buf<const uint8_t>(packed, n * g * 16, "packed"), buf<const uint16_t>(scales, n * g, "scales"),
                          n, k, buf<float>(out, n * k, "out"));
   }, kw, arg("packed"), arg("scales"), arg("n"), arg("k"), arg("out"), nt, G());
   m.def("dequantize_rows_int4", [](uintptr_t packed, uintptr_t scales, int64_t k, uintptr_t rows, int64_t n_rows,
@@ -181,7 +183,7 @@ static void bind_quant(py::module_& m) {
     mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
     dim(k, "k"), dim(n_rows, "n_rows");
     const int64_t g = n_rows ? mpt::int4_groups(k) : 0;
-    mpt::dequantize_rows_int4(buf<const uint8_t>(packed, g * 16, "packed"), buf<const float>(scales, g, "scales"), k,
+    mpt::dequantize_rows_int4(buf<const uint8_t>(packed, g * 16, "packed"), buf<const uint16_t>(scales, g, "scales"), k,
                               buf<const int64_t>(rows, n_rows, "rows"), n_rows, buf<float>(out, n_rows * k, "out"));
   }, kw, arg("packed"), arg("scales"), arg("k"), arg("rows"), arg("n_rows"), arg("out"), nt, G());
   m.def("matmul_int4", [](uintptr_t x, int64_t m_, int64_t k, uintptr_t packed, uintptr_t scales, int64_t n,
@@ -190,7 +192,7 @@ static void bind_quant(py::module_& m) {
     dim(m_, "m"), dim(k, "k"), dim(n, "n");
     const int64_t g = mpt::int4_groups(k);
     mpt::matmul_int4(buf<const float>(x, m_ * k, "x"), m_, k, buf<const uint8_t>(packed, n * g * 16, "packed"),
-                     buf<const float>(scales, n * g, "scales"), n, opt<const float>(bias), buf<float>(y, m_ * n, "y"),
+                     buf<const uint16_t>(scales, n * g, "scales"), n, opt<const float>(bias), buf<float>(y, m_ * n, "y"),
                      q8);
   }, kw, arg("x"), arg("m"), arg("k"), arg("packed"), arg("scales"), arg("n"), arg("bias") = 0, arg("y"), arg("q8"),
      nt, G());
@@ -240,21 +242,21 @@ static void bind_cuda(py::module_& m) {
     dim(n, "n"), dim(k, "k");
     const int64_t g = mpt::int4_groups(k);
     mpt::cuda::quantize_int4(Launch{dev, st}, buf<const float>(w, n * k, "w"), n, k,
-                             buf<uint8_t>(packed, n * g * 16, "packed"), buf<float>(scales, n * g, "scales"));
+                             buf<uint8_t>(packed, n * g * 16, "packed"), buf<uint16_t>(scales, n * g, "scales"));
   }, kw, arg("device"), arg("stream"), arg("w"), arg("n"), arg("k"), arg("packed"), arg("scales"), G());
   // format: "int8" (data = cb, scale = scb), "nf4" (packed, absmax; blocksize), "int4" (packed, scales).
   m.def("dequantize_cuda", [](int dev, uintptr_t st, const std::string& fmt, uintptr_t data, uintptr_t scale,
                               int64_t n, int64_t k, int64_t bs, uintptr_t out) {
     dim(n, "n"), dim(k, "k"), dim(bs, "blocksize");
     mpt::cuda::dequantize(Launch{dev, st}, format_code(fmt), buf<const void>(data, n * k, "data"),
-                          buf<const float>(scale, n * k ? 1 : 0, "scale"), n, k, bs, buf<float>(out, n * k, "out"));
+                          buf<const void>(scale, n * k ? 1 : 0, "scale"), n, k, bs, buf<float>(out, n * k, "out"));
   }, kw, arg("device"), arg("stream"), arg("format"), arg("data"), arg("scale"), arg("n"), arg("k"),
      arg("blocksize") = 0, arg("out"), G());
   m.def("dequantize_rows_cuda", [](int dev, uintptr_t st, const std::string& fmt, uintptr_t data, uintptr_t scale,
                                    int64_t n, int64_t k, int64_t bs, uintptr_t rows, int64_t n_rows, uintptr_t out) {
     dim(n, "n"), dim(k, "k"), dim(bs, "blocksize"), dim(n_rows, "n_rows");
     mpt::cuda::dequantize_rows(Launch{dev, st}, format_code(fmt), buf<const void>(data, n * k, "data"),
-                               buf<const float>(scale, n * k ? 1 : 0, "scale"), n, k, bs,
+                               buf<const void>(scale, n * k ? 1 : 0, "scale"), n, k, bs,
                                buf<const int64_t>(rows, n_rows, "rows"), n_rows, buf<float>(out, n_rows * k, "out"));
   }, kw, arg("device"), arg("stream"), arg("format"), arg("data"), arg("scale"), arg("n"), arg("k"),
      arg("blocksize") = 0, arg("rows"), arg("n_rows"), arg("out"), G());
@@ -262,7 +264,7 @@ static void bind_cuda(py::module_& m) {
                           uintptr_t scale, int64_t n, int64_t k, int64_t bs, uintptr_t bias, uintptr_t y) {
     dim(m_, "m"), dim(n, "n"), dim(k, "k"), dim(bs, "blocksize");
     mpt::cuda::qmatmul(Launch{dev, st}, format_code(fmt), buf<const float>(x, m_ * k, "x"), m_,
-                       buf<const void>(data, n * k, "data"), buf<const float>(scale, n * k ? 1 : 0, "scale"), n, k, bs,
+                       buf<const void>(data, n * k, "data"), buf<const void>(scale, n * k ? 1 : 0, "scale"), n, k, bs,
                        opt<const float>(bias), buf<float>(y, m_ * n, "y"));
   }, kw, arg("device"), arg("stream"), arg("format"), arg("x"), arg("m"), arg("data"), arg("scale"), arg("n"),
      arg("k"), arg("blocksize") = 0, arg("bias") = 0, arg("y"), G());
@@ -318,7 +320,7 @@ static void bind_decode_step(py::module_& m) {
              if (fmt < -1 || fmt > 2) throw std::invalid_argument("unknown weight format code");
              mpt::StepWeight& w = p.weight(layer, name);
              w.fmt = static_cast<mpt::StepFormat>(fmt), w.N = n, w.K = k, w.blocksize = blocksize;
-             w.data = mpt::bind::buf<const void>(data, n * k, "data"), w.scale = mpt::bind::opt<const float>(scale);
+             w.data = mpt::bind::buf<const void>(data, n * k, "data"), w.scale = mpt::bind::opt<const void>(scale);
              w.bias = mpt::bind::opt<const float>(bias);
            },
            py::kw_only(), py::arg("layer"), py::arg("name"), py::arg("fmt"), py::arg("n"), py::arg("k"),

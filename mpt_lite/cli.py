@@ -504,6 +504,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"checkpoint   {human_bytes(info['checkpoint_bytes'])} on disk")
     sizes = "  ".join(f"{k} {human_bytes(v)}" for k, v in info["bytes"].items())
     print(f"weights      {sizes}")
+    bpw = "  ".join(f"{k} {v:.2f}" for k, v in info["block_bits_per_weight"].items())
+    print(f"bits/weight  {bpw}  (block Linears: codes + scales)")
     q4 = info["default_4bit"]
     extra = info["embedding_int8_extra_bytes"][q4]
     print(f"4-bit        {q4} by default (better held-out perplexity and faster than nf4: docs/default_model.md); "

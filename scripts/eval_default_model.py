@@ -34,7 +34,7 @@ import mpt_lite  # noqa: E402
 from default_model_corpus import held_out_perplexity, split_files, stdlib_files, token_stream  # noqa: E402
 from mpt_lite import kernels  # noqa: E402
 from mpt_lite.model.info import human_bytes  # noqa: E402
-from mpt_lite.quant import quantized_modules  # noqa: E402
+from mpt_lite.quant import QuantLinear, quantized_modules  # noqa: E402
 
 # (row name, load() keywords, block scales: "searched" (mpt_lite's quantizer) or "absmax")
 ROWS = {
@@ -79,6 +79,15 @@ def bits_per_weight(model) -> float:
     return 8.0 * nbytes / sum(m.rows * m.cols for m in mods.values())
 
 
+def block_bits_per_weight(model) -> float | None:
+    """Bits per weight of the block Linears alone (int4: 4.5 with its fp16 group scales)."""
+    mods = [m for m in quantized_modules(model).values() if isinstance(m, QuantLinear)]
+    if not mods:
+        return None
+    nbytes = sum(t.numel() * t.element_size() for m in mods for t in m.codes().values())
+    return 8.0 * nbytes / sum(m.rows * m.cols for m in mods)
+
+
 def model_bytes(model) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
@@ -111,20 +120,22 @@ def evaluate(model_dir: Path, rows: list, stream: list[int], seq_len: int) -> li
         base = ppl if kw.get("bits") is None else base
         cost = None if base is None or kw.get("bits") is None else 100 * (ppl / base - 1)
         out.append({"name": name, "perplexity": ppl, "cost_percent": cost, "bits_per_weight": bits_per_weight(model),
-                    "bytes": model_bytes(model), "tokens": n})
+                    "block_bits_per_weight": block_bits_per_weight(model), "bytes": model_bytes(model), "tokens": n})
         print(f"{name}: perplexity {ppl:.3f} over {n:,} tokens ({time.time() - t0:.0f}s)", file=sys.stderr)
     return out
 
 
 def markdown(results: list[dict]) -> str:
-    lines = ["| format | bits/weight | weights | held-out perplexity | vs unquantized |", "|---|---:|---:|---:|---:|"]
+    lines = ["| format | bits/weight | block Linears bits/weight | weights | held-out perplexity | vs unquantized |",
+             "|---|---:|---:|---:|---:|---:|"]
     for r in results:
         if r["perplexity"] is None:
-            lines.append(f"| {r['name']} | | | skipped: {r['skipped']} | |")
+            lines.append(f"| {r['name']} | | | | skipped: {r['skipped']} | |")
             continue
         cost = "" if r["cost_percent"] is None else f"{r['cost_percent']:+.2f}%"
-        lines.append(f"| {r['name']} | {r['bits_per_weight']:.2f} | {human_bytes(r['bytes'])} | "
-                     f"{r['perplexity']:.3f} | {cost} |")
+        block = r.get("block_bits_per_weight")
+        lines.append(f"| {r['name']} | {r['bits_per_weight']:.2f} | {'' if block is None else f'{block:.2f}'} | "
+                     f"{human_bytes(r['bytes'])} | {r['perplexity']:.3f} | {cost} |")
     return "\n".join(lines)
 
 

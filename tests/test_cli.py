@@ -83,7 +83,12 @@ def test_info_reports_shapes_sizes_and_kernels():
     V, d = tuple(ref.transformer.wte.weight.shape)
     G = -(-d // 32)
     assert info["default_4bit"] == "int4"
-    assert info["embedding_int8_extra_bytes"]["int4"] == (V * d + 4 * V) - (V * G * 16 + 4 * V * G)
+    # int4 group scales are fp16 (2 bytes per group of 32)
+    assert info["embedding_int8_extra_bytes"]["int4"] == (V * d + 4 * V) - (V * G * 16 + 2 * V * G)
+    blocks = {k: s for k, s in quant.items() if "blocks" in k}
+    nb = sum(math.prod(s) for s in blocks.values())
+    assert info["block_bits_per_weight"]["int4"] == 4.5 and info["block_bits_per_weight"]["nf4"] == 4.5
+    assert info["block_bits_per_weight"]["int8"] == 8 * (nb + 4 * sum(s[0] for s in blocks.values())) / nb
     assert info["kernel_variant"] in info["kernel_variants"]
     assert set(info["cpu_features"]) >= {"avx2", "avx512f"}
     assert info["tokenizer_tokens"] < info["config"]["vocab_size"]
@@ -91,6 +96,7 @@ def test_info_reports_shapes_sizes_and_kernels():
     assert text.returncode == 0 and "parameters" in text.stdout and "kernels" in text.stdout
     assert f"{n:,}" in text.stdout
     assert "int4 by default" in text.stdout and "embedding stays int8" in text.stdout
+    assert "int4 4.50" in text.stdout
 
 
 def test_quantize_with_embedding_bits(tmp_path):

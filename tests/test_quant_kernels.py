@@ -216,6 +216,78 @@ def test_bad_input_raises_clear_errors():
         ops.matmul_int4(torch.randn(1, 16, device="meta"), p4, s4, 16)
 
 
+# ---- int4 group scales in IEEE half (format version 3: 4.5 bits per weight) ----
+
+def _half_edge_scales():
+    """Every finite half, the midpoints between neighbours (ties: round to even), values just off
+    them, the overflow clamp and the subnormal range, both signs."""
+    h = torch.arange(1, 0x7C00, dtype=torch.int32).to(torch.int16).view(torch.float16).float()
+    mid = (h[:-1] + h[1:]) / 2
+    edge = torch.tensor([65504.0, 65519.0, 65520.0, 1e5, 1e30, 2.0 ** -25, 2.0 ** -26, 1.5 * 2.0 ** -25,
+                         2.0 ** -14 * (1 - 2.0 ** -12)])
+    d = torch.cat([h, mid, mid * (1 + 2.0 ** -20), mid * (1 - 2.0 ** -20), edge])
+    return torch.cat([d, -d])
+
+
+@pytest.mark.parametrize("quantizer", ["absmax", "search"])
+def test_int4_scales_are_half_rounded_to_nearest_even(quantizer):
+    """The stored scale is half(d) (clamped to +-65504, round to nearest even, subnormals kept), bit
+    for bit the reference's, and the codes are those of the rounded scale."""
+    d = _half_edge_scales()
+    w = torch.zeros(d.numel(), 32)
+    w[:, 0] = d * -8  # the absmax quantizer's scale is exactly d (x8 is exact in float32)
+    w[:, 1] = d * 3.3
+    fn, ref = ((ops.quantize_int4, ops.ref_quantize_int4) if quantizer == "absmax"
+               else (ops.search_quantize_int4, ops.ref_search_quantize_int4))
+    p, s = fn(w)
+    pr, sr = ref(w)
+    assert s.dtype == torch.float16 and s.shape == (d.numel(), 1)
+    assert torch.equal(s, sr) and torch.equal(p, pr)
+    if quantizer == "absmax":
+        assert torch.equal(s[:, 0], d.clamp(-65504, 65504).half())
+        # the codes are those of the rounded scale: where half keeps 11 significant bits (normal
+        # range, not clamped), -8d is within 2^-11 of -8 * half(d) and takes code 0 (-8)
+        normal = (d.abs() <= 65504) & (s[:, 0].float().abs() >= 2.0 ** -14)
+        assert bool(((p[normal, 0] & 15) == 0).all())
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_int4_half_scale_kernels_match_reference(isa):
+    """dequantize / rows / matmul (float and q8 activations) read the half scales as the reference."""
+    g = torch.Generator().manual_seed(11)
+    N, K = 37, 200
+    w = torch.randn(N, K, generator=g) * torch.logspace(-6, 3, N)[:, None]
+    p, s = ops.search_quantize_int4(w)
+    wd = ops.ref_dequantize_int4(p, s, K)
+    ids = torch.tensor([0, 36, 5, 5])
+    with ops.use_isa(isa):
+        assert torch.equal(ops.dequantize_int4(p, s, K), wd)
+        assert torch.equal(ops.dequantize_rows_int4(p, s, K, ids), wd[ids])
+        for M, q8 in [(1, True), (3, True), (5, False), (20, False), (20, True)]:
+            x = torch.randn(M, K, generator=g)
+            close(ops.matmul_int4(x, p, s, K, q8=q8), ops.ref_matmul_int4(x, p, s, K, q8=q8), x, wd)
+
+
+def test_int4_float32_scales_are_rejected_with_the_conversion():
+    p, s = ops.quantize_int4(torch.randn(8, 64))
+    for call in (lambda: ops.matmul_int4(torch.randn(1, 64), p, s.float(), 64),
+                 lambda: ops.dequantize_int4(p, s.float(), 64),
+                 lambda: ops.dequantize_rows_int4(p, s.float(), 64, torch.tensor([1]))):
+        with pytest.raises(TypeError, match="float16.*version 3.*int4_half_scales"):
+            call()
+    with pytest.raises(TypeError, match="scales must have dtype torch.float16"):
+        ops.matmul_int4(torch.randn(1, 64), p, s.bfloat16(), 64)
+    assert torch.equal(ops.int4_half_scales(s.float()), s)  # half -> float32 -> half is exact
+
+
+def test_int4_costs_4_5_bits_per_weight():
+    from mpt_lite.quant.formats import weight_format
+
+    fmt = weight_format("int4")
+    assert fmt.nbytes(2048, 2048, 64) * 8 / (2048 * 2048) == 4.5
+    assert fmt.nbytes(8192, 2048, 64) * 8 / (8192 * 2048) == 4.5
+
+
 # ---- q8 activations (int8 / int4 weights): x quantized to int8 per block of 32 along K ----
 
 Q8_FORMATS = ("int8", "int4")

@@ -124,7 +124,7 @@ def test_save_reload_round_trips_exactly(float_ckpt, tmp_path, bits, quant_type,
     fmt = quant_type or "int8"
     emb = "int8" if embedding_bits is None else fmt
     assert {k: meta[k] for k in ("format", "version", "blocksize", "group_size")} == \
-        {"format": fmt, "version": 2, "blocksize": 64, "group_size": 32}
+        {"format": fmt, "version": 3, "blocksize": 64, "group_size": 32}
     assert meta["formats"]["transformer.wte"] == emb
     assert meta["formats"]["transformer.blocks.1.ffn.up_proj"] == fmt
     r = mpt_lite.MptForCausalLM.from_pretrained(tmp_path)  # no bits: reloaded as saved, no quantizing
@@ -149,11 +149,58 @@ def test_reads_version_1_files(float_ckpt, tmp_path, quant_type):
     q = load(mpt_lite.MptForCausalLM, float_ckpt, bits=4, quant_type=quant_type, embedding_bits=4)
     q.save_pretrained(tmp_path)
     state = load_file(str(tmp_path / "model.safetensors"))
+    state = {k: v.float() if k.endswith("weight_scales") else v for k, v in state.items()}  # fp32 then
     v1 = {"format": quant_type, "version": 1, "blocksize": 64, "group_size": 32}
     save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt", "mpt_lite_quant": json.dumps(v1)})
     r = mpt_lite.MptForCausalLM.from_pretrained(tmp_path)
     assert r.transformer.wte.quant_type == quant_type
     assert _same_weights(q, r)
+
+
+def test_reads_version_2_int4_files_with_float32_scales(float_ckpt, tmp_path):
+    """Format version 2 stored int4 group scales in float32 (5.0 bits per weight). Built by hand:
+    the codes of a fresh save with float32 scales that half cannot hold. They load with the codes
+    unchanged and each scale rounded to half; the model then computes what its own dequantized
+    weights say, within 2^-11 (relative) of the float32-scale weights."""
+    from safetensors.torch import load_file
+
+    q = load(mpt_lite.MptForCausalLM, float_ckpt, bits=4, quant_type="int4")
+    q.save_pretrained(tmp_path)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    gen = torch.Generator().manual_seed(3)
+    old = {}
+    for k, v in state.items():
+        if k.endswith("weight_scales"):
+            assert v.dtype == torch.float16
+            jitter = 1 + (torch.rand(v.shape, generator=gen) - 0.5) * 2.0 ** -11  # off the half grid
+            old[k] = v.float() * jitter
+    assert any(not torch.equal(ops.int4_half_scales(t).float(), t) for t in old.values())
+    meta = _saved_meta(tmp_path)
+    meta["version"] = 2
+    save_file({**state, **old}, str(tmp_path / "model.safetensors"),
+              metadata={"format": "pt", "mpt_lite_quant": json.dumps(meta)})
+    r = mpt_lite.MptForCausalLM.from_pretrained(tmp_path)
+    rs = r.state_dict()
+    for k, t in old.items():
+        assert rs[k].dtype == torch.float16
+        assert torch.equal(rs[k], ops.int4_half_scales(t))  # each fp32 scale rounded to nearest half
+        assert torch.equal(rs[k.replace("weight_scales", "weight")], state[k.replace("weight_scales", "weight")])
+    for name, mod in quantized_modules(r).items():
+        if mod.quant_type != "int4":
+            continue
+        codes = mod.codes()
+        w16 = ops.ref_dequantize_int4(codes["weight"], codes["weight_scales"], mod.cols)
+        w32 = ops.ref_dequantize_int4(codes["weight"], old[f"{name}.weight_scales"], mod.cols)
+        assert bool(((w16 - w32).abs() <= w32.abs() * 2.0 ** -11).all())
+    ids = torch.randint(0, 97, (1, 20), generator=gen)  # 20 rows: float activations, as simulate
+    with torch.no_grad():
+        torch.testing.assert_close(r(ids).logits, simulate(r)(ids).logits, rtol=1e-4, atol=1e-4)
+    # a file that claims version 3 but holds float32 int4 scales is an error, not a silent conversion
+    meta["version"] = 3
+    save_file({**state, **old}, str(tmp_path / "model.safetensors"),
+              metadata={"format": "pt", "mpt_lite_quant": json.dumps(meta)})
+    with pytest.raises(TypeError, match="weight_scales"):
+        mpt_lite.MptForCausalLM.from_pretrained(tmp_path)
 
 
 def test_embedding_bits(float_ckpt):

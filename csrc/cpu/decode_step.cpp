@@ -57,11 +57,11 @@ void linear(const StepWeight& w, const float* x, int64_t M, float* y, int64_t q8
   switch (w.fmt) {
     case StepFormat::F32: return dense_matmul(w, x, M, y);
     case StepFormat::Int8:
-      return matmul_int8(x, M, w.K, static_cast<const int8_t*>(w.data), w.scale, w.N, w.bias, y, q8);
+      return matmul_int8(x, M, w.K, static_cast<const int8_t*>(w.data), w.fscale(), w.N, w.bias, y, q8);
     case StepFormat::Nf4:
-      return matmul_nf4(x, M, w.K, static_cast<const uint8_t*>(w.data), w.scale, w.N, w.blocksize, w.bias, y);
+      return matmul_nf4(x, M, w.K, static_cast<const uint8_t*>(w.data), w.fscale(), w.N, w.blocksize, w.bias, y);
     case StepFormat::Int4:
-      return matmul_int4(x, M, w.K, static_cast<const uint8_t*>(w.data), w.scale, w.N, w.bias, y, q8);
+      return matmul_int4(x, M, w.K, static_cast<const uint8_t*>(w.data), w.hscale(), w.N, w.bias, y, q8);
     default: throw std::invalid_argument("unset weight");
   }
 }
@@ -77,11 +77,11 @@ void embed(const StepWeight& w, const int64_t* ids, int64_t n, float* out) {
       for (int64_t i = 0; i < n; ++i) std::copy_n(static_cast<const float*>(w.data) + ids[i] * K, K, out + i * K);
       return;
     case StepFormat::Int8:
-      return dequantize_rows_int8(static_cast<const int8_t*>(w.data), w.scale, K, ids, n, out);
+      return dequantize_rows_int8(static_cast<const int8_t*>(w.data), w.fscale(), K, ids, n, out);
     case StepFormat::Nf4:
-      return dequantize_rows_nf4(static_cast<const uint8_t*>(w.data), w.scale, K, w.blocksize, ids, n, out);
+      return dequantize_rows_nf4(static_cast<const uint8_t*>(w.data), w.fscale(), K, w.blocksize, ids, n, out);
     case StepFormat::Int4:
-      return dequantize_rows_int4(static_cast<const uint8_t*>(w.data), w.scale, K, ids, n, out);
+      return dequantize_rows_int4(static_cast<const uint8_t*>(w.data), w.hscale(), K, ids, n, out);
     default: throw std::invalid_argument("unset embedding");
   }
 }

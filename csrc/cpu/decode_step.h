@@ -23,8 +23,10 @@ struct StepWeight {  // W [N, K]; F32: data is float [N, K]; else the codes of q
   StepFormat fmt = StepFormat::Unset;
   int64_t N = 0, K = 0, blocksize = 0;
   const void* data = nullptr;
-  const float* scale = nullptr;
+  const void* scale = nullptr;  // float [..] for int8 / nf4, half bits (uint16) for int4
   const float* bias = nullptr;  // [N] or null
+  const float* fscale() const { return static_cast<const float*>(scale); }
+  const uint16_t* hscale() const { return static_cast<const uint16_t*>(scale); }
 };
 
 struct StepNorm {  // LayerNorm: weight [d], bias [d] or null

@@ -17,8 +17,13 @@
 //                                  q(k = 32g + j + 16) in its HIGH nibble (ggml q4_0 order, so one
 //                                  16-byte load yields k 0..15 and k 16..31 without shuffles);
 //                                  padding past K holds q = 8 (zero)
-//         scales fp32  [N, G]      d = amax / -8 where amax is the group's value of largest
-//                                  magnitude; q = clamp(floor(w / d + 8.5), 0, 15); w = (q - 8) * d
+//         scales fp16  [N, G]      IEEE half bits (uint16); d = half(amax / -8) where amax is the
+//                                  group's value of largest magnitude, rounded to nearest even and
+//                                  clamped to +-65504 before rounding (half_bits); the codes use the
+//                                  rounded d: q = clamp(floor(w / d + 8.5), 0, 15); w = (q - 8) * d.
+//                                  32 x 4 bits + 16 = 4.5 bits per weight (ggml Q4_0's size).
+//                                  (Saves before format version 3 held fp32 scales: the Python loader
+//                                  converts them, mpt_lite/hub/loading.py.)
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -30,6 +35,46 @@ extern const float kNf4Code[16];
 
 constexpr int kInt4Group = 32;
 inline int64_t int4_groups(int64_t K) { return (K + kInt4Group - 1) / kInt4Group; }
+
+// IEEE half <-> float, portable (no F16C): exact widening; narrowing rounds to nearest even after
+// clamping to the largest finite half (+-65504), with half subnormals, as torch's .to(float16) of
+// the clamped value. NaN stays NaN.
+inline float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16, e = (h >> 10) & 31u, m = h & 0x3ffu;
+  uint32_t bits;
+  if (e == 31) {
+    bits = sign | 0x7f800000u | m << 13;
+  } else if (e != 0) {
+    bits = sign | (e + 112) << 23 | m << 13;
+  } else {  // zero or subnormal: m * 2^-24, exact in float
+    float f = static_cast<float>(m) * 5.9604644775390625e-8f;
+    return sign ? -f : f;
+  }
+  float f;
+  __builtin_memcpy(&f, &bits, 4);
+  return f;
+}
+
+inline uint16_t half_bits(float f) {
+  uint32_t x;
+  __builtin_memcpy(&x, &f, 4);
+  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
+  x &= 0x7fffffffu;
+  if (x > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);  // NaN
+  if (x >= 0x477fe000u) return static_cast<uint16_t>(sign | 0x7bffu);  // >= 65504 (or rounds past it): clamp
+  if (x < 0x38800000u) {  // below 2^-14: a half subnormal m * 2^-24, m = round_even(|f| * 2^24)
+    if (x < 0x33000000u) return sign;  // below 2^-25: rounds to 0 (2^-25 itself is the tie, even = 0)
+    const uint32_t e = x >> 23, mant = (x & 0x7fffffu) | 0x800000u, shift = 126 - e;  // |f| = mant * 2^(e-150)
+    uint32_t m = mant >> shift;
+    const uint32_t rest = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rest > half || (rest == half && (m & 1))) ++m;
+    return static_cast<uint16_t>(sign | m);
+  }
+  // normal: drop 13 mantissa bits, round to nearest even (a carry into the exponent is right)
+  const uint32_t r = x + 0xfffu + ((x >> 13) & 1u);
+  return static_cast<uint16_t>(sign | ((r - 0x38000000u) >> 13));
+}
+inline float round_to_half(float f) { return half_to_float(half_bits(f)); }
 
 void quantize_int8(const float* w, int64_t N, int64_t K, int8_t* cb, float* scb);
 void dequantize_int8(const int8_t* cb, const float* scb, int64_t N, int64_t K, float* out);
@@ -43,16 +88,16 @@ void dequantize_nf4(const uint8_t* packed, const float* absmax, int64_t numel, i
 void matmul_nf4(const float* x, int64_t M, int64_t K, const uint8_t* packed, const float* absmax, int64_t N,
                 int64_t blocksize, const float* bias, float* y);
 
-void quantize_int4(const float* w, int64_t N, int64_t K, uint8_t* packed, float* scales);
-void dequantize_int4(const uint8_t* packed, const float* scales, int64_t N, int64_t K, float* out);
-void matmul_int4(const float* x, int64_t M, int64_t K, const uint8_t* packed, const float* scales, int64_t N,
+void quantize_int4(const float* w, int64_t N, int64_t K, uint8_t* packed, uint16_t* scales);
+void dequantize_int4(const uint8_t* packed, const uint16_t* scales, int64_t N, int64_t K, float* out);
+void matmul_int4(const float* x, int64_t M, int64_t K, const uint8_t* packed, const uint16_t* scales, int64_t N,
                  const float* bias, float* y, bool q8 = false);
 
 // Dequantizes rows [n0, n1) of a weight into out ([n1 - n0, K] row-major); used for embedding lookups.
 void dequantize_rows_int8(const int8_t* cb, const float* scb, int64_t K, const int64_t* rows, int64_t nrows, float* out);
 void dequantize_rows_nf4(const uint8_t* packed, const float* absmax, int64_t K, int64_t blocksize,
                          const int64_t* rows, int64_t nrows, float* out);
-void dequantize_rows_int4(const uint8_t* packed, const float* scales, int64_t K, const int64_t* rows, int64_t nrows,
+void dequantize_rows_int4(const uint8_t* packed, const uint16_t* scales, int64_t K, const int64_t* rows, int64_t nrows,
                           float* out);
 
 // A weight view the matmul kernels share: scalar decode of one element, and the format tag.
@@ -61,8 +106,14 @@ struct QWeight {
   QFormat fmt;
   int64_t N, K, blocksize;  // blocksize: nf4 only
   const uint8_t* data;      // cb / packed
-  const float* scale;       // scb / absmax / scales
+  const float* scale;       // scb / absmax (int8, nf4)
+  const uint16_t* scale16;  // int4's half scales [N, G]; read them through int4_scale
 };
+
+// int4: the scale of group g of row n, widened to float.
+inline float int4_scale(const QWeight& w, int64_t n, int64_t g) {
+  return half_to_float(w.scale16[n * int4_groups(w.K) + g]);
+}
 
 inline float decode_scalar(const QWeight& w, int64_t n, int64_t k) {
   switch (w.fmt) {
@@ -78,8 +129,7 @@ inline float decode_scalar(const QWeight& w, int64_t n, int64_t k) {
       int64_t G = int4_groups(w.K), g = k / kInt4Group, j = k % kInt4Group;
       uint8_t b = w.data[(n * G + g) * 16 + (j & 15)];
       int q = j < 16 ? (b & 15) : (b >> 4);
-      float d = w.scale[n * G + g];
-      return static_cast<float>(q - 8) * d;
+      return static_cast<float>(q - 8) * half_to_float(w.scale16[n * G + g]);
     }
   }
   return 0.f;

@@ -6,7 +6,7 @@
 
 namespace mpt {
 
-void quantize_int4(const float* w, int64_t N, int64_t K, uint8_t* packed, float* scales) {
+void quantize_int4(const float* w, int64_t N, int64_t K, uint8_t* packed, uint16_t* scales) {
   const int64_t G = int4_groups(K);
   parallel_for(N, 1, [&](int64_t n0, int64_t n1) {
     float v[kInt4Group];
@@ -21,9 +21,10 @@ void quantize_int4(const float* w, int64_t N, int64_t K, uint8_t* packed, float*
             maxv = v[j];
           }
         }
-        const float d = maxv / -8.0f;
+        const uint16_t h = half_bits(maxv / -8.0f);  // the stored scale; the codes use it rounded
+        const float d = half_to_float(h);
         const float id = d != 0.f ? 1.0f / d : 0.f;
-        scales[n * G + g] = d;
+        scales[n * G + g] = h;
         uint8_t* out = packed + (n * G + g) * 16;
         for (int j = 0; j < 16; ++j) {
           auto q = [&](float x) {
@@ -37,7 +38,7 @@ void quantize_int4(const float* w, int64_t N, int64_t K, uint8_t* packed, float*
   });
 }
 
-void dequantize_rows_int4(const uint8_t* packed, const float* scales, int64_t K, const int64_t* rows, int64_t nrows,
+void dequantize_rows_int4(const uint8_t* packed, const uint16_t* scales, int64_t K, const int64_t* rows, int64_t nrows,
                           float* out) {
   const int64_t G = int4_groups(K);
   for (int64_t i = 0; i < nrows; ++i) {
@@ -46,20 +47,20 @@ void dequantize_rows_int4(const uint8_t* packed, const float* scales, int64_t K,
       const int64_t g = k / kInt4Group, j = k % kInt4Group;
       uint8_t b = packed[(n * G + g) * 16 + (j & 15)];
       int q = j < 16 ? (b & 15) : (b >> 4);
-      out[i * K + k] = static_cast<float>(q - 8) * scales[n * G + g];
+      out[i * K + k] = static_cast<float>(q - 8) * half_to_float(scales[n * G + g]);
     }
   }
 }
 
-void dequantize_int4(const uint8_t* packed, const float* scales, int64_t N, int64_t K, float* out) {
+void dequantize_int4(const uint8_t* packed, const uint16_t* scales, int64_t N, int64_t K, float* out) {
   parallel_for(N, 1, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) dequantize_rows_int4(packed, scales, K, &n, 1, out + n * K);
   });
 }
 
-void matmul_int4(const float* x, int64_t M, int64_t K, const uint8_t* packed, const float* scales, int64_t N,
+void matmul_int4(const float* x, int64_t M, int64_t K, const uint8_t* packed, const uint16_t* scales, int64_t N,
                  const float* bias, float* y, bool q8) {
-  QWeight w{QFormat::Int4, N, K, 0, packed, scales};
+  QWeight w{QFormat::Int4, N, K, 0, packed, nullptr, scales};
   qmatmul(w, x, M, bias, y, q8);
 }
 

@@ -70,7 +70,7 @@ void qmatmul_q8_generic(const QWeight& w, const Q8Rows& x, const float* bias, fl
         for (int64_t b = 0; b < KB; ++b) {
           int32_t sumi = 0;
           for (int j = 0; j < 32; ++j) sumi += int32_t(row[b * 32 + j]) * q[b * 32 + j];
-          const float dw = w.fmt == QFormat::Int8 ? 1.f : w.scale[n * KB + b];
+          const float dw = w.fmt == QFormat::Int8 ? 1.f : int4_scale(w, n, b);
           acc += dw * x.d[m * KB + b] * static_cast<float>(sumi);
         }
         y[m * N + n] = acc * row_factor(w, n) + (bias ? bias[n] : 0.f);

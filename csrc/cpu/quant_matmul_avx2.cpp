@@ -37,6 +37,12 @@ struct V {
     for (int i = 0; i < 4; ++i)
       out[i] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * i))));
   }
+  static void widen_halves(const uint16_t* h, int64_t n, float* out) {  // F16C
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+      _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i))));
+    for (; i < n; ++i) out[i] = _cvtsh_ss(h[i]);
+  }
   static void decode_int4(const uint8_t* p, float d, F* out) {
     const F vd = _mm256_set1_ps(d), m8d = _mm256_set1_ps(-8.0f * d);
     const __m256i lo4 = _mm256_set1_epi32(15);
@@ -75,7 +81,8 @@ namespace avx2 {
 // The unsigned operand must be >= 0: the weight's magnitude goes there and its sign onto x
 // (pair sums at most 2*128*127). int4 codes are the nibbles minus 8.
 template <QFormat FMT, int MB>
-void q8_rows(const QWeight& w, const Q8Rows& x, int64_t m0, const float* bias, float* y, int64_t n0, int64_t n1) {
+void q8_rows(const QWeight& w, const Q8Rows& x, int64_t m0, const float* bias, float* y, int64_t n0, int64_t n1,
+             float* srow) {
   constexpr int U = MB == 1 ? 2 : 1;
   const int64_t KB = x.KB, Kp = KB * 32, K = w.K, N = w.N;
   const __m256i lo4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1), eight = _mm256_set1_epi8(8);
@@ -86,7 +93,7 @@ void q8_rows(const QWeight& w, const Q8Rows& x, int64_t m0, const float* bias, f
     for (int m = 0; m < MB; ++m)
       for (int u = 0; u < U; ++u) acc[m][u] = _mm256_setzero_ps();
     const uint8_t* wrow = FMT == QFormat::Int4 ? w.data + n * KB * 16 : w.data + n * K;
-    const float* srow = w.scale + n * KB;
+    if (FMT == QFormat::Int4) V::widen_halves(w.scale16 + n * KB, KB, srow);  // a row's scales (scale_scratch)
     auto step = [&](int64_t b, int u) __attribute__((always_inline)) {
       if (FMT == QFormat::Int4) {
         const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wrow + b * 16));
@@ -139,14 +146,17 @@ void q8_run(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
     const Q8Rows& x;
     const float* bias;
     float* y;
-    auto make_worker() { return [this](int64_t t0, int64_t t1) { tile(t0, t1); }; }
-    void tile(int64_t t0, int64_t t1) const {
+    auto make_worker() {
+      auto sb = scale_scratch(w);
+      return [this, sb](int64_t t0, int64_t t1) { tile(t0, t1, sb->data()); };
+    }
+    void tile(int64_t t0, int64_t t1, float* sb) const {
       for (int64_t m0 = 0; m0 < x.M; m0 += 4) {
         switch (std::min<int64_t>(4, x.M - m0)) {
-          case 1: q8_rows<FMT, 1>(w, x, m0, bias, y, t0, t1); break;
-          case 2: q8_rows<FMT, 2>(w, x, m0, bias, y, t0, t1); break;
-          case 3: q8_rows<FMT, 3>(w, x, m0, bias, y, t0, t1); break;
-          default: q8_rows<FMT, 4>(w, x, m0, bias, y, t0, t1); break;
+          case 1: q8_rows<FMT, 1>(w, x, m0, bias, y, t0, t1, sb); break;
+          case 2: q8_rows<FMT, 2>(w, x, m0, bias, y, t0, t1, sb); break;
+          case 3: q8_rows<FMT, 3>(w, x, m0, bias, y, t0, t1, sb); break;
+          default: q8_rows<FMT, 4>(w, x, m0, bias, y, t0, t1, sb); break;
         }
       }
     }

@@ -25,6 +25,15 @@ struct V {
     out[0] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
     out[1] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16))));
   }
+  static void widen_halves(const uint16_t* h, int64_t n, float* out) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+      _mm512_storeu_ps(out + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + i))));
+    if (i < n) {
+      const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+      _mm512_mask_storeu_ps(out + i, m, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, h + i)));
+    }
+  }
   static void decode_int4(const uint8_t* p, float d, F* out) {
     const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     const F vd = _mm512_set1_ps(d), m8d = _mm512_set1_ps(-8.0f * d);  // q*d - 8d rounds once: (q-8)*d
@@ -108,7 +117,7 @@ void q8_rows(const QWeight& w, const Q8Pack& xp, int64_t m0, const float* bias, 
     for (int m = 0; m < MB; ++m)
       for (int u = 0; u < U; ++u) acc[m][u] = _mm512_setzero_ps();
     const uint8_t* wrow = FMT == QFormat::Int4 ? w.data + n * G * 16 : w.data + n * K;
-    const float* srow = w.scale + n * G;
+    const uint16_t* srow = w.scale16 + n * G;  // int4 only
     auto step = [&](int64_t st, int u, bool full) __attribute__((always_inline)) {
       __m512i wa, wb;
       __m512 dw = _mm512_setzero_ps();
@@ -116,7 +125,9 @@ void q8_rows(const QWeight& w, const Q8Pack& xp, int64_t m0, const float* bias, 
         const int64_t g = st * 4;
         const __m512i raw = full ? _mm512_loadu_si512(wrow + g * 16)
                                  : _mm512_maskz_loadu_epi8(bytes_mask((G - g) * 16), wrow + g * 16);
-        const __m128 sc = full ? _mm_loadu_ps(srow + g) : _mm_maskz_loadu_ps(static_cast<__mmask8>((1u << (G - g)) - 1), srow + g);
+        const __m128i h = full ? _mm_loadl_epi64(reinterpret_cast<const __m128i*>(srow + g))
+                               : _mm_maskz_loadu_epi16(static_cast<__mmask8>((1u << (G - g)) - 1), srow + g);
+        const __m128 sc = _mm_cvtph_ps(h);  // 4 half scales
         dw = _mm512_permutexvar_ps(gidx, _mm512_castps128_ps512(sc));
         wa = _mm512_and_si512(raw, lo4);  // absent groups: nibbles 0 against x codes 0
         wb = _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo4);
@@ -244,14 +255,16 @@ void q8_wide_rows(const QWeight& w, const Q8Wide& xp, int64_t m0, const float* b
     __m512 acc[MB];
     for (int m = 0; m < MB; ++m) acc[m] = _mm512_setzero_ps();
     const uint8_t* wrow = w.data + n * rowbytes;
-    const float* srow = I4 ? w.scale + n * G : nullptr;
+    const uint16_t* srow = I4 ? w.scale16 + n * G : nullptr;
     for (int64_t st = 0; st < S; ++st) {
       const uint8_t* p = wrow + st * 64 * NL;
       __m512i z[NL];
       __m512 dw = _mm512_setzero_ps();
       if (st < Sfull) {
         for (int a = 0; a < NL; ++a) z[a] = _mm512_loadu_si512(p + 64 * a);
-        if (I4) dw = _mm512_permutexvar_ps(sidx, _mm512_loadu_ps(srow + st * 16));
+        if (I4)
+          dw = _mm512_permutexvar_ps(
+              sidx, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(srow + st * 16))));
         for (int a = 0; a < NL; a += 2)
           _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes + 64 * a), _MM_HINT_T0);
       } else {  // the last, partial step: absent bytes load as 0 (int4: scale 0 too), against x codes 0
@@ -259,7 +272,8 @@ void q8_wide_rows(const QWeight& w, const Q8Wide& xp, int64_t m0, const float* b
         for (int a = 0; a < NL; ++a) z[a] = _mm512_maskz_loadu_epi8(bytes_mask(left - 64 * a), p + 64 * a);
         if (I4)
           dw = _mm512_permutexvar_ps(
-              sidx, _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << (G - st * 16)) - 1), srow + st * 16));
+              sidx, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << (G - st * 16)) - 1),
+                                                             srow + st * 16)));
       }
       __m512i wv[8];
       if (I4) {

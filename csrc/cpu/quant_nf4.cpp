@@ -62,7 +62,7 @@ void dequantize_rows_nf4(const uint8_t* packed, const float* absmax, int64_t K, 
 
 void matmul_nf4(const float* x, int64_t M, int64_t K, const uint8_t* packed, const float* absmax, int64_t N,
                 int64_t blocksize, const float* bias, float* y) {
-  QWeight w{QFormat::Nf4, N, K, blocksize, packed, absmax};
+  QWeight w{QFormat::Nf4, N, K, blocksize, packed, absmax, nullptr};
   qmatmul(w, x, M, bias, y);
 }
 

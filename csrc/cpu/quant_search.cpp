@@ -114,7 +114,7 @@ MPT_INLINE Fit nf4_fit(const float* x, int64_t n, const uint8_t* q, float* sx, f
 }
 
 MPT_SEARCH_CLONES void int4_rows(const float* w, int64_t n0, int64_t n1, int64_t K, uint8_t* packed,
-                                 float* scales) {
+                                 uint16_t* scales) {
   static_assert(kInt4Group == 32, "int4 groups are four vectors of 8");
   const int64_t G = int4_groups(K);
   for (int64_t n = n0; n < n1; ++n) {
@@ -142,8 +142,12 @@ MPT_SEARCH_CLONES void int4_rows(const float* w, int64_t n0, int64_t n1, int64_t
           best = l;
         }
       }
-      const Group l = int4_assign(x, inverse(int4_fit(x, best).scale));
-      scales[n * G + g] = int4_fit(x, l).scale;
+      // Refit once on the best trial's levels, round that scale to half (what is stored), and
+      // assign the codes for the rounded scale, so the stored pair is self-consistent.
+      const Group l0 = int4_assign(x, inverse(int4_fit(x, best).scale));
+      const uint16_t h = half_bits(int4_fit(x, l0).scale);
+      const Group l = int4_assign(x, inverse(half_to_float(h)));
+      scales[n * G + g] = h;
       std::memcpy(buf, l.v, sizeof(buf));
       uint8_t* out = packed + (n * G + g) * 16;
       for (int j = 0; j < 16; ++j)
@@ -186,7 +190,7 @@ MPT_SEARCH_CLONES void nf4_blocks(const float* w, int64_t b0, int64_t b1, int64_
 
 }  // namespace
 
-void search_quantize_int4(const float* w, int64_t N, int64_t K, uint8_t* packed, float* scales) {
+void search_quantize_int4(const float* w, int64_t N, int64_t K, uint8_t* packed, uint16_t* scales) {
   parallel_for(N, 1, [&](int64_t n0, int64_t n1) { int4_rows(w, n0, n1, K, packed, scales); });
 }
 

@@ -7,7 +7,7 @@
 
 namespace mpt {
 
-void search_quantize_int4(const float* w, int64_t N, int64_t K, uint8_t* packed, float* scales);
+void search_quantize_int4(const float* w, int64_t N, int64_t K, uint8_t* packed, uint16_t* scales);  // half scales
 void search_quantize_nf4(const float* w, int64_t numel, int64_t blocksize, uint8_t* packed, float* absmax);
 
 }  // namespace mpt

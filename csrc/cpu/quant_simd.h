@@ -58,19 +58,25 @@ struct RowDecoder {
   using F = typename V::F;
   const QWeight& w;
   const uint8_t* p = nullptr;
-  const float* s = nullptr;
+  float* sf;  // int4: the half scales of groups [g0, ...) of the row, widened (F16C); scale_scratch
+  int64_t g0 = 0;
   int64_t n = 0, f0 = 0;
   int shift = -1;  // log2(blocksize) for NF4 rows on the fast path, else -1
-  explicit RowDecoder(const QWeight& w_) : w(w_) {}
+  // sbuf: scale_scratch(w) floats, owned by the caller (a buffer here would make the compiler keep the
+  // accumulators of the hot loops in memory).
+  RowDecoder(const QWeight& w_, float* sbuf) : w(w_), sf(sbuf) {}
 
-  void row(int64_t n_) {
+  // Row n_, to be decoded over k in [k0, k1) (k0 a multiple of 32): int4 widens that range's scales
+  // once here, so the inner loop reads float scales.
+  void row(int64_t n_, int64_t k0 = 0, int64_t k1 = INT64_MAX) {
     n = n_;
     if (FMT == QFormat::Int8) {
       p = w.data + n * w.K;
     } else if (FMT == QFormat::Int4) {
-      const int64_t G = int4_groups(w.K);
+      const int64_t G = int4_groups(w.K), ga = k0 >> 5, gb = std::min(G, (std::min(k1, w.K) + kChunk - 1) >> 5);
       p = w.data + n * G * 16;
-      s = w.scale + n * G;
+      g0 = ga;
+      V::widen_halves(w.scale16 + n * G + ga, gb - ga, sf);
     } else {
       f0 = n * w.K;
       const int64_t bs = w.blocksize;
@@ -80,7 +86,7 @@ struct RowDecoder {
 
   inline __attribute__((always_inline)) void chunk(int64_t k, F* out) const {
     if (FMT == QFormat::Int4) {
-      V::decode_int4(p + (k >> 5) * 16, s[k >> 5], out);
+      V::decode_int4(p + (k >> 5) * 16, sf[(k >> 5) - g0], out);
       return;
     }
     if (k + kChunk <= w.K) {
@@ -108,6 +114,11 @@ struct RowDecoder {
   }
 };
 
+// Per-thread scratch a RowDecoder needs (int4: one row's widened scales).
+inline std::shared_ptr<std::vector<float>> scale_scratch(const QWeight& w) {
+  return std::make_shared<std::vector<float>>(w.fmt == QFormat::Int4 ? static_cast<size_t>(int4_groups(w.K)) : 0);
+}
+
 // x (M x K) -> M x Kp in kernel order, zero-padded.
 inline void pack_rows(const QWeight& w, const float* x, int64_t M, int64_t Kp, float* out) {
   const int64_t K = w.K;
@@ -121,11 +132,11 @@ inline void pack_rows(const QWeight& w, const float* x, int64_t M, int64_t Kp, f
 
 template <QFormat FMT, int MB>
 void gemv_rows(const QWeight& w, const float* xq, int64_t Kp, int64_t m0, const float* bias, float* y,
-               int64_t n0, int64_t n1) {
+               int64_t n0, int64_t n1, float* sbuf) {
   using F = typename V::F;
   constexpr int U = MB == 1 ? 2 : 1;  // two chunks in flight hide the FMA latency of a single row
   const int64_t N = w.N;
-  RowDecoder<FMT> dec(w);
+  RowDecoder<FMT> dec(w, sbuf);
   for (int64_t n = n0; n < n1; ++n) {
     dec.row(n);
     F acc[MB][U][NV];
@@ -230,16 +241,17 @@ void gemm(const QWeight& w, const float* x, int64_t M, const float* bias, float*
     auto make_worker() {
       auto wbuf = std::make_shared<std::vector<float>>(static_cast<size_t>(NC * KC));
       auto C = std::make_shared<std::vector<float>>(static_cast<size_t>(NC * Mp));
-      return [this, wbuf, C](int64_t n0, int64_t n1) { block(n0, n1, wbuf->data(), C->data()); };
+      auto sb = scale_scratch(w);
+      return [this, wbuf, C, sb](int64_t n0, int64_t n1) { block(n0, n1, wbuf->data(), C->data(), sb->data()); };
     }
-    void block(int64_t n0, int64_t n1, float* wb, float* C) const {
+    void block(int64_t n0, int64_t n1, float* wb, float* C, float* sb) const {
       const int64_t nr = n1 - n0, N = w.N;
-      RowDecoder<FMT> dec(w);
+      RowDecoder<FMT> dec(w, sb);
       std::fill(C, C + nr * Mp, 0.f);
       for (int64_t k0 = 0; k0 < Kp; k0 += KC) {
         const int64_t kc = std::min(KC, Kp - k0);
         for (int64_t r = 0; r < nr; ++r) {
-          dec.row(n0 + r);
+          dec.row(n0 + r, k0, k0 + kc);
           for (int64_t c = 0; c < kc; c += kChunk) {
             typename V::F v[NV];
             dec.chunk(k0 + c, v);
@@ -277,16 +289,19 @@ void run(const QWeight& w, const float* x, int64_t M, const float* bias, float* 
     int64_t M, Kp;
     const float* bias;
     float* y;
-    auto make_worker() { return [this](int64_t t0, int64_t t1) { tile(t0, t1); }; }
+    auto make_worker() {
+      auto sb = scale_scratch(w);
+      return [this, sb](int64_t t0, int64_t t1) { tile(t0, t1, sb->data()); };
+    }
     // Up to 4 x rows per pass over a tile of 16 weight rows; with more, the tile decoded in the
     // first pass is still in cache for the next, so memory sees each weight byte once.
-    void tile(int64_t t0, int64_t t1) const {
+    void tile(int64_t t0, int64_t t1, float* sb) const {
       for (int64_t m0 = 0; m0 < M; m0 += 4) {
         switch (std::min<int64_t>(4, M - m0)) {
-          case 1: gemv_rows<FMT, 1>(w, xq, Kp, m0, bias, y, t0, t1); break;
-          case 2: gemv_rows<FMT, 2>(w, xq, Kp, m0, bias, y, t0, t1); break;
-          case 3: gemv_rows<FMT, 3>(w, xq, Kp, m0, bias, y, t0, t1); break;
-          default: gemv_rows<FMT, 4>(w, xq, Kp, m0, bias, y, t0, t1); break;
+          case 1: gemv_rows<FMT, 1>(w, xq, Kp, m0, bias, y, t0, t1, sb); break;
+          case 2: gemv_rows<FMT, 2>(w, xq, Kp, m0, bias, y, t0, t1, sb); break;
+          case 3: gemv_rows<FMT, 3>(w, xq, Kp, m0, bias, y, t0, t1, sb); break;
+          default: gemv_rows<FMT, 4>(w, xq, Kp, m0, bias, y, t0, t1, sb); break;
         }
       }
     }

@@ -20,20 +20,21 @@ struct Launch {
   uintptr_t stream = 0;
 };
 
-// fmt: 0 int8 (data = cb, scale = scb), 1 nf4 (packed, absmax, blocksize), 2 int4 (packed, scales).
+// fmt: 0 int8 (data = cb, scale = scb), 1 nf4 (packed, absmax, blocksize), 2 int4 (packed, scales as
+// IEEE half bits); scb / absmax are float32.
 void quantize_int8(Launch l, const float* w, int64_t N, int64_t K, int8_t* cb, float* scb);
 void quantize_nf4(Launch l, const float* w, int64_t numel, int64_t blocksize, uint8_t* packed, float* absmax);
-void quantize_int4(Launch l, const float* w, int64_t N, int64_t K, uint8_t* packed, float* scales);
-void dequantize(Launch l, int fmt, const void* data, const float* scale, int64_t N, int64_t K, int64_t blocksize,
+void quantize_int4(Launch l, const float* w, int64_t N, int64_t K, uint8_t* packed, uint16_t* scales);
+void dequantize(Launch l, int fmt, const void* data, const void* scale, int64_t N, int64_t K, int64_t blocksize,
                 float* out);
-void dequantize_rows(Launch l, int fmt, const void* data, const float* scale, int64_t N, int64_t K,
+void dequantize_rows(Launch l, int fmt, const void* data, const void* scale, int64_t N, int64_t K,
                      int64_t blocksize, const int64_t* rows, int64_t nrows, float* out);
 
 // y [M, N] = x [M, K] @ W^T (+ bias): M <= kGemvMaxM runs the GEMV kernel (float32 throughout,
 // equal to ops.ref_matmul_* to float32 rounding); larger M the tensor-core GEMM (x and W's
 // operands rounded to bfloat16, float32 accumulation; see ops.ref_matmul_bf16_operands).
 constexpr int64_t kGemvMaxM = 8;
-void qmatmul(Launch l, int fmt, const float* x, int64_t M, const void* data, const float* scale, int64_t N,
+void qmatmul(Launch l, int fmt, const float* x, int64_t M, const void* data, const void* scale, int64_t N,
              int64_t K, int64_t blocksize, const float* bias, float* y);
 
 // slots_host: a host copy of slot_mapping, checked against the cache before the launch.

@@ -21,8 +21,12 @@ __device__ __forceinline__ float nf4_value(int q) {
 // What a kernel needs to read one weight [N, K]: codes, scales and (nf4) the block size.
 struct QW {
   const uint8_t* data;
-  const float* scale;
+  const void* scale;  // float: int8 scb / nf4 absmax; IEEE half bits: int4 scales
   int64_t N, K, blocksize;
+  __device__ __forceinline__ float fscale(int64_t i) const { return __ldg(static_cast<const float*>(scale) + i); }
+  __device__ __forceinline__ float int4_scale(int64_t i) const {
+    return __half2float(__ushort_as_half(__ldg(static_cast<const unsigned short*>(scale) + i)));
+  }
 };
 
 // Element (n, k) as the matmul operand: int8 gives the raw code (its row factor scb/127 is
@@ -34,25 +38,25 @@ __device__ __forceinline__ float operand(const QW& w, int64_t n, int64_t k) {
   } else if constexpr (F == Fmt::Nf4) {
     const int64_t f = n * w.K + k;
     const uint8_t b = w.data[f >> 1];
-    return __fmul_rn(nf4_value((f & 1) ? (b & 15) : (b >> 4)), w.scale[f / w.blocksize]);
+    return __fmul_rn(nf4_value((f & 1) ? (b & 15) : (b >> 4)), w.fscale(f / w.blocksize));
   } else {
     const int64_t G = (w.K + kInt4Group - 1) / kInt4Group, g = k / kInt4Group, j = k % kInt4Group;
     const uint8_t b = w.data[(n * G + g) * 16 + (j & 15)];
     const int q = j < 16 ? (b & 15) : (b >> 4);
-    return __fmul_rn(static_cast<float>(q - 8), w.scale[n * G + g]);
+    return __fmul_rn(static_cast<float>(q - 8), w.int4_scale(n * G + g));
   }
 }
 
 template <Fmt F>
 __device__ __forceinline__ float row_factor(const QW& w, int64_t n) {
-  if constexpr (F == Fmt::Int8) return __fmul_rn(w.scale[n], 1.0f / 127.0f);
+  if constexpr (F == Fmt::Int8) return __fmul_rn(w.fscale(n), 1.0f / 127.0f);
   else return 1.0f;
 }
 
 // The dequantized value (what ops.dequantize_* returns): int8 is (q * scb) * (1/127).
 template <Fmt F>
 __device__ __forceinline__ float dequant(const QW& w, int64_t n, int64_t k) {
-  if constexpr (F == Fmt::Int8) return __fmul_rn(__fmul_rn(operand<F>(w, n, k), w.scale[n]), 1.0f / 127.0f);
+  if constexpr (F == Fmt::Int8) return __fmul_rn(__fmul_rn(operand<F>(w, n, k), w.fscale(n)), 1.0f / 127.0f);
   else return operand<F>(w, n, k);
 }
 
@@ -78,7 +82,7 @@ __device__ __forceinline__ void operand32(const QW& w, int64_t n, int64_t c, flo
   } else if constexpr (F == Fmt::Nf4) {
     const int64_t f0 = n * w.K + 32 * c;
     const uint4 v = __ldg(reinterpret_cast<const uint4*>(w.data + (f0 >> 1)));
-    const float s = __ldg(w.scale + f0 / w.blocksize);
+    const float s = w.fscale(f0 / w.blocksize);
     const uint32_t words[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
     for (int j = 0; j < 16; ++j) {
@@ -89,7 +93,7 @@ __device__ __forceinline__ void operand32(const QW& w, int64_t n, int64_t c, flo
   } else {
     const int64_t G = (w.K + kInt4Group - 1) / kInt4Group;
     const uint4 v = __ldg(reinterpret_cast<const uint4*>(w.data + (n * G + c) * 16));
-    const float d = __ldg(w.scale + n * G + c);
+    const float d = w.int4_scale(n * G + c);
     const uint32_t words[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
     for (int j = 0; j < 16; ++j) {

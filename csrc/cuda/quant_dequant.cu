@@ -59,7 +59,7 @@ __global__ void quantize_nf4_kernel(const float* __restrict__ w, int64_t numel, 
 
 // One thread per (row, group): the sequential scan keeps "first of equal magnitudes wins".
 __global__ void quantize_int4_kernel(const float* __restrict__ w, int64_t N, int64_t K, uint8_t* __restrict__ packed,
-                                     float* __restrict__ scales) {
+                                     unsigned short* __restrict__ scales) {
   const int64_t G = (K + kInt4Group - 1) / kInt4Group;
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= N * G) return;
@@ -75,9 +75,12 @@ __global__ void quantize_int4_kernel(const float* __restrict__ w, int64_t N, int
       maxv = v[j];
     }
   }
-  const float d = maxv / -8.0f;
+  // the stored half scale (clamped to +-65504, rounded to nearest even, as half_bits on the CPU);
+  // the codes use the rounded value
+  const __half h = __float2half_rn(fminf(fmaxf(maxv / -8.0f, -65504.f), 65504.f));
+  const float d = __half2float(h);
   const float id = d != 0.f ? 1.0f / d : 0.f;
-  scales[i] = d;
+  scales[i] = __half_as_ushort(h);
   uint8_t* out = packed + i * 16;
 #pragma unroll
   for (int j = 0; j < 16; ++j) {
@@ -137,7 +140,7 @@ void quantize_nf4(Launch l, const float* w, int64_t numel, int64_t bs, uint8_t* 
   check_launch("quantize_nf4_kernel");
 }
 
-void quantize_int4(Launch l, const float* w, int64_t N, int64_t K, uint8_t* packed, float* scales) {
+void quantize_int4(Launch l, const float* w, int64_t N, int64_t K, uint8_t* packed, uint16_t* scales) {
   DeviceScope scope(l.device, l.stream);
   cudaStream_t st = scope.stream();
   const int64_t G = (K + kInt4Group - 1) / kInt4Group;
@@ -146,14 +149,14 @@ void quantize_int4(Launch l, const float* w, int64_t N, int64_t K, uint8_t* pack
   check_launch("quantize_int4_kernel");
 }
 
-void dequantize(Launch l, int fmt, const void* data, const float* scale, int64_t N, int64_t K, int64_t bs,
+void dequantize(Launch l, int fmt, const void* data, const void* scale, int64_t N, int64_t K, int64_t bs,
                 float* out) {
   DeviceScope scope(l.device, l.stream);
   cudaStream_t st = scope.stream();
   dequant_any(st, fmt, QW{static_cast<const uint8_t*>(data), scale, N, K, bs}, nullptr, N, out);
 }
 
-void dequantize_rows(Launch l, int fmt, const void* data, const float* scale, int64_t N, int64_t K, int64_t bs,
+void dequantize_rows(Launch l, int fmt, const void* data, const void* scale, int64_t N, int64_t K, int64_t bs,
                      const int64_t* rows, int64_t nrows, float* out) {
   DeviceScope scope(l.device, l.stream);
   cudaStream_t st = scope.stream();

@@ -108,7 +108,7 @@ void launch_gemm(cudaStream_t st, int fmt, const QW& w, const float* x, int64_t 
 
 void launch_gemv(cudaStream_t st, int fmt, const QW& w, const float* x, int M, const float* bias, float* y);
 
-void qmatmul(Launch l, int fmt, const float* x, int64_t M, const void* data, const float* scale, int64_t N,
+void qmatmul(Launch l, int fmt, const float* x, int64_t M, const void* data, const void* scale, int64_t N,
              int64_t K, int64_t blocksize, const float* bias, float* y) {
   DeviceScope scope(l.device, l.stream);
   cudaStream_t st = scope.stream();

@@ -57,7 +57,7 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
     folder = resolve_checkpoint(name_or_path)
     config = MptConfig.from_json_file(folder / CONFIG_NAME, **config_overrides)
     files = weight_files(folder)
-    stored, blocksize, stored_formats = _stored_quantization(files)
+    stored, blocksize, stored_formats, version = _stored_quantization(files)
     if stored is not None:
         if qtype is not None and qtype != stored:
             raise ValueError(f"{folder} holds {stored} weights; they cannot be loaded as {qtype} "
@@ -118,7 +118,7 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
         seen.add(name)
         del tensor
     for mod_name, got in pieces.items():
-        _install_codes(qmods[mod_name], mod_name, got)
+        _install_codes(qmods[mod_name], mod_name, got, version)
         seen.add(mod_name)
     if unexpected:
         raise MissingKeyError(f"unexpected tensors in {folder} (the config does not describe them): "
@@ -151,13 +151,14 @@ def _progress(stream, total: int, desc: str):
                 disable=not sys.stderr.isatty())
 
 
-def _stored_quantization(files: list[Path]) -> tuple[str | None, int, dict[str, str]]:
+def _stored_quantization(files: list[Path]) -> tuple[str | None, int, dict[str, str], int]:
     """(format of the block Linears, blocksize, {module: format} of every quantized module the file
-    names) of a checkpoint saved quantized by mpt_lite or by transformers + bitsandbytes;
-    (None, 64, {}) for a float one. mpt_lite version 1 files hold every module in the one format;
-    bitsandbytes leaves the embedding in float (then it is quantized as for bits=4 or 8)."""
+    names, mpt_lite format version) of a checkpoint saved quantized by mpt_lite or by transformers +
+    bitsandbytes; (None, 64, {}, version) for a float one. mpt_lite version 1 files hold every module
+    in the one format; bitsandbytes leaves the embedding in float (then it is quantized as for bits=4
+    or 8). Files not saved by mpt_lite report FORMAT_VERSION (they hold no int4)."""
     if files[0].suffix != ".safetensors":
-        return None, kernels.NF4_BLOCKSIZE, {}
+        return None, kernels.NF4_BLOCKSIZE, {}, FORMAT_VERSION
     meta = safetensors_metadata(files[0])
     if "mpt_lite_quant" in meta:
         try:
@@ -170,7 +171,7 @@ def _stored_quantization(files: list[Path]) -> tuple[str | None, int, dict[str, 
             raise OSError(f"{files[0]}: quantized format {fmt!r} version {version} is newer than this mpt_lite")
         if version == 1:
             formats = {name: fmt for name in ("transformer.wte", "wte", "lm_head")}
-        return fmt, blocksize, formats
+        return fmt, blocksize, formats, version
     from safetensors import safe_open
 
     with safe_open(str(files[0]), framework="pt") as sf:
@@ -178,10 +179,10 @@ def _stored_quantization(files: list[Path]) -> tuple[str | None, int, dict[str, 
         states = [k for k in keys if k.endswith(BNB_STATE)]
         if states:
             state = _bnb_state(sf.get_tensor(states[0]), states[0])
-            return "nf4", int(state["blocksize"]), {}
+            return "nf4", int(state["blocksize"]), {}, FORMAT_VERSION
     if any(k.endswith(".SCB") for k in keys):
-        return "int8", kernels.NF4_BLOCKSIZE, {}
-    return None, kernels.NF4_BLOCKSIZE, {}
+        return "int8", kernels.NF4_BLOCKSIZE, {}, FORMAT_VERSION
+    return None, kernels.NF4_BLOCKSIZE, {}, FORMAT_VERSION
 
 
 def _apply_stored_formats(model: nn.Module, formats: dict[str, str], embedding_bits: int | None,
@@ -222,9 +223,20 @@ def _bnb_state(t: torch.Tensor, key: str) -> dict:
         raise OSError(f"{key}: unreadable bitsandbytes quant_state ({e})") from e
 
 
-def _install_codes(mod, name: str, got: dict[str, torch.Tensor]) -> None:
-    """Quantized pieces of one weight, in mpt_lite's own names or bitsandbytes' -> the module."""
+def _install_codes(mod, name: str, got: dict[str, torch.Tensor], version: int = FORMAT_VERSION) -> None:
+    """Quantized pieces of one weight, in mpt_lite's own names or bitsandbytes' -> the module.
+
+    int4 files of format versions 1-2 hold float32 group scales; they are rounded to half here
+    (kernels.int4_half_scales) and the codes kept. That changes each weight by at most 2^-11 of its
+    value (half's 11-bit significand; scales below 2^-14, groups whose largest weight is under ~5e-4,
+    keep less relative precision), a small fraction of the 4-bit rounding step, with the codes
+    unchanged. Requantizing from the dequantized weight was the alternative: it costs a search per
+    group at load, and searching again on values already on a 16-level grid gives those same codes
+    at best (a different searched scale only adds error), so rounding is both faster and as good."""
     got = dict(got)
+    if version < 3 and mod.quant_type == "int4" and got.get("weight_scales") is not None \
+            and got["weight_scales"].dtype == torch.float32:
+        got["weight_scales"] = kernels.int4_half_scales(got["weight_scales"])
     got.pop("weight_format", None)  # bitsandbytes int8: always "row" in saved checkpoints
     state = got.pop(BNB_STATE[1:], None)
     if state is not None:

@@ -87,6 +87,15 @@ def check_activations(x: object, K: int, device: str | torch.device = "cpu") -> 
     return x.reshape(-1, K).to(torch.float32).contiguous(), lead
 
 
+def check_int4_scales(scales: object, device: str | torch.device = "cpu") -> torch.Tensor:
+    """int4 group scales: float16 [N, G]. float32 was the layout before format version 3."""
+    if isinstance(scales, torch.Tensor) and scales.dtype == torch.float32:
+        raise TypeError("int4 scales must be float16 (IEEE half, 4.5 bits per weight); got float32, the layout "
+                        "before format version 3: convert with int4_half_scales(scales) (rounds each scale to "
+                        "half) or requantize the weight")
+    return check_tensor("scales", scales, (torch.float16,), ndim=2, device=device)
+
+
 def check_bias(bias: object, N: int, device: str | torch.device = "cpu") -> torch.Tensor | None:
     if bias is None:
         return None

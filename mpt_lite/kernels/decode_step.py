@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .attention_ops import KV_CACHE_DTYPES
-from .checks import check_tensor, check_threads, ptr
+from .checks import check_int4_scales, check_tensor, check_threads, ptr
 from .extension import _C
 from .layouts import Q8_MAX_ROWS, int4_groups
 
@@ -64,7 +64,13 @@ class DecodePlan:
         if data.numel() != want[0] or not data.is_contiguous():
             raise ValueError(f"{name}: {quant_type} codes of a [{n}, {k}] weight hold {want[0]} bytes, "
                              f"got {data.numel()}")
-        scale = _f32(f"{name} scales", scale, want[1])
+        if quant_type == "int4":  # half scales (format version 3)
+            check_int4_scales(scale)
+            if scale.numel() != want[1] or not scale.is_contiguous():
+                raise ValueError(f"{name} scales must be a contiguous float16 tensor of {want[1]} elements, "
+                                 f"got {tuple(scale.shape)}")
+        else:
+            scale = _f32(f"{name} scales", scale, want[1])
         bias = None if bias is None else _f32(f"{name} bias", bias, n)
         self._plan.set_weight(layer=layer, name=name, fmt=_FMT[quant_type], n=n, k=k, blocksize=blocksize,
                               data=self._hold(data), scale=self._hold(scale), bias=self._hold(bias))

@@ -20,6 +20,16 @@ def int4_groups(in_features: int) -> int:
     return (in_features + INT4_GROUP - 1) // INT4_GROUP
 
 
+INT4_SCALE_DTYPE = torch.float16  # int4 group scales: IEEE half (format version 3; fp32 before)
+HALF_MAX = 65504.0
+
+
+def int4_half_scales(d: torch.Tensor) -> torch.Tensor:
+    """int4 group scales as stored: clamped to the largest finite half, rounded to nearest even
+    (csrc/cpu/quant_formats.h half_bits does the same)."""
+    return d.float().clamp(-HALF_MAX, HALF_MAX).to(INT4_SCALE_DTYPE)
+
+
 Q8_MAX_ROWS = 16  # measured: q8 wins up to 16 rows; from 32 the float GEMM is as fast or faster
 Q8_BLOCK = 32
 

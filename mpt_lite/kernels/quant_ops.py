@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from .checks import (check_activations, check_bias, check_blocksize, check_dim, check_row_ids,
+from .checks import (check_activations, check_bias, check_blocksize, check_dim, check_int4_scales, check_row_ids,
                      check_shape, check_tensor, check_threads, op_device, ptr, weight_f32)
 from .extension import _C, launch
-from .layouts import NF4_BLOCKSIZE, int4_groups, use_q8
+from .layouts import INT4_SCALE_DTYPE, NF4_BLOCKSIZE, int4_groups, use_q8
 
 # ---- quantized matmuls (int8, nf4, int4) ----
 # Formats and byte layouts: csrc/cpu/quant_formats.h. Weights are W [N = out, K = in]; the matmuls
@@ -203,7 +203,8 @@ def matmul_nf4(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, shap
                        _NO_Q8, num_threads)
 
 
-# int4: packed uint8 [N, G*16], scales float32 [N, G], G = ceil(K/32); W = (q - 8) * d.
+# int4: packed uint8 [N, G*16], scales float16 [N, G], G = ceil(K/32); W = (q - 8) * d (4.5 bits per weight).
+# Before format version 3 the scales were float32; kernels reject those (check_int4_scales).
 
 def quantize_int4(w: torch.Tensor, *, num_threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     threads = check_threads(num_threads)
@@ -211,7 +212,7 @@ def quantize_int4(w: torch.Tensor, *, num_threads: int | None = None) -> tuple[t
     N, K = w.shape
     G = int4_groups(K)
     packed = torch.empty(N, G * 16, dtype=torch.uint8, device=w.device)
-    scales = torch.empty(N, G, dtype=torch.float32, device=w.device)
+    scales = torch.empty(N, G, dtype=INT4_SCALE_DTYPE, device=w.device)
     if w.is_cuda:
         _C.quantize_int4_cuda(**launch(w.device), w=ptr(w), n=N, k=K, packed=ptr(packed), scales=ptr(scales))
     else:
@@ -222,7 +223,7 @@ def quantize_int4(w: torch.Tensor, *, num_threads: int | None = None) -> tuple[t
 def _check_int4(packed: object, scales: object, in_features: object) -> tuple[int, int]:
     K = check_dim("in_features", in_features)
     check_tensor("packed", packed, (torch.uint8,), ndim=2, device=op_device("packed", packed))
-    check_tensor("scales", scales, (torch.float32,), ndim=2, device=packed.device)
+    check_int4_scales(scales, packed.device)
     N, G = packed.shape[0], int4_groups(K)
     check_shape("packed", packed, (N, G * 16))
     check_shape("scales", scales, (N, G))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .layouts import INT4_GROUP, NF4_BLOCKSIZE, Q8_BLOCK, int4_groups, nf4_code, use_q8
+from .layouts import INT4_GROUP, NF4_BLOCKSIZE, Q8_BLOCK, int4_groups, int4_half_scales, nf4_code, use_q8
 
 def ref_matmul_bf16_operands(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
                              row_scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -108,18 +108,19 @@ def ref_quantize_int4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     v[:, :K] = w
     v = v.view(N, G, INT4_GROUP)
     idx = v.abs().argmax(dim=2, keepdim=True)
-    d = torch.gather(v, 2, idx).squeeze(2) / -8.0
+    h = int4_half_scales(torch.gather(v, 2, idx).squeeze(2) / -8.0)  # stored half; codes use it rounded
+    d = h.float()
     inv = torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
     q = torch.floor(v * inv[..., None] + 8.5).clamp(0, 15).to(torch.uint8)
     packed = q[..., :16] | (q[..., 16:] << 4)
-    return packed.reshape(N, G * 16), d
+    return packed.reshape(N, G * 16), h
 
 
 def ref_dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, in_features: int) -> torch.Tensor:
     N, G = scales.shape
     p = packed.view(N, G, 16)
     q = torch.cat([p & 15, p >> 4], dim=2).float() - 8.0
-    return (q * scales[..., None]).reshape(N, G * INT4_GROUP)[:, :in_features]
+    return (q * scales.float()[..., None]).reshape(N, G * INT4_GROUP)[:, :in_features]  # half scales widen exactly
 
 
 def ref_matmul_int4(x, packed, scales, in_features: int, bias=None, q8=None) -> torch.Tensor:
@@ -132,7 +133,9 @@ def ref_matmul_int4(x, packed, scales, in_features: int, bias=None, q8=None) -> 
 # quantizers pick it (make_qx_quants): every trial scale around absmax / qmax gives codes (nearest
 # level); the least-squares scale of codes c, sum(x*c) / sum(c*c), is the best they admit and
 # removes sum(x*c)**2 / sum(c*c) of the block's sum(x*x); the codes removing the most win (the
-# first on ties), are rounded once more at their least-squares scale, and the scale is refit. The
+# first on ties), are rounded once more at their least-squares scale, and the scale is refit.
+# int4 stores that scale as half: it is rounded first and the codes assigned once more for the
+# rounded scale, so the stored (codes, scale) pair is what dequantizes. The
 # trial at exactly absmax / qmax is the absmax quantizer's, so the result is never worse than it
 # beyond rounding. Codes keep the absmax kernels' layouts (nf4's absmax field holds the scale).
 # Float32 throughout; sums are pairwise over the block zero-padded to a power of two, in the
@@ -187,9 +190,10 @@ def ref_search_quantize_int4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     levels = _int4_levels(x, inv)
     levels = _pick_first_best(_ls_fit(x, levels)[1], levels)
     levels = _int4_levels(x, _inverse(_ls_fit(x, levels)[0])[:, None])
-    d, _ = _ls_fit(x, levels)
+    h = int4_half_scales(_ls_fit(x, levels)[0])  # refit, round to the stored half, codes for that scale
+    levels = _int4_levels(x, _inverse(h.float())[:, None])
     q = (levels + 8).to(torch.uint8).view(N, G, INT4_GROUP)
-    return (q[..., :16] | (q[..., 16:] << 4)).reshape(N, G * 16), d.view(N, G)
+    return (q[..., :16] | (q[..., 16:] << 4)).reshape(N, G * 16), h.view(N, G)
 
 
 def _nf4_codes(x: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:

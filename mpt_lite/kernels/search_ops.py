@@ -7,19 +7,19 @@ import torch
 
 from .checks import check_blocksize, check_threads, ptr, weight_f32
 from .extension import _C
-from .layouts import NF4_BLOCKSIZE, int4_groups
+from .layouts import INT4_SCALE_DTYPE, NF4_BLOCKSIZE, int4_groups
 from .reference import ref_search_quantize_int4, ref_search_quantize_nf4
 
 
 def search_quantize_int4(w: torch.Tensor, num_threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """w [N, K] -> (packed uint8 [N, ceil(K/32)*16], scales float32 [N, ceil(K/32)]); W = (q - 8) * d."""
+    """w [N, K] -> (packed uint8 [N, ceil(K/32)*16], scales float16 [N, ceil(K/32)]); W = (q - 8) * d."""
     w = weight_f32("w", w)
     if w.is_cuda:
         return ref_search_quantize_int4(w)
     N, K = w.shape
     G = int4_groups(K)
     packed = torch.empty(N, G * 16, dtype=torch.uint8)
-    scales = torch.empty(N, G, dtype=torch.float32)
+    scales = torch.empty(N, G, dtype=INT4_SCALE_DTYPE)
     _C.search_quantize_int4(w=ptr(w), n=N, k=K, packed=ptr(packed), scales=ptr(scales), num_threads=check_threads(num_threads))
     return packed, scales
 

@@ -58,6 +58,15 @@ def format_sizes(shapes: dict[str, tuple[int, ...]], embedding_bits: int | None 
     return sizes
 
 
+def block_bits_per_weight(shapes: dict[str, tuple[int, ...]]) -> dict[str, float]:
+    """Bits per weight (codes + scales) of the block Linears in each quantized format: int4 4.5
+    (fp16 scale per 32), nf4 4.5 (fp32 absmax per 64), int8 8 + 32 / in_features (fp32 per row)."""
+    mats = [s for name, s in shapes.items() if is_quantized(name, s) and not is_embedding(name)]
+    n = sum(math.prod(s) for s in mats)
+    return {k: 8.0 * sum(FORMATS[k].nbytes(o, i, NF4_BLOCK) for o, i in mats) / n if n else 0.0
+            for k in ("int8", "nf4", "int4")}
+
+
 def model_info(config: MptConfig, task: str = "causal-lm") -> dict[str, Any]:
     shapes = parameter_shapes(config, task)
     n_params = sum(math.prod(s) for s in shapes.values())
@@ -69,6 +78,7 @@ def model_info(config: MptConfig, task: str = "causal-lm") -> dict[str, Any]:
         "parameters_without_embedding": n_params - emb,
         "quantized_parameters": n_quant,
         "bytes": sizes,
+        "block_bits_per_weight": block_bits_per_weight(shapes),
         "default_4bit": DEFAULT_4BIT,
         # what the int8 embedding of the 4-bit formats costs over embedding_bits=4
         "embedding_int8_extra_bytes": {k: sizes[k] - format_sizes(shapes, embedding_bits=4)[k] for k in FOUR_BIT},

@@ -3,7 +3,8 @@ cost in bytes, and how the kernels dequantize them and multiply by them.
 
     int8  weight int8 [N, K] (bitsandbytes CB), SCB float32 [N]
     nf4   weight uint8 [ceil(N*K/2)] (bitsandbytes layout), weight_absmax float32 [ceil(N*K/blocksize)]
-    int4  weight uint8 [N, ceil(K/32)*16], weight_scales float32 [N, ceil(K/32)]
+    int4  weight uint8 [N, ceil(K/32)*16], weight_scales float16 [N, ceil(K/32)]  (4.5 bits per weight;
+          float32 scales before format version 3, converted at load)
 
 Byte layouts: csrc/cpu/quant_formats.h. int4 and nf4 quantize with searched block scales (least
 squared error, kernels.search_quantize_*), stored in the same layouts as the absmax quantizers'. Code tensors are held in a dict keyed by the names above
@@ -121,7 +122,7 @@ class Int4Format(WeightFormat):
     def empty_codes(self, n, k, blocksize):
         g = kernels.int4_groups(k)
         return {"weight": torch.empty(n, g * 16, dtype=torch.uint8),
-                "weight_scales": torch.empty(n, g, dtype=torch.float32)}
+                "weight_scales": torch.empty(n, g, dtype=kernels.INT4_SCALE_DTYPE)}
 
     def quantize(self, w, blocksize, num_threads=None):
         packed, scales = kernels.search_quantize_int4(w, num_threads=num_threads)

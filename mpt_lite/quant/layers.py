@@ -14,7 +14,9 @@ from .. import kernels
 from ..config import MissingKeyError
 from .formats import DEFAULT_4BIT, WeightFormat, weight_format
 
-FORMAT_VERSION = 2  # 2: a format per quantized tensor ("formats"); 1: one format for the model
+# 3: int4 group scales in float16 (4.5 bits per weight); 2: a format per quantized tensor ("formats");
+# 1: one format for the model. Files of versions 1-2 load (hub/loading.py rounds int4 scales to half).
+FORMAT_VERSION = 3
 
 
 class QuantWeight(nn.Module):

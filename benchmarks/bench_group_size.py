@@ -1,0 +1,129 @@
+"""Would int4 groups of 64 keep the quality at 4.25 bits per weight? (issue 12, item 5)
+
+A plain-torch simulation, not a kernel format: the embedded default model in float32, its block
+Linears replaced by the dequantized weights of int4 with group size G (32, 64, 128) and an fp16
+scale per group (4 + 16/G bits per weight), scales chosen as mpt_lite's quantizer chooses them
+(search over the trial divisors of the signed absmax for the least squared error, refit, round the
+scale to half, codes for the rounded scale; kernels.reference.ref_search_quantize_int4 is the
+G = 32 case) or by absmax alone. The tied embedding is int8 per row in every row, as load(bits=4)
+holds it. Held-out perplexity on the same windows for every row; the "int4 kernels" row is
+mpt_lite.load(bits=4) itself, so the G = 32 simulation can be checked against it.
+
+    python benchmarks/bench_group_size.py                    # the whole held-out set
+    python benchmarks/bench_group_size.py --max-tokens 6144  # bench_quality.py's windows
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import eval_default_model as ev  # noqa: E402
+from default_model_corpus import held_out_perplexity  # noqa: E402
+
+import mpt_lite  # noqa: E402
+from mpt_lite import ops  # noqa: E402
+from mpt_lite.kernels.reference import INT4_TRIALS  # noqa: E402
+
+BLOCK_LINEARS = ("Wqkv", "out_proj", "up_proj", "down_proj")
+
+
+def _fit(x: torch.Tensor, levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares scale of each group's levels and the squared error it removes."""
+    sxl, sll = (x * levels).sum(1), (levels * levels).sum(1)
+    scale = torch.where(sll > 0, sxl / sll.clamp_min(1e-30), torch.zeros_like(sxl))
+    return scale, scale * sxl
+
+
+def _levels(x: torch.Tensor, scale: torch.Tensor | None = None, inv: torch.Tensor | None = None) -> torch.Tensor:
+    if inv is None:
+        inv = torch.where(scale != 0, 1.0 / torch.where(scale != 0, scale, torch.ones_like(scale)),
+                          torch.zeros_like(scale))
+    return torch.round((x * inv[:, None]).clamp(-8, 7))
+
+
+def int4_simulated(w: torch.Tensor, group: int, searched: bool) -> torch.Tensor:
+    """w [N, K] -> the dequantized int4 weight with `group` weights per fp16 scale."""
+    N, K = w.shape
+    Kp = -(-K // group) * group
+    x = torch.zeros(N, Kp)
+    x[:, :K] = w.float()
+    x = x.view(-1, group)
+    m = torch.gather(x, 1, x.abs().argmax(1, keepdim=True)).squeeze(1)  # signed absmax
+    scale = m / -8.0
+    if searched:
+        best, best_gain = None, None
+        for t in INT4_TRIALS:
+            inv = torch.where(m != 0, torch.full_like(m, -t) / torch.where(m != 0, m, torch.ones_like(m)),
+                              torch.zeros_like(m))
+            lv = _levels(x, inv=inv)
+            gain = _fit(x, lv)[1]
+            if best is None:
+                best, best_gain = lv, gain
+            else:
+                better = gain > best_gain
+                best, best_gain = torch.where(better[:, None], lv, best), torch.where(better, gain, best_gain)
+        scale = _fit(x, _levels(x, _fit(x, best)[0]))[0]
+    scale = ops.int4_half_scales(scale).float()
+    return (_levels(x, scale) * scale[:, None]).view(N, Kp)[:, :K]
+
+
+def simulated_model(model_dir: Path, group: int | None, searched: bool):
+    """The float model with int8 embedding and (group given) int4-simulated block Linears."""
+    model = mpt_lite.load(model_dir, bits=None)
+    with torch.no_grad():
+        wte = model.transformer.wte.weight
+        wte.copy_(ops.ref_dequantize_int8(*ops.ref_quantize_int8(wte)))
+        if group is not None:
+            for name, mod in model.named_modules():
+                if name.endswith(BLOCK_LINEARS) and isinstance(mod, torch.nn.Linear):
+                    mod.weight.copy_(int4_simulated(mod.weight, group, searched))
+    return model
+
+
+ROWS = [  # name, group (None: float blocks), searched, bits per weight of the block Linears
+    ("float blocks, int8 embedding", None, True, 32.0),
+    ("int4 G=32 searched (simulated)", 32, True, 4.5),
+    ("int4 G=64 searched (simulated)", 64, True, 4.25),
+    ("int4 G=64 absmax (simulated)", 64, False, 4.25),
+    ("int4 G=128 searched (simulated)", 128, True, 4.125),
+]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=mpt_lite.default_model_path())
+    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    ops.set_num_threads(args.threads)
+    stream, seq_len, _ = ev.held_out(args.model, args.max_tokens)
+    base, rows = None, []
+
+    def row(name, model, bpw):
+        nonlocal base
+        t0 = time.time()
+        ppl, n = held_out_perplexity(model, stream, seq_len)
+        base = ppl if base is None else base
+        rows.append((name, bpw, ppl, 100 * (ppl / base - 1)))
+        print(f"{name}: perplexity {ppl:.4f} over {n:,} tokens ({time.time() - t0:.0f}s)", file=sys.stderr)
+
+    row("unquantized (float32)", mpt_lite.load(args.model, bits=None), 32.0)
+    for name, group, searched, bpw in ROWS:
+        row(name, simulated_model(args.model, group, searched), bpw)
+    row("int4 kernels: load(bits=4), G=32 fp16 scales", mpt_lite.load(args.model, bits=4, quant_type="int4"), 4.5)
+    print("| rows | block Linears bits/weight | held-out perplexity | vs float |\n|---|---:|---:|---:|")
+    for name, bpw, ppl, cost in rows:
+        print(f"| {name} | {bpw:.3f} | {ppl:.4f} | {cost:+.3f}% |")
+
+
+if __name__ == "__main__":
+    main()
