@@ -4,6 +4,8 @@ The model is built on the meta device (no memory, no random init) and each tenso
 into place as the checkpoint streams it, so the whole float model is never held twice."""
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import sys
@@ -67,7 +69,7 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
     if qtype is not None and dev.type == "cuda" and not kernels.cuda_built():
         raise ValueError(f"device='cuda' with quantized weights ({qtype}) needs mpt_lite's CUDA kernels, but "
                          f"{kernels.NO_CUDA_BUILD}")
-    with torch.device("meta"):
+    with torch.device("meta"), _no_init():
         if qtype is None:
             model = cls(config)
         else:
@@ -271,6 +273,25 @@ def _model_key(key: str, is_base: bool) -> str:
     if key.startswith(HEAD_PREFIXES) or key.startswith("transformer."):
         return key
     return "transformer." + key  # a checkpoint of the bare MptModel
+
+
+_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "xavier_uniform_",
+                   "xavier_normal_", "kaiming_uniform_", "kaiming_normal_")
+
+
+@contextlib.contextmanager
+def _no_init():
+    """Skips weight initialisation while a model is built on the meta device for loading: every
+    value comes from the checkpoint, and the first random init of a meta tensor costs seconds (it
+    imports torch's meta decompositions) in a fresh process."""
+    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
+    try:
+        for name in _INIT_FUNCTIONS:
+            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
 
 
 def _set_param(model: nn.Module, name: str, value: torch.Tensor) -> None:
