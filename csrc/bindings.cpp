@@ -134,14 +134,14 @@ static void bind_quant(py::module_& m) {
                              n_rows, buf<float>(out, n_rows * k, "out"));
   }, kw, arg("packed"), arg("absmax"), arg("k"), arg("blocksize"), arg("rows"), arg("n_rows"), arg("out"), nt, G());
   m.def("matmul_nf4", [](uintptr_t x, int64_t m_, int64_t k, uintptr_t packed, uintptr_t absmax, int64_t n,
-                         int64_t bs, uintptr_t bias, uintptr_t y, int nthreads) {
+                         int64_t bs, uintptr_t bias, uintptr_t y, bool q8, int nthreads) {
     mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
     dim(m_, "m"), dim(k, "k"), dim(n, "n"), positive(bs, "blocksize");
     mpt::matmul_nf4(buf<const float>(x, m_ * k, "x"), m_, k, buf<const uint8_t>(packed, (n * k + 1) / 2, "packed"),
                     buf<const float>(absmax, (n * k + bs - 1) / bs, "absmax"), n, bs, opt<const float>(bias),
-                    buf<float>(y, m_ * n, "y"));
+                    buf<float>(y, m_ * n, "y"), q8);
   }, kw, arg("x"), arg("m"), arg("k"), arg("packed"), arg("absmax"), arg("n"), arg("blocksize"), arg("bias") = 0,
-     arg("y"), nt, G());
+     arg("y"), arg("q8") = false, nt, G());
 
   // int4: packed uint8 [n, groups * 16], scales float16 (IEEE half bits) [n, groups], groups = ceil(k / 32).
   // Raw addresses carry no dtype: mpt_lite/kernels/quant_ops.py rejects float32 scales (the layout

@@ -42,7 +42,7 @@ def test_cuda_logits_match_cpu(ckpt, bits, quant_type):
     cos = F.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
     assert cos > 0.999, cos
     c_cpu = cpu(ids[:1, :5]).logits
-    if bits == 8 or quant_type == "int4":  # the CPU kernels quantize few activation rows to q8
+    if bits is not None:  # the CPU kernels quantize few activation rows to q8 (nf4: its integer path)
         assert F.cosine_similarity(c.flatten(), c_cpu.flatten(), dim=0).item() > 0.999
     else:
         torch.testing.assert_close(c, c_cpu, atol=1e-3, rtol=1e-3)

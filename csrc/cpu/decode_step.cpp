@@ -59,7 +59,7 @@ void linear(const StepWeight& w, const float* x, int64_t M, float* y, int64_t q8
     case StepFormat::Int8:
       return matmul_int8(x, M, w.K, static_cast<const int8_t*>(w.data), w.fscale(), w.N, w.bias, y, q8);
     case StepFormat::Nf4:
-      return matmul_nf4(x, M, w.K, static_cast<const uint8_t*>(w.data), w.fscale(), w.N, w.blocksize, w.bias, y);
+      return matmul_nf4(x, M, w.K, static_cast<const uint8_t*>(w.data), w.fscale(), w.N, w.blocksize, w.bias, y, q8);
     case StepFormat::Int4:
       return matmul_int4(x, M, w.K, static_cast<const uint8_t*>(w.data), w.hscale(), w.N, w.bias, y, q8);
     default: throw std::invalid_argument("unset weight");

@@ -5,8 +5,8 @@
 //
 // Per layer, as model/layers.py computes it: x += out_proj(attn(clip(Wqkv(LN_1(x)))));
 // x += down_proj(gelu(up_proj(LN_2(x)))); then LN_f and the logits (times logit_scale when set).
-// Quantized matmuls use the same kernel entry points, with the same q8 choice (rows <= q8_max_rows
-// for int8 / int4), as mpt_lite/kernels/quant_ops.py, so they compute the same numbers.
+// Quantized matmuls use the same kernel entry points, with the same q8 choice (rows <= q8_max_rows;
+// nf4 where nf4_q8_ok), as mpt_lite/kernels/quant_ops.py, so they compute the same numbers.
 // The plan owns nothing but its scratch: the caller keeps every buffer alive.
 #pragma once
 #include <cstdint>

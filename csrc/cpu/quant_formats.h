@@ -78,8 +78,8 @@ inline float round_to_half(float f) { return half_to_float(half_bits(f)); }
 
 void quantize_int8(const float* w, int64_t N, int64_t K, int8_t* cb, float* scb);
 void dequantize_int8(const int8_t* cb, const float* scb, int64_t N, int64_t K, float* out);
-// q8: quantize x to int8 per block of 32 along K (see Q8Rows) and use integer dot products; only
-// int8 and int4 weights have that path (nf4's codes are not integers).
+// q8: quantize x to int8 per block of 32 along K (see Q8Rows) and use integer dot products (nf4:
+// with its codes as int8, kNf4Int8, where nf4_q8_ok; see the end of this file).
 void matmul_int8(const float* x, int64_t M, int64_t K, const int8_t* cb, const float* scb, int64_t N,
                  const float* bias, float* y, bool q8 = false);
 
@@ -161,5 +161,20 @@ void qmatmul_generic(const QWeight& w, const float* x, int64_t M, const float* b
 void qmatmul_avx2(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
 void qmatmul_avx512(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
 void qmatmul(const QWeight& w, const float* x, int64_t M, const float* bias, float* y, bool q8 = false);
+
+// ---- nf4 on the integer path (llama.cpp's IQ4_NL scheme), bitsandbytes' byte layout unchanged ----
+// The 16 NF4 code values as int8: kNf4Int8[q] = round(127 * kNf4Code[q]). With q8 activations the
+// nf4 kernels compute, per output, with exact int32 dot products per q8 block j of 32 k:
+//   y = sum_{nf4 blocks b of the row} (absmax_b * (1/127)) * sum_{j in b} d_j * dot(kNf4Int8[q_j], x_j)
+// i.e. x @ W'^T for the weight W' = kNf4Int8[q] * (absmax * (1/127)) (ops.ref_matmul_nf4 mirrors it).
+// Only where no block straddles two rows and each holds whole q8 blocks (nf4_q8_ok); other shapes
+// keep float activations.
+extern const int8_t kNf4Int8[16];
+inline bool nf4_q8_ok(int64_t K, int64_t blocksize) {
+  return blocksize >= 32 && (blocksize & (blocksize - 1)) == 0 && K % blocksize == 0;
+}
+// q8: as matmul_int8's (ignored where !nf4_q8_ok(K, blocksize)).
+void matmul_nf4(const float* x, int64_t M, int64_t K, const uint8_t* packed, const float* absmax, int64_t N,
+                int64_t blocksize, const float* bias, float* y, bool q8);
 
 }  // namespace mpt

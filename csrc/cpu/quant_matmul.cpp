@@ -57,7 +57,10 @@ void qmatmul_q8_generic(const QWeight& w, const Q8Rows& x, const float* bias, fl
     std::vector<int8_t> row(static_cast<size_t>(Kp), 0);  // weight codes, int4 already minus 8
     for (int64_t n = n0; n < n1; ++n) {
       for (int64_t k = 0; k < K; ++k) {
-        if (w.fmt == QFormat::Int8) {
+        if (w.fmt == QFormat::Nf4) {  // bitsandbytes order: the even flat element in the high nibble
+          const int64_t f = n * K + k;
+          row[k] = kNf4Int8[(f & 1) ? (w.data[f >> 1] & 15) : (w.data[f >> 1] >> 4)];
+        } else if (w.fmt == QFormat::Int8) {
           row[k] = reinterpret_cast<const int8_t*>(w.data)[n * K + k];
         } else {
           const uint8_t b = w.data[(n * KB + k / 32) * 16 + (k & 15)];
@@ -70,7 +73,9 @@ void qmatmul_q8_generic(const QWeight& w, const Q8Rows& x, const float* bias, fl
         for (int64_t b = 0; b < KB; ++b) {
           int32_t sumi = 0;
           for (int j = 0; j < 32; ++j) sumi += int32_t(row[b * 32 + j]) * q[b * 32 + j];
-          const float dw = w.fmt == QFormat::Int8 ? 1.f : int4_scale(w, n, b);
+          const float dw = w.fmt == QFormat::Int8  ? 1.f
+                           : w.fmt == QFormat::Nf4 ? w.scale[(n * K + b * 32) / w.blocksize] * (1.0f / 127.0f)
+                                                   : int4_scale(w, n, b);
           acc += dw * x.d[m * KB + b] * static_cast<float>(sumi);
         }
         y[m * N + n] = acc * row_factor(w, n) + (bias ? bias[n] : 0.f);
@@ -87,7 +92,8 @@ void qmatmul(const QWeight& w, const float* x, int64_t M, const float* bias, flo
     return;
   }
   if (q8) {
-    if (w.fmt == QFormat::Nf4) throw std::invalid_argument("nf4 weights have no q8 activation path");
+    if (w.fmt == QFormat::Nf4 && !nf4_q8_ok(w.K, w.blocksize))
+      throw std::invalid_argument("nf4 q8 path: needs a power-of-two blocksize >= 32 that divides K");
     Q8Rows xq;
     quantize_q8(x, M, w.K, xq);
     switch (current_isa()) {

@@ -63,7 +63,8 @@ namespace avx512 {
 // one block (4 lanes a block), so a step costs per x row two integer dot products, one conversion and
 // one multiply-add. The weight side is the unsigned operand:
 //   int8: cb ^ 0x80 = cb + 128, so a dot is off by 128 * (sum of the x codes it covers);
-//   int4: the raw nibbles 0..15, off by 8 * (sum of the x codes) from the codes q - 8.
+//   int4: the raw nibbles 0..15, off by 8 * (sum of the x codes) from the codes q - 8;
+//   nf4: kNf4Int8[q] + 128 by a byte shuffle (nf4_step), off by 128 * (sum of the x codes) as int8.
 // Each lane starts at minus the offset of its own 8 x codes, so every lane holds the exact partial
 // dot product of the codes (never a large offset that cancels only across lanes, in float).
 // Byte order of a step, the same for x and weights: half A = [b0 k0-15 | b1 k0-15 | b2 k0-15 | b3 k0-15],
@@ -82,7 +83,7 @@ static void q8_pack(QFormat f, const Q8Rows& x, Q8Pack& out) {
   out.q.assign(static_cast<size_t>(M * S * 128), 0);
   out.init.assign(static_cast<size_t>(M * S * 16), 0);
   out.dx.assign(static_cast<size_t>(M * S * 16), 0.f);
-  const int32_t off = f == QFormat::Int8 ? 128 : 8;
+  const int32_t off = f == QFormat::Int4 ? 8 : 128;
   for (int64_t m = 0; m < M; ++m)
     for (int64_t st = 0; st < S; ++st) {
       int8_t* q = out.q.data() + (m * S + st) * 128;
@@ -103,6 +104,29 @@ static void q8_pack(QFormat f, const Q8Rows& x, Q8Pack& out) {
 
 static inline __mmask64 bytes_mask(int64_t n) { return n >= 64 ? ~0ULL : n <= 0 ? 0ULL : (1ULL << n) - 1; }
 
+// nf4 (bitsandbytes order) in the int8 byte order of a q8_rows step: 64 bytes hold 128 k, block j
+// (32 k) in bytes 16j..16j+15 with even k in the high nibbles. Both nibbles are looked up in
+// kNf4Int8 ^ 0x80 (the code + 128, unsigned as int8's cb ^ 0x80) by a byte shuffle, and the even/odd
+// codes interleaved per 128-bit lane: unpacklo gives k 0-15 of each block (half A), unpackhi k 16-31
+// (half B). Absent bytes look up 1 (code -127) against x codes 0. The lane scales: lane l belongs to
+// nf4 block ((l / 4) * 32) >> shift after the step's first block (blocksize a power of two >= 32).
+static inline void nf4_step(const uint8_t* p, int64_t bytes, const float* s, int64_t nblocks, int shift,
+                            __m512i& wa, __m512i& wb, __m512& dw) {
+  const __m512i lo4 = _mm512_set1_epi8(15);
+  const __m512i table = _mm512_broadcast_i32x4(
+      _mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kNf4Int8)), _mm_set1_epi8(static_cast<char>(0x80))));
+  const __m512i raw = bytes >= 64 ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(bytes_mask(bytes), p);
+  const __m512i ev = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo4));
+  const __m512i od = _mm512_shuffle_epi8(table, _mm512_and_si512(raw, lo4));
+  wa = _mm512_unpacklo_epi8(ev, od);
+  wb = _mm512_unpackhi_epi8(ev, od);
+  const int64_t need = std::max<int64_t>(1, 128 >> shift);
+  const __m512i idx = _mm512_srli_epi32(_mm512_setr_epi32(0, 0, 0, 0, 32, 32, 32, 32, 64, 64, 64, 64, 96, 96, 96, 96),
+                                        shift);
+  const __mmask16 mask = static_cast<__mmask16>((1u << std::min(need, nblocks)) - 1);
+  dw = _mm512_mul_ps(_mm512_permutexvar_ps(idx, _mm512_maskz_loadu_ps(mask, s)), _mm512_set1_ps(1.0f / 127.0f));
+}
+
 template <QFormat FMT, int MB>
 void q8_rows(const QWeight& w, const Q8Pack& xp, int64_t m0, const float* bias, float* y, int64_t n0, int64_t n1) {
   constexpr int U = MB == 1 ? 2 : 1;  // a second accumulator hides the FMA latency of a single row
@@ -112,16 +136,23 @@ void q8_rows(const QWeight& w, const Q8Pack& xp, int64_t m0, const float* bias, 
   const int8_t* xq = xp.q.data() + m0 * S * 128;
   const int32_t* xi = xp.init.data() + m0 * S * 16;
   const float* xd = xp.dx.data() + m0 * S * 16;
+  const int nf4_shift = FMT == QFormat::Nf4 ? __builtin_ctzll(w.blocksize) : 0;  // nf4_q8_ok: a power of two
   for (int64_t n = n0; n < n1; ++n) {
     __m512 acc[MB][U];
     for (int m = 0; m < MB; ++m)
       for (int u = 0; u < U; ++u) acc[m][u] = _mm512_setzero_ps();
-    const uint8_t* wrow = FMT == QFormat::Int4 ? w.data + n * G * 16 : w.data + n * K;
-    const uint16_t* srow = w.scale16 + n * G;  // int4 only
+    const uint8_t* wrow = FMT == QFormat::Int4  ? w.data + n * G * 16
+                          : FMT == QFormat::Nf4 ? w.data + n * K / 2
+                                                : w.data + n * K;
+    const uint16_t* srow = FMT == QFormat::Int4 ? w.scale16 + n * G : nullptr;
+    const float* nf4_abs = FMT == QFormat::Nf4 ? w.scale + (n * K >> nf4_shift) : nullptr;
     auto step = [&](int64_t st, int u, bool full) __attribute__((always_inline)) {
       __m512i wa, wb;
       __m512 dw = _mm512_setzero_ps();
-      if (FMT == QFormat::Int4) {
+      if (FMT == QFormat::Nf4) {
+        const int64_t b0 = st * 128 >> nf4_shift;
+        nf4_step(wrow + st * 64, full ? 64 : K / 2 - st * 64, nf4_abs + b0, (K >> nf4_shift) - b0, nf4_shift, wa, wb, dw);
+      } else if (FMT == QFormat::Int4) {
         const int64_t g = st * 4;
         const __m512i raw = full ? _mm512_loadu_si512(wrow + g * 16)
                                  : _mm512_maskz_loadu_epi8(bytes_mask((G - g) * 16), wrow + g * 16);
@@ -149,13 +180,13 @@ void q8_rows(const QWeight& w, const Q8Pack& xp, int64_t m0, const float* bias, 
         __m512i i = _mm512_dpbusd_epi32(_mm512_loadu_si512(xi + (m * S + st) * 16), wa, _mm512_loadu_si512(q));
         i = _mm512_dpbusd_epi32(i, wb, _mm512_loadu_si512(q + 64));
         const __m512 d = _mm512_loadu_ps(xd + (m * S + st) * 16);
-        acc[m][u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), FMT == QFormat::Int4 ? _mm512_mul_ps(dw, d) : d, acc[m][u]);
+        acc[m][u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), FMT != QFormat::Int8 ? _mm512_mul_ps(dw, d) : d, acc[m][u]);
       }
     };
     const int64_t Sfull = FMT == QFormat::Int4 ? G / 4 : K / 128;  // steps that need no masking
     int64_t st = 0;
     for (; st + U <= Sfull; st += U) {
-      _mm_prefetch(reinterpret_cast<const char*>(wrow + st * (FMT == QFormat::Int4 ? 64 : 128) + kPrefetchBytes),
+      _mm_prefetch(reinterpret_cast<const char*>(wrow + st * (FMT == QFormat::Int8 ? 128 : 64) + kPrefetchBytes),
                    _MM_HINT_T0);
       for (int u = 0; u < U; ++u) step(st + u, u, true);
     }
@@ -335,7 +366,8 @@ void q8_wide(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
 
 template <QFormat FMT>
 void q8_run(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
-  if (x.M > kQ8Rows) return q8_wide<FMT>(w, x, bias, y);
+  if constexpr (FMT != QFormat::Nf4)  // nf4 takes passes of kQ8Rows x rows over each tile of weight rows
+    if (x.M > kQ8Rows) return q8_wide<FMT>(w, x, bias, y);
   Q8Pack xp;
   q8_pack(FMT, x, xp);
   struct Rows {
@@ -362,6 +394,7 @@ void qmatmul_avx512(const QWeight& w, const float* x, int64_t M, const float* bi
 
 void qmatmul_q8_avx512(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
   if (w.fmt == QFormat::Int8) return avx512::q8_run<QFormat::Int8>(w, x, bias, y);
+  if (w.fmt == QFormat::Nf4) return avx512::q8_run<QFormat::Nf4>(w, x, bias, y);
   avx512::q8_run<QFormat::Int4>(w, x, bias, y);
 }
 }  // namespace mpt

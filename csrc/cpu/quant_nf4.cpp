@@ -13,6 +13,9 @@ const float kNf4Code[16] = {
     0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
     0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f};
 
+// round(127 * kNf4Code[q]) (ops.NF4_INT8 holds the same values, computed from the float table).
+const int8_t kNf4Int8[16] = {-127, -88, -67, -50, -36, -23, -12, 0, 10, 20, 31, 43, 56, 71, 92, 127};
+
 // Nearest code by counting the midpoints below v (ops.ref_quantize_nf4 mirrors this exactly).
 static inline uint8_t nf4_code_of(float v) {
   int q = 0;
@@ -62,8 +65,13 @@ void dequantize_rows_nf4(const uint8_t* packed, const float* absmax, int64_t K, 
 
 void matmul_nf4(const float* x, int64_t M, int64_t K, const uint8_t* packed, const float* absmax, int64_t N,
                 int64_t blocksize, const float* bias, float* y) {
+  matmul_nf4(x, M, K, packed, absmax, N, blocksize, bias, y, false);
+}
+
+void matmul_nf4(const float* x, int64_t M, int64_t K, const uint8_t* packed, const float* absmax, int64_t N,
+                int64_t blocksize, const float* bias, float* y, bool q8) {
   QWeight w{QFormat::Nf4, N, K, blocksize, packed, absmax, nullptr};
-  qmatmul(w, x, M, bias, y);
+  qmatmul(w, x, M, bias, y, q8 && nf4_q8_ok(K, blocksize));
 }
 
 }  // namespace mpt

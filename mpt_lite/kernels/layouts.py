@@ -40,3 +40,12 @@ def use_q8(q8: object, rows: int) -> bool:
     if not isinstance(q8, bool):
         raise TypeError(f"q8 must be None, True or False, got {q8!r}")
     return q8
+
+
+# nf4 on the integer path (csrc/cpu/quant_formats.h): its codes as int8, round(127 * NF4_CODE), and
+# the shapes that take it (no block straddles two rows, each block holds whole q8 blocks).
+NF4_INT8 = tuple(int(v) for v in torch.round(torch.tensor(NF4_CODE, dtype=torch.float32) * 127).tolist())
+
+
+def nf4_q8_ok(in_features: int, blocksize: int) -> bool:
+    return blocksize >= Q8_BLOCK and blocksize & (blocksize - 1) == 0 and in_features % blocksize == 0

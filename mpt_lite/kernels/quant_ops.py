@@ -14,10 +14,11 @@ from .layouts import INT4_SCALE_DTYPE, NF4_BLOCKSIZE, int4_groups, use_q8
 # compute y = x @ W^T (+ bias) for x [..., K] in float32 or bfloat16 (bfloat16 is widened to float32
 # for the kernel and y is returned in x's dtype).
 #
-# Activations: for int8 and int4 weights and at most Q8_MAX_ROWS rows of x (decode), the kernels
-# quantize x to int8 per block of 32 along K, as ggml's q8_0 does (ref_quantize_q8), and sum integer
-# products per block; otherwise (nf4, whose codes are not integers, and prefill) x stays float32.
-# The `q8` argument of matmul_int8 / matmul_int4 forces the choice (None: by the row count).
+# Activations: at most Q8_MAX_ROWS rows of x (decode), the kernels quantize x to int8 per block of
+# 32 along K, as ggml's q8_0 does (ref_quantize_q8), and sum integer products per block; otherwise
+# (prefill) x stays float32. nf4 takes that path with its codes held as int8 (NF4_INT8, llama.cpp's
+# IQ4_NL scheme) where nf4_q8_ok(K, blocksize), and keeps float activations elsewhere.
+# The `q8` argument of the matmuls forces the choice (None: by the row count).
 # ref_matmul_* mirror exactly that choice: F.linear(ref_dequantize_q8(x) or x, dequantized W) in
 # float32, and every kernel variant equals its mirror to float32 rounding.
 #
@@ -63,13 +64,9 @@ def _run_matmul(fn, x: object, K: int, N: int, bias: object, weights: dict, q8: 
     x2, lead = check_activations(x, K)
     b = check_bias(bias, N)
     y = torch.empty(x2.shape[0], N, dtype=torch.float32)
-    q8_kw = {} if q8 is _NO_Q8 else {"q8": use_q8(q8, x2.shape[0])}
-    fn(x=ptr(x2), m=x2.shape[0], k=K, n=N, bias=0 if b is None else ptr(b), y=ptr(y), **weights, **q8_kw,
-       num_threads=threads)
+    fn(x=ptr(x2), m=x2.shape[0], k=K, n=N, bias=0 if b is None else ptr(b), y=ptr(y), **weights,
+       q8=use_q8(q8, x2.shape[0]), num_threads=threads)
     return y.reshape(*lead, N).to(x.dtype)
-
-
-_NO_Q8 = object()  # nf4 has no q8 path: its kernel takes no q8 argument
 
 
 def _no_q8_on_cuda(q8: object) -> None:
@@ -194,13 +191,16 @@ def dequantize_rows_nf4(packed, absmax, shape, ids, blocksize: int = NF4_BLOCKSI
 
 
 def matmul_nf4(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, shape, blocksize: int = NF4_BLOCKSIZE,
-               bias: torch.Tensor | None = None, *, num_threads: int | None = None) -> torch.Tensor:
+               bias: torch.Tensor | None = None, q8: bool | None = None, *,
+               num_threads: int | None = None) -> torch.Tensor:
+    """q8 (None: by the row count) takes effect only where nf4_q8_ok(K, blocksize)."""
     N, K, bs = _check_nf4(packed, absmax, shape, blocksize)
     if packed.is_cuda:
+        _no_q8_on_cuda(q8)
         return _cuda_matmul("nf4", x, packed, absmax, N, K, bs, bias)
     packed, absmax = packed.contiguous(), absmax.contiguous()
     return _run_matmul(_C.matmul_nf4, x, K, N, bias, {"packed": ptr(packed), "absmax": ptr(absmax), "blocksize": bs},
-                       _NO_Q8, num_threads)
+                       q8, num_threads)
 
 
 # int4: packed uint8 [N, G*16], scales float16 [N, G], G = ceil(K/32); W = (q - 8) * d (4.5 bits per weight).

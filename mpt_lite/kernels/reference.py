@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .layouts import INT4_GROUP, NF4_BLOCKSIZE, Q8_BLOCK, int4_groups, int4_half_scales, nf4_code, use_q8
+from .layouts import (INT4_GROUP, NF4_BLOCKSIZE, NF4_INT8, Q8_BLOCK, int4_groups, int4_half_scales, nf4_code,
+                      nf4_q8_ok, use_q8)
 
 def ref_matmul_bf16_operands(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
                              row_scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -95,8 +96,24 @@ def ref_dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, shape, blocks
     return (nf4_code().to(p.device)[q] * scale).reshape(N, K)
 
 
-def ref_matmul_nf4(x, packed, absmax, shape, blocksize: int = NF4_BLOCKSIZE, bias=None) -> torch.Tensor:
+def ref_dequantize_nf4_int8(packed: torch.Tensor, absmax: torch.Tensor, shape,
+                            blocksize: int = NF4_BLOCKSIZE) -> torch.Tensor:
+    """The weight nf4's integer path uses: NF4_INT8[q] * (absmax * (1/127)), in float32."""
+    N, K = shape
+    p = packed.reshape(-1)
+    q = torch.stack([p >> 4, p & 15], dim=1).reshape(-1)[: N * K].long()
+    scale = (absmax.float() * (1.0 / 127.0)).repeat_interleave(blocksize)[: N * K]
+    return (torch.tensor(NF4_INT8, dtype=torch.float32, device=p.device)[q] * scale).reshape(N, K)
+
+
+def ref_matmul_nf4(x, packed, absmax, shape, blocksize: int = NF4_BLOCKSIZE, bias=None, q8=None) -> torch.Tensor:
+    """At most Q8_MAX_ROWS rows (or q8=True) and where nf4_q8_ok: q8 activations against the int8
+    codes (llama.cpp's IQ4_NL scheme, csrc/cpu/quant_formats.h); otherwise float32 activations
+    against the float codes."""
     b = None if bias is None else bias.float()
+    rows = x.numel() // max(x.shape[-1], 1) if x.dim() else 1
+    if use_q8(q8, rows) and nf4_q8_ok(shape[1], blocksize):
+        return F.linear(ref_dequantize_q8(x), ref_dequantize_nf4_int8(packed, absmax, shape, blocksize), b).to(x.dtype)
     return F.linear(x.float(), ref_dequantize_nf4(packed, absmax, shape, blocksize), b).to(x.dtype)
 
 
