@@ -151,7 +151,7 @@ def test_vector_exp_within_2_ulp_of_torch(isa):
 @pytest.mark.parametrize("split", [16, 40, 0])
 def test_decode_split_contexts_merge(isa, dtype, heads, kv_heads, head_dim, split):
     """Contexts cut into parts of `split` tokens (40: rounded up to 48, whole blocks; 0: automatic,
-    which splits the one long sequence below since pairs are few), parts merged by max and sum."""
+    which splits the one long sequence below), parts merged by max and sum."""
     lens = [1, 15, 16, 17, 100, 333] if split else [700]
     cache, tables = fill(lens, kv_heads, head_dim, dtype, seed=7)
     q = torch.randn(len(lens), heads, head_dim) * 2

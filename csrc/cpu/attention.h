@@ -37,7 +37,7 @@ struct AttnArgs {
   const float* slopes = nullptr;             // [num_heads] or null (no ALiBi)
   float scale = 1.0f;
   // decode: > 0 splits each context into parts of this many tokens (rounded up to whole blocks),
-  // computed in parallel and merged; 0 splits only when (sequence, kv head) pairs are too few for
+  // computed in parallel and merged; 0 splits only when the sequences are too few for
   // the threads (attention_kernel.h).
   int split_tokens = 0;
 };

@@ -185,81 +185,99 @@ static void block_values(const KvCacheView& c, int64_t slot0, int n, int h, floa
   }
 }
 
-// R query rows (ascending positions) of one sequence attend to the keys [kbeg, kend) of kv head h
-// (kbeg a multiple of the block size), one cache block at a time with an online softmax: per row
-// the running max m, sum l and unnormalised output acc (D floats), at m/l/acc + r, r * D.
+// Asks for the K and V rows of kv head h of the tokens [slot0, slot0 + n) ahead of their use (the
+// rows of one head are a token apart, too far for the hardware prefetcher).
+inline void prefetch_rows(const KvCacheView& c, int64_t slot0, int n, int h) {
+  const int64_t elem = c.dtype == KvDtype::F32 ? 4 : c.dtype == KvDtype::I8 ? 1 : 2;
+  const int64_t row = int64_t(c.head_dim) * elem, st = int64_t(c.kv_heads) * row, base = (slot0 * c.kv_heads + h) * row;
+  const char* k = static_cast<const char*>(c.k) + base;
+  const char* v = static_cast<const char*>(c.v) + base;
+  for (int j = 0; j < n; ++j)
+    for (int64_t b = 0; b < row; b += 64) {
+      __builtin_prefetch(k + j * st + b);
+      __builtin_prefetch(v + j * st + b);
+    }
+}
+
+// nh groups of R query rows of one sequence (group i: kv head h0 + i; the same ascending positions
+// in every group) attend to the keys [kbeg, kend) (kbeg a multiple of the block size), one cache
+// block at a time with an online softmax, every head of a block before the next block (a block's
+// tokens hold all kv heads side by side: the reads stay contiguous). Per row the running max m,
+// sum l and unnormalised output acc (D floats), at m/l/acc + r, r * D, rows numbered group-major.
 template <class Ops>
-void attend_range(const Row* rows, int R, const int32_t* table, int h, const KvCacheView& c, float scale,
+void attend_range(const Row* rows, int R, int h0, int nh, const int32_t* table, const KvCacheView& c, float scale,
                   int kbeg, int kend, float* m, float* l, float* acc, Scratch& s) {
-  const int D = c.head_dim, bs = c.block_size;
+  const int D = c.head_dim, bs = c.block_size, NR = R * nh;
   const float NEG = -std::numeric_limits<float>::infinity();
   if (c.dtype == KvDtype::F16) s.kt.resize(size_t(bs) * D), s.vt.resize(size_t(bs) * D);
   s.scores.resize(bs);
-  for (int r = 0; r < R; ++r) {
-    m[r] = NEG;
-    l[r] = 0.0f;
-  }
-  std::fill(acc, acc + size_t(R) * D, 0.0f);
+  std::fill(m, m + NR, NEG);
+  std::fill(l, l + NR, 0.0f);
+  std::fill(acc, acc + size_t(NR) * D, 0.0f);
   kend = std::min(kend, rows[R - 1].pos + 1);
   for (int p0 = kbeg; p0 < kend; p0 += bs) {
     const int n = std::min(bs, kend - p0);
     const int64_t slot0 = int64_t(table[p0 / bs]) * bs;
-    const float *f16_keys = nullptr, *f16_values = nullptr;
-    if (c.dtype == KvDtype::F16) {  // converted once for all rows
-      f16_keys = f16_rows<Ops>(c, false, slot0, n, h, s.kt.data());
-      f16_values = f16_rows<Ops>(c, true, slot0, n, h, s.vt.data());
-    }
-    for (int r = 0; r < R; ++r) {
-      const Row& row = rows[r];
-      const int nv = std::min(n, row.pos - p0 + 1);
-      if (nv <= 0) continue;
-      float* sc = s.scores.data();
-      block_scores<Ops>(c, slot0, nv, h, row.q, f16_keys, sc);
-      const float rel = float(p0 - row.pos);
-      for (int j = 0; j < nv; ++j) sc[j] = sc[j] * scale + row.slope * (rel + float(j));
-      const float mx = Ops::vmax(sc, nv);
-      float* a = acc + size_t(r) * D;
-      if (mx > m[r]) {
-        if (m[r] != NEG) {
-          const float corr = std::exp(m[r] - mx);
-          l[r] *= corr;
-          Ops::scale(a, corr, D);
-        }
-        m[r] = mx;
+    const int64_t next0 = p0 + bs < kend ? int64_t(table[p0 / bs + 1]) * bs : -1;
+    for (int i = 0; i < nh; ++i) {
+      const int h = h0 + i;
+      if (next0 >= 0) prefetch_rows(c, next0, std::min(bs, kend - p0 - bs), h);
+      const float *f16_keys = nullptr, *f16_values = nullptr;
+      if (c.dtype == KvDtype::F16) {  // converted once for the head's rows
+        f16_keys = f16_rows<Ops>(c, false, slot0, n, h, s.kt.data());
+        f16_values = f16_rows<Ops>(c, true, slot0, n, h, s.vt.data());
       }
-      l[r] += Ops::exp_sum(sc, nv, m[r]);
-      block_values<Ops>(c, slot0, nv, h, sc, f16_values, a);
+      for (int r = i * R; r < (i + 1) * R; ++r) {
+        const Row& row = rows[r];
+        const int nv = std::min(n, row.pos - p0 + 1);
+        if (nv <= 0) continue;
+        float* sc = s.scores.data();
+        block_scores<Ops>(c, slot0, nv, h, row.q, f16_keys, sc);
+        const float rel = float(p0 - row.pos);
+        for (int j = 0; j < nv; ++j) sc[j] = sc[j] * scale + row.slope * (rel + float(j));
+        const float mx = Ops::vmax(sc, nv);
+        float* a = acc + size_t(r) * D;
+        if (mx > m[r]) {
+          if (m[r] != NEG) {
+            const float corr = std::exp(m[r] - mx);
+            l[r] *= corr;
+            Ops::scale(a, corr, D);
+          }
+          m[r] = mx;
+        }
+        l[r] += Ops::exp_sum(sc, nv, m[r]);
+        block_values<Ops>(c, slot0, nv, h, sc, f16_values, a);
+      }
     }
   }
 }
 
 constexpr int kQueryTile = 16;
 // Decode splits a sequence's context into parts of at least this many tokens when there are too few
-// (sequence, kv head) pairs to keep every thread busy (flash-decoding).
+// sequences to keep every thread busy (flash-decoding).
 constexpr int kMinSplitTokens = 256;
 
-// Tokens per decode part: whole contexts unless (sequence, kv head) pairs are too few for the
-// threads; then about 4 parts a thread, each a multiple of the block size.
+// Tokens per decode part: whole contexts unless sequences are too few for the threads; then about
+// 4 parts a thread, each a multiple of the block size.
 inline int decode_part_tokens(const AttnArgs& a, const KvCacheView& c) {
   const int bs = c.block_size;
   if (a.split_tokens > 0) return (a.split_tokens + bs - 1) / bs * bs;
   const int threads = num_threads();
-  const int64_t pairs = int64_t(a.num_seqs) * c.kv_heads;
-  if (threads <= 1 || pairs >= 8 * threads) return std::numeric_limits<int>::max();
+  if (threads <= 1 || a.num_seqs >= 8 * threads) return std::numeric_limits<int>::max();
   int64_t total = 0;
   for (int s = 0; s < a.num_seqs; ++s) total += a.context_lens[s];
-  const int64_t per = std::max<int64_t>(kMinSplitTokens, total * c.kv_heads / (4 * threads) + 1);
+  const int64_t per = std::max<int64_t>(kMinSplitTokens, total / (4 * threads) + 1);
   return int(std::min<int64_t>((per + bs - 1) / bs * bs, std::numeric_limits<int>::max() / 2));
 }
 
-// One query per sequence; each (sequence, kv head, part of the context) is a job, and the parts of
-// a split context are merged by their max and sum.
+// One query per sequence; each (sequence, part of the context) is a job over every head, and the
+// parts of a split context are merged by their max and sum.
 template <class Ops>
 void decode_attention(const AttnArgs& a, const KvCacheView& c) {
   const int H = a.num_heads, KV = c.kv_heads, G = H / KV, D = c.head_dim;
   const int part = decode_part_tokens(a, c);
   struct Item {
-    int seq, h, kbeg, kend, slot;  // slot: index of the partial result, -1 writes out directly
+    int seq, kbeg, kend, slot;  // slot: index of the partial result, -1 writes out directly
   };
   std::vector<Item> items;
   std::vector<int> first(size_t(a.num_seqs) + 1);
@@ -270,67 +288,62 @@ void decode_attention(const AttnArgs& a, const KvCacheView& c) {
     const int nparts = int((int64_t(ctx) + part - 1) / part);
     first[s] = int(items.size());
     work += int64_t(ctx) * H * D;
-    for (int h = 0; h < KV; ++h)
-      for (int k = 0; k < nparts; ++k) {
-        const int kbeg = int(int64_t(k) * part), kend = int(std::min<int64_t>(ctx, int64_t(kbeg) + part));
-        items.push_back({s, h, kbeg, kend, nparts > 1 ? partials++ : -1});
-      }
+    for (int k = 0; k < nparts; ++k) {
+      const int kbeg = int(int64_t(k) * part), kend = int(std::min<int64_t>(ctx, int64_t(kbeg) + part));
+      items.push_back({s, kbeg, kend, nparts > 1 ? partials++ : -1});
+    }
   }
   first[a.num_seqs] = int(items.size());
-  const size_t rec = size_t(G) * (D + 2);  // m, l, acc of G rows
+  const size_t rec = size_t(H) * (D + 2);  // m, l, acc of every head
   std::vector<float> partial(size_t(partials) * rec);
   run_maybe_parallel(int64_t(items.size()), work, [&](int64_t b, int64_t e) {
     thread_local Scratch scratch;
-    Row rows[64];
-    std::vector<Row> many;
+    thread_local std::vector<Row> rows;
+    rows.resize(H);
     for (int64_t i = b; i < e; ++i) {
       const Item& it = items[i];
-      Row* rp = G <= 64 ? rows : (many.resize(G), many.data());
-      for (int g = 0; g < G; ++g) {
-        const int head = it.h * G + g;
+      for (int head = 0; head < H; ++head) {
         const size_t off = (size_t(it.seq) * H + head) * D;
-        rp[g] = {a.q + off, a.out + off, a.slopes ? a.slopes[head] : 0.0f, a.context_lens[it.seq] - 1};
+        rows[head] = {a.q + off, a.out + off, a.slopes ? a.slopes[head] : 0.0f, a.context_lens[it.seq] - 1};
       }
       float *m, *l, *acc;
       if (it.slot >= 0) {
         float* p = partial.data() + size_t(it.slot) * rec;
-        m = p, l = p + G, acc = p + 2 * G;
+        m = p, l = p + H, acc = p + 2 * H;
       } else {
-        scratch.m.resize(G), scratch.l.resize(G), scratch.acc.resize(size_t(G) * D);
+        scratch.m.resize(H), scratch.l.resize(H), scratch.acc.resize(size_t(H) * D);
         m = scratch.m.data(), l = scratch.l.data(), acc = scratch.acc.data();
       }
-      attend_range<Ops>(rp, G, a.block_tables + size_t(it.seq) * a.max_blocks, it.h, c, a.scale, it.kbeg, it.kend,
-                        m, l, acc, scratch);
+      attend_range<Ops>(rows.data(), G, 0, KV, a.block_tables + size_t(it.seq) * a.max_blocks, c, a.scale, it.kbeg,
+                        it.kend, m, l, acc, scratch);
       if (it.slot < 0)
-        for (int g = 0; g < G; ++g) {
-          const float inv = 1.0f / l[g];
-          for (int d = 0; d < D; ++d) rp[g].out[d] = acc[size_t(g) * D + d] * inv;
+        for (int head = 0; head < H; ++head) {
+          const float inv = 1.0f / l[head];
+          for (int d = 0; d < D; ++d) rows[head].out[d] = acc[size_t(head) * D + d] * inv;
         }
     }
   });
   if (!partials) return;
   // Merge: out = sum_k e^(m_k - M) acc_k / sum_k e^(m_k - M) l_k, M the largest m_k.
+  const float NEG = -std::numeric_limits<float>::infinity();
   for (int s = 0; s < a.num_seqs; ++s) {
     const int i0 = first[s], i1 = first[s + 1];
     if (items[i0].slot < 0) continue;
-    const int nparts = (i1 - i0) / KV;
-    for (int h = 0; h < KV; ++h)
-      for (int g = 0; g < G; ++g) {
-        const float NEG = -std::numeric_limits<float>::infinity();
-        float M = NEG;
-        for (int k = 0; k < nparts; ++k) M = std::max(M, partial[size_t(items[i0 + h * nparts + k].slot) * rec + g]);
-        float* out = a.out + (size_t(s) * H + h * G + g) * D;
-        std::fill(out, out + D, 0.0f);
-        float L = 0.0f;
-        for (int k = 0; k < nparts; ++k) {
-          const float* p = partial.data() + size_t(items[i0 + h * nparts + k].slot) * rec;
-          if (p[g] == NEG) continue;  // a part with no keys (cannot happen for parts inside the context)
-          const float w = std::exp(p[g] - M);
-          L += w * p[G + g];
-          Ops::axpy(w, p + 2 * G + size_t(g) * D, out, D);
-        }
-        Ops::scale(out, 1.0f / L, D);
+    for (int head = 0; head < H; ++head) {
+      float M = NEG;
+      for (int k = i0; k < i1; ++k) M = std::max(M, partial[size_t(items[k].slot) * rec + head]);
+      float* out = a.out + (size_t(s) * H + head) * D;
+      std::fill(out, out + D, 0.0f);
+      float L = 0.0f;
+      for (int k = i0; k < i1; ++k) {
+        const float* p = partial.data() + size_t(items[k].slot) * rec;
+        if (p[head] == NEG) continue;  // a part with no keys (cannot happen for parts inside the context)
+        const float w = std::exp(p[head] - M);
+        L += w * p[H + head];
+        Ops::axpy(w, p + 2 * H + size_t(head) * D, out, D);
       }
+      Ops::scale(out, 1.0f / L, D);
+    }
   }
 }
 
@@ -366,7 +379,7 @@ void prefill_attention(const AttnArgs& a, const KvCacheView& c) {
         }
       const int R = int(rows.size());
       scratch.m.resize(R), scratch.l.resize(R), scratch.acc.resize(size_t(R) * D);
-      attend_range<Ops>(rows.data(), R, a.block_tables + size_t(s) * a.max_blocks, it.h, c, a.scale, 0,
+      attend_range<Ops>(rows.data(), R, it.h, 1, a.block_tables + size_t(s) * a.max_blocks, c, a.scale, 0,
                         rows[R - 1].pos + 1, scratch.m.data(), scratch.l.data(), scratch.acc.data(), scratch);
       for (int r = 0; r < R; ++r) {
         const float inv = 1.0f / scratch.l[r];

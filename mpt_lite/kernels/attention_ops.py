@@ -164,7 +164,7 @@ def paged_attention_decode(query: torch.Tensor, k_cache: torch.Tensor, v_cache: 
     """One query per sequence, query (seqs, heads, head_dim), at position context_lens[s] - 1, over
     the keys its block_tables (seqs, max_blocks) int32 row names. Returns float32 (seqs, heads, head_dim).
     split_tokens (CPU): > 0 cuts every context into parts of that many tokens (whole blocks), run in
-    parallel and merged (flash-decoding); 0 splits only when sequences x kv heads are too few for the
+    parallel and merged (flash-decoding); 0 splits only when the sequences are too few for the
     threads."""
     return _attention(True, query, k_cache, v_cache, block_tables, context_lens, None, scale, slopes, k_scale,
                       v_scale, num_threads, split_tokens)
