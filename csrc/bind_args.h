@@ -75,7 +75,7 @@ struct Attention {
 
 inline Attention attention(uintptr_t q, uintptr_t out, int64_t num_tokens, int64_t num_heads, int64_t head_dim,
                            int64_t num_seqs, uintptr_t block_tables, int64_t max_blocks, uintptr_t context_lens,
-                           uintptr_t query_start_loc, uintptr_t slopes, float scale) {
+                           uintptr_t query_start_loc, uintptr_t slopes, float scale, int64_t split_tokens) {
   Attention r;
   AttnArgs& a = r.a;
   r.num_tokens = dim(num_tokens, "num_tokens");
@@ -91,6 +91,7 @@ inline Attention attention(uintptr_t q, uintptr_t out, int64_t num_tokens, int64
   a.query_start_loc = opt<const int32_t>(query_start_loc);
   a.slopes = opt<const float>(slopes);
   a.scale = scale;
+  a.split_tokens = checked_int(dim(split_tokens, "split_tokens"), "split_tokens");
   return r;
 }
 

@@ -73,7 +73,7 @@ static void bind_structs(py::module_& m) {
       .def(py::init(&mpt::bind::attention), py::kw_only(), py::arg("q"), py::arg("out"), py::arg("num_tokens"),
            py::arg("num_heads"), py::arg("head_dim"), py::arg("num_seqs"), py::arg("block_tables"),
            py::arg("max_blocks"), py::arg("context_lens"), py::arg("query_start_loc") = 0, py::arg("slopes") = 0,
-           py::arg("scale"))
+           py::arg("scale"), py::arg("split_tokens") = 0)
       .def_readonly("num_tokens", &Attention::num_tokens)
       .def_readonly("head_dim", &Attention::head_dim);
 }
@@ -215,6 +215,10 @@ static void bind_attention(py::module_& m) {
     if (decode) mpt::paged_attention_decode(at.a, c);
     else mpt::paged_attention_prefill(at.a, c);
   }, py::kw_only(), arg("decode"), arg("args"), arg("cache"), arg("num_threads") = 0, G());
+  // y = exp(x) (float32, n each) by the attention kernels' vector exp of the current variant.
+  m.def("attention_exp", [](uintptr_t x, uintptr_t y, int64_t n) {
+    mpt::attention_exp(buf<const float>(x, n, "x"), buf<float>(y, n, "y"), dim(n, "n"));
+  }, py::kw_only(), arg("x"), arg("y"), arg("n"), G());
 }
 
 #if MPT_LITE_WITH_CUDA

@@ -20,6 +20,8 @@ void check_cache(const KvCacheView& c) {
 // Every block a sequence will read must exist: bad tables raise instead of reading wild memory.
 void check_args(const AttnArgs& a, const KvCacheView& c, bool decode, int64_t n_tokens) {
   check_cache(c);
+  if (a.split_tokens < 0)
+    throw std::invalid_argument("split_tokens must be >= 0, got " + std::to_string(a.split_tokens));
   if (a.num_heads <= 0 || a.num_heads % c.kv_heads != 0)
     throw std::invalid_argument("num_heads (" + std::to_string(a.num_heads) + ") must be a multiple of kv_heads (" +
                                 std::to_string(c.kv_heads) + ")");
@@ -92,6 +94,16 @@ void paged_attention_prefill(const AttnArgs& a, const KvCacheView& c) {
   // n_tokens is checked by the caller against q's shape; here the table must be self-consistent.
   check_args(a, c, false, a.query_start_loc[a.num_seqs]);
   run(a, c, false);
+}
+
+void attention_exp(const float* x, float* y, int64_t n) {
+  switch (current_isa()) {
+#if MPT_LITE_X86_SIMD
+    case Isa::Avx512: return attention_avx512::vector_exp(x, y, n);
+    case Isa::Avx2: return attention_avx2::vector_exp(x, y, n);
+#endif
+    default: return attention_generic::vector_exp(x, y, n);
+  }
 }
 
 }  // namespace mpt

@@ -36,6 +36,10 @@ struct AttnArgs {
   const int32_t* query_start_loc = nullptr;  // [num_seqs + 1], prefill only (decode: one query each)
   const float* slopes = nullptr;             // [num_heads] or null (no ALiBi)
   float scale = 1.0f;
+  // decode: > 0 splits each context into parts of this many tokens (rounded up to whole blocks),
+  // computed in parallel and merged; 0 splits only when the sequences are too few for
+  // the threads (attention_kernel.h).
+  int split_tokens = 0;
 };
 
 // k, v: [n_tokens][kv_heads][head_dim] float32; slot_mapping[i] < 0 skips token i.
@@ -43,6 +47,8 @@ void write_kv_cache(const float* k, const float* v, int64_t n_tokens, const int6
                     const KvCacheView& cache);
 void paged_attention_decode(const AttnArgs& a, const KvCacheView& cache);
 void paged_attention_prefill(const AttnArgs& a, const KvCacheView& cache);
+// y = exp(x) as the attention kernel of the current variant computes it (for its accuracy tests).
+void attention_exp(const float* x, float* y, int64_t n);
 
 // The argument checks of the calls above (they raise std::invalid_argument / std::out_of_range),
 // also run by the CUDA entry points on host copies of the index arrays.
@@ -55,6 +61,7 @@ void check_attention_args(const AttnArgs& a, const KvCacheView& cache, bool deco
   void write_kv_cache(const float* k, const float* v, int64_t n_tokens, const int64_t* slots,      \
                       const KvCacheView& cache);                                                   \
   void paged_attention(const AttnArgs& a, const KvCacheView& cache, bool decode);                  \
+  void vector_exp(const float* x, float* y, int64_t n);                                            \
   }
 MPT_ATTENTION_VARIANT(attention_generic)
 MPT_ATTENTION_VARIANT(attention_avx2)

@@ -13,18 +13,107 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// 8 cache elements widened to float32 in registers; one element for the tails.
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const uint16_t* p) {
+  return _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+}
+inline __m256 load8(const int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+inline float load1(const float* p) { return *p; }
+inline float load1(const uint16_t* p) { return attn_detail::bf16_to_f32(*p); }
+inline float load1(const int8_t* p) { return float(*p); }
+
+// exp(x): x = n ln2 + r, |r| <= ln2 / 2, e^r by Cephes' degree-6 polynomial (FMA), times 2^n built
+// in two exponent-field halves (n reaches 128); below ln(FLT_MIN) the result is 0 (torch gives a
+// subnormal there, under 1.2e-38), above ln(FLT_MAX) inf.
+inline __m256 exp8(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.3365478515625f), hi = _mm256_set1_ps(88.72283935546875f);
+  const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ), over = _mm256_cmp_ps(x, hi, _CMP_GT_OQ);
+  const __m256 xc = _mm256_min_ps(hi, _mm256_max_ps(lo, x));  // NaN passes
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(attn_detail::kLog2e)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(attn_detail::kLn2Hi), xc);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(attn_detail::kLn2Lo), r);
+  __m256 p = _mm256_set1_ps(attn_detail::kExpPoly[0]);
+  for (int k = 1; k < 6; ++k) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(attn_detail::kExpPoly[k]));
+  p = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+  const __m256i ni = _mm256_cvtps_epi32(n), n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
+  const __m256i bias = _mm256_set1_epi32(127);
+  p = _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23)));
+  p = _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23)));
+  p = _mm256_andnot_ps(under, p);
+  return _mm256_blendv_ps(p, _mm256_set1_ps(std::numeric_limits<float>::infinity()), over);
+}
+
 struct Ops {
-  static float dot(const float* a, const float* b, int n) {
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-    int i = 0;
-    for (; i + 16 <= n; i += 16) {
-      s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-      s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+  // sc[j] = q . k_j for n keys, D values each, k_j at k + j * st.
+  template <class T>
+  static void scores(const float* q, const T* k, int64_t st, int n, int D, float* sc) {
+    for (int j = 0; j < n; ++j) {
+      const T* kj = k + j * st;
+      __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+      int i = 0;
+      for (; i + 16 <= D; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load8(kj + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), load8(kj + i + 8), s1);
+      }
+      for (; i + 8 <= D; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load8(kj + i), s0);
+      float s = hsum(_mm256_add_ps(s0, s1));
+      for (; i < D; ++i) s += q[i] * load1(kj + i);
+      sc[j] = s;
     }
-    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-    float s = hsum(_mm256_add_ps(s0, s1));
-    for (; i < n; ++i) s += a[i] * b[i];
-    return s;
+  }
+
+  // acc += sum_j p[j] v_j.
+  template <class T>
+  static void accum(const float* p, const T* v, int64_t st, int n, int D, float* acc) {
+    int i = 0;
+    for (; i + 8 <= D; i += 8) {
+      __m256 a0 = _mm256_loadu_ps(acc + i), a1 = _mm256_setzero_ps();
+      int j = 0;
+      for (; j + 2 <= n; j += 2) {
+        a0 = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), load8(v + j * st + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 1]), load8(v + (j + 1) * st + i), a1);
+      }
+      if (j < n) a0 = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), load8(v + j * st + i), a0);
+      _mm256_storeu_ps(acc + i, _mm256_add_ps(a0, a1));
+    }
+    for (; i < D; ++i)
+      for (int j = 0; j < n; ++j) acc[i] += p[j] * load1(v + j * st + i);
+  }
+  static float vmax(const float* x, int n) {
+    __m256 m = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    int i = 0;
+    for (; i + 8 <= n; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + i));
+    alignas(32) float t[8];
+    _mm256_store_ps(t, m);
+    float r = t[0];
+    for (int k = 1; k < 8; ++k) r = std::max(r, t[k]);
+    for (; i < n; ++i) r = std::max(r, x[i]);
+    return r;
+  }
+  // x[j] = exp(x[j] - mx); returns their sum. The tail goes through a padded copy (its -inf lanes add 0).
+  static float exp_sum(float* x, int n, float mx) {
+    const __m256 vm = _mm256_set1_ps(mx);
+    __m256 s = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+      const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
+      _mm256_storeu_ps(x + i, e);
+      s = _mm256_add_ps(s, e);
+    }
+    if (i < n) {
+      alignas(32) float t[8];
+      for (int k = 0; k < 8; ++k) t[k] = i + k < n ? x[i + k] : -std::numeric_limits<float>::infinity();
+      const __m256 e = exp8(_mm256_sub_ps(_mm256_load_ps(t), vm));
+      _mm256_store_ps(t, e);
+      for (int k = 0; i + k < n; ++k) x[i + k] = t[k];
+      s = _mm256_add_ps(s, e);
+    }
+    return hsum(s);
   }
   static void axpy(float a, const float* x, float* y, int n) {
     const __m256 va = _mm256_set1_ps(a);
@@ -39,28 +128,11 @@ struct Ops {
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_mul_ps(va, _mm256_loadu_ps(y + i)));
     for (; i < n; ++i) y[i] *= a;
   }
-  static void bf16_to_f32(const uint16_t* s, float* d, int n) {
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-      __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i)));
-      _mm256_storeu_ps(d + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
-    }
-    for (; i < n; ++i) d[i] = attn_detail::bf16_to_f32(s[i]);
-  }
   static void f16_to_f32(const uint16_t* s, float* d, int n) {
     int i = 0;
     for (; i + 8 <= n; i += 8)
       _mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i))));
     for (; i < n; ++i) d[i] = attn_detail::f16_to_f32(s[i]);
-  }
-  static void i8_to_f32(const int8_t* s, float scale, float* d, int n) {
-    const __m256 vs = _mm256_set1_ps(scale);
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-      __m256i w = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(s + i)));
-      _mm256_storeu_ps(d + i, _mm256_mul_ps(_mm256_cvtepi32_ps(w), vs));
-    }
-    for (; i < n; ++i) d[i] = float(s[i]) * scale;
   }
   static void f32_to_bf16(const float* s, uint16_t* d, int n) {
     for (int i = 0; i < n; ++i) d[i] = attn_detail::f32_to_bf16(s[i]);

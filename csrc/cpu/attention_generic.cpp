@@ -4,18 +4,44 @@
 namespace mpt::attention_generic {
 namespace {
 
+inline float widen(float x) { return x; }
+inline float widen(uint16_t x) { return attn_detail::bf16_to_f32(x); }
+inline float widen(int8_t x) { return float(x); }
+
 struct Ops {
-  static float dot(const float* a, const float* b, int n) {
-    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    int i = 0;
-    for (; i + 4 <= n; i += 4) {
-      s0 += a[i] * b[i];
-      s1 += a[i + 1] * b[i + 1];
-      s2 += a[i + 2] * b[i + 2];
-      s3 += a[i + 3] * b[i + 3];
+  // sc[j] = q . k_j for n keys, D values each, k_j at k + j * st.
+  template <class T>
+  static void scores(const float* q, const T* k, int64_t st, int n, int D, float* sc) {
+    for (int j = 0; j < n; ++j) {
+      const T* kj = k + j * st;
+      float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+      int i = 0;
+      for (; i + 4 <= D; i += 4) {
+        s0 += q[i] * widen(kj[i]);
+        s1 += q[i + 1] * widen(kj[i + 1]);
+        s2 += q[i + 2] * widen(kj[i + 2]);
+        s3 += q[i + 3] * widen(kj[i + 3]);
+      }
+      for (; i < D; ++i) s0 += q[i] * widen(kj[i]);
+      sc[j] = (s0 + s1) + (s2 + s3);
     }
-    for (; i < n; ++i) s0 += a[i] * b[i];
-    return (s0 + s1) + (s2 + s3);
+  }
+
+  // acc += sum_j p[j] v_j.
+  template <class T>
+  static void accum(const float* p, const T* v, int64_t st, int n, int D, float* acc) {
+    for (int j = 0; j < n; ++j)
+      for (int i = 0; i < D; ++i) acc[i] += p[j] * widen(v[j * st + i]);
+  }
+  static float vmax(const float* x, int n) {
+    float m = -std::numeric_limits<float>::infinity();
+    for (int i = 0; i < n; ++i) m = std::max(m, x[i]);
+    return m;
+  }
+  static float exp_sum(float* x, int n, float mx) {
+    float s = 0;
+    for (int i = 0; i < n; ++i) s += (x[i] = std::exp(x[i] - mx));
+    return s;
   }
   static void axpy(float a, const float* x, float* y, int n) {
     for (int i = 0; i < n; ++i) y[i] += a * x[i];
@@ -23,14 +49,8 @@ struct Ops {
   static void scale(float* y, float a, int n) {
     for (int i = 0; i < n; ++i) y[i] *= a;
   }
-  static void bf16_to_f32(const uint16_t* s, float* d, int n) {
-    for (int i = 0; i < n; ++i) d[i] = attn_detail::bf16_to_f32(s[i]);
-  }
   static void f16_to_f32(const uint16_t* s, float* d, int n) {
     for (int i = 0; i < n; ++i) d[i] = attn_detail::f16_to_f32(s[i]);
-  }
-  static void i8_to_f32(const int8_t* s, float scale, float* d, int n) {
-    for (int i = 0; i < n; ++i) d[i] = float(s[i]) * scale;
   }
   static void f32_to_bf16(const float* s, uint16_t* d, int n) {
     for (int i = 0; i < n; ++i) d[i] = attn_detail::f32_to_bf16(s[i]);

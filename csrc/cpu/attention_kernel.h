@@ -61,6 +61,12 @@ static inline uint16_t f32_to_f16(float f) {
   return sign | uint16_t((a - 0x38000000u) >> 13);
 }
 
+// The vector exp of the AVX2/AVX-512 variants: x = n ln2 + r (ln2 in two parts, Cody-Waite), e^r =
+// 1 + r + r^2 * P(r) with Cephes' expf coefficients of P (highest first); within 2 ulp of exp.
+constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+constexpr float kExpPoly[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                               4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+
 // Small jobs (a decode step at short context) run on the calling thread: waking the pool costs
 // more than the work, and its spinning workers would take cores from torch's next matmul.
 constexpr int64_t kInlineWork = int64_t(1) << 18;
@@ -129,98 +135,222 @@ struct Scratch {
   std::vector<float> kt, vt, scores, acc, m, l;
 };
 
-// n consecutive tokens (slot0...) of kv head h as float rows; *stride is the distance between rows.
+// n consecutive f16 tokens (slot0...) of kv head h as float rows in tmp (D apart).
 template <class Ops>
-static const float* load_rows(const KvCacheView& c, bool value, int64_t slot0, int n, int h,
-                              float* tmp, int64_t* stride) {
+static const float* f16_rows(const KvCacheView& c, bool value, int64_t slot0, int n, int h, float* tmp) {
   const int KV = c.kv_heads, D = c.head_dim;
   const int64_t st = int64_t(KV) * D, base = (slot0 * KV + h) * D;
-  const void* p = value ? c.v : c.k;
-  if (c.dtype == KvDtype::F32) {
-    *stride = st;
-    return static_cast<const float*>(p) + base;
-  }
-  *stride = D;
-  for (int j = 0; j < n; ++j) {
-    switch (c.dtype) {
-      case KvDtype::BF16:
-        Ops::bf16_to_f32(static_cast<const uint16_t*>(p) + base + j * st, tmp + j * D, D);
-        break;
-      case KvDtype::F16:
-        Ops::f16_to_f32(static_cast<const uint16_t*>(p) + base + j * st, tmp + j * D, D);
-        break;
-      case KvDtype::I8: {
-        const float s = (value ? c.v_scale : c.k_scale)[(slot0 + j) * KV + h];
-        Ops::i8_to_f32(static_cast<const int8_t*>(p) + base + j * st, s, tmp + j * D, D);
-        break;
-      }
-      default: break;
-    }
-  }
+  const uint16_t* p = static_cast<const uint16_t*>(value ? c.v : c.k) + base;
+  for (int j = 0; j < n; ++j) Ops::f16_to_f32(p + j * st, tmp + j * D, D);
   return tmp;
 }
 
-// R query rows (ascending positions) of one sequence attend to its keys of kv head h, one cache
-// block at a time with an online softmax.
+// The keys [slot0, slot0 + n) of kv head h against query q: sc[j] = q . k_j (int8: times k's
+// scale). bf16 and int8 keys are widened in registers; f16 ones go through the tmp rows.
 template <class Ops>
-void attend_rows(const Row* rows, int R, const int32_t* table, int h, const KvCacheView& c, float scale,
-                 Scratch& s) {
-  const int D = c.head_dim, bs = c.block_size;
-  const float NEG = -std::numeric_limits<float>::infinity();
-  s.kt.resize(size_t(bs) * D);
-  s.vt.resize(size_t(bs) * D);
-  s.scores.resize(bs);
-  s.acc.assign(size_t(R) * D, 0.0f);
-  s.m.assign(R, NEG);
-  s.l.assign(R, 0.0f);
-  const int kend = rows[R - 1].pos + 1;
-  for (int b = 0; b * bs < kend; ++b) {
-    const int p0 = b * bs, n = std::min(bs, kend - p0);
-    const int64_t slot0 = int64_t(table[b]) * bs;
-    int64_t ks, vs;
-    const float* K = load_rows<Ops>(c, false, slot0, n, h, s.kt.data(), &ks);
-    const float* V = nullptr;
-    for (int r = 0; r < R; ++r) {
-      const Row& row = rows[r];
-      const int nv = std::min(n, row.pos - p0 + 1);
-      if (nv <= 0) continue;
-      float* sc = s.scores.data();
-      float mx = NEG;
-      for (int j = 0; j < nv; ++j) {
-        sc[j] = Ops::dot(row.q, K + j * ks, D) * scale + row.slope * float(p0 + j - row.pos);
-        mx = std::max(mx, sc[j]);
-      }
-      float* acc = s.acc.data() + size_t(r) * D;
-      if (mx > s.m[r]) {
-        if (s.m[r] != NEG) {
-          const float corr = std::exp(s.m[r] - mx);
-          s.l[r] *= corr;
-          Ops::scale(acc, corr, D);
-        }
-        s.m[r] = mx;
-      }
-      if (!V) V = load_rows<Ops>(c, true, slot0, n, h, s.vt.data(), &vs);
-      float sum = 0.0f;
-      for (int j = 0; j < nv; ++j) {
-        const float p = std::exp(sc[j] - s.m[r]);
-        sum += p;
-        Ops::axpy(p, V + j * vs, acc, D);
-      }
-      s.l[r] += sum;
+static void block_scores(const KvCacheView& c, int64_t slot0, int n, int h, const float* q, const float* f16_keys,
+                         float* sc) {
+  const int KV = c.kv_heads, D = c.head_dim;
+  const int64_t st = int64_t(KV) * D, base = (slot0 * KV + h) * D;
+  switch (c.dtype) {
+    case KvDtype::F32: Ops::scores(q, static_cast<const float*>(c.k) + base, st, n, D, sc); break;
+    case KvDtype::BF16: Ops::scores(q, static_cast<const uint16_t*>(c.k) + base, st, n, D, sc); break;
+    case KvDtype::F16: Ops::scores(q, f16_keys, D, n, D, sc); break;
+    case KvDtype::I8: {
+      Ops::scores(q, static_cast<const int8_t*>(c.k) + base, st, n, D, sc);
+      const float* ks = c.k_scale + slot0 * KV + h;
+      for (int j = 0; j < n; ++j) sc[j] *= ks[int64_t(j) * KV];
+      break;
     }
   }
-  for (int r = 0; r < R; ++r) {
-    const float inv = 1.0f / s.l[r];
-    const float* acc = s.acc.data() + size_t(r) * D;
-    for (int d = 0; d < D; ++d) rows[r].out[d] = acc[d] * inv;
+}
+
+// acc += sum_j p[j] v_j over the values [slot0, slot0 + n) of kv head h (p is scratch: int8 folds
+// the value scales into it; f16 values come converted in f16_values).
+template <class Ops>
+static void block_values(const KvCacheView& c, int64_t slot0, int n, int h, float* p, const float* f16_values,
+                         float* acc) {
+  const int KV = c.kv_heads, D = c.head_dim;
+  const int64_t st = int64_t(KV) * D, base = (slot0 * KV + h) * D;
+  switch (c.dtype) {
+    case KvDtype::F32: Ops::accum(p, static_cast<const float*>(c.v) + base, st, n, D, acc); break;
+    case KvDtype::BF16: Ops::accum(p, static_cast<const uint16_t*>(c.v) + base, st, n, D, acc); break;
+    case KvDtype::F16: Ops::accum(p, f16_values, D, n, D, acc); break;
+    case KvDtype::I8: {
+      const float* vs = c.v_scale + slot0 * KV + h;
+      for (int j = 0; j < n; ++j) p[j] *= vs[int64_t(j) * KV];
+      Ops::accum(p, static_cast<const int8_t*>(c.v) + base, st, n, D, acc);
+      break;
+    }
+  }
+}
+
+// Asks for the K and V rows of kv head h of the tokens [slot0, slot0 + n) ahead of their use (the
+// rows of one head are a token apart, too far for the hardware prefetcher).
+inline void prefetch_rows(const KvCacheView& c, int64_t slot0, int n, int h) {
+  const int64_t elem = c.dtype == KvDtype::F32 ? 4 : c.dtype == KvDtype::I8 ? 1 : 2;
+  const int64_t row = int64_t(c.head_dim) * elem, st = int64_t(c.kv_heads) * row, base = (slot0 * c.kv_heads + h) * row;
+  const char* k = static_cast<const char*>(c.k) + base;
+  const char* v = static_cast<const char*>(c.v) + base;
+  for (int j = 0; j < n; ++j)
+    for (int64_t b = 0; b < row; b += 64) {
+      __builtin_prefetch(k + j * st + b);
+      __builtin_prefetch(v + j * st + b);
+    }
+}
+
+// nh groups of R query rows of one sequence (group i: kv head h0 + i; the same ascending positions
+// in every group) attend to the keys [kbeg, kend) (kbeg a multiple of the block size), one cache
+// block at a time with an online softmax, every head of a block before the next block (a block's
+// tokens hold all kv heads side by side: the reads stay contiguous). Per row the running max m,
+// sum l and unnormalised output acc (D floats), at m/l/acc + r, r * D, rows numbered group-major.
+template <class Ops>
+void attend_range(const Row* rows, int R, int h0, int nh, const int32_t* table, const KvCacheView& c, float scale,
+                  int kbeg, int kend, float* m, float* l, float* acc, Scratch& s) {
+  const int D = c.head_dim, bs = c.block_size, NR = R * nh;
+  const float NEG = -std::numeric_limits<float>::infinity();
+  if (c.dtype == KvDtype::F16) s.kt.resize(size_t(bs) * D), s.vt.resize(size_t(bs) * D);
+  s.scores.resize(bs);
+  std::fill(m, m + NR, NEG);
+  std::fill(l, l + NR, 0.0f);
+  std::fill(acc, acc + size_t(NR) * D, 0.0f);
+  kend = std::min(kend, rows[R - 1].pos + 1);
+  for (int p0 = kbeg; p0 < kend; p0 += bs) {
+    const int n = std::min(bs, kend - p0);
+    const int64_t slot0 = int64_t(table[p0 / bs]) * bs;
+    const int64_t next0 = p0 + bs < kend ? int64_t(table[p0 / bs + 1]) * bs : -1;
+    for (int i = 0; i < nh; ++i) {
+      const int h = h0 + i;
+      if (next0 >= 0) prefetch_rows(c, next0, std::min(bs, kend - p0 - bs), h);
+      const float *f16_keys = nullptr, *f16_values = nullptr;
+      if (c.dtype == KvDtype::F16) {  // converted once for the head's rows
+        f16_keys = f16_rows<Ops>(c, false, slot0, n, h, s.kt.data());
+        f16_values = f16_rows<Ops>(c, true, slot0, n, h, s.vt.data());
+      }
+      for (int r = i * R; r < (i + 1) * R; ++r) {
+        const Row& row = rows[r];
+        const int nv = std::min(n, row.pos - p0 + 1);
+        if (nv <= 0) continue;
+        float* sc = s.scores.data();
+        block_scores<Ops>(c, slot0, nv, h, row.q, f16_keys, sc);
+        const float rel = float(p0 - row.pos);
+        for (int j = 0; j < nv; ++j) sc[j] = sc[j] * scale + row.slope * (rel + float(j));
+        const float mx = Ops::vmax(sc, nv);
+        float* a = acc + size_t(r) * D;
+        if (mx > m[r]) {
+          if (m[r] != NEG) {
+            const float corr = std::exp(m[r] - mx);
+            l[r] *= corr;
+            Ops::scale(a, corr, D);
+          }
+          m[r] = mx;
+        }
+        l[r] += Ops::exp_sum(sc, nv, m[r]);
+        block_values<Ops>(c, slot0, nv, h, sc, f16_values, a);
+      }
+    }
   }
 }
 
 constexpr int kQueryTile = 16;
+// Decode splits a sequence's context into parts of at least this many tokens when there are too few
+// sequences to keep every thread busy (flash-decoding).
+constexpr int kMinSplitTokens = 256;
 
-// decode: one query per sequence; prefill: query_start_loc splits q into sequences, cut into tiles.
+// Tokens per decode part: whole contexts unless sequences are too few for the threads; then about
+// 4 parts a thread, each a multiple of the block size.
+inline int decode_part_tokens(const AttnArgs& a, const KvCacheView& c) {
+  const int bs = c.block_size;
+  if (a.split_tokens > 0) return (a.split_tokens + bs - 1) / bs * bs;
+  const int threads = num_threads();
+  if (threads <= 1 || a.num_seqs >= 8 * threads) return std::numeric_limits<int>::max();
+  int64_t total = 0;
+  for (int s = 0; s < a.num_seqs; ++s) total += a.context_lens[s];
+  const int64_t per = std::max<int64_t>(kMinSplitTokens, total / (4 * threads) + 1);
+  return int(std::min<int64_t>((per + bs - 1) / bs * bs, std::numeric_limits<int>::max() / 2));
+}
+
+// One query per sequence; each (sequence, part of the context) is a job over every head, and the
+// parts of a split context are merged by their max and sum.
 template <class Ops>
-void paged_attention(const AttnArgs& a, const KvCacheView& c, bool decode) {
+void decode_attention(const AttnArgs& a, const KvCacheView& c) {
+  const int H = a.num_heads, KV = c.kv_heads, G = H / KV, D = c.head_dim;
+  const int part = decode_part_tokens(a, c);
+  struct Item {
+    int seq, kbeg, kend, slot;  // slot: index of the partial result, -1 writes out directly
+  };
+  std::vector<Item> items;
+  std::vector<int> first(size_t(a.num_seqs) + 1);
+  int64_t work = 0;
+  int partials = 0;
+  for (int s = 0; s < a.num_seqs; ++s) {
+    const int ctx = a.context_lens[s];
+    const int nparts = int((int64_t(ctx) + part - 1) / part);
+    first[s] = int(items.size());
+    work += int64_t(ctx) * H * D;
+    for (int k = 0; k < nparts; ++k) {
+      const int kbeg = int(int64_t(k) * part), kend = int(std::min<int64_t>(ctx, int64_t(kbeg) + part));
+      items.push_back({s, kbeg, kend, nparts > 1 ? partials++ : -1});
+    }
+  }
+  first[a.num_seqs] = int(items.size());
+  const size_t rec = size_t(H) * (D + 2);  // m, l, acc of every head
+  std::vector<float> partial(size_t(partials) * rec);
+  run_maybe_parallel(int64_t(items.size()), work, [&](int64_t b, int64_t e) {
+    thread_local Scratch scratch;
+    thread_local std::vector<Row> rows;
+    rows.resize(H);
+    for (int64_t i = b; i < e; ++i) {
+      const Item& it = items[i];
+      for (int head = 0; head < H; ++head) {
+        const size_t off = (size_t(it.seq) * H + head) * D;
+        rows[head] = {a.q + off, a.out + off, a.slopes ? a.slopes[head] : 0.0f, a.context_lens[it.seq] - 1};
+      }
+      float *m, *l, *acc;
+      if (it.slot >= 0) {
+        float* p = partial.data() + size_t(it.slot) * rec;
+        m = p, l = p + H, acc = p + 2 * H;
+      } else {
+        scratch.m.resize(H), scratch.l.resize(H), scratch.acc.resize(size_t(H) * D);
+        m = scratch.m.data(), l = scratch.l.data(), acc = scratch.acc.data();
+      }
+      attend_range<Ops>(rows.data(), G, 0, KV, a.block_tables + size_t(it.seq) * a.max_blocks, c, a.scale, it.kbeg,
+                        it.kend, m, l, acc, scratch);
+      if (it.slot < 0)
+        for (int head = 0; head < H; ++head) {
+          const float inv = 1.0f / l[head];
+          for (int d = 0; d < D; ++d) rows[head].out[d] = acc[size_t(head) * D + d] * inv;
+        }
+    }
+  });
+  if (!partials) return;
+  // Merge: out = sum_k e^(m_k - M) acc_k / sum_k e^(m_k - M) l_k, M the largest m_k.
+  const float NEG = -std::numeric_limits<float>::infinity();
+  for (int s = 0; s < a.num_seqs; ++s) {
+    const int i0 = first[s], i1 = first[s + 1];
+    if (items[i0].slot < 0) continue;
+    for (int head = 0; head < H; ++head) {
+      float M = NEG;
+      for (int k = i0; k < i1; ++k) M = std::max(M, partial[size_t(items[k].slot) * rec + head]);
+      float* out = a.out + (size_t(s) * H + head) * D;
+      std::fill(out, out + D, 0.0f);
+      float L = 0.0f;
+      for (int k = i0; k < i1; ++k) {
+        const float* p = partial.data() + size_t(items[k].slot) * rec;
+        if (p[head] == NEG) continue;  // a part with no keys (cannot happen for parts inside the context)
+        const float w = std::exp(p[head] - M);
+        L += w * p[H + head];
+        Ops::axpy(w, p + 2 * H + size_t(head) * D, out, D);
+      }
+      Ops::scale(out, 1.0f / L, D);
+    }
+  }
+}
+
+// prefill: query_start_loc splits q into sequences, cut into tiles of query rows; each tile walks
+// the key blocks it sees.
+template <class Ops>
+void prefill_attention(const AttnArgs& a, const KvCacheView& c) {
   const int H = a.num_heads, KV = c.kv_heads, G = H / KV, D = c.head_dim;
   struct Item {
     int seq, q0, nq, h;
@@ -228,8 +358,7 @@ void paged_attention(const AttnArgs& a, const KvCacheView& c, bool decode) {
   std::vector<Item> items;
   int64_t work = 0;
   for (int s = 0; s < a.num_seqs; ++s) {
-    const int q0 = decode ? s : a.query_start_loc[s];
-    const int nq = decode ? 1 : a.query_start_loc[s + 1] - q0;
+    const int q0 = a.query_start_loc[s], nq = a.query_start_loc[s + 1] - q0;
     work += int64_t(nq) * a.context_lens[s] * H * D;
     for (int t = 0; t < nq; t += kQueryTile)
       for (int h = 0; h < KV; ++h) items.push_back({s, q0 + t, std::min(kQueryTile, nq - t), h});
@@ -239,10 +368,8 @@ void paged_attention(const AttnArgs& a, const KvCacheView& c, bool decode) {
     std::vector<Row> rows;
     for (int64_t i = b; i < e; ++i) {
       const Item& it = items[i];
-      const int s = it.seq;
-      const int q_first = decode ? s : a.query_start_loc[s];
-      const int q_len = decode ? 1 : a.query_start_loc[s + 1] - q_first;
-      const int pos0 = a.context_lens[s] - q_len;
+      const int s = it.seq, q_first = a.query_start_loc[s];
+      const int pos0 = a.context_lens[s] - (a.query_start_loc[s + 1] - q_first);
       rows.clear();
       for (int t = it.q0; t < it.q0 + it.nq; ++t)
         for (int g = 0; g < G; ++g) {
@@ -250,10 +377,29 @@ void paged_attention(const AttnArgs& a, const KvCacheView& c, bool decode) {
           const size_t off = (size_t(t) * H + head) * D;
           rows.push_back({a.q + off, a.out + off, a.slopes ? a.slopes[head] : 0.0f, pos0 + (t - q_first)});
         }
-      attend_rows<Ops>(rows.data(), int(rows.size()), a.block_tables + size_t(s) * a.max_blocks, it.h, c,
-                       a.scale, scratch);
+      const int R = int(rows.size());
+      scratch.m.resize(R), scratch.l.resize(R), scratch.acc.resize(size_t(R) * D);
+      attend_range<Ops>(rows.data(), R, it.h, 1, a.block_tables + size_t(s) * a.max_blocks, c, a.scale, 0,
+                        rows[R - 1].pos + 1, scratch.m.data(), scratch.l.data(), scratch.acc.data(), scratch);
+      for (int r = 0; r < R; ++r) {
+        const float inv = 1.0f / scratch.l[r];
+        for (int d = 0; d < D; ++d) rows[r].out[d] = scratch.acc[size_t(r) * D + d] * inv;
+      }
     }
   });
+}
+
+template <class Ops>
+void paged_attention(const AttnArgs& a, const KvCacheView& c, bool decode) {
+  if (decode) decode_attention<Ops>(a, c);
+  else prefill_attention<Ops>(a, c);
+}
+
+// y = exp(x) with the variant's vector exp (tests compare it with torch.exp).
+template <class Ops>
+void vector_exp(const float* x, float* y, int64_t n) {
+  std::memcpy(y, x, size_t(n) * sizeof(float));
+  for (int64_t i = 0; i < n; i += 1 << 20) Ops::exp_sum(y + i, int(std::min<int64_t>(n - i, 1 << 20)), 0.0f);
 }
 
 }  // namespace attn_detail
@@ -269,4 +415,5 @@ void paged_attention(const AttnArgs& a, const KvCacheView& c, bool decode) {
   void paged_attention(const AttnArgs& a, const KvCacheView& c, bool decode) {                     \
     attn_detail::paged_attention<Ops>(a, c, decode);                                               \
   }                                                                                                \
+  void vector_exp(const float* x, float* y, int64_t n) { attn_detail::vector_exp<Ops>(x, y, n); }   \
   }

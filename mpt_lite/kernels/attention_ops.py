@@ -99,8 +99,10 @@ def write_kv_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor
 
 
 def _attention(decode: bool, query, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale,
-               slopes, k_scale, v_scale, num_threads) -> torch.Tensor:
+               slopes, k_scale, v_scale, num_threads, split_tokens=0) -> torch.Tensor:
     threads = check_threads(num_threads)
+    if not isinstance(split_tokens, int) or isinstance(split_tokens, bool) or split_tokens < 0:
+        raise ValueError(f"split_tokens must be a non-negative integer, got {split_tokens!r}")
     cache = _cache_args(k_cache, v_cache, k_scale, v_scale)
     dev = k_cache.device
     kv_heads, head_dim = k_cache.shape[2:]
@@ -136,7 +138,7 @@ def _attention(decode: bool, query, k_cache, v_cache, block_tables, context_lens
         return _C.AttnArgs(q=ptr(q), out=ptr(out), num_tokens=q.shape[0], num_heads=num_heads, head_dim=head_dim,
                            num_seqs=num_seqs, block_tables=ptr(tables), max_blocks=tables.shape[1],
                            context_lens=ptr(lens), query_start_loc=0 if starts is None else ptr(starts),
-                           slopes=slopes_ptr, scale=float(scale))
+                           slopes=slopes_ptr, scale=float(scale), split_tokens=split_tokens)
 
     if dev.type == "cuda":
         bt_h, bt_d = _host_and_device(block_tables, dev)
@@ -157,11 +159,15 @@ def _attention(decode: bool, query, k_cache, v_cache, block_tables, context_lens
 def paged_attention_decode(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
                            slopes: torch.Tensor | None = None, k_scale: torch.Tensor | None = None,
-                           v_scale: torch.Tensor | None = None, *, num_threads: int | None = None) -> torch.Tensor:
+                           v_scale: torch.Tensor | None = None, *, num_threads: int | None = None,
+                           split_tokens: int = 0) -> torch.Tensor:
     """One query per sequence, query (seqs, heads, head_dim), at position context_lens[s] - 1, over
-    the keys its block_tables (seqs, max_blocks) int32 row names. Returns float32 (seqs, heads, head_dim)."""
+    the keys its block_tables (seqs, max_blocks) int32 row names. Returns float32 (seqs, heads, head_dim).
+    split_tokens (CPU): > 0 cuts every context into parts of that many tokens (whole blocks), run in
+    parallel and merged (flash-decoding); 0 splits only when the sequences are too few for the
+    threads."""
     return _attention(True, query, k_cache, v_cache, block_tables, context_lens, None, scale, slopes, k_scale,
-                      v_scale, num_threads)
+                      v_scale, num_threads, split_tokens)
 
 
 def paged_attention_prefill(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -174,3 +180,13 @@ def paged_attention_prefill(query: torch.Tensor, k_cache: torch.Tensor, v_cache:
     tokens (a cached prefix plus these); their K/V must already be in the cache."""
     return _attention(False, query, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale, slopes,
                       k_scale, v_scale, num_threads)
+
+
+def attention_exp(x: torch.Tensor) -> torch.Tensor:
+    """exp(x) of a float32 CPU tensor as the attention kernels of the current CPU variant compute
+    it (a vector polynomial on AVX2/AVX-512); for accuracy tests against torch.exp."""
+    check_tensor("x", x, (torch.float32,), device="cpu")
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    _C.attention_exp(x=ptr(x), y=ptr(y), n=x.numel())
+    return y
