@@ -14,7 +14,6 @@ Reproducible: a fixed seed, a fixed number of steps, seeded phrasings and batche
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import sys
@@ -48,12 +47,10 @@ def parse_args() -> argparse.Namespace:
                    help="loss weight of each answer's first line (`def name(...):`) against 1 for the rest")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--code-rows", type=int, default=2, help="rows of each batch that are plain code windows")
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--snapshot-at", type=int, nargs="*", default=[],
-                   help="also save the weights after these steps, to OUT-stepN (weights and tokenizer only)")
     p.add_argument("--save-dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
     return p.parse_args()
 
@@ -145,11 +142,6 @@ def main() -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if step + 1 in args.snapshot_at:
-            snap = copy.deepcopy(model).to(getattr(torch, args.save_dtype))
-            snap.tokenizer = tok
-            snap.save_pretrained(args.out.with_name(f"{args.out.name}-step{step + 1}"))
-            del snap
         if step % 10 == 0 or step == args.steps - 1:
             el = time.time() - t_train
             eta = el / (step + 1) * (args.steps - step - 1)
