@@ -8,7 +8,7 @@ held-out module's function is trained on.
 
 Reproducible: a fixed seed, a fixed number of steps, seeded phrasings and batches.
 
-    python scripts/finetune_chat_model.py --out build/chat_model     # 734 cpu-s of training; 40 min on busy cores
+    python scripts/finetune_chat_model.py --out build/chat_model     # 460 cpu-s of training; 23 min on busy cores
     python scripts/finetune_chat_model.py --steps 10 --out /tmp/c    # a quick smoke run
 """
 from __future__ import annotations
