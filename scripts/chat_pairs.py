@@ -22,8 +22,17 @@ NAMED_PHRASINGS = [
     "Write a Python function `{name}`. {sentence}.",
     "{sentence}. Call the function {name}.",
 ]
+# Training only (eval keeps the four above, so its numbers stay comparable between runs): more
+# requests that put the name first, which is the word the answer starts with after `def `.
+TRAIN_NAMED_PHRASINGS = [
+    "{name}: {sentence}.",
+    "Define {name}({params}). {sentence}.",
+    "Write {name}. {sentence}.",
+    "Write a function {name} to {lower}.",
+    "I need a function called {name}: {lower}.",
+]
 UNNAMED_PHRASINGS = ["How do I {lower} in Python?"]
-FOLLOW_UPS = ("docstring", "rename")
+FOLLOW_UPS = ("docstring", "rename", "rename")  # renaming is the copying the model learns last
 
 
 @dataclass
@@ -88,8 +97,15 @@ def functions_of(path: Path) -> list[Function]:
     return out
 
 
-def request(fn: Function, rng: random.Random, named_only: bool = False) -> str:
-    phrasings = NAMED_PHRASINGS if named_only else NAMED_PHRASINGS + UNNAMED_PHRASINGS
+def request(fn: Function, rng: random.Random, named_only: bool = False, unnamed_fraction: float = 0.2) -> str:
+    """named_only: the eval's four phrasings; otherwise (training) any named phrasing, and an
+    unnamed one ("How do I ...?") for unnamed_fraction of the requests."""
+    if named_only:
+        phrasings = NAMED_PHRASINGS
+    elif rng.random() < unnamed_fraction:
+        phrasings = UNNAMED_PHRASINGS
+    else:
+        phrasings = NAMED_PHRASINGS + TRAIN_NAMED_PHRASINGS
     lower = fn.sentence[0].lower() + fn.sentence[1:]
     return rng.choice(phrasings).format(name=fn.name, params=fn.params, sentence=fn.sentence, lower=lower)
 
@@ -100,9 +116,10 @@ def renamed(fn: Function, rng: random.Random) -> tuple[str, str]:
     return new, re.sub(rf"\b{re.escape(fn.name)}\b", new, fn.source)
 
 
-def conversation(fn: Function, rng: random.Random, follow_up_fraction: float) -> list[dict]:
+def conversation(fn: Function, rng: random.Random, follow_up_fraction: float,
+                 unnamed_fraction: float = 0.2) -> list[dict]:
     """One conversation: a request and the source; sometimes a second turn."""
-    user = {"role": "user", "content": request(fn, rng)}
+    user = {"role": "user", "content": request(fn, rng, unnamed_fraction=unnamed_fraction)}
     if rng.random() >= follow_up_fraction:
         return [user, {"role": "assistant", "content": fn.source}]
     if rng.choice(FOLLOW_UPS) == "docstring" and fn.bare_source != fn.source:
@@ -111,7 +128,8 @@ def conversation(fn: Function, rng: random.Random, follow_up_fraction: float) ->
                 {"role": "assistant", "content": fn.source}]
     new, source = renamed(fn, rng)
     return [user, {"role": "assistant", "content": fn.source},
-            {"role": "user", "content": rng.choice([f"Rename it to {new}.", f"Now call it {new} instead."])},
+            {"role": "user", "content": rng.choice([f"Rename it to {new}.", f"Now call it {new} instead.",
+                                                    f"Call it {new}.", f"{new} is a better name: rename it."])},
             {"role": "assistant", "content": source}]
 
 

@@ -8,7 +8,7 @@ held-out module's function is trained on.
 
 Reproducible: a fixed seed, a fixed number of steps, seeded phrasings and batches.
 
-    python scripts/finetune_chat_model.py --out build/chat_model     # 734 cpu-s of training; 40 min on busy cores
+    python scripts/finetune_chat_model.py --out build/chat_model     # 460 cpu-s of training; 23 min on busy cores
     python scripts/finetune_chat_model.py --steps 10 --out /tmp/c    # a quick smoke run
 """
 from __future__ import annotations
@@ -39,13 +39,17 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "build" / "chat_model")
     p.add_argument("--seed", type=int, default=0, help="also picks the held-out files, as the base training did")
     p.add_argument("--seq-len", type=int, default=256, help="training row (tokens); longer conversations are skipped")
-    p.add_argument("--max-answer-tokens", type=int, default=200, help="functions whose source is longer are left out")
-    p.add_argument("--follow-up-fraction", type=float, default=0.2, help="conversations with a second turn")
+    p.add_argument("--max-answer-tokens", type=int, default=120, help="functions whose source is longer are left out")
+    p.add_argument("--follow-up-fraction", type=float, default=0.3, help="conversations with a second turn")
+    p.add_argument("--unnamed-fraction", type=float, default=0.1,
+                   help="requests that do not name the function (\"How do I ...?\")")
+    p.add_argument("--head-weight", type=float, default=3.0,
+                   help="loss weight of each answer's first line (`def name(...):`) against 1 for the rest")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--code-rows", type=int, default=4, help="rows of each batch that are plain code windows")
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--code-rows", type=int, default=2, help="rows of each batch that are plain code windows")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--save-dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
     return p.parse_args()
@@ -53,6 +57,15 @@ def parse_args() -> argparse.Namespace:
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def weighted_loss(model, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy over the labelled tokens, each weighted by w (1 = the plain mean)."""
+    logits = model(input_ids=x).logits[:, :-1].float()
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1),
+                                           ignore_index=-100, reduction="none")
+    w = w[:, 1:].reshape(-1) * (y[:, 1:].reshape(-1) != -100)
+    return (ce * w).sum() / w.sum()
 
 
 def held_out_chat_loss(model, rows: list[tuple[list[int], list[int]]], batch: int = 16) -> float:
@@ -90,8 +103,10 @@ def main() -> None:
     held_fns = [f for f, n in zip(held_fns, lengths(held_fns)) if n <= args.max_answer_tokens]
     code_ids = torch.tensor(token_stream(bpe, train_files, eos_id), dtype=torch.long)
     held_ids = token_stream(bpe, held_files, eos_id)
-    rows = chat_rows(tok, bpe, train_fns, args.seq_len, pad_id, args.seed, args.follow_up_fraction)
-    held_gen = chat_rows(tok, bpe, held_fns, args.seq_len, pad_id, args.seed + 1, args.follow_up_fraction)
+    rows = chat_rows(tok, bpe, train_fns, args.seq_len, pad_id, args.seed, args.follow_up_fraction,
+                     args.unnamed_fraction)
+    held_gen = chat_rows(tok, bpe, held_fns, args.seq_len, pad_id, args.seed + 1, args.follow_up_fraction,
+                         args.unnamed_fraction)
     held_rows = [next(held_gen) for _ in range(32)]
     log(f"data: {len(train_fns)} train functions (source <= {args.max_answer_tokens} tokens) from "
         f"{len(train_files)} files, {len(held_fns)} held-out functions from {len(held_files)} files; "
@@ -119,8 +134,10 @@ def main() -> None:
         code = [code_ids[s:s + args.seq_len] for s in starts]
         x = torch.stack([torch.tensor(r[0]) for r in batch] + code)
         y = torch.stack([torch.tensor(r[1]) for r in batch] + code)
+        w = 1 + (args.head_weight - 1) * torch.tensor([r[2] for r in batch] + [[False] * args.seq_len] * len(code),
+                                                      dtype=torch.float32)
         chat_tokens += sum(sum(t != -100 for t in r[1]) for r in batch)
-        loss = model(input_ids=x, labels=y).loss
+        loss = weighted_loss(model, x, y, w)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -150,7 +167,8 @@ def main() -> None:
             "script": "scripts/finetune_chat_model.py", "seed": args.seed, "steps": args.steps,
             "batch": args.batch, "code_rows_per_batch": args.code_rows, "seq_len": args.seq_len,
             "lr": args.lr, "warmup": args.warmup, "max_answer_tokens": args.max_answer_tokens,
-            "follow_up_fraction": args.follow_up_fraction,
+            "follow_up_fraction": args.follow_up_fraction, "unnamed_fraction": args.unnamed_fraction,
+            "head_weight": args.head_weight,
             "train_functions": len(train_fns), "held_out_functions": len(held_fns),
             "assistant_tokens_trained": int(chat_tokens),
             "code_tokens_trained": args.steps * args.code_rows * args.seq_len,
