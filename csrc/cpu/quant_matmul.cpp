@@ -6,6 +6,7 @@
 
 #include "cpu/cpu_features.h"
 #include "cpu/quant_formats.h"
+#include "cpu/quant_gemm.h"
 #include "cpu/thread_pool.h"
 
 namespace mpt {
@@ -88,6 +89,10 @@ void qmatmul(const QWeight& w, const float* x, int64_t M, const float* bias, flo
   }
   if (q8) {
     if (w.fmt == QFormat::Nf4) throw std::invalid_argument("nf4 weights have no q8 activation path");
+#if MPT_LITE_X86_SIMD
+    // Many rows: register-tiled VNNI GEMM (quantizes x itself); same per-row results as q8_wide.
+    if (M > kGemmMinRows && current_isa() == Isa::Avx512) return qgemm_q8_avx512(w, x, M, bias, y);
+#endif
     Q8Rows xq;
     quantize_q8(x, M, w.K, xq);
     switch (current_isa()) {
