@@ -20,7 +20,11 @@ def int4_groups(in_features: int) -> int:
     return (in_features + INT4_GROUP - 1) // INT4_GROUP
 
 
-Q8_MAX_ROWS = 16  # measured: q8 wins up to 16 rows; from 32 the float GEMM is as fast or faster
+# Matmuls of at most this many rows quantize int8 / int4 activations to q8 blocks: every row count.
+# Measured (docs/benchmarks.md, "Prefill GEMM"): with the integer GEMM tiles (csrc/cpu/quant_gemm.h)
+# q8 beats the float-decoding GEMM at every M on AVX-512 VNNI, and a row's result no longer depends
+# on M. (Before them the float GEMM won from 32 rows and this was 16.) Set to 0 for float activations.
+Q8_MAX_ROWS = 2**31 - 1
 Q8_BLOCK = 32
 
 
