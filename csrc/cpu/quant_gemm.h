@@ -37,5 +37,7 @@ GemmBlocking gemm_blocking(const CacheSizes& c, int64_t M, int64_t N, int64_t S,
 
 // x float32 [M, K]; quantizes x itself (vectorised, same codes and scales as quantize_q8).
 void qgemm_q8_avx512(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
+// The AVX2 tiles (pmaddubsw; quant_gemm_avx2.cpp): their own summation order, 8 blocks a step.
+void qgemm_q8_avx2(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
 
 }  // namespace mpt

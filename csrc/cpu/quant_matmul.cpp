@@ -92,6 +92,7 @@ void qmatmul(const QWeight& w, const float* x, int64_t M, const float* bias, flo
 #if MPT_LITE_X86_SIMD
     // Many rows: register-tiled VNNI GEMM (quantizes x itself); same per-row results as q8_wide.
     if (M > kGemmMinRows && current_isa() == Isa::Avx512) return qgemm_q8_avx512(w, x, M, bias, y);
+    if (M > kGemmMinRows && current_isa() == Isa::Avx2) return qgemm_q8_avx2(w, x, M, bias, y);
 #endif
     Q8Rows xq;
     quantize_q8(x, M, w.K, xq);
