@@ -20,11 +20,12 @@ def int4_groups(in_features: int) -> int:
     return (in_features + INT4_GROUP - 1) // INT4_GROUP
 
 
-# Matmuls of at most this many rows quantize int8 / int4 activations to q8 blocks: every row count.
-# Measured (docs/benchmarks.md, "Prefill GEMM"): with the integer GEMM tiles (csrc/cpu/quant_gemm.h)
-# q8 beats the float-decoding GEMM at every M on AVX-512 VNNI, and a row's result no longer depends
-# on M. (Before them the float GEMM won from 32 rows and this was 16.) Set to 0 for float activations.
-Q8_MAX_ROWS = 2**31 - 1
+# Matmuls of at most this many rows quantize int8 / int4 activations to q8 blocks by default (more
+# rows: float activations). With q8 (q8=True), more than 16 rows run the integer GEMM tiles
+# (csrc/cpu/quant_gemm.h): 1.3-1.7x faster than the float GEMM at K >= 2048 but 0.6-0.9x at K = 256-768
+# (a partly empty 512-k step), so the default stays 16 until the tiles handle short K (docs/benchmarks.md,
+# "Prefill GEMM").
+Q8_MAX_ROWS = 16
 Q8_BLOCK = 32
 
 

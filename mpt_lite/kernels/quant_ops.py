@@ -14,9 +14,9 @@ from .layouts import NF4_BLOCKSIZE, int4_groups, use_q8
 # compute y = x @ W^T (+ bias) for x [..., K] in float32 or bfloat16 (bfloat16 is widened to float32
 # for the kernel and y is returned in x's dtype).
 #
-# Activations: for int8 and int4 weights and at most Q8_MAX_ROWS rows of x (every row count), the
-# kernels quantize x to int8 per block of 32 along K, as ggml's q8_0 does (ref_quantize_q8), and sum
-# integer products per block; otherwise (nf4, whose codes are not integers) x stays float32.
+# Activations: for int8 and int4 weights and at most Q8_MAX_ROWS rows of x (decode), the kernels
+# quantize x to int8 per block of 32 along K, as ggml's q8_0 does (ref_quantize_q8), and sum integer
+# products per block; otherwise (nf4, whose codes are not integers, and prefill) x stays float32.
 # The `q8` argument of matmul_int8 / matmul_int4 forces the choice (None: by the row count).
 # ref_matmul_* mirror exactly that choice: F.linear(ref_dequantize_q8(x) or x, dequantized W) in
 # float32, and every kernel variant equals its mirror to float32 rounding.
