@@ -4,11 +4,11 @@ and the speed-up over float32 (ratio > 1: faster than float32).
 
     python benchmarks/bench_linear.py            # all shapes, M = 1, 8, 128, 512
     python benchmarks/bench_linear.py --quick    # two shapes, M = 1 and 512, fewer repeats
-    python benchmarks/bench_linear.py --ms 128 512 --float-path   # also int8 / int4 with float
-                                                 # activations (q8=False: the float-decoding GEMM)
+    python benchmarks/bench_linear.py --ms 128 512 --q8-tiles   # also int8 / int4 with q8=True
+                                                 # (the integer GEMM tiles above 16 rows)
 
-int8 and int4 run with q8 activations at every M (the integer GEMM tiles above 16 rows); the
-timed runs of all columns alternate (A B C ... A B C ...) so load changes hit every column alike.
+int8 and int4 take the default activation choice (q8 up to Q8_MAX_ROWS = 16 rows, float above);
+the timed runs of all columns alternate (A B C ... A B C ...) so load changes hit every column alike.
 """
 from __future__ import annotations
 
@@ -64,8 +64,8 @@ def main() -> None:
                     help="do not flush the caches between runs (weights may stay in the L3 cache)")
     ap.add_argument("--flush-mb", type=int, default=512, help="size of the buffer read to flush caches")
     ap.add_argument("--ms", type=int, nargs="+", default=None, help="row counts (default 1 8 128 512)")
-    ap.add_argument("--float-path", action="store_true",
-                    help="also time int8 / int4 with float activations (q8=False), as before the GEMM tiles")
+    ap.add_argument("--q8-tiles", action="store_true",
+                    help="also time int8 / int4 with q8 activations (q8=True: the integer GEMM tiles above 16 rows)")
     args = ap.parse_args()
     global _FLUSH
     if not args.warm:
@@ -77,7 +77,7 @@ def main() -> None:
     ops.set_num_threads(args.threads)
     print(f"threads={args.threads} isa={ops.current_isa()} torch={torch.__version__} repeats={repeats} (median)"
           f" caches={'warm' if args.warm else f'flushed ({args.flush_mb} MB read) before each run'}")
-    cols = ["bf16", "int8", "nf4", "int4"] + (["int8 f", "int4 f"] if args.float_path else [])
+    cols = ["bf16", "int8", "nf4", "int4"] + (["int8 q8", "int4 q8"] if args.q8_tiles else [])
     header = f"{'in->out':>12} {'M':>4} | {'fp32 ms':>8} " + " ".join(f"{c + ' ms':>9}" for c in cols) + " | " + \
         " ".join(f"{c:>6}" for c in cols) + "  (x faster than fp32, medians) [same, best runs]"
     print(header)
@@ -100,9 +100,9 @@ def main() -> None:
                 "nf4": lambda: ops.matmul_nf4(x, *q4, (n, k)),
                 "int4": lambda: ops.matmul_int4(x, *qi, k),
             }
-            if args.float_path:
-                fns["int8 f"] = lambda: ops.matmul_int8(x, *q8, q8=False)
-                fns["int4 f"] = lambda: ops.matmul_int4(x, *qi, k, q8=False)
+            if args.q8_tiles:
+                fns["int8 q8"] = lambda: ops.matmul_int8(x, *q8, q8=True)
+                fns["int4 q8"] = lambda: ops.matmul_int4(x, *qi, k, q8=True)
             runs = timings(fns, repeats, min_time)
             t = {key: statistics.median(v) for key, v in runs.items()}
             best = {key: min(v) for key, v in runs.items()}
