@@ -4,6 +4,11 @@ and the speed-up over float32 (ratio > 1: faster than float32).
 
     python benchmarks/bench_linear.py            # all shapes, M = 1, 8, 128, 512
     python benchmarks/bench_linear.py --quick    # two shapes, M = 1 and 512, fewer repeats
+    python benchmarks/bench_linear.py --ms 128 512 --q8-tiles   # also int8 / int4 with q8=True
+                                                 # (the integer GEMM tiles above 16 rows)
+
+int8 and int4 take the default activation choice (q8 up to Q8_MAX_ROWS = 16 rows, float above);
+the timed runs of all columns alternate (A B C ... A B C ...) so load changes hit every column alike.
 """
 from __future__ import annotations
 
@@ -32,17 +37,20 @@ def flush_caches() -> None:
         _FLUSH.sum()
 
 
-def timings(fn, repeats: int, min_time: float) -> list[float]:
-    fn()  # warm up (page in the weights, start the pools)
-    times = []
-    t_end = time.perf_counter() + min_time
-    while len(times) < repeats or time.perf_counter() < t_end:
-        flush_caches()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 4 * repeats:
-            break
+def timings(fns: dict, repeats: int, min_time: float) -> dict[str, list[float]]:
+    """Times of each callable, in rounds that run every one once (alternating)."""
+    for fn in fns.values():
+        fn()  # warm up (page in the weights, start the pools)
+    times = {key: [] for key in fns}
+    t_end = time.perf_counter() + min_time * len(fns)
+    rounds = 0
+    while rounds < repeats or (time.perf_counter() < t_end and rounds < 4 * repeats):
+        for key, fn in fns.items():
+            flush_caches()
+            t0 = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t0)
+        rounds += 1
     return times
 
 
@@ -55,19 +63,23 @@ def main() -> None:
     ap.add_argument("--warm", action="store_true",
                     help="do not flush the caches between runs (weights may stay in the L3 cache)")
     ap.add_argument("--flush-mb", type=int, default=512, help="size of the buffer read to flush caches")
+    ap.add_argument("--ms", type=int, nargs="+", default=None, help="row counts (default 1 8 128 512)")
+    ap.add_argument("--q8-tiles", action="store_true",
+                    help="also time int8 / int4 with q8 activations (q8=True: the integer GEMM tiles above 16 rows)")
     args = ap.parse_args()
     global _FLUSH
     if not args.warm:
         _FLUSH = torch.ones(args.flush_mb * 2**20 // 4)
     shapes = SHAPES[1:3] if args.quick else SHAPES
-    ms = [1, 512] if args.quick else MS
+    ms = args.ms or ([1, 512] if args.quick else MS)
     repeats = args.repeats or (3 if args.quick else 7)
     torch.set_num_threads(args.threads)
     ops.set_num_threads(args.threads)
     print(f"threads={args.threads} isa={ops.current_isa()} torch={torch.__version__} repeats={repeats} (median)"
           f" caches={'warm' if args.warm else f'flushed ({args.flush_mb} MB read) before each run'}")
-    header = f"{'in->out':>12} {'M':>4} | {'fp32 ms':>8} {'bf16 ms':>8} | {'int8 ms':>8} {'nf4 ms':>8} {'int4 ms':>8} |" \
-             f" {'bf16':>5} {'int8':>5} {'nf4':>5} {'int4':>5}  (x faster than fp32, medians) [same, best runs]"
+    cols = ["bf16", "int8", "nf4", "int4"] + (["int8 q8", "int4 q8"] if args.q8_tiles else [])
+    header = f"{'in->out':>12} {'M':>4} | {'fp32 ms':>8} " + " ".join(f"{c + ' ms':>9}" for c in cols) + " | " + \
+        " ".join(f"{c:>6}" for c in cols) + "  (x faster than fp32, medians) [same, best runs]"
     print(header)
     print("-" * len(header))
     gen = torch.Generator().manual_seed(0)
@@ -81,21 +93,22 @@ def main() -> None:
             x = torch.randn(m, k, generator=gen)
             xb = x.to(torch.bfloat16)
             min_time = 0.3 if args.quick else 1.0
-            runs = {
-                "fp32": timings(lambda: F.linear(x, w), repeats, min_time),
-                "bf16": timings(lambda: F.linear(xb, wb), repeats, min_time),
-                "int8": timings(lambda: ops.matmul_int8(x, *q8), repeats, min_time),
-                "nf4": timings(lambda: ops.matmul_nf4(x, *q4, (n, k)), repeats, min_time),
-                "int4": timings(lambda: ops.matmul_int4(x, *qi, k), repeats, min_time),
+            fns = {
+                "fp32": lambda: F.linear(x, w),
+                "bf16": lambda: F.linear(xb, wb),
+                "int8": lambda: ops.matmul_int8(x, *q8),
+                "nf4": lambda: ops.matmul_nf4(x, *q4, (n, k)),
+                "int4": lambda: ops.matmul_int4(x, *qi, k),
             }
+            if args.q8_tiles:
+                fns["int8 q8"] = lambda: ops.matmul_int8(x, *q8, q8=True)
+                fns["int4 q8"] = lambda: ops.matmul_int4(x, *qi, k, q8=True)
+            runs = timings(fns, repeats, min_time)
             t = {key: statistics.median(v) for key, v in runs.items()}
             best = {key: min(v) for key, v in runs.items()}
-            r = {key: t["fp32"] / v for key, v in t.items()}
-            rb = {key: best["fp32"] / v for key, v in best.items()}
-            print(f"{f'{k}->{n}':>12} {m:>4} | {t['fp32'] * 1e3:8.2f} {t['bf16'] * 1e3:8.2f} | "
-                  f"{t['int8'] * 1e3:8.2f} {t['nf4'] * 1e3:8.2f} {t['int4'] * 1e3:8.2f} | "
-                  f"{r['bf16']:5.2f} {r['int8']:5.2f} {r['nf4']:5.2f} {r['int4']:5.2f}  "
-                  f"[best-of: {rb['bf16']:.2f} {rb['int8']:.2f} {rb['nf4']:.2f} {rb['int4']:.2f}]", flush=True)
+            print(f"{f'{k}->{n}':>12} {m:>4} | {t['fp32'] * 1e3:8.2f} " + " ".join(f"{t[c] * 1e3:9.2f}" for c in cols) +
+                  " | " + " ".join(f"{t['fp32'] / t[c]:6.2f}" for c in cols) +
+                  "  [best-of: " + " ".join(f"{best['fp32'] / best[c]:.2f}" for c in cols) + "]", flush=True)
         del w, wb, q8, q4, qi
 
 

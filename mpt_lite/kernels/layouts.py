@@ -30,7 +30,12 @@ def int4_half_scales(d: torch.Tensor) -> torch.Tensor:
     return d.float().clamp(-HALF_MAX, HALF_MAX).to(INT4_SCALE_DTYPE)
 
 
-Q8_MAX_ROWS = 16  # measured: q8 wins up to 16 rows; from 32 the float GEMM is as fast or faster
+# Matmuls of at most this many rows quantize int8 / int4 activations to q8 blocks by default (more
+# rows: float activations). With q8 (q8=True), more than 16 rows run the integer GEMM tiles
+# (csrc/cpu/quant_gemm.h): 1.3-1.7x faster than the float GEMM at K >= 2048 but 0.6-0.9x at K = 256-768
+# (a partly empty 512-k step), so the default stays 16 until the tiles handle short K (docs/benchmarks.md,
+# "Prefill GEMM").
+Q8_MAX_ROWS = 16
 Q8_BLOCK = 32
 
 

@@ -1,0 +1,43 @@
+// Integer GEMM tiles for many x rows (prefill, large batches): y = x @ W^T (+ bias) with x quantized
+// to q8 blocks (Q8Rows' arithmetic) and int8 / int4 weights, on register tiles of VNNI dot products.
+//
+// Used for M > kGemmMinRows on CPUs with AVX-512 VNNI (quant_matmul.cpp dispatches). Every output is
+// computed in exactly the per-block order of the AVX-512 q8_wide kernel (4-16 rows,
+// quant_matmul_avx512.cpp): per step of 16 blocks of 32 k, one int32 lane per block (x codes of the
+// block, offset by -128 or -8 times their sum, dotted with the unsigned weight bytes), converted to
+// float and multiply-added with the block's scale into a 16-lane float chain, steps in order, then one
+// _mm512_reduce_add_ps. So a row's result does not depend on how many rows share the call (M 4 .. any).
+//
+// Cache blocking comes from the caches the machine reports (gemm_cache_sizes), never constants:
+//   KC (steps of 512 k per pass): a register tile's weight rows for one pass fill at most half of L1d;
+//   MC (x rows per block): the packed x block of one pass fills at most half of L2;
+//   NC (weight rows per block): its float accumulators (NC x MC x 64 bytes) and packed weight panel
+//   each stay within a quarter of L2. L3 is not used for a block size: x block, panel and
+//   accumulators all live in L2, and the weights stream from memory or L3 once per x block.
+#pragma once
+#include <cstdint>
+
+#include "cpu/quant_formats.h"
+
+namespace mpt {
+
+constexpr int64_t kGemmMinRows = 16;  // more rows than this take the GEMM tiles (fewer: q8_rows / q8_wide)
+
+struct CacheSizes {
+  int64_t l1d, l2, l3;  // bytes, per core for l1d and l2
+};
+// sysconf, else /sys/devices/system/cpu/cpu0/cache, else 32 KiB / 1 MiB / 8 MiB; read once.
+const CacheSizes& gemm_cache_sizes();
+
+struct GemmBlocking {
+  int64_t kc, mc, nc;  // steps of 512 k; x rows; weight rows
+};
+// S: steps of 512 k in K; nr, mr: register tile; threads: workers that share the (n, m) blocks.
+GemmBlocking gemm_blocking(const CacheSizes& c, int64_t M, int64_t N, int64_t S, int nr, int mr, int threads);
+
+// x float32 [M, K]; quantizes x itself (vectorised, same codes and scales as quantize_q8).
+void qgemm_q8_avx512(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
+// The AVX2 tiles (pmaddubsw; quant_gemm_avx2.cpp): their own summation order, 8 blocks a step.
+void qgemm_q8_avx2(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
+
+}  // namespace mpt

@@ -1,0 +1,259 @@
+// Integer GEMM tiles on AVX-512 VNNI: many x rows against int8 / int4 weights. Design and block sizes:
+// quant_gemm.h. Layout of a step (16 blocks of 32 k) for x and weights, as in q8_wide
+// (quant_matmul_avx512.cpp), so both kernels give bit-identical rows:
+//   vector v (0..7) holds in int32 lane p the 4 bytes of block gemm_block(p) at k offsets 4v..4v+3;
+//   weights as unsigned bytes (int8: code ^ 0x80 = code + 128; int4: the nibble 0..15), x as codes,
+//   and each x lane starts at -128 (int8) or -8 (int4) times the sum of its block's 32 codes.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <memory>
+#include <stdexcept>
+#include <utility>
+#include <vector>
+
+#include "cpu/quant_gemm.h"
+#include "cpu/thread_pool.h"
+
+namespace mpt {
+namespace {
+
+constexpr int NR = 4, MR = 3;  // register tile: weight rows x x rows (12 int32 + 12 float accumulators)
+constexpr int kStep = 512;     // k per step
+
+// The block of a step whose int32 lane is p (the lane order the weight shuffles below produce).
+template <QFormat FMT>
+constexpr int gemm_block(int p) {
+  return FMT == QFormat::Int4 ? 4 * (p & 3) + (p >> 2) : 8 * (p >> 3) + 2 * (p & 3) + ((p >> 2) & 1);
+}
+template <QFormat FMT>
+__m512i block_index() {
+  alignas(64) int32_t idx[16];
+  for (int p = 0; p < 16; ++p) idx[p] = gemm_block<FMT>(p);
+  return _mm512_load_si512(idx);
+}
+
+// int4 group scales of one weight row: 16 consecutive ones as a vector, masked past G. The one place
+// the kernels read int4 scales (so their storage type changes here alone).
+inline __m512 int4_scales16(const uint16_t* s, int64_t count) {  // IEEE half scales -> float
+  const __m256i h = count >= 16 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s))
+                                : _mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << count) - 1), s);
+  return _mm512_cvtph_ps(h);
+}
+
+inline __mmask64 bytes_mask(int64_t n) { return n >= 64 ? ~0ULL : n <= 0 ? 0ULL : (1ULL << n) - 1; }
+
+// 4x4 dword transposes inside each 128-bit lane: out[j] lane (c, a) = in[a] lane (c, j).
+inline void transpose4(const __m512i* in, __m512i* out) {
+  const __m512i a0 = _mm512_unpacklo_epi32(in[0], in[1]), a1 = _mm512_unpackhi_epi32(in[0], in[1]);
+  const __m512i a2 = _mm512_unpacklo_epi32(in[2], in[3]), a3 = _mm512_unpackhi_epi32(in[2], in[3]);
+  out[0] = _mm512_unpacklo_epi64(a0, a2), out[1] = _mm512_unpackhi_epi64(a0, a2);
+  out[2] = _mm512_unpacklo_epi64(a1, a3), out[3] = _mm512_unpackhi_epi64(a1, a3);
+}
+
+// x packed for the tiles: per row and step 8 vectors of codes, 16 lane start values, 16 block scales.
+struct XPack {
+  int64_t M = 0, S = 0;
+  std::vector<int8_t> q;      // [M, S, 512]
+  std::vector<int32_t> init;  // [M, S, 16]
+  std::vector<float> d;       // [M, S, 16]
+};
+
+// Quantizes x row by row (Q8Rows' arithmetic: d = amax / 127, q = round-half-even(x / d) clamped
+// to +-127, 0 for NaN) and writes the step layout directly.
+template <QFormat FMT>
+void pack_x(const float* x, int64_t M, int64_t K, XPack& out) {
+  const int64_t KB = (K + 31) / 32, S = (KB + 15) / 16;
+  const int32_t off = FMT == QFormat::Int8 ? 128 : 8;
+  out.M = M, out.S = S;
+  out.q.resize(static_cast<size_t>(M * S * kStep));
+  out.init.resize(static_cast<size_t>(M * S * 16));
+  out.d.resize(static_cast<size_t>(M * S * 16));
+  const __m512i bidx = block_index<FMT>(), gidx = _mm512_slli_epi32(bidx, 3);
+  parallel_for(M, 1, [&](int64_t m0, int64_t m1) {
+    alignas(64) int8_t codes[16 * 32];
+    alignas(64) float dv[16];
+    alignas(64) int32_t sums[16];
+    const __m512 lim = _mm512_set1_ps(127.f), nlim = _mm512_set1_ps(-127.f);
+    for (int64_t m = m0; m < m1; ++m)
+      for (int64_t st = 0; st < S; ++st) {
+        for (int b = 0; b < 16; ++b) {
+          const int64_t k0 = (st * 16 + b) * 32;
+          const float* xr = x + m * K + k0;
+          __m512 v[2];
+          for (int h = 0; h < 2; ++h) {
+            const int64_t left = K - k0 - 16 * h;
+            v[h] = left >= 16 ? _mm512_loadu_ps(xr + 16 * h)
+                   : left > 0 ? _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << left) - 1), xr + 16 * h)
+                              : _mm512_setzero_ps();
+          }
+          // |x| with NaN lanes as 0 (std::fmax in quantize_q8 skips NaN too)
+          const __m512 a0 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v[0], v[0], _CMP_ORD_Q), _mm512_abs_ps(v[0]));
+          const __m512 a1 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v[1], v[1], _CMP_ORD_Q), _mm512_abs_ps(v[1]));
+          const float d = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1)) / 127.0f;
+          const __m512 vd = _mm512_set1_ps(d);
+          __m512i qi[2];
+          for (int h = 0; h < 2; ++h) {
+            __m512 r = _mm512_roundscale_ps(_mm512_div_ps(v[h], vd), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            // NaN (x NaN, inf / inf) -> 0; d == 0 (amax 0 or underflowed) -> all codes 0
+            r = _mm512_maskz_mov_ps(d > 0.f ? _mm512_cmp_ps_mask(r, r, _CMP_ORD_Q) : 0, r);
+            qi[h] = _mm512_cvtps_epi32(_mm512_min_ps(lim, _mm512_max_ps(nlim, r)));
+            _mm_store_si128(reinterpret_cast<__m128i*>(codes + b * 32 + 16 * h), _mm512_cvtsepi32_epi8(qi[h]));
+          }
+          dv[b] = d;
+          sums[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(qi[0], qi[1]));
+        }
+        const int64_t o = (m * S + st);
+        for (int v = 0; v < 8; ++v)  // dword v of block gemm_block(p) into lane p
+          _mm512_storeu_si512(out.q.data() + o * kStep + 64 * v,
+                              _mm512_i32gather_epi32(_mm512_add_epi32(gidx, _mm512_set1_epi32(v)), codes, 4));
+        const __m512i s = _mm512_permutexvar_epi32(bidx, _mm512_load_si512(sums));
+        _mm512_storeu_si512(out.init.data() + o * 16, _mm512_mullo_epi32(s, _mm512_set1_epi32(-off)));
+        _mm512_storeu_ps(out.d.data() + o * 16, _mm512_permutexvar_ps(bidx, _mm512_load_ps(dv)));
+      }
+  });
+}
+
+// Packs weight rows [n0, n0 + nr) for steps [s0, s0 + kc) into wp ([nr, kc, 512] unsigned bytes in
+// step layout) and, for int4, their scales in lane order into wd ([nr, kc, 16]).
+template <QFormat FMT>
+void pack_w(const QWeight& w, int64_t n0, int64_t nr, int64_t s0, int64_t kc, uint8_t* wp, float* wd) {
+  constexpr bool I4 = FMT == QFormat::Int4;
+  constexpr int NL = I4 ? 4 : 8;  // 64-byte loads a step
+  const int64_t K = w.K, G = int4_groups(K), rowbytes = I4 ? G * 16 : K;
+  const __m512i lo4 = _mm512_set1_epi8(15), x80 = _mm512_set1_epi8(static_cast<char>(0x80));
+  const __m512i sidx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  for (int64_t r = 0; r < nr; ++r) {
+    const uint8_t* row = w.data + (n0 + r) * rowbytes;
+    for (int64_t s = 0; s < kc; ++s) {
+      const int64_t st = s0 + s, left = rowbytes - st * 64 * NL;
+      __m512i z[NL], wv[8];
+      for (int a = 0; a < NL; ++a) z[a] = _mm512_maskz_loadu_epi8(bytes_mask(left - 64 * a), row + st * 64 * NL + 64 * a);
+      if (I4) {
+        __m512i t[4];
+        transpose4(z, t);
+        for (int j = 0; j < 4; ++j) {
+          wv[j] = _mm512_and_si512(t[j], lo4);
+          wv[4 + j] = _mm512_and_si512(_mm512_srli_epi16(t[j], 4), lo4);
+        }
+        const __m512 sc = int4_scales16(w.scale16 + (n0 + r) * G + st * 16, G - st * 16);
+        _mm512_storeu_ps(wd + (r * kc + s) * 16, _mm512_permutexvar_ps(sidx, sc));
+      } else {
+        __m512i t0[4], t1[4];
+        transpose4(z, t0);
+        transpose4(z + 4, t1);
+        for (int j = 0; j < 4; ++j) {  // absent bytes: 0 ^ 0x80 = 128 against x codes 0
+          wv[j] = _mm512_xor_si512(_mm512_shuffle_i64x2(t0[j], t1[j], _MM_SHUFFLE(2, 0, 2, 0)), x80);
+          wv[4 + j] = _mm512_xor_si512(_mm512_shuffle_i64x2(t0[j], t1[j], _MM_SHUFFLE(3, 1, 3, 1)), x80);
+        }
+      }
+      for (int v = 0; v < 8; ++v) _mm512_storeu_si512(wp + (r * kc + s) * kStep + 64 * v, wv[v]);
+    }
+  }
+}
+
+struct Tile {
+  const uint8_t* wp;  // R weight rows, row stride kc * 512
+  const float* wd;    // int4: their lane scales, row stride kc * 16
+  const int8_t* xq;   // MB x rows at the pass's first step, row stride S * 512
+  const int32_t* xi;  // row stride S * 16
+  const float* xd;
+  int64_t kc, S;
+  float* C;  // accumulators [R][ldc = mc][16]
+  int64_t ldc;
+};
+
+// R weight rows x MB x rows over kc steps; continues the float chains held in C.
+template <bool I4, int R, int MB>
+void micro(const Tile& t) {
+  __m512 acc[R][MB];
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_loadu_ps(t.C + (r * t.ldc + m) * 16);
+  for (int64_t s = 0; s < t.kc; ++s) {
+    __m512i ia[R][MB];
+    for (int m = 0; m < MB; ++m) {
+      const __m512i init = _mm512_loadu_si512(t.xi + m * t.S * 16 + s * 16);
+      for (int r = 0; r < R; ++r) ia[r][m] = init;
+    }
+    for (int v = 0; v < 8; ++v) {
+      __m512i wv[R];
+      for (int r = 0; r < R; ++r) wv[r] = _mm512_loadu_si512(t.wp + (r * t.kc + s) * kStep + 64 * v);
+      for (int m = 0; m < MB; ++m) {
+        const __m512i xv = _mm512_loadu_si512(t.xq + m * t.S * kStep + s * kStep + 64 * v);
+        for (int r = 0; r < R; ++r) ia[r][m] = _mm512_dpbusd_epi32(ia[r][m], wv[r], xv);
+      }
+    }
+    for (int m = 0; m < MB; ++m) {
+      const __m512 d = _mm512_loadu_ps(t.xd + m * t.S * 16 + s * 16);
+      for (int r = 0; r < R; ++r) {
+        const __m512 sc = I4 ? _mm512_mul_ps(_mm512_loadu_ps(t.wd + (r * t.kc + s) * 16), d) : d;
+        acc[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[r][m]), sc, acc[r][m]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MB; ++m) _mm512_storeu_ps(t.C + (r * t.ldc + m) * 16, acc[r][m]);
+}
+
+template <bool I4, int... I>
+void micro_any(std::integer_sequence<int, I...>, int r, int mb, const Tile& t) {
+  using Fn = void (*)(const Tile&);
+  static constexpr Fn table[] = {&micro<I4, I / MR + 1, I % MR + 1>...};
+  table[(r - 1) * MR + (mb - 1)](t);
+}
+
+template <QFormat FMT>
+void gemm(const QWeight& w, const float* x, int64_t M, const float* bias, float* y) {
+  constexpr bool I4 = FMT == QFormat::Int4;
+  XPack xp;
+  pack_x<FMT>(x, M, w.K, xp);
+  const int64_t N = w.N, S = xp.S;
+  const GemmBlocking bl = gemm_blocking(gemm_cache_sizes(), M, N, S, NR, MR, num_threads());
+  const int64_t nN = (N + bl.nc - 1) / bl.nc, nM = (M + bl.mc - 1) / bl.mc, blocks = nN * nM;
+  std::atomic<int64_t> next{0};
+  // Blocks (weight rows x x rows) handed out from a shared counter, weight-row major; each output is
+  // computed whole by one thread in a fixed order, so results depend on neither threads nor blocks.
+  parallel_for(std::min<int64_t>(num_threads(), blocks), 1, [&](int64_t, int64_t) {
+    std::vector<uint8_t> wp(static_cast<size_t>(bl.nc * bl.kc * kStep));
+    std::vector<float> wd(I4 ? static_cast<size_t>(bl.nc * bl.kc * 16) : 0);
+    std::vector<float> C(static_cast<size_t>(bl.nc * bl.mc * 16));
+    for (int64_t b; (b = next.fetch_add(1, std::memory_order_relaxed)) < blocks;) {
+      const int64_t n0 = (b / nM) * bl.nc, nr = std::min(bl.nc, N - n0);
+      const int64_t m0 = (b % nM) * bl.mc, mr = std::min(bl.mc, M - m0);
+      std::fill(C.begin(), C.end(), 0.f);
+      for (int64_t s0 = 0; s0 < S; s0 += bl.kc) {
+        const int64_t kc = std::min(bl.kc, S - s0);
+        pack_w<FMT>(w, n0, nr, s0, kc, wp.data(), wd.data());
+        for (int64_t r0 = 0; r0 < nr; r0 += NR)
+          for (int64_t i0 = 0; i0 < mr; i0 += MR) {
+            const int64_t m = m0 + i0;
+            const Tile t{wp.data() + r0 * kc * kStep, I4 ? wd.data() + r0 * kc * 16 : nullptr,
+                         xp.q.data() + (m * S + s0) * kStep, xp.init.data() + (m * S + s0) * 16,
+                         xp.d.data() + (m * S + s0) * 16, kc, S, C.data() + (r0 * bl.mc + i0) * 16, bl.mc};
+            micro_any<I4>(std::make_integer_sequence<int, NR * MR>{}, static_cast<int>(std::min<int64_t>(NR, nr - r0)),
+                          static_cast<int>(std::min<int64_t>(MR, mr - i0)), t);
+          }
+      }
+      for (int64_t i = 0; i < mr; ++i)
+        for (int64_t r = 0; r < nr; ++r) {
+          const int64_t n = n0 + r;
+          const float rf = row_factor(w, n), b = bias ? bias[n] : 0.f;
+          y[(m0 + i) * N + n] = _mm512_reduce_add_ps(_mm512_loadu_ps(C.data() + (r * bl.mc + i) * 16)) * rf + b;
+        }
+    }
+  });
+}
+
+}  // namespace
+
+void qgemm_q8_avx512(const QWeight& w, const float* x, int64_t M, const float* bias, float* y) {
+  switch (w.fmt) {
+    case QFormat::Int8: return gemm<QFormat::Int8>(w, x, M, bias, y);
+    case QFormat::Int4: return gemm<QFormat::Int4>(w, x, M, bias, y);
+    default: throw std::invalid_argument("the integer GEMM tiles take int8 or int4 weights, not nf4");
+  }
+}
+
+}  // namespace mpt
