@@ -307,18 +307,20 @@ static void bind_decode_step(py::module_& m) {
   py::class_<mpt::DecodePlan>(m, "DecodePlan")
       .def(py::init([](int64_t d_model, int64_t n_heads, int64_t kv_heads, int64_t head_dim, int64_t ffn,
                        int64_t vocab, int64_t n_layers, float eps, float clip_qkv, float softmax_scale,
-                       float logit_scale, bool has_logit_scale, uintptr_t slopes, int64_t q8_max_rows) {
+                       float logit_scale, bool has_logit_scale, uintptr_t slopes, int64_t q8_max_rows,
+                       int64_t q8_gemm_min_k) {
              mpt::StepConfig c;
              c.d_model = d_model, c.n_heads = n_heads, c.kv_heads = kv_heads, c.head_dim = head_dim, c.ffn = ffn;
              c.vocab = vocab, c.n_layers = n_layers, c.eps = eps, c.clip_qkv = clip_qkv;
              c.softmax_scale = softmax_scale, c.logit_scale = logit_scale, c.has_logit_scale = has_logit_scale;
              c.slopes = mpt::bind::opt<const float>(slopes), c.q8_max_rows = q8_max_rows;
+             c.q8_gemm_min_k = q8_gemm_min_k;
              return new mpt::DecodePlan(c);
            }),
            py::kw_only(), py::arg("d_model"), py::arg("n_heads"), py::arg("kv_heads"), py::arg("head_dim"),
            py::arg("ffn"), py::arg("vocab"), py::arg("n_layers"), py::arg("eps"), py::arg("clip_qkv"),
            py::arg("softmax_scale"), py::arg("logit_scale"), py::arg("has_logit_scale"), py::arg("slopes"),
-           py::arg("q8_max_rows"))
+           py::arg("q8_max_rows"), py::arg("q8_gemm_min_k"))
       .def("set_weight", [](mpt::DecodePlan& p, int64_t layer, const std::string& name, int fmt, int64_t n,
                             int64_t k, int64_t blocksize, uintptr_t data, uintptr_t scale, uintptr_t bias) {
              if (fmt < -1 || fmt > 2) throw std::invalid_argument("unknown weight format code");

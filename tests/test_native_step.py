@@ -60,8 +60,9 @@ def assert_logits_close(got, want, rel=1e-4):
 @pytest.fixture
 def float_activations(monkeypatch):
     """Both paths with float32 activations in every matmul (no q8 rounding of activations)."""
-    monkeypatch.setattr(quant_ops, "use_q8", lambda q8, rows: bool(q8))
+    monkeypatch.setattr(quant_ops, "use_q8", lambda q8, rows, gemm_k=None: bool(q8))
     monkeypatch.setattr(decode_step, "Q8_MAX_ROWS", 0)
+    monkeypatch.setattr(decode_step, "Q8_GEMM_MIN_K", 0)
 
 
 def run_both(model, schedule, kv_dtype=torch.float32, rel=1e-4):
@@ -218,3 +219,33 @@ def test_bad_step_input_raises():
         native_logits(plan, torch.tensor([1, 2]), step, torch.tensor([5]))
     with pytest.raises(ValueError, match="slots"):
         native_logits(plan, torch.tensor([1, 2, 3]), step, torch.tensor([1]))
+
+
+def test_native_step_takes_q8_for_long_rows_where_the_torch_path_does(monkeypatch):
+    """A prefill of 20 rows: down_proj (in_features 1024 = Q8_GEMM_MIN_K) takes q8 activations in
+    both paths (the integer GEMM tiles), up_proj (in_features 64) float ones. A plan told otherwise
+    (q8 never for long rows) must visibly differ from the torch path, the shipped plan must not."""
+    model = quantized(random_causal_lm(0, vocab_size=VOCAB, max_seq_len=64, expansion_ratio=16), "int4", "int8")
+    assert model.transformer.blocks[0].ffn.down_proj.cols >= decode_step.Q8_GEMM_MIN_K
+
+    def gap(plan_min_k):
+        monkeypatch.setattr(decode_step, "Q8_GEMM_MIN_K", plan_min_k)
+        cfg = model.config
+        caches = [PagedKVCache(cfg.n_layers, cfg.kv_n_heads, cfg.head_dim, block_size=4, num_blocks=16)
+                  for _ in range(2)]
+        ids = torch.randint(0, VOCAB, (20,), generator=torch.Generator().manual_seed(1))
+        out = []
+        for c, cache in enumerate(caches):
+            seq = cache.match_prefix([])
+            cache.grow(seq, 20)
+            step = PagedStep(cache, [seq], [0], [20])
+            rows = torch.arange(20)
+            if c == 0:
+                out.append(native_logits(build_plan(model, cache), ids, step, rows))
+            else:
+                with torch.inference_mode():
+                    out.append(model.forward_paged(ids, step, rows))
+        return (out[0] - out[1]).abs().max().item() / out[1].abs().max().item()
+
+    shipped, never = gap(decode_step.Q8_GEMM_MIN_K), gap(0)
+    assert shipped <= 1e-4 < never, (shipped, never)

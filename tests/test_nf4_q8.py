@@ -164,7 +164,7 @@ def test_native_step_nf4_differs_from_float_activations_as_the_reference_does():
         torch_q8 = model.forward_paged(ids, step, step.last_rows)
         quant_ops_use_q8 = quant_ops.use_q8
         try:
-            quant_ops.use_q8 = lambda q8, rows: False
+            quant_ops.use_q8 = lambda q8, rows, gemm_k=None: False
             torch_float = model.forward_paged(ids, step, step.last_rows)
         finally:
             quant_ops.use_q8 = quant_ops_use_q8

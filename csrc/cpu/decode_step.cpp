@@ -52,8 +52,9 @@ void dense_matmul(const StepWeight& w, const float* x, int64_t M, float* y) {
 }
 
 // The same kernels and the same activation choice as kernels/quant_ops.py.
-void linear(const StepWeight& w, const float* x, int64_t M, float* y, int64_t q8_max_rows) {
-  const bool q8 = M <= q8_max_rows;
+void linear(const StepWeight& w, const float* x, int64_t M, float* y, const StepConfig& c) {
+  const bool gemm = w.fmt == StepFormat::Int8 || w.fmt == StepFormat::Int4;
+  const bool q8 = M <= c.q8_max_rows || (gemm && c.q8_gemm_min_k > 0 && w.K >= c.q8_gemm_min_k);
   switch (w.fmt) {
     case StepFormat::F32: return dense_matmul(w, x, M, y);
     case StepFormat::Int8:
@@ -201,7 +202,7 @@ void DecodePlan::step(const StepBatch& b) {
   for (int64_t i = 0; i < c.n_layers; ++i) {
     const StepLayer& l = layers_[static_cast<size_t>(i)];
     layer_norm(l.norm_1, x, M, d, c.eps, h);
-    linear(l.wqkv, h, M, qkv, c.q8_max_rows);
+    linear(l.wqkv, h, M, qkv, c);
     if (c.clip_qkv > 0.f)
       for (int64_t j = 0; j < M * wq; ++j) qkv[j] = std::min(c.clip_qkv, std::max(-c.clip_qkv, qkv[j]));
     for (int64_t t = 0; t < M; ++t) {
@@ -230,12 +231,12 @@ void DecodePlan::step(const StepBatch& b) {
         throw std::invalid_argument("decode step: query_start_loc does not cover the tokens");
       paged_attention_prefill(a, l.cache);
     }
-    linear(l.out_proj, att, M, h, c.q8_max_rows);
+    linear(l.out_proj, att, M, h, c);
     add_inplace(x, h, M * d);
     layer_norm(l.norm_2, x, M, d, c.eps, h);
-    linear(l.up_proj, h, M, ff, c.q8_max_rows);
+    linear(l.up_proj, h, M, ff, c);
     gelu_inplace(ff, M * c.ffn);
-    linear(l.down_proj, ff, M, h, c.q8_max_rows);
+    linear(l.down_proj, ff, M, h, c);
     add_inplace(x, h, M * d);
   }
   // Only the requested rows need the final norm and the logits.
@@ -243,7 +244,7 @@ void DecodePlan::step(const StepBatch& b) {
   for (int64_t r = 0; r < b.n_rows; ++r) std::copy_n(x + b.rows[r] * d, d, picked + r * d);
   layer_norm(norm_f_, picked, b.n_rows, d, c.eps, h);
   if (b.n_rows == 0) return;
-  linear(lm_head_, h, b.n_rows, b.logits, c.q8_max_rows);
+  linear(lm_head_, h, b.n_rows, b.logits, c);
   if (c.has_logit_scale)
     for (int64_t j = 0; j < b.n_rows * c.vocab; ++j) b.logits[j] *= c.logit_scale;
 }

@@ -8,8 +8,8 @@ from .decode_step import DecodePlan
 from .checks import FLOAT_DTYPES, check_blocksize, check_tensor, ptr
 from .extension import (CUDA_GEMV_MAX_M, NO_CUDA_BUILD, cpu_features, cuda_available, cuda_built, current_isa,
                         num_threads, set_isa, set_num_threads, supported_isas, use_isa)
-from .layouts import (INT4_GROUP, INT4_SCALE_DTYPE, NF4_BLOCKSIZE, NF4_CODE, NF4_INT8, Q8_BLOCK, Q8_MAX_ROWS,
-                      int4_groups, int4_half_scales, nf4_code, nf4_q8_ok, use_q8)
+from .layouts import (INT4_GROUP, INT4_SCALE_DTYPE, NF4_BLOCKSIZE, NF4_CODE, NF4_INT8, Q8_BLOCK, Q8_GEMM_MIN_K,
+                      Q8_MAX_ROWS, int4_groups, int4_half_scales, nf4_code, nf4_q8_ok, use_q8)
 from .quant_ops import (dequantize_int4, dequantize_int8, dequantize_nf4, dequantize_rows_int4,
                         dequantize_rows_int8, dequantize_rows_nf4, matmul_int4, matmul_int8, matmul_nf4,
                         quantize_int4, quantize_int8, quantize_nf4)
@@ -21,7 +21,7 @@ __all__ = [
     "FLOAT_DTYPES", "check_blocksize", "check_tensor", "ptr",
     "CUDA_GEMV_MAX_M", "NO_CUDA_BUILD", "cpu_features", "cuda_available", "cuda_built", "current_isa",
     "num_threads", "set_isa", "set_num_threads", "supported_isas", "use_isa",
-    "INT4_GROUP", "INT4_SCALE_DTYPE", "NF4_BLOCKSIZE", "NF4_CODE", "NF4_INT8", "Q8_BLOCK", "Q8_MAX_ROWS",
+    "INT4_GROUP", "INT4_SCALE_DTYPE", "NF4_BLOCKSIZE", "NF4_CODE", "NF4_INT8", "Q8_BLOCK", "Q8_GEMM_MIN_K", "Q8_MAX_ROWS",
     "int4_groups", "int4_half_scales", "nf4_code", "nf4_q8_ok", "use_q8",
     "dequantize_int4", "dequantize_int8", "dequantize_nf4", "dequantize_rows_int4", "dequantize_rows_int8",
     "dequantize_rows_nf4", "matmul_int4", "matmul_int8", "matmul_nf4", "quantize_int4", "quantize_int8",

@@ -49,8 +49,9 @@ def ref_dequantize_q8(x: torch.Tensor) -> torch.Tensor:
 
 
 def _ref_activations(x: torch.Tensor, q8: object) -> torch.Tensor:
+    """int8 / int4 activations as their kernels see them (q8 per layouts.use_q8, with GEMM tiles)."""
     rows = x.numel() // max(x.shape[-1], 1) if x.dim() else 1
-    return ref_dequantize_q8(x) if use_q8(q8, rows) else x.float()
+    return ref_dequantize_q8(x) if use_q8(q8, rows, x.shape[-1] if x.dim() else 1) else x.float()
 
 
 def ref_quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
