@@ -5,6 +5,7 @@
 "use strict";
 
 const KEY_STORE = "mpt-lite-api-key";
+const PAINT_MS = 30;  // the longest a streamed reply waits to be shown
 const $ = (id) => document.getElementById(id);
 
 const state = {
@@ -183,6 +184,14 @@ async function send(text) {
   let failure = null;
   const t0 = performance.now();
   let tFirst = 0;
+  // A fast model streams hundreds of chunks a second: the reply is re-rendered at most every
+  // PAINT_MS (re-rendering on every chunk grows as the square of the reply and froze the page).
+  let timer = null;
+  const paint = () => {
+    if (timer !== null) { clearTimeout(timer); timer = null; }
+    renderContent(content, reply);
+    scrollDown();
+  };
   try {
     const r = await fetch("/v1/chat/completions", {
       method: "POST", headers: headers(), body: JSON.stringify(requestBody()), signal: controller.signal,
@@ -208,14 +217,15 @@ async function send(text) {
       if (delta && delta.content) {
         if (!tFirst) tFirst = performance.now();
         reply += delta.content;
-        renderContent(content, reply);
-        scrollDown();
+        if (timer === null) timer = setTimeout(paint, PAINT_MS);
       }
     }
+    paint();
     if (!complete) throw new Error("the connection closed before the reply was complete");
     box.dataset.state = "done";
     if (usage) meta.textContent = speed(usage, t0, tFirst, performance.now());
   } catch (e) {
+    paint();
     if (e.name === "AbortError") {
       box.dataset.state = "stopped";
       meta.textContent = "stopped";
