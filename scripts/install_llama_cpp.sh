@@ -53,5 +53,9 @@ if [ -z "$wheel" ]; then
 else
   log "using the cached build $wheel"
 fi
-"$PY" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps "$wheel"
+if [ "$installed" = "$VERSION" ]; then  # another build of this version: replace it (its deps are there)
+  "$PY" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps "$wheel"
+else
+  "$PY" -m pip install --quiet --disable-pip-version-check "$wheel"
+fi
 echo "$key" > "$stamp"
