@@ -14,11 +14,15 @@
 #include <utility>
 #include <vector>
 
+#include "cpu/q8_lanes_avx512.h"
 #include "cpu/quant_gemm.h"
 #include "cpu/thread_pool.h"
 
 namespace mpt {
 namespace {
+
+using avx512_lanes::bytes_mask;
+using avx512_lanes::transpose4;
 
 constexpr int NR = 4, MR = 3;  // register tile: weight rows x x rows (12 int32 + 12 float accumulators)
 constexpr int kStep = 512;     // k per step
@@ -41,16 +45,6 @@ inline __m512 int4_scales16(const uint16_t* s, int64_t count) {  // IEEE half sc
   const __m256i h = count >= 16 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s))
                                 : _mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << count) - 1), s);
   return _mm512_cvtph_ps(h);
-}
-
-inline __mmask64 bytes_mask(int64_t n) { return n >= 64 ? ~0ULL : n <= 0 ? 0ULL : (1ULL << n) - 1; }
-
-// 4x4 dword transposes inside each 128-bit lane: out[j] lane (c, a) = in[a] lane (c, j).
-inline void transpose4(const __m512i* in, __m512i* out) {
-  const __m512i a0 = _mm512_unpacklo_epi32(in[0], in[1]), a1 = _mm512_unpackhi_epi32(in[0], in[1]);
-  const __m512i a2 = _mm512_unpacklo_epi32(in[2], in[3]), a3 = _mm512_unpackhi_epi32(in[2], in[3]);
-  out[0] = _mm512_unpacklo_epi64(a0, a2), out[1] = _mm512_unpackhi_epi64(a0, a2);
-  out[2] = _mm512_unpacklo_epi64(a1, a3), out[3] = _mm512_unpackhi_epi64(a1, a3);
 }
 
 // x packed for the tiles: per row and step 8 vectors of codes, 16 lane start values, 16 block scales.

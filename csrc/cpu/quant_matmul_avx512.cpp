@@ -1,6 +1,7 @@
 // AVX-512 variant of the quantized matmul (16-float vectors); the algorithm is in quant_simd.h.
 #include <immintrin.h>
 
+#include "cpu/q8_lanes_avx512.h"
 #include "cpu/quant_formats.h"
 
 namespace mpt {
@@ -102,7 +103,7 @@ static void q8_pack(QFormat f, const Q8Rows& x, Q8Pack& out) {
     }
 }
 
-static inline __mmask64 bytes_mask(int64_t n) { return n >= 64 ? ~0ULL : n <= 0 ? 0ULL : (1ULL << n) - 1; }
+using avx512_lanes::bytes_mask;
 
 // nf4 (bitsandbytes order) in the int8 byte order of a q8_rows step: 64 bytes hold 128 k, block j
 // (32 k) in bytes 16j..16j+15 with even k in the high nibbles. Both nibbles are looked up in
@@ -260,14 +261,6 @@ void q8_pack_wide(const Q8Rows& x, Q8Wide& out) {
       }
 }
 
-// 4x4 dword transposes inside each 128-bit lane: out[j] lane (c, a) = in[a] lane (c, j).
-static inline void transpose4_dwords(const __m512i* in, __m512i* out) {
-  const __m512i a0 = _mm512_unpacklo_epi32(in[0], in[1]), a1 = _mm512_unpackhi_epi32(in[0], in[1]);
-  const __m512i a2 = _mm512_unpacklo_epi32(in[2], in[3]), a3 = _mm512_unpackhi_epi32(in[2], in[3]);
-  out[0] = _mm512_unpacklo_epi64(a0, a2), out[1] = _mm512_unpackhi_epi64(a0, a2);
-  out[2] = _mm512_unpacklo_epi64(a1, a3), out[3] = _mm512_unpackhi_epi64(a1, a3);
-}
-
 constexpr int kWideMB = 16;  // x rows per pass over a weight row
 
 template <QFormat FMT, int MB>
@@ -309,15 +302,15 @@ void q8_wide_rows(const QWeight& w, const Q8Wide& xp, int64_t m0, const float* b
       __m512i wv[8];
       if (I4) {
         __m512i r[4];
-        transpose4_dwords(z, r);
+        avx512_lanes::transpose4(z, r);
         for (int j = 0; j < 4; ++j) {
           wv[j] = _mm512_and_si512(r[j], lo4);
           wv[4 + j] = _mm512_and_si512(_mm512_srli_epi16(r[j], 4), lo4);
         }
       } else {
         __m512i r0[4], r1[4];
-        transpose4_dwords(z, r0);
-        transpose4_dwords(z + 4, r1);
+        avx512_lanes::transpose4(z, r0);
+        avx512_lanes::transpose4(z + 4, r1);
         for (int j = 0; j < 4; ++j) {  // absent bytes: 0 ^ 0x80 = 128 against x codes 0
           wv[j] = _mm512_xor_si512(_mm512_shuffle_i64x2(r0[j], r1[j], _MM_SHUFFLE(2, 0, 2, 0)), x80);
           wv[4 + j] = _mm512_xor_si512(_mm512_shuffle_i64x2(r0[j], r1[j], _MM_SHUFFLE(3, 1, 3, 1)), x80);
