@@ -6,8 +6,8 @@
 #
 #   run(command="bash benchmarks/cuda_device_check.sh", timeout_s=540)
 #
-# Budget (estimates, never measured on the device): build ~1-2 min on 16 cores, tests ~1 min,
-# benchmark ~2 min. Each stage has its own timeout; a failing stage is reported and the next
+# Budget: build ~20 s on its 16 cores, tests ~10 s, kernel benchmarks ~1-2 min, model benchmark
+# ~2-4 min (estimates). Each stage has its own timeout; a failing stage is reported and the next
 # still runs, and the script's exit status is the first failure's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,10 +45,26 @@ set -e
 echo "[check] CUDA tests rc=$rc in $(( $(date +%s) - t0 )) s"
 if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then status=$rc; fi
 
-stage "benchmark (synthetic 1.3B MPT, batch 1)"
+stage "SASS of the GEMV (instruction mix of the nf4 / int4 M=1 kernels)"
+so=$(ls mpt_lite/_C*.so | head -1)
+for f in 1 2; do
+  sym="_ZN3mpt4cuda16gemv_fast_kernelILNS0_3FmtE${f}ELi1EEEvNS0_2QWEPKfS5_Pf"
+  echo "fmt $f:" $(cuobjdump --dump-sass --function "$sym" "$so" 2>/dev/null \
+    | grep -oE "\b(LDG|LDS|LDL|STL|FFMA|PRMT|I2F|FADD|SHFL)[A-Z0-9._]*" | sort | uniq -c | tr '\n' ' ')
+done || true
+
+stage "kernel microbenchmarks (GEMV, prefill matmul)"
 set +e
-timeout 300 "$PY" benchmarks/bench_cuda.py --repeats 5 --new 64 --prefill 512 --out "$OUTDIR/bench.md" \
-  2>&1 | tee "$OUTDIR/bench.log" | grep -v "^\s*$" | tail -20
+timeout 240 "$PY" benchmarks/bench_cuda_kernels.py --out "$OUTDIR/kernels.md" 2>&1 | tee "$OUTDIR/kernels.log" | tail -45
+rc=${PIPESTATUS[0]}
+set -e
+echo "[check] kernel benchmark rc=$rc"
+if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then status=$rc; fi
+
+stage "model benchmark (synthetic 1.3B MPT)"
+set +e
+timeout 360 "$PY" benchmarks/bench_cuda.py --repeats 5 --new 64 --prefill 512 --profile ${BENCH_ARGS:-} \
+  --out "$OUTDIR/bench.md" 2>&1 | tee "$OUTDIR/bench.log" | grep -v "^\s*$" | tail -40
 rc=${PIPESTATUS[0]}
 set -e
 echo "[check] benchmark rc=$rc"

@@ -264,6 +264,14 @@ static void bind_cuda(py::module_& m) {
                                buf<const int64_t>(rows, n_rows, "rows"), n_rows, buf<float>(out, n_rows * k, "out"));
   }, kw, arg("device"), arg("stream"), arg("format"), arg("data"), arg("scale"), arg("n"), arg("k"),
      arg("blocksize") = 0, arg("rows"), arg("n_rows"), arg("out"), G());
+  m.def("operand_bf16_cuda", [](int dev, uintptr_t st, const std::string& fmt, uintptr_t data, uintptr_t scale,
+                                int64_t n, int64_t k, int64_t bs, int64_t row0, int64_t n_rows, uintptr_t out) {
+    dim(n, "n"), dim(k, "k"), dim(bs, "blocksize"), dim(row0, "row0"), dim(n_rows, "n_rows");
+    mpt::cuda::operand_bf16(Launch{dev, st}, format_code(fmt), buf<const void>(data, n * k, "data"),
+                            buf<const void>(scale, n * k ? 1 : 0, "scale"), n, k, bs, row0, n_rows,
+                            buf<uint16_t>(out, n_rows * k, "out"));
+  }, kw, arg("device"), arg("stream"), arg("format"), arg("data"), arg("scale"), arg("n"), arg("k"),
+     arg("blocksize") = 0, arg("row0") = 0, arg("n_rows"), arg("out"), G());
   m.def("matmul_cuda", [](int dev, uintptr_t st, const std::string& fmt, uintptr_t x, int64_t m_, uintptr_t data,
                           uintptr_t scale, int64_t n, int64_t k, int64_t bs, uintptr_t bias, uintptr_t y) {
     dim(m_, "m"), dim(n, "n"), dim(k, "k"), dim(bs, "blocksize");

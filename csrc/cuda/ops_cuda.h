@@ -30,6 +30,11 @@ void dequantize(Launch l, int fmt, const void* data, const void* scale, int64_t 
 void dequantize_rows(Launch l, int fmt, const void* data, const void* scale, int64_t N, int64_t K,
                      int64_t blocksize, const int64_t* rows, int64_t nrows, float* out);
 
+// Rows [row0, row0 + nrows) of W's matmul operand as bfloat16 bits into out [nrows, K] (int8: the
+// codes; nf4 / int4: dequantized values): the prefill path multiplies it with cuBLAS through torch.
+void operand_bf16(Launch l, int fmt, const void* data, const void* scale, int64_t N, int64_t K, int64_t blocksize,
+                  int64_t row0, int64_t nrows, uint16_t* out);
+
 // y [M, N] = x [M, K] @ W^T (+ bias): M <= kGemvMaxM runs the GEMV kernel (float32 throughout,
 // equal to ops.ref_matmul_* to float32 rounding); larger M the tensor-core GEMM (x and W's
 // operands rounded to bfloat16, float32 accumulation; see ops.ref_matmul_bf16_operands).

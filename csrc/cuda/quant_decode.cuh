@@ -9,14 +9,18 @@ namespace mpt::cuda {
 enum class Fmt : int { Int8 = 0, Nf4 = 1, Int4 = 2 };
 constexpr int kInt4Group = 32;
 
-// bitsandbytes' NF4 table (the same constants as kNf4Code in quant_nf4.cpp).
-__device__ __forceinline__ float nf4_value(int q) {
-  constexpr float t[16] = {-1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
-                           -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
-                           0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
-                           0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f};
-  return t[q & 15];
-}
+// bitsandbytes' NF4 table (the same constants as kNf4Code in quant_nf4.cpp). A global device
+// array read through L1: a `constexpr` array indexed at run time would be built in every
+// thread's local memory on each call. Hot loops copy it to shared memory (quant_gemv.cu).
+namespace {
+__device__ const float kNf4Table[16] = {
+    -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f, -0.28444138169288635f,
+    -0.18477343022823334f, -0.09105003625154495f, 0.0f, 0.07958029955625534f, 0.16093020141124725f,
+    0.24611230194568634f, 0.33791524171829224f, 0.44070982933044434f, 0.5626170039176941f,
+    0.7229568362236023f, 1.0f};
+}  // namespace
+
+__device__ __forceinline__ float nf4_value(int q) { return __ldg(&kNf4Table[q & 15]); }
 
 // What a kernel needs to read one weight [N, K]: codes, scales and (nf4) the block size.
 struct QW {

@@ -101,6 +101,26 @@ __global__ void dequantize_kernel(QW w, const int64_t* __restrict__ rows, int64_
   out[i] = dequant<F>(w, n, k);
 }
 
+// Rows [row0, row0 + nrows) of W's matmul operand as bfloat16 (int8: the codes, exact in bf16;
+// nf4 / int4: the dequantized value rounded to nearest even): the B operand of the cuBLAS prefill
+// path (ops.ref_matmul_bf16_operands). Eight consecutive elements per thread, one 16-byte store
+// when they lie in one row.
+template <Fmt F>
+__global__ void operand_bf16_kernel(QW w, int64_t row0, int64_t nrows, __nv_bfloat16* __restrict__ out) {
+  const int64_t i = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * 8, total = nrows * w.K;
+  if (i >= total) return;
+  if (w.K % 8 == 0) {
+    const int64_t n = row0 + i / w.K, k = i % w.K;
+    __align__(16) __nv_bfloat16 v[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) v[e] = __float2bfloat16_rn(operand<F>(w, n, k + e));
+    *reinterpret_cast<uint4*>(out + i) = *reinterpret_cast<const uint4*>(v);
+  } else {
+    for (int64_t j = i; j < i + 8 && j < total; ++j)
+      out[j] = __float2bfloat16_rn(operand<F>(w, row0 + j / w.K, j % w.K));
+  }
+}
+
 void check_fmt(int fmt) {
   if (fmt < 0 || fmt > 2) throw std::invalid_argument("unknown weight format code " + std::to_string(fmt));
 }
@@ -161,6 +181,22 @@ void dequantize_rows(Launch l, int fmt, const void* data, const void* scale, int
   DeviceScope scope(l.device, l.stream);
   cudaStream_t st = scope.stream();
   dequant_any(st, fmt, QW{static_cast<const uint8_t*>(data), scale, N, K, bs}, rows, nrows, out);
+}
+
+void operand_bf16(Launch l, int fmt, const void* data, const void* scale, int64_t N, int64_t K, int64_t bs,
+                  int64_t row0, int64_t nrows, uint16_t* out) {
+  DeviceScope scope(l.device, l.stream);
+  cudaStream_t st = scope.stream();
+  check_fmt(fmt);
+  if (row0 < 0 || nrows < 0 || row0 + nrows > N) throw std::invalid_argument("operand_bf16: rows outside the weight");
+  if (nrows * K == 0) return;
+  const QW w{static_cast<const uint8_t*>(data), scale, N, K, bs};
+  auto* o = reinterpret_cast<__nv_bfloat16*>(out);
+  const unsigned grid = grid_1d((nrows * K + 7) / 8, kThreads, "operand_bf16");
+  if (fmt == 0) operand_bf16_kernel<Fmt::Int8><<<grid, kThreads, 0, st>>>(w, row0, nrows, o);
+  else if (fmt == 1) operand_bf16_kernel<Fmt::Nf4><<<grid, kThreads, 0, st>>>(w, row0, nrows, o);
+  else operand_bf16_kernel<Fmt::Int4><<<grid, kThreads, 0, st>>>(w, row0, nrows, o);
+  check_launch("operand_bf16_kernel");
 }
 
 }  // namespace mpt::cuda

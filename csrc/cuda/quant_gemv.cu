@@ -1,69 +1,174 @@
-// Quantized GEMV for small M (decode: M <= kGemvMaxM rows of activations). One warp per output
-// row n reads that row's codes exactly once, with 16-byte loads where the layout allows, and
-// multiplies every decoded weight by all M activation rows (held in L1/L2 via __ldg). Float32
-// throughout: the result equals ops.ref_matmul_* to float32 rounding.
+// Quantized GEMV for small M (decode: M <= kGemvMaxM rows of activations), float32 activations
+// and accumulation: the result equals ops.ref_matmul_* (q8=False) to float32 rounding.
 //
-// Vector path (chunks of 32 consecutive k from one or two 16-byte loads): int8 when K % 16 == 0,
-// nf4 when K % 32 == 0 and blocksize % 32 == 0, int4 always (rows are whole 16-byte groups);
-// each needs a 16-byte-aligned code pointer. Anything else runs the scalar path (a lane per k).
+// Fast path (K % 32 == 0, codes and x 16-byte aligned; every MPT shape): a thread block of 128
+// threads owns kRows x (128 / tk) output rows; its tk threads along K (32, 64 or 128, from the
+// number of 32-element chunks) stride over the chunks, so consecutive threads read consecutive
+// 16-byte pieces of a row (coalesced) and every code byte is read once. Per chunk a thread loads
+// the kRows rows' codes first (several independent 16-byte loads in flight), then for each group
+// of 4 elements one float4 of x per activation row, reused for all kRows rows (x traffic from L1
+// is what limits a float GEMV at 4 bits: 32 floats per 16 code bytes). Weights are decoded in
+// registers: int8 / int4 by building the float 2^23 + code with one byte permute and subtracting
+// (no int-to-float conversion), nf4 through its 16-entry table in shared memory (16 floats in 16
+// banks: conflict-free for any pattern; a `constexpr` array indexed at run time would live in
+// local memory). The block scale multiplies a chunk's sum once (nf4 blocks and int4 groups are
+// whole chunks). Partial sums: a warp shuffle reduction, then across the warps along K through
+// shared memory; deterministic (no atomics).
+//
+// Other shapes run the generic kernel: a warp per output row, a lane per k.
 #include "cuda/ops_cuda.h"
 #include "cuda/quant_decode.cuh"
 
 namespace mpt::cuda {
 
-constexpr int kGemvWarps = 4;  // rows per thread block
+constexpr int kThreads = 128;
+constexpr int kRows = 4;  // output rows per row group
 constexpr int kMaxM = 8;
 static_assert(kMaxM == kGemvMaxM, "the GEMV register tile must cover kGemvMaxM");
 
-template <Fmt F, bool VEC, bool XVEC>
-__global__ void __launch_bounds__(kGemvWarps * 32)
-    gemv_kernel(QW w, const float* __restrict__ x, int M, const float* __restrict__ bias, float* __restrict__ y) {
+// 2^23 + the unsigned byte `sel` of v, as a float (sel in 0..3).
+__device__ __forceinline__ float byte_as_float(uint32_t v, int sel) {
+  return __uint_as_float(__byte_perm(v, 0x4B000000u, 0x7650u | unsigned(sel)));
+}
+
+// The 4 weight operands of elements 4q .. 4q+3 of a 32-element chunk (codes: the chunk's bytes as
+// words). int8: the signed codes; int4: code - 8; nf4: the table value (the scale comes later).
+template <Fmt F>
+__device__ __forceinline__ void decode4(const uint32_t* words, int q, const float* tbl, float* o) {
+  if constexpr (F == Fmt::Int8) {  // chunk = 32 bytes, element e in byte e; bias the sign away
+    const uint32_t v = words[q] ^ 0x80808080u;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) o[i] = byte_as_float(v, i) - 8388736.0f;  // 2^23 + 128
+  } else if constexpr (F == Fmt::Int4) {  // byte j holds element j (low nibble) and j + 16 (high)
+    const uint32_t v = q < 4 ? (words[q] & 0x0F0F0F0Fu) : ((words[q - 4] >> 4) & 0x0F0F0F0Fu);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) o[i] = byte_as_float(v, i) - 8388616.0f;  // 2^23 + 8
+  } else {  // nf4: byte j holds element 2j (high nibble) and 2j + 1 (low)
+    const uint32_t v = words[q / 2] >> (16 * (q % 2));
+    o[0] = tbl[(v >> 4) & 15];
+    o[1] = tbl[v & 15];
+    o[2] = tbl[(v >> 12) & 15];
+    o[3] = tbl[(v >> 8) & 15];
+  }
+}
+
+template <Fmt F>
+struct ChunkCodes {
+  static constexpr int kWords = F == Fmt::Int8 ? 8 : 4;
+  uint32_t words[kWords];
+  float scale;
+};
+
+template <Fmt F>
+__device__ __forceinline__ void load_chunk(const QW& w, int64_t n, int64_t c, ChunkCodes<F>& out) {
+  if constexpr (F == Fmt::Int8) {
+    const uint4* p = reinterpret_cast<const uint4*>(w.data + n * w.K + 32 * c);
+    const uint4 a = __ldg(p), b = __ldg(p + 1);
+    out.words[0] = a.x, out.words[1] = a.y, out.words[2] = a.z, out.words[3] = a.w;
+    out.words[4] = b.x, out.words[5] = b.y, out.words[6] = b.z, out.words[7] = b.w;
+    out.scale = 1.f;
+  } else if constexpr (F == Fmt::Nf4) {
+    const int64_t f0 = n * w.K + 32 * c;
+    const uint4 a = __ldg(reinterpret_cast<const uint4*>(w.data + (f0 >> 1)));
+    out.words[0] = a.x, out.words[1] = a.y, out.words[2] = a.z, out.words[3] = a.w;
+    out.scale = w.fscale(f0 / w.blocksize);
+  } else {
+    const int64_t g = n * (w.K / kInt4Group) + c;
+    const uint4 a = __ldg(reinterpret_cast<const uint4*>(w.data + g * 16));
+    out.words[0] = a.x, out.words[1] = a.y, out.words[2] = a.z, out.words[3] = a.w;
+    out.scale = w.int4_scale(g);
+  }
+}
+
+template <Fmt F, int M>
+__global__ void __launch_bounds__(kThreads)
+    gemv_fast_kernel(QW w, const float* __restrict__ x, const float* __restrict__ bias, float* __restrict__ y) {
+  __shared__ float tbl[16];
+  __shared__ float partial[kThreads / 32][M * kRows];
+  if constexpr (F == Fmt::Nf4) {
+    const int t = threadIdx.y * blockDim.x + threadIdx.x;
+    if (t < 16) tbl[t] = nf4_value(t);
+    __syncthreads();
+  }
+  const int tk = blockDim.x, tx = threadIdx.x;
+  const int64_t n0 = (int64_t(blockIdx.x) * blockDim.y + threadIdx.y) * kRows;
+  const int64_t K = w.K, N = w.N, chunks = K / 32;
+
+  float acc[M][kRows];
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) acc[m][r] = 0.f;
+
+  for (int64_t c = tx; c < chunks; c += tk) {
+    ChunkCodes<F> codes[kRows];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      if (n0 + r < N) load_chunk<F>(w, n0 + r, c, codes[r]);
+      else codes[r] = ChunkCodes<F>{};
+    }
+    float part[M][kRows];
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) part[m][r] = 0.f;
+#pragma unroll
+    for (int q = 0; q < 8; ++q) {
+      float4 xv[M];
+#pragma unroll
+      for (int m = 0; m < M; ++m) xv[m] = __ldg(reinterpret_cast<const float4*>(x + m * K + 32 * c) + q);
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        float wv[4];
+        decode4<F>(codes[r].words, q, tbl, wv);
+#pragma unroll
+        for (int m = 0; m < M; ++m)
+          part[m][r] += wv[0] * xv[m].x + wv[1] * xv[m].y + wv[2] * xv[m].z + wv[3] * xv[m].w;
+      }
+    }
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) acc[m][r] += part[m][r] * codes[r].scale;
+  }
+
+  // Reduce: within the warp, then across the tk / 32 warps of this row group.
+  const int lane = tx % 32, warp = (threadIdx.y * tk + tx) / 32, kwarps = tk / 32;
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const float s = warp_sum(acc[m][r]);
+      if (lane == 0) partial[warp][m * kRows + r] = s;
+    }
+  __syncthreads();
+  if (tx < M * kRows) {
+    const int m = tx / kRows, r = tx % kRows;
+    const int64_t n = n0 + r;
+    if (n < N) {
+      float s = 0.f;
+      for (int k = 0; k < kwarps; ++k) s += partial[threadIdx.y * kwarps + k][tx];
+      y[m * N + n] = s * row_factor<F>(w, n) + (bias ? bias[n] : 0.f);
+    }
+  }
+}
+
+// Any shape: a warp per output row, a lane per k.
+template <Fmt F>
+__global__ void __launch_bounds__(kThreads)
+    gemv_generic_kernel(QW w, const float* __restrict__ x, int M, const float* __restrict__ bias, float* __restrict__ y) {
   const int lane = threadIdx.x % 32;
-  const int64_t n = int64_t(blockIdx.x) * kGemvWarps + threadIdx.x / 32;
+  const int64_t n = int64_t(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32;
   if (n >= w.N) return;
-  const int64_t K = w.K;
   float acc[kMaxM];
 #pragma unroll
   for (int m = 0; m < kMaxM; ++m) acc[m] = 0.f;
-
-  if constexpr (VEC) {
-    const int64_t chunks = (K + 31) / 32;
-    for (int64_t c = lane; c < chunks; c += 32) {
-      float wv[32];
-      operand32<F>(w, n, c, wv);
-      const int64_t k0 = 32 * c;
+  for (int64_t k = lane; k < w.K; k += 32) {
+    const float wv = operand<F>(w, n, k);
 #pragma unroll
-      for (int m = 0; m < kMaxM; ++m) {
-        if (m >= M) break;
-        const float* xr = x + m * K + k0;
-        float s = 0.f;
-        if constexpr (XVEC) {  // K % 4 == 0: a float4 lies wholly inside or outside the row
-#pragma unroll
-          for (int e = 0; e < 32; e += 4) {
-            if (k0 + e < K) {
-              const float4 xv = __ldg(reinterpret_cast<const float4*>(xr + e));
-              s += wv[e] * xv.x + wv[e + 1] * xv.y + wv[e + 2] * xv.z + wv[e + 3] * xv.w;
-            }
-          }
-        } else {
-#pragma unroll
-          for (int e = 0; e < 32; ++e)
-            if (k0 + e < K) s += wv[e] * __ldg(xr + e);
-        }
-        acc[m] += s;
-      }
-    }
-  } else {
-    for (int64_t k = lane; k < K; k += 32) {
-      const float wv = operand<F>(w, n, k);
-#pragma unroll
-      for (int m = 0; m < kMaxM; ++m) {
-        if (m >= M) break;
-        acc[m] += wv * __ldg(x + m * K + k);
-      }
-    }
+    for (int m = 0; m < kMaxM; ++m)
+      if (m < M) acc[m] += wv * __ldg(x + m * w.K + k);
   }
-
   const float rf = row_factor<F>(w, n);
 #pragma unroll
   for (int m = 0; m < kMaxM; ++m) {
@@ -73,23 +178,36 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   }
 }
 
-template <Fmt F, bool VEC, bool XVEC>
-static void launch(cudaStream_t st, const QW& w, const float* x, int M, const float* bias, float* y) {
-  const unsigned grid = grid_1d(w.N, kGemvWarps, "quantized GEMV");
-  gemv_kernel<F, VEC, XVEC><<<grid, kGemvWarps * 32, 0, st>>>(w, x, M, bias, y);
-  check_launch("gemv_kernel");
+template <Fmt F, int M>
+static void launch_fast(cudaStream_t st, const QW& w, const float* x, const float* bias, float* y) {
+  const int64_t chunks = w.K / 32;
+  const int tk = chunks <= 32 ? 32 : chunks <= 64 ? 64 : 128;
+  const int groups = kThreads / tk;
+  const unsigned grid = grid_1d(w.N, kRows * groups, "quantized GEMV");
+  gemv_fast_kernel<F, M><<<grid, dim3(tk, groups), 0, st>>>(w, x, bias, y);
+  check_launch("gemv_fast_kernel");
 }
 
 template <Fmt F>
 void launch_gemv_fmt(cudaStream_t st, const QW& w, const float* x, int M, const float* bias, float* y) {
-  const bool aligned = (reinterpret_cast<uintptr_t>(w.data) % 16) == 0;
-  bool vec = aligned;
-  if constexpr (F == Fmt::Int8) vec = vec && w.K % 16 == 0;
-  if constexpr (F == Fmt::Nf4) vec = vec && w.K % 32 == 0 && w.blocksize % 32 == 0;
-  const bool xvec = w.K % 4 == 0 && (reinterpret_cast<uintptr_t>(x) % 16) == 0;
-  if (!vec) launch<F, false, false>(st, w, x, M, bias, y);
-  else if (xvec) launch<F, true, true>(st, w, x, M, bias, y);
-  else launch<F, true, false>(st, w, x, M, bias, y);
+  bool fast = w.K % 32 == 0 && reinterpret_cast<uintptr_t>(w.data) % 16 == 0 &&
+              reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  if constexpr (F == Fmt::Nf4) fast = fast && w.blocksize % 32 == 0;
+  if (!fast) {
+    gemv_generic_kernel<F><<<grid_1d(w.N, kThreads / 32, "quantized GEMV"), kThreads, 0, st>>>(w, x, M, bias, y);
+    check_launch("gemv_generic_kernel");
+    return;
+  }
+  switch (M) {
+    case 1: return launch_fast<F, 1>(st, w, x, bias, y);
+    case 2: return launch_fast<F, 2>(st, w, x, bias, y);
+    case 3: return launch_fast<F, 3>(st, w, x, bias, y);
+    case 4: return launch_fast<F, 4>(st, w, x, bias, y);
+    case 5: return launch_fast<F, 5>(st, w, x, bias, y);
+    case 6: return launch_fast<F, 6>(st, w, x, bias, y);
+    case 7: return launch_fast<F, 7>(st, w, x, bias, y);
+    default: return launch_fast<F, 8>(st, w, x, bias, y);
+  }
 }
 
 void launch_gemv(cudaStream_t st, int fmt, const QW& w, const float* x, int M, const float* bias, float* y) {

@@ -32,15 +32,52 @@ from .layouts import INT4_SCALE_DTYPE, NF4_BLOCKSIZE, int4_groups, use_q8
 # (None: the pool's size, set_num_threads); a model's num_threads arrives here. CUDA ops ignore it.
 
 
+# CUDA prefill: from this many rows of x, the weight's operand is expanded to bfloat16 (a slab of
+# at most _CUBLAS_SLAB_BYTES at a time) and multiplied by cuBLAS through torch, float32 out; below
+# it (and above CUDA_GEMV_MAX_M) the WMMA GEMM kernel runs. Both compute ref_matmul_bf16_operands.
+CUDA_CUBLAS_MIN_M = 64
+_CUBLAS_SLAB_BYTES = 64 << 20
+
+
+def _mm_bf16_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a [M, K] @ b [N, K]^T in bfloat16 on the tensor cores, float32 accumulation and output."""
+    try:
+        return torch.mm(a, b.t(), out_dtype=torch.float32)
+    except (TypeError, RuntimeError, NotImplementedError):  # torch without mm's out_dtype
+        return torch.mm(a.float(), b.float().t())
+
+
+def _cuda_cublas_matmul(fmt: str, x2: torch.Tensor, data: torch.Tensor, scale: torch.Tensor, N: int, K: int,
+                        bs: int, b: torch.Tensor | None) -> torch.Tensor:
+    dev = data.device
+    xb = x2.to(torch.bfloat16)
+    y = torch.empty(x2.shape[0], N, dtype=torch.float32, device=dev)
+    step = max(1, min(N, _CUBLAS_SLAB_BYTES // max(1, 2 * K)))
+    slab = torch.empty(step, K, dtype=torch.bfloat16, device=dev)
+    for n0 in range(0, N, step):
+        rows = min(step, N - n0)
+        _C.operand_bf16_cuda(**launch(dev), format=fmt, data=ptr(data), scale=ptr(scale), n=N, k=K, blocksize=bs,
+                             row0=n0, n_rows=rows, out=ptr(slab))
+        y[:, n0:n0 + rows] = _mm_bf16_f32(xb, slab[:rows])
+    if fmt == "int8":
+        y *= scale * (1.0 / 127.0)
+    if b is not None:
+        y += b
+    return y
+
+
 def _cuda_matmul(fmt: str, x: object, data: torch.Tensor, scale: torch.Tensor, N: int, K: int, bs: int,
                  bias: object) -> torch.Tensor:
     dev = data.device
     x2, lead = check_activations(x, K, dev)
     b = check_bias(bias, N, dev)
     data, scale = data.contiguous(), scale.contiguous()
-    y = torch.empty(x2.shape[0], N, dtype=torch.float32, device=dev)
-    _C.matmul_cuda(**launch(dev), format=fmt, x=ptr(x2), m=x2.shape[0], data=ptr(data), scale=ptr(scale), n=N, k=K,
-                   blocksize=bs, bias=0 if b is None else ptr(b), y=ptr(y))
+    if x2.shape[0] >= CUDA_CUBLAS_MIN_M and K > 0 and N > 0:
+        y = _cuda_cublas_matmul(fmt, x2, data, scale, N, K, bs, b)
+    else:
+        y = torch.empty(x2.shape[0], N, dtype=torch.float32, device=dev)
+        _C.matmul_cuda(**launch(dev), format=fmt, x=ptr(x2), m=x2.shape[0], data=ptr(data), scale=ptr(scale), n=N,
+                       k=K, blocksize=bs, bias=0 if b is None else ptr(b), y=ptr(y))
     return y.reshape(*lead, N).to(x.dtype)
 
 
