@@ -3,10 +3,11 @@
 //   - keys are taken 32 at a time, a lane per key: lane j reads key j's row through the block
 //     table and computes (q . k) * scale + slope * (key_pos - query_pos);
 //   - an online softmax (running max m and sum l) folds each chunk in; each lane then
-//     accumulates its own head_dim slice of sum p_j * v_j, with p_j broadcast by shuffles.
-// Long contexts are cut into partitions of kPartition keys (vLLM's paged attention v2) when
-// there are too few (token, head) pairs to fill the GPU; a second kernel merges the partitions'
-// (max, sum, normalised output) triples. Causality: query i of a sequence with q_len new tokens
+//     accumulates its own head_dim slice of sum p_j * v_j, with p_j broadcast by shuffles, the
+//     V rows of eight keys loaded together.
+// When there are too few (token, head) pairs to fill the GPU (decode of a small batch), contexts
+// are cut into partitions of 64-512 keys (vLLM's paged attention v2), sized for ~kTargetWarps
+// warps per launch; a second kernel merges the partitions' (max, sum, normalised output) triples. Causality: query i of a sequence with q_len new tokens
 // and ctx_len tokens in all sits at position ctx_len - q_len + i and sees keys 0..position.
 // Same arithmetic as ops.ref_paged_attention_* up to float32 summation order.
 #include <algorithm>
@@ -19,7 +20,9 @@ namespace mpt::cuda {
 namespace {
 
 constexpr int kWarps = 4;
-constexpr int kPartition = 512;
+constexpr int kPartition = 512;     // keys per partition at most
+constexpr int kMinPartition = 64;   // and at least, when partitions are cut smaller to fill the GPU
+constexpr int kTargetWarps = 4096;  // (row, head, partition) warps a launch aims at
 constexpr int kMaxHeadDim = 256;
 
 struct Params {
@@ -59,6 +62,7 @@ __device__ __forceinline__ float dot_row(const float* __restrict__ q, const T* _
   float s = 0.f;
   if constexpr (VEC) {
     constexpr int E = 16 / sizeof(T);
+#pragma unroll 8
     for (int d0 = 0; d0 < D; d0 += E) {
       const uint4 raw = __ldg(reinterpret_cast<const uint4*>(row + d0));
       const T* e = reinterpret_cast<const T*>(&raw);
@@ -131,18 +135,30 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(Params p) {
 #pragma unroll
     for (int i = 0; i < NI; ++i) acc[i] *= corr;
     m = mnew;
+    // p_j * v_j, eight keys at a time: their V loads are issued together (one memory round trip
+    // per eight keys, not per key)
     const int nvalid = min(32, kend - c0);
-    for (int j = 0; j < nvalid; ++j) {
-      const float pj = __shfl_sync(0xffffffffu, pr, j);
-      const int64_t sj = __shfl_sync(0xffffffffu, slot, j);
-      const T* vrow = vc + sj * slot_stride + int64_t(kvh) * D;
-      const float vs = p.v_scale ? p.v_scale[sj * p.kv_heads + kvh] : 1.f;
-      const float w = pj * vs;
+    for (int j0 = 0; j0 < nvalid; j0 += 8) {
+      float pw[8], vv[8][NI];
 #pragma unroll
-      for (int i = 0; i < NI; ++i) {
-        const int d = lane + 32 * i;
-        if (d < D) acc[i] += w * to_f32<T>(vrow[d]);
+      for (int u = 0; u < 8; ++u) {
+        const int j = j0 + u;
+        const float pj = __shfl_sync(0xffffffffu, pr, j & 31);
+        const int64_t sj = __shfl_sync(0xffffffffu, slot, j & 31);
+        const bool live = j < nvalid;
+        const T* vrow = vc + sj * slot_stride + int64_t(kvh) * D;
+        const float vs = (p.v_scale && live) ? p.v_scale[sj * p.kv_heads + kvh] : 1.f;
+        pw[u] = live ? pj * vs : 0.f;
+#pragma unroll
+        for (int i = 0; i < NI; ++i) {
+          const int d = lane + 32 * i;
+          vv[u][i] = (live && d < D) ? to_f32<T>(vrow[d]) : 0.f;
+        }
       }
+#pragma unroll
+      for (int u = 0; u < 8; ++u)
+#pragma unroll
+        for (int i = 0; i < NI; ++i) acc[i] += pw[u] * vv[u][i];
     }
   }
 
@@ -218,8 +234,16 @@ Plan plan(const AttnArgs& ah, int64_t n_rows, const KvCacheView& c) {
   Plan pl;
   for (int s = 0; s < ah.num_seqs; ++s) pl.max_ctx = std::max(pl.max_ctx, ah.context_lens[s]);
   const int64_t pairs = n_rows * ah.num_heads;
-  pl.num_parts = (pl.max_ctx > kPartition && pairs < 4096) ? (pl.max_ctx + kPartition - 1) / kPartition : 1;
-  pl.part_size = pl.num_parts == 1 ? pl.max_ctx : kPartition;
+  // Aim at ~kTargetWarps warps in flight: few (row, head) pairs (decode of a small batch) get
+  // partitions down to kMinPartition keys; partitions past a sequence's end exit at once.
+  int64_t part = kPartition;
+  if (pairs < kTargetWarps) {
+    const int64_t want = (kTargetWarps + pairs - 1) / pairs;
+    part = std::max<int64_t>(kMinPartition, ((pl.max_ctx + want - 1) / want + 31) / 32 * 32);
+    part = std::min<int64_t>(part, kPartition);
+  }
+  pl.num_parts = (pl.max_ctx > part && pairs < kTargetWarps) ? static_cast<int>((pl.max_ctx + part - 1) / part) : 1;
+  pl.part_size = pl.num_parts == 1 ? pl.max_ctx : static_cast<int>(part);
   if (pl.num_parts > 1) pl.workspace = pairs * pl.num_parts * (int64_t(c.head_dim) + 2);
   return pl;
 }

@@ -108,4 +108,61 @@ __device__ __forceinline__ void operand32(const QW& w, int64_t n, int64_t c, flo
   }
 }
 
+// ---- whole 32-element chunks (K % 32 == 0, 16-byte aligned codes): the GEMV's and the
+// bf16-operand kernel's fast paths ----
+
+// 2^23 + the unsigned byte `sel` of v, as a float (sel in 0..3).
+__device__ __forceinline__ float byte_as_float(uint32_t v, int sel) {
+  return __uint_as_float(__byte_perm(v, 0x4B000000u, 0x7650u | unsigned(sel)));
+}
+
+// The 4 weight operands of elements 4q .. 4q+3 of a 32-element chunk (codes: the chunk's bytes as
+// words). int8: the signed codes; int4: code - 8; nf4: the table value (the scale comes later).
+template <Fmt F>
+__device__ __forceinline__ void decode4(const uint32_t* words, int q, const float* tbl, float* o) {
+  if constexpr (F == Fmt::Int8) {  // chunk = 32 bytes, element e in byte e; bias the sign away
+    const uint32_t v = words[q] ^ 0x80808080u;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) o[i] = byte_as_float(v, i) - 8388736.0f;  // 2^23 + 128
+  } else if constexpr (F == Fmt::Int4) {  // byte j holds element j (low nibble) and j + 16 (high)
+    const uint32_t v = q < 4 ? (words[q] & 0x0F0F0F0Fu) : ((words[q - 4] >> 4) & 0x0F0F0F0Fu);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) o[i] = byte_as_float(v, i) - 8388616.0f;  // 2^23 + 8
+  } else {  // nf4: byte j holds element 2j (high nibble) and 2j + 1 (low)
+    const uint32_t v = words[q / 2] >> (16 * (q % 2));
+    o[0] = tbl[(v >> 4) & 15];
+    o[1] = tbl[v & 15];
+    o[2] = tbl[(v >> 12) & 15];
+    o[3] = tbl[(v >> 8) & 15];
+  }
+}
+
+template <Fmt F>
+struct ChunkCodes {
+  static constexpr int kWords = F == Fmt::Int8 ? 8 : 4;
+  uint32_t words[kWords];
+  float scale;
+};
+
+template <Fmt F>
+__device__ __forceinline__ void load_chunk(const QW& w, int64_t n, int64_t c, ChunkCodes<F>& out) {
+  if constexpr (F == Fmt::Int8) {
+    const uint4* p = reinterpret_cast<const uint4*>(w.data + n * w.K + 32 * c);
+    const uint4 a = __ldg(p), b = __ldg(p + 1);
+    out.words[0] = a.x, out.words[1] = a.y, out.words[2] = a.z, out.words[3] = a.w;
+    out.words[4] = b.x, out.words[5] = b.y, out.words[6] = b.z, out.words[7] = b.w;
+    out.scale = 1.f;
+  } else if constexpr (F == Fmt::Nf4) {
+    const int64_t f0 = n * w.K + 32 * c;
+    const uint4 a = __ldg(reinterpret_cast<const uint4*>(w.data + (f0 >> 1)));
+    out.words[0] = a.x, out.words[1] = a.y, out.words[2] = a.z, out.words[3] = a.w;
+    out.scale = w.fscale(f0 / w.blocksize);
+  } else {
+    const int64_t g = n * (w.K / kInt4Group) + c;
+    const uint4 a = __ldg(reinterpret_cast<const uint4*>(w.data + g * 16));
+    out.words[0] = a.x, out.words[1] = a.y, out.words[2] = a.z, out.words[3] = a.w;
+    out.scale = w.int4_scale(g);
+  }
+}
+
 }  // namespace mpt::cuda

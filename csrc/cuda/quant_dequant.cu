@@ -102,23 +102,58 @@ __global__ void dequantize_kernel(QW w, const int64_t* __restrict__ rows, int64_
 }
 
 // Rows [row0, row0 + nrows) of W's matmul operand as bfloat16 (int8: the codes, exact in bf16;
-// nf4 / int4: the dequantized value rounded to nearest even): the B operand of the cuBLAS prefill
-// path (ops.ref_matmul_bf16_operands). Eight consecutive elements per thread, one 16-byte store
-// when they lie in one row.
+// nf4 / int4: the dequantized value, float32 as dequant<F> computes it, rounded to nearest even):
+// the B operand of the cuBLAS prefill path (ops.ref_matmul_bf16_operands).
+// Fast path (K % 32 == 0, aligned codes): a thread per 32-element chunk, one 16-byte code load and
+// one scale, four 16-byte stores; 64-bit index arithmetic once per chunk, not per element.
 template <Fmt F>
-__global__ void operand_bf16_kernel(QW w, int64_t row0, int64_t nrows, __nv_bfloat16* __restrict__ out) {
-  const int64_t i = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * 8, total = nrows * w.K;
-  if (i >= total) return;
-  if (w.K % 8 == 0) {
-    const int64_t n = row0 + i / w.K, k = i % w.K;
+__global__ void operand_bf16_chunks_kernel(QW w, int64_t row0, int64_t nrows, __nv_bfloat16* __restrict__ out) {
+  __shared__ float tbl[16];
+  if constexpr (F == Fmt::Nf4) {
+    if (threadIdx.x < 16) tbl[threadIdx.x] = nf4_value(threadIdx.x);
+    __syncthreads();
+  }
+  const int64_t chunks = w.K / 32, i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= nrows * chunks) return;
+  const int64_t r = i / chunks, c = i - r * chunks;
+  ChunkCodes<F> codes;
+  load_chunk<F>(w, row0 + r, c, codes);
+  uint4* dst = reinterpret_cast<uint4*>(out + r * w.K + 32 * c);
+#pragma unroll
+  for (int h = 0; h < 4; ++h) {  // elements 8h .. 8h+7
     __align__(16) __nv_bfloat16 v[8];
 #pragma unroll
-    for (int e = 0; e < 8; ++e) v[e] = __float2bfloat16_rn(operand<F>(w, n, k + e));
-    *reinterpret_cast<uint4*>(out + i) = *reinterpret_cast<const uint4*>(v);
-  } else {
-    for (int64_t j = i; j < i + 8 && j < total; ++j)
-      out[j] = __float2bfloat16_rn(operand<F>(w, row0 + j / w.K, j % w.K));
+    for (int half = 0; half < 2; ++half) {
+      float o[4];
+      decode4<F>(codes.words, 2 * h + half, tbl, o);
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        v[4 * half + e] = __float2bfloat16_rn(F == Fmt::Int8 ? o[e] : __fmul_rn(o[e], codes.scale));
+    }
+    dst[h] = *reinterpret_cast<const uint4*>(v);
   }
+}
+
+// Any shape: a thread per element.
+template <Fmt F>
+__global__ void operand_bf16_kernel(QW w, int64_t row0, int64_t nrows, __nv_bfloat16* __restrict__ out) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= nrows * w.K) return;
+  out[i] = __float2bfloat16_rn(operand<F>(w, row0 + i / w.K, i % w.K));
+}
+
+template <Fmt F>
+void launch_operand_bf16(cudaStream_t st, const QW& w, int64_t row0, int64_t nrows, __nv_bfloat16* out) {
+  bool fast = w.K % 32 == 0 && reinterpret_cast<uintptr_t>(w.data) % 16 == 0 &&
+              reinterpret_cast<uintptr_t>(out) % 16 == 0;
+  if constexpr (F == Fmt::Nf4) fast = fast && w.blocksize % 32 == 0;
+  if (fast) {
+    operand_bf16_chunks_kernel<F><<<grid_1d(nrows * (w.K / 32), kThreads, "operand_bf16"), kThreads, 0, st>>>(
+        w, row0, nrows, out);
+  } else {
+    operand_bf16_kernel<F><<<grid_1d(nrows * w.K, kThreads, "operand_bf16"), kThreads, 0, st>>>(w, row0, nrows, out);
+  }
+  check_launch("operand_bf16_kernel");
 }
 
 void check_fmt(int fmt) {
@@ -192,11 +227,9 @@ void operand_bf16(Launch l, int fmt, const void* data, const void* scale, int64_
   if (nrows * K == 0) return;
   const QW w{static_cast<const uint8_t*>(data), scale, N, K, bs};
   auto* o = reinterpret_cast<__nv_bfloat16*>(out);
-  const unsigned grid = grid_1d((nrows * K + 7) / 8, kThreads, "operand_bf16");
-  if (fmt == 0) operand_bf16_kernel<Fmt::Int8><<<grid, kThreads, 0, st>>>(w, row0, nrows, o);
-  else if (fmt == 1) operand_bf16_kernel<Fmt::Nf4><<<grid, kThreads, 0, st>>>(w, row0, nrows, o);
-  else operand_bf16_kernel<Fmt::Int4><<<grid, kThreads, 0, st>>>(w, row0, nrows, o);
-  check_launch("operand_bf16_kernel");
+  if (fmt == 0) launch_operand_bf16<Fmt::Int8>(st, w, row0, nrows, o);
+  else if (fmt == 1) launch_operand_bf16<Fmt::Nf4>(st, w, row0, nrows, o);
+  else launch_operand_bf16<Fmt::Int4>(st, w, row0, nrows, o);
 }
 
 }  // namespace mpt::cuda

@@ -2,7 +2,7 @@
 device to the CPU or CUDA kernels. `reference` holds the plain-torch mirror of every op."""
 from __future__ import annotations
 
-from .attention_ops import (KV_CACHE_DTYPES, paged_attention_decode, paged_attention_prefill,
+from .attention_ops import (KV_CACHE_DTYPES, attach_device_copy, paged_attention_decode, paged_attention_prefill,
                             write_kv_cache)
 from .decode_step import DecodePlan
 from .checks import FLOAT_DTYPES, check_blocksize, check_tensor, ptr
@@ -16,7 +16,7 @@ from .quant_ops import (dequantize_int4, dequantize_int8, dequantize_nf4, dequan
 from .search_ops import search_quantize_int4, search_quantize_nf4
 
 __all__ = [
-    "KV_CACHE_DTYPES", "paged_attention_decode", "paged_attention_prefill", "write_kv_cache",
+    "KV_CACHE_DTYPES", "attach_device_copy", "paged_attention_decode", "paged_attention_prefill", "write_kv_cache",
     "DecodePlan",
     "FLOAT_DTYPES", "check_blocksize", "check_tensor", "ptr",
     "CUDA_GEMV_MAX_M", "NO_CUDA_BUILD", "cpu_features", "cuda_available", "cuda_built", "current_isa",

@@ -76,6 +76,16 @@ def _host_and_device(t: torch.Tensor, dev: torch.device) -> tuple[torch.Tensor, 
     return host, copy
 
 
+def attach_device_copy(host: torch.Tensor, device_copy: torch.Tensor) -> None:
+    """Makes device_copy the device copy that the CUDA ops use for the CPU index array host (a
+    CUDA graph's static buffer, runtime/cuda_graphs.py): host keeps the values the host-side checks
+    and launch geometry see; device_copy holds what the kernels read. host must not change after."""
+    if host.device.type != "cpu" or device_copy.device.type != "cuda" or host.shape != device_copy.shape \
+            or host.dtype != device_copy.dtype or not host.is_contiguous() or not device_copy.is_contiguous():
+        raise ValueError("attach_device_copy takes a contiguous CPU tensor and a CUDA tensor of its shape and dtype")
+    host._mpt_lite_device_copy = (host._version, device_copy)
+
+
 def write_kv_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                    slot_mapping: torch.Tensor, k_scale: torch.Tensor | None = None,
                    v_scale: torch.Tensor | None = None, *, num_threads: int | None = None) -> None:

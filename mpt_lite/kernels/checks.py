@@ -107,6 +107,10 @@ def check_bias(bias: object, N: int, device: str | torch.device = "cpu") -> torc
 def check_row_ids(ids: object, N: int, device: str | torch.device = "cpu") -> torch.Tensor:
     check_tensor("ids", ids, (torch.int64, torch.int32), device=device)
     flat = ids.reshape(-1).to(torch.int64).contiguous()
+    # The range check reads GPU ids back (a sync), which a CUDA graph capture forbids: the graph's
+    # owner (runtime/cuda_graphs.py) checks the ids before it copies them into the graph's input.
+    if flat.is_cuda and torch.cuda.is_current_stream_capturing():
+        return flat
     if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= N):
         raise IndexError(f"ids must lie in [0, {N}), got values in [{int(flat.min())}, {int(flat.max())}]")
     return flat

@@ -32,10 +32,12 @@ from .layouts import INT4_SCALE_DTYPE, NF4_BLOCKSIZE, int4_groups, use_q8
 # (None: the pool's size, set_num_threads); a model's num_threads arrives here. CUDA ops ignore it.
 
 
-# CUDA prefill: from this many rows of x, the weight's operand is expanded to bfloat16 (a slab of
-# at most _CUBLAS_SLAB_BYTES at a time) and multiplied by cuBLAS through torch, float32 out; below
-# it (and above CUDA_GEMV_MAX_M) the WMMA GEMM kernel runs. Both compute ref_matmul_bf16_operands.
-CUDA_CUBLAS_MIN_M = 64
+# CUDA, more rows than the GEMV takes (batched decode, prefill): from this many rows of x the
+# weight's operand is expanded to bfloat16 (a slab of at most _CUBLAS_SLAB_BYTES at a time) and
+# multiplied by cuBLAS through torch, float32 out (measured 2-5x faster than the WMMA GEMM kernel at
+# 64-512 rows on an H200, docs/cuda.md); below it the WMMA kernel runs. Both compute
+# ref_matmul_bf16_operands.
+CUDA_CUBLAS_MIN_M = 9
 _CUBLAS_SLAB_BYTES = 64 << 20
 
 

@@ -30,7 +30,7 @@ SMALL_NORM = 1 << 15  # elements: below this a norm is computed without entering
 def gelu(x: torch.Tensor) -> torch.Tensor:
     """Exact (erf) GELU. Small tensors avoid torch's oneDNN kernel, which opens an OpenMP parallel
     region for any size (see MptNorm)."""
-    if x.numel() > SMALL_NORM:
+    if x.numel() > SMALL_NORM or x.is_cuda:
         return F.gelu(x)
     return x * 0.5 * (1.0 + torch.erf(x * 0.7071067811865476))
 
@@ -50,7 +50,7 @@ class MptNorm(nn.Module):
             xf = x.float()
             y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
             return (y * self.weight.float()).to(x.dtype)
-        if x.numel() > SMALL_NORM:
+        if x.numel() > SMALL_NORM or x.is_cuda:
             return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
         # torch's layer_norm opens an OpenMP parallel region even for one row; on a small machine
         # its threads then wait for cores that mpt_lite's kernel pool holds (measured: 10x slower

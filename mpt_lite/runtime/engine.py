@@ -32,6 +32,7 @@ from .constraints import Constraint, constrain_logits
 from .context_shift import check_context_shift
 from .kv_cache import PagedKVCache, PagedStep
 from .logprobs import record_logprobs
+from .cuda_graphs import CudaGraphDecoder, graphs_unsupported_reason
 from .native_step import build_plan, env_allows_native, native_logits, unsupported_reason
 from .prompt_lookup import LookupState
 from .request import Request
@@ -83,6 +84,9 @@ class Engine:
             raise ValueError(f"native_step=True, but this model runs only on the torch path: {reason}")
         self.native_step_fallback_reason = reason  # None: steps run natively
         self._plan = None  # built on the first step
+        # decode steps on a GPU replay CUDA graphs (cuda_graphs.py); None: every step eager, and why
+        self.cuda_graphs_fallback_reason = graphs_unsupported_reason(model, self.cache)
+        self._graphs = CudaGraphDecoder(model, self.cache) if self.cuda_graphs_fallback_reason is None else None
         self.assistant = None  # drafts every greedy request (assistant.py)
         if assistant_model is not None:
             if not isinstance(num_assistant_tokens, int) or num_assistant_tokens < 1:
@@ -248,8 +252,12 @@ class Engine:
                 self._plan = build_plan(self.model, self.cache)
             logits = native_logits(self._plan, ids, step, rows_t, threads)
         else:
-            with torch.inference_mode():
-                logits = self.model.forward_paged(ids, step, rows_t)
+            logits = None
+            if self._graphs is not None and not drafted and rows == list(range(len(ids))):
+                logits = self._graphs.logits(ids, step)
+            if logits is None:
+                with torch.inference_mode():
+                    logits = self.model.forward_paged(ids, step, rows_t)
         self._counts["steps"] += 1
         self._counts["computed_tokens"] += len(ids)
         for s in batch:
