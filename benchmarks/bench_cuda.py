@@ -83,7 +83,10 @@ def profile_decode(model, prompt, steps=8):
         wall = sync_time(lambda: [engine.step() for _ in range(steps)])
     events = prof.key_averages()
     gpu = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) for e in events) / 1e6
-    print(f"[profile] decode step: wall {wall / steps * 1e3:.2f} ms, GPU kernels {gpu / steps * 1e3:.2f} ms")
+    graphs = engine._graphs
+    print(f"[profile] decode step: wall {wall / steps * 1e3:.2f} ms, GPU kernels {gpu / steps * 1e3:.2f} ms; "
+          f"CUDA graphs: {engine.cuda_graphs_fallback_reason or 'on'}, captured buckets "
+          f"{sorted(graphs.graphs) if graphs else []}, capture error {graphs and graphs.capture_error}")
     print(events.table(sort_by="self_cuda_time_total" if not hasattr(events[0], "self_device_time_total")
                        else "self_device_time_total", row_limit=12))
 

@@ -17,6 +17,7 @@ MPT_LITE_CUDA_GRAPHS=0 turns graphs off (every step eager)."""
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -95,15 +96,23 @@ class CudaGraphDecoder:
         self.model, self.cache = model, cache
         self.max_blocks = -(-model.config.max_seq_len // cache.block_size)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, StaticDecodeBatch, torch.Tensor]] = {}
+        self.capture_error: str | None = None  # set when a capture failed: every step runs eagerly after
 
     def logits(self, ids: torch.Tensor, step: PagedStep) -> torch.Tensor | None:
         """Logits (len(ids), vocab) of a decode step by graph replay; None when this step must run
         eagerly (not pure decode, too many sequences, a block table wider than the buffers)."""
         bucket = bucket_for(len(ids))
-        if bucket is None or not step.decode or step.block_tables.shape[1] > self.max_blocks:
+        if bucket is None or not step.decode or step.block_tables.shape[1] > self.max_blocks \
+                or self.capture_error is not None:
             return None
         if bucket not in self.graphs:
-            self.graphs[bucket] = self._capture(bucket)
+            try:
+                self.graphs[bucket] = self._capture(bucket)
+            except RuntimeError as e:  # an op that cannot be captured: keep serving, eagerly
+                self.capture_error = f"{type(e).__name__}: {e}"
+                warnings.warn(f"CUDA graph capture failed, decode steps run eagerly: {self.capture_error}",
+                              RuntimeWarning, stacklevel=2)
+                return None
         graph, batch, out = self.graphs[bucket]
         batch.load(ids, step)
         graph.replay()
