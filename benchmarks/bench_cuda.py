@@ -70,6 +70,19 @@ def ours_decode(model, prompt, new, batch=1):
     return sync_time(lambda: [engine.step() for _ in range(new)])
 
 
+def profile_prefill(model, ids):
+    """GPU kernel time by kernel for one prefill of ids (torch.profiler)."""
+    ours_prefill(model, ids)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                            torch.profiler.ProfilerActivity.CUDA]) as prof:
+        wall = ours_prefill(model, ids)
+    events = prof.key_averages()
+    key = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+    gpu = sum(getattr(e, key, 0) for e in events) / 1e6
+    print(f"[profile] prefill of {ids.shape[1]} tokens: wall {wall * 1e3:.2f} ms, GPU kernels {gpu * 1e3:.2f} ms")
+    print(events.table(sort_by=key, row_limit=10))
+
+
 def profile_decode(model, prompt, steps=8):
     """Wall time per decode step against the GPU kernel time inside it (torch.profiler)."""
     from mpt_lite import Engine
@@ -134,6 +147,7 @@ def main() -> None:
     long = torch.randint(0, 50000, (1, args.prefill), generator=g).cuda()
     if args.profile:
         profile_decode(ours[args.quant[0]], prompt)
+        profile_prefill(ours[args.quant[0]], long)
     rows = []
     models = [(f"mpt_lite {q}", ours_decode, ours_prefill, m) for q, m in ours.items()]
     for name, dec, pre, model in models + [("transformers bf16", hf_decode, hf_prefill, hf)]:

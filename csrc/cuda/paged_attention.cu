@@ -56,23 +56,52 @@ __device__ __forceinline__ float to_f32<__half>(__half x) { return __half2float(
 template <>
 __device__ __forceinline__ float to_f32<int8_t>(int8_t x) { return static_cast<float>(x); }
 
-// q . row over D elements; 16-byte loads when the row allows (VEC: D * sizeof(T) % 16 == 0).
-template <typename T, bool VEC>
+// q . row over D <= DMAX elements; 16-byte loads when the row allows (VEC: D * sizeof(T) % 16 ==
+// 0), issued eight at a time before their products (a loop that used each load at once waited
+// one memory round trip per 16 bytes: ~16 us per chunk of 32 keys on an H200).
+template <typename T, bool VEC, int DMAX>
 __device__ __forceinline__ float dot_row(const float* __restrict__ q, const T* __restrict__ row, int D) {
   float s = 0.f;
   if constexpr (VEC) {
-    constexpr int E = 16 / sizeof(T);
-#pragma unroll 8
-    for (int d0 = 0; d0 < D; d0 += E) {
-      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(row + d0));
-      const T* e = reinterpret_cast<const T*>(&raw);
+    constexpr int E = 16 / sizeof(T), NV = (DMAX + E - 1) / E, B = 8;
 #pragma unroll
-      for (int i = 0; i < E; ++i) s += q[d0 + i] * to_f32<T>(e[i]);
+    for (int b0 = 0; b0 < NV; b0 += B) {
+      uint4 raw[B];
+#pragma unroll
+      for (int i = 0; i < B; ++i)
+        if (b0 + i < NV && (b0 + i) * E < D) raw[i] = __ldg(reinterpret_cast<const uint4*>(row) + b0 + i);
+#pragma unroll
+      for (int i = 0; i < B; ++i) {
+        if (b0 + i < NV && (b0 + i) * E < D) {
+          const T* e = reinterpret_cast<const T*>(&raw[i]);
+#pragma unroll
+          for (int j = 0; j < E; ++j) s += q[(b0 + i) * E + j] * to_f32<T>(e[j]);
+        }
+      }
     }
   } else {
+#pragma unroll 8
     for (int d = 0; d < D; ++d) s += q[d] * to_f32<T>(row[d]);
   }
   return s;
+}
+
+// Query row -> its sequence s and its position (decode rows are sequences; prefill rows are
+// found in query_start_loc).
+__device__ __forceinline__ int row_position(const Params& p, int64_t row, int& s) {
+  int q_len, q_first;
+  if (!p.query_start_loc) {
+    s = static_cast<int>(row), q_len = 1, q_first = s;
+  } else {
+    int lo = 0, hi = p.num_seqs;  // the last s with query_start_loc[s] <= row
+    while (hi - lo > 1) {
+      const int mid = (lo + hi) / 2;
+      if (p.query_start_loc[mid] <= row) lo = mid;
+      else hi = mid;
+    }
+    s = lo, q_first = p.query_start_loc[s], q_len = p.query_start_loc[s + 1] - q_first;
+  }
+  return p.context_lens[s] - q_len + static_cast<int>(row - q_first);
 }
 
 template <typename T, int NI, bool VEC>
@@ -86,20 +115,8 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(Params p) {
   const int h = static_cast<int>((item / p.num_parts) % H);
   const int64_t row = item / (int64_t(p.num_parts) * H);
 
-  // The row's sequence: decode rows are sequences; prefill rows are found in query_start_loc.
-  int s, q_len, q_first;
-  if (!p.query_start_loc) {
-    s = static_cast<int>(row), q_len = 1, q_first = s;
-  } else {
-    int lo = 0, hi = p.num_seqs;  // the last s with query_start_loc[s] <= row
-    while (hi - lo > 1) {
-      const int mid = (lo + hi) / 2;
-      if (p.query_start_loc[mid] <= row) lo = mid;
-      else hi = mid;
-    }
-    s = lo, q_first = p.query_start_loc[s], q_len = p.query_start_loc[s + 1] - q_first;
-  }
-  const int pos = p.context_lens[s] - q_len + static_cast<int>(row - q_first);
+  int s;
+  const int pos = row_position(p, row, s);
   const int kbeg = part * p.part_size, kend = min(kbeg + p.part_size, pos + 1);
   const int kvh = h / (H / p.kv_heads);
   const float slope = p.slopes ? p.slopes[h] : 0.f;
@@ -124,7 +141,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(Params p) {
     float score = -INFINITY;
     if (valid) {
       slot = int64_t(table[key / bs]) * bs + key % bs;
-      float dot = dot_row<T, VEC>(qs, kc + slot * slot_stride + int64_t(kvh) * D, D);
+      float dot = dot_row<T, VEC, 32 * NI>(qs, kc + slot * slot_stride + int64_t(kvh) * D, D);
       if (p.k_scale) dot *= p.k_scale[slot * p.kv_heads + kvh];
       score = dot * p.scale + slope * static_cast<float>(key - pos);
     }
@@ -181,25 +198,40 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(Params p) {
   }
 }
 
-// Merges the partitions of one (row, head) per warp.
+// Merges the partitions of one (row, head) per warp: only those that hold keys of the row (a CUDA
+// graph's launch covers the longest context; a short one fills the first few), eight partial
+// outputs loaded at a time.
 __global__ void merge_partitions_kernel(Params p) {
   const int lane = threadIdx.x % 32;
   const int64_t item = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   if (item >= p.n_rows * p.num_heads) return;
+  int s;
+  const int pos = row_position(p, item / p.num_heads, s);
   const int P = p.num_parts, D = p.head_dim;
+  const int live = max(1, min(P, (pos + p.part_size) / p.part_size));
   const float* pm = p.part_max + item * P;
   const float* ps = p.part_sum + item * P;
   float gmax = -INFINITY;
-  for (int i = lane; i < P; i += 32) gmax = fmaxf(gmax, pm[i]);
+  for (int i = lane; i < live; i += 32) gmax = fmaxf(gmax, pm[i]);
   gmax = warp_max(gmax);
   float total = 0.f;
-  for (int i = lane; i < P; i += 32) total += ps[i] > 0.f ? ps[i] * expf(pm[i] - gmax) : 0.f;
+  for (int i = lane; i < live; i += 32) total += ps[i] > 0.f ? ps[i] * expf(pm[i] - gmax) : 0.f;
   total = warp_sum(total);
   const float inv = total > 0.f ? 1.f / total : 0.f;
   for (int d = lane; d < D; d += 32) {
     float o = 0.f;
-    for (int i = 0; i < P; ++i)
-      if (ps[i] > 0.f) o += ps[i] * expf(pm[i] - gmax) * p.part_out[(item * P + i) * D + d];
+    for (int i0 = 0; i0 < live; i0 += 8) {
+      float w[8], v[8];
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int i = i0 + u;
+        const bool ok = i < live && ps[i] > 0.f;
+        w[u] = ok ? ps[i] * expf(pm[i] - gmax) : 0.f;
+        v[u] = ok ? p.part_out[(item * P + i) * D + d] : 0.f;
+      }
+#pragma unroll
+      for (int u = 0; u < 8; ++u) o += w[u] * v[u];
+    }
     p.out[item * D + d] = o * inv;
   }
 }
