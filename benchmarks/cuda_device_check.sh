@@ -38,7 +38,7 @@ stage "CUDA tests"
 t0=$(date +%s)
 set +e
 timeout 300 "$PY" -m pytest -q -rs -p no:cacheprovider -o addopts="" \
-  tests/test_quant_kernels.py tests/test_attention_kernels.py tests/test_cuda_model.py tests/test_cuda_graphs.py -k cuda \
+  tests/test_quant_kernels.py tests/test_attention_kernels.py tests/test_cuda_model.py tests/test_cuda_graphs.py tests/test_dense_attention.py -k cuda \
   2>&1 | tee "$OUTDIR/tests.log" | tail -60
 rc=${PIPESTATUS[0]}
 set -e

@@ -198,6 +198,135 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(Params p) {
   }
 }
 
+// V = D / 32 consecutive elements of a row from one load per lane (the warp reads the row whole,
+// coalesced), widened to float.
+template <typename T, int V>
+__device__ __forceinline__ void load_lane(const T* __restrict__ row, int lane, float* out) {
+  const T* p = row + lane * V;
+  if constexpr (sizeof(T) * V == 16) {
+    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < V; ++i) out[i] = to_f32<T>(e[i]);
+  } else if constexpr (sizeof(T) * V == 8) {
+    const uint2 raw = __ldg(reinterpret_cast<const uint2*>(p));
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < V; ++i) out[i] = to_f32<T>(e[i]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < V; ++i) out[i] = to_f32<T>(p[i]);
+  }
+}
+
+// Decode (one query per sequence), head_dim = 32 * V: a warp per (sequence, head, partition), the
+// lanes splitting head_dim (lane l holds elements l*V .. l*V+V-1 of q, of each key and value row,
+// and of the output), so every K/V row is one coalesced warp-wide load. Keys go G at a time: their
+// slots, then their K rows, then their V rows are each loaded together (three memory round trips
+// per G keys), scores reduced across the warp, folded into an online softmax.
+template <typename T, int V>
+__global__ void __launch_bounds__(kWarps * 32) decode_attention_kernel(Params p) {
+  constexpr int G = 8;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t item = int64_t(blockIdx.x) * kWarps + warp;
+  const int H = p.num_heads, D = p.head_dim, bs = p.block_size;
+  if (item >= p.n_rows * H * p.num_parts) return;
+  const int part = static_cast<int>(item % p.num_parts);
+  const int h = static_cast<int>((item / p.num_parts) % H);
+  const int s = static_cast<int>(item / (int64_t(p.num_parts) * H));
+  const int pos = p.context_lens[s] - 1;
+  const int kbeg = part * p.part_size, kend = min(kbeg + p.part_size, pos + 1);
+  const int kvh = h / (H / p.kv_heads);
+  const float slope = p.slopes ? p.slopes[h] : 0.f;
+  const int32_t* table = p.block_tables + int64_t(s) * p.max_blocks;
+  const T* kc = static_cast<const T*>(p.k) + int64_t(kvh) * D;
+  const T* vc = static_cast<const T*>(p.v) + int64_t(kvh) * D;
+  const int64_t slot_stride = int64_t(p.kv_heads) * D;
+
+  float q[V], acc[V];
+  const float* qrow = p.q + (int64_t(s) * H + h) * D + lane * V;
+#pragma unroll
+  for (int i = 0; i < V; ++i) q[i] = qrow[i], acc[i] = 0.f;
+  float m = -INFINITY, l = 0.f;
+
+  for (int k0 = kbeg; k0 < kend; k0 += G) {
+    int64_t slot[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const int key = min(k0 + g, kend - 1);  // past the end: a repeat, masked below
+      slot[g] = int64_t(table[key / bs]) * bs + key % bs;
+    }
+    float kr[G][V], sc[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g) load_lane<T, V>(kc + slot[g] * slot_stride, lane, kr[g]);
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      float d = 0.f;
+#pragma unroll
+      for (int i = 0; i < V; ++i) d += q[i] * kr[g][i];
+      sc[g] = d;
+    }
+#pragma unroll
+    for (int g = 0; g < G; ++g) sc[g] = warp_sum(sc[g]);
+    float cmax = -INFINITY;
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const int key = k0 + g;
+      float d = sc[g];
+      if (p.k_scale) d *= p.k_scale[slot[g] * p.kv_heads + kvh];
+      sc[g] = key < kend ? d * p.scale + slope * static_cast<float>(key - pos) : -INFINITY;
+      cmax = fmaxf(cmax, sc[g]);
+    }
+    const float mnew = fmaxf(m, cmax);
+    const float corr = m == -INFINITY ? 0.f : expf(m - mnew);
+    float vr[G][V], pw[G], psum = 0.f;
+#pragma unroll
+    for (int g = 0; g < G; ++g) load_lane<T, V>(vc + slot[g] * slot_stride, lane, vr[g]);
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const float pg = sc[g] == -INFINITY ? 0.f : expf(sc[g] - mnew);
+      psum += pg;
+      pw[g] = p.v_scale ? pg * p.v_scale[slot[g] * p.kv_heads + kvh] : pg;
+    }
+    l = l * corr + psum;
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      float a = acc[i] * corr;
+#pragma unroll
+      for (int g = 0; g < G; ++g) a += pw[g] * vr[g][i];
+      acc[i] = a;
+    }
+    m = mnew;
+  }
+
+  const float inv = l > 0.f ? 1.f / l : 0.f;
+  const int64_t pi = (int64_t(s) * H + h) * p.num_parts + part;
+  float* o = p.num_parts == 1 ? p.out + (int64_t(s) * H + h) * D : p.part_out + pi * D;
+#pragma unroll
+  for (int i = 0; i < V; ++i) o[lane * V + i] = acc[i] * inv;
+  if (p.num_parts > 1 && lane == 0) {
+    p.part_max[pi] = m;
+    p.part_sum[pi] = l;
+  }
+}
+
+template <typename T>
+bool launch_decode(cudaStream_t st, const Params& p) {
+  const int64_t items = p.n_rows * p.num_heads * p.num_parts;
+  const bool aligned = reinterpret_cast<uintptr_t>(p.k) % 16 == 0 && reinterpret_cast<uintptr_t>(p.v) % 16 == 0;
+  if (p.head_dim % 32 || !aligned) return false;
+  const unsigned grid = grid_1d(items, kWarps, "paged attention");
+  switch (p.head_dim / 32) {
+    case 1: decode_attention_kernel<T, 1><<<grid, kWarps * 32, 0, st>>>(p); break;
+    case 2: decode_attention_kernel<T, 2><<<grid, kWarps * 32, 0, st>>>(p); break;
+    case 4: decode_attention_kernel<T, 4><<<grid, kWarps * 32, 0, st>>>(p); break;
+    case 8: decode_attention_kernel<T, 8><<<grid, kWarps * 32, 0, st>>>(p); break;
+    default: return false;
+  }
+  check_launch("decode_attention_kernel");
+  return true;
+}
+
 // Merges the partitions of one (row, head) per warp: only those that hold keys of the row (a CUDA
 // graph's launch covers the longest context; a short one fills the first few), eight partial
 // outputs loaded at a time.
@@ -320,11 +449,22 @@ void paged_attention(Launch l, bool decode, const AttnArgs& a, const AttnArgs& a
     p.part_max = p.part_out + n * c.head_dim;
     p.part_sum = p.part_max + n;
   }
-  switch (c.dtype) {
-    case KvDtype::F32: launch_dtype<float>(st, p); break;
-    case KvDtype::BF16: launch_dtype<__nv_bfloat16>(st, p); break;
-    case KvDtype::F16: launch_dtype<__half>(st, p); break;
-    case KvDtype::I8: launch_dtype<int8_t>(st, p); break;
+  bool done = false;  // decode with head_dim a multiple of 32 (every MPT): the lane-split kernel
+  if (decode) {
+    switch (c.dtype) {
+      case KvDtype::F32: done = launch_decode<float>(st, p); break;
+      case KvDtype::BF16: done = launch_decode<__nv_bfloat16>(st, p); break;
+      case KvDtype::F16: done = launch_decode<__half>(st, p); break;
+      case KvDtype::I8: done = launch_decode<int8_t>(st, p); break;
+    }
+  }
+  if (!done) {
+    switch (c.dtype) {
+      case KvDtype::F32: launch_dtype<float>(st, p); break;
+      case KvDtype::BF16: launch_dtype<__nv_bfloat16>(st, p); break;
+      case KvDtype::F16: launch_dtype<__half>(st, p); break;
+      case KvDtype::I8: launch_dtype<int8_t>(st, p); break;
+    }
   }
   if (p.num_parts > 1) {
     merge_partitions_kernel<<<grid_1d(pairs * 32, 128, "merge partitions"), 128, 0, st>>>(p);

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .attention_ops import (KV_CACHE_DTYPES, attach_device_copy, paged_attention_decode, paged_attention_prefill,
                             write_kv_cache)
 from .decode_step import DecodePlan
+from .dense_attention import causal_alibi_attention
 from .checks import FLOAT_DTYPES, check_blocksize, check_tensor, ptr
 from .extension import (CUDA_GEMV_MAX_M, NO_CUDA_BUILD, cpu_features, cuda_available, cuda_built, current_isa,
                         num_threads, set_isa, set_num_threads, supported_isas, use_isa)
@@ -17,7 +18,7 @@ from .search_ops import search_quantize_int4, search_quantize_nf4
 
 __all__ = [
     "KV_CACHE_DTYPES", "attach_device_copy", "paged_attention_decode", "paged_attention_prefill", "write_kv_cache",
-    "DecodePlan",
+    "DecodePlan", "causal_alibi_attention",
     "FLOAT_DTYPES", "check_blocksize", "check_tensor", "ptr",
     "CUDA_GEMV_MAX_M", "NO_CUDA_BUILD", "cpu_features", "cuda_available", "cuda_built", "current_isa",
     "num_threads", "set_isa", "set_num_threads", "supported_isas", "use_isa",

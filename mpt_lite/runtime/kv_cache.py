@@ -72,6 +72,8 @@ class PagedStep(PagedBatch):
             slots.extend(cache.slots(seq, a, b))
         q_lens = [b - a for a, b in zip(starts, ends)]
         self.decode = all(n == 1 for n in q_lens)
+        self.q_lens = q_lens
+        self.fresh = all(a == 0 for a in starts)  # no sequence has a cached prefix
         self.slot_mapping = torch.tensor(slots, dtype=torch.int64)
         width = max(len(s.table) for s in seqs)
         self.block_tables = torch.tensor([s.table + [0] * (width - len(s.table)) for s in seqs], dtype=torch.int32)
@@ -98,6 +100,8 @@ class PagedLayer(PagedAttention):
         st = self.step
         kc, vc, ks, vs = st.cache.layer(self.index)
         kernels.write_kv_cache(k, v, kc, vc, st.slot_mapping, ks, vs, num_threads=st.num_threads)
+        if q.is_cuda and not st.decode and st.fresh:  # a fresh prompt: fused attention over its own tokens
+            return kernels.causal_alibi_attention(q, k, v, st.q_lens, scale, slopes)
         if st.decode:
             return kernels.paged_attention_decode(q, kc, vc, st.block_tables, st.context_lens, scale, slopes, ks, vs,
                                                   num_threads=st.num_threads)
