@@ -108,30 +108,44 @@ __global__ void dequantize_kernel(QW w, const int64_t* __restrict__ rows, int64_
 // one scale, four 16-byte stores; 64-bit index arithmetic once per chunk, not per element.
 template <Fmt F>
 __global__ void operand_bf16_chunks_kernel(QW w, int64_t row0, int64_t nrows, __nv_bfloat16* __restrict__ out) {
+  // Each thread decodes one chunk into shared memory; the warp then writes its 32 chunks' bytes
+  // (2 KB, one contiguous run of the slab: rows are whole chunks) with consecutive lanes on consecutive
+  // 16 bytes, so every store instruction writes whole sectors.
   __shared__ float tbl[16];
+  constexpr int kPitch = 5;  // uint4 per chunk in the stage: 4 + 1 of padding (conflict-free 16-byte stores)
+  __shared__ uint4 stage[kThreads / 32][32 * kPitch];
   if constexpr (F == Fmt::Nf4) {
     if (threadIdx.x < 16) tbl[threadIdx.x] = nf4_value(threadIdx.x);
     __syncthreads();
   }
-  const int64_t chunks = w.K / 32, i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= nrows * chunks) return;
-  const int64_t r = i / chunks, c = i - r * chunks;
-  ChunkCodes<F> codes;
-  load_chunk<F>(w, row0 + r, c, codes);
-  uint4* dst = reinterpret_cast<uint4*>(out + r * w.K + 32 * c);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t chunks = w.K / 32, total = nrows * chunks;
+  const int64_t first = (int64_t(blockIdx.x) * blockDim.x + warp * 32), i = first + lane;
+  if (first >= total) return;
+  if (i < total) {
+    const int64_t r = i / chunks, c = i - r * chunks;
+    ChunkCodes<F> codes;
+    load_chunk<F>(w, row0 + r, c, codes);
 #pragma unroll
-  for (int h = 0; h < 4; ++h) {  // elements 8h .. 8h+7
-    __align__(16) __nv_bfloat16 v[8];
+    for (int h = 0; h < 4; ++h) {  // elements 8h .. 8h+7
+      __align__(16) __nv_bfloat16 v[8];
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      float o[4];
-      decode4<F>(codes.words, 2 * h + half, tbl, o);
+      for (int half = 0; half < 2; ++half) {
+        float o[4];
+        decode4<F>(codes.words, 2 * h + half, tbl, o);
 #pragma unroll
-      for (int e = 0; e < 4; ++e)
-        v[4 * half + e] = __float2bfloat16_rn(F == Fmt::Int8 ? o[e] : __fmul_rn(o[e], codes.scale));
+        for (int e = 0; e < 4; ++e)
+          v[4 * half + e] = __float2bfloat16_rn(F == Fmt::Int8 ? o[e] : __fmul_rn(o[e], codes.scale));
+      }
+      stage[warp][lane * kPitch + h] = *reinterpret_cast<const uint4*>(v);
     }
-    dst[h] = *reinterpret_cast<const uint4*>(v);
   }
+  __syncwarp();
+  // chunk first + j goes to out + (first + j) * 32 (rows are whole chunks): the warp's chunks are
+  // one contiguous run, written with consecutive lanes on consecutive 16 bytes
+  const int n = total - first < 32 ? static_cast<int>(total - first) : 32;
+  uint4* dst = reinterpret_cast<uint4*>(out + first * 32);
+  for (int u = lane; u < 4 * n; u += 32) dst[u] = stage[warp][(u / 4) * kPitch + u % 4];
 }
 
 // Any shape: a thread per element.

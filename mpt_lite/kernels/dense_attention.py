@@ -39,7 +39,9 @@ def causal_alibi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, se
             mask = torch.zeros(heads, r1 - r0, n, device=q.device) if slopes is None \
                 else slopes.float().view(-1, 1, 1) * dist
             mask = mask.masked_fill(dist > 0, float("-inf"))
-            o = F.scaled_dot_product_attention(qs[:, r0:r1], ks, vs, attn_mask=mask, scale=scale)
-            out[start + r0:start + r1] = o.transpose(0, 1)
+            # 4-D (batch of one): torch's fused attention kernels take no 3-D inputs (math fallback)
+            o = F.scaled_dot_product_attention(qs[None, :, r0:r1], ks[None], vs[None], attn_mask=mask[None],
+                                               scale=scale)
+            out[start + r0:start + r1] = o[0].transpose(0, 1)
         start += n
     return out
