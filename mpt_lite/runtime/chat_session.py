@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from ..text.chat_template import render_chat, stop_settings
+from ..text.chat_encode import encode_chat, marked_prompt
+from ..text.chat_template import stop_settings
 from ..text.detok import text_pieces
 from .block_manager import DEFAULT_BLOCK_SIZE
 from .context_shift import check_context_shift
@@ -37,7 +38,7 @@ class ChatSession:
         self.max_new_tokens = max_new_tokens
         self.start = [{"role": "system", "content": system}] if system else []
         if n_keep is None:  # keep the system message through every shift
-            n_keep = len(tok.encode(render_chat(tok, self.start, False, chat_template))) if self.start else 0
+            n_keep = len(encode_chat(tok, self.start, False, chat_template)) if self.start else 0
         self.options = {"context_shift": bool(context_shift), "n_keep": n_keep,
                         "prompt_lookup_num_tokens": prompt_lookup_num_tokens}
         self.eos, self.stops = stop_settings(tok)
@@ -59,21 +60,22 @@ class ChatSession:
         """The assistant's reply to a new user message (text pieces with stream=True); the reply
         joins the conversation once it is complete."""
         messages = self.messages + [{"role": "user", "content": content}]
-        text = render_chat(self.tok, messages, True, self.chat_template)
-        req = self._add(text)
+        # special-token text inside a message stays text (placeholders in `text`, see chat_encode)
+        text, encode = marked_prompt(self.tok, messages, True, self.chat_template)
+        req = self._add(text, encode)
         self.messages = messages
         pieces = self._reply(req, text)
         return pieces if stream else "".join(pieces)
 
-    def _add(self, text: str) -> Request:
+    def _add(self, text: str, encode) -> Request:
         prev = self._req
         if prev is not None and text.startswith(self._covered):
-            ids = prev.tokens + self.tok.encode(text[len(self._covered):])
+            ids = prev.tokens + encode(text[len(self._covered):])
         else:  # the conversation changed under the cache: start again (shared prefix blocks still help)
             if prev is not None:
                 self.engine.release(prev)
             self._req = prev = None
-            ids = self.tok.encode(text)
+            ids = encode(text)
         req = self.engine.add_request(ids, self.max_new_tokens, params=self.params, eos_token_id=self.eos,
                                       stop_fn=stop_checker(self.tok, self.stops), keep_cache=True,
                                       continue_from=prev, **self.options)

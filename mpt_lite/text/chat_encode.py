@@ -10,7 +10,7 @@ rendered prompt would be."""
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Callable
 
 from .chat_template import check_messages, check_roles, render_chat, template_for
 from .checks import check_text
@@ -21,6 +21,16 @@ _PRIVATE_USE = range(0xE000, 0xF900)
 def encode_chat(tokenizer: Any, messages: Any, add_generation_prompt: bool = True,
                 chat_template: str | None = None, **extra: Any) -> list[int]:
     """The token ids of a conversation's prompt (no special tokens added beyond the template's)."""
+    text, encode = marked_prompt(tokenizer, messages, add_generation_prompt, chat_template, **extra)
+    return encode(text)
+
+
+def marked_prompt(tokenizer: Any, messages: Any, add_generation_prompt: bool = True,
+                  chat_template: str | None = None, **extra: Any) -> tuple[str, Callable[[str], list[int]]]:
+    """The rendered prompt with special-token text inside the messages replaced by placeholders,
+    and the encoder of that text or of any piece of it cut between template markers (what a chat
+    that keeps its cache encodes each turn): the template's special tokens become their ids,
+    placeholders the plain text they stand for."""
     messages = check_messages(messages)
     for i, m in enumerate(messages):
         check_text(m["content"], f"messages[{i}].content")
@@ -34,8 +44,8 @@ def encode_chat(tokenizer: Any, messages: Any, add_generation_prompt: bool = Tru
     safe = [{k: hide(v) if isinstance(v, str) else v for k, v in m.items()} for m in messages]
     text = render_chat(tokenizer, safe, add_generation_prompt=add_generation_prompt, chat_template=template, **extra)
     if not literals:
-        return tokenizer.encode(text, add_special_tokens=False)
-    return _encode_marked(tokenizer, text, specials, mark, literals)
+        return text, lambda piece: tokenizer.encode(piece, add_special_tokens=False)
+    return text, lambda piece: _encode_marked(tokenizer, piece, specials, mark, literals)
 
 
 def _unused_char(texts: list[str]) -> str:
