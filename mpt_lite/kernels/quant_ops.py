@@ -59,13 +59,13 @@ def _cuda_dequantize(fmt: str, data: torch.Tensor, scale: torch.Tensor, N: int, 
 
 
 def _run_matmul(fn, x: object, K: int, N: int, bias: object, weights: dict, q8: object,
-                num_threads: object, gemm: bool = True) -> torch.Tensor:
+                num_threads: object) -> torch.Tensor:
     threads = check_threads(num_threads)
     x2, lead = check_activations(x, K)
     b = check_bias(bias, N)
     y = torch.empty(x2.shape[0], N, dtype=torch.float32)
     fn(x=ptr(x2), m=x2.shape[0], k=K, n=N, bias=0 if b is None else ptr(b), y=ptr(y), **weights,
-       q8=use_q8(q8, x2.shape[0], K if gemm else None), num_threads=threads)
+       q8=use_q8(q8, x2.shape[0], K), num_threads=threads)
     return y.reshape(*lead, N).to(x.dtype)
 
 
@@ -200,7 +200,7 @@ def matmul_nf4(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, shap
         return _cuda_matmul("nf4", x, packed, absmax, N, K, bs, bias)
     packed, absmax = packed.contiguous(), absmax.contiguous()
     return _run_matmul(_C.matmul_nf4, x, K, N, bias, {"packed": ptr(packed), "absmax": ptr(absmax), "blocksize": bs},
-                       q8, num_threads, gemm=False)
+                       q8, num_threads)
 
 
 # int4: packed uint8 [N, G*16], scales float16 [N, G], G = ceil(K/32); W = (q - 8) * d (4.5 bits per weight).
