@@ -12,12 +12,12 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <atomic>
 #include <stdexcept>
 #include <utility>
 #include <vector>
 
 #include "cpu/quant_gemm.h"
+#include "cpu/quant_gemm_driver.h"
 #include "cpu/thread_pool.h"
 
 namespace mpt {
@@ -54,16 +54,9 @@ inline void transpose_step(const int8_t* codes, int8_t* out) {
                         _mm256_i32gather_epi32(reinterpret_cast<const int*>(codes), _mm256_add_epi32(rows, _mm256_set1_epi32(v)), 4));
 }
 
-struct XPack {
-  int64_t S = 0;
-  std::vector<int8_t> q;      // [M, S, 256]
-  std::vector<int32_t> init;  // [M, S, 8]
-  std::vector<float> d;       // [M, S, 8]
-};
-
 // Q8Rows' arithmetic (d = amax / 127, q = round-half-even(x / d) clamped to +-127, NaN -> 0), vectorised.
 template <QFormat FMT>
-void pack_x(const float* x, int64_t M, int64_t K, XPack& out) {
+void pack_x(const float* x, int64_t M, int64_t K, GemmX& out) {
   const int64_t KB = (K + 31) / 32, S = (KB + 7) / 8;
   out.S = S;
   out.q.resize(static_cast<size_t>(M * S * kStep));
@@ -169,16 +162,7 @@ void pack_w(const QWeight& w, int64_t n0, int64_t nr, int64_t s0, int64_t kc, in
   }
 }
 
-struct Tile {
-  const int8_t* wp;   // R weight rows, row stride kc * 256
-  const float* wd;    // int4 / nf4: their block scales, row stride kc * 8
-  const int8_t* xq;   // MB x rows at the pass's first step, row stride S * 256
-  const int32_t* xi;  // row stride S * 8
-  const float* xd;
-  int64_t kc, S;
-  float* C;  // float chains [R][ldc][8]
-  int64_t ldc;
-};
+using Tile = GemmTile<int8_t>;
 
 template <QFormat FMT, int R, int MB>
 void micro(const Tile& t) {
@@ -217,62 +201,23 @@ void micro(const Tile& t) {
   }
 }
 
-template <QFormat FMT, int NR, int MR, int... I>
-void micro_any(std::integer_sequence<int, I...>, int r, int mb, const Tile& t) {
-  using Fn = void (*)(const Tile&);
-  static constexpr Fn table[] = {&micro<FMT, I / MR + 1, I % MR + 1>...};
-  table[(r - 1) * MR + (mb - 1)](t);
-}
-
-template <QFormat FMT>
-void gemm(const QWeight& w, const float* x, int64_t M, const float* bias, float* y) {
-  constexpr bool WD = FMT != QFormat::Int8;
-  constexpr int NR = Tiles<FMT>::NR, MR = Tiles<FMT>::MR;
-  XPack xp;
-  pack_x<FMT>(x, M, w.K, xp);
-  const int64_t N = w.N, S = xp.S;
-  // gemm_blocking counts 512-k steps; ours are 256 k: twice as many, half the bytes each.
-  const GemmBlocking b2 = gemm_blocking(gemm_cache_sizes(), M, N, (S + 1) / 2, NR, MR, num_threads());
-  const GemmBlocking bl{std::min<int64_t>(S, 2 * b2.kc), b2.mc, b2.nc};
-  const int64_t nM = (M + bl.mc - 1) / bl.mc, blocks = ((N + bl.nc - 1) / bl.nc) * nM;
-  std::atomic<int64_t> next{0};
-  parallel_for(std::min<int64_t>(num_threads(), blocks), 1, [&](int64_t, int64_t) {
-    std::vector<int8_t> wp(static_cast<size_t>(bl.nc * bl.kc * kStep));
-    std::vector<float> wd(WD ? static_cast<size_t>(bl.nc * bl.kc * 8) : 0);
-    std::vector<float> C(static_cast<size_t>(bl.nc * bl.mc * 8));
-    for (int64_t b; (b = next.fetch_add(1, std::memory_order_relaxed)) < blocks;) {
-      const int64_t n0 = (b / nM) * bl.nc, nr = std::min(bl.nc, N - n0);
-      const int64_t m0 = (b % nM) * bl.mc, mr = std::min(bl.mc, M - m0);
-      std::fill(C.begin(), C.end(), 0.f);
-      for (int64_t s0 = 0; s0 < S; s0 += bl.kc) {
-        const int64_t kc = std::min(bl.kc, S - s0);
-        pack_w<FMT>(w, n0, nr, s0, kc, wp.data(), wd.data());
-        for (int64_t r0 = 0; r0 < nr; r0 += NR)
-          for (int64_t i0 = 0; i0 < mr; i0 += MR) {
-            const int64_t m = m0 + i0;
-            const Tile t{wp.data() + r0 * kc * kStep, WD ? wd.data() + r0 * kc * 8 : nullptr,
-                         xp.q.data() + (m * S + s0) * kStep, xp.init.data() + (m * S + s0) * 8,
-                         xp.d.data() + (m * S + s0) * 8, kc, S, C.data() + (r0 * bl.mc + i0) * 8, bl.mc};
-            micro_any<FMT, NR, MR>(std::make_integer_sequence<int, NR * MR>{}, static_cast<int>(std::min<int64_t>(NR, nr - r0)),
-                                  static_cast<int>(std::min<int64_t>(MR, mr - i0)), t);
-          }
-      }
-      for (int64_t i = 0; i < mr; ++i)
-        for (int64_t r = 0; r < nr; ++r) {
-          const int64_t n = n0 + r;
-          y[(m0 + i) * N + n] = hsum8(_mm256_loadu_ps(C.data() + (r * bl.mc + i) * 8)) * row_factor(w, n) + (bias ? bias[n] : 0.f);
-        }
-    }
-  });
-}
+struct Avx2 {  // the ISA class of quant_gemm_driver.h
+  using WByte = int8_t;
+  static constexpr int64_t kStep = mpt::kStep, kLanes = 8;
+  template <QFormat FMT> using Shape = Tiles<FMT>;
+  template <QFormat FMT> static constexpr auto pack_x = &mpt::pack_x<FMT>;
+  template <QFormat FMT> static constexpr auto pack_w = &mpt::pack_w<FMT>;
+  template <QFormat FMT, int R, int MB> static constexpr auto tile = &micro<FMT, R, MB>;
+  static float hsum(const float* c) { return hsum8(_mm256_loadu_ps(c)); }
+};
 
 }  // namespace
 
 void qgemm_q8_avx2(const QWeight& w, const float* x, int64_t M, const float* bias, float* y) {
-  if (w.fmt == QFormat::Int8) return gemm<QFormat::Int8>(w, x, M, bias, y);
-  if (w.fmt == QFormat::Int4) return gemm<QFormat::Int4>(w, x, M, bias, y);
+  if (w.fmt == QFormat::Int8) return gemm_tiles<Avx2, QFormat::Int8>(w, x, M, bias, y);
+  if (w.fmt == QFormat::Int4) return gemm_tiles<Avx2, QFormat::Int4>(w, x, M, bias, y);
   if (!nf4_q8_ok(w.K, w.blocksize)) throw std::invalid_argument("nf4 GEMM tiles: needs nf4_q8_ok(K, blocksize)");
-  gemm<QFormat::Nf4>(w, x, M, bias, y);
+  gemm_tiles<Avx2, QFormat::Nf4>(w, x, M, bias, y);
 }
 
 }  // namespace mpt

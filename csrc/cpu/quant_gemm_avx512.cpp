@@ -9,15 +9,13 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <atomic>
-#include <cmath>
-#include <memory>
 #include <stdexcept>
 #include <utility>
 #include <vector>
 
 #include "cpu/q8_lanes_avx512.h"
 #include "cpu/quant_gemm.h"
+#include "cpu/quant_gemm_driver.h"
 #include "cpu/thread_pool.h"
 
 namespace mpt {
@@ -50,21 +48,13 @@ inline __m512 int4_scales16(const uint16_t* s, int64_t count) {  // IEEE half sc
   return _mm512_cvtph_ps(h);
 }
 
-// x packed for the tiles: per row and step 8 vectors of codes, 16 lane start values, 16 block scales.
-struct XPack {
-  int64_t M = 0, S = 0;
-  std::vector<int8_t> q;      // [M, S, 512]
-  std::vector<int32_t> init;  // [M, S, 16]
-  std::vector<float> d;       // [M, S, 16]
-};
-
 // Quantizes x row by row (Q8Rows' arithmetic: d = amax / 127, q = round-half-even(x / d) clamped
 // to +-127, 0 for NaN) and writes the step layout directly.
 template <QFormat FMT>
-void pack_x(const float* x, int64_t M, int64_t K, XPack& out) {
+void pack_x(const float* x, int64_t M, int64_t K, GemmX& out) {
   const int64_t KB = (K + 31) / 32, S = (KB + 15) / 16;
   const int32_t off = FMT == QFormat::Int4 ? 8 : 128;
-  out.M = M, out.S = S;
+  out.S = S;
   out.q.resize(static_cast<size_t>(M * S * kStep));
   out.init.resize(static_cast<size_t>(M * S * 16));
   out.d.resize(static_cast<size_t>(M * S * 16));
@@ -168,16 +158,7 @@ void pack_w(const QWeight& w, int64_t n0, int64_t nr, int64_t s0, int64_t kc, ui
   }
 }
 
-struct Tile {
-  const uint8_t* wp;  // R weight rows, row stride kc * 512
-  const float* wd;    // int4 / nf4: their lane scales, row stride kc * 16
-  const int8_t* xq;   // MB x rows at the pass's first step, row stride S * 512
-  const int32_t* xi;  // row stride S * 16
-  const float* xd;
-  int64_t kc, S;
-  float* C;  // accumulators [R][ldc = mc][16]
-  int64_t ldc;
-};
+using Tile = GemmTile<uint8_t>;
 
 // R weight rows x MB x rows over kc steps; continues the float chains held in C. Per step and x row,
 // int4 / nf4 multiply each weight row's block scales by x's (one more float op per 8 dot products).
@@ -215,64 +196,25 @@ void micro(const Tile& t) {
     for (int m = 0; m < MB; ++m) _mm512_storeu_ps(t.C + (r * t.ldc + m) * 16, acc[r][m]);
 }
 
-template <bool WD, int... I>
-void micro_any(std::integer_sequence<int, I...>, int r, int mb, const Tile& t) {
-  using Fn = void (*)(const Tile&);
-  static constexpr Fn table[] = {&micro<WD, I / MR + 1, I % MR + 1>...};
-  table[(r - 1) * MR + (mb - 1)](t);
-}
-
-template <QFormat FMT>
-void gemm(const QWeight& w, const float* x, int64_t M, const float* bias, float* y) {
-  constexpr bool WD = FMT != QFormat::Int8;
-  XPack xp;
-  pack_x<FMT>(x, M, w.K, xp);
-  const int64_t N = w.N, S = xp.S;
-  const GemmBlocking bl = gemm_blocking(gemm_cache_sizes(), M, N, S, NR, MR, num_threads());
-  const int64_t nN = (N + bl.nc - 1) / bl.nc, nM = (M + bl.mc - 1) / bl.mc, blocks = nN * nM;
-  std::atomic<int64_t> next{0};
-  // Blocks (weight rows x x rows) handed out from a shared counter, weight-row major; each output is
-  // computed whole by one thread in a fixed order, so results depend on neither threads nor blocks.
-  parallel_for(std::min<int64_t>(num_threads(), blocks), 1, [&](int64_t, int64_t) {
-    std::vector<uint8_t> wp(static_cast<size_t>(bl.nc * bl.kc * kStep));
-    std::vector<float> wd(WD ? static_cast<size_t>(bl.nc * bl.kc * 16) : 0);
-    std::vector<float> C(static_cast<size_t>(bl.nc * bl.mc * 16));
-    for (int64_t b; (b = next.fetch_add(1, std::memory_order_relaxed)) < blocks;) {
-      const int64_t n0 = (b / nM) * bl.nc, nr = std::min(bl.nc, N - n0);
-      const int64_t m0 = (b % nM) * bl.mc, mr = std::min(bl.mc, M - m0);
-      std::fill(C.begin(), C.end(), 0.f);
-      for (int64_t s0 = 0; s0 < S; s0 += bl.kc) {
-        const int64_t kc = std::min(bl.kc, S - s0);
-        pack_w<FMT>(w, n0, nr, s0, kc, wp.data(), wd.data());
-        for (int64_t r0 = 0; r0 < nr; r0 += NR)
-          for (int64_t i0 = 0; i0 < mr; i0 += MR) {
-            const int64_t m = m0 + i0;
-            const Tile t{wp.data() + r0 * kc * kStep, WD ? wd.data() + r0 * kc * 16 : nullptr,
-                         xp.q.data() + (m * S + s0) * kStep, xp.init.data() + (m * S + s0) * 16,
-                         xp.d.data() + (m * S + s0) * 16, kc, S, C.data() + (r0 * bl.mc + i0) * 16, bl.mc};
-            micro_any<WD>(std::make_integer_sequence<int, NR * MR>{}, static_cast<int>(std::min<int64_t>(NR, nr - r0)),
-                          static_cast<int>(std::min<int64_t>(MR, mr - i0)), t);
-          }
-      }
-      for (int64_t i = 0; i < mr; ++i)
-        for (int64_t r = 0; r < nr; ++r) {
-          const int64_t n = n0 + r;
-          const float rf = row_factor(w, n), b = bias ? bias[n] : 0.f;
-          y[(m0 + i) * N + n] = _mm512_reduce_add_ps(_mm512_loadu_ps(C.data() + (r * bl.mc + i) * 16)) * rf + b;
-        }
-    }
-  });
-}
+struct Avx512 {  // the ISA class of quant_gemm_driver.h
+  using WByte = uint8_t;
+  static constexpr int64_t kStep = mpt::kStep, kLanes = 16;
+  template <QFormat FMT> struct Shape { static constexpr int NR = mpt::NR, MR = mpt::MR; };
+  template <QFormat FMT> static constexpr auto pack_x = &mpt::pack_x<FMT>;
+  template <QFormat FMT> static constexpr auto pack_w = &mpt::pack_w<FMT>;
+  template <QFormat FMT, int R, int MB> static constexpr auto tile = &micro<FMT != QFormat::Int8, R, MB>;
+  static float hsum(const float* c) { return _mm512_reduce_add_ps(_mm512_loadu_ps(c)); }
+};
 
 }  // namespace
 
 void qgemm_q8_avx512(const QWeight& w, const float* x, int64_t M, const float* bias, float* y) {
   switch (w.fmt) {
-    case QFormat::Int8: return gemm<QFormat::Int8>(w, x, M, bias, y);
-    case QFormat::Int4: return gemm<QFormat::Int4>(w, x, M, bias, y);
+    case QFormat::Int8: return gemm_tiles<Avx512, QFormat::Int8>(w, x, M, bias, y);
+    case QFormat::Int4: return gemm_tiles<Avx512, QFormat::Int4>(w, x, M, bias, y);
     case QFormat::Nf4:
       if (!nf4_q8_ok(w.K, w.blocksize)) throw std::invalid_argument("nf4 GEMM tiles: needs nf4_q8_ok(K, blocksize)");
-      return gemm<QFormat::Nf4>(w, x, M, bias, y);
+      return gemm_tiles<Avx512, QFormat::Nf4>(w, x, M, bias, y);
   }
   throw std::invalid_argument("the integer GEMM tiles: unknown weight format");
 }
