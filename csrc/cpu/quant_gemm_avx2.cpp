@@ -8,7 +8,8 @@
 //   int8: the code's magnitude, its sign moved onto x (pairs <= 2*127*127), widened to int32 per vector;
 //   nf4: as int8, its codes kNf4Int8[q] looked up by a byte shuffle.
 // Per (weight row, x row, step) the 8 int32 block sums are converted and multiply-added with the block
-// scales (x's d, times int4's group scale or nf4's absmax * (1/127)) into an 8-lane float chain, steps in order, summed across lanes at the end.
+// scales (x's d, times int4's group scale or nf4's absmax * (1/127)) into an 8-lane float chain, steps
+// in order, summed across lanes at the end.
 #include <immintrin.h>
 
 #include <algorithm>
