@@ -7,7 +7,8 @@ and the speed-up over float32 (ratio > 1: faster than float32).
     python benchmarks/bench_linear.py --ms 128 512 --q8-tiles   # also int8 / int4 with q8=True
                                                  # (the integer GEMM tiles above 16 rows)
 
-int8 and int4 take the default activation choice (q8 up to Q8_MAX_ROWS = 16 rows, float above);
+int8, nf4 and int4 take the default activation choice (layouts.use_q8: q8 up to Q8_MAX_ROWS = 16 rows, and
+at any row count from Q8_GEMM_MIN_K in_features on, which every shape here has);
 the timed runs of all columns alternate (A B C ... A B C ...) so load changes hit every column alike.
 """
 from __future__ import annotations
@@ -65,7 +66,7 @@ def main() -> None:
     ap.add_argument("--flush-mb", type=int, default=512, help="size of the buffer read to flush caches")
     ap.add_argument("--ms", type=int, nargs="+", default=None, help="row counts (default 1 8 128 512)")
     ap.add_argument("--q8-tiles", action="store_true",
-                    help="also time int8 / int4 with q8 activations (q8=True: the integer GEMM tiles above 16 rows)")
+                    help="also time int8 / nf4 / int4 with q8 activations (q8=True: the integer GEMM tiles above 16 rows)")
     args = ap.parse_args()
     global _FLUSH
     if not args.warm:
@@ -77,7 +78,7 @@ def main() -> None:
     ops.set_num_threads(args.threads)
     print(f"threads={args.threads} isa={ops.current_isa()} torch={torch.__version__} repeats={repeats} (median)"
           f" caches={'warm' if args.warm else f'flushed ({args.flush_mb} MB read) before each run'}")
-    cols = ["bf16", "int8", "nf4", "int4"] + (["int8 q8", "int4 q8"] if args.q8_tiles else [])
+    cols = ["bf16", "int8", "nf4", "int4"] + (["int8 q8", "nf4 q8", "int4 q8"] if args.q8_tiles else [])
     header = f"{'in->out':>12} {'M':>4} | {'fp32 ms':>8} " + " ".join(f"{c + ' ms':>9}" for c in cols) + " | " + \
         " ".join(f"{c:>6}" for c in cols) + "  (x faster than fp32, medians) [same, best runs]"
     print(header)
@@ -102,6 +103,7 @@ def main() -> None:
             }
             if args.q8_tiles:
                 fns["int8 q8"] = lambda: ops.matmul_int8(x, *q8, q8=True)
+                fns["nf4 q8"] = lambda: ops.matmul_nf4(x, *q4, (n, k), q8=True)
                 fns["int4 q8"] = lambda: ops.matmul_int4(x, *qi, k, q8=True)
             runs = timings(fns, repeats, min_time)
             t = {key: statistics.median(v) for key, v in runs.items()}

@@ -1,10 +1,11 @@
-"""512-token prefill on a synthetic checkpoint (benchmarks/synthetic.py): q8 activations at every
-row count (the integer GEMM tiles above 16 rows) against the default, the float-decoding GEMM above
-16 rows (Q8_MAX_ROWS = 16), alternating in one process, medians. Two measures: forward()
+"""512-token prefill on a synthetic checkpoint (benchmarks/synthetic.py): the shipped activation
+choice (layouts.use_q8: q8 up to Q8_MAX_ROWS = 16 rows and, from Q8_GEMM_MIN_K in_features on, at
+any row count: the integer GEMM tiles) against float activations above 16 rows (the float-decoding
+GEMM), alternating in one process, medians. Two measures: forward()
 of the whole prompt (logits of the last token) and the engine's first step (prefill and the first
 token: generate()'s time to first token).
 
-    python benchmarks/bench_prefill.py /tmp/mpt-1.3b --formats int4 int8 --repeats 3
+    python benchmarks/bench_prefill.py /tmp/mpt-1.3b --formats int4 nf4 int8 --repeats 3
 """
 from __future__ import annotations
 
@@ -23,12 +24,13 @@ from synthetic import write_checkpoint  # noqa: E402
 from mpt_lite import Engine, MptForCausalLM, ops  # noqa: E402
 from mpt_lite.kernels import decode_step, layouts  # noqa: E402
 
-DEFAULT = layouts.Q8_MAX_ROWS
-PATHS = {"float>16": 16, "q8 tiles": 2**31 - 1}  # Q8_MAX_ROWS of each path
+DEFAULT = (layouts.Q8_MAX_ROWS, layouts.Q8_GEMM_MIN_K)
+PATHS = {"float>16": (16, 2**31 - 1), "shipped": DEFAULT}  # (Q8_MAX_ROWS, Q8_GEMM_MIN_K) of each path
 
 
-def use_path(name: str) -> None:
-    layouts.Q8_MAX_ROWS = decode_step.Q8_MAX_ROWS = PATHS[name]  # read per call / per engine
+def use_path(name: str) -> None:  # read per call (layouts) / per engine plan (decode_step)
+    layouts.Q8_MAX_ROWS = decode_step.Q8_MAX_ROWS = PATHS[name][0]
+    layouts.Q8_GEMM_MIN_K = decode_step.Q8_GEMM_MIN_K = PATHS[name][1]
 
 
 def timed(fn) -> float:
@@ -41,7 +43,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", help="synthetic checkpoint folder (written when missing)")
     ap.add_argument("--size", default="1.3b")
-    ap.add_argument("--formats", nargs="+", default=["int4", "int8"], choices=["int4", "int8"])
+    ap.add_argument("--formats", nargs="+", default=["int4", "nf4", "int8"], choices=["int4", "nf4", "int8"])
     ap.add_argument("--tokens", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
@@ -79,7 +81,7 @@ def main() -> None:
             med = [statistics.median(times[(m, p)]) for p in PATHS]
             cells = " | ".join(f"{args.tokens / t:8.1f} tok/s" for t in med)
             print(f"{fmt:>6} {m:>10} | {cells} | {med[0] / med[1]:.2f}x", flush=True)
-        layouts.Q8_MAX_ROWS = decode_step.Q8_MAX_ROWS = DEFAULT
+        use_path("shipped")
         del model
 
 

@@ -221,11 +221,12 @@ def test_bad_step_input_raises():
         native_logits(plan, torch.tensor([1, 2, 3]), step, torch.tensor([1]))
 
 
-def test_native_step_takes_q8_for_long_rows_where_the_torch_path_does(monkeypatch):
+@pytest.mark.parametrize("fmt", ["int4", "nf4"])
+def test_native_step_takes_q8_for_long_rows_where_the_torch_path_does(monkeypatch, fmt):
     """A prefill of 20 rows: down_proj (in_features 1024 = Q8_GEMM_MIN_K) takes q8 activations in
     both paths (the integer GEMM tiles), up_proj (in_features 64) float ones. A plan told otherwise
     (q8 never for long rows) must visibly differ from the torch path, the shipped plan must not."""
-    model = quantized(random_causal_lm(0, vocab_size=VOCAB, max_seq_len=64, expansion_ratio=16), "int4", "int8")
+    model = quantized(random_causal_lm(0, vocab_size=VOCAB, max_seq_len=64, expansion_ratio=16), fmt, "int8")
     assert model.transformer.blocks[0].ffn.down_proj.cols >= decode_step.Q8_GEMM_MIN_K
 
     def gap(plan_min_k):

@@ -324,14 +324,16 @@ def test_auto_activation_path_follows_row_count():
 
 
 def test_auto_activation_path_at_long_rows():
-    """From Q8_GEMM_MIN_K in_features on, int8 / int4 take q8 at any row count (the GEMM tiles);
-    nf4 keeps float activations above Q8_MAX_ROWS rows."""
+    """From Q8_GEMM_MIN_K in_features on, int8 / int4 / nf4 take q8 at any row count (the GEMM tiles)."""
     K, M = ops.Q8_GEMM_MIN_K, ops.Q8_MAX_ROWS + 3
     w, x = torch.randn(24, K), torch.randn(M, K)
     q4, q8w, qn = ops.quantize_int4(w), ops.quantize_int8(w), ops.quantize_nf4(w)
     assert torch.equal(ops.matmul_int4(x, *q4, K), ops.matmul_int4(x, *q4, K, q8=True))
     assert torch.equal(ops.matmul_int8(x, *q8w), ops.matmul_int8(x, *q8w, q8=True))
-    assert torch.equal(ops.matmul_nf4(x, *qn, (24, K)), ops.matmul_nf4(x, *qn, (24, K), q8=False))
+    assert torch.equal(ops.matmul_nf4(x, *qn, (24, K)), ops.matmul_nf4(x, *qn, (24, K), q8=True))
+    assert not torch.equal(ops.matmul_nf4(x, *qn, (24, K)), ops.matmul_nf4(x, *qn, (24, K), q8=False))
+    torch.testing.assert_close(ops.ref_matmul_nf4(x, *qn, (24, K)), ops.ref_matmul_nf4(x, *qn, (24, K), q8=True),
+                               rtol=0, atol=0)
     assert not torch.equal(ops.matmul_int4(x, *q4, K), ops.matmul_int4(x, *q4, K, q8=False))
     short = torch.randn(M, K // 2)
     q4s = ops.quantize_int4(torch.randn(24, K // 2))

@@ -53,8 +53,7 @@ void dense_matmul(const StepWeight& w, const float* x, int64_t M, float* y) {
 
 // The same kernels and the same activation choice as kernels/quant_ops.py.
 void linear(const StepWeight& w, const float* x, int64_t M, float* y, const StepConfig& c) {
-  const bool gemm = w.fmt == StepFormat::Int8 || w.fmt == StepFormat::Int4;
-  const bool q8 = M <= c.q8_max_rows || (gemm && c.q8_gemm_min_k > 0 && w.K >= c.q8_gemm_min_k);
+  const bool q8 = M <= c.q8_max_rows || (c.q8_gemm_min_k > 0 && w.K >= c.q8_gemm_min_k);  // nf4: if nf4_q8_ok
   switch (w.fmt) {
     case StepFormat::F32: return dense_matmul(w, x, M, y);
     case StepFormat::Int8:

@@ -50,7 +50,7 @@ struct StepConfig {
   bool has_logit_scale = false;
   const float* slopes = nullptr;  // [n_heads] or null (no ALiBi)
   int64_t q8_max_rows = 0;
-  int64_t q8_gemm_min_k = 0;  // int8 / int4 with in_features >= this: q8 at any row count (0: never)
+  int64_t q8_gemm_min_k = 0;  // in_features >= this: q8 at any row count (0: never; nf4 where nf4_q8_ok)
 };
 
 struct StepBatch {

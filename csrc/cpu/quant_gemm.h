@@ -1,12 +1,15 @@
 // Integer GEMM tiles for many x rows (prefill, large batches): y = x @ W^T (+ bias) with x quantized
-// to q8 blocks (Q8Rows' arithmetic) and int8 / int4 weights, on register tiles of VNNI dot products.
+// to q8 blocks (Q8Rows' arithmetic) and int8 / int4 / nf4 weights (nf4: its codes as kNf4Int8 by a byte
+// shuffle, absmax / 127 per block, where nf4_q8_ok), on register tiles of VNNI (AVX2: pmaddubsw) dot
+// products. One blocked driver (quant_gemm_driver.h) runs either ISA's packing and micro-kernels.
 //
-// Used for M > kGemmMinRows on CPUs with AVX-512 VNNI (quant_matmul.cpp dispatches). Every output is
-// computed in exactly the per-block order of the AVX-512 q8_wide kernel (4-16 rows,
-// quant_matmul_avx512.cpp): per step of 16 blocks of 32 k, one int32 lane per block (x codes of the
+// Used for M > kGemmMinRows on CPUs with AVX-512 VNNI or AVX2 (quant_matmul.cpp dispatches). On
+// AVX-512 every int8 / int4 output is computed in exactly the per-block order of the q8_wide kernel
+// (4-16 rows, quant_matmul_avx512.cpp): per step of 16 blocks of 32 k, one int32 lane per block (x codes of the
 // block, offset by -128 or -8 times their sum, dotted with the unsigned weight bytes), converted to
 // float and multiply-added with the block's scale into a 16-lane float chain, steps in order, then one
-// _mm512_reduce_add_ps. So a row's result does not depend on how many rows share the call (M 4 .. any).
+// _mm512_reduce_add_ps. So a row's result does not depend on how many rows share the call (M 4 .. any;
+// nf4: M 17 .. any, its 1-16 row kernel sums 128 k a step).
 //
 // Cache blocking comes from the caches the machine reports (gemm_cache_sizes), never constants:
 //   KC (steps of 512 k per pass): a register tile's weight rows for one pass fill at most half of L1d;
@@ -36,6 +39,7 @@ struct GemmBlocking {
 GemmBlocking gemm_blocking(const CacheSizes& c, int64_t M, int64_t N, int64_t S, int nr, int mr, int threads);
 
 // x float32 [M, K]; quantizes x itself (vectorised, same codes and scales as quantize_q8).
+// nf4 weights need nf4_q8_ok(K, blocksize) (else std::invalid_argument).
 void qgemm_q8_avx512(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
 // The AVX2 tiles (pmaddubsw; quant_gemm_avx2.cpp): their own summation order, 8 blocks a step.
 void qgemm_q8_avx2(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);

@@ -1,22 +1,24 @@
-// Integer GEMM tiles on AVX2: many x rows against int8 / int4 weights with pmaddubsw. Blocking as in
+// Integer GEMM tiles on AVX2: many x rows against int8 / int4 / nf4 weights with pmaddubsw. Blocking as in
 // quant_gemm.h; a step is 8 blocks of 32 k (256 k), vector v (0..7) holding in int32 lane p the 4 bytes
 // of block p at k offsets 4v..4v+3, for x and weights alike (a dword transpose of 8 blocks, by gathers
 // from the codes of the step, once per x row and once per weight row and x block).
 // Products, exact in int16 (pmaddubsw sums a pair: unsigned weight byte x signed x code):
 //   int4: the nibbles 0..15 (pairs <= 2*15*127, so the 8 vectors of a step add up in int16 to <= 30480),
 //         the lane then starts at -8 times the sum of its block's x codes;
-//   int8: the code's magnitude, its sign moved onto x (pairs <= 2*127*127), widened to int32 per vector.
+//   int8: the code's magnitude, its sign moved onto x (pairs <= 2*127*127), widened to int32 per vector;
+//   nf4: as int8, its codes kNf4Int8[q] looked up by a byte shuffle.
 // Per (weight row, x row, step) the 8 int32 block sums are converted and multiply-added with the block
-// scales into an 8-lane float chain, steps in order, summed across lanes at the end.
+// scales (x's d, times int4's group scale or nf4's absmax * (1/127)) into an 8-lane float chain, steps
+// in order, summed across lanes at the end.
 #include <immintrin.h>
 
 #include <algorithm>
-#include <atomic>
 #include <stdexcept>
 #include <utility>
 #include <vector>
 
 #include "cpu/quant_gemm.h"
+#include "cpu/quant_gemm_driver.h"
 #include "cpu/thread_pool.h"
 
 namespace mpt {
@@ -25,7 +27,7 @@ namespace {
 constexpr int kStep = 256;  // k per step
 
 template <QFormat FMT>
-struct Tiles {  // register tile: weight rows x x rows (int8 keeps magnitudes and signs of its rows live)
+struct Tiles {  // register tile: weight rows x x rows (int8 / nf4 keep magnitudes and signs of their rows live)
   static constexpr int NR = FMT == QFormat::Int4 ? 4 : 2, MR = FMT == QFormat::Int4 ? 2 : 3;
 };
 
@@ -53,16 +55,9 @@ inline void transpose_step(const int8_t* codes, int8_t* out) {
                         _mm256_i32gather_epi32(reinterpret_cast<const int*>(codes), _mm256_add_epi32(rows, _mm256_set1_epi32(v)), 4));
 }
 
-struct XPack {
-  int64_t S = 0;
-  std::vector<int8_t> q;      // [M, S, 256]
-  std::vector<int32_t> init;  // [M, S, 8]
-  std::vector<float> d;       // [M, S, 8]
-};
-
 // Q8Rows' arithmetic (d = amax / 127, q = round-half-even(x / d) clamped to +-127, NaN -> 0), vectorised.
 template <QFormat FMT>
-void pack_x(const float* x, int64_t M, int64_t K, XPack& out) {
+void pack_x(const float* x, int64_t M, int64_t K, GemmX& out) {
   const int64_t KB = (K + 31) / 32, S = (KB + 7) / 8;
   out.S = S;
   out.q.resize(static_cast<size_t>(M * S * kStep));
@@ -115,12 +110,14 @@ void pack_x(const float* x, int64_t M, int64_t K, XPack& out) {
 }
 
 // Weight rows [n0, n0 + nr), steps [s0, s0 + kc) -> wp [nr, kc, 256] in step layout (int4: nibbles;
-// int8: signed codes, 0 past K) and, for int4, the block scales wd [nr, kc, 8].
+// int8, nf4: signed codes, 0 past K) and, for int4 / nf4, the block scales wd [nr, kc, 8] (0 past K).
 template <QFormat FMT>
 void pack_w(const QWeight& w, int64_t n0, int64_t nr, int64_t s0, int64_t kc, int8_t* wp, float* wd) {
-  const int64_t K = w.K, G = int4_groups(K);
-  const __m128i lo4 = _mm_set1_epi8(15);
+  const int64_t K = w.K, G = int4_groups(K), KB = (K + 31) / 32;
+  const int shift = FMT == QFormat::Nf4 ? __builtin_ctzll(w.blocksize) : 0;  // nf4_q8_ok: a power of two
+  const __m128i lo4 = _mm_set1_epi8(15), table = _mm_loadu_si128(reinterpret_cast<const __m128i*>(kNf4Int8));
   alignas(32) int8_t codes[8 * 32];
+  alignas(32) float sc[8];
   for (int64_t r = 0; r < nr; ++r) {
     const int64_t n = n0 + r;
     for (int64_t s = 0; s < kc; ++s) {
@@ -128,7 +125,19 @@ void pack_w(const QWeight& w, int64_t n0, int64_t nr, int64_t s0, int64_t kc, in
       for (int b = 0; b < 8; ++b) {
         const int64_t g = st * 8 + b;
         int8_t* c = codes + 32 * b;
-        if (FMT == QFormat::Int4) {
+        if (FMT == QFormat::Nf4) {  // 16 bytes a block, even k in the high nibbles (K % 32 == 0)
+          __m128i lo = _mm_setzero_si128(), hi = _mm_setzero_si128();
+          sc[b] = 0.f;
+          if (g < KB) {
+            const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.data + n * K / 2 + g * 16));
+            const __m128i ev = _mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16(raw, 4), lo4));
+            const __m128i od = _mm_shuffle_epi8(table, _mm_and_si128(raw, lo4));
+            lo = _mm_unpacklo_epi8(ev, od), hi = _mm_unpackhi_epi8(ev, od);
+            sc[b] = w.scale[(n * K + g * 32) >> shift] * (1.0f / 127.0f);
+          }
+          _mm_store_si128(reinterpret_cast<__m128i*>(c), lo);
+          _mm_store_si128(reinterpret_cast<__m128i*>(c + 16), hi);
+        } else if (FMT == QFormat::Int4) {
           __m128i lo = _mm_setzero_si128(), hi = _mm_setzero_si128();
           if (g < G) {
             const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.data + (n * G + g) * 16));
@@ -149,23 +158,16 @@ void pack_w(const QWeight& w, int64_t n0, int64_t nr, int64_t s0, int64_t kc, in
       }
       transpose_step(codes, wp + (r * kc + s) * kStep);
       if (FMT == QFormat::Int4) _mm256_storeu_ps(wd + (r * kc + s) * 8, int4_scales8(w.scale16 + n * G + st * 8, G - st * 8));
+      if (FMT == QFormat::Nf4) _mm256_storeu_ps(wd + (r * kc + s) * 8, _mm256_load_ps(sc));
     }
   }
 }
 
-struct Tile {
-  const int8_t* wp;   // R weight rows, row stride kc * 256
-  const float* wd;    // int4: their block scales, row stride kc * 8
-  const int8_t* xq;   // MB x rows at the pass's first step, row stride S * 256
-  const int32_t* xi;  // row stride S * 8
-  const float* xd;
-  int64_t kc, S;
-  float* C;  // float chains [R][ldc][8]
-  int64_t ldc;
-};
+using Tile = GemmTile<int8_t>;
 
-template <bool I4, int R, int MB>
+template <QFormat FMT, int R, int MB>
 void micro(const Tile& t) {
+  constexpr bool I4 = FMT == QFormat::Int4, WD = FMT != QFormat::Int8;  // WD: weight block scales
   const __m256i ones = _mm256_set1_epi16(1);
   for (int64_t s = 0; s < t.kc; ++s) {
     __m256i ia[R][MB];
@@ -192,7 +194,7 @@ void micro(const Tile& t) {
       const __m256i init = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.xi + m * t.S * 8 + s * 8));
       for (int r = 0; r < R; ++r) {
         const __m256i i = I4 ? _mm256_add_epi32(_mm256_madd_epi16(ia[r][m], ones), init) : ia[r][m];
-        const __m256 sc = I4 ? _mm256_mul_ps(_mm256_loadu_ps(t.wd + (r * t.kc + s) * 8), d) : d;
+        const __m256 sc = WD ? _mm256_mul_ps(_mm256_loadu_ps(t.wd + (r * t.kc + s) * 8), d) : d;
         float* c = t.C + (r * t.ldc + m) * 8;
         _mm256_storeu_ps(c, _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), sc, _mm256_loadu_ps(c)));
       }
@@ -200,61 +202,23 @@ void micro(const Tile& t) {
   }
 }
 
-template <bool I4, int NR, int MR, int... I>
-void micro_any(std::integer_sequence<int, I...>, int r, int mb, const Tile& t) {
-  using Fn = void (*)(const Tile&);
-  static constexpr Fn table[] = {&micro<I4, I / MR + 1, I % MR + 1>...};
-  table[(r - 1) * MR + (mb - 1)](t);
-}
-
-template <QFormat FMT>
-void gemm(const QWeight& w, const float* x, int64_t M, const float* bias, float* y) {
-  constexpr bool I4 = FMT == QFormat::Int4;
-  constexpr int NR = Tiles<FMT>::NR, MR = Tiles<FMT>::MR;
-  XPack xp;
-  pack_x<FMT>(x, M, w.K, xp);
-  const int64_t N = w.N, S = xp.S;
-  // gemm_blocking counts 512-k steps; ours are 256 k: twice as many, half the bytes each.
-  const GemmBlocking b2 = gemm_blocking(gemm_cache_sizes(), M, N, (S + 1) / 2, NR, MR, num_threads());
-  const GemmBlocking bl{std::min<int64_t>(S, 2 * b2.kc), b2.mc, b2.nc};
-  const int64_t nM = (M + bl.mc - 1) / bl.mc, blocks = ((N + bl.nc - 1) / bl.nc) * nM;
-  std::atomic<int64_t> next{0};
-  parallel_for(std::min<int64_t>(num_threads(), blocks), 1, [&](int64_t, int64_t) {
-    std::vector<int8_t> wp(static_cast<size_t>(bl.nc * bl.kc * kStep));
-    std::vector<float> wd(I4 ? static_cast<size_t>(bl.nc * bl.kc * 8) : 0);
-    std::vector<float> C(static_cast<size_t>(bl.nc * bl.mc * 8));
-    for (int64_t b; (b = next.fetch_add(1, std::memory_order_relaxed)) < blocks;) {
-      const int64_t n0 = (b / nM) * bl.nc, nr = std::min(bl.nc, N - n0);
-      const int64_t m0 = (b % nM) * bl.mc, mr = std::min(bl.mc, M - m0);
-      std::fill(C.begin(), C.end(), 0.f);
-      for (int64_t s0 = 0; s0 < S; s0 += bl.kc) {
-        const int64_t kc = std::min(bl.kc, S - s0);
-        pack_w<FMT>(w, n0, nr, s0, kc, wp.data(), wd.data());
-        for (int64_t r0 = 0; r0 < nr; r0 += NR)
-          for (int64_t i0 = 0; i0 < mr; i0 += MR) {
-            const int64_t m = m0 + i0;
-            const Tile t{wp.data() + r0 * kc * kStep, I4 ? wd.data() + r0 * kc * 8 : nullptr,
-                         xp.q.data() + (m * S + s0) * kStep, xp.init.data() + (m * S + s0) * 8,
-                         xp.d.data() + (m * S + s0) * 8, kc, S, C.data() + (r0 * bl.mc + i0) * 8, bl.mc};
-            micro_any<I4, NR, MR>(std::make_integer_sequence<int, NR * MR>{}, static_cast<int>(std::min<int64_t>(NR, nr - r0)),
-                                  static_cast<int>(std::min<int64_t>(MR, mr - i0)), t);
-          }
-      }
-      for (int64_t i = 0; i < mr; ++i)
-        for (int64_t r = 0; r < nr; ++r) {
-          const int64_t n = n0 + r;
-          y[(m0 + i) * N + n] = hsum8(_mm256_loadu_ps(C.data() + (r * bl.mc + i) * 8)) * row_factor(w, n) + (bias ? bias[n] : 0.f);
-        }
-    }
-  });
-}
+struct Avx2 {  // the ISA class of quant_gemm_driver.h
+  using WByte = int8_t;
+  static constexpr int64_t kStep = mpt::kStep, kLanes = 8;
+  template <QFormat FMT> using Shape = Tiles<FMT>;
+  template <QFormat FMT> static constexpr auto pack_x = &mpt::pack_x<FMT>;
+  template <QFormat FMT> static constexpr auto pack_w = &mpt::pack_w<FMT>;
+  template <QFormat FMT, int R, int MB> static constexpr auto tile = &micro<FMT, R, MB>;
+  static float hsum(const float* c) { return hsum8(_mm256_loadu_ps(c)); }
+};
 
 }  // namespace
 
 void qgemm_q8_avx2(const QWeight& w, const float* x, int64_t M, const float* bias, float* y) {
-  if (w.fmt == QFormat::Int8) return gemm<QFormat::Int8>(w, x, M, bias, y);
-  if (w.fmt == QFormat::Int4) return gemm<QFormat::Int4>(w, x, M, bias, y);
-  throw std::invalid_argument("the integer GEMM tiles take int8 or int4 weights, not nf4");
+  if (w.fmt == QFormat::Int8) return gemm_tiles<Avx2, QFormat::Int8>(w, x, M, bias, y);
+  if (w.fmt == QFormat::Int4) return gemm_tiles<Avx2, QFormat::Int4>(w, x, M, bias, y);
+  if (!nf4_q8_ok(w.K, w.blocksize)) throw std::invalid_argument("nf4 GEMM tiles: needs nf4_q8_ok(K, blocksize)");
+  gemm_tiles<Avx2, QFormat::Nf4>(w, x, M, bias, y);
 }
 
 }  // namespace mpt

@@ -1,21 +1,21 @@
-// Integer GEMM tiles on AVX-512 VNNI: many x rows against int8 / int4 weights. Design and block sizes:
-// quant_gemm.h. Layout of a step (16 blocks of 32 k) for x and weights, as in q8_wide
+// Integer GEMM tiles on AVX-512 VNNI: many x rows against int8 / int4 / nf4 weights. Design and block
+// sizes: quant_gemm.h. Layout of a step (16 blocks of 32 k) for x and weights, as in q8_wide
 // (quant_matmul_avx512.cpp), so both kernels give bit-identical rows:
 //   vector v (0..7) holds in int32 lane p the 4 bytes of block gemm_block(p) at k offsets 4v..4v+3;
-//   weights as unsigned bytes (int8: code ^ 0x80 = code + 128; int4: the nibble 0..15), x as codes,
-//   and each x lane starts at -128 (int8) or -8 (int4) times the sum of its block's 32 codes.
+//   weights as unsigned bytes (int8: code ^ 0x80 = code + 128; int4: the nibble 0..15; nf4:
+//   kNf4Int8[q] + 128 by a byte shuffle), x as codes, and each x lane starts at -8 (int4) or -128
+//   (int8, nf4) times the sum of its block's 32 codes. int4 and nf4 also carry a float scale per
+//   weight block and lane (int4: its half group scale; nf4: absmax * (1/127) of the block's nf4 block).
 #include <immintrin.h>
 
 #include <algorithm>
-#include <atomic>
-#include <cmath>
-#include <memory>
 #include <stdexcept>
 #include <utility>
 #include <vector>
 
 #include "cpu/q8_lanes_avx512.h"
 #include "cpu/quant_gemm.h"
+#include "cpu/quant_gemm_driver.h"
 #include "cpu/thread_pool.h"
 
 namespace mpt {
@@ -28,9 +28,10 @@ constexpr int NR = 4, MR = 3;  // register tile: weight rows x x rows (12 int32 
 constexpr int kStep = 512;     // k per step
 
 // The block of a step whose int32 lane is p (the lane order the weight shuffles below produce).
+// int4 and nf4 load 16 bytes (32 k) a block, one block per 128-bit lane; int8 32 bytes a block.
 template <QFormat FMT>
 constexpr int gemm_block(int p) {
-  return FMT == QFormat::Int4 ? 4 * (p & 3) + (p >> 2) : 8 * (p >> 3) + 2 * (p & 3) + ((p >> 2) & 1);
+  return FMT != QFormat::Int8 ? 4 * (p & 3) + (p >> 2) : 8 * (p >> 3) + 2 * (p & 3) + ((p >> 2) & 1);
 }
 template <QFormat FMT>
 __m512i block_index() {
@@ -47,21 +48,13 @@ inline __m512 int4_scales16(const uint16_t* s, int64_t count) {  // IEEE half sc
   return _mm512_cvtph_ps(h);
 }
 
-// x packed for the tiles: per row and step 8 vectors of codes, 16 lane start values, 16 block scales.
-struct XPack {
-  int64_t M = 0, S = 0;
-  std::vector<int8_t> q;      // [M, S, 512]
-  std::vector<int32_t> init;  // [M, S, 16]
-  std::vector<float> d;       // [M, S, 16]
-};
-
 // Quantizes x row by row (Q8Rows' arithmetic: d = amax / 127, q = round-half-even(x / d) clamped
 // to +-127, 0 for NaN) and writes the step layout directly.
 template <QFormat FMT>
-void pack_x(const float* x, int64_t M, int64_t K, XPack& out) {
+void pack_x(const float* x, int64_t M, int64_t K, GemmX& out) {
   const int64_t KB = (K + 31) / 32, S = (KB + 15) / 16;
-  const int32_t off = FMT == QFormat::Int8 ? 128 : 8;
-  out.M = M, out.S = S;
+  const int32_t off = FMT == QFormat::Int4 ? 8 : 128;
+  out.S = S;
   out.q.resize(static_cast<size_t>(M * S * kStep));
   out.init.resize(static_cast<size_t>(M * S * 16));
   out.d.resize(static_cast<size_t>(M * S * 16));
@@ -110,13 +103,24 @@ void pack_x(const float* x, int64_t M, int64_t K, XPack& out) {
   });
 }
 
+// nf4: the block scales absmax * (1/127) of row n's q8 blocks st * 16 + gemm_block(p) in lane p (0 past
+// K). K % blocksize == 0 (nf4_q8_ok), so row n's nf4 blocks start at absmax + n * (K >> shift).
+inline __m512 nf4_scales16(const QWeight& w, int64_t n, int64_t st, int shift) {
+  const __m512i blk = _mm512_add_epi32(block_index<QFormat::Nf4>(), _mm512_set1_epi32(static_cast<int>(st * 16)));
+  const __mmask16 valid = _mm512_cmplt_epi32_mask(blk, _mm512_set1_epi32(static_cast<int>(w.K / 32)));
+  const __m512i idx = _mm512_srli_epi32(_mm512_slli_epi32(blk, 5), shift);
+  const __m512 a = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), valid, idx, w.scale + n * (w.K >> shift), 4);
+  return _mm512_mul_ps(a, _mm512_set1_ps(1.0f / 127.0f));
+}
+
 // Packs weight rows [n0, n0 + nr) for steps [s0, s0 + kc) into wp ([nr, kc, 512] unsigned bytes in
-// step layout) and, for int4, their scales in lane order into wd ([nr, kc, 16]).
+// step layout) and, for int4 / nf4, their block scales in lane order into wd ([nr, kc, 16]).
 template <QFormat FMT>
 void pack_w(const QWeight& w, int64_t n0, int64_t nr, int64_t s0, int64_t kc, uint8_t* wp, float* wd) {
-  constexpr bool I4 = FMT == QFormat::Int4;
-  constexpr int NL = I4 ? 4 : 8;  // 64-byte loads a step
-  const int64_t K = w.K, G = int4_groups(K), rowbytes = I4 ? G * 16 : K;
+  constexpr bool I4 = FMT == QFormat::Int4, NF = FMT == QFormat::Nf4;
+  constexpr int NL = I4 || NF ? 4 : 8;  // 64-byte loads a step
+  const int64_t K = w.K, G = int4_groups(K), rowbytes = I4 ? G * 16 : NF ? K / 2 : K;
+  const int shift = NF ? __builtin_ctzll(w.blocksize) : 0;  // nf4_q8_ok: a power of two
   const __m512i lo4 = _mm512_set1_epi8(15), x80 = _mm512_set1_epi8(static_cast<char>(0x80));
   const __m512i sidx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   for (int64_t r = 0; r < nr; ++r) {
@@ -125,7 +129,13 @@ void pack_w(const QWeight& w, int64_t n0, int64_t nr, int64_t s0, int64_t kc, ui
       const int64_t st = s0 + s, left = rowbytes - st * 64 * NL;
       __m512i z[NL], wv[8];
       for (int a = 0; a < NL; ++a) z[a] = _mm512_maskz_loadu_epi8(bytes_mask(left - 64 * a), row + st * 64 * NL + 64 * a);
-      if (I4) {
+      if (NF) {  // load a, 128-bit lane c: block 4a + c; the transposes put it in lane p = 4c + a
+        __m512i lo[4], hi[4];
+        for (int a = 0; a < 4; ++a) avx512_lanes::nf4_bytes(z[a], lo[a], hi[a]);
+        transpose4(lo, wv);
+        transpose4(hi, wv + 4);
+        _mm512_storeu_ps(wd + (r * kc + s) * 16, nf4_scales16(w, n0 + r, st, shift));
+      } else if (I4) {
         __m512i t[4];
         transpose4(z, t);
         for (int j = 0; j < 4; ++j) {
@@ -148,19 +158,11 @@ void pack_w(const QWeight& w, int64_t n0, int64_t nr, int64_t s0, int64_t kc, ui
   }
 }
 
-struct Tile {
-  const uint8_t* wp;  // R weight rows, row stride kc * 512
-  const float* wd;    // int4: their lane scales, row stride kc * 16
-  const int8_t* xq;   // MB x rows at the pass's first step, row stride S * 512
-  const int32_t* xi;  // row stride S * 16
-  const float* xd;
-  int64_t kc, S;
-  float* C;  // accumulators [R][ldc = mc][16]
-  int64_t ldc;
-};
+using Tile = GemmTile<uint8_t>;
 
-// R weight rows x MB x rows over kc steps; continues the float chains held in C.
-template <bool I4, int R, int MB>
+// R weight rows x MB x rows over kc steps; continues the float chains held in C. Per step and x row,
+// int4 / nf4 multiply each weight row's block scales by x's (one more float op per 8 dot products).
+template <bool WD, int R, int MB>  // WD: weight block scales (int4, nf4)
 void micro(const Tile& t) {
   __m512 acc[R][MB];
   for (int r = 0; r < R; ++r)
@@ -173,7 +175,10 @@ void micro(const Tile& t) {
     }
     for (int v = 0; v < 8; ++v) {
       __m512i wv[R];
-      for (int r = 0; r < R; ++r) wv[r] = _mm512_loadu_si512(t.wp + (r * t.kc + s) * kStep + 64 * v);
+      for (int r = 0; r < R; ++r) {
+        wv[r] = _mm512_loadu_si512(t.wp + (r * t.kc + s) * kStep + 64 * v);
+        asm("" : "+v"(wv[r]));  // held in a register: GCC would otherwise reload it for every x row
+      }
       for (int m = 0; m < MB; ++m) {
         const __m512i xv = _mm512_loadu_si512(t.xq + m * t.S * kStep + s * kStep + 64 * v);
         for (int r = 0; r < R; ++r) ia[r][m] = _mm512_dpbusd_epi32(ia[r][m], wv[r], xv);
@@ -182,7 +187,7 @@ void micro(const Tile& t) {
     for (int m = 0; m < MB; ++m) {
       const __m512 d = _mm512_loadu_ps(t.xd + m * t.S * 16 + s * 16);
       for (int r = 0; r < R; ++r) {
-        const __m512 sc = I4 ? _mm512_mul_ps(_mm512_loadu_ps(t.wd + (r * t.kc + s) * 16), d) : d;
+        const __m512 sc = WD ? _mm512_mul_ps(_mm512_loadu_ps(t.wd + (r * t.kc + s) * 16), d) : d;
         acc[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[r][m]), sc, acc[r][m]);
       }
     }
@@ -191,63 +196,27 @@ void micro(const Tile& t) {
     for (int m = 0; m < MB; ++m) _mm512_storeu_ps(t.C + (r * t.ldc + m) * 16, acc[r][m]);
 }
 
-template <bool I4, int... I>
-void micro_any(std::integer_sequence<int, I...>, int r, int mb, const Tile& t) {
-  using Fn = void (*)(const Tile&);
-  static constexpr Fn table[] = {&micro<I4, I / MR + 1, I % MR + 1>...};
-  table[(r - 1) * MR + (mb - 1)](t);
-}
-
-template <QFormat FMT>
-void gemm(const QWeight& w, const float* x, int64_t M, const float* bias, float* y) {
-  constexpr bool I4 = FMT == QFormat::Int4;
-  XPack xp;
-  pack_x<FMT>(x, M, w.K, xp);
-  const int64_t N = w.N, S = xp.S;
-  const GemmBlocking bl = gemm_blocking(gemm_cache_sizes(), M, N, S, NR, MR, num_threads());
-  const int64_t nN = (N + bl.nc - 1) / bl.nc, nM = (M + bl.mc - 1) / bl.mc, blocks = nN * nM;
-  std::atomic<int64_t> next{0};
-  // Blocks (weight rows x x rows) handed out from a shared counter, weight-row major; each output is
-  // computed whole by one thread in a fixed order, so results depend on neither threads nor blocks.
-  parallel_for(std::min<int64_t>(num_threads(), blocks), 1, [&](int64_t, int64_t) {
-    std::vector<uint8_t> wp(static_cast<size_t>(bl.nc * bl.kc * kStep));
-    std::vector<float> wd(I4 ? static_cast<size_t>(bl.nc * bl.kc * 16) : 0);
-    std::vector<float> C(static_cast<size_t>(bl.nc * bl.mc * 16));
-    for (int64_t b; (b = next.fetch_add(1, std::memory_order_relaxed)) < blocks;) {
-      const int64_t n0 = (b / nM) * bl.nc, nr = std::min(bl.nc, N - n0);
-      const int64_t m0 = (b % nM) * bl.mc, mr = std::min(bl.mc, M - m0);
-      std::fill(C.begin(), C.end(), 0.f);
-      for (int64_t s0 = 0; s0 < S; s0 += bl.kc) {
-        const int64_t kc = std::min(bl.kc, S - s0);
-        pack_w<FMT>(w, n0, nr, s0, kc, wp.data(), wd.data());
-        for (int64_t r0 = 0; r0 < nr; r0 += NR)
-          for (int64_t i0 = 0; i0 < mr; i0 += MR) {
-            const int64_t m = m0 + i0;
-            const Tile t{wp.data() + r0 * kc * kStep, I4 ? wd.data() + r0 * kc * 16 : nullptr,
-                         xp.q.data() + (m * S + s0) * kStep, xp.init.data() + (m * S + s0) * 16,
-                         xp.d.data() + (m * S + s0) * 16, kc, S, C.data() + (r0 * bl.mc + i0) * 16, bl.mc};
-            micro_any<I4>(std::make_integer_sequence<int, NR * MR>{}, static_cast<int>(std::min<int64_t>(NR, nr - r0)),
-                          static_cast<int>(std::min<int64_t>(MR, mr - i0)), t);
-          }
-      }
-      for (int64_t i = 0; i < mr; ++i)
-        for (int64_t r = 0; r < nr; ++r) {
-          const int64_t n = n0 + r;
-          const float rf = row_factor(w, n), b = bias ? bias[n] : 0.f;
-          y[(m0 + i) * N + n] = _mm512_reduce_add_ps(_mm512_loadu_ps(C.data() + (r * bl.mc + i) * 16)) * rf + b;
-        }
-    }
-  });
-}
+struct Avx512 {  // the ISA class of quant_gemm_driver.h
+  using WByte = uint8_t;
+  static constexpr int64_t kStep = mpt::kStep, kLanes = 16;
+  template <QFormat FMT> struct Shape { static constexpr int NR = mpt::NR, MR = mpt::MR; };
+  template <QFormat FMT> static constexpr auto pack_x = &mpt::pack_x<FMT>;
+  template <QFormat FMT> static constexpr auto pack_w = &mpt::pack_w<FMT>;
+  template <QFormat FMT, int R, int MB> static constexpr auto tile = &micro<FMT != QFormat::Int8, R, MB>;
+  static float hsum(const float* c) { return _mm512_reduce_add_ps(_mm512_loadu_ps(c)); }
+};
 
 }  // namespace
 
 void qgemm_q8_avx512(const QWeight& w, const float* x, int64_t M, const float* bias, float* y) {
   switch (w.fmt) {
-    case QFormat::Int8: return gemm<QFormat::Int8>(w, x, M, bias, y);
-    case QFormat::Int4: return gemm<QFormat::Int4>(w, x, M, bias, y);
-    default: throw std::invalid_argument("the integer GEMM tiles take int8 or int4 weights, not nf4");
+    case QFormat::Int8: return gemm_tiles<Avx512, QFormat::Int8>(w, x, M, bias, y);
+    case QFormat::Int4: return gemm_tiles<Avx512, QFormat::Int4>(w, x, M, bias, y);
+    case QFormat::Nf4:
+      if (!nf4_q8_ok(w.K, w.blocksize)) throw std::invalid_argument("nf4 GEMM tiles: needs nf4_q8_ok(K, blocksize)");
+      return gemm_tiles<Avx512, QFormat::Nf4>(w, x, M, bias, y);
   }
+  throw std::invalid_argument("the integer GEMM tiles: unknown weight format");
 }
 
 }  // namespace mpt

@@ -96,10 +96,9 @@ void qmatmul(const QWeight& w, const float* x, int64_t M, const float* bias, flo
     if (w.fmt == QFormat::Nf4 && !nf4_q8_ok(w.K, w.blocksize))
       throw std::invalid_argument("nf4 q8 path: needs a power-of-two blocksize >= 32 that divides K");
 #if MPT_LITE_X86_SIMD
-    // Many rows of int8 / int4: register-tiled VNNI GEMM (quantizes x itself); same per-row results
-    // as q8_wide. nf4 keeps the row kernels.
-    if (w.fmt != QFormat::Nf4 && M > kGemmMinRows && current_isa() == Isa::Avx512) return qgemm_q8_avx512(w, x, M, bias, y);
-    if (w.fmt != QFormat::Nf4 && M > kGemmMinRows && current_isa() == Isa::Avx2) return qgemm_q8_avx2(w, x, M, bias, y);
+    // Many rows: register-tiled integer GEMM (quantizes x itself); int8 / int4 rows equal q8_wide's.
+    if (M > kGemmMinRows && current_isa() == Isa::Avx512) return qgemm_q8_avx512(w, x, M, bias, y);
+    if (M > kGemmMinRows && current_isa() == Isa::Avx2) return qgemm_q8_avx2(w, x, M, bias, y);
 #endif
     Q8Rows xq;
     quantize_q8(x, M, w.K, xq);

@@ -31,9 +31,9 @@ def int4_half_scales(d: torch.Tensor) -> torch.Tensor:
 
 
 # Which matmuls quantize their activations to q8 blocks by default: at most Q8_MAX_ROWS rows (decode)
-# for every format, and, for int8 / int4 only, any number of rows once in_features >= Q8_GEMM_MIN_K,
-# where the integer GEMM tiles (csrc/cpu/quant_gemm.h) beat the float GEMM (1.3-1.7x at K >= 2048 on a
-# 1.3B layer) while at K = 256-768 they lose (0.6-0.9x: a partly empty 512-k step); docs/benchmarks.md,
+# for every format, and any number of rows once in_features >= Q8_GEMM_MIN_K (int8, int4, and nf4 where
+# nf4_q8_ok), where the integer GEMM tiles (csrc/cpu/quant_gemm.h) beat the float GEMM (1.3-1.7x at
+# K >= 2048 on a 1.3B layer; nf4 1.2-1.3x over its float path) while at K = 256-768 they lose (0.6-0.9x: a partly empty 512-k step); docs/benchmarks.md,
 # "Prefill GEMM". Other matmuls keep float activations unless q8=True.
 Q8_MAX_ROWS = 16
 Q8_GEMM_MIN_K = 1024
@@ -41,8 +41,8 @@ Q8_BLOCK = 32
 
 
 def use_q8(q8: object, rows: int, gemm_k: int | None = None) -> bool:
-    """The q8 choice of a matmul of `rows` activation rows; gemm_k: its in_features when the format
-    has integer GEMM tiles (int8, int4), else None."""
+    """The q8 choice of a matmul of `rows` activation rows; gemm_k: its in_features (None: only the
+    row count decides)."""
     if q8 is None:
         return rows <= Q8_MAX_ROWS or (gemm_k is not None and gemm_k >= Q8_GEMM_MIN_K)
     if not isinstance(q8, bool):

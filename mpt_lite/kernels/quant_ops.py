@@ -14,11 +14,12 @@ from .layouts import INT4_SCALE_DTYPE, NF4_BLOCKSIZE, int4_groups, use_q8
 # compute y = x @ W^T (+ bias) for x [..., K] in float32 or bfloat16 (bfloat16 is widened to float32
 # for the kernel and y is returned in x's dtype).
 #
-# Activations: at most Q8_MAX_ROWS rows of x (decode), the kernels quantize x to int8 per block of
-# 32 along K, as ggml's q8_0 does (ref_quantize_q8), and sum integer products per block; otherwise
-# (prefill) x stays float32. nf4 takes that path with its codes held as int8 (NF4_INT8, llama.cpp's
-# IQ4_NL scheme) where nf4_q8_ok(K, blocksize), and keeps float activations elsewhere.
-# The `q8` argument of the matmuls forces the choice (None: by the row count).
+# Activations: at most Q8_MAX_ROWS rows of x (decode), or any number from Q8_GEMM_MIN_K in_features
+# on (prefill through the integer GEMM tiles; layouts.use_q8), the kernels quantize x to int8 per block
+# of 32 along K, as ggml's q8_0 does (ref_quantize_q8), and sum integer products per block; otherwise
+# x stays float32. nf4 takes that path with its codes held as int8 (NF4_INT8, llama.cpp's IQ4_NL
+# scheme) where nf4_q8_ok(K, blocksize), and keeps float activations elsewhere.
+# The `q8` argument of the matmuls forces the choice (None: by the row count and in_features).
 # ref_matmul_* mirror exactly that choice: F.linear(ref_dequantize_q8(x) or x, dequantized W) in
 # float32, and every kernel variant equals its mirror to float32 rounding.
 #
@@ -98,13 +99,13 @@ def _cuda_dequantize(fmt: str, data: torch.Tensor, scale: torch.Tensor, N: int, 
 
 
 def _run_matmul(fn, x: object, K: int, N: int, bias: object, weights: dict, q8: object,
-                num_threads: object, gemm: bool = True) -> torch.Tensor:
+                num_threads: object) -> torch.Tensor:
     threads = check_threads(num_threads)
     x2, lead = check_activations(x, K)
     b = check_bias(bias, N)
     y = torch.empty(x2.shape[0], N, dtype=torch.float32)
     fn(x=ptr(x2), m=x2.shape[0], k=K, n=N, bias=0 if b is None else ptr(b), y=ptr(y), **weights,
-       q8=use_q8(q8, x2.shape[0], K if gemm else None), num_threads=threads)
+       q8=use_q8(q8, x2.shape[0], K), num_threads=threads)
     return y.reshape(*lead, N).to(x.dtype)
 
 
@@ -239,7 +240,7 @@ def matmul_nf4(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, shap
         return _cuda_matmul("nf4", x, packed, absmax, N, K, bs, bias)
     packed, absmax = packed.contiguous(), absmax.contiguous()
     return _run_matmul(_C.matmul_nf4, x, K, N, bias, {"packed": ptr(packed), "absmax": ptr(absmax), "blocksize": bs},
-                       q8, num_threads, gemm=False)
+                       q8, num_threads)
 
 
 # int4: packed uint8 [N, G*16], scales float16 [N, G], G = ceil(K/32); W = (q - 8) * d (4.5 bits per weight).

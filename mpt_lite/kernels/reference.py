@@ -108,12 +108,12 @@ def ref_dequantize_nf4_int8(packed: torch.Tensor, absmax: torch.Tensor, shape,
 
 
 def ref_matmul_nf4(x, packed, absmax, shape, blocksize: int = NF4_BLOCKSIZE, bias=None, q8=None) -> torch.Tensor:
-    """At most Q8_MAX_ROWS rows (or q8=True) and where nf4_q8_ok: q8 activations against the int8
+    """q8 per layouts.use_q8 (as int8 / int4) and where nf4_q8_ok: q8 activations against the int8
     codes (llama.cpp's IQ4_NL scheme, csrc/cpu/quant_formats.h); otherwise float32 activations
     against the float codes."""
     b = None if bias is None else bias.float()
     rows = x.numel() // max(x.shape[-1], 1) if x.dim() else 1
-    if use_q8(q8, rows) and nf4_q8_ok(shape[1], blocksize):
+    if use_q8(q8, rows, shape[1]) and nf4_q8_ok(shape[1], blocksize):
         return F.linear(ref_dequantize_q8(x), ref_dequantize_nf4_int8(packed, absmax, shape, blocksize), b).to(x.dtype)
     return F.linear(x.float(), ref_dequantize_nf4(packed, absmax, shape, blocksize), b).to(x.dtype)
 
