@@ -1,6 +1,7 @@
 // measure_read_bandwidth (memory_bandwidth.h): the buffer, the cache size, the timed passes.
 #include "cpu/memory_bandwidth.h"
 
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -41,6 +42,12 @@ int64_t sys_cache_bytes() {
     if (t != "Instruction") best = std::max(best, parse_size(s));
   }
   return best;
+}
+
+double process_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
 }
 
 struct FreeBuffer {
@@ -112,9 +119,11 @@ ReadBandwidth measure_read_bandwidth(int64_t bytes, int repeats) {
   };
   pass();  // untimed: page tables and the pool's threads warm
   for (int i = 0; i < repeats; ++i) {
+    const double c0 = process_cpu_seconds();
     const auto t0 = std::chrono::steady_clock::now();
     pass();
     r.seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    r.cpu_seconds.push_back(process_cpu_seconds() - c0);
   }
   r.checksum = sum.load();
   return r;

@@ -18,6 +18,8 @@ struct ReadBandwidth {
   int64_t bytes = 0;             // buffer size (a multiple of 4 KiB)
   int threads = 0;               // pool threads that read it
   std::vector<double> seconds;   // one per timed pass over the whole buffer
+  std::vector<double> cpu_seconds;  // the process's CPU time in each pass (all threads; on a shared
+                                    // machine, bytes / this over threads is the rate while running)
   uint64_t checksum = 0;         // of the loads, so that none is optimised away
 };
 

@@ -24,7 +24,9 @@ def default_read_bytes() -> int:
 def read_bandwidth(num_threads: int | None = None, nbytes: int | None = None, repeats: int = 5) -> dict:
     """Streams a buffer of `nbytes` (None: 4x the last-level cache, at least 256 MiB, at most half
     the free memory) `repeats` times on `num_threads` pool threads (None: the pool's size).
-    Returns {"gb_s": median GB/s (1e9 bytes), "bytes", "threads", "isa", "gb_s_each": per pass}."""
+    Returns {"gb_s": median GB/s (1e9 bytes), "bytes", "threads", "isa", "gb_s_each": per pass,
+    "cpu_gb_s": median bytes per second of CPU time per thread (the process's CPU time over the
+    threads: on a shared machine, what a thread reads while it runs)}."""
     threads = check_threads(num_threads)
     for name, v in (("nbytes", 1 if nbytes is None else nbytes), ("repeats", repeats)):
         if isinstance(v, bool) or not isinstance(v, int):
@@ -36,5 +38,6 @@ def read_bandwidth(num_threads: int | None = None, nbytes: int | None = None, re
     except MemoryError as e:
         raise MemoryError(f"read_bandwidth: cannot allocate a buffer of {nbytes or default_read_bytes()} bytes") from e
     each = [r["bytes"] / s / 1e9 for s in r["seconds"]]
+    cpu = [r["bytes"] * r["threads"] / max(c, 1e-9) / 1e9 for c in r["cpu_seconds"]]
     return {"gb_s": statistics.median(each), "bytes": int(r["bytes"]), "threads": int(r["threads"]),
-            "isa": _C.current_isa(), "gb_s_each": each}
+            "isa": _C.current_isa(), "gb_s_each": each, "cpu_gb_s": statistics.median(cpu)}
