@@ -72,7 +72,8 @@ def main() -> None:
     for fmt in args.formats.split(","):
         one = layer_weights(fmt, g)
         per_layer = sum(t.numel() * t.element_size() for _, _, q in one for t in q)
-        layers = [one] + [layer_weights(fmt, g) for _ in range(max(1, round(args.cache_multiple * llc / per_layer)) - 1)]
+        count = max(1, round(args.cache_multiple * llc / per_layer))
+        layers = [one] + [layer_weights(fmt, g) for _ in range(count - 1)]
         weights = [w for layer in layers for w in layer]
         nbytes = per_layer * len(layers)
         for M in Ms:

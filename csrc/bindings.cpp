@@ -395,8 +395,8 @@ PYBIND11_MODULE(_C, m) {
           r = mpt::measure_read_bandwidth(bytes, repeats);
         }
         py::dict d;
-        d["bytes"] = r.bytes, d["threads"] = r.threads, d["seconds"] = r.seconds, d["cpu_seconds"] = r.cpu_seconds;
-        d["checksum"] = r.checksum;
+        d["bytes"] = r.bytes, d["threads"] = r.threads, d["checksum"] = r.checksum;
+        d["seconds"] = r.seconds, d["cpu_seconds"] = r.cpu_seconds;
         return d;
       },
       py::kw_only(), py::arg("bytes") = 0, py::arg("repeats") = 5, py::arg("num_threads") = 0);

@@ -25,8 +25,8 @@ def read_bandwidth(num_threads: int | None = None, nbytes: int | None = None, re
     """Streams a buffer of `nbytes` (None: 4x the last-level cache, at least 256 MiB, at most half
     the free memory) `repeats` times on `num_threads` pool threads (None: the pool's size).
     Returns {"gb_s": median GB/s (1e9 bytes), "bytes", "threads", "isa", "gb_s_each": per pass,
-    "cpu_gb_s": median bytes per second of CPU time per thread (the process's CPU time over the
-    threads: on a shared machine, what a thread reads while it runs)}."""
+    "cpu_gb_s": median of the bytes over the process's CPU time per thread (its CPU time / threads):
+    on a shared machine, the rate the threads read at while they run}."""
     threads = check_threads(num_threads)
     for name, v in (("nbytes", 1 if nbytes is None else nbytes), ("repeats", repeats)):
         if isinstance(v, bool) or not isinstance(v, int):
