@@ -1,12 +1,13 @@
-"""Cost of the q8 (integer-activation) int4 / int8 matmuls by row count: one synthetic-1.3B layer
+"""Cost of the q8 (integer-activation) int4 / int8 / nf4 matmuls by row count: one synthetic-1.3B layer
 (Wqkv, out_proj, up, down), timed at M = 1, 4, 8, 16 rows, runs alternating, and the cost of each M
 relative to M = 1 (a batch of M decoding sequences costs this much more than one per layer).
 
-    python benchmarks/bench_q8_rows.py [--threads 2] [--repeats 9]
+    python benchmarks/bench_q8_rows.py [--threads 2] [--repeats 9] [--formats int4,int8,nf4]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -22,16 +23,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--rows", default="1,4,8,16")
+    ap.add_argument("--formats", default="int4,int8,nf4")
     args = ap.parse_args()
     Ms = [int(m) for m in args.rows.split(",")]
+    fmts = args.formats.split(",")
     torch.manual_seed(0)
     weights = {}
     for K, N in SHAPES:
         w = torch.randn(N, K) * 0.02
-        weights[K, N] = {"int4": ops.quantize_int4(w), "int8": ops.quantize_int8(w)}
+        weights[K, N] = {"int4": ops.quantize_int4(w), "int8": ops.quantize_int8(w), "nf4": ops.quantize_nf4(w)}
     times: dict = {}
     for _ in range(args.repeats):
-        for fmt in ("int4", "int8"):
+        for fmt in fmts:
             for M in Ms:
                 t = 0.0
                 for K, N in SHAPES:
@@ -39,6 +42,9 @@ def main() -> None:
                     if fmt == "int4":
                         def f():
                             ops.matmul_int4(x, *q, K, q8=True, num_threads=args.threads)
+                    elif fmt == "nf4":
+                        def f():
+                            ops.matmul_nf4(x, *q, (N, K), q8=True, num_threads=args.threads)
                     else:
                         def f():
                             ops.matmul_int8(x, *q, q8=True, num_threads=args.threads)
@@ -48,9 +54,10 @@ def main() -> None:
                     t += time.perf_counter() - t0
                 times.setdefault((fmt, M), []).append(t)
     print(f"one 1.3B layer, q8 activations, {args.threads} threads, median of {args.repeats} runs, "
+          f"load average {os.getloadavg()[0]:.2f}, "
           f"kernels: {ops.current_isa()}")
     print("| format | M | ms | cost / M=1 | rows per M=1 cost |\n|---|---:|---:|---:|---:|")
-    for fmt in ("int4", "int8"):
+    for fmt in fmts:
         base = statistics.median(times[fmt, Ms[0]])
         for M in Ms:
             t = statistics.median(times[fmt, M])

@@ -14,6 +14,7 @@
 #include "cpu/attention.h"
 #include "cpu/cpu_features.h"
 #include "cpu/decode_step.h"
+#include "cpu/memory_bandwidth.h"
 #include "cpu/quant_formats.h"
 #include "cpu/quant_search.h"
 #include "cpu/thread_pool.h"
@@ -388,6 +389,25 @@ PYBIND11_MODULE(_C, m) {
   m.def("num_threads", &mpt::num_threads, G());
   // Waits for the job running on the pool (the GIL is released meanwhile).
   m.def("set_num_threads", &mpt::set_num_threads, py::arg("n"), G());
+
+  // The memory read-bandwidth yardstick (benchmarks): bytes 0 picks 4x the last-level cache.
+  m.def("last_level_cache_bytes", &mpt::last_level_cache_bytes);
+  m.def("default_read_bytes", &mpt::default_stream_bytes);
+  m.def(
+      "read_bandwidth",
+      [](int64_t bytes, int repeats, int nthreads) {
+        mpt::ReadBandwidth r;
+        {
+          py::gil_scoped_release nogil;
+          mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
+          r = mpt::measure_read_bandwidth(bytes, repeats);
+        }
+        py::dict d;
+        d["bytes"] = r.bytes, d["threads"] = r.threads, d["checksum"] = r.checksum;
+        d["seconds"] = r.seconds, d["cpu_seconds"] = r.cpu_seconds;
+        return d;
+      },
+      py::kw_only(), py::arg("bytes") = 0, py::arg("repeats") = 5, py::arg("num_threads") = 0);
 
   bind_structs(m);
   bind_quant(m);

@@ -13,7 +13,7 @@ ISAS = ops.supported_isas()
 # (N, K, blocksize): odd N, K a multiple of the blocksize (the integer path), partial 128-k steps
 # (K % 128 == 64, 32), blocks of 32 (4 per 128 k), 64, 128 and 256 (one block over several steps)
 SHAPES = [(1, 64, 64), (7, 64, 64), (37, 192, 64), (13, 320, 32), (9, 96, 32), (5, 384, 128), (11, 512, 256),
-          (3, 1088, 64)]
+          (3, 1088, 64), (5, 1056, 32), (4, 2048, 1024)]  # the last two: 4+ rows take steps of 512 k
 
 
 def close(y, ref, xs, wd):
@@ -37,19 +37,21 @@ def test_int8_code_table():
 
 
 @pytest.mark.parametrize("isa", ISAS)
-def test_kernel_holds_the_same_int8_codes(isa):
+@pytest.mark.parametrize("M", [3, 12])  # the row kernels and, from 4 rows, the wide ones
+def test_kernel_holds_the_same_int8_codes(isa, M):
     # W's row n holds code n % 16 in every position; x one-hot (x = 1: d = 1/127, q = 127), so
     # y[m, n] = NF4_INT8[code] * absmax / 127 exactly as the kernel holds the code.
-    N, K, bs = 32, 64, 64
+    N, K, bs = 32, 640, 64
     codes = torch.arange(N) % 16
     w = torch.tensor(ops.NF4_CODE)[codes][:, None].expand(N, K).contiguous() * 3
-    w[:, 0] = 3.0  # absmax 3: every other element keeps its code
+    w[:, ::bs] = 3.0  # absmax 3 in every block: every other element keeps its code
     packed, absmax = ops.quantize_nf4(w, bs)
     assert torch.equal(ops.ref_dequantize_nf4(packed, absmax, (N, K), bs), w)
     with ops.use_isa(isa):
-        y = ops.matmul_nf4(torch.eye(K)[1:4], packed, absmax, (N, K), bs, q8=True)
-    want = torch.tensor(ops.NF4_INT8, dtype=torch.float32)[codes] * (absmax.view(N, 1) * (1 / 127)).view(N)
-    torch.testing.assert_close(y, want.expand(3, N), rtol=1e-6, atol=0)
+        y = ops.matmul_nf4(torch.eye(K)[1 : 1 + M * 47 : 47], packed, absmax, (N, K), bs, q8=True)
+    # x row m is one-hot at k = 1 + 47 m (never a block's first element)
+    want = torch.tensor(ops.NF4_INT8, dtype=torch.float32)[codes] * (3 / 127)
+    torch.testing.assert_close(y, want.expand(M, N), rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("shape", SHAPES[:5])

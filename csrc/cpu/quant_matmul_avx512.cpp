@@ -105,6 +105,12 @@ static void q8_pack(QFormat f, const Q8Rows& x, Q8Pack& out) {
 
 using avx512_lanes::bytes_mask;
 
+// kNf4Int8 ^ 0x80 (the codes + 128, unsigned) in each 128-bit lane: the byte-shuffle table of nf4.
+inline __m512i nf4_u8_table() {
+  return _mm512_broadcast_i32x4(
+      _mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kNf4Int8)), _mm_set1_epi8(static_cast<char>(0x80))));
+}
+
 // nf4 (bitsandbytes order) in the int8 byte order of a q8_rows step: 64 bytes hold 128 k, block j
 // (32 k) in bytes 16j..16j+15 with even k in the high nibbles. Both nibbles are looked up in
 // kNf4Int8 ^ 0x80 (the code + 128, unsigned as int8's cb ^ 0x80) by a byte shuffle, and the even/odd
@@ -114,8 +120,7 @@ using avx512_lanes::bytes_mask;
 static inline void nf4_step(const uint8_t* p, int64_t bytes, const float* s, int64_t nblocks, int shift,
                             __m512i& wa, __m512i& wb, __m512& dw) {
   const __m512i lo4 = _mm512_set1_epi8(15);
-  const __m512i table = _mm512_broadcast_i32x4(
-      _mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kNf4Int8)), _mm_set1_epi8(static_cast<char>(0x80))));
+  const __m512i table = nf4_u8_table();
   const __m512i raw = bytes >= 64 ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(bytes_mask(bytes), p);
   const __m512i ev = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo4));
   const __m512i od = _mm512_shuffle_epi8(table, _mm512_and_si512(raw, lo4));
@@ -128,9 +133,15 @@ static inline void nf4_step(const uint8_t* p, int64_t bytes, const float* s, int
   dw = _mm512_mul_ps(_mm512_permutexvar_ps(idx, _mm512_maskz_loadu_ps(mask, s)), _mm512_set1_ps(1.0f / 127.0f));
 }
 
+// Software prefetch of q8_rows: every line of a pass, this far ahead of the loads. With the weights out
+// of cache (bench_gemv_bandwidth.py, 2 threads), one prefetch per 2 steps 4096 bytes ahead and 2
+// accumulators read int4 at 13.7-15.0 GB per CPU-second, every line 2048 ahead and 4 accumulators at
+// 16.3-18.4 (nf4 13.9 -> 17.3, int8 18.2 -> 19.8; the native read loop 25-28): more loads in flight.
+constexpr int kRowsPrefetchBytes = 2048;
+
 template <QFormat FMT, int MB>
 void q8_rows(const QWeight& w, const Q8Pack& xp, int64_t m0, const float* bias, float* y, int64_t n0, int64_t n1) {
-  constexpr int U = MB == 1 ? 2 : 1;  // a second accumulator hides the FMA latency of a single row
+  constexpr int U = MB == 1 ? 4 : 1;  // more accumulators hide the FMA latency of a single row
   const int64_t S = xp.S, K = w.K, G = int4_groups(K), N = w.N;
   const __m512i lo4 = _mm512_set1_epi8(15), x80 = _mm512_set1_epi8(static_cast<char>(0x80));
   const __m512i gidx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
@@ -186,9 +197,10 @@ void q8_rows(const QWeight& w, const Q8Pack& xp, int64_t m0, const float* bias, 
     };
     const int64_t Sfull = FMT == QFormat::Int4 ? G / 4 : K / 128;  // steps that need no masking
     int64_t st = 0;
+    constexpr int SB = FMT == QFormat::Int8 ? 128 : 64;  // weight bytes a step
     for (; st + U <= Sfull; st += U) {
-      _mm_prefetch(reinterpret_cast<const char*>(wrow + st * (FMT == QFormat::Int8 ? 128 : 64) + kPrefetchBytes),
-                   _MM_HINT_T0);
+      for (int l = 0; l < U * SB; l += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(wrow + st * SB + kRowsPrefetchBytes + l), _MM_HINT_T0);
       for (int u = 0; u < U; ++u) step(st + u, u, true);
     }
     for (; st < S; ++st) step(st, 0, st < Sfull);
@@ -211,25 +223,33 @@ void q8_rows_any(std::integer_sequence<int, MB...>, int mb, const QWeight& w, co
 
 constexpr int kQ8Rows = 3;  // up to this many x rows: q8_rows, streaming x per weight row; more: q8_wide
 
-// ---- int4 / int8 at 4+ x rows: 16 blocks a step, one int32 lane per block ----
+// ---- int4 / int8 / nf4 at 4+ x rows: 16 blocks a step, one int32 lane per block ----
 // q8_rows converts each step's int32 lanes to float per (weight row, x row) after 2 dot products (so did
 // the 4x4 register tile used here before: 3 float operations per 2 dot products). Here a step covers 16
 // blocks of 32 k and each lane sums all 32 products of one block (8 vpdpbusd), so the float work per
 // (weight row, x row) is 2-3 operations per 8 dot products. The weight side is regrouped
 // once per weight row and step, by dword transposes inside 128-bit lanes, and serves every x row.
 // x vector v (v < 8) of a step holds in lane p the 4 codes of block wide_block(FMT, p) at k offsets
-// wide_koff(FMT, v) .. +3:
+// wide_k(FMT, v, 0..3):
 //   int4: 4 loads of 4 groups; 8 unpacks give r_j (j < 4) with lane p = 4b + a holding dword j of
 //         group 4a + b; its low nibbles are k 4j.., its high nibbles k 16+4j.. (vectors j and 4 + j).
 //   int8: 8 loads of 2 blocks; two such transposes and 8 128-bit shuffles give vectors v = dword v of
 //         block 8 (c / 2) + 2 a + c % 2 in lane p = 4c + a.
+//   nf4:  as int4 (a 64-byte load is 4 blocks of 16 bytes), but byte i of a block holds k 2i in its high
+//         nibble and k 2i + 1 in its low one: vector j (j < 4) is the high nibbles of dword j (k 8j, 8j+2,
+//         8j+4, 8j+6), vector 4 + j the low ones (k 8j+1, ...); each nibble is looked up in kNf4Int8 ^ 0x80
+//         by a byte shuffle (offset 128, as int8).
 template <QFormat FMT>
 inline int wide_block(int p) {
   const int a = p & 3, c = p >> 2;
-  return FMT == QFormat::Int4 ? 4 * a + c : 8 * (c >> 1) + 2 * a + (c & 1);
+  return FMT != QFormat::Int8 ? 4 * a + c : 8 * (c >> 1) + 2 * a + (c & 1);
 }
+// The k offset (within its block) of byte i (i < 4) of x vector v's lanes.
 template <QFormat FMT>
-inline int wide_koff(int v) { return FMT == QFormat::Int4 && v >= 4 ? 16 + 4 * (v - 4) : 4 * v; }
+inline int wide_k(int v, int i) {
+  if (FMT == QFormat::Nf4) return v < 4 ? 8 * v + 2 * i : 8 * (v - 4) + 2 * i + 1;
+  return (FMT == QFormat::Int4 && v >= 4 ? 16 + 4 * (v - 4) : 4 * v) + i;
+}
 
 struct Q8Wide {
   int64_t S = 0;              // steps of 16 blocks
@@ -241,7 +261,7 @@ struct Q8Wide {
 template <QFormat FMT>
 void q8_pack_wide(const Q8Rows& x, Q8Wide& out) {
   const int64_t KB = x.KB, Kp = KB * 32, S = (KB + 15) / 16, M = x.M;
-  const int32_t off = FMT == QFormat::Int8 ? 128 : 8;
+  const int32_t off = FMT == QFormat::Int4 ? 8 : 128;
   out.S = S;
   out.q.assign(static_cast<size_t>(M * S * 512), 0);
   out.init.assign(static_cast<size_t>(M * S * 16), 0);
@@ -255,7 +275,7 @@ void q8_pack_wide(const Q8Rows& x, Q8Wide& out) {
         int8_t* q = out.q.data() + (m * S + st) * 512;
         int32_t sum = 0;
         for (int v = 0; v < 8; ++v)
-          for (int i = 0; i < 4; ++i) sum += q[v * 64 + 4 * p + i] = src[wide_koff<FMT>(v) + i];
+          for (int i = 0; i < 4; ++i) sum += q[v * 64 + 4 * p + i] = src[wide_k<FMT>(v, i)];
         out.init[(m * S + st) * 16 + p] = -off * sum;
         out.dx[(m * S + st) * 16 + p] = x.d[m * KB + g];
       }
@@ -263,23 +283,37 @@ void q8_pack_wide(const Q8Rows& x, Q8Wide& out) {
 
 constexpr int kWideMB = 16;  // x rows per pass over a weight row
 
+// nf4: the block scales (absmax / 127) of the lanes of wide step st of a row (16 blocks of 32 k in
+// wide_block order). abs: the row's nf4 blocks (K >> shift of them); a blocksize of 2^shift >= 32.
+inline __m512 nf4_wide_scales(const float* abs, int64_t K, int shift, int64_t st) {
+  const int64_t b0 = st * 512 >> shift, have = (K >> shift) - b0;
+  const __m512i idx = _mm512_srli_epi32(
+      _mm512_setr_epi32(0, 128, 256, 384, 32, 160, 288, 416, 64, 192, 320, 448, 96, 224, 352, 480), shift);
+  const int64_t need = std::min<int64_t>(std::max<int64_t>(1, 512 >> shift), have);
+  const __m512 a = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << need) - 1), abs + b0);
+  return _mm512_mul_ps(_mm512_permutexvar_ps(idx, a), _mm512_set1_ps(1.0f / 127.0f));
+}
+
 template <QFormat FMT, int MB>
 void q8_wide_rows(const QWeight& w, const Q8Wide& xp, int64_t m0, const float* bias, float* y, int64_t n0,
                   int64_t n1) {
-  constexpr bool I4 = FMT == QFormat::Int4;
+  constexpr bool I4 = FMT == QFormat::Int4, NF = FMT == QFormat::Nf4;
   const int64_t S = xp.S, K = w.K, G = int4_groups(K), N = w.N;
   const __m512i lo4 = _mm512_set1_epi8(15), x80 = _mm512_set1_epi8(static_cast<char>(0x80));
   const __m512i sidx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  const __m512i table = nf4_u8_table();
   const int8_t* xq = xp.q.data() + m0 * S * 512;
   const int32_t* xi = xp.init.data() + m0 * S * 16;
   const float* xd = xp.dx.data() + m0 * S * 16;
-  const int64_t rowbytes = I4 ? G * 16 : K, Sfull = I4 ? G / 16 : K / 512;
-  constexpr int NL = I4 ? 4 : 8;  // 64-byte loads a step
+  const int64_t rowbytes = I4 ? G * 16 : NF ? K / 2 : K, Sfull = I4 ? G / 16 : K / 512;
+  constexpr int NL = I4 || NF ? 4 : 8;  // 64-byte loads a step
+  const int nf4_shift = NF ? __builtin_ctzll(w.blocksize) : 0;  // nf4_q8_ok: a power of two >= 32 dividing K
   for (int64_t n = n0; n < n1; ++n) {
     __m512 acc[MB];
     for (int m = 0; m < MB; ++m) acc[m] = _mm512_setzero_ps();
     const uint8_t* wrow = w.data + n * rowbytes;
     const uint16_t* srow = I4 ? w.scale16 + n * G : nullptr;
+    const float* nf4_abs = NF ? w.scale + (n * K >> nf4_shift) : nullptr;
     for (int64_t st = 0; st < S; ++st) {
       const uint8_t* p = wrow + st * 64 * NL;
       __m512i z[NL];
@@ -299,8 +333,16 @@ void q8_wide_rows(const QWeight& w, const Q8Wide& xp, int64_t m0, const float* b
               sidx, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << (G - st * 16)) - 1),
                                                              srow + st * 16)));
       }
+      if (NF) dw = nf4_wide_scales(nf4_abs, K, nf4_shift, st);  // absent lanes: x's d is 0
       __m512i wv[8];
-      if (I4) {
+      if (NF) {  // absent bytes: code 0 looks up 1, against x codes 0
+        __m512i r[4];
+        avx512_lanes::transpose4(z, r);
+        for (int j = 0; j < 4; ++j) {
+          wv[j] = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(r[j], 4), lo4));
+          wv[4 + j] = _mm512_shuffle_epi8(table, _mm512_and_si512(r[j], lo4));
+        }
+      } else if (I4) {
         __m512i r[4];
         avx512_lanes::transpose4(z, r);
         for (int j = 0; j < 4; ++j) {
@@ -321,7 +363,7 @@ void q8_wide_rows(const QWeight& w, const Q8Wide& xp, int64_t m0, const float* b
         __m512i i = _mm512_loadu_si512(xi + (m * S + st) * 16);
         for (int v = 0; v < 8; ++v) i = _mm512_dpbusd_epi32(i, wv[v], _mm512_loadu_si512(q + 64 * v));
         const __m512 d = _mm512_loadu_ps(xd + (m * S + st) * 16);
-        acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), I4 ? _mm512_mul_ps(dw, d) : d, acc[m]);
+        acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), FMT != QFormat::Int8 ? _mm512_mul_ps(dw, d) : d, acc[m]);
       }
     }
     const float rf = row_factor(w, n), b = bias ? bias[n] : 0.f;
@@ -359,8 +401,7 @@ void q8_wide(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
 
 template <QFormat FMT>
 void q8_run(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
-  if constexpr (FMT != QFormat::Nf4)  // nf4 takes passes of kQ8Rows x rows over each tile of weight rows
-    if (x.M > kQ8Rows) return q8_wide<FMT>(w, x, bias, y);
+  if (x.M > kQ8Rows) return q8_wide<FMT>(w, x, bias, y);
   Q8Pack xp;
   q8_pack(FMT, x, xp);
   struct Rows {

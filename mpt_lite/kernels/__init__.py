@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .attention_ops import (KV_CACHE_DTYPES, attach_device_copy, paged_attention_decode, paged_attention_prefill,
                             write_kv_cache)
+from .bandwidth import default_read_bytes, last_level_cache_bytes, read_bandwidth
 from .decode_step import DecodePlan
 from .dense_attention import causal_alibi_attention
 from .checks import FLOAT_DTYPES, check_blocksize, check_tensor, ptr
@@ -18,6 +19,7 @@ from .search_ops import search_quantize_int4, search_quantize_nf4
 
 __all__ = [
     "KV_CACHE_DTYPES", "attach_device_copy", "paged_attention_decode", "paged_attention_prefill", "write_kv_cache",
+    "default_read_bytes", "last_level_cache_bytes", "read_bandwidth",
     "DecodePlan", "causal_alibi_attention",
     "FLOAT_DTYPES", "check_blocksize", "check_tensor", "ptr",
     "CUDA_GEMV_MAX_M", "NO_CUDA_BUILD", "cpu_features", "cuda_available", "cuda_built", "current_isa",

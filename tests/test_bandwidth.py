@@ -1,0 +1,51 @@
+"""The read-bandwidth yardstick (kernels.read_bandwidth): every ISA variant reads every byte of the
+buffer exactly once per pass, split over the pool's threads; bad arguments raise clear errors."""
+import os
+
+import pytest
+
+from mpt_lite import kernels
+from mpt_lite.kernels.extension import _C  # the raw checksum
+
+ISAS = kernels.supported_isas()
+ONES = 0x0101010101010101
+
+
+def expected_checksum(nbytes: int, passes: int) -> int:
+    """The buffer: page i (4 KiB) filled with byte i % 128; the loops sum it as 64-bit words."""
+    pages = -(-nbytes // 4096)
+    return passes * sum(512 * (i % 128) * ONES for i in range(pages)) % 2**64
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("nbytes", [4096, 3 * 4096 + 1, 1 << 20])
+def test_each_variant_reads_every_byte_once_per_pass(isa, threads, nbytes):
+    with kernels.use_isa(isa):
+        r = kernels.read_bandwidth(threads, nbytes, repeats=2)
+    pages = -(-nbytes // 4096)
+    assert r["bytes"] == pages * 4096 and r["isa"] == isa and len(r["gb_s_each"]) == 2
+    assert 1 <= r["threads"] <= threads and r["gb_s"] > 0
+    with kernels.use_isa(isa):
+        raw = _C.read_bandwidth(bytes=nbytes, repeats=2, num_threads=threads)
+    assert raw["checksum"] == expected_checksum(nbytes, 3)
+
+
+def test_default_size_is_several_times_the_last_level_cache():
+    llc = kernels.last_level_cache_bytes()
+    assert llc >= 0
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGESIZE")  # changes between the two reads
+    want = min(max(256 << 20, 4 * llc), free // 2)
+    assert abs(kernels.default_read_bytes() - want) <= max(64 << 20, want // 10)
+
+
+@pytest.mark.parametrize("kw, err, match", [
+    (dict(nbytes=0), ValueError, "nbytes"), (dict(nbytes=-5), ValueError, "nbytes"),
+    (dict(nbytes=1.5), TypeError, "nbytes"), (dict(nbytes=True), TypeError, "nbytes"),
+    (dict(repeats=0), ValueError, "repeats"), (dict(repeats="3"), TypeError, "repeats"),
+    (dict(num_threads=0), ValueError, "num_threads"), (dict(num_threads=2.0), TypeError, "num_threads"),
+    (dict(nbytes=1 << 62), MemoryError, "cannot allocate"),
+])
+def test_bad_arguments(kw, err, match):
+    with pytest.raises(err, match=match):
+        kernels.read_bandwidth(**kw)
