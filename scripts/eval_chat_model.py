@@ -44,6 +44,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--transcripts", type=Path, default=None, help="write every request and reply here (JSON)")
+    p.add_argument("--record", action="store_true",
+                   help="also store the numbers in the model's training_info.json (its chat_finetune section)")
     return p.parse_args()
 
 
@@ -113,6 +115,16 @@ def held_out_requests(model, args) -> list[tuple[str, str]]:
     return [(request(f, rng, named_only=True), f.name) for f in fns]
 
 
+def record(info_path: Path, args, results: dict) -> None:
+    info = json.loads(info_path.read_text())
+    if "chat_finetune" not in info:
+        raise SystemExit(f"{info_path} has no chat_finetune section to record the numbers in")
+    info["chat_finetune"]["chat_eval"] = {
+        "script": "scripts/eval_chat_model.py", "bits": args.bits, "greedy": True, "max_new_tokens": args.max_new_tokens,
+        **{label: {k: round(v, 4) for k, v in s.items()} for label, s in results.items()}}
+    info_path.write_text(json.dumps(info, indent=2) + "\n")
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -128,6 +140,8 @@ def main() -> None:
     for label, s in results.items():
         print(f"| {label} | {s['requests']} | {100 * s['ended']:.0f}% | {100 * s['parses']:.0f}% | "
               f"{100 * s['defines_name']:.0f}% | {s['mean_tokens']:.0f} |")
+    if args.record:
+        record(args.model / "training_info.json", args, results)
     if args.transcripts:
         args.transcripts.write_text(json.dumps({"results": results, "transcripts": transcripts}, indent=1) + "\n")
     print(json.dumps(results))

@@ -8,7 +8,7 @@ held-out module's function is trained on.
 
 Reproducible: a fixed seed, a fixed number of steps, seeded phrasings and batches.
 
-    python scripts/finetune_chat_model.py --out build/chat_model     # 460 cpu-s of training; 23 min on busy cores
+    python scripts/finetune_chat_model.py --out build/chat_model     # ~2,600 cpu-s of training; ~60 min on busy cores
     python scripts/finetune_chat_model.py --steps 10 --out /tmp/c    # a quick smoke run
 """
 from __future__ import annotations
@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
 
 from chat_data import chat_rows  # noqa: E402
 from chat_pairs import all_functions  # noqa: E402
@@ -46,10 +47,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--head-weight", type=float, default=3.0,
                    help="loss weight of each answer's first line (`def name(...):`) against 1 for the rest")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--code-rows", type=int, default=2, help="rows of each batch that are plain code windows")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--code-rows", type=int, default=5, help="rows of each batch that are plain code windows")
+    p.add_argument("--steps", type=int, default=900)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--eval-every", type=int, default=150,
+                   help="measure held-out code perplexity and chat loss every this many steps (0: only at the end) "
+                        "and keep the checkpoint of least chat loss whose perplexity is within --max-ppl-change")
+    p.add_argument("--max-ppl-change", type=float, default=0.02, help="allowed held-out code perplexity change")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--save-dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
     return p.parse_args()
@@ -82,6 +87,13 @@ def held_out_chat_loss(model, rows: list[tuple[list[int], list[int]]], batch: in
             count += n
     model.train(was_training)
     return total / count
+
+
+def checkpoint(model, step: int, held_ids: list[int], held_rows, seq_len: int, ppl_before: float) -> dict:
+    """The held-out numbers of the weights in memory (float32) at this step."""
+    ppl, _ = held_out_perplexity(model, held_ids, seq_len)
+    return {"step": step, "perplexity": round(ppl, 4), "perplexity_change": round(ppl / ppl_before - 1, 4),
+            "chat_loss": round(held_out_chat_loss(model, held_rows), 4)}
 
 
 def main() -> None:
@@ -125,6 +137,9 @@ def main() -> None:
     span = len(code_ids) - args.seq_len
     n_chat = args.batch - args.code_rows
     chat_tokens = 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    checkpoints: list[dict] = []
+    best = None  # (checkpoint, state_dict copy): a deepcopy of the model would fail (it holds a lock)
     t_train, cpu_train = time.time(), time.process_time()
     for step in range(args.steps):
         for g in opt.param_groups:
@@ -142,6 +157,17 @@ def main() -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if args.eval_every and ((step + 1) % args.eval_every == 0 or step == args.steps - 1):
+            point = checkpoint(model, step + 1, held_ids, held_rows, args.seq_len, ppl_before)
+            checkpoints.append(point)
+            log(f"checkpoint step {step + 1}: held-out code perplexity {point['perplexity']:.3f} "
+                f"({100 * point['perplexity_change']:+.2f}%), chat loss {point['chat_loss']:.3f}")
+            ok = point["perplexity_change"] <= args.max_ppl_change
+            if ok and (best is None or point["chat_loss"] < best[0]["chat_loss"]):
+                best = (point, {k: v.detach().clone() for k, v in model.state_dict().items()})
+                # on disk too, so that a run stopped early still leaves its best weights
+                save_file({k: v.to(torch.bfloat16).contiguous() for k, v in best[1].items()},
+                          str(args.out / "best_checkpoint.safetensors"), metadata={"step": str(step + 1)})
         if step % 10 == 0 or step == args.steps - 1:
             el = time.time() - t_train
             eta = el / (step + 1) * (args.steps - step - 1)
@@ -149,6 +175,11 @@ def main() -> None:
                 f"{el / (step + 1):.2f} s/step  cpu {time.process_time() - cpu_train:.0f}s  "
                 f"elapsed {el:.0f}s  eta {eta:.0f}s")
     train_s, train_cpu = time.time() - t_train, time.process_time() - cpu_train
+    if args.eval_every:
+        if best is None:
+            raise SystemExit(f"no checkpoint kept the held-out code perplexity within {args.max_ppl_change:+.0%}")
+        model.load_state_dict(best[1])
+        log(f"keeping the checkpoint of step {best[0]['step']}")
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -161,14 +192,14 @@ def main() -> None:
     base_info_path = args.base / "training_info.json"
     base_info = json.loads(base_info_path.read_text()) if base_info_path.is_file() else {}
     info = {
-        **{k: v for k, v in base_info.items() if k != "chat_finetune"},
-        "held_out_perplexity_saved_weights": round(ppl_after, 4),
+        **{k: v for k, v in base_info.items() if k != "chat_finetune"},  # the base run's facts
         "chat_finetune": {
             "script": "scripts/finetune_chat_model.py", "seed": args.seed, "steps": args.steps,
             "batch": args.batch, "code_rows_per_batch": args.code_rows, "seq_len": args.seq_len,
             "lr": args.lr, "warmup": args.warmup, "max_answer_tokens": args.max_answer_tokens,
             "follow_up_fraction": args.follow_up_fraction, "unnamed_fraction": args.unnamed_fraction,
             "head_weight": args.head_weight,
+            "checkpoints": checkpoints, "kept_step": best[0]["step"] if best else args.steps,
             "train_functions": len(train_fns), "held_out_functions": len(held_fns),
             "assistant_tokens_trained": int(chat_tokens),
             "code_tokens_trained": args.steps * args.code_rows * args.seq_len,
