@@ -8,8 +8,9 @@ held-out module's function is trained on.
 
 Reproducible: a fixed seed, a fixed number of steps, seeded phrasings and batches.
 
-    python scripts/finetune_chat_model.py --out build/chat_model     # ~2,600 cpu-s of training; ~60 min on busy cores
-    python scripts/finetune_chat_model.py --steps 10 --out /tmp/c    # a quick smoke run
+    python scripts/train_default_model.py --out build/base_model     # the base model (or: git show e497c42:...)
+    python scripts/finetune_chat_model.py --out build/chat_model     # the shipped run: 2,498 cpu-s of training
+    python scripts/finetune_chat_model.py --steps 10 --eval-every 5 --out /tmp/c    # a quick smoke run
 """
 from __future__ import annotations
 
@@ -36,7 +37,9 @@ from mpt_lite import MptForCausalLM, MptTokenizer  # noqa: E402
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base", type=Path, default=ROOT / "mpt_lite" / "default_model")
+    p.add_argument("--base", type=Path, default=ROOT / "build" / "base_model",
+                   help="the base model (scripts/train_default_model.py --out build/base_model); the shipped "
+                        "default model is already fine-tuned")
     p.add_argument("--out", type=Path, default=ROOT / "build" / "chat_model")
     p.add_argument("--seed", type=int, default=0, help="also picks the held-out files, as the base training did")
     p.add_argument("--seq-len", type=int, default=256, help="training row (tokens); longer conversations are skipped")
@@ -101,6 +104,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t0, cpu0 = time.time(), time.process_time()
+
+    base_info_path = args.base / "training_info.json"
+    base_info = json.loads(base_info_path.read_text()) if base_info_path.is_file() else {}
+    if "chat_finetune" in base_info:
+        raise SystemExit(f"{args.base} is already chat fine-tuned (its training_info.json has chat_finetune): "
+                         "pass --base the base model, e.g. from scripts/train_default_model.py --out build/base_model")
 
     from tokenizers import Tokenizer
     tok = MptTokenizer.from_pretrained(args.base)
@@ -189,10 +198,8 @@ def main() -> None:
     reloaded = MptForCausalLM.from_pretrained(out, dtype=torch.float32)
     ppl_after, _ = held_out_perplexity(reloaded, held_ids, args.seq_len)
     chat_after = held_out_chat_loss(reloaded, held_rows)
-    base_info_path = args.base / "training_info.json"
-    base_info = json.loads(base_info_path.read_text()) if base_info_path.is_file() else {}
     info = {
-        **{k: v for k, v in base_info.items() if k != "chat_finetune"},  # the base run's facts
+        **base_info,  # the base run's facts
         "chat_finetune": {
             "script": "scripts/finetune_chat_model.py", "seed": args.seed, "steps": args.steps,
             "batch": args.batch, "code_rows_per_batch": args.code_rows, "seq_len": args.seq_len,
@@ -213,6 +220,7 @@ def main() -> None:
         },
     }
     (out / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    (out / "best_checkpoint.safetensors").unlink(missing_ok=True)  # only for a run stopped early
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     log(f"saved to {out} ({size / 1e6:.1f} MB); held-out code perplexity {ppl_before:.3f} -> {ppl_after:.3f} "
         f"({100 * (ppl_after / ppl_before - 1):+.2f}%), chat loss {chat_before:.3f} -> {chat_after:.3f}; "
