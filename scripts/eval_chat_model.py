@@ -44,6 +44,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--transcripts", type=Path, default=None, help="write every request and reply here (JSON)")
+    p.add_argument("--record", action="store_true",
+                   help="also store the numbers in the model's training_info.json (its chat_finetune section)")
     return p.parse_args()
 
 
@@ -101,16 +103,48 @@ def evaluate(model, requests: list[tuple[str, str]], max_new_tokens: int, label:
     return summary, rows
 
 
-def held_out_requests(model, args) -> list[tuple[str, str]]:
+def held_out_functions(args) -> list:
+    """Functions with a docstring of the held-out files of the model's own split (its training seed)."""
     info_path = args.model / "training_info.json"
     seed = json.loads(info_path.read_text()).get("seed", 0) if info_path.is_file() else 0
-    _, held_files = split_files(stdlib_files(), seed)
-    fns = [f for f in all_functions(held_files)
+    return all_functions(split_files(stdlib_files(), seed)[1])
+
+
+def held_out_requests(model, args) -> list[tuple[str, str]]:
+    fns = [f for f in held_out_functions(args)
            if len(model.tokenizer.encode(f.source, add_special_tokens=False)) <= args.max_source_tokens]
     rng = random.Random(args.seed)
     if args.limit is not None and args.limit < len(fns):
         fns = rng.sample(fns, args.limit)
     return [(request(f, rng, named_only=True), f.name) for f in fns]
+
+
+def record(info_path: Path, args, results: dict) -> None:
+    info = json.loads(info_path.read_text())
+    if "chat_finetune" not in info:
+        raise SystemExit(f"{info_path} has no chat_finetune section to record the numbers in")
+    info["chat_finetune"]["chat_eval"] = {
+        "script": "scripts/eval_chat_model.py", "bits": args.bits, "greedy": True, "max_new_tokens": args.max_new_tokens,
+        **{label: {k: v if isinstance(v, dict) else round(v, 4) for k, v in s.items()}
+           for label, s in results.items()}}
+    info_path.write_text(json.dumps(info, indent=2) + "\n")
+
+
+CODE_PROMPTS = ["def fibonacci(n):", "def quicksort(xs):", "class Stack:", "import os"]
+
+
+def code_continuations(model, args, n: int = 40, max_new_tokens: int = 64) -> dict:
+    """Plain code generation, outside chat (what `mpt-lite generate` does): the greedy continuation of
+    n held-out functions' `def` lines (seeded sample) and of CODE_PROMPTS; the fraction that contain a
+    `return` or a call within max_new_tokens (tests/test_default_model.py asks it of `def fibonacci(n):`)."""
+    fns = random.Random(args.seed).sample(held_out_functions(args), n)
+    out = {}
+    for label, prompts in (("held-out def lines", [f.source.splitlines()[0] for f in fns]),
+                           ("hand-written prompts", CODE_PROMPTS)):
+        texts = [model.generate(p, max_new_tokens=max_new_tokens) for p in prompts]
+        out[label] = {"prompts": len(prompts),
+                      "return_or_call": sum("return" in t or "(" in t for t in texts) / len(prompts)}
+    return out
 
 
 def main() -> None:
@@ -122,12 +156,19 @@ def main() -> None:
     for label, reqs in (("held-out stdlib", held_out_requests(model, args)),
                         ("everyday", [tuple(r) for r in EVERYDAY_REQUESTS])):
         results[label], transcripts[label] = evaluate(model, reqs, args.max_new_tokens, label)
+    code = code_continuations(model, args)
     print(f"model {args.model}, bits {args.bits}, greedy, at most {args.max_new_tokens} new tokens\n")
     print("| requests | n | end their turn | parse | define the requested name | mean reply tokens |")
     print("|---|---:|---:|---:|---:|---:|")
     for label, s in results.items():
         print(f"| {label} | {s['requests']} | {100 * s['ended']:.0f}% | {100 * s['parses']:.0f}% | "
               f"{100 * s['defines_name']:.0f}% | {s['mean_tokens']:.0f} |")
+    for label, c in code.items():
+        print(f"plain code, {label}: {100 * c['return_or_call']:.0f}% of {c['prompts']} continuations "
+              "(greedy, 64 tokens) have a return or a call")
+    results["plain code"] = code
+    if args.record:
+        record(args.model / "training_info.json", args, results)
     if args.transcripts:
         args.transcripts.write_text(json.dumps({"results": results, "transcripts": transcripts}, indent=1) + "\n")
     print(json.dumps(results))

@@ -8,8 +8,9 @@ held-out module's function is trained on.
 
 Reproducible: a fixed seed, a fixed number of steps, seeded phrasings and batches.
 
-    python scripts/finetune_chat_model.py --out build/chat_model     # 460 cpu-s of training; 23 min on busy cores
-    python scripts/finetune_chat_model.py --steps 10 --out /tmp/c    # a quick smoke run
+    python scripts/train_default_model.py --out build/base_model     # the base model (or: git show e497c42:...)
+    python scripts/finetune_chat_model.py --out build/chat_model     # the shipped run: 2,498 cpu-s of training
+    python scripts/finetune_chat_model.py --steps 10 --eval-every 5 --out /tmp/c    # a quick smoke run
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
 
 from chat_data import chat_rows  # noqa: E402
 from chat_pairs import all_functions  # noqa: E402
@@ -35,7 +37,9 @@ from mpt_lite import MptForCausalLM, MptTokenizer  # noqa: E402
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base", type=Path, default=ROOT / "mpt_lite" / "default_model")
+    p.add_argument("--base", type=Path, default=ROOT / "build" / "base_model",
+                   help="the base model (scripts/train_default_model.py --out build/base_model); the shipped "
+                        "default model is already fine-tuned")
     p.add_argument("--out", type=Path, default=ROOT / "build" / "chat_model")
     p.add_argument("--seed", type=int, default=0, help="also picks the held-out files, as the base training did")
     p.add_argument("--seq-len", type=int, default=256, help="training row (tokens); longer conversations are skipped")
@@ -46,10 +50,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--head-weight", type=float, default=3.0,
                    help="loss weight of each answer's first line (`def name(...):`) against 1 for the rest")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--code-rows", type=int, default=2, help="rows of each batch that are plain code windows")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--code-rows", type=int, default=5, help="rows of each batch that are plain code windows")
+    p.add_argument("--steps", type=int, default=900)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--eval-every", type=int, default=150,
+                   help="measure held-out code perplexity and chat loss every this many steps (0: only at the end) "
+                        "and keep the checkpoint of least chat loss whose perplexity is within --max-ppl-change")
+    p.add_argument("--max-ppl-change", type=float, default=0.02, help="allowed held-out code perplexity change")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--save-dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
     return p.parse_args()
@@ -84,11 +92,24 @@ def held_out_chat_loss(model, rows: list[tuple[list[int], list[int]]], batch: in
     return total / count
 
 
+def checkpoint(model, step: int, held_ids: list[int], held_rows, seq_len: int, ppl_before: float) -> dict:
+    """The held-out numbers of the weights in memory (float32) at this step."""
+    ppl, _ = held_out_perplexity(model, held_ids, seq_len)
+    return {"step": step, "perplexity": round(ppl, 4), "perplexity_change": round(ppl / ppl_before - 1, 4),
+            "chat_loss": round(held_out_chat_loss(model, held_rows), 4)}
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t0, cpu0 = time.time(), time.process_time()
+
+    base_info_path = args.base / "training_info.json"
+    base_info = json.loads(base_info_path.read_text()) if base_info_path.is_file() else {}
+    if "chat_finetune" in base_info:
+        raise SystemExit(f"{args.base} is already chat fine-tuned (its training_info.json has chat_finetune): "
+                         "pass --base the base model, e.g. from scripts/train_default_model.py --out build/base_model")
 
     from tokenizers import Tokenizer
     tok = MptTokenizer.from_pretrained(args.base)
@@ -125,6 +146,9 @@ def main() -> None:
     span = len(code_ids) - args.seq_len
     n_chat = args.batch - args.code_rows
     chat_tokens = 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    checkpoints: list[dict] = []
+    best = None  # (checkpoint, state_dict copy): a deepcopy of the model would fail (it holds a lock)
     t_train, cpu_train = time.time(), time.process_time()
     for step in range(args.steps):
         for g in opt.param_groups:
@@ -142,6 +166,17 @@ def main() -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if args.eval_every and ((step + 1) % args.eval_every == 0 or step == args.steps - 1):
+            point = checkpoint(model, step + 1, held_ids, held_rows, args.seq_len, ppl_before)
+            checkpoints.append(point)
+            log(f"checkpoint step {step + 1}: held-out code perplexity {point['perplexity']:.3f} "
+                f"({100 * point['perplexity_change']:+.2f}%), chat loss {point['chat_loss']:.3f}")
+            ok = point["perplexity_change"] <= args.max_ppl_change
+            if ok and (best is None or point["chat_loss"] < best[0]["chat_loss"]):
+                best = (point, {k: v.detach().clone() for k, v in model.state_dict().items()})
+                # on disk too, so that a run stopped early still leaves its best weights
+                save_file({k: v.to(torch.bfloat16).contiguous() for k, v in best[1].items()},
+                          str(args.out / "best_checkpoint.safetensors"), metadata={"step": str(step + 1)})
         if step % 10 == 0 or step == args.steps - 1:
             el = time.time() - t_train
             eta = el / (step + 1) * (args.steps - step - 1)
@@ -149,6 +184,11 @@ def main() -> None:
                 f"{el / (step + 1):.2f} s/step  cpu {time.process_time() - cpu_train:.0f}s  "
                 f"elapsed {el:.0f}s  eta {eta:.0f}s")
     train_s, train_cpu = time.time() - t_train, time.process_time() - cpu_train
+    if args.eval_every:
+        if best is None:
+            raise SystemExit(f"no checkpoint kept the held-out code perplexity within {args.max_ppl_change:+.0%}")
+        model.load_state_dict(best[1])
+        log(f"keeping the checkpoint of step {best[0]['step']}")
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -158,17 +198,15 @@ def main() -> None:
     reloaded = MptForCausalLM.from_pretrained(out, dtype=torch.float32)
     ppl_after, _ = held_out_perplexity(reloaded, held_ids, args.seq_len)
     chat_after = held_out_chat_loss(reloaded, held_rows)
-    base_info_path = args.base / "training_info.json"
-    base_info = json.loads(base_info_path.read_text()) if base_info_path.is_file() else {}
     info = {
-        **{k: v for k, v in base_info.items() if k != "chat_finetune"},
-        "held_out_perplexity_saved_weights": round(ppl_after, 4),
+        **base_info,  # the base run's facts
         "chat_finetune": {
             "script": "scripts/finetune_chat_model.py", "seed": args.seed, "steps": args.steps,
             "batch": args.batch, "code_rows_per_batch": args.code_rows, "seq_len": args.seq_len,
             "lr": args.lr, "warmup": args.warmup, "max_answer_tokens": args.max_answer_tokens,
             "follow_up_fraction": args.follow_up_fraction, "unnamed_fraction": args.unnamed_fraction,
             "head_weight": args.head_weight,
+            "checkpoints": checkpoints, "kept_step": best[0]["step"] if best else args.steps,
             "train_functions": len(train_fns), "held_out_functions": len(held_fns),
             "assistant_tokens_trained": int(chat_tokens),
             "code_tokens_trained": args.steps * args.code_rows * args.seq_len,
@@ -182,6 +220,7 @@ def main() -> None:
         },
     }
     (out / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    (out / "best_checkpoint.safetensors").unlink(missing_ok=True)  # only for a run stopped early
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     log(f"saved to {out} ({size / 1e6:.1f} MB); held-out code perplexity {ppl_before:.3f} -> {ppl_after:.3f} "
         f"({100 * (ppl_after / ppl_before - 1):+.2f}%), chat loss {chat_before:.3f} -> {chat_after:.3f}; "
