@@ -126,6 +126,19 @@ def compare_logits(ref: np.ndarray, x: np.ndarray) -> dict:
             "max_abs": float(np.abs(ref - x).max())}
 
 
+def parse_only(text: str, configs: list) -> set:
+    """--only's peer:variant list; a bare variant belongs to the peer named before it
+    ("mpt_lite:int8,int4,llama.cpp:q4_0"). An entry that names no configuration is an error."""
+    want, peer = set(), None
+    for item in (c.strip() for c in text.split(",") if c.strip()):
+        peer, variant = item.split(":", 1) if ":" in item else (peer, item)
+        if (peer, variant) not in configs:
+            known = ", ".join(f"{p}:{v}" for p, v in configs)
+            raise SystemExit(f"--only: {item!r} is not a configuration (known: {known})")
+        want.add((peer, variant))
+    return want
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="the 125M model, 32 decode steps, shorter stream")
@@ -162,7 +175,7 @@ def main() -> None:
 
     configs = list(peers.CONFIGS)
     if args.only:
-        want = {tuple(c.split(":", 1)) for c in args.only.split(",")}
+        want = parse_only(args.only, configs)
         configs = [c for c in configs if c in want or c == peers.CONFIGS[0]]
     rows, skipped = [], []
     for peer, variant in configs:
