@@ -42,12 +42,18 @@ CUDA_CUBLAS_MIN_M = 9
 _CUBLAS_SLAB_BYTES = 64 << 20
 
 
+# torch with aten::mm.dtype (2.8+) multiplies bf16 operands into a float32 result directly; older
+# torch gets the operands widened to float32 (the same products, float32 sums). Decided once here:
+# catching the call's errors instead would also swallow real CUDA failures (out of memory, a bad
+# launch) and retry them with 2x larger operands.
+_MM_OUT_DTYPE = "dtype" in torch.ops.aten.mm.overloads()
+
+
 def _mm_bf16_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a [M, K] @ b [N, K]^T in bfloat16 on the tensor cores, float32 accumulation and output."""
-    try:
+    if _MM_OUT_DTYPE:
         return torch.mm(a, b.t(), out_dtype=torch.float32)
-    except (TypeError, RuntimeError, NotImplementedError):  # torch without mm's out_dtype
-        return torch.mm(a.float(), b.float().t())
+    return torch.mm(a.float(), b.float().t())
 
 
 def _cuda_cublas_matmul(fmt: str, x2: torch.Tensor, data: torch.Tensor, scale: torch.Tensor, N: int, K: int,
