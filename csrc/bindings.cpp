@@ -103,12 +103,13 @@ static void bind_quant(py::module_& m) {
                               buf<const int64_t>(rows, n_rows, "rows"), n_rows, buf<float>(out, n_rows * k, "out"));
   }, kw, arg("cb"), arg("scb"), arg("k"), arg("rows"), arg("n_rows"), arg("out"), nt, G());
   m.def("matmul_int8", [](uintptr_t x, int64_t m_, int64_t k, uintptr_t cb, uintptr_t scb, int64_t n,
-                          uintptr_t bias, uintptr_t y, bool q8, int nthreads) {
+                          uintptr_t bias, uintptr_t y, bool q8, bool bf16, int nthreads) {
     mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
     dim(m_, "m"), dim(k, "k"), dim(n, "n");
     mpt::matmul_int8(buf<const float>(x, m_ * k, "x"), m_, k, buf<const int8_t>(cb, n * k, "cb"),
-                     buf<const float>(scb, n, "scb"), n, opt<const float>(bias), buf<float>(y, m_ * n, "y"), q8);
-  }, kw, arg("x"), arg("m"), arg("k"), arg("cb"), arg("scb"), arg("n"), arg("bias") = 0, arg("y"), arg("q8"), nt, G());
+                     buf<const float>(scb, n, "scb"), n, opt<const float>(bias), buf<float>(y, m_ * n, "y"), q8, bf16);
+  }, kw, arg("x"), arg("m"), arg("k"), arg("cb"), arg("scb"), arg("n"), arg("bias") = 0, arg("y"), arg("q8"),
+     arg("bf16") = false, nt, G());
 
   // nf4: packed uint8 [ceil(numel / 2)], absmax float32 [ceil(numel / blocksize)].
   m.def("quantize_nf4", [](uintptr_t w, int64_t numel, int64_t bs, uintptr_t packed, uintptr_t absmax,
@@ -135,14 +136,14 @@ static void bind_quant(py::module_& m) {
                              n_rows, buf<float>(out, n_rows * k, "out"));
   }, kw, arg("packed"), arg("absmax"), arg("k"), arg("blocksize"), arg("rows"), arg("n_rows"), arg("out"), nt, G());
   m.def("matmul_nf4", [](uintptr_t x, int64_t m_, int64_t k, uintptr_t packed, uintptr_t absmax, int64_t n,
-                         int64_t bs, uintptr_t bias, uintptr_t y, bool q8, int nthreads) {
+                         int64_t bs, uintptr_t bias, uintptr_t y, bool q8, bool bf16, int nthreads) {
     mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
     dim(m_, "m"), dim(k, "k"), dim(n, "n"), positive(bs, "blocksize");
     mpt::matmul_nf4(buf<const float>(x, m_ * k, "x"), m_, k, buf<const uint8_t>(packed, (n * k + 1) / 2, "packed"),
                     buf<const float>(absmax, (n * k + bs - 1) / bs, "absmax"), n, bs, opt<const float>(bias),
-                    buf<float>(y, m_ * n, "y"), q8);
+                    buf<float>(y, m_ * n, "y"), q8, bf16);
   }, kw, arg("x"), arg("m"), arg("k"), arg("packed"), arg("absmax"), arg("n"), arg("blocksize"), arg("bias") = 0,
-     arg("y"), arg("q8") = false, nt, G());
+     arg("y"), arg("q8") = false, arg("bf16") = false, nt, G());
 
   // int4: packed uint8 [n, groups * 16], scales float16 (IEEE half bits) [n, groups], groups = ceil(k / 32).
   // Raw addresses carry no dtype: mpt_lite/kernels/quant_ops.py rejects float32 scales (the layout
@@ -188,15 +189,15 @@ static void bind_quant(py::module_& m) {
                               buf<const int64_t>(rows, n_rows, "rows"), n_rows, buf<float>(out, n_rows * k, "out"));
   }, kw, arg("packed"), arg("scales"), arg("k"), arg("rows"), arg("n_rows"), arg("out"), nt, G());
   m.def("matmul_int4", [](uintptr_t x, int64_t m_, int64_t k, uintptr_t packed, uintptr_t scales, int64_t n,
-                          uintptr_t bias, uintptr_t y, bool q8, int nthreads) {
+                          uintptr_t bias, uintptr_t y, bool q8, bool bf16, int nthreads) {
     mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
     dim(m_, "m"), dim(k, "k"), dim(n, "n");
     const int64_t g = mpt::int4_groups(k);
     mpt::matmul_int4(buf<const float>(x, m_ * k, "x"), m_, k, buf<const uint8_t>(packed, n * g * 16, "packed"),
                      buf<const uint16_t>(scales, n * g, "scales"), n, opt<const float>(bias), buf<float>(y, m_ * n, "y"),
-                     q8);
+                     q8, bf16);
   }, kw, arg("x"), arg("m"), arg("k"), arg("packed"), arg("scales"), arg("n"), arg("bias") = 0, arg("y"), arg("q8"),
-     nt, G());
+     arg("bf16") = false, nt, G());
 }
 
 static void bind_attention(py::module_& m) {
@@ -317,19 +318,19 @@ static void bind_decode_step(py::module_& m) {
       .def(py::init([](int64_t d_model, int64_t n_heads, int64_t kv_heads, int64_t head_dim, int64_t ffn,
                        int64_t vocab, int64_t n_layers, float eps, float clip_qkv, float softmax_scale,
                        float logit_scale, bool has_logit_scale, uintptr_t slopes, int64_t q8_max_rows,
-                       int64_t q8_gemm_min_k) {
+                       int64_t q8_gemm_min_k, int64_t bf16_min_rows) {
              mpt::StepConfig c;
              c.d_model = d_model, c.n_heads = n_heads, c.kv_heads = kv_heads, c.head_dim = head_dim, c.ffn = ffn;
              c.vocab = vocab, c.n_layers = n_layers, c.eps = eps, c.clip_qkv = clip_qkv;
              c.softmax_scale = softmax_scale, c.logit_scale = logit_scale, c.has_logit_scale = has_logit_scale;
              c.slopes = mpt::bind::opt<const float>(slopes), c.q8_max_rows = q8_max_rows;
-             c.q8_gemm_min_k = q8_gemm_min_k;
+             c.q8_gemm_min_k = q8_gemm_min_k, c.bf16_min_rows = bf16_min_rows;
              return new mpt::DecodePlan(c);
            }),
            py::kw_only(), py::arg("d_model"), py::arg("n_heads"), py::arg("kv_heads"), py::arg("head_dim"),
            py::arg("ffn"), py::arg("vocab"), py::arg("n_layers"), py::arg("eps"), py::arg("clip_qkv"),
            py::arg("softmax_scale"), py::arg("logit_scale"), py::arg("has_logit_scale"), py::arg("slopes"),
-           py::arg("q8_max_rows"), py::arg("q8_gemm_min_k"))
+           py::arg("q8_max_rows"), py::arg("q8_gemm_min_k"), py::arg("bf16_min_rows") = 0)
       .def("set_weight", [](mpt::DecodePlan& p, int64_t layer, const std::string& name, int fmt, int64_t n,
                             int64_t k, int64_t blocksize, uintptr_t data, uintptr_t scale, uintptr_t bias) {
              if (fmt < -1 || fmt > 2) throw std::invalid_argument("unknown weight format code");
@@ -386,6 +387,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("supported_isas", &mpt::supported_isa_names, "kernel variants this CPU can run");
   m.def("current_isa", [] { return std::string(mpt::isa_name(mpt::current_isa())); });
   m.def("set_isa", [](const std::string& name) { mpt::set_isa(mpt::isa_from_name(name)); }, py::arg("name"));
+  m.def("amx_supported", &mpt::amx_supported, "AMX tiles compiled in, on this CPU, and allowed by the OS");
+  m.def("amx_enabled", &mpt::amx_enabled, "the bf16 AMX tiles take many-row matmuls now");
+  m.def("set_amx", &mpt::set_amx, py::arg("on"));
   m.def("num_threads", &mpt::num_threads, G());
   // Waits for the job running on the pool (the GIL is released meanwhile).
   m.def("set_num_threads", &mpt::set_num_threads, py::arg("n"), G());

@@ -88,12 +88,13 @@ def test_matmul_and_dequantize_at_each_thread_count_equal_the_reference(fmt):
         torch.testing.assert_close(deq, want_deq, rtol=0, atol=0)
         for M in (1, 40):
             x = torch.randn(M, K)
+            bf16 = kernels.bf16_operands(None, M, K)  # the AMX tiles where enabled (not at this K)
             if fmt == "int8":
-                y, want = kernels.matmul_int8(x, *q, **kw), ref.ref_matmul_int8(x, *q)
+                y, want = kernels.matmul_int8(x, *q, **kw), ref.ref_matmul_int8(x, *q, bf16=bf16)
             elif fmt == "nf4":
-                y, want = kernels.matmul_nf4(x, *q, (N, K), **kw), ref.ref_matmul_nf4(x, *q, (N, K))
+                y, want = kernels.matmul_nf4(x, *q, (N, K), **kw), ref.ref_matmul_nf4(x, *q, (N, K), bf16=bf16)
             else:
-                y, want = kernels.matmul_int4(x, *q, K, **kw), ref.ref_matmul_int4(x, *q, K)
+                y, want = kernels.matmul_int4(x, *q, K, **kw), ref.ref_matmul_int4(x, *q, K, bf16=bf16)
             torch.testing.assert_close(y, want, rtol=1e-4, atol=1e-4)
 
 

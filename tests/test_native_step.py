@@ -9,6 +9,7 @@ from torch import nn
 
 from checkpoints import random_causal_lm
 
+from mpt_lite import ops
 from mpt_lite.kernels import decode_step, quant_ops
 from mpt_lite.quant import QuantEmbedding, QuantLinear
 from mpt_lite.runtime.engine import Engine
@@ -59,10 +60,13 @@ def assert_logits_close(got, want, rel=1e-4):
 
 @pytest.fixture
 def float_activations(monkeypatch):
-    """Both paths with float32 activations in every matmul (no q8 rounding of activations)."""
+    """Both paths with float32 activations in every matmul (no q8 rounding of activations, no bf16
+    operands on AMX tiles): so the two paths agree to float32 rounding."""
     monkeypatch.setattr(quant_ops, "use_q8", lambda q8, rows, gemm_k=None: bool(q8))
     monkeypatch.setattr(decode_step, "Q8_MAX_ROWS", 0)
     monkeypatch.setattr(decode_step, "Q8_GEMM_MIN_K", 0)
+    with ops.use_amx(False):
+        yield
 
 
 def run_both(model, schedule, kv_dtype=torch.float32, rel=1e-4):
@@ -131,7 +135,10 @@ def test_native_step_with_q8_activations_as_shipped(fmt, config):
 
 @pytest.mark.parametrize("kv_dtype", [torch.bfloat16, torch.int8])
 def test_native_step_low_precision_kv_cache(kv_dtype):
-    run_both(quantized(tiny(), "int4", "int8"), SCHEDULE[:4], kv_dtype)
+    # AMX off: bf16 operands turn a float32-ulp difference between the paths' layer norms into a bf16
+    # ulp, which can flip an int8 KV code (0.4% of a logit); rel 1e-4 is for the KV path alone.
+    with ops.use_amx(False):
+        run_both(quantized(tiny(), "int4", "int8"), SCHEDULE[:4], kv_dtype)
 
 
 @pytest.mark.parametrize("fmt", ["float32", "int8", "nf4", "int4"])
@@ -221,11 +228,13 @@ def test_bad_step_input_raises():
         native_logits(plan, torch.tensor([1, 2, 3]), step, torch.tensor([1]))
 
 
+@pytest.mark.parametrize("amx", [False, True] if ops.amx_supported() else [False])
 @pytest.mark.parametrize("fmt", ["int4", "nf4"])
-def test_native_step_takes_q8_for_long_rows_where_the_torch_path_does(monkeypatch, fmt):
+def test_native_step_takes_q8_for_long_rows_where_the_torch_path_does(monkeypatch, fmt, amx):
     """A prefill of 20 rows: down_proj (in_features 1024 = Q8_GEMM_MIN_K) takes q8 activations in
-    both paths (the integer GEMM tiles), up_proj (in_features 64) float ones. A plan told otherwise
-    (q8 never for long rows) must visibly differ from the torch path, the shipped plan must not."""
+    both paths (the integer GEMM tiles; with AMX, bf16 operands on its tiles), up_proj (in_features 64)
+    float ones. A plan told otherwise (q8 never for long rows) must visibly differ from the torch path,
+    the shipped plan must not."""
     model = quantized(random_causal_lm(0, vocab_size=VOCAB, max_seq_len=64, expansion_ratio=16), fmt, "int8")
     assert model.transformer.blocks[0].ffn.down_proj.cols >= decode_step.Q8_GEMM_MIN_K
 
@@ -248,5 +257,9 @@ def test_native_step_takes_q8_for_long_rows_where_the_torch_path_does(monkeypatc
                     out.append(model.forward_paged(ids, step, rows))
         return (out[0] - out[1]).abs().max().item() / out[1].abs().max().item()
 
-    shipped, never = gap(decode_step.Q8_GEMM_MIN_K), gap(0)
-    assert shipped <= 1e-4 < never, (shipped, never)
+    with ops.use_amx(amx):
+        shipped, never = gap(decode_step.Q8_GEMM_MIN_K), gap(0)
+    if amx:  # a float32-ulp gap between the paths' layer norms can move a bf16 operand by one bf16 ulp
+        assert shipped * 10 < never and shipped <= 1e-3, (shipped, never)
+    else:
+        assert shipped <= 1e-4 < never, (shipped, never)

@@ -29,7 +29,8 @@ def matmul(fmt, x, q, shape, bias=None, **kw):
 
 
 def ref_matmul(fmt, x, q, shape, bias=None, **kw):
-    """The mirror of what the kernel runs: for int8 / int4 at M <= ops.Q8_MAX_ROWS, q8 activations."""
+    """The mirror of what the kernel runs: for int8 / int4 at M <= ops.Q8_MAX_ROWS, q8 activations;
+    bf16=True: the AMX tiles' bf16 operands (from ops.AMX_MIN_ROWS rows where ops.amx_enabled())."""
     if fmt == "int8":
         return ops.ref_matmul_int8(x, *q, bias=bias, **kw)
     if fmt == "nf4":
@@ -99,13 +100,14 @@ def test_matmul_matches_reference(variant, fmt, M):
         wd = dequantize(fmt, q, (N, K))[1]
         with running(variant):
             y = matmul(fmt, x.to(dev), to(dev, *q), (N, K), bias.to(dev)).cpu()
+            amx = {"bf16": True} if dev == "cpu" and ops.bf16_operands(None, M, K) else {}
         assert y.shape == (M, N) and y.dtype == torch.float32
         if dev == "cuda" and M > ops.CUDA_GEMV_MAX_M:
             xb = x.to(torch.bfloat16).float()
             close(y, cuda_gemm_reference(fmt, x, q, wd, bias), xb, wd.to(torch.bfloat16).float() * 1.01)
         else:
             # the CUDA GEMV takes float activations; the CPU kernels q8 ones at few rows
-            close(y, ref_matmul(fmt, x, q, (N, K), bias, **({"q8": False} if dev == "cuda" else {})), x, wd)
+            close(y, ref_matmul(fmt, x, q, (N, K), bias, **({"q8": False} if dev == "cuda" else amx)), x, wd)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -118,12 +120,13 @@ def test_matmul_bf16_activations_and_batch_dims(variant, fmt):
         x = torch.randn(*lead, 64).to(torch.bfloat16)
         with running(variant):
             y = matmul(fmt, x.to(dev), to(dev, *q), (48, 64)).cpu()
+            amx = {"bf16": True} if dev == "cpu" and ops.bf16_operands(None, x.numel() // 64, 64) else {}
         assert y.shape == (*lead, 48) and y.dtype == torch.bfloat16
         if variant == "cuda" and x.numel() // 64 > ops.CUDA_GEMV_MAX_M and fmt != "int8":
             # the CUDA GEMM rounds the dequantized 4-bit weight to bfloat16 before the tensor cores
             ref = ops.ref_matmul_bf16_operands(x.float(), dequantize(fmt, q, (48, 64))[1])
         else:
-            ref = ref_matmul(fmt, x.float(), q, (48, 64), **({"q8": False} if variant == "cuda" else {}))
+            ref = ref_matmul(fmt, x.float(), q, (48, 64), **({"q8": False} if variant == "cuda" else amx))
         torch.testing.assert_close(y.float(), ref, rtol=2e-2, atol=2e-2)
 
 
@@ -312,6 +315,12 @@ def test_matmul_each_activation_path_matches_its_mirror(isa, fmt, q8, M):
 
 
 def test_auto_activation_path_follows_row_count():
+    """The q8 rule alone (the AMX tiles off; tests/test_amx_gemm.py checks the rule with them)."""
+    with ops.use_amx(False):
+        q8_rule_follows_row_count()
+
+
+def q8_rule_follows_row_count():
     w = torch.randn(40, 96)
     q = ops.quantize_int4(w)
     for M in (1, ops.Q8_MAX_ROWS, ops.Q8_MAX_ROWS + 1):
@@ -324,7 +333,13 @@ def test_auto_activation_path_follows_row_count():
 
 
 def test_auto_activation_path_at_long_rows():
-    """From Q8_GEMM_MIN_K in_features on, int8 / int4 / nf4 take q8 at any row count (the GEMM tiles)."""
+    """From Q8_GEMM_MIN_K in_features on, int8 / int4 / nf4 take q8 at any row count (the GEMM tiles),
+    where the AMX tiles do not take them first."""
+    with ops.use_amx(False):
+        q8_rule_at_long_rows()
+
+
+def q8_rule_at_long_rows():
     K, M = ops.Q8_GEMM_MIN_K, ops.Q8_MAX_ROWS + 3
     w, x = torch.randn(24, K), torch.randn(M, K)
     q4, q8w, qn = ops.quantize_int4(w), ops.quantize_int8(w), ops.quantize_nf4(w)

@@ -3,6 +3,17 @@
 #include <atomic>
 #include <cstdlib>
 #include <stdexcept>
+#include <string>
+
+#if defined(__x86_64__) && defined(__linux__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+#ifndef MPT_LITE_AMX
+#define MPT_LITE_AMX 0
+#endif
 
 namespace mpt {
 
@@ -21,6 +32,13 @@ static CpuFeatures detect() {
   f.avx512vnni = __builtin_cpu_supports("avx512vnni");
   f.avx512bf16 = __builtin_cpu_supports("avx512bf16");
   f.avx512vbmi = __builtin_cpu_supports("avx512vbmi");
+#endif
+#if defined(__x86_64__) && defined(__linux__)
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {  // leaf 7 EDX: bit 22 AMX-BF16, bit 24 AMX-TILE
+    f.amx_bf16 = (d >> 22) & 1u;
+    f.amx_tile = (d >> 24) & 1u;
+  }
 #endif
   return f;
 }
@@ -93,6 +111,40 @@ void set_isa(Isa isa) {
   if (!isa_supported(isa))
     throw std::invalid_argument(why_unsupported(isa));
   isa_slot().store(static_cast<int>(isa));
+}
+
+static bool request_tile_state() {
+#if MPT_LITE_AMX && defined(__x86_64__) && defined(__linux__)
+  const CpuFeatures& f = cpu_features();
+  if (!f.amx_tile || !f.amx_bf16 || !isa_supported(Isa::Avx512)) return false;
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;  // <asm/prctl.h>, Linux 5.16+
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+
+bool amx_supported() {
+  static const bool ok = request_tile_state();
+  return ok;
+}
+
+static std::atomic<bool>& amx_slot() {
+  static std::atomic<bool> on{[] {
+    const char* env = std::getenv("MPT_LITE_AMX");
+    const bool off = env && (std::string(env) == "0" || std::string(env) == "off");
+    return !off && amx_supported();
+  }()};
+  return on;
+}
+
+bool amx_enabled() { return amx_slot().load(std::memory_order_relaxed) && current_isa() == Isa::Avx512; }
+
+bool set_amx(bool on) {
+  if (on && !amx_supported())
+    throw std::invalid_argument(MPT_LITE_AMX ? "this CPU (or its operating system) does not offer AMX tiles"
+                                             : "this build has no AMX kernels (the compiler lacked -mamx-tile)");
+  return amx_slot().exchange(on);
 }
 
 std::vector<std::string> supported_isa_names() {

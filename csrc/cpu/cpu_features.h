@@ -24,6 +24,7 @@ struct CpuFeatures {
   bool avx2 = false, fma = false, f16c = false;
   bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false;
   bool avx512vnni = false, avx512bf16 = false, avx512vbmi = false;
+  bool amx_tile = false, amx_bf16 = false;  // CPUID only; amx_supported() also asks the OS
 };
 
 const CpuFeatures& cpu_features();
@@ -35,5 +36,14 @@ void set_isa(Isa isa);  // throws std::invalid_argument when the CPU lacks it
 const char* isa_name(Isa isa);
 Isa isa_from_name(const std::string& name);  // throws std::invalid_argument
 std::vector<std::string> supported_isa_names();
+
+// AMX tiles (bf16 GEMM for many rows, quant_gemm_amx.cpp), beside the ISA variant rather than one more
+// level of it: on top of the avx512 variant only. amx_supported(): compiled in (MPT_LITE_AMX), the CPU
+// has AMX-TILE and AMX-BF16, and Linux granted this process the tile data state (arch_prctl
+// ARCH_REQ_XCOMP_PERM; asked once). amx_enabled(): supported, not switched off (MPT_LITE_AMX=0 at
+// start-up, set_amx(false)), and the current ISA is avx512.
+bool amx_supported();
+bool amx_enabled();
+bool set_amx(bool on);  // returns the previous switch; throws std::invalid_argument when turning on an unsupported AMX
 
 }  // namespace mpt

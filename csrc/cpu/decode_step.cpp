@@ -5,6 +5,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "cpu/cpu_features.h"
 #include "cpu/quant_formats.h"
 #include "cpu/thread_pool.h"
 
@@ -54,14 +55,17 @@ void dense_matmul(const StepWeight& w, const float* x, int64_t M, float* y) {
 // The same kernels and the same activation choice as kernels/quant_ops.py.
 void linear(const StepWeight& w, const float* x, int64_t M, float* y, const StepConfig& c) {
   const bool q8 = M <= c.q8_max_rows || (c.q8_gemm_min_k > 0 && w.K >= c.q8_gemm_min_k);  // nf4: if nf4_q8_ok
+  const bool bf16 = c.bf16_min_rows > 0 && M >= c.bf16_min_rows && c.q8_gemm_min_k > 0 && w.K >= c.q8_gemm_min_k &&
+                    amx_enabled();  // the many-row q8 matmuls: bf16 operands on AMX tiles instead
   switch (w.fmt) {
     case StepFormat::F32: return dense_matmul(w, x, M, y);
     case StepFormat::Int8:
-      return matmul_int8(x, M, w.K, static_cast<const int8_t*>(w.data), w.fscale(), w.N, w.bias, y, q8);
+      return matmul_int8(x, M, w.K, static_cast<const int8_t*>(w.data), w.fscale(), w.N, w.bias, y, q8, bf16);
     case StepFormat::Nf4:
-      return matmul_nf4(x, M, w.K, static_cast<const uint8_t*>(w.data), w.fscale(), w.N, w.blocksize, w.bias, y, q8);
+      return matmul_nf4(x, M, w.K, static_cast<const uint8_t*>(w.data), w.fscale(), w.N, w.blocksize, w.bias, y, q8,
+                        bf16);
     case StepFormat::Int4:
-      return matmul_int4(x, M, w.K, static_cast<const uint8_t*>(w.data), w.hscale(), w.N, w.bias, y, q8);
+      return matmul_int4(x, M, w.K, static_cast<const uint8_t*>(w.data), w.hscale(), w.N, w.bias, y, q8, bf16);
     default: throw std::invalid_argument("unset weight");
   }
 }

@@ -51,6 +51,7 @@ struct StepConfig {
   const float* slopes = nullptr;  // [n_heads] or null (no ALiBi)
   int64_t q8_max_rows = 0;
   int64_t q8_gemm_min_k = 0;  // in_features >= this: q8 at any row count (0: never; nf4 where nf4_q8_ok)
+  int64_t bf16_min_rows = 0;  // this many rows and q8_gemm_min_k: bf16 operands on AMX tiles where amx_enabled() (0: never)
 };
 
 struct StepBatch {

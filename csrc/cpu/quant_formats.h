@@ -80,8 +80,10 @@ void quantize_int8(const float* w, int64_t N, int64_t K, int8_t* cb, float* scb)
 void dequantize_int8(const int8_t* cb, const float* scb, int64_t N, int64_t K, float* out);
 // q8: quantize x to int8 per block of 32 along K (see Q8Rows) and use integer dot products (nf4:
 // with its codes as int8, kNf4Int8, where nf4_q8_ok; see the end of this file).
+// bf16: x and the weight as bf16 operands on AMX tiles (qgemm_bf16_amx; needs amx_enabled(), else
+// std::invalid_argument); takes precedence over q8.
 void matmul_int8(const float* x, int64_t M, int64_t K, const int8_t* cb, const float* scb, int64_t N,
-                 const float* bias, float* y, bool q8 = false);
+                 const float* bias, float* y, bool q8 = false, bool bf16 = false);
 
 void quantize_nf4(const float* w, int64_t numel, int64_t blocksize, uint8_t* packed, float* absmax);
 void dequantize_nf4(const uint8_t* packed, const float* absmax, int64_t numel, int64_t blocksize, float* out);
@@ -91,7 +93,7 @@ void matmul_nf4(const float* x, int64_t M, int64_t K, const uint8_t* packed, con
 void quantize_int4(const float* w, int64_t N, int64_t K, uint8_t* packed, uint16_t* scales);
 void dequantize_int4(const uint8_t* packed, const uint16_t* scales, int64_t N, int64_t K, float* out);
 void matmul_int4(const float* x, int64_t M, int64_t K, const uint8_t* packed, const uint16_t* scales, int64_t N,
-                 const float* bias, float* y, bool q8 = false);
+                 const float* bias, float* y, bool q8 = false, bool bf16 = false);
 
 // Dequantizes rows [n0, n1) of a weight into out ([n1 - n0, K] row-major); used for embedding lookups.
 void dequantize_rows_int8(const int8_t* cb, const float* scb, int64_t K, const int64_t* rows, int64_t nrows, float* out);
@@ -160,7 +162,8 @@ void qmatmul_q8_avx512(const QWeight& w, const Q8Rows& x, const float* bias, flo
 void qmatmul_generic(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
 void qmatmul_avx2(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
 void qmatmul_avx512(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
-void qmatmul(const QWeight& w, const float* x, int64_t M, const float* bias, float* y, bool q8 = false);
+void qmatmul(const QWeight& w, const float* x, int64_t M, const float* bias, float* y, bool q8 = false,
+             bool bf16 = false);
 
 // ---- nf4 on the integer path (llama.cpp's IQ4_NL scheme), bitsandbytes' byte layout unchanged ----
 // The 16 NF4 code values as int8: kNf4Int8[q] = round(127 * kNf4Code[q]). With q8 activations the
@@ -175,6 +178,6 @@ inline bool nf4_q8_ok(int64_t K, int64_t blocksize) {
 }
 // q8: as matmul_int8's (ignored where !nf4_q8_ok(K, blocksize)).
 void matmul_nf4(const float* x, int64_t M, int64_t K, const uint8_t* packed, const float* absmax, int64_t N,
-                int64_t blocksize, const float* bias, float* y, bool q8);
+                int64_t blocksize, const float* bias, float* y, bool q8, bool bf16 = false);
 
 }  // namespace mpt

@@ -44,4 +44,9 @@ void qgemm_q8_avx512(const QWeight& w, const float* x, int64_t M, const float* b
 // The AVX2 tiles (pmaddubsw; quant_gemm_avx2.cpp): their own summation order, 8 blocks a step.
 void qgemm_q8_avx2(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
 
+// bf16 operands on AMX tiles (quant_gemm_amx.cpp; call only where amx_enabled()): x and the decoded
+// weight (int8: its codes) rounded to bfloat16, float32 sums, times row_factor, plus bias: what
+// ref_matmul_bf16_operands computes. Any M, N, K, any nf4 blocksize.
+void qgemm_bf16_amx(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
+
 }  // namespace mpt

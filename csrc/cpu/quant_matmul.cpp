@@ -85,13 +85,18 @@ void qmatmul_q8_generic(const QWeight& w, const Q8Rows& x, const float* bias, fl
   });
 }
 
-void qmatmul(const QWeight& w, const float* x, int64_t M, const float* bias, float* y, bool q8) {
+void qmatmul(const QWeight& w, const float* x, int64_t M, const float* bias, float* y, bool q8, bool bf16) {
+  if (bf16 && !amx_enabled())
+    throw std::invalid_argument("bf16 operands: the AMX tiles are not enabled (kernels.amx_enabled())");
   if (M <= 0 || w.N <= 0) return;
   if (w.K == 0) {  // an empty sum: y is the bias
     for (int64_t m = 0; m < M; ++m)
       for (int64_t n = 0; n < w.N; ++n) y[m * w.N + n] = bias ? bias[n] : 0.f;
     return;
   }
+#if MPT_LITE_AMX
+  if (bf16) return qgemm_bf16_amx(w, x, M, bias, y);
+#endif
   if (q8) {
     if (w.fmt == QFormat::Nf4 && !nf4_q8_ok(w.K, w.blocksize))
       throw std::invalid_argument("nf4 q8 path: needs a power-of-two blocksize >= 32 that divides K");

@@ -11,7 +11,7 @@ import torch
 from .attention_ops import KV_CACHE_DTYPES
 from .checks import check_int4_scales, check_tensor, check_threads, ptr
 from .extension import _C
-from .layouts import Q8_GEMM_MIN_K, Q8_MAX_ROWS, int4_groups
+from .layouts import AMX_MIN_ROWS, Q8_GEMM_MIN_K, Q8_MAX_ROWS, int4_groups
 
 _FMT = {"float32": -1, "int8": 0, "nf4": 1, "int4": 2}
 
@@ -36,7 +36,7 @@ class DecodePlan:
             n_layers=n_layers, eps=float(eps), clip_qkv=float(clip_qkv or 0.0), softmax_scale=float(softmax_scale),
             logit_scale=float(logit_scale if logit_scale is not None else 1.0),
             has_logit_scale=logit_scale is not None, slopes=0 if slopes is None else ptr(slopes),
-            q8_max_rows=Q8_MAX_ROWS, q8_gemm_min_k=Q8_GEMM_MIN_K)
+            q8_max_rows=Q8_MAX_ROWS, q8_gemm_min_k=Q8_GEMM_MIN_K, bf16_min_rows=AMX_MIN_ROWS)
 
     def _hold(self, t: torch.Tensor | None) -> int:
         if t is None:

@@ -2,6 +2,7 @@
 variant (ISA), the thread pool's size, and whether the CUDA kernels were built."""
 from __future__ import annotations
 
+import contextlib
 import operator
 
 import torch
@@ -46,6 +47,40 @@ class use_isa:
 
     def __exit__(self, *exc) -> None:
         set_isa(self.prev)
+
+
+def amx_supported() -> bool:
+    """AMX tiles compiled in, present on this CPU, and granted by the OS (Linux 5.16+)."""
+    return bool(_C.amx_supported())
+
+
+def amx_enabled() -> bool:
+    """Whether many-row matmuls (layouts.AMX_MIN_ROWS) take bf16 operands on AMX tiles now: supported,
+    not switched off (MPT_LITE_AMX=0, set_amx(False)), and the kernel variant is avx512."""
+    return bool(_C.amx_enabled())
+
+
+def set_amx(on: bool) -> bool:
+    """Switches the AMX tiles on or off for the whole process and returns the previous switch;
+    ValueError when turning on where amx_supported() is False."""
+    if not isinstance(on, bool):
+        raise TypeError(f"on must be a bool, got {on!r}")
+    return bool(_C.set_amx(on))
+
+
+class use_amx(contextlib.ContextDecorator):
+    """Context manager (or decorator): run kernels with the AMX tiles on or off, then restore the
+    previous switch."""
+
+    def __init__(self, on: bool) -> None:
+        self.on, self.prev = on, None
+
+    def __enter__(self) -> "use_amx":
+        self.prev = set_amx(self.on)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        set_amx(self.prev)
 
 
 def num_threads() -> int:

@@ -39,6 +39,22 @@ Q8_MAX_ROWS = 16
 Q8_GEMM_MIN_K = 1024
 Q8_BLOCK = 32
 
+# Where the CPU has AMX tiles (kernels.amx_enabled()), the many-row matmuls that would round their
+# activations to q8 for the integer GEMM tiles (from AMX_MIN_ROWS rows and Q8_GEMM_MIN_K in_features on,
+# q8 not forced) take bf16 operands on the AMX tiles instead (csrc/cpu/quant_gemm_amx.cpp: x and the
+# decoded weight rounded to bfloat16, float32 sums; ref_matmul_*(bf16=True) = ref_matmul_bf16_operands),
+# any format. 2.3-2.5x the q8 GEMM tiles at 512 rows on the 1.3B shapes; at 8-16 rows, where the decoding
+# of the weight is shared by too few rows, the q8 kernels are as fast or faster (docs/benchmarks.md,
+# "AMX"). Shorter rows keep float activations (exact), as they did.
+AMX_MIN_ROWS = 17
+
+
+def use_bf16(q8: object, rows: int, gemm_k: int, amx: bool) -> bool:
+    """Whether a matmul of `rows` activation rows and `gemm_k` in_features takes bf16 operands on AMX
+    tiles; amx: whether the tiles are enabled (kernels.amx_enabled()). A forced q8 (True or False) keeps
+    its path."""
+    return q8 is None and amx and rows >= AMX_MIN_ROWS and gemm_k >= Q8_GEMM_MIN_K
+
 
 def use_q8(q8: object, rows: int, gemm_k: int | None = None) -> bool:
     """The q8 choice of a matmul of `rows` activation rows; gemm_k: its in_features (None: only the

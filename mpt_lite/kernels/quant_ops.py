@@ -6,14 +6,16 @@ import torch
 
 from .checks import (check_activations, check_bias, check_blocksize, check_dim, check_int4_scales, check_row_ids,
                      check_shape, check_tensor, check_threads, op_device, ptr, weight_f32)
-from .extension import _C, launch
-from .layouts import INT4_SCALE_DTYPE, NF4_BLOCKSIZE, int4_groups, use_q8
+from .extension import _C, amx_enabled, launch
+from .layouts import INT4_SCALE_DTYPE, NF4_BLOCKSIZE, int4_groups, use_bf16, use_q8
 
 # ---- quantized matmuls (int8, nf4, int4) ----
 # Formats and byte layouts: csrc/cpu/quant_formats.h. Weights are W [N = out, K = in]; the matmuls
 # compute y = x @ W^T (+ bias) for x [..., K] in float32 or bfloat16 (bfloat16 is widened to float32
 # for the kernel and y is returned in x's dtype).
 #
+# AMX: where kernels.amx_enabled(), the many-row q8 matmuls (AMX_MIN_ROWS rows, Q8_GEMM_MIN_K in_features,
+# q8 None) take x and the weight as bf16 operands on the AMX tiles instead (bf16_operands; layouts.use_bf16).
 # Activations: at most Q8_MAX_ROWS rows of x (decode), or any number from Q8_GEMM_MIN_K in_features
 # on (prefill through the integer GEMM tiles; layouts.use_q8), the kernels quantize x to int8 per block
 # of 32 along K, as ggml's q8_0 does (ref_quantize_q8), and sum integer products per block; otherwise
@@ -110,9 +112,16 @@ def _run_matmul(fn, x: object, K: int, N: int, bias: object, weights: dict, q8: 
     x2, lead = check_activations(x, K)
     b = check_bias(bias, N)
     y = torch.empty(x2.shape[0], N, dtype=torch.float32)
-    fn(x=ptr(x2), m=x2.shape[0], k=K, n=N, bias=0 if b is None else ptr(b), y=ptr(y), **weights,
-       q8=use_q8(q8, x2.shape[0], K), num_threads=threads)
+    rows = x2.shape[0]
+    fn(x=ptr(x2), m=rows, k=K, n=N, bias=0 if b is None else ptr(b), y=ptr(y), **weights,
+       q8=use_q8(q8, rows, K), bf16=bf16_operands(q8, rows, K), num_threads=threads)
     return y.reshape(*lead, N).to(x.dtype)
+
+
+def bf16_operands(q8: object, rows: int, in_features: int) -> bool:
+    """Whether a CPU matmul of `rows` activation rows with this q8 argument takes bf16 operands on the
+    AMX tiles now (layouts.use_bf16 on this machine); ref_matmul_*(..., bf16=...) mirrors it."""
+    return use_bf16(q8, rows, in_features, amx_enabled())
 
 
 def _no_q8_on_cuda(q8: object) -> None:

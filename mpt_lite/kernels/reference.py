@@ -66,9 +66,20 @@ def ref_dequantize_int8(cb: torch.Tensor, scb: torch.Tensor) -> torch.Tensor:
     return (cb.float() * scb[:, None]) * (1.0 / 127.0)
 
 
-def ref_matmul_int8(x, cb, scb, bias=None, q8=None) -> torch.Tensor:
+# bf16=True (ref_matmul_int8 / _nf4 / _int4): what the AMX tiles compute (quant_ops.bf16_operands says
+# when they do): ref_matmul_bf16_operands of the decoded weight (int8: of its codes, times scb / 127).
+
+def ref_matmul_int8(x, cb, scb, bias=None, q8=None, bf16=False) -> torch.Tensor:
     b = None if bias is None else bias.float()
+    if bf16:
+        return _ref_bf16(x, cb.float(), b, scb.float() * (1.0 / 127.0))
     return F.linear(_ref_activations(x, q8), ref_dequantize_int8(cb, scb), b).to(x.dtype)
+
+
+def _ref_bf16(x, w, b, row_scale=None) -> torch.Tensor:
+    x2 = x.reshape(-1, x.shape[-1]) if x.dim() else x.reshape(1, 1)
+    y = ref_matmul_bf16_operands(x2, w, b, row_scale)
+    return y.reshape(*x.shape[:-1], w.shape[0]).to(x.dtype)
 
 
 def ref_quantize_nf4(w: torch.Tensor, blocksize: int = NF4_BLOCKSIZE) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,11 +118,14 @@ def ref_dequantize_nf4_int8(packed: torch.Tensor, absmax: torch.Tensor, shape,
     return (torch.tensor(NF4_INT8, dtype=torch.float32, device=p.device)[q] * scale).reshape(N, K)
 
 
-def ref_matmul_nf4(x, packed, absmax, shape, blocksize: int = NF4_BLOCKSIZE, bias=None, q8=None) -> torch.Tensor:
+def ref_matmul_nf4(x, packed, absmax, shape, blocksize: int = NF4_BLOCKSIZE, bias=None, q8=None,
+                   bf16=False) -> torch.Tensor:
     """q8 per layouts.use_q8 (as int8 / int4) and where nf4_q8_ok: q8 activations against the int8
     codes (llama.cpp's IQ4_NL scheme, csrc/cpu/quant_formats.h); otherwise float32 activations
     against the float codes."""
     b = None if bias is None else bias.float()
+    if bf16:
+        return _ref_bf16(x, ref_dequantize_nf4(packed, absmax, shape, blocksize), b)
     rows = x.numel() // max(x.shape[-1], 1) if x.dim() else 1
     if use_q8(q8, rows, shape[1]) and nf4_q8_ok(shape[1], blocksize):
         return F.linear(ref_dequantize_q8(x), ref_dequantize_nf4_int8(packed, absmax, shape, blocksize), b).to(x.dtype)
@@ -141,8 +155,10 @@ def ref_dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, in_features:
     return (q * scales.float()[..., None]).reshape(N, G * INT4_GROUP)[:, :in_features]  # half scales widen exactly
 
 
-def ref_matmul_int4(x, packed, scales, in_features: int, bias=None, q8=None) -> torch.Tensor:
+def ref_matmul_int4(x, packed, scales, in_features: int, bias=None, q8=None, bf16=False) -> torch.Tensor:
     b = None if bias is None else bias.float()
+    if bf16:
+        return _ref_bf16(x, ref_dequantize_int4(packed, scales, in_features), b)
     return F.linear(_ref_activations(x, q8), ref_dequantize_int4(packed, scales, in_features), b).to(x.dtype)
 
 
