@@ -1,9 +1,9 @@
-"""512-token prefill on a synthetic checkpoint (benchmarks/synthetic.py): the shipped activation
-choice (layouts.use_q8: q8 up to Q8_MAX_ROWS = 16 rows and, from Q8_GEMM_MIN_K in_features on, at
-any row count: the integer GEMM tiles) against float activations above 16 rows (the float-decoding
-GEMM), alternating in one process, medians. Two measures: forward()
-of the whole prompt (logits of the last token) and the engine's first step (prefill and the first
-token: generate()'s time to first token).
+"""512-token prefill on a synthetic checkpoint (benchmarks/synthetic.py): float activations above
+16 rows (the float-decoding GEMM), the q8 integer GEMM tiles (layouts.use_q8: q8 up to Q8_MAX_ROWS = 16
+rows and, from Q8_GEMM_MIN_K in_features on, at any row count), and, where the CPU has AMX, the shipped
+choice (those many-row q8 matmuls as bf16 operands on the AMX tiles), alternating in one process,
+medians. Two measures: forward() of the whole prompt (logits of the last token) and the engine's first
+step (prefill and the first token: generate()'s time to first token).
 
     python benchmarks/bench_prefill.py /tmp/mpt-1.3b --formats int4 nf4 int8 --repeats 3
 """
@@ -25,12 +25,16 @@ from mpt_lite import Engine, MptForCausalLM, ops  # noqa: E402
 from mpt_lite.kernels import decode_step, layouts  # noqa: E402
 
 DEFAULT = (layouts.Q8_MAX_ROWS, layouts.Q8_GEMM_MIN_K)
-PATHS = {"float>16": (16, 2**31 - 1), "shipped": DEFAULT}  # (Q8_MAX_ROWS, Q8_GEMM_MIN_K) of each path
+# (Q8_MAX_ROWS, Q8_GEMM_MIN_K, AMX tiles on) of each path; "shipped" takes the AMX tiles where the CPU has them
+PATHS = {"float>16": (16, 2**31 - 1, False), "q8 tiles": (*DEFAULT, False)}
+if ops.amx_supported():
+    PATHS["shipped (amx)"] = (*DEFAULT, True)
 
 
-def use_path(name: str) -> None:  # read per call (layouts) / per engine plan (decode_step)
+def use_path(name: str) -> None:  # read per call (layouts) / per engine plan (decode_step) / per call (AMX)
     layouts.Q8_MAX_ROWS = decode_step.Q8_MAX_ROWS = PATHS[name][0]
     layouts.Q8_GEMM_MIN_K = decode_step.Q8_GEMM_MIN_K = PATHS[name][1]
+    ops.set_amx(PATHS[name][2])
 
 
 def timed(fn) -> float:
@@ -54,7 +58,7 @@ def main() -> None:
     ids = torch.randint(0, 50000, (1, args.tokens), generator=torch.Generator().manual_seed(0))
     print(f"{args.size}, {args.tokens}-token prompt, threads={args.threads}, isa={ops.current_isa()}, "
           f"median of {args.repeats} alternating runs, load {os.getloadavg()[0]:.1f}")
-    print(f"{'format':>6} {'measure':>10} | " + " | ".join(f"{p:>14}" for p in PATHS) + " | speed-up")
+    print(f"{'format':>6} {'measure':>10} | " + " | ".join(f"{p:>14}" for p in PATHS) + " | speed-up over float>16")
     for fmt in args.formats:
         model = MptForCausalLM.from_pretrained(args.folder, bits=8 if fmt == "int8" else 4,
                                                quant_type=None if fmt == "int8" else fmt)
@@ -80,8 +84,8 @@ def main() -> None:
         for m in ("forward", "ttft"):
             med = [statistics.median(times[(m, p)]) for p in PATHS]
             cells = " | ".join(f"{args.tokens / t:8.1f} tok/s" for t in med)
-            print(f"{fmt:>6} {m:>10} | {cells} | {med[0] / med[1]:.2f}x", flush=True)
-        use_path("shipped")
+            print(f"{fmt:>6} {m:>10} | {cells} | " + " ".join(f"{med[0] / t:.2f}x" for t in med[1:]), flush=True)
+        use_path(list(PATHS)[-1])
         del model
 
 

@@ -2,6 +2,7 @@
 #include <immintrin.h>
 
 #include "cpu/attention_kernel.h"
+#include "cpu/vec_exp_avx512.h"
 
 namespace mpt::attention_avx512 {
 namespace {
@@ -18,19 +19,7 @@ inline __m512 load16(const int8_t* p, __mmask16 m) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)));
 }
 
-// exp(x): x = n ln2 + r, |r| <= ln2 / 2, e^r by Cephes' degree-6 polynomial (FMA), times 2^n by
-// scalef (so results that underflow to subnormals or zero and overflow to inf come out right).
-inline __m512 exp16(__m512 x) {
-  x = _mm512_min_ps(_mm512_set1_ps(89.0f), _mm512_max_ps(_mm512_set1_ps(-104.0f), x));  // NaN passes
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(attn_detail::kLog2e)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(attn_detail::kLn2Hi), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(attn_detail::kLn2Lo), r);
-  __m512 p = _mm512_set1_ps(attn_detail::kExpPoly[0]);
-  for (int k = 1; k < 6; ++k) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(attn_detail::kExpPoly[k]));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
-  return _mm512_scalef_ps(_mm512_add_ps(p, _mm512_set1_ps(1.0f)), n);
-}
+using avx512_math::exp16;
 
 struct Ops {
   // sc[j] = q . k_j for n keys, D values each, k_j at k + j * st.

@@ -10,6 +10,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/exp_constants.h"
 #include "cpu/attention.h"
 #include "cpu/thread_pool.h"
 
@@ -61,11 +62,12 @@ static inline uint16_t f32_to_f16(float f) {
   return sign | uint16_t((a - 0x38000000u) >> 13);
 }
 
-// The vector exp of the AVX2/AVX-512 variants: x = n ln2 + r (ln2 in two parts, Cody-Waite), e^r =
-// 1 + r + r^2 * P(r) with Cephes' expf coefficients of P (highest first); within 2 ulp of exp.
-constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
-constexpr float kExpPoly[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
-                               4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+// The vector exp of the AVX2/AVX-512 variants (cpu/exp_constants.h, cpu/vec_exp_avx512.h): within
+// 2 ulp of exp.
+using ::mpt::kExpPoly;
+using ::mpt::kLn2Hi;
+using ::mpt::kLn2Lo;
+using ::mpt::kLog2e;
 
 // Small jobs (a decode step at short context) run on the calling thread: waking the pool costs
 // more than the work, and its spinning workers would take cores from torch's next matmul.

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "cpu/activations.h"
 #include "cpu/cpu_features.h"
 #include "cpu/quant_formats.h"
 #include "cpu/thread_pool.h"
@@ -104,12 +105,6 @@ void layer_norm(const StepNorm& nw, const float* x, int64_t M, int64_t d, float 
       const float r = 1.0f / std::sqrt(static_cast<float>(v / d) + eps);
       for (int64_t k = 0; k < d; ++k) yr[k] = (xr[k] - mu) * r * nw.weight[k] + (nw.bias ? nw.bias[k] : 0.f);
     }
-  });
-}
-
-void gelu_inplace(float* x, int64_t n) {
-  parallel_for(n, 64, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) x[i] = x[i] * 0.5f * (1.0f + std::erf(x[i] * 0.7071067811865476f));
   });
 }
 

@@ -131,11 +131,37 @@ void pack_x(const float* x, int64_t M, int64_t K, int64_t C, uint16_t* xp) {
   });
 }
 
+// r[0..15] (16 x 16 floats, row i in r[i]) transposed in registers by four rounds of shuffles, up to
+// the order of the result registers (see kOrder in store_block).
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4)
+    for (int j = 0; j < 2; ++j) {
+      const __m512d a = _mm512_castps_pd(t[i + j]), b = _mm512_castps_pd(t[i + j + 2]);
+      r[i + j] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+      r[i + j + 2] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+    }
+  for (int i = 0; i < 16; i += 8)
+    for (int j = 0; j < 4; ++j) {
+      t[i + j] = _mm512_shuffle_f32x4(r[i + j], r[i + j + 4], 0x88);
+      t[i + j + 4] = _mm512_shuffle_f32x4(r[i + j], r[i + j + 4], 0xdd);
+    }
+  for (int j = 0; j < 8; ++j) {
+    r[j] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88);
+    r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xdd);
+  }
+}
+
 // The accumulators of weight rows n0.. (tiles 0-3) into y: transposed, times row_factor, plus bias.
 void store_block(const QWeight& w, int64_t n0, int64_t m0, int64_t M, int xt, const float* bias, float* y) {
   alignas(64) float acc[kTile * kTile];
-  const __m512i col = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                         _mm512_set1_epi32(kTile));
+  // after transpose16, register q holds column kOrder[q] of acc (its 16 weight rows in order): the
+  // unpacks interleave pairs, so columns 1 and 2 of each group of 4 come out swapped
+  static constexpr int kOrder[16] = {0, 2, 1, 3, 4, 6, 5, 7, 8, 10, 9, 11, 12, 14, 13, 15};
   for (int i = 0; i < 2; ++i) {
     const int64_t n = n0 + i * kTile, nn = std::min<int64_t>(kTile, w.N - n);
     if (nn <= 0) break;
@@ -153,11 +179,12 @@ void store_block(const QWeight& w, int64_t n0, int64_t m0, int64_t M, int xt, co
         case 2: _tile_stored(2, acc, 64); break;
         default: _tile_stored(3, acc, 64); break;
       }
-      for (int64_t r = 0; r < kTile; ++r) {  // x row m0 + 16j + r: column r of acc
-        const int64_t m = m0 + j * kTile + r;
-        if (m >= M) break;
-        const __m512 v = _mm512_i32gather_ps(_mm512_add_epi32(col, _mm512_set1_epi32(static_cast<int>(r))), acc, 4);
-        _mm512_mask_storeu_ps(y + m * w.N + n, mask, _mm512_fmadd_ps(v, vrf, vb));
+      __m512 v[16];
+      for (int r = 0; r < 16; ++r) v[r] = _mm512_load_ps(acc + r * kTile);  // weight row r, 16 x rows
+      transpose16(v);
+      for (int q = 0; q < 16; ++q) {  // x row m0 + 16j + kOrder[q]
+        const int64_t m = m0 + j * kTile + kOrder[q];
+        if (m < M) _mm512_mask_storeu_ps(y + m * w.N + n, mask, _mm512_fmadd_ps(v[q], vrf, vb));
       }
     }
   }
