@@ -181,3 +181,19 @@ def test_output_tuple_and_dict_access(setup):
     assert out[0] is out.logits and out["logits"] is out.logits
     assert out.loss is None and "loss" not in out
     assert len(out.past_key_values) == cfg["n_layers"]
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_long_prompts_through_the_fused_attention_match_transformers(setup, side):
+    """From layers.SDPA_MIN_QUERIES queries on, attention runs through torch's fused kernel with the
+    ALiBi bias and the padding folded into one additive mask: the oracle still agrees (padded
+    positions, which average every value in both, included)."""
+    from mpt_lite.model import layers
+    cfg, models = setup
+    ours, theirs = models["MptForCausalLM"]
+    n = min(cfg["max_seq_len"], layers.SDPA_MIN_QUERIES + 9)
+    assert n >= layers.SDPA_MIN_QUERIES
+    ids, mask = batch(cfg["vocab_size"], lengths=(n, n - 30, n - 5), side=side)
+    with torch.no_grad():
+        close(ours(input_ids=ids, attention_mask=mask).logits, theirs(input_ids=ids, attention_mask=mask).logits,
+              "logits")
