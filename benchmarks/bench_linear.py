@@ -8,7 +8,8 @@ and the speed-up over float32 (ratio > 1: faster than float32).
                                                  # (the integer GEMM tiles above 16 rows)
 
 int8, nf4 and int4 take the default activation choice (layouts.use_q8: q8 up to Q8_MAX_ROWS = 16 rows, and
-at any row count from Q8_GEMM_MIN_K in_features on, which every shape here has);
+at any row count from Q8_GEMM_MIN_K in_features on, which every shape here has; where the CPU has AMX,
+layouts.use_bf16: from AMX_MIN_ROWS rows on, bf16 operands on the AMX tiles instead);
 the timed runs of all columns alternate (A B C ... A B C ...) so load changes hit every column alike.
 """
 from __future__ import annotations
