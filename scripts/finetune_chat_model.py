@@ -244,11 +244,12 @@ def main() -> None:
                 f"elapsed {el:.0f}s  eta {eta:.0f}s")
     train_s, train_cpu = time.time() - t_train, time.process_time() - cpu_train
     if args.eval_every:
-        if best is None:
-            raise SystemExit(f"no checkpoint kept the held-out code perplexity within {args.max_ppl_change:+.0%} "
-                             f"and the plain-code continuations at {args.min_code:.0%} or more")
-        model.load_state_dict(best[1])
-        log(f"keeping the checkpoint of step {best[0]['step']}")
+        if best is None:  # the last weights are saved all the same (and every checkpoint is on disk)
+            log(f"WARNING: no checkpoint kept the held-out code perplexity within {args.max_ppl_change:+.0%} and "
+                f"the plain-code continuations at {args.min_code:.0%} or more: saving the last step, marked so")
+        else:
+            model.load_state_dict(best[1])
+            log(f"keeping the checkpoint of step {best[0]['step']}")
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -272,6 +273,7 @@ def main() -> None:
                                f"{args.max_ppl_change:+.0%} and plain-code continuations >= {args.min_code:.0%} "
                                f"({args.code_sample} held-out def lines + 4 hand-written)",
             "checkpoints": checkpoints, "kept_step": best[0]["step"] if best else args.steps,
+            "kept_meets_checkpoint_rule": best is not None or not args.eval_every,
             "train_functions": len(train_fns), "held_out_functions": len(held_fns),
             "assistant_tokens_trained": int(chat_tokens),
             "code_tokens_trained": args.steps * args.code_rows * args.seq_len,
