@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from typing import Iterator
 
-from chat_pairs import Function, conversation
+from chat_pairs import Function, NamePool, conversation
 from mpt_lite.text.chat_template import IM_END, render_chat
 
 IGNORE = -100
@@ -42,10 +42,12 @@ Row = tuple[list[int], list[int], list[bool]]  # ids, labels, heads (see labelle
 
 
 def chat_rows(tok, bpe, functions: list[Function], seq_len: int, pad_id: int, seed: int,
-              follow_up_fraction: float, unnamed_fraction: float = 0.2) -> Iterator[Row]:
-    """Endless packed rows: each epoch a new shuffle and new phrasings of every function's request;
+              follow_up_fraction: float, unnamed_fraction: float = 0.2, rename_fraction: float = 0.0) -> Iterator[Row]:
+    """Endless packed rows: each epoch a new shuffle, new phrasings of every function's request and
+    new fresh names for rename_fraction of them (chat_pairs.NamePool, from these functions' names);
     whole conversations only (one longer than seq_len is skipped), the rest of a row padded."""
     rng = random.Random(seed)
+    pool = NamePool.of(functions)
     while True:
         order = list(functions)
         rng.shuffle(order)
@@ -53,7 +55,8 @@ def chat_rows(tok, bpe, functions: list[Function], seq_len: int, pad_id: int, se
         labels: list[int] = []
         heads: list[bool] = []
         for fn in order:
-            x, y, h = labelled_tokens(tok, bpe, conversation(fn, rng, follow_up_fraction, unnamed_fraction))
+            x, y, h = labelled_tokens(tok, bpe, conversation(fn, rng, follow_up_fraction, unnamed_fraction,
+                                                                pool, rename_fraction))
             if len(x) > seq_len:
                 continue
             if len(ids) + len(x) > seq_len:

@@ -10,7 +10,8 @@ import ast
 import random
 import re
 import textwrap
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from default_model_corpus import read_text
@@ -40,8 +41,9 @@ class Function:
     name: str
     params: str  # the signature's parameters, as written
     sentence: str  # the docstring's first sentence, without its final period
-    source: str  # dedented, decorators left out
+    source: str  # dedented, decorators left out, docstring cut to its first sentence on one line
     bare_source: str  # the same without its docstring
+    full_source: str  # as written (dedented, decorators left out): what the eval's length limit measures
 
 
 def first_sentence(doc: str) -> str | None:
@@ -53,15 +55,27 @@ def first_sentence(doc: str) -> str | None:
     return sentence
 
 
-def strip_docstring(node: ast.FunctionDef, lines: list[str]) -> str:
-    """The function's lines without the docstring statement's lines."""
+def replace_docstring(node: ast.FunctionDef, lines: list[str], doc_line: str | None) -> str:
+    """The function's lines with the docstring statement's lines replaced by doc_line (at the
+    docstring's indent), or left out when doc_line is None."""
     doc = node.body[0]
-    keep = [line for i, line in enumerate(lines, start=node.lineno)
-            if not doc.lineno <= i <= doc.end_lineno]
-    if len(node.body) == 1:  # a function that is only a docstring keeps a body
-        indent = re.match(r"\s*", lines[doc.lineno - node.lineno]).group(0)
+    indent = re.match(r"\s*", lines[doc.lineno - node.lineno]).group(0)
+    keep = []
+    for i, line in enumerate(lines, start=node.lineno):
+        if not doc.lineno <= i <= doc.end_lineno:
+            keep.append(line)
+        elif i == doc.lineno and doc_line is not None:
+            keep.append(indent + doc_line)
+    if len(node.body) == 1 and doc_line is None:  # a function that is only a docstring keeps a body
         keep.append(indent + "pass")
     return "\n".join(keep)
+
+
+def short_docstring(sentence: str) -> str:
+    """The docstring of the answers: the request's sentence on one line (a copy, short enough that
+    greedy decoding does not loop in it)."""
+    text = sentence.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"""{text}{"" if sentence[-1] in "!?" else "."}"""'
 
 
 def functions_of(path: Path) -> list[Function]:
@@ -87,13 +101,14 @@ def functions_of(path: Path) -> list[Function]:
         if sentence is None:
             continue
         lines = file_lines[node.lineno - 1:node.end_lineno]  # from `def`: decorators left out
-        source = textwrap.dedent("\n".join(lines))
+        full = textwrap.dedent("\n".join(lines))
         try:
-            ast.parse(source)
+            ast.parse(full)
         except SyntaxError:  # e.g. a def line that continues a backslash
             continue
-        bare = textwrap.dedent(strip_docstring(node, lines))
-        out.append(Function(node.name, ast.unparse(node.args), sentence, source, bare))
+        source = textwrap.dedent(replace_docstring(node, lines, short_docstring(sentence)))
+        bare = textwrap.dedent(replace_docstring(node, lines, None))
+        out.append(Function(node.name, ast.unparse(node.args), sentence, source, bare, full))
     return out
 
 
@@ -110,15 +125,57 @@ def request(fn: Function, rng: random.Random, named_only: bool = False, unnamed_
     return rng.choice(phrasings).format(name=fn.name, params=fn.params, sentence=fn.sentence, lower=lower)
 
 
+def rename_in(source: str, old: str, new: str) -> str:
+    """source with the function old renamed to new: its def and its own calls (bare, or through
+    self. / cls.), not other objects' attributes of the same name (`d.get(...)` stays)."""
+    return re.sub(rf"(?:(?<=self\.)|(?<=cls\.)|(?<![\w.])){re.escape(old)}\b", new, source)
+
+
 def renamed(fn: Function, rng: random.Random) -> tuple[str, str]:
     base = fn.name.strip("_")
     new = rng.choice([f"my_{base}", f"{base}_impl", f"do_{base}", f"{base}2"])
-    return new, re.sub(rf"\b{re.escape(fn.name)}\b", new, fn.source)
+    return new, rename_in(fn.source, fn.name, new)
+
+
+@dataclass
+class NamePool:
+    """Identifier words of the training functions' names, for fresh names (verb_noun) that no
+    training answer pairs with its body: copying them from the request is the only way to get them."""
+    verbs: list[str]
+    nouns: list[str]
+
+    @classmethod
+    def of(cls, functions: list[Function]) -> "NamePool":
+        verbs, nouns = Counter(), Counter()  # verbs: first words of several names (get, make, ...)
+        for fn in functions:
+            words = [w for w in fn.name.lower().split("_") if w]
+            if len(words) >= 2 and words[0].isalpha():
+                verbs[words[0]] += 1
+            nouns.update(w for w in words[1:] if w.isalpha() and len(w) >= 3)
+        return cls(sorted(w for w, n in verbs.items() if n >= 3), sorted(w for w, n in nouns.items() if n >= 2))
+
+    def fresh(self, rng: random.Random, avoid: str) -> str:
+        while True:
+            name = f"{rng.choice(self.verbs)}_{rng.choice(self.nouns)}"
+            if rng.random() < 0.3:
+                name += f"_{rng.choice(self.nouns)}"
+            if name != avoid:
+                return name
+
+
+def with_fresh_name(fn: Function, pool: NamePool, rng: random.Random) -> Function:
+    new = pool.fresh(rng, fn.name)
+    return replace(fn, name=new, source=rename_in(fn.source, fn.name, new),
+                   bare_source=rename_in(fn.bare_source, fn.name, new))
 
 
 def conversation(fn: Function, rng: random.Random, follow_up_fraction: float,
-                 unnamed_fraction: float = 0.2) -> list[dict]:
-    """One conversation: a request and the source; sometimes a second turn."""
+                 unnamed_fraction: float = 0.2, pool: NamePool | None = None,
+                 rename_fraction: float = 0.0) -> list[dict]:
+    """One conversation: a request and the source; sometimes a second turn. For rename_fraction of
+    them (with a pool) the function is first given a fresh name, in the request and the answer."""
+    if pool is not None and rng.random() < rename_fraction:
+        fn = with_fresh_name(fn, pool, rng)
     user = {"role": "user", "content": request(fn, rng, unnamed_fraction=unnamed_fraction)}
     if rng.random() >= follow_up_fraction:
         return [user, {"role": "assistant", "content": fn.source}]

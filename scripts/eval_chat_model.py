@@ -112,7 +112,7 @@ def held_out_functions(args) -> list:
 
 def held_out_requests(model, args) -> list[tuple[str, str]]:
     fns = [f for f in held_out_functions(args)
-           if len(model.tokenizer.encode(f.source, add_special_tokens=False)) <= args.max_source_tokens]
+           if len(model.tokenizer.encode(f.full_source, add_special_tokens=False)) <= args.max_source_tokens]
     rng = random.Random(args.seed)
     if args.limit is not None and args.limit < len(fns):
         fns = rng.sample(fns, args.limit)
@@ -133,17 +133,20 @@ def record(info_path: Path, args, results: dict) -> None:
 CODE_PROMPTS = ["def fibonacci(n):", "def quicksort(xs):", "class Stack:", "import os"]
 
 
-def code_continuations(model, args, n: int = 40, max_new_tokens: int = 64) -> dict:
-    """Plain code generation, outside chat (what `mpt-lite generate` does): the greedy continuation of
-    n held-out functions' `def` lines (seeded sample) and of CODE_PROMPTS; the fraction that contain a
-    `return` or a call within max_new_tokens (tests/test_default_model.py asks it of `def fibonacci(n):`)."""
-    fns = random.Random(args.seed).sample(held_out_functions(args), n)
+def code_prompts(functions: list, seed: int, n: int) -> dict[str, list[str]]:
+    """The plain-code prompts: the `def` lines of n of the functions (seeded sample), and CODE_PROMPTS."""
+    fns = random.Random(seed).sample(functions, n)
+    return {"held-out def lines": [f.source.splitlines()[0] for f in fns], "hand-written prompts": CODE_PROMPTS}
+
+
+def code_continuations(model, prompts: dict[str, list[str]], max_new_tokens: int = 64) -> dict:
+    """Plain code generation, outside chat (what `mpt-lite generate` does): for each set of prompts
+    (code_prompts), the fraction whose greedy continuation contains a `return` or a call within
+    max_new_tokens (tests/test_default_model.py asks it of `def fibonacci(n):`)."""
     out = {}
-    for label, prompts in (("held-out def lines", [f.source.splitlines()[0] for f in fns]),
-                           ("hand-written prompts", CODE_PROMPTS)):
-        texts = [model.generate(p, max_new_tokens=max_new_tokens) for p in prompts]
-        out[label] = {"prompts": len(prompts),
-                      "return_or_call": sum("return" in t or "(" in t for t in texts) / len(prompts)}
+    for label, texts in prompts.items():
+        conts = [model.generate(p, max_new_tokens=max_new_tokens) for p in texts]
+        out[label] = {"prompts": len(texts), "return_or_call": sum("return" in t or "(" in t for t in conts) / len(texts)}
     return out
 
 
@@ -156,7 +159,7 @@ def main() -> None:
     for label, reqs in (("held-out stdlib", held_out_requests(model, args)),
                         ("everyday", [tuple(r) for r in EVERYDAY_REQUESTS])):
         results[label], transcripts[label] = evaluate(model, reqs, args.max_new_tokens, label)
-    code = code_continuations(model, args)
+    code = code_continuations(model, code_prompts(held_out_functions(args), args.seed, 40))
     print(f"model {args.model}, bits {args.bits}, greedy, at most {args.max_new_tokens} new tokens\n")
     print("| requests | n | end their turn | parse | define the requested name | mean reply tokens |")
     print("|---|---:|---:|---:|---:|---:|")

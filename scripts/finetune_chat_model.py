@@ -9,7 +9,7 @@ held-out module's function is trained on.
 Reproducible: a fixed seed, a fixed number of steps, seeded phrasings and batches.
 
     python scripts/train_default_model.py --out build/base_model     # the base model (or: git show e497c42:...)
-    python scripts/finetune_chat_model.py --out build/chat_model     # the shipped run: 2,498 cpu-s of training
+    python scripts/finetune_chat_model.py --out build/chat_model     # the fourth run (docs/default_model.md)
     python scripts/finetune_chat_model.py --steps 10 --eval-every 5 --out /tmp/c    # a quick smoke run
 """
 from __future__ import annotations
@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +31,9 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from chat_data import chat_rows  # noqa: E402
-from chat_pairs import all_functions  # noqa: E402
+from chat_everyday_requests import EVERYDAY_REQUESTS  # noqa: E402
+from chat_pairs import all_functions, request  # noqa: E402
+from eval_chat_model import answers, code_continuations, code_prompts, judge  # noqa: E402
 from default_model_corpus import held_out_perplexity, split_files, stdlib_files, token_stream  # noqa: E402
 from train_default_model import lr_at, optimizer  # noqa: E402  (the base run's AdamW groups and schedule)
 from mpt_lite import MptForCausalLM, MptTokenizer  # noqa: E402
@@ -47,17 +51,28 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--follow-up-fraction", type=float, default=0.3, help="conversations with a second turn")
     p.add_argument("--unnamed-fraction", type=float, default=0.1,
                    help="requests that do not name the function (\"How do I ...?\")")
+    p.add_argument("--rename-fraction", type=float, default=0.5,
+                   help="conversations whose function gets a fresh name (verb_noun from other training names), "
+                        "in the request and the answer, drawn anew each epoch")
     p.add_argument("--head-weight", type=float, default=3.0,
                    help="loss weight of each answer's first line (`def name(...):`) against 1 for the rest")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--code-rows", type=int, default=5, help="rows of each batch that are plain code windows")
-    p.add_argument("--steps", type=int, default=900)
+    p.add_argument("--code-rows", type=int, default=6, help="rows of each batch that are plain code windows")
+    p.add_argument("--steps", type=int, default=800)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--eval-every", type=int, default=150,
-                   help="measure held-out code perplexity and chat loss every this many steps (0: only at the end) "
-                        "and keep the checkpoint of least chat loss whose perplexity is within --max-ppl-change")
+    p.add_argument("--eval-every", type=int, default=100,
+                   help="measure every this many steps (0: only at the end) the held-out code perplexity, chat "
+                        "loss, greedy chat replies on a sample and plain-code continuations on a sample, and keep "
+                        "the checkpoint of best chat replies among those within --max-ppl-change and --min-code")
     p.add_argument("--max-ppl-change", type=float, default=0.02, help="allowed held-out code perplexity change")
+    p.add_argument("--min-code", type=float, default=0.85,
+                   help="least fraction of plain-code continuations (the sample; the base has 90%% on it, 98%% on "
+                        "eval_chat_model.py's 40 + 4) with a return or a call")
+    p.add_argument("--chat-sample", type=int, default=32,
+                   help="held-out requests answered at each checkpoint (plus the 20 everyday ones)")
+    p.add_argument("--code-sample", type=int, default=16,
+                   help="held-out def lines continued at each checkpoint (plus 4 hand-written prompts)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--save-dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
     return p.parse_args()
@@ -92,11 +107,37 @@ def held_out_chat_loss(model, rows: list[tuple[list[int], list[int]]], batch: in
     return total / count
 
 
-def checkpoint(model, step: int, held_ids: list[int], held_rows, seq_len: int, ppl_before: float) -> dict:
-    """The held-out numbers of the weights in memory (float32) at this step."""
-    ppl, _ = held_out_perplexity(model, held_ids, seq_len)
-    return {"step": step, "perplexity": round(ppl, 4), "perplexity_change": round(ppl / ppl_before - 1, 4),
-            "chat_loss": round(held_out_chat_loss(model, held_rows), 4)}
+def chat_replies(model, requests: list[tuple[str, str]]) -> dict:
+    """Greedy replies (at most 256 tokens, as eval_chat_model.py) to (request, name) pairs: the
+    fractions that end their turn, parse, define the name."""
+    rows = []
+    for i in range(0, len(requests), 16):
+        chunk = requests[i:i + 16]
+        for (_, name), (reply, ended, _) in zip(chunk, answers(model, [t for t, _ in chunk], 256)):
+            rows.append((ended, *judge(reply, name)))
+    return {k: round(sum(r[j] for r in rows) / len(rows), 4) for j, k in enumerate(("ended", "parses", "defines_name"))}
+
+
+def checkpoint(model, step: int, held: dict, seq_len: int, ppl_before: float) -> dict:
+    """The held-out numbers of the weights in memory (float32) at this step: code perplexity, chat
+    loss, chat replies on the sample requests, plain-code continuations on the sample prompts."""
+    cpu0 = time.process_time()
+    ppl, _ = held_out_perplexity(model, held["ids"], seq_len)
+    point = {"step": step, "perplexity": round(ppl, 4), "perplexity_change": round(ppl / ppl_before - 1, 4),
+             "chat_loss": round(held_out_chat_loss(model, held["rows"]), 4)}
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        point["held_out_sample"] = chat_replies(model, held["requests"])
+        point["everyday"] = chat_replies(model, held["everyday"])
+        code = code_continuations(model, held["code_prompts"])
+    model.train(was_training)
+    point["plain_code"] = round(sum(c["return_or_call"] * c["prompts"] for c in code.values())
+                                / sum(c["prompts"] for c in code.values()), 4)
+    point["chat_score"] = round(sum(point[k][m] for k in ("held_out_sample", "everyday")
+                                    for m in ("ended", "parses", "defines_name")) / 6, 4)
+    point["eval_cpu_seconds"] = round(time.process_time() - cpu0, 1)
+    return point
 
 
 def main() -> None:
@@ -125,21 +166,33 @@ def main() -> None:
     code_ids = torch.tensor(token_stream(bpe, train_files, eos_id), dtype=torch.long)
     held_ids = token_stream(bpe, held_files, eos_id)
     rows = chat_rows(tok, bpe, train_fns, args.seq_len, pad_id, args.seed, args.follow_up_fraction,
-                     args.unnamed_fraction)
+                     args.unnamed_fraction, args.rename_fraction)
     held_gen = chat_rows(tok, bpe, held_fns, args.seq_len, pad_id, args.seed + 1, args.follow_up_fraction,
                          args.unnamed_fraction)
     held_rows = [next(held_gen) for _ in range(32)]
+    all_held = all_functions(held_files)
+    eval_fns = [f for f, n in zip(all_held, lengths([replace(f, source=f.full_source) for f in all_held])) if n <= 256]
+    rng = random.Random(args.seed)
+    held = {"ids": held_ids, "rows": held_rows,
+            "requests": [(request(f, rng, named_only=True), f.name) for f in rng.sample(eval_fns, args.chat_sample)],
+            "everyday": [tuple(r) for r in EVERYDAY_REQUESTS],
+            "code_prompts": code_prompts(all_held, args.seed, args.code_sample)}
     log(f"data: {len(train_fns)} train functions (source <= {args.max_answer_tokens} tokens) from "
         f"{len(train_files)} files, {len(held_fns)} held-out functions from {len(held_files)} files; "
         f"code stream {len(code_ids):,} tokens ({time.time() - t0:.0f}s)")
 
     model = MptForCausalLM.from_pretrained(args.base, dtype=torch.float32)
+    model.tokenizer = tok
     model.requires_grad_(True)  # from_pretrained loads for inference, with gradients off
     model.train()
     ppl_before, n_eval = held_out_perplexity(model, held_ids, args.seq_len)
     chat_before = held_out_chat_loss(model, held_rows)
     log(f"base: held-out code perplexity {ppl_before:.3f} over {n_eval:,} tokens; "
         f"held-out chat loss {chat_before:.3f} per assistant token")
+    checkpoints: list[dict] = []
+    if args.eval_every:
+        checkpoints.append(checkpoint(model, 0, held, args.seq_len, ppl_before))
+        log(f"checkpoint step 0 (base): {json.dumps(checkpoints[0])}")
 
     opt = optimizer(model, args.lr)
     gen = torch.Generator().manual_seed(args.seed)
@@ -147,7 +200,7 @@ def main() -> None:
     n_chat = args.batch - args.code_rows
     chat_tokens = 0
     args.out.mkdir(parents=True, exist_ok=True)
-    checkpoints: list[dict] = []
+    eval_cpu = 0.0
     best = None  # (checkpoint, state_dict copy): a deepcopy of the model would fail (it holds a lock)
     t_train, cpu_train = time.time(), time.process_time()
     for step in range(args.steps):
@@ -167,28 +220,36 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if args.eval_every and ((step + 1) % args.eval_every == 0 or step == args.steps - 1):
-            point = checkpoint(model, step + 1, held_ids, held_rows, args.seq_len, ppl_before)
+            point = checkpoint(model, step + 1, held, args.seq_len, ppl_before)
             checkpoints.append(point)
+            eval_cpu += point["eval_cpu_seconds"]
             log(f"checkpoint step {step + 1}: held-out code perplexity {point['perplexity']:.3f} "
-                f"({100 * point['perplexity_change']:+.2f}%), chat loss {point['chat_loss']:.3f}")
-            ok = point["perplexity_change"] <= args.max_ppl_change
-            if ok and (best is None or point["chat_loss"] < best[0]["chat_loss"]):
-                best = (point, {k: v.detach().clone() for k, v in model.state_dict().items()})
-                # on disk too, so that a run stopped early still leaves its best weights
-                save_file({k: v.to(torch.bfloat16).contiguous() for k, v in best[1].items()},
-                          str(args.out / "best_checkpoint.safetensors"), metadata={"step": str(step + 1)})
+                f"({100 * point['perplexity_change']:+.2f}%), chat loss {point['chat_loss']:.3f}, "
+                f"chat sample {point['held_out_sample']} everyday {point['everyday']}, "
+                f"plain code {point['plain_code']:.0%} ({point['eval_cpu_seconds']:.0f} cpu-s)")
+            ok = point["perplexity_change"] <= args.max_ppl_change and point["plain_code"] >= args.min_code
+            rank = lambda p: (p["chat_score"], -p["chat_loss"])
+            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            # every checkpoint on disk (bf16, as shipped), to evaluate fully or to keep another one
+            (args.out / "checkpoints").mkdir(exist_ok=True)
+            save_file({k: v.to(torch.bfloat16).contiguous() for k, v in state.items()},
+                      str(args.out / "checkpoints" / f"step{step + 1}.safetensors"), metadata={"step": str(step + 1)})
+            if ok and (best is None or rank(point) > rank(best[0])):
+                best = (point, state)
         if step % 10 == 0 or step == args.steps - 1:
             el = time.time() - t_train
             eta = el / (step + 1) * (args.steps - step - 1)
             log(f"step {step + 1:4d}/{args.steps}  loss {loss.item():.3f}  lr {g['lr']:.2e}  "
-                f"{el / (step + 1):.2f} s/step  cpu {time.process_time() - cpu_train:.0f}s  "
+                f"{el / (step + 1):.2f} s/step  cpu {time.process_time() - cpu_train - eval_cpu:.0f}s (+{eval_cpu:.0f} eval)  "
                 f"elapsed {el:.0f}s  eta {eta:.0f}s")
     train_s, train_cpu = time.time() - t_train, time.process_time() - cpu_train
     if args.eval_every:
-        if best is None:
-            raise SystemExit(f"no checkpoint kept the held-out code perplexity within {args.max_ppl_change:+.0%}")
-        model.load_state_dict(best[1])
-        log(f"keeping the checkpoint of step {best[0]['step']}")
+        if best is None:  # the last weights are saved all the same (and every checkpoint is on disk)
+            log(f"WARNING: no checkpoint kept the held-out code perplexity within {args.max_ppl_change:+.0%} and "
+                f"the plain-code continuations at {args.min_code:.0%} or more: saving the last step, marked so")
+        else:
+            model.load_state_dict(best[1])
+            log(f"keeping the checkpoint of step {best[0]['step']}")
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -205,8 +266,14 @@ def main() -> None:
             "batch": args.batch, "code_rows_per_batch": args.code_rows, "seq_len": args.seq_len,
             "lr": args.lr, "warmup": args.warmup, "max_answer_tokens": args.max_answer_tokens,
             "follow_up_fraction": args.follow_up_fraction, "unnamed_fraction": args.unnamed_fraction,
-            "head_weight": args.head_weight,
+            "head_weight": args.head_weight, "rename_fraction": args.rename_fraction,
+            "assistant_turn": "the function's source with its docstring cut to its first sentence on one line",
+            "checkpoint_rule": f"best mean of the sample's chat fractions (held-out {args.chat_sample} + everyday 20, "
+                               f"float32, greedy) among checkpoints with code perplexity within "
+                               f"{args.max_ppl_change:+.0%} and plain-code continuations >= {args.min_code:.0%} "
+                               f"({args.code_sample} held-out def lines + 4 hand-written)",
             "checkpoints": checkpoints, "kept_step": best[0]["step"] if best else args.steps,
+            "kept_meets_checkpoint_rule": best is not None or not args.eval_every,
             "train_functions": len(train_fns), "held_out_functions": len(held_fns),
             "assistant_tokens_trained": int(chat_tokens),
             "code_tokens_trained": args.steps * args.code_rows * args.seq_len,
@@ -214,17 +281,17 @@ def main() -> None:
             "held_out_perplexity_change": round(ppl_after / ppl_before - 1, 4),
             "held_out_chat_loss_before": round(chat_before, 4), "held_out_chat_loss_after": round(chat_after, 4),
             "python": platform.python_version(), "torch": torch.__version__, "threads": args.threads,
-            "train_seconds": round(train_s, 1), "train_cpu_seconds": round(train_cpu, 1),
+            "train_seconds": round(train_s, 1), "train_cpu_seconds": round(train_cpu - eval_cpu, 1),
+            "checkpoint_eval_cpu_seconds": round(eval_cpu, 1),
             "total_seconds": round(time.time() - t0, 1), "total_cpu_seconds": round(time.process_time() - cpu0, 1),
             "saved_dtype": args.save_dtype,
         },
     }
     (out / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    (out / "best_checkpoint.safetensors").unlink(missing_ok=True)  # only for a run stopped early
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     log(f"saved to {out} ({size / 1e6:.1f} MB); held-out code perplexity {ppl_before:.3f} -> {ppl_after:.3f} "
         f"({100 * (ppl_after / ppl_before - 1):+.2f}%), chat loss {chat_before:.3f} -> {chat_after:.3f}; "
-        f"training {train_s:.0f}s ({train_cpu:.0f} cpu-s)")
+        f"training {train_s:.0f}s ({train_cpu - eval_cpu:.0f} cpu-s, checkpoints {eval_cpu:.0f} cpu-s)")
     print(json.dumps(info["chat_finetune"]))
 
 
