@@ -26,7 +26,9 @@ def parse_headers(lines):
         headers[key] = value
     return headers
 '''
-COPY_PROMPT = CODE + "\n\n# the same module again, unchanged:\n" + CODE[:60]
+# The module twice, then its start: the shipped default model (chat fine-tuned) continues the
+# third copy; after a single copy it no longer does (the base model did).
+COPY_PROMPT = CODE + "\n\n" + CODE + "\n\n" + CODE[:60]
 FREE_PROMPT = "The weather in the mountains changes quickly, and"
 
 
