@@ -121,7 +121,7 @@ def _run_matmul(fn, x: object, K: int, N: int, bias: object, weights: dict, q8: 
 def bf16_operands(q8: object, rows: int, in_features: int) -> bool:
     """Whether a CPU matmul of `rows` activation rows with this q8 argument takes bf16 operands on the
     AMX tiles now (layouts.use_bf16 on this machine); ref_matmul_*(..., bf16=...) mirrors it."""
-    return use_bf16(q8, rows, in_features, amx_enabled())
+    return use_bf16(q8, rows, in_features, True) and amx_enabled()  # asks the extension only when it matters
 
 
 def _no_q8_on_cuda(q8: object) -> None:

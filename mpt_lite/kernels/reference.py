@@ -72,14 +72,8 @@ def ref_dequantize_int8(cb: torch.Tensor, scb: torch.Tensor) -> torch.Tensor:
 def ref_matmul_int8(x, cb, scb, bias=None, q8=None, bf16=False) -> torch.Tensor:
     b = None if bias is None else bias.float()
     if bf16:
-        return _ref_bf16(x, cb.float(), b, scb.float() * (1.0 / 127.0))
+        return ref_matmul_bf16_operands(x, cb.float(), b, scb.float() * (1.0 / 127.0)).to(x.dtype)
     return F.linear(_ref_activations(x, q8), ref_dequantize_int8(cb, scb), b).to(x.dtype)
-
-
-def _ref_bf16(x, w, b, row_scale=None) -> torch.Tensor:
-    x2 = x.reshape(-1, x.shape[-1]) if x.dim() else x.reshape(1, 1)
-    y = ref_matmul_bf16_operands(x2, w, b, row_scale)
-    return y.reshape(*x.shape[:-1], w.shape[0]).to(x.dtype)
 
 
 def ref_quantize_nf4(w: torch.Tensor, blocksize: int = NF4_BLOCKSIZE) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,7 +119,7 @@ def ref_matmul_nf4(x, packed, absmax, shape, blocksize: int = NF4_BLOCKSIZE, bia
     against the float codes."""
     b = None if bias is None else bias.float()
     if bf16:
-        return _ref_bf16(x, ref_dequantize_nf4(packed, absmax, shape, blocksize), b)
+        return ref_matmul_bf16_operands(x, ref_dequantize_nf4(packed, absmax, shape, blocksize), b).to(x.dtype)
     rows = x.numel() // max(x.shape[-1], 1) if x.dim() else 1
     if use_q8(q8, rows, shape[1]) and nf4_q8_ok(shape[1], blocksize):
         return F.linear(ref_dequantize_q8(x), ref_dequantize_nf4_int8(packed, absmax, shape, blocksize), b).to(x.dtype)
@@ -158,7 +152,7 @@ def ref_dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, in_features:
 def ref_matmul_int4(x, packed, scales, in_features: int, bias=None, q8=None, bf16=False) -> torch.Tensor:
     b = None if bias is None else bias.float()
     if bf16:
-        return _ref_bf16(x, ref_dequantize_int4(packed, scales, in_features), b)
+        return ref_matmul_bf16_operands(x, ref_dequantize_int4(packed, scales, in_features), b).to(x.dtype)
     return F.linear(_ref_activations(x, q8), ref_dequantize_int4(packed, scales, in_features), b).to(x.dtype)
 
 

@@ -96,13 +96,14 @@ def attend(
     if n_kv != n_heads:
         k = k.repeat_interleave(n_heads // n_kv, dim=1)
         v = v.repeat_interleave(n_heads // n_kv, dim=1)
+    t = k.shape[2]
+    alibi = None if slopes is None else \
+        slopes.view(1, n_heads, 1, 1) * torch.arange(1 - t, 1, device=q.device, dtype=torch.float32).view(1, 1, 1, t)
     if q.shape[2] >= SDPA_MIN_QUERIES and q.dtype == torch.float32:
-        return _attend_fused(q, k, v, scale, slopes, mask)
+        return _attend_fused(q, k, v, scale, alibi, mask)
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
-    if slopes is not None:
-        t = k.shape[2]
-        rel = torch.arange(1 - t, 1, device=q.device, dtype=torch.float32)
-        scores = scores + (slopes.view(1, n_heads, 1, 1) * rel.view(1, 1, 1, t)).to(scores.dtype)
+    if alibi is not None:
+        scores = scores + alibi.to(scores.dtype)
     if mask is not None:
         scores = scores.masked_fill(mask, torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
@@ -116,13 +117,13 @@ def attend(
 SDPA_MIN_QUERIES = 64
 
 
-def _attend_fused(q, k, v, scale, slopes, mask):
-    b, h, s, _ = q.shape
-    t = k.shape[2]
-    bias = torch.zeros(1, 1, 1, t, device=q.device) if slopes is None else \
-        slopes.float().view(1, h, 1, 1) * torch.arange(1 - t, 1, device=q.device, dtype=torch.float32).view(1, 1, 1, t)
+def _attend_fused(q, k, v, scale, alibi, mask):
+    """attend()'s float32 path for many queries; alibi: its (1, H, 1, T) bias or None."""
+    bias = alibi
     if mask is not None:
-        bias = bias.expand(mask.shape[0], h, s, t).masked_fill(mask, torch.finfo(torch.float32).min)
+        h, s, t = q.shape[1], q.shape[2], k.shape[2]
+        base = torch.zeros((), device=q.device) if alibi is None else alibi
+        bias = base.expand(mask.shape[0], h, s, t).masked_fill(mask, torch.finfo(torch.float32).min)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
 
 
