@@ -36,5 +36,32 @@ inline void nf4_bytes(__m512i raw, __m512i& lo, __m512i& hi) {
   hi = _mm512_unpackhi_epi8(ev, od);
 }
 
+// One q8 block of Q8Rows' arithmetic (d = amax / 127 with NaN ignored, q = round-half-even(x / d)
+// clamped to +-127, NaN -> 0, all codes 0 when d is 0): the first n (<= 32) floats of x, the rest as
+// 0. Writes the 32 codes, returns d; sum gets the sum of the codes.
+inline float quantize_block32(const float* x, int64_t n, int8_t* codes, int32_t& sum) {
+  __m512 v[2];
+  for (int h = 0; h < 2; ++h) {
+    const int64_t left = n - 16 * h;
+    v[h] = left >= 16 ? _mm512_loadu_ps(x + 16 * h)
+           : left > 0 ? _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << left) - 1), x + 16 * h)
+                      : _mm512_setzero_ps();
+  }
+  const __m512 a0 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v[0], v[0], _CMP_ORD_Q), _mm512_abs_ps(v[0]));
+  const __m512 a1 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v[1], v[1], _CMP_ORD_Q), _mm512_abs_ps(v[1]));
+  const float d = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1)) / 127.0f;
+  const __m512 vd = _mm512_set1_ps(d), lim = _mm512_set1_ps(127.f), nlim = _mm512_set1_ps(-127.f);
+  __m512i qi[2];
+  for (int h = 0; h < 2; ++h) {
+    __m512 r = _mm512_roundscale_ps(_mm512_div_ps(v[h], vd), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    // NaN (x NaN, inf / inf) -> 0; d == 0 (amax 0 or underflowed) -> all codes 0
+    r = _mm512_maskz_mov_ps(d > 0.f ? _mm512_cmp_ps_mask(r, r, _CMP_ORD_Q) : 0, r);
+    qi[h] = _mm512_cvtps_epi32(_mm512_min_ps(lim, _mm512_max_ps(nlim, r)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + 16 * h), _mm512_cvtsepi32_epi8(qi[h]));
+  }
+  sum = _mm512_reduce_add_epi32(_mm512_add_epi32(qi[0], qi[1]));
+  return d;
+}
+
 }  // namespace avx512_lanes
 }  // namespace mpt

@@ -158,7 +158,7 @@ void quantize_q8(const float* x, int64_t M, int64_t K, Q8Rows& out);
 //   y = scb/127 * sum_b d[b] * dot(cb_b, q_b);  int4 gives  y = sum_g dw[g] * d[g] * dot(qw_g - 8, q_g).
 void qmatmul_q8_generic(const QWeight& w, const Q8Rows& x, const float* bias, float* y);
 void qmatmul_q8_avx2(const QWeight& w, const Q8Rows& x, const float* bias, float* y);
-void qmatmul_q8_avx512(const QWeight& w, const Q8Rows& x, const float* bias, float* y);
+void qmatmul_q8_avx512(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);  // quantizes x itself
 void qmatmul_generic(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
 void qmatmul_avx2(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
 void qmatmul_avx512(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);

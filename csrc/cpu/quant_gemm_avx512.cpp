@@ -63,34 +63,11 @@ void pack_x(const float* x, int64_t M, int64_t K, GemmX& out) {
     alignas(64) int8_t codes[16 * 32];
     alignas(64) float dv[16];
     alignas(64) int32_t sums[16];
-    const __m512 lim = _mm512_set1_ps(127.f), nlim = _mm512_set1_ps(-127.f);
     for (int64_t m = m0; m < m1; ++m)
       for (int64_t st = 0; st < S; ++st) {
         for (int b = 0; b < 16; ++b) {
           const int64_t k0 = (st * 16 + b) * 32;
-          const float* xr = x + m * K + k0;
-          __m512 v[2];
-          for (int h = 0; h < 2; ++h) {
-            const int64_t left = K - k0 - 16 * h;
-            v[h] = left >= 16 ? _mm512_loadu_ps(xr + 16 * h)
-                   : left > 0 ? _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << left) - 1), xr + 16 * h)
-                              : _mm512_setzero_ps();
-          }
-          // |x| with NaN lanes as 0 (std::fmax in quantize_q8 skips NaN too)
-          const __m512 a0 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v[0], v[0], _CMP_ORD_Q), _mm512_abs_ps(v[0]));
-          const __m512 a1 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v[1], v[1], _CMP_ORD_Q), _mm512_abs_ps(v[1]));
-          const float d = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1)) / 127.0f;
-          const __m512 vd = _mm512_set1_ps(d);
-          __m512i qi[2];
-          for (int h = 0; h < 2; ++h) {
-            __m512 r = _mm512_roundscale_ps(_mm512_div_ps(v[h], vd), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-            // NaN (x NaN, inf / inf) -> 0; d == 0 (amax 0 or underflowed) -> all codes 0
-            r = _mm512_maskz_mov_ps(d > 0.f ? _mm512_cmp_ps_mask(r, r, _CMP_ORD_Q) : 0, r);
-            qi[h] = _mm512_cvtps_epi32(_mm512_min_ps(lim, _mm512_max_ps(nlim, r)));
-            _mm_store_si128(reinterpret_cast<__m128i*>(codes + b * 32 + 16 * h), _mm512_cvtsepi32_epi8(qi[h]));
-          }
-          dv[b] = d;
-          sums[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(qi[0], qi[1]));
+          dv[b] = avx512_lanes::quantize_block32(x + m * K + k0, K - k0, codes + b * 32, sums[b]);
         }
         const int64_t o = (m * S + st);
         for (int v = 0; v < 8; ++v)  // dword v of block gemm_block(p) into lane p

@@ -105,11 +105,13 @@ void qmatmul(const QWeight& w, const float* x, int64_t M, const float* bias, flo
     if (M > kGemmMinRows && current_isa() == Isa::Avx512) return qgemm_q8_avx512(w, x, M, bias, y);
     if (M > kGemmMinRows && current_isa() == Isa::Avx2) return qgemm_q8_avx2(w, x, M, bias, y);
 #endif
+#if MPT_LITE_X86_SIMD
+    if (current_isa() == Isa::Avx512) return qmatmul_q8_avx512(w, x, M, bias, y);
+#endif
     Q8Rows xq;
     quantize_q8(x, M, w.K, xq);
     switch (current_isa()) {
 #if MPT_LITE_X86_SIMD
-      case Isa::Avx512: return qmatmul_q8_avx512(w, xq, bias, y);
       case Isa::Avx2: return qmatmul_q8_avx2(w, xq, bias, y);
 #endif
       default: return qmatmul_q8_generic(w, xq, bias, y);

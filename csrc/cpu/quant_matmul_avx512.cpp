@@ -251,34 +251,70 @@ inline int wide_k(int v, int i) {
   return (FMT == QFormat::Int4 && v >= 4 ? 16 + 4 * (v - 4) : 4 * v) + i;
 }
 
+// Step-major ([S, M, ...]): the rows of one step lie a constant 512 bytes apart, so the kernel
+// addresses every x row of a step from one pointer (with [M, S] the per-row pointers spilled).
 struct Q8Wide {
-  int64_t S = 0;              // steps of 16 blocks
-  std::vector<int8_t> q;      // [M, S, 8 vectors, 64] x codes in lane order
-  std::vector<int32_t> init;  // [M, S, 16] -offset * (sum of the block's x codes), as in q8_pack
-  std::vector<float> dx;      // [M, S, 16] d of the block of each lane (0 past KB)
+  int64_t S = 0, M = 0;       // steps of 16 blocks, x rows
+  std::vector<int8_t> q;      // [S, M, 8 vectors, 64] x codes in lane order
+  std::vector<int32_t> init;  // [S, M, 16] -offset * (sum of the block's x codes), as in q8_pack
+  std::vector<float> dx;      // [S, M, 16] d of the block of each lane (0 past KB)
 };
 
+// Quantizes x (Q8Rows' arithmetic, avx512_lanes::quantize_block32) straight into the wide layout.
+// int4 / int8: vector v lane p is dword v of block wide_block(p); nf4 first orders each block's codes
+// as [even k, odd k] (wide_k), so that the same dword gather serves it.
 template <QFormat FMT>
-void q8_pack_wide(const Q8Rows& x, Q8Wide& out) {
-  const int64_t KB = x.KB, Kp = KB * 32, S = (KB + 15) / 16, M = x.M;
+void q8_pack_wide(const float* x, int64_t M, int64_t K, Q8Wide& out) {
+  const int64_t KB = (K + 31) / 32, S = (KB + 15) / 16;
   const int32_t off = FMT == QFormat::Int4 ? 8 : 128;
-  out.S = S;
-  out.q.assign(static_cast<size_t>(M * S * 512), 0);
-  out.init.assign(static_cast<size_t>(M * S * 16), 0);
-  out.dx.assign(static_cast<size_t>(M * S * 16), 0.f);
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t st = 0; st < S; ++st)
-      for (int p = 0; p < 16; ++p) {
-        const int64_t g = st * 16 + wide_block<FMT>(p);
-        if (g >= KB) continue;
-        const int8_t* src = x.q.data() + m * Kp + g * 32;
-        int8_t* q = out.q.data() + (m * S + st) * 512;
-        int32_t sum = 0;
+  out.S = S, out.M = M;
+  out.q.resize(static_cast<size_t>(M * S * 512));
+  out.init.resize(static_cast<size_t>(M * S * 16));
+  out.dx.resize(static_cast<size_t>(M * S * 16));
+  alignas(64) int32_t bidx_a[16];
+  for (int p = 0; p < 16; ++p) bidx_a[p] = wide_block<FMT>(p);
+  const __m512i bidx = _mm512_load_si512(bidx_a), gidx = _mm512_slli_epi32(bidx, 3);
+  // nf4: within each 128-bit half of a block, even bytes then odd ones; then the halves' qwords as
+  // [evens of half 0, evens of half 1, odds of half 0, odds of half 1]
+  const __m256i eo = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+                                      0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+  parallel_for(M, 1, [&](int64_t m0, int64_t m1) {
+    alignas(64) int8_t codes[16 * 32];
+    alignas(64) float dv[16];
+    alignas(64) int32_t sums[16];
+    for (int64_t m = m0; m < m1; ++m)
+      for (int64_t st = 0; st < S; ++st) {
+        for (int b = 0; b < 16; ++b) {
+          const int64_t k0 = (st * 16 + b) * 32;
+          int8_t* c = codes + b * 32;
+          dv[b] = avx512_lanes::quantize_block32(x + m * K + k0, K - k0, c, sums[b]);
+          if (FMT == QFormat::Nf4) {
+            const __m256i t = _mm256_shuffle_epi8(_mm256_load_si256(reinterpret_cast<const __m256i*>(c)), eo);
+            _mm256_store_si256(reinterpret_cast<__m256i*>(c), _mm256_permute4x64_epi64(t, _MM_SHUFFLE(3, 1, 2, 0)));
+          }
+        }
+        const int64_t o = st * M + m;
         for (int v = 0; v < 8; ++v)
-          for (int i = 0; i < 4; ++i) sum += q[v * 64 + 4 * p + i] = src[wide_k<FMT>(v, i)];
-        out.init[(m * S + st) * 16 + p] = -off * sum;
-        out.dx[(m * S + st) * 16 + p] = x.d[m * KB + g];
+          _mm512_storeu_si512(out.q.data() + o * 512 + 64 * v,
+                              _mm512_i32gather_epi32(_mm512_add_epi32(gidx, _mm512_set1_epi32(v)), codes, 4));
+        const __m512i sm = _mm512_permutexvar_epi32(bidx, _mm512_load_si512(sums));
+        _mm512_storeu_si512(out.init.data() + o * 16, _mm512_mullo_epi32(sm, _mm512_set1_epi32(-off)));
+        _mm512_storeu_ps(out.dx.data() + o * 16, _mm512_permutexvar_ps(bidx, _mm512_load_ps(dv)));
       }
+  });
+}
+
+// Q8Rows of x (quantize_q8's codes and scales, vectorised).
+inline void quantize_rows(const float* x, int64_t M, int64_t K, Q8Rows& out) {
+  const int64_t KB = (K + 31) / 32, Kp = KB * 32;
+  out.M = M, out.K = K, out.KB = KB;
+  out.q.resize(static_cast<size_t>(M * Kp));
+  out.d.resize(static_cast<size_t>(M * KB));
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t b = 0; b < KB; ++b) {
+      int32_t sum;
+      out.d[m * KB + b] = avx512_lanes::quantize_block32(x + m * K + b * 32, K - b * 32, out.q.data() + m * Kp + b * 32, sum);
+    }
 }
 
 constexpr int kWideMB = 16;  // x rows per pass over a weight row
@@ -294,81 +330,138 @@ inline __m512 nf4_wide_scales(const float* abs, int64_t K, int shift, int64_t st
   return _mm512_mul_ps(_mm512_permutexvar_ps(idx, a), _mm512_set1_ps(1.0f / 127.0f));
 }
 
+// One weight row's step st (16 blocks of 32 k) in the lane layout above: 8 vectors of unsigned codes
+// and the 16 lane scales (int4: its half group scales; nf4: absmax / 127; int8: unused).
+template <QFormat FMT>
+struct WideRow {
+  static constexpr bool I4 = FMT == QFormat::Int4, NF = FMT == QFormat::Nf4;
+  static constexpr int NL = I4 || NF ? 4 : 8;  // 64-byte loads a step
+  const QWeight& w;
+  int64_t K, G, rowbytes, Sfull;
+  int nf4_shift;
+  explicit WideRow(const QWeight& qw)
+      : w(qw), K(qw.K), G(int4_groups(qw.K)), rowbytes(I4 ? G * 16 : NF ? qw.K / 2 : qw.K),
+        Sfull(I4 ? G / 16 : qw.K / 512), nf4_shift(NF ? __builtin_ctzll(qw.blocksize) : 0) {}
+
+  __attribute__((always_inline)) inline void step(int64_t n, int64_t st, __m512i* wv, __m512& dw) const {
+    const __m512i lo4 = _mm512_set1_epi8(15), x80 = _mm512_set1_epi8(static_cast<char>(0x80));
+    const __m512i sidx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const uint8_t* p = w.data + n * rowbytes + st * 64 * NL;
+    const uint16_t* srow = I4 ? w.scale16 + n * G : nullptr;
+    __m512i z[NL];
+    dw = _mm512_setzero_ps();
+    if (st < Sfull) {
+      for (int a = 0; a < NL; ++a) z[a] = _mm512_loadu_si512(p + 64 * a);
+      if (I4)
+        dw = _mm512_permutexvar_ps(
+            sidx, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(srow + st * 16))));
+      for (int a = 0; a < NL; a += 2)
+        _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes + 64 * a), _MM_HINT_T0);
+    } else {  // the last, partial step: absent bytes load as 0 (int4: scale 0 too), against x codes 0
+      const int64_t left = rowbytes - st * 64 * NL;
+      for (int a = 0; a < NL; ++a) z[a] = _mm512_maskz_loadu_epi8(bytes_mask(left - 64 * a), p + 64 * a);
+      if (I4)
+        dw = _mm512_permutexvar_ps(
+            sidx, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << (G - st * 16)) - 1),
+                                                           srow + st * 16)));
+    }
+    if (NF) dw = nf4_wide_scales(w.scale + (n * K >> nf4_shift), K, nf4_shift, st);  // absent lanes: x's d is 0
+    if (NF) {  // absent bytes: code 0 looks up 1, against x codes 0
+      const __m512i table = nf4_u8_table();
+      __m512i r[4];
+      avx512_lanes::transpose4(z, r);
+      for (int j = 0; j < 4; ++j) {
+        wv[j] = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(r[j], 4), lo4));
+        wv[4 + j] = _mm512_shuffle_epi8(table, _mm512_and_si512(r[j], lo4));
+      }
+    } else if (I4) {
+      __m512i r[4];
+      avx512_lanes::transpose4(z, r);
+      for (int j = 0; j < 4; ++j) {
+        wv[j] = _mm512_and_si512(r[j], lo4);
+        wv[4 + j] = _mm512_and_si512(_mm512_srli_epi16(r[j], 4), lo4);
+      }
+    } else {
+      __m512i r0[4], r1[4];
+      avx512_lanes::transpose4(z, r0);
+      avx512_lanes::transpose4(z + 4, r1);
+      for (int j = 0; j < 4; ++j) {  // absent bytes: 0 ^ 0x80 = 128 against x codes 0
+        wv[j] = _mm512_xor_si512(_mm512_shuffle_i64x2(r0[j], r1[j], _MM_SHUFFLE(2, 0, 2, 0)), x80);
+        wv[4 + j] = _mm512_xor_si512(_mm512_shuffle_i64x2(r0[j], r1[j], _MM_SHUFFLE(3, 1, 3, 1)), x80);
+      }
+    }
+  }
+};
+
+// The dot products of one step: C x rows (from c) against NR weight rows whose step vectors are wv.
+// vpdpbusd has a latency of several cycles and the core retires two a cycle, so it needs ~10
+// independent sums in flight: the loops run v outermost over NR x C int32 chains (one per
+// (weight row, x row); each x vector serves every weight row). Integer sums are exact, and the float
+// update per step is the GEMM tiles' own, so every row stays bit-identical to them.
+template <QFormat FMT, int NR, int C, int C0, int MB>
+__attribute__((always_inline)) inline void wide_step_dots(const __m512i (&wv)[NR][8], const __m512 (&dw)[NR],
+                                                          const int8_t* q, const int32_t* xi, const float* xd,
+                                                          __m512 (&acc)[NR][MB]) {
+  __m512i s[NR][C];
+#pragma GCC unroll 16
+  for (int m = 0; m < C; ++m) {
+    const __m512i init = _mm512_loadu_si512(xi + m * 16);
+#pragma GCC unroll 2
+    for (int r = 0; r < NR; ++r) s[r][m] = init;
+  }
+#pragma GCC unroll 8
+  for (int v = 0; v < 8; ++v) {
+#pragma GCC unroll 16
+    for (int m = 0; m < C; ++m) {
+      const __m512i x = _mm512_loadu_si512(q + m * 512 + 64 * v);
+#pragma GCC unroll 2
+      for (int r = 0; r < NR; ++r) s[r][m] = _mm512_dpbusd_epi32(s[r][m], wv[r][v], x);
+    }
+  }
+#pragma GCC unroll 16
+  for (int m = 0; m < C; ++m) {
+    const __m512 d = _mm512_loadu_ps(xd + m * 16);
+#pragma GCC unroll 2
+    for (int r = 0; r < NR; ++r)
+      acc[r][C0 + m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[r][m]), FMT != QFormat::Int8 ? _mm512_mul_ps(dw[r], d) : d,
+                                       acc[r][C0 + m]);
+  }
+}
+
+// NR weight rows (n, n + 1, ...) against MB x rows from m0, in chunks of up to 8 x rows per step.
+template <QFormat FMT, int MB, int NR>
+inline void q8_wide_pass(const WideRow<FMT>& wr, const Q8Wide& xp, int64_t m0, const float* bias, float* y,
+                         int64_t n) {
+  constexpr int C1 = MB < 8 ? MB : 8, C2 = MB - C1;
+  const int64_t S = xp.S, N = wr.w.N, XM = xp.M;
+  const int8_t* xq = xp.q.data() + m0 * 512;
+  const int32_t* xi = xp.init.data() + m0 * 16;
+  const float* xd = xp.dx.data() + m0 * 16;
+  __m512 acc[NR][MB];
+  for (int r = 0; r < NR; ++r)
+    for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_setzero_ps();
+  for (int64_t st = 0; st < S; ++st) {
+    __m512i wv[NR][8];
+    __m512 dw[NR];
+    for (int r = 0; r < NR; ++r) wr.step(n + r, st, wv[r], dw[r]);
+    const int64_t o = st * XM;
+    wide_step_dots<FMT, NR, C1, 0>(wv, dw, xq + o * 512, xi + o * 16, xd + o * 16, acc);
+    if constexpr (C2 > 0)
+      wide_step_dots<FMT, NR, C2, C1>(wv, dw, xq + (o + C1) * 512, xi + (o + C1) * 16, xd + (o + C1) * 16, acc);
+  }
+  for (int r = 0; r < NR; ++r) {
+    const float rf = row_factor(wr.w, n + r), b = bias ? bias[n + r] : 0.f;
+    for (int m = 0; m < MB; ++m) y[(m0 + m) * N + n + r] = _mm512_reduce_add_ps(acc[r][m]) * rf + b;
+  }
+}
+
 template <QFormat FMT, int MB>
 void q8_wide_rows(const QWeight& w, const Q8Wide& xp, int64_t m0, const float* bias, float* y, int64_t n0,
                   int64_t n1) {
-  constexpr bool I4 = FMT == QFormat::Int4, NF = FMT == QFormat::Nf4;
-  const int64_t S = xp.S, K = w.K, G = int4_groups(K), N = w.N;
-  const __m512i lo4 = _mm512_set1_epi8(15), x80 = _mm512_set1_epi8(static_cast<char>(0x80));
-  const __m512i sidx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-  const __m512i table = nf4_u8_table();
-  const int8_t* xq = xp.q.data() + m0 * S * 512;
-  const int32_t* xi = xp.init.data() + m0 * S * 16;
-  const float* xd = xp.dx.data() + m0 * S * 16;
-  const int64_t rowbytes = I4 ? G * 16 : NF ? K / 2 : K, Sfull = I4 ? G / 16 : K / 512;
-  constexpr int NL = I4 || NF ? 4 : 8;  // 64-byte loads a step
-  const int nf4_shift = NF ? __builtin_ctzll(w.blocksize) : 0;  // nf4_q8_ok: a power of two >= 32 dividing K
-  for (int64_t n = n0; n < n1; ++n) {
-    __m512 acc[MB];
-    for (int m = 0; m < MB; ++m) acc[m] = _mm512_setzero_ps();
-    const uint8_t* wrow = w.data + n * rowbytes;
-    const uint16_t* srow = I4 ? w.scale16 + n * G : nullptr;
-    const float* nf4_abs = NF ? w.scale + (n * K >> nf4_shift) : nullptr;
-    for (int64_t st = 0; st < S; ++st) {
-      const uint8_t* p = wrow + st * 64 * NL;
-      __m512i z[NL];
-      __m512 dw = _mm512_setzero_ps();
-      if (st < Sfull) {
-        for (int a = 0; a < NL; ++a) z[a] = _mm512_loadu_si512(p + 64 * a);
-        if (I4)
-          dw = _mm512_permutexvar_ps(
-              sidx, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(srow + st * 16))));
-        for (int a = 0; a < NL; a += 2)
-          _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes + 64 * a), _MM_HINT_T0);
-      } else {  // the last, partial step: absent bytes load as 0 (int4: scale 0 too), against x codes 0
-        const int64_t left = rowbytes - st * 64 * NL;
-        for (int a = 0; a < NL; ++a) z[a] = _mm512_maskz_loadu_epi8(bytes_mask(left - 64 * a), p + 64 * a);
-        if (I4)
-          dw = _mm512_permutexvar_ps(
-              sidx, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << (G - st * 16)) - 1),
-                                                             srow + st * 16)));
-      }
-      if (NF) dw = nf4_wide_scales(nf4_abs, K, nf4_shift, st);  // absent lanes: x's d is 0
-      __m512i wv[8];
-      if (NF) {  // absent bytes: code 0 looks up 1, against x codes 0
-        __m512i r[4];
-        avx512_lanes::transpose4(z, r);
-        for (int j = 0; j < 4; ++j) {
-          wv[j] = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(r[j], 4), lo4));
-          wv[4 + j] = _mm512_shuffle_epi8(table, _mm512_and_si512(r[j], lo4));
-        }
-      } else if (I4) {
-        __m512i r[4];
-        avx512_lanes::transpose4(z, r);
-        for (int j = 0; j < 4; ++j) {
-          wv[j] = _mm512_and_si512(r[j], lo4);
-          wv[4 + j] = _mm512_and_si512(_mm512_srli_epi16(r[j], 4), lo4);
-        }
-      } else {
-        __m512i r0[4], r1[4];
-        avx512_lanes::transpose4(z, r0);
-        avx512_lanes::transpose4(z + 4, r1);
-        for (int j = 0; j < 4; ++j) {  // absent bytes: 0 ^ 0x80 = 128 against x codes 0
-          wv[j] = _mm512_xor_si512(_mm512_shuffle_i64x2(r0[j], r1[j], _MM_SHUFFLE(2, 0, 2, 0)), x80);
-          wv[4 + j] = _mm512_xor_si512(_mm512_shuffle_i64x2(r0[j], r1[j], _MM_SHUFFLE(3, 1, 3, 1)), x80);
-        }
-      }
-      for (int m = 0; m < MB; ++m) {
-        const int8_t* q = xq + (m * S + st) * 512;
-        __m512i i = _mm512_loadu_si512(xi + (m * S + st) * 16);
-        for (int v = 0; v < 8; ++v) i = _mm512_dpbusd_epi32(i, wv[v], _mm512_loadu_si512(q + 64 * v));
-        const __m512 d = _mm512_loadu_ps(xd + (m * S + st) * 16);
-        acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), FMT != QFormat::Int8 ? _mm512_mul_ps(dw, d) : d, acc[m]);
-      }
-    }
-    const float rf = row_factor(w, n), b = bias ? bias[n] : 0.f;
-    for (int m = 0; m < MB; ++m) y[(m0 + m) * N + n] = _mm512_reduce_add_ps(acc[m]) * rf + b;
-  }
+  const WideRow<FMT> wr(w);
+  int64_t n = n0;
+  for (; n + 2 <= n1; n += 2) q8_wide_pass<FMT, MB, 2>(wr, xp, m0, bias, y, n);
+  if (n < n1) q8_wide_pass<FMT, MB, 1>(wr, xp, m0, bias, y, n);
 }
 
 template <QFormat FMT, int... MB>
@@ -380,9 +473,9 @@ void q8_wide_any(std::integer_sequence<int, MB...>, int mb, const QWeight& w, co
 }
 
 template <QFormat FMT>
-void q8_wide(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
-  Q8Wide xp;
-  q8_pack_wide<FMT>(x, xp);
+void q8_wide(const QWeight& w, const float* x, int64_t M, const float* bias, float* y) {
+  thread_local Q8Wide xp;  // kept between calls: no page faults for a fresh buffer every matmul
+  q8_pack_wide<FMT>(x, M, w.K, xp);
   struct Rows {
     const QWeight& w;
     const Q8Wide& xp;
@@ -396,13 +489,15 @@ void q8_wide(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
                          static_cast<int>(std::min<int64_t>(kWideMB, M - m0)), w, xp, m0, bias, y, t0, t1);
     }
   };
-  for_row_chunks(w.N, decode_chunk(w.N), Rows{w, xp, x.M, bias, y});
+  for_row_chunks(w.N, decode_chunk(w.N), Rows{w, xp, M, bias, y});
 }
 
 template <QFormat FMT>
-void q8_run(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
-  if (x.M > kQ8Rows) return q8_wide<FMT>(w, x, bias, y);
-  Q8Pack xp;
+void q8_run(const QWeight& w, const float* xf, int64_t M, const float* bias, float* y) {
+  if (M > kQ8Rows) return q8_wide<FMT>(w, xf, M, bias, y);
+  thread_local Q8Rows x;
+  thread_local Q8Pack xp;
+  quantize_rows(xf, M, w.K, x);
   q8_pack(FMT, x, xp);
   struct Rows {
     const QWeight& w;
@@ -426,9 +521,9 @@ void qmatmul_avx512(const QWeight& w, const float* x, int64_t M, const float* bi
   avx512::qmatmul_simd(w, x, M, bias, y);
 }
 
-void qmatmul_q8_avx512(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
-  if (w.fmt == QFormat::Int8) return avx512::q8_run<QFormat::Int8>(w, x, bias, y);
-  if (w.fmt == QFormat::Nf4) return avx512::q8_run<QFormat::Nf4>(w, x, bias, y);
-  avx512::q8_run<QFormat::Int4>(w, x, bias, y);
+void qmatmul_q8_avx512(const QWeight& w, const float* x, int64_t M, const float* bias, float* y) {
+  if (w.fmt == QFormat::Int8) return avx512::q8_run<QFormat::Int8>(w, x, M, bias, y);
+  if (w.fmt == QFormat::Nf4) return avx512::q8_run<QFormat::Nf4>(w, x, M, bias, y);
+  avx512::q8_run<QFormat::Int4>(w, x, M, bias, y);
 }
 }  // namespace mpt
