@@ -67,7 +67,7 @@ def tol(dtype):
 @pytest.mark.parametrize("isa", VARIANTS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("heads,kv_heads,head_dim,alibi", [(4, 4, 32, True), (6, 2, 12, True), (4, 1, 16, False),
-                                                          (2, 2, 128, True)])
+                                                          (2, 2, 128, True), (4, 2, 64, True)])
 def test_decode_ragged(isa, dtype, heads, kv_heads, head_dim, alibi):
     lens = [1, 5, 16, 17, 40]
     cache, tables = fill(lens, kv_heads, head_dim, dtype)
@@ -84,7 +84,7 @@ def test_decode_ragged(isa, dtype, heads, kv_heads, head_dim, alibi):
 
 @pytest.mark.parametrize("isa", VARIANTS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("heads,kv_heads,head_dim", [(4, 4, 32), (6, 2, 12)])
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(4, 4, 32), (6, 2, 12), (2, 2, 128), (4, 2, 64)])
 def test_prefill_ragged_with_cached_prefix(isa, dtype, heads, kv_heads, head_dim):
     # (context, new tokens): a fresh prompt, a chunk after a cached prefix, a single token, 40 > one tile
     shapes = [(7, 7), (40, 13), (33, 1), (45, 40)]
@@ -147,7 +147,8 @@ def test_vector_exp_within_2_ulp_of_torch(isa):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("heads,kv_heads,head_dim", [(4, 4, 32), (6, 2, 12), (2, 1, 80), (3, 3, 17)])
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(4, 4, 32), (6, 2, 12), (2, 1, 80), (3, 3, 17), (2, 2, 128),
+                                                    (2, 1, 64)])
 @pytest.mark.parametrize("split", [16, 40, 0])
 def test_decode_split_contexts_merge(isa, dtype, heads, kv_heads, head_dim, split):
     """Contexts cut into parts of `split` tokens (40: rounded up to 48, whole blocks; 0: automatic,

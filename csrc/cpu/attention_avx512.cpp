@@ -1,6 +1,8 @@
 // AVX-512 (F/BW/BF16) attention kernels; tails use masked loads and stores.
 #include <immintrin.h>
 
+#include <algorithm>
+
 #include "cpu/attention_kernel.h"
 #include "cpu/vec_exp_avx512.h"
 
@@ -21,10 +23,71 @@ inline __m512 load16(const int8_t* p, __mmask16 m) {
 
 using avx512_math::exp16;
 
+// Lane j of the result = the sum of the 16 lanes of v[j] (a 16 x 16 transpose folded into the adds).
+inline __m512 hsum16(const __m512* v) {
+  __m512 w[4];
+  for (int g = 0; g < 4; ++g) {
+    const __m512* u = v + 4 * g;
+    const __m512 t01 = _mm512_add_ps(_mm512_unpacklo_ps(u[0], u[1]), _mm512_unpackhi_ps(u[0], u[1]));
+    const __m512 t23 = _mm512_add_ps(_mm512_unpacklo_ps(u[2], u[3]), _mm512_unpackhi_ps(u[2], u[3]));
+    // each 128-bit lane: partial sums of u[0..3] over that lane
+    w[g] = _mm512_add_ps(_mm512_shuffle_ps(t01, t23, _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_ps(t01, t23, _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  const __m512 y01 = _mm512_add_ps(_mm512_shuffle_f32x4(w[0], w[1], _MM_SHUFFLE(1, 0, 1, 0)),
+                                   _mm512_shuffle_f32x4(w[0], w[1], _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m512 y23 = _mm512_add_ps(_mm512_shuffle_f32x4(w[2], w[3], _MM_SHUFFLE(1, 0, 1, 0)),
+                                   _mm512_shuffle_f32x4(w[2], w[3], _MM_SHUFFLE(3, 2, 3, 2)));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(y01, y23, _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(y01, y23, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// Scores of 16 keys at a time for head sizes of NV vectors: q stays in registers, each key leaves one
+// vector of partial sums, and hsum16 reduces the 16 of them together.
+template <int NV, class T>
+inline void scores16(const float* q, const T* k, int64_t st, int n, float* sc) {
+  __m512 qv[NV];
+  for (int c = 0; c < NV; ++c) qv[c] = _mm512_loadu_ps(q + 16 * c);
+  for (int j0 = 0; j0 < n; j0 += 16) {
+    const int nk = std::min(16, n - j0);
+    __m512 part[16];
+    for (int j = 0; j < 16; ++j) {
+      if (j >= nk) {
+        part[j] = _mm512_setzero_ps();
+        continue;
+      }
+      const T* kj = k + int64_t(j0 + j) * st;
+      __m512 a = _mm512_mul_ps(qv[0], load16(kj, 0xffff));
+      for (int c = 1; c < NV; ++c) a = _mm512_fmadd_ps(qv[c], load16(kj + 16 * c, 0xffff), a);
+      part[j] = a;
+    }
+    _mm512_mask_storeu_ps(sc + j0, nk == 16 ? __mmask16(0xffff) : tail(nk), hsum16(part));
+  }
+}
+
+// acc += sum_j p[j] v_j for head sizes of NV vectors: key-major, the NV output vectors in registers
+// (each value row is read once, contiguously).
+template <int NV, class T>
+inline void accum_rows(const float* p, const T* v, int64_t st, int n, float* acc) {
+  __m512 a[NV];
+  for (int c = 0; c < NV; ++c) a[c] = _mm512_loadu_ps(acc + 16 * c);
+  for (int j = 0; j < n; ++j) {
+    const __m512 pj = _mm512_set1_ps(p[j]);
+    const T* vj = v + int64_t(j) * st;
+    for (int c = 0; c < NV; ++c) a[c] = _mm512_fmadd_ps(pj, load16(vj + 16 * c, 0xffff), a[c]);
+  }
+  for (int c = 0; c < NV; ++c) _mm512_storeu_ps(acc + 16 * c, a[c]);
+}
+
 struct Ops {
   // sc[j] = q . k_j for n keys, D values each, k_j at k + j * st.
   template <class T>
   static void scores(const float* q, const T* k, int64_t st, int n, int D, float* sc) {
+    switch (D) {  // the usual head sizes (mpt-7b/30b: 128; the synthetic 125M: 64)
+      case 64: return scores16<4>(q, k, st, n, sc);
+      case 128: return scores16<8>(q, k, st, n, sc);
+      default: break;
+    }
     for (int j = 0; j < n; ++j) {
       const T* kj = k + j * st;
       __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
@@ -44,6 +107,11 @@ struct Ops {
   // acc += sum_j p[j] v_j, 16 columns at a time held in registers across the keys.
   template <class T>
   static void accum(const float* p, const T* v, int64_t st, int n, int D, float* acc) {
+    switch (D) {
+      case 64: return accum_rows<4>(p, v, st, n, acc);
+      case 128: return accum_rows<8>(p, v, st, n, acc);
+      default: break;
+    }
     for (int i = 0; i < D; i += 16) {
       const __mmask16 m = upto(D, i);
       __m512 a0 = _mm512_maskz_loadu_ps(m, acc + i), a1 = _mm512_setzero_ps();

@@ -37,14 +37,20 @@ void quantize_q8(const float* x, int64_t M, int64_t K, Q8Rows& out) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t m = i / KB, b = i % KB, k0 = b * 32, k1 = std::min(K, k0 + 32);
       const float* xr = x + m * K;
+      // Written without fmax / nearbyint library calls (this file is built for the baseline ISA, where
+      // they are not inlined): a NaN is never greater, so it is skipped as std::fmax skips it, and
+      // adding and removing 1.5 * 2^23 rounds |r| < 2^22 half to even, as nearbyint does.
       float amax = 0.f;
-      for (int64_t k = k0; k < k1; ++k) amax = std::fmax(amax, std::fabs(xr[k]));
+      for (int64_t k = k0; k < k1; ++k) {
+        const float a = std::fabs(xr[k]);
+        amax = a > amax ? a : amax;
+      }
       const float d = amax / 127.0f;
       int8_t* q = out.q.data() + m * Kp + k0;
       if (d > 0.f)
         for (int64_t k = k0; k < k1; ++k) {
-          const float r = std::nearbyint(xr[k] / d);  // |x| <= amax, so |r| <= 127 save for NaN
-          const int v = r == r ? static_cast<int>(std::fmin(127.f, std::fmax(-127.f, r))) : 0;
+          const float r = (xr[k] / d + 12582912.0f) - 12582912.0f;  // |x| <= amax: |r| <= 127 save for NaN
+          const int v = r == r ? static_cast<int>(r < -127.f ? -127.f : r > 127.f ? 127.f : r) : 0;
           q[k - k0] = static_cast<int8_t>(v);
         }
       out.d[i] = d;
