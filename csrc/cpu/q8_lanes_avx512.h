@@ -63,5 +63,49 @@ inline float quantize_block32(const float* x, int64_t n, int8_t* codes, int32_t&
   return d;
 }
 
+// The q8 block that int32 lane p of a step (16 blocks of 32 k) holds: the order the weight regrouping
+// (dword transposes inside 128-bit lanes) produces, so x is laid out to match it.
+template <QFormat FMT>
+constexpr int step_block(int p) {
+  return FMT != QFormat::Int8 ? 4 * (p & 3) + (p >> 2) : 8 * (p >> 3) + 2 * (p & 3) + ((p >> 2) & 1);
+}
+template <QFormat FMT>
+inline __m512i step_block_index() {
+  alignas(64) int32_t idx[16];
+  for (int p = 0; p < 16; ++p) idx[p] = step_block<FMT>(p);
+  return _mm512_load_si512(idx);
+}
+
+// Step st of x row xr (K floats) quantized and laid out for the kernels: vector v (q + 64 v) holds in
+// lane p dword v of block step_block(p)'s 32 codes; init lane p = -off * (sum of the block's codes);
+// d lane p = the block's scale. evens_first (nf4's q8_wide order): each block's codes are taken as
+// [even k, odd k] before the dword gather.
+template <QFormat FMT>
+inline void pack_x_step(const float* xr, int64_t K, int64_t st, int32_t off, bool evens_first, int8_t* q,
+                        int32_t* init, float* d) {
+  alignas(64) int8_t codes[16 * 32];
+  alignas(64) float dv[16];
+  alignas(64) int32_t sums[16];
+  // within each 128-bit half of a block, even bytes then odd ones; then the halves' qwords as
+  // [evens of half 0, evens of half 1, odds of half 0, odds of half 1]
+  const __m256i eo = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+                                      0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+  for (int b = 0; b < 16; ++b) {
+    const int64_t k0 = (st * 16 + b) * 32;
+    int8_t* c = codes + b * 32;
+    dv[b] = quantize_block32(xr + k0, K - k0, c, sums[b]);
+    if (evens_first) {
+      const __m256i t = _mm256_shuffle_epi8(_mm256_load_si256(reinterpret_cast<const __m256i*>(c)), eo);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(c), _mm256_permute4x64_epi64(t, _MM_SHUFFLE(3, 1, 2, 0)));
+    }
+  }
+  const __m512i bidx = step_block_index<FMT>(), gidx = _mm512_slli_epi32(bidx, 3);
+  for (int v = 0; v < 8; ++v)
+    _mm512_storeu_si512(q + 64 * v, _mm512_i32gather_epi32(_mm512_add_epi32(gidx, _mm512_set1_epi32(v)), codes, 4));
+  const __m512i sm = _mm512_permutexvar_epi32(bidx, _mm512_load_si512(sums));
+  _mm512_storeu_si512(init, _mm512_mullo_epi32(sm, _mm512_set1_epi32(-off)));
+  _mm512_storeu_ps(d, _mm512_permutexvar_ps(bidx, _mm512_load_ps(dv)));
+}
+
 }  // namespace avx512_lanes
 }  // namespace mpt

@@ -1,7 +1,8 @@
 // Integer GEMM tiles on AVX-512 VNNI: many x rows against int8 / int4 / nf4 weights. Design and block
 // sizes: quant_gemm.h. Layout of a step (16 blocks of 32 k) for x and weights, as in q8_wide
 // (quant_matmul_avx512.cpp), so both kernels give bit-identical rows:
-//   vector v (0..7) holds in int32 lane p the 4 bytes of block gemm_block(p) at k offsets 4v..4v+3;
+//   vector v (0..7) holds in int32 lane p the 4 bytes of block step_block(p) (q8_lanes_avx512.h) at
+//   k offsets 4v..4v+3;
 //   weights as unsigned bytes (int8: code ^ 0x80 = code + 128; int4: the nibble 0..15; nf4:
 //   kNf4Int8[q] + 128 by a byte shuffle), x as codes, and each x lane starts at -8 (int4) or -128
 //   (int8, nf4) times the sum of its block's 32 codes. int4 and nf4 also carry a float scale per
@@ -27,18 +28,7 @@ using avx512_lanes::transpose4;
 constexpr int NR = 4, MR = 3;  // register tile: weight rows x x rows (12 int32 + 12 float accumulators)
 constexpr int kStep = 512;     // k per step
 
-// The block of a step whose int32 lane is p (the lane order the weight shuffles below produce).
-// int4 and nf4 load 16 bytes (32 k) a block, one block per 128-bit lane; int8 32 bytes a block.
-template <QFormat FMT>
-constexpr int gemm_block(int p) {
-  return FMT != QFormat::Int8 ? 4 * (p & 3) + (p >> 2) : 8 * (p >> 3) + 2 * (p & 3) + ((p >> 2) & 1);
-}
-template <QFormat FMT>
-__m512i block_index() {
-  alignas(64) int32_t idx[16];
-  for (int p = 0; p < 16; ++p) idx[p] = gemm_block<FMT>(p);
-  return _mm512_load_si512(idx);
-}
+using avx512_lanes::step_block_index;  // the block of each int32 lane of a step
 
 // int4 group scales of one weight row: 16 consecutive ones as a vector, masked past G. The one place
 // the kernels read int4 scales (so their storage type changes here alone).
@@ -58,32 +48,20 @@ void pack_x(const float* x, int64_t M, int64_t K, GemmX& out) {
   out.q.resize(static_cast<size_t>(M * S * kStep));
   out.init.resize(static_cast<size_t>(M * S * 16));
   out.d.resize(static_cast<size_t>(M * S * 16));
-  const __m512i bidx = block_index<FMT>(), gidx = _mm512_slli_epi32(bidx, 3);
   parallel_for(M, 1, [&](int64_t m0, int64_t m1) {
-    alignas(64) int8_t codes[16 * 32];
-    alignas(64) float dv[16];
-    alignas(64) int32_t sums[16];
     for (int64_t m = m0; m < m1; ++m)
       for (int64_t st = 0; st < S; ++st) {
-        for (int b = 0; b < 16; ++b) {
-          const int64_t k0 = (st * 16 + b) * 32;
-          dv[b] = avx512_lanes::quantize_block32(x + m * K + k0, K - k0, codes + b * 32, sums[b]);
-        }
-        const int64_t o = (m * S + st);
-        for (int v = 0; v < 8; ++v)  // dword v of block gemm_block(p) into lane p
-          _mm512_storeu_si512(out.q.data() + o * kStep + 64 * v,
-                              _mm512_i32gather_epi32(_mm512_add_epi32(gidx, _mm512_set1_epi32(v)), codes, 4));
-        const __m512i s = _mm512_permutexvar_epi32(bidx, _mm512_load_si512(sums));
-        _mm512_storeu_si512(out.init.data() + o * 16, _mm512_mullo_epi32(s, _mm512_set1_epi32(-off)));
-        _mm512_storeu_ps(out.d.data() + o * 16, _mm512_permutexvar_ps(bidx, _mm512_load_ps(dv)));
+        const int64_t o = m * S + st;
+        avx512_lanes::pack_x_step<FMT>(x + m * K, K, st, off, false, out.q.data() + o * kStep,
+                                       out.init.data() + o * 16, out.d.data() + o * 16);
       }
   });
 }
 
-// nf4: the block scales absmax * (1/127) of row n's q8 blocks st * 16 + gemm_block(p) in lane p (0 past
+// nf4: the block scales absmax * (1/127) of row n's q8 blocks st * 16 + step_block(p) in lane p (0 past
 // K). K % blocksize == 0 (nf4_q8_ok), so row n's nf4 blocks start at absmax + n * (K >> shift).
 inline __m512 nf4_scales16(const QWeight& w, int64_t n, int64_t st, int shift) {
-  const __m512i blk = _mm512_add_epi32(block_index<QFormat::Nf4>(), _mm512_set1_epi32(static_cast<int>(st * 16)));
+  const __m512i blk = _mm512_add_epi32(step_block_index<QFormat::Nf4>(), _mm512_set1_epi32(static_cast<int>(st * 16)));
   const __mmask16 valid = _mm512_cmplt_epi32_mask(blk, _mm512_set1_epi32(static_cast<int>(w.K / 32)));
   const __m512i idx = _mm512_srli_epi32(_mm512_slli_epi32(blk, 5), shift);
   const __m512 a = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), valid, idx, w.scale + n * (w.K >> shift), 4);

@@ -229,8 +229,8 @@ constexpr int kQ8Rows = 3;  // up to this many x rows: q8_rows, streaming x per 
 // blocks of 32 k and each lane sums all 32 products of one block (8 vpdpbusd), so the float work per
 // (weight row, x row) is 2-3 operations per 8 dot products. The weight side is regrouped
 // once per weight row and step, by dword transposes inside 128-bit lanes, and serves every x row.
-// x vector v (v < 8) of a step holds in lane p the 4 codes of block wide_block(FMT, p) at k offsets
-// wide_k(FMT, v, 0..3):
+// x vector v (v < 8) of a step holds in lane p the 4 codes of block step_block<FMT>(p)
+// (q8_lanes_avx512.h) at k offsets 4v..4v+3 (nf4: of the block's codes ordered [even k, odd k]):
 //   int4: 4 loads of 4 groups; 8 unpacks give r_j (j < 4) with lane p = 4b + a holding dword j of
 //         group 4a + b; its low nibbles are k 4j.., its high nibbles k 16+4j.. (vectors j and 4 + j).
 //   int8: 8 loads of 2 blocks; two such transposes and 8 128-bit shuffles give vectors v = dword v of
@@ -239,18 +239,6 @@ constexpr int kQ8Rows = 3;  // up to this many x rows: q8_rows, streaming x per 
 //         nibble and k 2i + 1 in its low one: vector j (j < 4) is the high nibbles of dword j (k 8j, 8j+2,
 //         8j+4, 8j+6), vector 4 + j the low ones (k 8j+1, ...); each nibble is looked up in kNf4Int8 ^ 0x80
 //         by a byte shuffle (offset 128, as int8).
-template <QFormat FMT>
-inline int wide_block(int p) {
-  const int a = p & 3, c = p >> 2;
-  return FMT != QFormat::Int8 ? 4 * a + c : 8 * (c >> 1) + 2 * a + (c & 1);
-}
-// The k offset (within its block) of byte i (i < 4) of x vector v's lanes.
-template <QFormat FMT>
-inline int wide_k(int v, int i) {
-  if (FMT == QFormat::Nf4) return v < 4 ? 8 * v + 2 * i : 8 * (v - 4) + 2 * i + 1;
-  return (FMT == QFormat::Int4 && v >= 4 ? 16 + 4 * (v - 4) : 4 * v) + i;
-}
-
 // Step-major ([S, M, ...]): the rows of one step lie a constant 512 bytes apart, so the kernel
 // addresses every x row of a step from one pointer (with [M, S] the per-row pointers spilled).
 struct Q8Wide {
@@ -260,9 +248,8 @@ struct Q8Wide {
   std::vector<float> dx;      // [S, M, 16] d of the block of each lane (0 past KB)
 };
 
-// Quantizes x (Q8Rows' arithmetic, avx512_lanes::quantize_block32) straight into the wide layout.
-// int4 / int8: vector v lane p is dword v of block wide_block(p); nf4 first orders each block's codes
-// as [even k, odd k] (wide_k), so that the same dword gather serves it.
+// Quantizes x (Q8Rows' arithmetic) straight into the wide layout, step-major; nf4's blocks with their
+// codes ordered [even k, odd k] (the order its weight nibbles come in).
 template <QFormat FMT>
 void q8_pack_wide(const float* x, int64_t M, int64_t K, Q8Wide& out) {
   const int64_t KB = (K + 31) / 32, S = (KB + 15) / 16;
@@ -271,35 +258,12 @@ void q8_pack_wide(const float* x, int64_t M, int64_t K, Q8Wide& out) {
   out.q.resize(static_cast<size_t>(M * S * 512));
   out.init.resize(static_cast<size_t>(M * S * 16));
   out.dx.resize(static_cast<size_t>(M * S * 16));
-  alignas(64) int32_t bidx_a[16];
-  for (int p = 0; p < 16; ++p) bidx_a[p] = wide_block<FMT>(p);
-  const __m512i bidx = _mm512_load_si512(bidx_a), gidx = _mm512_slli_epi32(bidx, 3);
-  // nf4: within each 128-bit half of a block, even bytes then odd ones; then the halves' qwords as
-  // [evens of half 0, evens of half 1, odds of half 0, odds of half 1]
-  const __m256i eo = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
-                                      0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
   parallel_for(M, 1, [&](int64_t m0, int64_t m1) {
-    alignas(64) int8_t codes[16 * 32];
-    alignas(64) float dv[16];
-    alignas(64) int32_t sums[16];
     for (int64_t m = m0; m < m1; ++m)
       for (int64_t st = 0; st < S; ++st) {
-        for (int b = 0; b < 16; ++b) {
-          const int64_t k0 = (st * 16 + b) * 32;
-          int8_t* c = codes + b * 32;
-          dv[b] = avx512_lanes::quantize_block32(x + m * K + k0, K - k0, c, sums[b]);
-          if (FMT == QFormat::Nf4) {
-            const __m256i t = _mm256_shuffle_epi8(_mm256_load_si256(reinterpret_cast<const __m256i*>(c)), eo);
-            _mm256_store_si256(reinterpret_cast<__m256i*>(c), _mm256_permute4x64_epi64(t, _MM_SHUFFLE(3, 1, 2, 0)));
-          }
-        }
         const int64_t o = st * M + m;
-        for (int v = 0; v < 8; ++v)
-          _mm512_storeu_si512(out.q.data() + o * 512 + 64 * v,
-                              _mm512_i32gather_epi32(_mm512_add_epi32(gidx, _mm512_set1_epi32(v)), codes, 4));
-        const __m512i sm = _mm512_permutexvar_epi32(bidx, _mm512_load_si512(sums));
-        _mm512_storeu_si512(out.init.data() + o * 16, _mm512_mullo_epi32(sm, _mm512_set1_epi32(-off)));
-        _mm512_storeu_ps(out.dx.data() + o * 16, _mm512_permutexvar_ps(bidx, _mm512_load_ps(dv)));
+        avx512_lanes::pack_x_step<FMT>(x + m * K, K, st, off, FMT == QFormat::Nf4, out.q.data() + o * 512,
+                                       out.init.data() + o * 16, out.dx.data() + o * 16);
       }
   });
 }
@@ -320,7 +284,7 @@ inline void quantize_rows(const float* x, int64_t M, int64_t K, Q8Rows& out) {
 constexpr int kWideMB = 16;  // x rows per pass over a weight row
 
 // nf4: the block scales (absmax / 127) of the lanes of wide step st of a row (16 blocks of 32 k in
-// wide_block order). abs: the row's nf4 blocks (K >> shift of them); a blocksize of 2^shift >= 32.
+// step_block order). abs: the row's nf4 blocks (K >> shift of them); a blocksize of 2^shift >= 32.
 inline __m512 nf4_wide_scales(const float* abs, int64_t K, int shift, int64_t st) {
   const int64_t b0 = st * 512 >> shift, have = (K >> shift) - b0;
   const __m512i idx = _mm512_srli_epi32(
