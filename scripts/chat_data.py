@@ -72,3 +72,58 @@ def chat_rows(tok, bpe, functions: list[Function], seq_len: int, pad_id: int, se
 def pad(ids: list[int], labels: list[int], heads: list[bool], seq_len: int, pad_id: int) -> Row:
     n = seq_len - len(ids)
     return ids + [pad_id] * n, labels + [IGNORE] * n, heads + [False] * n
+
+
+PARAMS = ["()", "(self)", "(self, value)", "(data)", "(self, *args)", "(name, default=None)"]
+
+
+def copy_rows(bpe, pool: NamePool, seq_len: int, pad_id: int, seed: int) -> Iterator[Row]:
+    """Endless rows that only copying can predict: a comment listing 2-6 fresh names
+    (chat_pairs.NamePool), then a `def` of each, in another order; the loss is on the names in the
+    `def` lines only.
+
+    Copying the requested name into `def name(` is an induction-head behaviour (after ` read` and
+    `_` comes `cs`, as it did earlier in the request); a base model trained on 1.6 M tokens has not
+    formed one (the chat runs copied a name's first piece and guessed the rest: `read_d_rows` for
+    read_csv_rows), and dense copy targets grow one quickly. The copies are not the line before
+    repeated (a first version, a line of names said twice, taught the model to repeat lines:
+    `import osimport osimport os`), and nothing but the names is labelled, so the stub bodies are
+    not learnt."""
+    rng = random.Random(seed)
+    while True:
+        ids: list[int] = []
+        labels: list[int] = []
+        while True:
+            names = [pool.fresh(rng, "") for _ in range(rng.randint(2, 6))]
+            a = bpe.encode("# " + rng.choice(["Functions", "Defines", "Names", "API"]) + ": " + ", ".join(names) + "\n\n",
+                           add_special_tokens=False).ids
+            b, y = [], []
+            for name in rng.sample(names, len(names)):
+                enc = bpe.encode(f"def {name}{rng.choice(PARAMS)}:\n    pass\n\n", add_special_tokens=False)
+                b += enc.ids
+                y += [t if 3 <= s < 4 + len(name) else IGNORE for t, (s, _) in zip(enc.ids, enc.offsets)]
+            if len(ids) + len(a) + len(b) > seq_len:
+                break
+            ids += a + b
+            labels += [IGNORE] * len(a) + y
+        yield pad(ids, labels, [False] * len(ids), seq_len, pad_id)
+
+
+def function_rows(bpe, functions: list[Function], seq_len: int, pad_id: int, seed: int) -> Iterator[Row]:
+    """Endless rows of plain code (no chat markup, every token labelled): the functions as the chat
+    answers write them (one-line docstring), one after another, each epoch in a new order. Plain
+    generation from a `def` line (`mpt-lite generate "def fibonacci(n):"`) then learns the same
+    short shape as the chat answers instead of looping in a long docstring."""
+    rng = random.Random(seed)
+    while True:
+        order = list(functions)
+        rng.shuffle(order)
+        ids: list[int] = []
+        for fn in order:
+            x = bpe.encode(fn.source + "\n\n\n", add_special_tokens=False).ids
+            if len(x) > seq_len:
+                continue
+            if len(ids) + len(x) > seq_len:
+                yield pad(ids, list(ids), [False] * len(ids), seq_len, pad_id)
+                ids = []
+            ids += x

@@ -41,6 +41,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--max-source-tokens", type=int, default=256, help="held-out functions longer are left out")
     p.add_argument("--limit", type=int, default=None, help="at most this many held-out requests (seeded sample)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="as `mpt-lite chat --repetition-penalty` (1.0, the default, is none: the issue's numbers)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--transcripts", type=Path, default=None, help="write every request and reply here (JSON)")
@@ -63,7 +65,8 @@ def judge(reply: str, name: str) -> tuple[bool, bool]:
     return bool(tree.body), defines(tree, name)
 
 
-def answers(model, requests: list[str], max_new_tokens: int) -> list[tuple[str, bool, int]]:
+def answers(model, requests: list[str], max_new_tokens: int,
+            repetition_penalty: float = 1.0) -> list[tuple[str, bool, int]]:
     """(reply text, ended its turn with <|im_end|>, tokens generated) per request, decoded together
     (left-padded; rows run unpadded on the engine, so each reply is what it would be alone)."""
     tok = model.tokenizer
@@ -74,7 +77,8 @@ def answers(model, requests: list[str], max_new_tokens: int) -> list[tuple[str, 
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     im_end = tok.token_to_id(IM_END)
     stops = [i for i in (im_end, tok.token_to_id(IM_START), tok.eos_token_id) if i is not None]
-    out = model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, eos_token_id=stops)
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, eos_token_id=stops,
+                         repetition_penalty=repetition_penalty)
     results = []
     for row in out[:, width:].tolist():
         first_stop = next((i for i, t in enumerate(row) if t in stops), None)
@@ -86,12 +90,12 @@ def answers(model, requests: list[str], max_new_tokens: int) -> list[tuple[str, 
 
 
 def evaluate(model, requests: list[tuple[str, str]], max_new_tokens: int, label: str,
-             batch: int = 16) -> tuple[dict, list[dict]]:
+             batch: int = 16, repetition_penalty: float = 1.0) -> tuple[dict, list[dict]]:
     rows = []
     t0 = time.time()
     for i in range(0, len(requests), batch):
         chunk = requests[i:i + batch]
-        for (text, name), (reply, ended, n) in zip(chunk, answers(model, [t for t, _ in chunk], max_new_tokens)):
+        for (text, name), (reply, ended, n) in zip(chunk, answers(model, [t for t, _ in chunk], max_new_tokens, repetition_penalty)):
             parses, named = judge(reply, name)
             rows.append({"request": text, "name": name, "reply": reply, "ended": ended, "tokens": n,
                          "parses": parses, "defines_name": named})
@@ -158,9 +162,11 @@ def main() -> None:
     results, transcripts = {}, {}
     for label, reqs in (("held-out stdlib", held_out_requests(model, args)),
                         ("everyday", [tuple(r) for r in EVERYDAY_REQUESTS])):
-        results[label], transcripts[label] = evaluate(model, reqs, args.max_new_tokens, label)
+        results[label], transcripts[label] = evaluate(model, reqs, args.max_new_tokens, label,
+                                                            repetition_penalty=args.repetition_penalty)
     code = code_continuations(model, code_prompts(held_out_functions(args), args.seed, 40))
-    print(f"model {args.model}, bits {args.bits}, greedy, at most {args.max_new_tokens} new tokens\n")
+    print(f"model {args.model}, bits {args.bits}, greedy, repetition penalty {args.repetition_penalty}, "
+          f"at most {args.max_new_tokens} new tokens\n")
     print("| requests | n | end their turn | parse | define the requested name | mean reply tokens |")
     print("|---|---:|---:|---:|---:|---:|")
     for label, s in results.items():

@@ -2,14 +2,18 @@
 """Fine-tunes the embedded default model to answer in chat: continues from its weights on ChatML
 conversations made from the standard library's own functions (scripts/chat_pairs.py; a request
 from the name, signature and first docstring sentence, the source as the answer), loss on the
-assistant turns only, mixed with plain code windows so that the base model's held-out code
-perplexity stays within 2%. The held-out files are the base model's (same seeded split), so no
+assistant turns only, mixed with plain code (random windows, windows from a module-level `def`,
+the training functions as the answers write them) so that the base model's held-out code
+perplexity does not get worse, and with copy rows (fresh names listed, then defined: what grows
+the induction heads that copy a requested name). Token-level unlikelihood on the answers keeps
+greedy decoding out of loops. The held-out files are the base model's (same seeded split), so no
 held-out module's function is trained on.
 
-Reproducible: a fixed seed, a fixed number of steps, seeded phrasings and batches.
+Reproducible: a fixed seed, a fixed number of steps, seeded phrasings and batches. Matmuls run in
+bfloat16 (torch.autocast; --no-bf16 for float32), so results depend on the CPU's bf16 rounding.
 
     python scripts/train_default_model.py --out build/base_model     # the base model (or: git show e497c42:...)
-    python scripts/finetune_chat_model.py --out build/chat_model     # the fourth run (docs/default_model.md)
+    python scripts/finetune_chat_model.py --out build/chat_model     # the shipped run (docs/default_model.md)
     python scripts/finetune_chat_model.py --steps 10 --eval-every 5 --out /tmp/c    # a quick smoke run
 """
 from __future__ import annotations
@@ -30,9 +34,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from chat_data import chat_rows  # noqa: E402
+from chat_data import chat_rows, copy_rows, function_rows  # noqa: E402
 from chat_everyday_requests import EVERYDAY_REQUESTS  # noqa: E402
-from chat_pairs import all_functions, request  # noqa: E402
+from chat_pairs import NamePool, all_functions, request  # noqa: E402
 from eval_chat_model import answers, code_continuations, code_prompts, judge  # noqa: E402
 from default_model_corpus import held_out_perplexity, split_files, stdlib_files, token_stream  # noqa: E402
 from train_default_model import lr_at, optimizer  # noqa: E402  (the base run's AdamW groups and schedule)
@@ -54,14 +58,23 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rename-fraction", type=float, default=0.5,
                    help="conversations whose function gets a fresh name (verb_noun from other training names), "
                         "in the request and the answer, drawn anew each epoch")
-    p.add_argument("--head-weight", type=float, default=3.0,
+    p.add_argument("--head-weight", type=float, default=4.0,
                    help="loss weight of each answer's first line (`def name(...):`) against 1 for the rest")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--code-rows", type=int, default=6, help="rows of each batch that are plain code windows")
-    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--code-rows", type=int, default=4, help="rows of each batch that are plain code")
+    p.add_argument("--def-start-rows", type=int, default=1,
+                   help="of the code rows, this many start at a module-level `def` (plain-code prompts open so)")
+    p.add_argument("--function-rows", type=int, default=2,
+                   help="of the code rows, this many are the training functions as plain code, as the answers "
+                        "write them (chat_data.function_rows)")
+    p.add_argument("--copy-rows", type=int, default=5,
+                   help="rows of each batch of fresh names said twice, loss on the second time (chat_data.copy_rows)")
+    p.add_argument("--continue-chat", action="store_true",
+                   help="allow --base to be an already chat fine-tuned model (a further stage; its record is kept)")
+    p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--eval-every", type=int, default=100,
+    p.add_argument("--eval-every", type=int, default=500,
                    help="measure every this many steps (0: only at the end) the held-out code perplexity, chat "
                         "loss, greedy chat replies on a sample and plain-code continuations on a sample, and keep "
                         "the checkpoint of best chat replies among those within --max-ppl-change and --min-code")
@@ -73,6 +86,11 @@ def parse_args() -> argparse.Namespace:
                    help="held-out requests answered at each checkpoint (plus the 20 everyday ones)")
     p.add_argument("--code-sample", type=int, default=16,
                    help="held-out def lines continued at each checkpoint (plus 4 hand-written prompts)")
+    p.add_argument("--unlikelihood", type=float, default=1.0,
+                   help="weight of token-level unlikelihood on the chat answers (against loops under greedy decoding)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                   help="matmuls in bfloat16 (torch.autocast; float32 weights, optimizer and loss): several times "
+                        "faster on CPUs with AMX or AVX-512 BF16")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--save-dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
     return p.parse_args()
@@ -82,13 +100,29 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def weighted_loss(model, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy over the labelled tokens, each weighted by w (1 = the plain mean)."""
+def weighted_loss(model, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, ul_rows: int = 0,
+                  ul_weight: float = 0.0, ul_window: int = 64) -> torch.Tensor:
+    """Next-token cross-entropy over the labelled tokens, each weighted by w (1 = the plain mean);
+    with ul_weight, plus token-level unlikelihood (Welleck et al. 2019, "Neural text generation
+    with unlikelihood training") on the labelled tokens of the first ul_rows rows: -log(1 - p) of
+    every token of the last ul_window tokens other than the target, which is what greedy decoding
+    falls into when it loops (`self._check_closed()` line after line)."""
     logits = model(input_ids=x).logits[:, :-1].float()
     ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1),
                                            ignore_index=-100, reduction="none")
-    w = w[:, 1:].reshape(-1) * (y[:, 1:].reshape(-1) != -100)
-    return (ce * w).sum() / w.sum()
+    labelled = (y[:, 1:] != -100)
+    w = w[:, 1:].reshape(-1) * labelled.reshape(-1)
+    loss = (ce * w).sum() / w.sum()
+    if ul_weight and ul_rows:
+        lg, xs, tgt = logits[:ul_rows], x[:ul_rows, :-1], x[:ul_rows, 1:]
+        counts = torch.nn.functional.one_hot(xs, lg.shape[-1]).cumsum(1)  # tokens seen up to each position
+        recent = counts - torch.nn.functional.pad(counts, (0, 0, ul_window, 0))[:, :counts.shape[1]]
+        cand = (recent > 0).scatter(2, tgt.unsqueeze(-1), False)
+        one_minus_p = (1 - lg.softmax(-1)).clamp_min(1e-5)
+        ul = -(one_minus_p.log() * cand).sum(-1)
+        mask = labelled[:ul_rows]
+        loss = loss + ul_weight * (ul * mask).sum() / mask.sum().clamp_min(1)
+    return loss
 
 
 def held_out_chat_loss(model, rows: list[tuple[list[int], list[int]]], batch: int = 16) -> float:
@@ -148,7 +182,7 @@ def main() -> None:
 
     base_info_path = args.base / "training_info.json"
     base_info = json.loads(base_info_path.read_text()) if base_info_path.is_file() else {}
-    if "chat_finetune" in base_info:
+    if "chat_finetune" in base_info and not args.continue_chat:
         raise SystemExit(f"{args.base} is already chat fine-tuned (its training_info.json has chat_finetune): "
                          "pass --base the base model, e.g. from scripts/train_default_model.py --out build/base_model")
 
@@ -167,6 +201,8 @@ def main() -> None:
     held_ids = token_stream(bpe, held_files, eos_id)
     rows = chat_rows(tok, bpe, train_fns, args.seq_len, pad_id, args.seed, args.follow_up_fraction,
                      args.unnamed_fraction, args.rename_fraction)
+    fn_rows = function_rows(bpe, train_fns, args.seq_len, pad_id, args.seed + 3)
+    copies = copy_rows(bpe, NamePool.of(train_fns), args.seq_len, pad_id, args.seed + 2)
     held_gen = chat_rows(tok, bpe, held_fns, args.seq_len, pad_id, args.seed + 1, args.follow_up_fraction,
                          args.unnamed_fraction)
     held_rows = [next(held_gen) for _ in range(32)]
@@ -197,7 +233,8 @@ def main() -> None:
     opt = optimizer(model, args.lr)
     gen = torch.Generator().manual_seed(args.seed)
     span = len(code_ids) - args.seq_len
-    n_chat = args.batch - args.code_rows
+    def_starts = (code_ids[:span] == bpe.token_to_id("def")).nonzero().flatten()
+    n_chat = args.batch - args.code_rows - args.copy_rows
     chat_tokens = 0
     args.out.mkdir(parents=True, exist_ok=True)
     eval_cpu = 0.0
@@ -206,15 +243,19 @@ def main() -> None:
     for step in range(args.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args)
-        batch = [next(rows) for _ in range(n_chat)]
-        starts = torch.randint(0, span, (args.code_rows,), generator=gen).tolist()
+        batch = [next(rows) for _ in range(n_chat)] + [next(copies) for _ in range(args.copy_rows)]
+        starts = torch.randint(0, span, (args.code_rows - args.def_start_rows - args.function_rows,),
+                               generator=gen).tolist()
+        starts += def_starts[torch.randint(0, len(def_starts), (args.def_start_rows,), generator=gen)].tolist()
         code = [code_ids[s:s + args.seq_len] for s in starts]
+        batch += [next(fn_rows) for _ in range(args.function_rows)]
         x = torch.stack([torch.tensor(r[0]) for r in batch] + code)
         y = torch.stack([torch.tensor(r[1]) for r in batch] + code)
         w = 1 + (args.head_weight - 1) * torch.tensor([r[2] for r in batch] + [[False] * args.seq_len] * len(code),
                                                       dtype=torch.float32)
-        chat_tokens += sum(sum(t != -100 for t in r[1]) for r in batch)
-        loss = weighted_loss(model, x, y, w)
+        chat_tokens += sum(sum(t != -100 for t in r[1]) for r in batch[:n_chat])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            loss = weighted_loss(model, x, y, w, n_chat, args.unlikelihood)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -263,7 +304,11 @@ def main() -> None:
         **base_info,  # the base run's facts
         "chat_finetune": {
             "script": "scripts/finetune_chat_model.py", "seed": args.seed, "steps": args.steps,
-            "batch": args.batch, "code_rows_per_batch": args.code_rows, "seq_len": args.seq_len,
+            "batch": args.batch, "code_rows_per_batch": args.code_rows,
+            "copy_rows_per_batch": args.copy_rows,
+            "def_start_rows_per_batch": args.def_start_rows,
+            "function_rows_per_batch": args.function_rows,
+            "bf16_autocast": args.bf16, "unlikelihood_weight": args.unlikelihood, "base": str(args.base), "seq_len": args.seq_len,
             "lr": args.lr, "warmup": args.warmup, "max_answer_tokens": args.max_answer_tokens,
             "follow_up_fraction": args.follow_up_fraction, "unnamed_fraction": args.unnamed_fraction,
             "head_weight": args.head_weight, "rename_fraction": args.rename_fraction,
@@ -287,6 +332,8 @@ def main() -> None:
             "saved_dtype": args.save_dtype,
         },
     }
+    if "chat_finetune" in base_info:  # a further stage: the earlier one's record stays
+        info["chat_finetune"]["previous_stage"] = base_info["chat_finetune"]
     (out / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     log(f"saved to {out} ({size / 1e6:.1f} MB); held-out code perplexity {ppl_before:.3f} -> {ppl_after:.3f} "

@@ -27,9 +27,13 @@ from mpt_lite.text.chat_encode import encode_chat
 from mpt_lite.text.tokenizer import MptTokenizer
 
 DEFAULT_MODEL = Path(mpt_lite.__file__).parent / "default_model"
-# The default model's greedy reply to this runs on (a loop in its docstring) past 480 tokens, both before
-# and after its chat fine-tune; most requests it now answers in a few dozen tokens and ends its turn.
-LONG_REQUEST = "Write a function named reverse_string that reverses a string."
+# The default model's greedy reply to this runs on past 480 tokens (a loop in its body); after its chat
+# fine-tune it ends most replies within a few dozen tokens (this one was found among the 6% of held-out
+# requests it does not end: another default model may need another request).
+LONG_REQUEST = "Implement initialize_options(self): Initialize options."
+# Another such request for the Stop test: the same one again would reuse the first test's cached prefix,
+# and a prompt computed in other steps may round differently and end its reply (a greedy 4-bit model).
+ENDLESS_REQUEST = "Implement _store_pypirc(self, username, password): Creates a default .pypirc file."
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 KEY = "s3cret-key"
 ASK = "Say something tricky."
@@ -322,7 +326,7 @@ def test_streamed_reply_conversation_and_new_chat(browser, default_server):
 def test_stop_aborts_the_request_and_frees_its_blocks(browser, default_server):
     before = wait_idle(default_server)["counters"]
     page = Page(browser, default_server)
-    page.say(LONG_REQUEST, max_tokens="100000")
+    page.say(ENDLESS_REQUEST, max_tokens="100000")
     until(lambda: len(page.reply_text()) > 20, what="the reply to start")
     h = health(default_server)
     assert h["running"] == 1 and h["kv_blocks_free"] < h["kv_blocks_total"]
