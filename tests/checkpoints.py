@@ -170,3 +170,29 @@ def random_causal_lm(seed: int = 0, **config):
     args = dict(d_model=64, n_heads=4, n_layers=2, expansion_ratio=2, initializer_range=0.3)
     args.update(config)
     return MptForCausalLM(MptConfig(**args)).eval()
+
+
+def successor_lm(chain: list[int], vocab_size: int):
+    """A one-block mpt_lite MptForCausalLM whose greedy next token after chain[i] is chain[i + 1],
+    by wide margins (a chain whose last token is its first repeats itself). Each token of the chain
+    owns one dimension: wte puts a token on its dimension, the block's FFN moves it to its
+    successor's dimension, and the tied lm_head reads that dimension out. Attention is zeroed."""
+    from mpt_lite import MptConfig, MptForCausalLM
+
+    dim = {t: i for i, t in enumerate(dict.fromkeys(chain))}
+    d = 4 * (len(dim) // 4 + 1)
+    model = MptForCausalLM(MptConfig(d_model=d, n_heads=4, n_layers=1, expansion_ratio=1, max_seq_len=1024,
+                                     vocab_size=vocab_size, no_bias=True))
+    state = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
+    for name in state:
+        if "norm" in name:
+            state[name].fill_(1.0)
+    wte, up, down = (state["transformer.wte.weight"], state["transformer.blocks.0.ffn.up_proj.weight"],
+                     state["transformer.blocks.0.ffn.down_proj.weight"])
+    for t, i in dim.items():
+        wte[t, i] = 4.0
+    for a, b in zip(chain, chain[1:]):
+        up[dim[a], dim[a]] = 4.0     # hidden unit dim[a] fires for token a only
+        down[dim[b], dim[a]] = 1.0   # and writes token b's dimension
+    model.load_state_dict(state)
+    return model.eval()

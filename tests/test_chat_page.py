@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
+from checkpoints import successor_lm
 
 import mpt_lite
 from mpt_lite.server import create_app, server_thread
@@ -94,37 +94,16 @@ def distinct_spelling(tok, text: str, banned: set) -> list:
 
 
 def spelling_checkpoint(path: Path, prompt: list, reply: str) -> Path:
-    """A one-block MPT whose greedy (and, with these margins, any-temperature) continuation of
-    `prompt` is `reply` then <|im_end|>. Each token of the chain prompt[-1] -> reply... -> im_end
-    owns one dimension; wte puts a token on its dimension, the block's FFN moves it to its
-    successor's dimension, and the tied lm_head reads that dimension out. Attention is zeroed."""
+    """A one-block MPT (checkpoints.successor_lm) whose greedy (and, with its margins,
+    any-temperature) continuation of `prompt` is `reply` then <|im_end|>."""
     tok = MptTokenizer.from_pretrained(DEFAULT_MODEL)
     end = tok.token_to_id("<|im_end|>")
     chain = [prompt[-1]] + distinct_spelling(tok, reply, {prompt[-1], end, tok.token_to_id("<|im_start|>"), 0}) + [end]
-    dim = {t: i for i, t in enumerate(dict.fromkeys(chain))}
-    d = 4 * (len(dim) // 4 + 1)
-    cfg = mpt_lite.MptConfig(d_model=d, n_heads=4, n_layers=1, expansion_ratio=1, max_seq_len=1024,
-                             vocab_size=tok.vocab_size, no_bias=True)
-    model = mpt_lite.MptForCausalLM(cfg)
-    state = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
-    for name in state:
-        if "norm" in name:
-            state[name].fill_(1.0)
-    wte, up, down = (state["transformer.wte.weight"], state["transformer.blocks.0.ffn.up_proj.weight"],
-                     state["transformer.blocks.0.ffn.down_proj.weight"])
-    for t, i in dim.items():
-        wte[t, i] = 4.0
-    for a, b in zip(chain, chain[1:]):
-        up[dim[a], dim[a]] = 4.0     # hidden unit dim[a] fires for token a only
-        down[dim[b], dim[a]] = 1.0   # and writes token b's dimension
-    model.load_state_dict(state)
-    model.save_pretrained(path)
+    successor_lm(chain, tok.vocab_size).save_pretrained(path)
     for name in TOKENIZER_FILES:
         shutil.copy(DEFAULT_MODEL / name, path / name)
     return path
 
-
-# ---- servers and the browser ----
 
 @pytest.fixture(scope="module")
 def default_server():
