@@ -68,7 +68,8 @@ def parse_args() -> argparse.Namespace:
                    help="of the code rows, this many are the training functions as plain code, as the answers "
                         "write them (chat_data.function_rows)")
     p.add_argument("--copy-rows", type=int, default=5,
-                   help="rows of each batch of fresh names said twice, loss on the second time (chat_data.copy_rows)")
+                   help="rows of each batch of fresh names listed, then defined in another order, loss on the defined "
+                        "names (chat_data.copy_rows)")
     p.add_argument("--continue-chat", action="store_true",
                    help="allow --base to be an already chat fine-tuned model (a further stage; its record is kept)")
     p.add_argument("--steps", type=int, default=3000)
