@@ -85,10 +85,9 @@ def copy_rows(bpe, pool: NamePool, seq_len: int, pad_id: int, seed: int) -> Iter
     Copying the requested name into `def name(` is an induction-head behaviour (after ` read` and
     `_` comes `cs`, as it did earlier in the request); a base model trained on 1.6 M tokens has not
     formed one (the chat runs copied a name's first piece and guessed the rest: `read_d_rows` for
-    read_csv_rows), and dense copy targets grow one quickly. The copies are not the line before
-    repeated (a first version, a line of names said twice, taught the model to repeat lines:
-    `import osimport osimport os`), and nothing but the names is labelled, so the stub bodies are
-    not learnt."""
+    read_csv_rows), and dense copy targets grow one quickly. The copies are `def` lines, as in a
+    chat answer, not the line before repeated (a first version said a line of names twice), and
+    nothing but the names is labelled, so the stub bodies are not learnt."""
     rng = random.Random(seed)
     while True:
         ids: list[int] = []
