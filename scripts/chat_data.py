@@ -4,7 +4,7 @@ packed into rows of a fixed length."""
 from __future__ import annotations
 
 import random
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from chat_pairs import Function, NamePool, conversation
 from mpt_lite.text.chat_template import IM_END, render_chat
@@ -51,22 +51,28 @@ def chat_rows(tok, bpe, functions: list[Function], seq_len: int, pad_id: int, se
     while True:
         order = list(functions)
         rng.shuffle(order)
-        ids: list[int] = []
-        labels: list[int] = []
-        heads: list[bool] = []
-        for fn in order:
-            x, y, h = labelled_tokens(tok, bpe, conversation(fn, rng, follow_up_fraction, unnamed_fraction,
-                                                                pool, rename_fraction))
-            if len(x) > seq_len:
-                continue
-            if len(ids) + len(x) > seq_len:
-                yield pad(ids, labels, heads, seq_len, pad_id)
-                ids, labels, heads = [], [], []
-            ids += x
-            labels += y
-            heads += h
-        if ids:
+        yield from packed((labelled_tokens(tok, bpe, conversation(fn, rng, follow_up_fraction, unnamed_fraction,
+                                                                   pool, rename_fraction)) for fn in order),
+                          seq_len, pad_id)
+
+
+def packed(items: Iterable[Row], seq_len: int, pad_id: int, keep_tail: bool = True) -> Iterator[Row]:
+    """Whole items packed into padded rows of seq_len, in order (one longer than seq_len is
+    skipped); keep_tail: also the last, partly filled row."""
+    ids: list[int] = []
+    labels: list[int] = []
+    heads: list[bool] = []
+    for x, y, h in items:
+        if len(x) > seq_len:
+            continue
+        if len(ids) + len(x) > seq_len:
             yield pad(ids, labels, heads, seq_len, pad_id)
+            ids, labels, heads = [], [], []
+        ids += x
+        labels += y
+        heads += h
+    if ids and keep_tail:
+        yield pad(ids, labels, heads, seq_len, pad_id)
 
 
 def pad(ids: list[int], labels: list[int], heads: list[bool], seq_len: int, pad_id: int) -> Row:
@@ -117,12 +123,6 @@ def function_rows(bpe, functions: list[Function], seq_len: int, pad_id: int, see
     while True:
         order = list(functions)
         rng.shuffle(order)
-        ids: list[int] = []
-        for fn in order:
-            x = bpe.encode(fn.source + "\n\n\n", add_special_tokens=False).ids
-            if len(x) > seq_len:
-                continue
-            if len(ids) + len(x) > seq_len:
-                yield pad(ids, list(ids), [False] * len(ids), seq_len, pad_id)
-                ids = []
-            ids += x
+        encoded = (bpe.encode(fn.source + "\n\n\n", add_special_tokens=False).ids for fn in order)
+        # each epoch's last, partly filled row is left out (as in the shipped run)
+        yield from packed(((x, x, [False] * len(x)) for x in encoded), seq_len, pad_id, keep_tail=False)

@@ -116,9 +116,9 @@ def weighted_loss(model, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, ul_r
     loss = (ce * w).sum() / w.sum()
     if ul_weight and ul_rows:
         lg, xs, tgt = logits[:ul_rows], x[:ul_rows, :-1], x[:ul_rows, 1:]
-        counts = torch.nn.functional.one_hot(xs, lg.shape[-1]).cumsum(1)  # tokens seen up to each position
-        recent = counts - torch.nn.functional.pad(counts, (0, 0, ul_window, 0))[:, :counts.shape[1]]
-        cand = (recent > 0).scatter(2, tgt.unsqueeze(-1), False)
+        back = torch.arange(xs.shape[1])[:, None] - torch.arange(ul_window)[None, :]  # t, t-1, ..., t-window+1
+        seen = torch.where(back >= 0, xs[:, back.clamp_min(0)], tgt[:, :, None])  # before the row: the target
+        cand = torch.zeros(lg.shape, dtype=torch.bool).scatter_(2, seen, True).scatter_(2, tgt.unsqueeze(-1), False)
         one_minus_p = (1 - lg.softmax(-1)).clamp_min(1e-5)
         ul = -(one_minus_p.log() * cand).sum(-1)
         mask = labelled[:ul_rows]
