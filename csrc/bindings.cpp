@@ -45,6 +45,9 @@ static py::dict cpu_features_dict() {
   d["avx512vnni"] = f.avx512vnni;
   d["avx512bf16"] = f.avx512bf16;
   d["avx512vbmi"] = f.avx512vbmi;
+  d["amx_tile"] = f.amx_tile;
+  d["amx_bf16"] = f.amx_bf16;
+  d["amx_int8"] = f.amx_int8;
   return d;
 }
 
@@ -389,6 +392,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_isa", [](const std::string& name) { mpt::set_isa(mpt::isa_from_name(name)); }, py::arg("name"));
   m.def("amx_supported", &mpt::amx_supported, "AMX tiles compiled in, on this CPU, and allowed by the OS");
   m.def("amx_enabled", &mpt::amx_enabled, "the bf16 AMX tiles take many-row matmuls now");
+  m.def("amx_int8_enabled", &mpt::amx_int8_enabled, "the AMX-INT8 tiles take q8 matmuls of a few rows now");
   m.def("set_amx", &mpt::set_amx, py::arg("on"));
   m.def("num_threads", &mpt::num_threads, G());
   // Waits for the job running on the pool (the GIL is released meanwhile).

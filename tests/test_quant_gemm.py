@@ -89,6 +89,7 @@ def test_many_rows_quantize_activations_exactly(isa):
 
 @pytest.mark.skipif("avx512" not in ISAS, reason="the GEMM tiles are AVX-512 VNNI kernels")
 @pytest.mark.parametrize("fmt", ("int8", "int4"))
+@ops.use_amx(False)  # with AMX-INT8, 4-32 rows take its tiles instead (test_q8_amx.py)
 def test_rows_do_not_depend_on_row_count_avx512(fmt):
     # 4-16 rows (q8_wide) and > 16 rows (GEMM tiles) sum every row in the same order: bit-identical.
     gen = torch.Generator().manual_seed(11)
@@ -107,6 +108,7 @@ def test_rows_do_not_depend_on_row_count_avx512(fmt):
 
 @pytest.mark.parametrize("isa", [i for i in ISAS if i != "generic"])
 @pytest.mark.parametrize("fmt", FORMATS)
+@ops.use_amx(False)  # with AMX-INT8, up to 32 rows take its tiles instead (test_q8_amx.py)
 def test_tile_rows_do_not_depend_on_row_count(isa, fmt):
     # Above 16 rows every row is summed whole by one thread in a fixed order (nf4 too, whose 4-16 row
     # kernels sum in another order): any slice of > 16 rows and any thread count give the same bits.

@@ -35,8 +35,9 @@ static CpuFeatures detect() {
 #endif
 #if defined(__x86_64__) && defined(__linux__)
   unsigned a = 0, b = 0, c = 0, d = 0;
-  if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {  // leaf 7 EDX: bit 22 AMX-BF16, bit 24 AMX-TILE
+  if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {  // leaf 7 EDX: bit 22 AMX-BF16, 24 AMX-TILE, 25 AMX-INT8
     f.amx_bf16 = (d >> 22) & 1u;
+    f.amx_int8 = (d >> 25) & 1u;
     f.amx_tile = (d >> 24) & 1u;
   }
 #endif
@@ -139,6 +140,8 @@ static std::atomic<bool>& amx_slot() {
 }
 
 bool amx_enabled() { return amx_slot().load(std::memory_order_relaxed) && current_isa() == Isa::Avx512; }
+
+bool amx_int8_enabled() { return amx_enabled() && cpu_features().amx_int8; }
 
 bool set_amx(bool on) {
   if (on && !amx_supported())

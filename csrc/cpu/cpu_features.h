@@ -24,7 +24,7 @@ struct CpuFeatures {
   bool avx2 = false, fma = false, f16c = false;
   bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false;
   bool avx512vnni = false, avx512bf16 = false, avx512vbmi = false;
-  bool amx_tile = false, amx_bf16 = false;  // CPUID only; amx_supported() also asks the OS
+  bool amx_tile = false, amx_bf16 = false, amx_int8 = false;  // CPUID only; amx_supported() also asks the OS
 };
 
 const CpuFeatures& cpu_features();
@@ -44,6 +44,8 @@ std::vector<std::string> supported_isa_names();
 // start-up, set_amx(false)), and the current ISA is avx512.
 bool amx_supported();
 bool amx_enabled();
+// amx_enabled() and the CPU has AMX-INT8: q8 matmuls of a few rows take the int8 tiles (quant_q8_amx.cpp).
+bool amx_int8_enabled();
 bool set_amx(bool on);  // returns the previous switch; throws std::invalid_argument when turning on an unsupported AMX
 
 }  // namespace mpt

@@ -14,9 +14,11 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu/amx_tile_config.h"
 #include "cpu/quant_formats.h"
 #include "cpu/quant_gemm.h"
 #include "cpu/thread_pool.h"
+#include "cpu/tile_store_avx512.h"
 
 namespace mpt {
 namespace {
@@ -25,16 +27,10 @@ constexpr int64_t kChunk = 32;   // k per tile row (bf16)
 constexpr int64_t kTile = 16;    // rows of a tile; x rows per x tile
 constexpr int64_t kTileU16 = kTile * kChunk;  // one tile: 16 rows x 64 bytes
 
-struct alignas(64) TileConfig {
-  uint8_t palette = 1, start_row = 0, reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
 void configure_tiles() {
   TileConfig c;
   for (int t = 0; t < 8; ++t) c.colsb[t] = 64, c.rows[t] = kTile;
-  _tile_loadconfig(&c);
+  load_tile_config(c);
 }
 
 template <class T>
@@ -131,47 +127,12 @@ void pack_x(const float* x, int64_t M, int64_t K, int64_t C, uint16_t* xp) {
   });
 }
 
-// r[0..15] (16 x 16 floats, row i in r[i]) transposed in registers by four rounds of shuffles, up to
-// the order of the result registers (see kOrder in store_block).
-inline void transpose16(__m512 r[16]) {
-  __m512 t[16];
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4)
-    for (int j = 0; j < 2; ++j) {
-      const __m512d a = _mm512_castps_pd(t[i + j]), b = _mm512_castps_pd(t[i + j + 2]);
-      r[i + j] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
-      r[i + j + 2] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
-    }
-  for (int i = 0; i < 16; i += 8)
-    for (int j = 0; j < 4; ++j) {
-      t[i + j] = _mm512_shuffle_f32x4(r[i + j], r[i + j + 4], 0x88);
-      t[i + j + 4] = _mm512_shuffle_f32x4(r[i + j], r[i + j + 4], 0xdd);
-    }
-  for (int j = 0; j < 8; ++j) {
-    r[j] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88);
-    r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xdd);
-  }
-}
-
 // The accumulators of weight rows n0.. (tiles 0-3) into y: transposed, times row_factor, plus bias.
 void store_block(const QWeight& w, int64_t n0, int64_t m0, int64_t M, int xt, const float* bias, float* y) {
   alignas(64) float acc[kTile * kTile];
-  // after transpose16, register q holds column kOrder[q] of acc (its 16 weight rows in order): the
-  // unpacks interleave pairs, so columns 1 and 2 of each group of 4 come out swapped
-  static constexpr int kOrder[16] = {0, 2, 1, 3, 4, 6, 5, 7, 8, 10, 9, 11, 12, 14, 13, 15};
   for (int i = 0; i < 2; ++i) {
-    const int64_t n = n0 + i * kTile, nn = std::min<int64_t>(kTile, w.N - n);
-    if (nn <= 0) break;
-    const __mmask16 mask = static_cast<__mmask16>((1u << nn) - 1);
-    alignas(64) float rf[kTile], b[kTile];
-    for (int64_t r = 0; r < kTile; ++r) {
-      rf[r] = r < nn ? row_factor(w, n + r) : 0.f;
-      b[r] = r < nn && bias ? bias[n + r] : 0.f;
-    }
-    const __m512 vrf = _mm512_load_ps(rf), vb = _mm512_load_ps(b);
+    const int64_t n = n0 + i * kTile;
+    if (n >= w.N) break;
     for (int j = 0; j < xt; ++j) {
       switch (i * 2 + j) {
         case 0: _tile_stored(0, acc, 64); break;
@@ -181,11 +142,7 @@ void store_block(const QWeight& w, int64_t n0, int64_t m0, int64_t M, int xt, co
       }
       __m512 v[16];
       for (int r = 0; r < 16; ++r) v[r] = _mm512_load_ps(acc + r * kTile);  // weight row r, 16 x rows
-      transpose16(v);
-      for (int q = 0; q < 16; ++q) {  // x row m0 + 16j + kOrder[q]
-        const int64_t m = m0 + j * kTile + kOrder[q];
-        if (m < M) _mm512_mask_storeu_ps(y + m * w.N + n, mask, _mm512_fmadd_ps(v[q], vrf, vb));
-      }
+      tile_store_avx512::store(v, w, n, m0 + j * kTile, M, bias, y);
     }
   }
 }

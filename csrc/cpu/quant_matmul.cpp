@@ -106,6 +106,10 @@ void qmatmul(const QWeight& w, const float* x, int64_t M, const float* bias, flo
   if (q8) {
     if (w.fmt == QFormat::Nf4 && !nf4_q8_ok(w.K, w.blocksize))
       throw std::invalid_argument("nf4 q8 path: needs a power-of-two blocksize >= 32 that divides K");
+#if MPT_LITE_AMX
+    // A few rows (decode batches): AMX-INT8 tiles, where the vpdpbusd kernels would be compute-bound.
+    if (M >= amx_q8_min_rows(w.fmt) && M <= kAmxQ8MaxRows && amx_int8_enabled()) return qmatmul_q8_amx(w, x, M, bias, y);
+#endif
 #if MPT_LITE_X86_SIMD
     // Many rows: register-tiled integer GEMM (quantizes x itself); int8 / int4 rows equal q8_wide's.
     if (M > kGemmMinRows && current_isa() == Isa::Avx512) return qgemm_q8_avx512(w, x, M, bias, y);

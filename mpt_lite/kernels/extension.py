@@ -60,6 +60,12 @@ def amx_enabled() -> bool:
     return bool(_C.amx_enabled())
 
 
+def amx_int8_enabled() -> bool:
+    """Whether q8 matmuls of a few rows (int8 from 4, int4 / nf4 from 12, up to 32) run on AMX-INT8
+    tiles now: amx_enabled() and the CPU has AMX-INT8; set_amx switches both."""
+    return bool(_C.amx_int8_enabled())
+
+
 def set_amx(on: bool) -> bool:
     """Switches the AMX tiles on or off for the whole process and returns the previous switch;
     ValueError when turning on where amx_supported() is False."""

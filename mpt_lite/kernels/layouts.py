@@ -43,10 +43,11 @@ Q8_BLOCK = 32
 # activations to q8 for the integer GEMM tiles (from AMX_MIN_ROWS rows and Q8_GEMM_MIN_K in_features on,
 # q8 not forced) take bf16 operands on the AMX tiles instead (csrc/cpu/quant_gemm_amx.cpp: x and the
 # decoded weight rounded to bfloat16, float32 sums; ref_matmul_*(bf16=True) = ref_matmul_bf16_operands),
-# any format. 2.3-2.5x the q8 GEMM tiles at 512 rows on the 1.3B shapes; at 8-16 rows, where the decoding
-# of the weight is shared by too few rows, the q8 kernels are as fast or faster (docs/benchmarks.md,
-# "AMX"). Shorter rows keep float activations (exact), as they did.
-AMX_MIN_ROWS = 17
+# any format. 2.3-2.5x the q8 GEMM tiles at 512 rows on the 1.3B shapes; up to 32 rows, where the decoding
+# of the weight to bf16 is shared by too few rows, q8 activations on AMX-INT8 tiles are faster
+# (csrc/cpu/quant_q8_amx.cpp: 1.5x at 32 rows for int4; docs/benchmarks.md, "AMX-INT8"). Shorter rows
+# keep float activations (exact), as they did.
+AMX_MIN_ROWS = 33
 
 
 def use_bf16(q8: object, rows: int, gemm_k: int, amx: bool) -> bool:
