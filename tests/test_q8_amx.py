@@ -14,7 +14,8 @@ pytestmark = pytest.mark.skipif(not kernels.amx_int8_enabled(),
 FORMATS = ("int8", "int4", "nf4")
 # (N, K): N not a multiple of 16 rows, K ending inside a block, a chunk of 4 blocks and a slab of 16
 SHAPES = [(5, 33), (77, 1000), (130, 2080), (40, 7000), (16, 512), (257, 97)]
-ROWS = {"int8": [4, 9, 16, 17, 32], "int4": [12, 16, 17, 25, 32], "nf4": [12, 16, 20, 32]}
+ROWS = {"int8": [4, 7, 8, 9, 16, 17, 32], "int4": [8, 12, 16, 17, 25, 32], "nf4": [8, 12, 16, 20, 32]}
+PAIR_ROWS = 8  # up to this many rows one product covers two blocks: its own (fixed) summation order
 
 
 def shapes(fmt):
@@ -40,18 +41,23 @@ def test_amx_rows_match_reference(fmt):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_amx_rows_do_not_depend_on_row_count_or_threads(fmt):
+    # each layout sums every row in one order: any slice within its row range, any thread count
     gen = torch.Generator().manual_seed(22)
     lo = min(ROWS[fmt])
+    layouts = [(PAIR_ROWS, [(0, lo), (PAIR_ROWS - lo, PAIR_ROWS), (1, PAIR_ROWS)])] if lo <= PAIR_ROWS else []
+    layouts.append((32, [(0, PAIR_ROWS + 1), (3, 20), (0, 16), (5, 22), (10, 32)]))
     for N, K, bs in shapes(fmt)[:4]:
         w = torch.randn(N, K, generator=gen) * 0.05
-        x = torch.randn(32, K, generator=gen)
         bias = torch.randn(N, generator=gen)
         q = quantize(fmt, w, bs)
-        full = matmul(fmt, x, q, K, bias, bs, q8=True)
-        for m0, m1 in [(0, lo), (3, 3 + lo), (0, 16), (5, 22), (10, 32)]:
-            assert torch.equal(matmul(fmt, x[m0:m1], q, K, bias, bs, q8=True), full[m0:m1]), (N, K, m0, m1)
-        for threads in (1, 2):
-            assert torch.equal(matmul(fmt, x, q, K, bias, bs, q8=True, num_threads=threads), full)
+        for rows, slices in layouts:
+            x = torch.randn(rows, K, generator=gen)
+            full = matmul(fmt, x, q, K, bias, bs, q8=True)
+            for m0, m1 in slices:
+                if m1 - m0 >= lo:
+                    assert torch.equal(matmul(fmt, x[m0:m1], q, K, bias, bs, q8=True), full[m0:m1]), (N, K, m0, m1)
+            for threads in (1, 2):
+                assert torch.equal(matmul(fmt, x, q, K, bias, bs, q8=True, num_threads=threads), full)
 
 
 def test_amx_switch_turns_the_int8_tiles_off():

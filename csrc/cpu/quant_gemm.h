@@ -51,12 +51,13 @@ void qgemm_bf16_amx(const QWeight& w, const float* x, int64_t M, const float* bi
 
 // q8 activations on AMX-INT8 tiles (quant_q8_amx.cpp; call only where amx_int8_enabled()): Q8Rows'
 // codes and scales, int8 / int4 / nf4 (nf4_q8_ok) weights as signed int8 codes, block dots summed in
-// order per output, so a row's result depends on neither M nor the thread count. 1 .. kAmxQ8MaxRows
-// x rows; qmatmul sends it amx_q8_min_rows(format) .. kAmxQ8MaxRows: from there on it beat the q8_rows /
-// q8_wide kernels on the 1.3B shapes (int8 from 4 rows; int4 / nf4, whose vpdpbusd kernels read half the
-// bytes, from 12; docs/benchmarks.md), and up to 32 rows the bf16 AMX GEMM (layouts.AMX_MIN_ROWS = 33).
-constexpr int64_t kAmxQ8MaxRows = 32;
-inline int64_t amx_q8_min_rows(QFormat f) { return f == QFormat::Int8 ? 4 : 12; }
+// order per output, so a row's result depends on neither the thread count nor M within each of its two
+// layouts (up to kAmxQ8PairRows x rows: two blocks a product; more: one). 1 .. kAmxQ8MaxRows x rows;
+// qmatmul sends it amx_q8_min_rows(format) .. kAmxQ8MaxRows: from there on it beat the q8_rows / q8_wide
+// kernels on the 1.3B shapes (int8 from 4 rows; int4 / nf4, whose vpdpbusd kernels read half the bytes,
+// from 8; docs/benchmarks.md, "AMX-INT8"), and up to 32 rows the bf16 AMX GEMM (layouts.AMX_MIN_ROWS = 33).
+constexpr int64_t kAmxQ8MaxRows = 32, kAmxQ8PairRows = 8;
+inline int64_t amx_q8_min_rows(QFormat f) { return f == QFormat::Int8 ? 4 : 8; }
 void qmatmul_q8_amx(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
 
 }  // namespace mpt

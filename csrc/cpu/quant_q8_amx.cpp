@@ -5,8 +5,9 @@
 // with exact int32 block dots and one fused multiply-add per block. q8_wide and the GEMM tiles add the
 // same block terms in another float order, so rows agree with them to float32 rounding, not bit for bit.
 //
-// Why tiles for 4-32 rows: the vpdpbusd kernels run 64 dot-product instructions per 512 weights and x
-// row, so at 8 rows a step of decoding is compute-bound (docs/benchmarks.md); one TDPBSSD does 16 weight
+// Why tiles for a few rows (qmatmul sends int8 from 4 rows, int4 / nf4 from 8, up to 32): the vpdpbusd
+// kernels run 64 dot-product instructions per 512 weights and x row, so at 8-16 rows a step of decoding
+// is compute-bound (docs/benchmarks.md, "AMX-INT8"); one TDPBSSD does 16 weight
 // rows x 16 x rows x 32 k, and what is left on the vector ports is unpacking the codes (shared by all
 // x rows) and the per-block float update (3 operations per weight row and block, for up to 16 x rows).
 //
@@ -15,7 +16,9 @@
 // k 4r..4r+3 of each of 16 x rows. One int32 tile C per block and x tile goes through L1 into float
 // accumulators (16 weight rows x 16 x rows, in registers), transposed into y at the end. Four C tiles
 // are in flight at a time (4 blocks, or 2 blocks x 2 x tiles), and consecutive blocks alternate
-// between two A and two B tiles, so one block's products need not wait for the last one's.
+// between two A and two B tiles, so one block's products need not wait for the last one's. Up to 8 x
+// rows, one product covers two blocks (pack_x_pairs): half the tile loads, products and stores, whose
+// cost (~45 cycles per C tile here) does not shrink with the x rows.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -42,11 +45,12 @@ constexpr int64_t kXTile = 8 * 64;   // one block of 16 x rows: 8 tile rows of 1
 constexpr int64_t kSlab = 16;        // blocks decoded at a time (512 k: the panel stays in L1)
 
 // Tiles 0-3: int32 C (16 x 16); 4-5: A, the weight (16 rows x 32 bytes); 6-7: B, x (8 rows x 64 bytes).
-void configure() {
+// pairs (at most 8 x rows): A and B span two blocks, 16 rows x 64 bytes each.
+void configure(bool pairs) {
   TileConfig c;
   for (int t = 0; t < 4; ++t) c.colsb[t] = 64, c.rows[t] = kRows;
-  for (int t = 4; t < 6; ++t) c.colsb[t] = kBlock, c.rows[t] = kRows;
-  for (int t = 6; t < 8; ++t) c.colsb[t] = 64, c.rows[t] = kBlock / 4;
+  for (int t = 4; t < 6; ++t) c.colsb[t] = pairs ? 2 * kBlock : kBlock, c.rows[t] = kRows;
+  for (int t = 6; t < 8; ++t) c.colsb[t] = 64, c.rows[t] = pairs ? kBlock / 2 : kBlock / 4;
   load_tile_config(c);
 }
 
@@ -69,6 +73,28 @@ void pack_x(const float* x, int64_t M, int64_t K, int64_t KB, int8_t* xq, float*
         _mm256_i32scatter_epi32(xq + at * kXTile + j * 4, rows, _mm256_load_si256(reinterpret_cast<const __m256i*>(codes)), 4);
       }
     }
+  });
+}
+
+// At most kAmxQ8PairRows (8) x rows, two blocks a tile: for the pair of blocks 2p, 2p + 1, a 16 x 64-byte tile
+// at xq + p * kPairTile whose rows 0-7 hold block 2p's dwords in slots 0-7 (x rows) and rows 8-15 block
+// 2p + 1's in slots 8-15, zeros elsewhere; so one product over 64 k gives block 2p's dots in C lanes 0-7
+// and block 2p + 1's in lanes 8-15. Scales at xd + 16 p: [block 2p's of x rows 0-7, block 2p + 1's].
+constexpr int64_t kPairTile = 16 * 64;
+void pack_x_pairs(const float* x, int64_t M, int64_t K, int64_t KB, int8_t* xq, float* xd) {
+  const int64_t P = (KB + 1) / 2;
+  std::memset(xq, 0, static_cast<size_t>(P * kPairTile));
+  std::fill(xd, xd + P * kRows, 0.f);
+  parallel_for(M, 1, [&](int64_t m0, int64_t m1) {
+    const __m256i rows = _mm256_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112);  // dword r -> tile row r
+    alignas(32) int8_t codes[kBlock];
+    for (int64_t m = m0; m < m1; ++m)
+      for (int64_t b = 0; b < KB; ++b) {
+        int32_t sum;
+        const int64_t h = b & 1, at = (b >> 1) * kPairTile + h * (8 * 64) + (h * 8 + m) * 4;
+        xd[(b >> 1) * kRows + h * 8 + m] = avx512_lanes::quantize_block32(x + m * K + b * kBlock, K - b * kBlock, codes, sum);
+        _mm256_i32scatter_epi32(xq + at, rows, _mm256_load_si256(reinterpret_cast<const __m256i*>(codes)), 4);
+      }
   });
 }
 
@@ -132,7 +158,7 @@ void decode_slab(const QWeight& w, int64_t n0, int64_t s0, int64_t ns, Panel& pn
         lo = _mm512_unpacklo_epi8(ev, od);
         hi = _mm512_unpackhi_epi8(ev, od);
         const int shift = __builtin_ctzll(w.blocksize);
-        for (int j = 0; j < nb; ++j) sw[c + j] = w.scale[(f + j * kBlock) >> shift] * (1.0f / 127.0f);
+        for (int j = 0; j < kChunkBlocks; ++j) sw[c + j] = j < nb ? w.scale[(f + j * kBlock) >> shift] * (1.0f / 127.0f) : 0.f;
       }
       _mm512_storeu_si512(out + kBlock * c, _mm512_permutex2var_epi64(lo, first, hi));
       _mm512_storeu_si512(out + kBlock * c + 64, _mm512_permutex2var_epi64(lo, second, hi));
@@ -149,6 +175,21 @@ void decode_slab(const QWeight& w, int64_t n0, int64_t s0, int64_t ns, Panel& pn
     _tile_dpbssd(C, A, B);             \
   } while (0)
 
+// Slots 0..n-1 (n <= 4): the A tile at a + s * astep (panel rows, stride kStride) against the B tile at
+// x0 + s * xstep into C tile s, A and B tiles alternating; then the C tiles into cbuf.
+inline void four_slots(const int8_t* a, int64_t astep, const int8_t* x0, int64_t xstep, int n, int32_t (*cbuf)[256]) {
+  const int8_t* xt = x0;
+  _tile_loadd(4, a, kStride);
+  MPT_SLOT(0, 4, 6);
+  if (n > 1) { xt = x0 + xstep; _tile_loadd(5, a + astep, kStride); MPT_SLOT(1, 5, 7); }
+  if (n > 2) { xt = x0 + 2 * xstep; _tile_loadd(4, a + 2 * astep, kStride); MPT_SLOT(2, 4, 6); }
+  if (n > 3) { xt = x0 + 3 * xstep; _tile_loadd(5, a + 3 * astep, kStride); MPT_SLOT(3, 5, 7); }
+  _tile_stored(0, cbuf[0], 64);
+  if (n > 1) _tile_stored(1, cbuf[1], 64);
+  if (n > 2) _tile_stored(2, cbuf[2], 64);
+  if (n > 3) _tile_stored(3, cbuf[3], 64);
+}
+
 // The slots of a group: block j (of the group) against x tile t in slot j * MT + t. The four C tiles
 // are all in flight before any goes through L1, so the tile unit and the vector ports overlap.
 template <int MT>
@@ -156,17 +197,8 @@ inline void group_dots(const Panel& pn, int64_t p0, int64_t b0, int nj, const in
                        int32_t (*cbuf)[256]) {
   const int8_t* a = pn.codes + kBlock * p0;
   const int8_t* x0 = xq + b0 * kXTile;
-  if constexpr (MT == 1) {  // blocks j = 0..3 in slots 0..3, A and B tiles alternating
-    const int8_t* xt = x0;
-    _tile_loadd(4, a, kStride);
-    MPT_SLOT(0, 4, 6);
-    if (nj > 1) { xt = x0 + kXTile; _tile_loadd(5, a + kBlock, kStride); MPT_SLOT(1, 5, 7); }
-    if (nj > 2) { xt = x0 + 2 * kXTile; _tile_loadd(4, a + 2 * kBlock, kStride); MPT_SLOT(2, 4, 6); }
-    if (nj > 3) { xt = x0 + 3 * kXTile; _tile_loadd(5, a + 3 * kBlock, kStride); MPT_SLOT(3, 5, 7); }
-    _tile_stored(0, cbuf[0], 64);
-    if (nj > 1) _tile_stored(1, cbuf[1], 64);
-    if (nj > 2) _tile_stored(2, cbuf[2], 64);
-    if (nj > 3) _tile_stored(3, cbuf[3], 64);
+  if constexpr (MT == 1) {  // blocks j = 0..3 in slots 0..3
+    four_slots(a, kBlock, x0, kXTile, nj, cbuf);
   } else {  // blocks j = 0, 1 (A tiles 4, 5) x x tiles t = 0, 1 (B tiles 6, 7) in slot 2j + t
     const int8_t* xt = x0;
     _tile_loadd(4, a, kStride);
@@ -188,7 +220,6 @@ inline void group_dots(const Panel& pn, int64_t p0, int64_t b0, int nj, const in
     }
   }
 }
-#undef MPT_SLOT
 
 // Weight rows n0..n0+15 against all x rows (MT x tiles), all of K.
 template <QFormat FMT, int MT>
@@ -221,6 +252,47 @@ void tile_rows(const QWeight& w, const int8_t* xq, const float* xd, int64_t M, i
   for (int t = 0; t < MT; ++t) tile_store_avx512::store(acc[t], w, n0, t * kRows, M, bias, y);
 }
 
+// Four block pairs of the panel (blocks p0 .. p0 + 7) against their x tiles, in C tiles 0-3.
+inline void group_pairs(const Panel& pn, int64_t p0, int64_t b0, int nq, const int8_t* xq, int32_t (*cbuf)[256]) {
+  four_slots(pn.codes + kBlock * p0, 2 * kBlock, xq + (b0 >> 1) * kPairTile, kPairTile, nq, cbuf);
+}
+#undef MPT_SLOT
+
+// Weight rows n0..n0+15 against at most 8 x rows, two blocks a product (pack_x_pairs): the even blocks
+// sum in lanes 0-7 of the accumulators and the odd ones in lanes 8-15, added at the end.
+template <QFormat FMT>
+void tile_rows_pairs(const QWeight& w, const int8_t* xq, const float* xd, int64_t M, int64_t KB, int64_t n0,
+                     const float* bias, float* y, Panel& pn) {
+  __m512 acc[kRows];
+  for (int i = 0; i < kRows; ++i) acc[i] = _mm512_setzero_ps();
+  alignas(64) int32_t cbuf[4][256];
+  const __m512i halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  for (int64_t s0 = 0; s0 < KB; s0 += kSlab) {
+    const int64_t ns = std::min<int64_t>(kSlab, KB - s0);
+    decode_slab<FMT>(w, n0, s0, ns, pn);  // whole chunks: the scale of an absent odd block is 0
+    for (int64_t p0 = 0; p0 < ns; p0 += 8) {
+      const int nq = static_cast<int>(std::min<int64_t>(4, (ns - p0 + 1) / 2));
+      group_pairs(pn, p0, s0 + p0, nq, xq, cbuf);
+      for (int q = 0; q < nq; ++q) {
+        const __m512 sx = _mm512_loadu_ps(xd + ((s0 + p0) / 2 + q) * kRows);
+#pragma GCC unroll 16
+        for (int i = 0; i < kRows; ++i) {
+          __m512 s = sx;
+          if constexpr (FMT != QFormat::Int8) {  // [sw of block 2q x 8, sw of block 2q + 1 x 8] * sx
+            const __m128 two = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(pn.sw + i * kSlab + p0 + 2 * q)));
+            s = _mm512_mul_ps(_mm512_permutexvar_ps(halves, _mm512_castps128_ps512(two)), sx);
+          }
+          acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(cbuf[q] + 16 * i)), s, acc[i]);
+        }
+      }
+    }
+  }
+  for (int i = 0; i < kRows; ++i)
+    acc[i] = _mm512_castps256_ps512(_mm256_add_ps(_mm512_castps512_ps256(acc[i]), _mm512_extractf32x8_ps(acc[i], 1)));
+  tile_store_avx512::store(acc, w, n0, 0, M, bias, y);
+}
+
+// MT: x tiles of 16 rows (1, 2), or 0: at most 8 rows, two blocks a product.
 template <QFormat FMT, int MT>
 void run(const QWeight& w, const int8_t* xq, const float* xd, int64_t M, int64_t KB, const float* bias, float* y) {
   const int64_t NT = (w.N + kRows - 1) / kRows;
@@ -229,10 +301,14 @@ void run(const QWeight& w, const int8_t* xq, const float* xd, int64_t M, int64_t
   std::atomic<int64_t> next{0};
   parallel_for(std::min<int64_t>(num_threads(), runs), 1, [&](int64_t, int64_t) {
     static thread_local Panel pn;
-    configure();
+    configure(MT == 0);
     for (int64_t r; (r = next.fetch_add(1, std::memory_order_relaxed)) < runs;)
-      for (int64_t nt = r * per; nt < std::min(NT, (r + 1) * per); ++nt)
-        tile_rows<FMT, MT>(w, xq, xd, M, KB, nt * kRows, bias, y, pn);
+      for (int64_t nt = r * per; nt < std::min(NT, (r + 1) * per); ++nt) {
+        if constexpr (MT == 0)
+          tile_rows_pairs<FMT>(w, xq, xd, M, KB, nt * kRows, bias, y, pn);
+        else
+          tile_rows<FMT, MT>(w, xq, xd, M, KB, nt * kRows, bias, y, pn);
+      }
     _tile_release();
   });
 }
@@ -248,9 +324,17 @@ void qmatmul_q8_amx(const QWeight& w, const float* x, int64_t M, const float* bi
   static thread_local std::vector<float> dbuf;
   if (xbuf.size() < static_cast<size_t>(2 * KB * kXTile)) xbuf.resize(static_cast<size_t>(2 * KB * kXTile));
   if (dbuf.size() < static_cast<size_t>(2 * KB * kRows)) dbuf.resize(static_cast<size_t>(2 * KB * kRows));
-  pack_x(x, M, w.K, KB, xbuf.data(), dbuf.data());
   const int8_t* xq = xbuf.data();
   const float* xd = dbuf.data();
+  if (M <= kAmxQ8PairRows) {
+    pack_x_pairs(x, M, w.K, KB, xbuf.data(), dbuf.data());
+    switch (w.fmt) {
+      case QFormat::Int8: return run<QFormat::Int8, 0>(w, xq, xd, M, KB, bias, y);
+      case QFormat::Int4: return run<QFormat::Int4, 0>(w, xq, xd, M, KB, bias, y);
+      case QFormat::Nf4: return run<QFormat::Nf4, 0>(w, xq, xd, M, KB, bias, y);
+    }
+  }
+  pack_x(x, M, w.K, KB, xbuf.data(), dbuf.data());
   switch (w.fmt) {
     case QFormat::Int8:
       return MT == 1 ? run<QFormat::Int8, 1>(w, xq, xd, M, KB, bias, y) : run<QFormat::Int8, 2>(w, xq, xd, M, KB, bias, y);
