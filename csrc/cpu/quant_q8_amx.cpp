@@ -26,6 +26,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cpu/amx_tile_config.h"
@@ -54,25 +55,35 @@ void configure(bool pairs) {
   load_tile_config(c);
 }
 
+// Quantizes every q8 block (m, b) of x and scatters its 8 code dwords into tile rows 0-7 from
+// xq + place(m, b).first (one dword per 64-byte row), its scale to xd[place(m, b).second]. bytes / scales:
+// the sizes of xq / xd, zeroed first (absent rows and blocks stay 0).
+template <class Place>
+void pack_blocks(const float* x, int64_t M, int64_t K, int64_t KB, int8_t* xq, int64_t bytes, float* xd,
+                 int64_t scales, Place place) {
+  std::memset(xq, 0, static_cast<size_t>(bytes));
+  std::fill(xd, xd + scales, 0.f);
+  parallel_for(M, 1, [&](int64_t m0, int64_t m1) {
+    const __m256i rows = _mm256_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112);  // dword r -> tile row r
+    alignas(32) int8_t codes[kBlock];
+    for (int64_t m = m0; m < m1; ++m)
+      for (int64_t b = 0; b < KB; ++b) {
+        int32_t sum;
+        const auto [at, si] = place(m, b);
+        xd[si] = avx512_lanes::quantize_block32(x + m * K + b * kBlock, K - b * kBlock, codes, sum);
+        _mm256_i32scatter_epi32(xq + at, rows, _mm256_load_si256(reinterpret_cast<const __m256i*>(codes)), 4);
+      }
+  });
+}
+
 // x [M, K] -> for x tile t and block b: the tile (row r, slot j: dword r of x row 16t + j's block codes)
 // at xq + (t * KB + b) * kXTile, and the block scales of its 16 rows at xd + (t * KB + b) * 16. Rows past
 // M: codes 0, scale 0.
 void pack_x(const float* x, int64_t M, int64_t K, int64_t KB, int8_t* xq, float* xd) {
   const int64_t MT = (M + kRows - 1) / kRows;
-  std::memset(xq, 0, static_cast<size_t>(MT * KB * kXTile));
-  std::fill(xd, xd + MT * KB * kRows, 0.f);
-  parallel_for(M, 1, [&](int64_t m0, int64_t m1) {
-    const __m256i rows = _mm256_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112);  // dword r -> tile row r
-    alignas(32) int8_t codes[kBlock];
-    for (int64_t m = m0; m < m1; ++m) {
-      const int64_t t = m / kRows, j = m % kRows;
-      for (int64_t b = 0; b < KB; ++b) {
-        int32_t sum;
-        const int64_t at = t * KB + b;
-        xd[at * kRows + j] = avx512_lanes::quantize_block32(x + m * K + b * kBlock, K - b * kBlock, codes, sum);
-        _mm256_i32scatter_epi32(xq + at * kXTile + j * 4, rows, _mm256_load_si256(reinterpret_cast<const __m256i*>(codes)), 4);
-      }
-    }
+  pack_blocks(x, M, K, KB, xq, MT * KB * kXTile, xd, MT * KB * kRows, [KB](int64_t m, int64_t b) {
+    const int64_t at = m / kRows * KB + b;
+    return std::pair<int64_t, int64_t>(at * kXTile + m % kRows * 4, at * kRows + m % kRows);
   });
 }
 
@@ -83,18 +94,9 @@ void pack_x(const float* x, int64_t M, int64_t K, int64_t KB, int8_t* xq, float*
 constexpr int64_t kPairTile = 16 * 64;
 void pack_x_pairs(const float* x, int64_t M, int64_t K, int64_t KB, int8_t* xq, float* xd) {
   const int64_t P = (KB + 1) / 2;
-  std::memset(xq, 0, static_cast<size_t>(P * kPairTile));
-  std::fill(xd, xd + P * kRows, 0.f);
-  parallel_for(M, 1, [&](int64_t m0, int64_t m1) {
-    const __m256i rows = _mm256_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112);  // dword r -> tile row r
-    alignas(32) int8_t codes[kBlock];
-    for (int64_t m = m0; m < m1; ++m)
-      for (int64_t b = 0; b < KB; ++b) {
-        int32_t sum;
-        const int64_t h = b & 1, at = (b >> 1) * kPairTile + h * (8 * 64) + (h * 8 + m) * 4;
-        xd[(b >> 1) * kRows + h * 8 + m] = avx512_lanes::quantize_block32(x + m * K + b * kBlock, K - b * kBlock, codes, sum);
-        _mm256_i32scatter_epi32(xq + at, rows, _mm256_load_si256(reinterpret_cast<const __m256i*>(codes)), 4);
-      }
+  pack_blocks(x, M, K, KB, xq, P * kPairTile, xd, P * kRows, [](int64_t m, int64_t b) {
+    const int64_t h = b & 1;
+    return std::pair<int64_t, int64_t>((b >> 1) * kPairTile + h * (8 * 64) + (h * 8 + m) * 4, (b >> 1) * kRows + h * 8 + m);
   });
 }
 
