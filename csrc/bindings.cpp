@@ -11,6 +11,7 @@
 #include <string>
 
 #include "bind_args.h"
+#include "cpu/activations.h"
 #include "cpu/attention.h"
 #include "cpu/cpu_features.h"
 #include "cpu/decode_step.h"
@@ -224,6 +225,9 @@ static void bind_attention(py::module_& m) {
   m.def("attention_exp", [](uintptr_t x, uintptr_t y, int64_t n) {
     mpt::attention_exp(buf<const float>(x, n, "x"), buf<float>(y, n, "y"), dim(n, "n"));
   }, py::kw_only(), arg("x"), arg("y"), arg("n"), G());
+  // x = GELU(x) in place (float32, n), as the native step computes it with the current variant.
+  m.def("gelu_inplace", [](uintptr_t x, int64_t n) { mpt::gelu_inplace(buf<float>(x, n, "x"), dim(n, "n")); },
+        py::kw_only(), arg("x"), arg("n"), G());
 }
 
 #if MPT_LITE_WITH_CUDA

@@ -5,8 +5,10 @@
 namespace mpt {
 
 // x = GELU(x) = x / 2 * (1 + erf(x / sqrt 2)) in place, on the pool. The avx512 variant computes erf by
-// Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7, as ATen's vectorised erf), the others by std::erf.
+// Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7, as ATen's vectorised erf), as does the avx2 one; the
+// portable variant by std::erf.
 void gelu_inplace(float* x, int64_t n);
 void gelu_avx512(float* x, int64_t n);
+void gelu_avx2(float* x, int64_t n);
 
 }  // namespace mpt

@@ -189,7 +189,7 @@ static void block_values(const KvCacheView& c, int64_t slot0, int n, int h, floa
 
 // Asks for the K and V rows of kv head h of the tokens [slot0, slot0 + n) ahead of their use (the
 // rows of one head are a token apart, too far for the hardware prefetcher).
-inline void prefetch_rows(const KvCacheView& c, int64_t slot0, int n, int h) {
+static inline void prefetch_rows(const KvCacheView& c, int64_t slot0, int n, int h) {
   const int64_t elem = c.dtype == KvDtype::F32 ? 4 : c.dtype == KvDtype::I8 ? 1 : 2;
   const int64_t row = int64_t(c.head_dim) * elem, st = int64_t(c.kv_heads) * row, base = (slot0 * c.kv_heads + h) * row;
   const char* k = static_cast<const char*>(c.k) + base;
@@ -261,7 +261,7 @@ constexpr int kMinSplitTokens = 256;
 
 // Tokens per decode part: whole contexts unless sequences are too few for the threads; then about
 // 4 parts a thread, each a multiple of the block size.
-inline int decode_part_tokens(const AttnArgs& a, const KvCacheView& c) {
+static inline int decode_part_tokens(const AttnArgs& a, const KvCacheView& c) {
   const int bs = c.block_size;
   if (a.split_tokens > 0) return (a.split_tokens + bs - 1) / bs * bs;
   const int threads = num_threads();

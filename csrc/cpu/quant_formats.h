@@ -30,16 +30,20 @@
 
 namespace mpt {
 
+// The inline helpers here are `static`: this header is included by files built with AVX2 or AVX-512
+// flags as well as by the portable ones, and a shared out-of-line copy could be taken from an ISA file
+// for every caller (a SIGILL on a CPU without that ISA).
+
 // bitsandbytes' NF4 code table (bitsandbytes.functional.get_4bit_type("nf4")), bit for bit.
 extern const float kNf4Code[16];
 
 constexpr int kInt4Group = 32;
-inline int64_t int4_groups(int64_t K) { return (K + kInt4Group - 1) / kInt4Group; }
+static inline int64_t int4_groups(int64_t K) { return (K + kInt4Group - 1) / kInt4Group; }
 
 // IEEE half <-> float, portable (no F16C): exact widening; narrowing rounds to nearest even after
 // clamping to the largest finite half (+-65504), with half subnormals, as torch's .to(float16) of
 // the clamped value. NaN stays NaN.
-inline float half_to_float(uint16_t h) {
+static inline float half_to_float(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16, e = (h >> 10) & 31u, m = h & 0x3ffu;
   uint32_t bits;
   if (e == 31) {
@@ -55,7 +59,7 @@ inline float half_to_float(uint16_t h) {
   return f;
 }
 
-inline uint16_t half_bits(float f) {
+static inline uint16_t half_bits(float f) {
   uint32_t x;
   __builtin_memcpy(&x, &f, 4);
   const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
@@ -74,7 +78,7 @@ inline uint16_t half_bits(float f) {
   const uint32_t r = x + 0xfffu + ((x >> 13) & 1u);
   return static_cast<uint16_t>(sign | ((r - 0x38000000u) >> 13));
 }
-inline float round_to_half(float f) { return half_to_float(half_bits(f)); }
+static inline float round_to_half(float f) { return half_to_float(half_bits(f)); }
 
 void quantize_int8(const float* w, int64_t N, int64_t K, int8_t* cb, float* scb);
 void dequantize_int8(const int8_t* cb, const float* scb, int64_t N, int64_t K, float* out);
@@ -113,11 +117,11 @@ struct QWeight {
 };
 
 // int4: the scale of group g of row n, widened to float.
-inline float int4_scale(const QWeight& w, int64_t n, int64_t g) {
+static inline float int4_scale(const QWeight& w, int64_t n, int64_t g) {
   return half_to_float(w.scale16[n * int4_groups(w.K) + g]);
 }
 
-inline float decode_scalar(const QWeight& w, int64_t n, int64_t k) {
+static inline float decode_scalar(const QWeight& w, int64_t n, int64_t k) {
   switch (w.fmt) {
     case QFormat::Int8:  // row scale applied after the dot product
       return static_cast<float>(reinterpret_cast<const int8_t*>(w.data)[n * w.K + k]);
@@ -138,7 +142,7 @@ inline float decode_scalar(const QWeight& w, int64_t n, int64_t k) {
 }
 
 // Per-row factor applied to the dot product (int8's scb/127; 1 for the others).
-inline float row_factor(const QWeight& w, int64_t n) {
+static inline float row_factor(const QWeight& w, int64_t n) {
   return w.fmt == QFormat::Int8 ? w.scale[n] * (1.0f / 127.0f) : 1.0f;
 }
 
@@ -158,6 +162,7 @@ void quantize_q8(const float* x, int64_t M, int64_t K, Q8Rows& out);
 //   y = scb/127 * sum_b d[b] * dot(cb_b, q_b);  int4 gives  y = sum_g dw[g] * d[g] * dot(qw_g - 8, q_g).
 void qmatmul_q8_generic(const QWeight& w, const Q8Rows& x, const float* bias, float* y);
 void qmatmul_q8_avx2(const QWeight& w, const Q8Rows& x, const float* bias, float* y);
+void qmatmul_q8_pairs_avx2(const QWeight& w, const Q8Rows& x, const float* bias, float* y);  // int4, nf4
 void qmatmul_q8_avx512(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);  // quantizes x itself
 void qmatmul_generic(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
 void qmatmul_avx2(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
@@ -173,7 +178,7 @@ void qmatmul(const QWeight& w, const float* x, int64_t M, const float* bias, flo
 // Only where no block straddles two rows and each holds whole q8 blocks (nf4_q8_ok); other shapes
 // keep float activations.
 extern const int8_t kNf4Int8[16];
-inline bool nf4_q8_ok(int64_t K, int64_t blocksize) {
+static inline bool nf4_q8_ok(int64_t K, int64_t blocksize) {
   return blocksize >= 32 && (blocksize & (blocksize - 1)) == 0 && K % blocksize == 0;
 }
 // q8: as matmul_int8's (ignored where !nf4_q8_ok(K, blocksize)).

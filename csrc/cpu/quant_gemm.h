@@ -3,7 +3,8 @@
 // shuffle, absmax / 127 per block, where nf4_q8_ok), on register tiles of VNNI (AVX2: pmaddubsw) dot
 // products. One blocked driver (quant_gemm_driver.h) runs either ISA's packing and micro-kernels.
 //
-// Used for M > kGemmMinRows on CPUs with AVX-512 VNNI or AVX2 (quant_matmul.cpp dispatches). On
+// Used for M > kGemmMinRows on CPUs with AVX-512 VNNI, and on AVX2 for int8 (AVX2 int4 / nf4 take the pair
+// kernel at every row count, quant_q8_pairs_avx2.cpp; quant_matmul.cpp dispatches). On
 // AVX-512 every int8 / int4 output is computed in exactly the per-block order of the q8_wide kernel
 // (4-16 rows, quant_matmul_avx512.cpp): per step of 16 blocks of 32 k, one int32 lane per block (x codes of the
 // block, offset by -128 or -8 times their sum, dotted with the unsigned weight bytes), converted to
@@ -57,7 +58,7 @@ void qgemm_bf16_amx(const QWeight& w, const float* x, int64_t M, const float* bi
 // kernels on the 1.3B shapes (int8 from 4 rows; int4 / nf4, whose vpdpbusd kernels read half the bytes,
 // from 8; docs/benchmarks.md, "AMX-INT8"), and up to 32 rows the bf16 AMX GEMM (layouts.AMX_MIN_ROWS = 33).
 constexpr int64_t kAmxQ8MaxRows = 32, kAmxQ8PairRows = 8;
-inline int64_t amx_q8_min_rows(QFormat f) { return f == QFormat::Int8 ? 4 : 8; }
+static inline int64_t amx_q8_min_rows(QFormat f) { return f == QFormat::Int8 ? 4 : 8; }
 void qmatmul_q8_amx(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
 
 }  // namespace mpt

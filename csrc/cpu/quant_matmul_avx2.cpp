@@ -76,81 +76,40 @@ struct V {
 namespace mpt {
 namespace avx2 {
 
-// ---- q8 activations x int8 / int4 weights: one 32-block per step, pmaddubsw (u8 x s8 pairs to
-// int16) then pmaddwd by ones (int16 pairs to int32). Exact in int16: int4 pairs reach 2*15*127;
-// The unsigned operand must be >= 0: the weight's magnitude goes there and its sign onto x
-// (pair sums at most 2*128*127). int4 codes are the nibbles minus 8; nf4's are kNf4Int8 looked up
-// by a byte shuffle (|code| <= 127), its block absmax / 127 folded in per 32-block as int4's scale.
-// 16 bytes of nf4 (32 k, even k in the high nibbles) -> their int8 code values in k order.
-static inline __m256i nf4_codes(const uint8_t* p) {
-  const __m128i table = _mm_loadu_si128(reinterpret_cast<const __m128i*>(kNf4Int8)), lo4 = _mm_set1_epi8(15);
-  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  const __m128i ev = _mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16(raw, 4), lo4));
-  const __m128i od = _mm_shuffle_epi8(table, _mm_and_si128(raw, lo4));
-  return _mm256_set_m128i(_mm_unpackhi_epi8(ev, od), _mm_unpacklo_epi8(ev, od));
-}
-
-template <QFormat FMT, int MB>
-void q8_rows(const QWeight& w, const Q8Rows& x, int64_t m0, const float* bias, float* y, int64_t n0, int64_t n1,
-             float* srow) {
+// ---- q8 activations x int8 weights (int4 / nf4: quant_q8_pairs_avx2.cpp): one 32-block per step,
+// pmaddubsw (u8 x s8 pairs to int16) then pmaddwd by ones (int16 pairs to int32). The unsigned operand
+// must be >= 0: the weight's magnitude goes there and its sign onto x (pair sums at most 2*128*127).
+template <int MB>
+void q8_rows(const QWeight& w, const Q8Rows& x, int64_t m0, const float* bias, float* y, int64_t n0, int64_t n1) {
   constexpr int U = MB == 1 ? 2 : 1;
   const int64_t KB = x.KB, Kp = KB * 32, K = w.K, N = w.N;
-  const __m256i lo4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1), eight = _mm256_set1_epi8(8);
+  const __m256i ones = _mm256_set1_epi16(1);
   const int8_t* xq = x.q.data() + m0 * Kp;
   const float* xd = x.d.data() + m0 * KB;
-  const int nf4_shift = FMT == QFormat::Nf4 ? __builtin_ctzll(w.blocksize) : 0;  // nf4_q8_ok: a power of two
   for (int64_t n = n0; n < n1; ++n) {
     __m256 acc[MB][U];
     for (int m = 0; m < MB; ++m)
       for (int u = 0; u < U; ++u) acc[m][u] = _mm256_setzero_ps();
-    const uint8_t* wrow = FMT == QFormat::Int4  ? w.data + n * KB * 16
-                          : FMT == QFormat::Nf4 ? w.data + n * K / 2
-                                                : w.data + n * K;
-    if (FMT == QFormat::Int4) V::widen_halves(w.scale16 + n * KB, KB, srow);  // a row's scales (scale_scratch)
-    const float* nf4_abs = FMT == QFormat::Nf4 ? w.scale + (n * K >> nf4_shift) : nullptr;
+    const uint8_t* wrow = w.data + n * K;
     auto step = [&](int64_t b, int u) __attribute__((always_inline)) {
-      if (FMT == QFormat::Nf4) {
-        const __m256i wv = nf4_codes(wrow + b * 16);
-        const __m256i aw = _mm256_abs_epi8(wv);
-        const __m256 dw = _mm256_set1_ps(nf4_abs[b * 32 >> nf4_shift] * (1.0f / 127.0f));
-        for (int m = 0; m < MB; ++m) {
-          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + m * Kp + b * 32));
-          const __m256i i = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, wv)), ones);
-          acc[m][u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(dw, _mm256_set1_ps(xd[m * KB + b])),
-                                      acc[m][u]);
-        }
-      } else if (FMT == QFormat::Int4) {
-        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wrow + b * 16));
-        const __m256i wv = _mm256_sub_epi8(_mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), lo4), eight);
-        const __m256i aw = _mm256_abs_epi8(wv);
-        const __m256 dw = _mm256_set1_ps(srow[b]);
-        for (int m = 0; m < MB; ++m) {
-          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + m * Kp + b * 32));
-          const __m256i i = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, wv)), ones);
-          acc[m][u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(dw, _mm256_set1_ps(xd[m * KB + b])),
-                                      acc[m][u]);
-        }
-      } else {
-        __m256i raw;
-        if (K - b * 32 >= 32) {
-          raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wrow + b * 32));
-        } else {  // the tail block: zero codes against x codes of 0
-          alignas(32) uint8_t tmp[32] = {};
-          for (int64_t k = b * 32; k < K; ++k) tmp[k - b * 32] = wrow[k];
-          raw = _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp));
-        }
-        const __m256i aw = _mm256_abs_epi8(raw);
-        for (int m = 0; m < MB; ++m) {
-          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + m * Kp + b * 32));
-          const __m256i i = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, raw)), ones);
-          acc[m][u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(xd[m * KB + b]), acc[m][u]);
-        }
+      __m256i raw;
+      if (K - b * 32 >= 32) {
+        raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wrow + b * 32));
+      } else {  // the tail block: zero codes against x codes of 0
+        alignas(32) uint8_t tmp[32] = {};
+        for (int64_t k = b * 32; k < K; ++k) tmp[k - b * 32] = wrow[k];
+        raw = _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp));
+      }
+      const __m256i aw = _mm256_abs_epi8(raw);
+      for (int m = 0; m < MB; ++m) {
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + m * Kp + b * 32));
+        const __m256i i = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, raw)), ones);
+        acc[m][u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(xd[m * KB + b]), acc[m][u]);
       }
     };
-    const int64_t bytes_per_block = FMT == QFormat::Int8 ? 32 : 16;
     int64_t b = 0;
     for (; b + U <= KB; b += U) {
-      _mm_prefetch(reinterpret_cast<const char*>(wrow + b * bytes_per_block + kPrefetchBytes), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(wrow + b * 32 + kPrefetchBytes), _MM_HINT_T0);
       for (int u = 0; u < U; ++u) step(b + u, u);
     }
     for (; b < KB; ++b) step(b, 0);
@@ -163,24 +122,22 @@ void q8_rows(const QWeight& w, const Q8Rows& x, int64_t m0, const float* bias, f
   }
 }
 
-template <QFormat FMT>
-void q8_run(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
+void q8_run_int8(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
   struct Rows {
     const QWeight& w;
     const Q8Rows& x;
     const float* bias;
     float* y;
     auto make_worker() {
-      auto sb = scale_scratch(w);
-      return [this, sb](int64_t t0, int64_t t1) { tile(t0, t1, sb->data()); };
+      return [this](int64_t t0, int64_t t1) { tile(t0, t1); };
     }
-    void tile(int64_t t0, int64_t t1, float* sb) const {
+    void tile(int64_t t0, int64_t t1) const {
       for (int64_t m0 = 0; m0 < x.M; m0 += 4) {
         switch (std::min<int64_t>(4, x.M - m0)) {
-          case 1: q8_rows<FMT, 1>(w, x, m0, bias, y, t0, t1, sb); break;
-          case 2: q8_rows<FMT, 2>(w, x, m0, bias, y, t0, t1, sb); break;
-          case 3: q8_rows<FMT, 3>(w, x, m0, bias, y, t0, t1, sb); break;
-          default: q8_rows<FMT, 4>(w, x, m0, bias, y, t0, t1, sb); break;
+          case 1: q8_rows<1>(w, x, m0, bias, y, t0, t1); break;
+          case 2: q8_rows<2>(w, x, m0, bias, y, t0, t1); break;
+          case 3: q8_rows<3>(w, x, m0, bias, y, t0, t1); break;
+          default: q8_rows<4>(w, x, m0, bias, y, t0, t1); break;
         }
       }
     }
@@ -195,8 +152,7 @@ void qmatmul_avx2(const QWeight& w, const float* x, int64_t M, const float* bias
 }
 
 void qmatmul_q8_avx2(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
-  if (w.fmt == QFormat::Int8) return avx2::q8_run<QFormat::Int8>(w, x, bias, y);
-  if (w.fmt == QFormat::Nf4) return avx2::q8_run<QFormat::Nf4>(w, x, bias, y);
-  avx2::q8_run<QFormat::Int4>(w, x, bias, y);
+  if (w.fmt == QFormat::Int8) return avx2::q8_run_int8(w, x, bias, y);
+  qmatmul_q8_pairs_avx2(w, x, bias, y);
 }
 }  // namespace mpt
