@@ -6,7 +6,7 @@
 #include <algorithm>
 
 #include "cpu/activations.h"
-#include "cpu/vec_exp_avx2.h"
+#include "cpu/vec_math_avx2.h"
 
 namespace mpt {
 namespace {
@@ -14,11 +14,11 @@ namespace {
 inline __m256 gelu8(__m256 v) {
   const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
   const __m256 z = _mm256_mul_ps(v, _mm256_set1_ps(0.7071067811865476f)), az = _mm256_andnot_ps(sign, z);
-  const __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(0.3275911f), az, one));
-  __m256 poly = _mm256_fmadd_ps(_mm256_set1_ps(1.061405429f), t, _mm256_set1_ps(-1.453152027f));
-  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(1.421413741f));
-  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(-0.284496736f));
-  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(0.254829592f));
+  const __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(kErfP), az, one));
+  __m256 poly = _mm256_fmadd_ps(_mm256_set1_ps(kErfA[4]), t, _mm256_set1_ps(kErfA[3]));
+  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(kErfA[2]));
+  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(kErfA[1]));
+  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(kErfA[0]));
   poly = _mm256_mul_ps(poly, t);
   const __m256 e = avx2_math::exp8(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(az, az)));
   const __m256 erf = _mm256_or_ps(_mm256_fnmadd_ps(poly, e, one), _mm256_and_ps(z, sign));

@@ -8,10 +8,9 @@
 namespace mpt {
 
 void gelu_avx512(float* x, int64_t n) {
-  const __m512 p = _mm512_set1_ps(0.3275911f), one = _mm512_set1_ps(1.0f), half = _mm512_set1_ps(0.5f);
-  const __m512 a1 = _mm512_set1_ps(0.254829592f), a2 = _mm512_set1_ps(-0.284496736f),
-               a3 = _mm512_set1_ps(1.421413741f), a4 = _mm512_set1_ps(-1.453152027f),
-               a5 = _mm512_set1_ps(1.061405429f), rsqrt2 = _mm512_set1_ps(0.7071067811865476f);
+  const __m512 p = _mm512_set1_ps(kErfP), one = _mm512_set1_ps(1.0f), half = _mm512_set1_ps(0.5f);
+  const __m512 a1 = _mm512_set1_ps(kErfA[0]), a2 = _mm512_set1_ps(kErfA[1]), a3 = _mm512_set1_ps(kErfA[2]),
+               a4 = _mm512_set1_ps(kErfA[3]), a5 = _mm512_set1_ps(kErfA[4]), rsqrt2 = _mm512_set1_ps(0.7071067811865476f);
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1u);
     const __m512 v = _mm512_maskz_loadu_ps(m, x + i);

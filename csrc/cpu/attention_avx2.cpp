@@ -2,17 +2,12 @@
 #include <immintrin.h>
 
 #include "cpu/attention_kernel.h"
-#include "cpu/vec_exp_avx2.h"
+#include "cpu/vec_math_avx2.h"
 
 namespace mpt::attention_avx2 {
 namespace {
 
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
+using avx2_math::hsum8;
 
 // 8 cache elements widened to float32 in registers; one element for the tails.
 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
@@ -42,7 +37,7 @@ struct Ops {
         s1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), load8(kj + i + 8), s1);
       }
       for (; i + 8 <= D; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load8(kj + i), s0);
-      float s = hsum(_mm256_add_ps(s0, s1));
+      float s = hsum8(_mm256_add_ps(s0, s1));
       for (; i < D; ++i) s += q[i] * load1(kj + i);
       sc[j] = s;
     }
@@ -94,7 +89,7 @@ struct Ops {
       for (int k = 0; i + k < n; ++k) x[i + k] = t[k];
       s = _mm256_add_ps(s, e);
     }
-    return hsum(s);
+    return hsum8(s);
   }
   static void axpy(float a, const float* x, float* y, int n) {
     const __m256 va = _mm256_set1_ps(a);

@@ -18,6 +18,7 @@
 #include "cpu/quant_gemm.h"
 #include "cpu/quant_gemm_driver.h"
 #include "cpu/thread_pool.h"
+#include "cpu/vec_math_avx2.h"
 
 namespace mpt {
 namespace {
@@ -29,12 +30,7 @@ struct Tiles {  // register tile: weight rows x x rows (the magnitudes and signs
   static constexpr int NR = 2, MR = 3;
 };
 
-inline float hsum8(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
+using avx2_math::hsum8;
 
 // out[v][p] (dword) = codes[p][v]: 8 blocks of 32 bytes into the step layout.
 inline void transpose_step(const int8_t* codes, int8_t* out) {

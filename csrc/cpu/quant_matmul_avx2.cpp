@@ -2,6 +2,7 @@
 #include <immintrin.h>
 
 #include "cpu/quant_formats.h"
+#include "cpu/vec_math_avx2.h"
 
 namespace mpt {
 namespace avx2 {
@@ -16,12 +17,7 @@ struct V {
   static F set1(float a) { return _mm256_set1_ps(a); }
   static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
   static F add(F a, F b) { return _mm256_add_ps(a, b); }
-  static float hsum(F v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-  }
+  static float hsum(F v) { return avx2_math::hsum8(v); }
 
   // Kernel order inside a 32-chunk: NF4 gives, per 16, [k even..., k odd...]; the others are in order.
   static int kpos(QFormat f, int i) {

@@ -14,12 +14,12 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <atomic>
 #include <vector>
 
 #include "cpu/quant_formats.h"
 #include "cpu/quant_gemm.h"
 #include "cpu/thread_pool.h"
+#include "cpu/vec_math_avx2.h"
 
 namespace mpt {
 namespace {
@@ -154,10 +154,7 @@ void pair_rows(const QWeight& w, const Q8Rows& x, const PairX& px, int64_t m0, c
     }
     const float bi = bias ? bias[n] : 0.f;
     for (int m = 0; m < MB; ++m) {
-      __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[m]), _mm256_extractf128_ps(acc[m], 1));
-      h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-      h = _mm_add_ss(h, _mm_movehdup_ps(h));
-      float r = _mm_cvtss_f32(h);
+      float r = avx2_math::hsum8(acc[m]);
       const int8_t* xq = x.q.data() + (m0 + m) * KB * 32;
       for (int64_t b = S * 8; b < KB; ++b) {
         const float dw = FMT == QFormat::Int4 ? int4_scale(w, n, b)
@@ -171,24 +168,28 @@ void pair_rows(const QWeight& w, const Q8Rows& x, const PairX& px, int64_t m0, c
 
 template <QFormat FMT>
 void pair_run(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
+  struct Rows {
+    const QWeight& w;
+    const Q8Rows& x;
+    const PairX& px;
+    const float* bias;
+    float* y;
+    auto make_worker() {
+      return [this](int64_t n0, int64_t n1) {
+        for (int64_t m0 = 0; m0 < x.M; m0 += kRowsPerPass) {
+          switch (std::min<int64_t>(kRowsPerPass, x.M - m0)) {
+            case 1: pair_rows<FMT, 1>(w, x, px, m0, bias, y, n0, n1); break;
+            case 2: pair_rows<FMT, 2>(w, x, px, m0, bias, y, n0, n1); break;
+            case 3: pair_rows<FMT, 3>(w, x, px, m0, bias, y, n0, n1); break;
+            default: pair_rows<FMT, 4>(w, x, px, m0, bias, y, n0, n1); break;
+          }
+        }
+      };
+    }
+  };
   PairX px;
   pack_pairs<FMT>(x, px);
-  const int64_t N = w.N, chunk = std::max<int64_t>(16, N / (int64_t(num_threads()) * 8));
-  const int64_t nchunks = (N + chunk - 1) / chunk;
-  std::atomic<int64_t> next{0};
-  parallel_for(std::min<int64_t>(num_threads(), nchunks), 1, [&](int64_t, int64_t) {
-    for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < nchunks;) {
-      const int64_t n0 = c * chunk, n1 = std::min(N, n0 + chunk);
-      for (int64_t m0 = 0; m0 < x.M; m0 += kRowsPerPass) {
-        switch (std::min<int64_t>(kRowsPerPass, x.M - m0)) {
-          case 1: pair_rows<FMT, 1>(w, x, px, m0, bias, y, n0, n1); break;
-          case 2: pair_rows<FMT, 2>(w, x, px, m0, bias, y, n0, n1); break;
-          case 3: pair_rows<FMT, 3>(w, x, px, m0, bias, y, n0, n1); break;
-          default: pair_rows<FMT, 4>(w, x, px, m0, bias, y, n0, n1); break;
-        }
-      }
-    }
-  });
+  for_row_chunks(w.N, decode_chunk(w.N), Rows{w, x, px, bias, y});
 }
 
 }  // namespace

@@ -32,25 +32,6 @@ constexpr int kPrefetchBytes = 4096;
 
 inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
-// Rows handed out in chunks from a shared counter: a thread that was preempted (a busy machine)
-// does not hold the others up. Each output row is computed whole by whichever thread takes it, in
-// a fixed order, so results do not depend on who takes what. fn.make_worker() gives each thread
-// its callable (with its own scratch buffers), called as worker(begin, end) per chunk.
-// Decode reads each weight row once: chunks long enough that every thread streams long contiguous
-// runs (the hardware prefetchers ramp up per run), short enough (8 per thread) to rebalance.
-inline int64_t decode_chunk(int64_t n) { return std::max<int64_t>(16, n / (int64_t(num_threads()) * 8)); }
-
-template <class Fn>
-void for_row_chunks(int64_t n, int64_t chunk, Fn&& fn) {
-  const int64_t nchunks = (n + chunk - 1) / chunk;
-  std::atomic<int64_t> next{0};
-  parallel_for(std::min<int64_t>(num_threads(), nchunks), 1, [&](int64_t, int64_t) {
-    auto work = fn.make_worker();
-    for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < nchunks;)
-      work(c * chunk, std::min(n, (c + 1) * chunk));
-  });
-}
-
 // Decodes chunks of one weight row, 32 weights at a time into NV vectors in kernel order; weights
 // past K decode to 0. Specialised per format so the inner loops hold no switch and no division.
 template <QFormat FMT>

@@ -16,6 +16,8 @@
 // MPT_LITE_POOL_STATS=1 prints counters at exit (jobs, parts run by the caller and by workers,
 // late workers, sleeps, time the caller waited), for profiling.
 #pragma once
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <functional>
 
@@ -45,5 +47,24 @@ class ThreadLimit {
 // multiple of `align`. Returns when all are done. Runs inline when one thread suffices, and when
 // called from inside a job (nested calls do not deadlock, they just do not fan out again).
 void parallel_for(int64_t n, int64_t align, const std::function<void(int64_t, int64_t)>& fn);
+
+// Rows handed out in chunks from a shared counter: a thread that was preempted (a busy machine)
+// does not hold the others up. Each output row is computed whole by whichever thread takes it, in
+// a fixed order, so results do not depend on who takes what. fn.make_worker() gives each thread
+// its callable (with its own scratch buffers), called as worker(begin, end) per chunk.
+// Decode reads each weight row once: chunks long enough that every thread streams long contiguous
+// runs (the hardware prefetchers ramp up per run), short enough (8 per thread) to rebalance.
+static inline int64_t decode_chunk(int64_t n) { return std::max<int64_t>(16, n / (int64_t(num_threads()) * 8)); }
+
+template <class Fn>
+void for_row_chunks(int64_t n, int64_t chunk, Fn&& fn) {
+  const int64_t nchunks = (n + chunk - 1) / chunk;
+  std::atomic<int64_t> next{0};
+  parallel_for(std::min<int64_t>(num_threads(), nchunks), 1, [&](int64_t, int64_t) {
+    auto work = fn.make_worker();
+    for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < nchunks;)
+      work(c * chunk, std::min(n, (c + 1) * chunk));
+  });
+}
 
 }  // namespace mpt

@@ -1,4 +1,5 @@
-// exp(x) on 8 floats for the AVX2 kernels (include only from *_avx2.cpp files): x = n ln2 + r,
+// Vector helpers of the AVX2 kernels (include only from *_avx2.cpp files): the sum of 8 floats, and
+// exp(x) on 8 floats: x = n ln2 + r,
 // |r| <= ln2 / 2, e^r by Cephes' degree-6 polynomial (FMA), times 2^n built in two exponent-field
 // halves (n reaches 128); below ln(FLT_MIN) the result is 0 (torch gives a subnormal there, under
 // 1.2e-38), above ln(FLT_MAX) inf. Within 2 ulp of exp over the normal range.
@@ -10,6 +11,13 @@
 #include "cpu/exp_constants.h"
 
 namespace mpt::avx2_math {
+
+inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
 
 inline __m256 exp8(__m256 x) {
   const __m256 lo = _mm256_set1_ps(-87.3365478515625f), hi = _mm256_set1_ps(88.72283935546875f);
