@@ -89,6 +89,9 @@ def parse_args() -> argparse.Namespace:
                    help="held-out def lines continued at each checkpoint (plus 4 hand-written prompts)")
     p.add_argument("--unlikelihood", type=float, default=1.0,
                    help="weight of token-level unlikelihood on the chat answers (against loops under greedy decoding)")
+    p.add_argument("--ul-answer-only", action="store_true",
+                   help="unlikelihood candidates from the answer's own earlier tokens only (default: every token of "
+                        "the window, the request's included, as the shipped first stage ran)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                    help="matmuls in bfloat16 (torch.autocast; float32 weights, optimizer and loss): several times "
                         "faster on CPUs with AMX or AVX-512 BF16")
@@ -102,12 +105,13 @@ def log(msg: str) -> None:
 
 
 def weighted_loss(model, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, ul_rows: int = 0,
-                  ul_weight: float = 0.0, ul_window: int = 64) -> torch.Tensor:
+                  ul_weight: float = 0.0, ul_window: int = 64, ul_answer_only: bool = False) -> torch.Tensor:
     """Next-token cross-entropy over the labelled tokens, each weighted by w (1 = the plain mean);
     with ul_weight, plus token-level unlikelihood (Welleck et al. 2019, "Neural text generation
     with unlikelihood training") on the labelled tokens of the first ul_rows rows: -log(1 - p) of
     every token of the last ul_window tokens other than the target, which is what greedy decoding
-    falls into when it loops (`self._check_closed()` line after line)."""
+    falls into when it loops (`self._check_closed()` line after line). ul_answer_only: the candidates are
+    the assistant's own earlier tokens only, not the request's (whose name pieces the answer must copy)."""
     logits = model(input_ids=x).logits[:, :-1].float()
     ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1),
                                            ignore_index=-100, reduction="none")
@@ -117,7 +121,10 @@ def weighted_loss(model, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, ul_r
     if ul_weight and ul_rows:
         lg, xs, tgt = logits[:ul_rows], x[:ul_rows, :-1], x[:ul_rows, 1:]
         back = torch.arange(xs.shape[1])[:, None] - torch.arange(ul_window)[None, :]  # t, t-1, ..., t-window+1
-        seen = torch.where(back >= 0, xs[:, back.clamp_min(0)], tgt[:, :, None])  # before the row: the target
+        own = back >= 0
+        if ul_answer_only:
+            own = own & (y[:ul_rows, :-1] != -100)[:, back.clamp_min(0)]
+        seen = torch.where(own, xs[:, back.clamp_min(0)], tgt[:, :, None])  # not a candidate: the target
         cand = torch.zeros(lg.shape, dtype=torch.bool).scatter_(2, seen, True).scatter_(2, tgt.unsqueeze(-1), False)
         one_minus_p = (1 - lg.softmax(-1)).clamp_min(1e-5)
         ul = -(one_minus_p.log() * cand).sum(-1)
@@ -256,7 +263,7 @@ def main() -> None:
                                                       dtype=torch.float32)
         chat_tokens += sum(sum(t != -100 for t in r[1]) for r in batch[:n_chat])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            loss = weighted_loss(model, x, y, w, n_chat, args.unlikelihood)
+            loss = weighted_loss(model, x, y, w, n_chat, args.unlikelihood, ul_answer_only=args.ul_answer_only)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -309,7 +316,8 @@ def main() -> None:
             "copy_rows_per_batch": args.copy_rows,
             "def_start_rows_per_batch": args.def_start_rows,
             "function_rows_per_batch": args.function_rows,
-            "bf16_autocast": args.bf16, "unlikelihood_weight": args.unlikelihood, "base": str(args.base), "seq_len": args.seq_len,
+            "bf16_autocast": args.bf16, "unlikelihood_weight": args.unlikelihood,
+            "unlikelihood_answer_only": args.ul_answer_only, "base": str(args.base), "seq_len": args.seq_len,
             "lr": args.lr, "warmup": args.warmup, "max_answer_tokens": args.max_answer_tokens,
             "follow_up_fraction": args.follow_up_fraction, "unnamed_fraction": args.unnamed_fraction,
             "head_weight": args.head_weight, "rename_fraction": args.rename_fraction,
