@@ -188,6 +188,12 @@ def main() -> None:
     torch.manual_seed(args.seed)
     t0, cpu0 = time.time(), time.process_time()
 
+    if args.bf16:
+        from mpt_lite.kernels import cpu_features
+        feats = cpu_features()
+        if not (feats.get("amx_bf16") or feats.get("avx512bf16")):
+            log("note: this CPU has neither AMX nor AVX-512 BF16, so bf16 autocast is emulated and slow (a step took "
+                "42 s against 1.2 s in float32 on a Zen 3); --no-bf16 trains in float32")
     base_info_path = args.base / "training_info.json"
     base_info = json.loads(base_info_path.read_text()) if base_info_path.is_file() else {}
     if "chat_finetune" in base_info and not args.continue_chat:
