@@ -9,7 +9,7 @@ counters: which pipe binds, and whether a change moves the total or only moves t
 
     python benchmarks/kernel_mca.py                              # the AVX2 int4 / nf4 pair kernel on Zen 3
     python benchmarks/kernel_mca.py --mcpu skylake --source csrc/cpu/quant_q8_pairs_avx2.cpp
-    python benchmarks/kernel_mca.py --source /tmp/variant.cpp    # a variant of the same file
+    python benchmarks/kernel_mca.py --source /tmp/variant.cpp --isa avx2    # a variant of the same file
 
 Needs llvm-mca (Debian: llvm) and the C++ compiler the extension builds with.
 """
@@ -24,15 +24,24 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ISA_FLAGS = {"avx2": ["-mavx2", "-mfma", "-mf16c"],
-             "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mavx2", "-mfma",
-                        "-mf16c"]}
+ISAS = ("avx2", "avx512", "amx")
+
+
+def isa_flags(isa: str) -> list[str]:
+    """The compile options CMakeLists.txt gives a *_<isa>.cpp file (read from it, so they cannot drift)."""
+    text = (ROOT / "CMakeLists.txt").read_text()
+    avx512 = re.search(r'set\(AVX512_FLAGS "([^"]+)"\)', text).group(1)
+    # `src MATCHES "_<isa>\\.cpp$")` then `set_source_files_properties(... COMPILE_OPTIONS "<options>")`
+    rule = re.search(rf'"_{isa}\\\\\.cpp\$"\)\s*set_source_files_properties\([^"]*"([^"]+)"', text)
+    options = rule.group(1)
+    return options.replace("${AVX512_FLAGS}", avx512).split(";")
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", type=Path, default=ROOT / "csrc/cpu/quant_q8_pairs_avx2.cpp")
-    p.add_argument("--isa", choices=sorted(ISA_FLAGS), default="avx2")
+    p.add_argument("--isa", choices=ISAS, default=None,
+                   help="the flags of which *_<isa>.cpp files (default: from the source's name)")
     p.add_argument("--function", default="pair_rows<", help="demangled function names containing this")
     p.add_argument("--instruction", default="vpmaddubsw", help="the loop chosen is the shortest one holding it")
     p.add_argument("--mcpu", default="znver3", help="llvm-mca's CPU model (znver3, znver2, skylake, alderlake, ...)")
@@ -70,8 +79,10 @@ def mca(loop: list[str], mcpu: str) -> tuple[float, dict[str, float]]:
     with tempfile.NamedTemporaryFile("w", suffix=".s") as f:
         f.write("\n".join(loop) + "\n")
         f.flush()
-        r = subprocess.run(["llvm-mca", f"-mcpu={mcpu}", "-iterations=200", f.name], capture_output=True, text=True,
-                           check=True).stdout
+        run = subprocess.run(["llvm-mca", f"-mcpu={mcpu}", "-iterations=200", f.name], capture_output=True, text=True)
+    if run.returncode:  # e.g. AVX-512 code on a CPU model without it
+        sys.exit(f"llvm-mca -mcpu={mcpu} failed: {run.stderr.strip()[-500:]}")
+    r = run.stdout
     cycles = int(re.search(r"Total Cycles:\s+(\d+)", r).group(1)) / 200
     names = dict(re.findall(r"^\[([\d.]+)\]\s+- (\S+)", r, re.M))
     head, values = r.split("Resource pressure per iteration:\n")[1].split("\n")[:2]
@@ -83,8 +94,11 @@ def main() -> None:
     args = parse_args()
     if not shutil.which("llvm-mca"):
         sys.exit("llvm-mca not found (Debian: apt install llvm)")
+    isa = args.isa or next((i for i in ISAS if args.source.stem.endswith(f"_{i}")), None)
+    if isa is None:
+        sys.exit(f"{args.source.name} does not end in _avx2 / _avx512 / _amx: pass --isa")
     cmd = [args.cxx, "-DMPT_LITE_X86_SIMD=1", f"-I{ROOT / 'csrc'}", "-O3", "-std=gnu++17", "-fPIC",
-           *ISA_FLAGS[args.isa], "-S", "-o", "-", str(args.source)]
+           *isa_flags(isa), "-S", "-o", "-", str(args.source)]
     asm = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     asm = subprocess.run(["c++filt"], input=asm, capture_output=True, text=True, check=True).stdout
     found = functions(asm, args.function)
