@@ -24,11 +24,50 @@ inline float load1(const int8_t* p) { return float(*p); }
 
 using avx2_math::exp8;
 
+// Lane j of the result = the sum of the 8 lanes of v[j] (an 8 x 8 transpose folded into the adds).
+inline __m256 hsum8x8(const __m256* v) {
+  const __m256 t0 = _mm256_hadd_ps(v[0], v[1]), t1 = _mm256_hadd_ps(v[2], v[3]);
+  const __m256 t2 = _mm256_hadd_ps(v[4], v[5]), t3 = _mm256_hadd_ps(v[6], v[7]);
+  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);  // per 128-bit half
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+// sc[0, 8) = q . k_j for 8 keys of D values (D a multiple of 8): one accumulator per key, so the
+// FMAs of different keys overlap instead of waiting on one or two dependency chains.
+template <class T>
+inline void scores8(const float* q, const T* k, int64_t st, int D, float* sc) {
+  __m256 a[8];
+  for (int j = 0; j < 8; ++j) a[j] = _mm256_setzero_ps();
+  for (int i = 0; i < D; i += 8) {
+    const __m256 qi = _mm256_loadu_ps(q + i);
+    for (int j = 0; j < 8; ++j) a[j] = _mm256_fmadd_ps(qi, load8(k + j * st + i), a[j]);
+  }
+  _mm256_storeu_ps(sc, hsum8x8(a));
+}
+
+// acc[0, 64) += sum_j p[j] v_j[0, 64): key-major, the 8 output vectors in registers, so each value
+// row is read once and contiguously (a column-major walk strides a token's row per load, and the
+// rows of one head sit 2-4 KiB apart: a few L1 sets that the block's other rows keep evicting).
+template <class T>
+inline void accum64(const float* p, const T* v, int64_t st, int n, float* acc) {
+  __m256 a[8];
+  for (int c = 0; c < 8; ++c) a[c] = _mm256_loadu_ps(acc + 8 * c);
+  for (int j = 0; j < n; ++j) {
+    const __m256 pj = _mm256_broadcast_ss(p + j);
+    const T* vj = v + int64_t(j) * st;
+    for (int c = 0; c < 8; ++c) a[c] = _mm256_fmadd_ps(pj, load8(vj + 8 * c), a[c]);
+  }
+  for (int c = 0; c < 8; ++c) _mm256_storeu_ps(acc + 8 * c, a[c]);
+}
+
 struct Ops {
   // sc[j] = q . k_j for n keys, D values each, k_j at k + j * st.
   template <class T>
   static void scores(const float* q, const T* k, int64_t st, int n, int D, float* sc) {
-    for (int j = 0; j < n; ++j) {
+    int j = 0;
+    if (D % 8 == 0)
+      for (; j + 8 <= n; j += 8) scores8(q, k + j * st, st, D, sc + j);
+    for (; j < n; ++j) {
       const T* kj = k + j * st;
       __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
       int i = 0;
@@ -47,6 +86,7 @@ struct Ops {
   template <class T>
   static void accum(const float* p, const T* v, int64_t st, int n, int D, float* acc) {
     int i = 0;
+    for (; i + 64 <= D; i += 64) accum64(p, v + i, st, n, acc + i);
     for (; i + 8 <= D; i += 8) {
       __m256 a0 = _mm256_loadu_ps(acc + i), a1 = _mm256_setzero_ps();
       int j = 0;

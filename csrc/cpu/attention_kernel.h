@@ -189,6 +189,7 @@ static void block_values(const KvCacheView& c, int64_t slot0, int n, int h, floa
 
 // Asks for the K and V rows of kv head h of the tokens [slot0, slot0 + n) ahead of their use (the
 // rows of one head are a token apart, too far for the hardware prefetcher).
+template <int Locality>
 static inline void prefetch_rows(const KvCacheView& c, int64_t slot0, int n, int h) {
   const int64_t elem = c.dtype == KvDtype::F32 ? 4 : c.dtype == KvDtype::I8 ? 1 : 2;
   const int64_t row = int64_t(c.head_dim) * elem, st = int64_t(c.kv_heads) * row, base = (slot0 * c.kv_heads + h) * row;
@@ -196,8 +197,8 @@ static inline void prefetch_rows(const KvCacheView& c, int64_t slot0, int n, int
   const char* v = static_cast<const char*>(c.v) + base;
   for (int j = 0; j < n; ++j)
     for (int64_t b = 0; b < row; b += 64) {
-      __builtin_prefetch(k + j * st + b);
-      __builtin_prefetch(v + j * st + b);
+      __builtin_prefetch(k + j * st + b, 0, Locality);
+      __builtin_prefetch(v + j * st + b, 0, Locality);
     }
 }
 
@@ -223,7 +224,13 @@ void attend_range(const Row* rows, int R, int h0, int nh, const int32_t* table, 
     const int64_t next0 = p0 + bs < kend ? int64_t(table[p0 / bs + 1]) * bs : -1;
     for (int i = 0; i < nh; ++i) {
       const int h = h0 + i;
-      if (next0 >= 0) prefetch_rows(c, next0, std::min(bs, kend - p0 - bs), h);
+      // Two distances: the rows read next (this block's next head, or the next block's first one)
+      // into L1, and this head's rows of the next block towards L2. A whole block ahead into L1
+      // (the earlier single prefetch) evicts the rows in use: a head's rows of one block sit a
+      // token row (2-4 KiB) apart and so fill only a few L1 sets, the same ones in every block.
+      if (i + 1 < nh) prefetch_rows<3>(c, slot0, n, h + 1);
+      else if (next0 >= 0) prefetch_rows<3>(c, next0, std::min(bs, kend - p0 - bs), h0);
+      if (next0 >= 0) prefetch_rows<2>(c, next0, std::min(bs, kend - p0 - bs), h);
       const float *f16_keys = nullptr, *f16_values = nullptr;
       if (c.dtype == KvDtype::F16) {  // converted once for the head's rows
         f16_keys = f16_rows<Ops>(c, false, slot0, n, h, s.kt.data());
