@@ -230,7 +230,7 @@ void attend_range(const Row* rows, int R, int h0, int nh, const int32_t* table, 
       // token row (2-4 KiB) apart and so fill only a few L1 sets, the same ones in every block.
       if (i + 1 < nh) prefetch_rows<3>(c, slot0, n, h + 1);
       else if (next0 >= 0) prefetch_rows<3>(c, next0, std::min(bs, kend - p0 - bs), h0);
-      if (next0 >= 0) prefetch_rows<2>(c, next0, std::min(bs, kend - p0 - bs), h);
+      if (next0 >= 0 && nh > 1) prefetch_rows<2>(c, next0, std::min(bs, kend - p0 - bs), h);
       const float *f16_keys = nullptr, *f16_values = nullptr;
       if (c.dtype == KvDtype::F16) {  // converted once for the head's rows
         f16_keys = f16_rows<Ops>(c, false, slot0, n, h, s.kt.data());
