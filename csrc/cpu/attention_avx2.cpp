@@ -61,6 +61,8 @@ inline void accum64(const float* p, const T* v, int64_t st, int n, float* acc) {
 }
 
 struct Ops {
+  // plain loads for the rows wanted next (attention_kernel.h, prefetch_rows)
+  static constexpr bool kTouchAhead = true;
   // sc[j] = q . k_j for n keys, D values each, k_j at k + j * st.
   template <class T>
   static void scores(const float* q, const T* k, int64_t st, int n, int D, float* sc) {

@@ -80,6 +80,8 @@ inline void accum_rows(const float* p, const T* v, int64_t st, int n, float* acc
 }
 
 struct Ops {
+  // prefetch hints for the rows wanted next (attention_kernel.h, prefetch_rows)
+  static constexpr bool kTouchAhead = false;
   // sc[j] = q . k_j for n keys, D values each, k_j at k + j * st.
   template <class T>
   static void scores(const float* q, const T* k, int64_t st, int n, int D, float* sc) {

@@ -9,6 +9,7 @@ inline float widen(uint16_t x) { return attn_detail::bf16_to_f32(x); }
 inline float widen(int8_t x) { return float(x); }
 
 struct Ops {
+  static constexpr bool kTouchAhead = false;
   // sc[j] = q . k_j for n keys, D values each, k_j at k + j * st.
   template <class T>
   static void scores(const float* q, const T* k, int64_t st, int n, int D, float* sc) {

@@ -188,13 +188,24 @@ static void block_values(const KvCacheView& c, int64_t slot0, int n, int h, floa
 }
 
 // Asks for the K and V rows of kv head h of the tokens [slot0, slot0 + n) ahead of their use (the
-// rows of one head are a token apart, too far for the hardware prefetcher).
-template <int Locality>
+// rows of one head are a token apart, too far for the hardware prefetcher). Where Ops::kTouchAhead,
+// the rows wanted next in L1 (Locality 3) are read by plain loads instead of prefetch hints: on a
+// Zen 3 the hints left the from-memory walk as slow as without them, the loads made it 20-30% faster.
+template <class Ops, int Locality>
 static inline void prefetch_rows(const KvCacheView& c, int64_t slot0, int n, int h) {
   const int64_t elem = c.dtype == KvDtype::F32 ? 4 : c.dtype == KvDtype::I8 ? 1 : 2;
   const int64_t row = int64_t(c.head_dim) * elem, st = int64_t(c.kv_heads) * row, base = (slot0 * c.kv_heads + h) * row;
   const char* k = static_cast<const char*>(c.k) + base;
   const char* v = static_cast<const char*>(c.v) + base;
+  if (Ops::kTouchAhead && Locality == 3) {
+    unsigned sink = 0;
+    for (int j = 0; j < n; ++j)
+      for (int64_t b = 0; b < row; b += 64)
+        sink += *reinterpret_cast<const volatile unsigned char*>(k + j * st + b) +
+                *reinterpret_cast<const volatile unsigned char*>(v + j * st + b);
+    asm volatile("" : : "r"(sink));
+    return;
+  }
   for (int j = 0; j < n; ++j)
     for (int64_t b = 0; b < row; b += 64) {
       __builtin_prefetch(k + j * st + b, 0, Locality);
@@ -228,9 +239,9 @@ void attend_range(const Row* rows, int R, int h0, int nh, const int32_t* table, 
       // into L1, and this head's rows of the next block towards L2. A whole block ahead into L1
       // (the earlier single prefetch) evicts the rows in use: a head's rows of one block sit a
       // token row (2-4 KiB) apart and so fill only a few L1 sets, the same ones in every block.
-      if (i + 1 < nh) prefetch_rows<3>(c, slot0, n, h + 1);
-      else if (next0 >= 0) prefetch_rows<3>(c, next0, std::min(bs, kend - p0 - bs), h0);
-      if (next0 >= 0 && nh > 1) prefetch_rows<2>(c, next0, std::min(bs, kend - p0 - bs), h);
+      if (i + 1 < nh) prefetch_rows<Ops, 3>(c, slot0, n, h + 1);
+      else if (next0 >= 0) prefetch_rows<Ops, 3>(c, next0, std::min(bs, kend - p0 - bs), h0);
+      if (next0 >= 0 && nh > 1) prefetch_rows<Ops, 2>(c, next0, std::min(bs, kend - p0 - bs), h);
       const float *f16_keys = nullptr, *f16_values = nullptr;
       if (c.dtype == KvDtype::F16) {  // converted once for the head's rows
         f16_keys = f16_rows<Ops>(c, false, slot0, n, h, s.kt.data());
