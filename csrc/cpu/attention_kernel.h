@@ -233,6 +233,7 @@ void attend_range(const Row* rows, int R, int h0, int nh, const int32_t* table, 
     const int n = std::min(bs, kend - p0);
     const int64_t slot0 = int64_t(table[p0 / bs]) * bs;
     const int64_t next0 = p0 + bs < kend ? int64_t(table[p0 / bs + 1]) * bs : -1;
+    const int next_n = std::min(bs, kend - p0 - bs);  // tokens of the next block (when next0 >= 0)
     for (int i = 0; i < nh; ++i) {
       const int h = h0 + i;
       // Two distances: the rows read next (this block's next head, or the next block's first one)
@@ -240,8 +241,8 @@ void attend_range(const Row* rows, int R, int h0, int nh, const int32_t* table, 
       // (the earlier single prefetch) evicts the rows in use: a head's rows of one block sit a
       // token row (2-4 KiB) apart and so fill only a few L1 sets, the same ones in every block.
       if (i + 1 < nh) prefetch_rows<Ops, 3>(c, slot0, n, h + 1);
-      else if (next0 >= 0) prefetch_rows<Ops, 3>(c, next0, std::min(bs, kend - p0 - bs), h0);
-      if (next0 >= 0 && nh > 1) prefetch_rows<Ops, 2>(c, next0, std::min(bs, kend - p0 - bs), h);
+      else if (next0 >= 0) prefetch_rows<Ops, 3>(c, next0, next_n, h0);
+      if (next0 >= 0 && nh > 1) prefetch_rows<Ops, 2>(c, next0, next_n, h);
       const float *f16_keys = nullptr, *f16_values = nullptr;
       if (c.dtype == KvDtype::F16) {  // converted once for the head's rows
         f16_keys = f16_rows<Ops>(c, false, slot0, n, h, s.kt.data());
