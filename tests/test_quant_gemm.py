@@ -70,10 +70,11 @@ def test_many_rows_match_reference(isa, fmt, M):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-def test_many_rows_quantize_activations_exactly(isa):
+@pytest.mark.parametrize("K, M", [(517, 40), (512, 40), (512, 5)])
+def test_many_rows_quantize_activations_exactly(isa, K, M):
     # W = I (int8 codes 127, scale 1): the kernel returns x as it quantized it; ties, zeros, a zero
-    # block, tiny and huge magnitudes, and a K that ends inside a block and inside a step.
-    K, M = 517, 40
+    # block, tiny and huge magnitudes, and a K that ends inside a block and inside
+    # a step (517; 512: whole blocks, which AVX2 quantizes 8 lanes at a time; 5 rows: the decode kernels).
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(M, K, generator=gen) * torch.logspace(-30, 30, K)
     x[0, :32] = torch.arange(32) - 15.5

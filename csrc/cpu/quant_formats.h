@@ -156,6 +156,8 @@ struct Q8Rows {
   std::vector<float> d;    // [M, KB]
 };
 void quantize_q8(const float* x, int64_t M, int64_t K, Q8Rows& out);
+// AVX2: blocks i0 .. i1 - 1 (flat index m * KB + b) of x, all full (K % 32 == 0), into q / d as quantize_q8.
+void quantize_q8_blocks_avx2(const float* x, int64_t K, int64_t KB, int64_t i0, int64_t i1, int8_t* q, float* d);
 
 // Variants; each computes y = x @ W^T (+ bias). The dispatcher picks one by current_isa().
 // The *_q8 ones quantize x first (Q8Rows) and sum integer products per block: int8 weights give

@@ -33,6 +33,14 @@ void quantize_q8(const float* x, int64_t M, int64_t K, Q8Rows& out) {
   out.M = M, out.K = K, out.KB = KB;
   out.q.assign(static_cast<size_t>(M * Kp), 0);
   out.d.assign(static_cast<size_t>(M * KB), 0.f);
+#if MPT_LITE_X86_SIMD
+  if (K % 32 == 0 && current_isa() != Isa::Generic) {  // every block full: 8 lanes at a time, the same codes
+    parallel_for(M * KB, 1, [&](int64_t i0, int64_t i1) {
+      quantize_q8_blocks_avx2(x, K, KB, i0, i1, out.q.data(), out.d.data());
+    });
+    return;
+  }
+#endif
   parallel_for(M * KB, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t m = i / KB, b = i % KB, k0 = b * 32, k1 = std::min(K, k0 + 32);
