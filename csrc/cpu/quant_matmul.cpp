@@ -121,7 +121,7 @@ void qmatmul(const QWeight& w, const float* x, int64_t M, const float* bias, flo
 #if MPT_LITE_X86_SIMD
     // Many rows: register-tiled integer GEMM (quantizes x itself); int8 / int4 rows equal q8_wide's.
     if (M > kGemmMinRows && current_isa() == Isa::Avx512) return qgemm_q8_avx512(w, x, M, bias, y);
-    // AVX2 int4 / nf4: the pair kernel, int4 above kGemmMinRows rows the panels (quant_q8_avx2 picks).
+    // AVX2 int4 / nf4: the pair kernel, above kGemmMinRows rows the panels (quant_q8_avx2 picks).
     if (M > kGemmMinRows && current_isa() == Isa::Avx2 && w.fmt == QFormat::Int8) return qgemm_q8_avx2(w, x, M, bias, y);
 #endif
 #if MPT_LITE_X86_SIMD
