@@ -1,10 +1,11 @@
 // Integer GEMM tiles for many x rows (prefill, large batches): y = x @ W^T (+ bias) with x quantized
 // to q8 blocks (Q8Rows' arithmetic) and int8 / int4 / nf4 weights (nf4: its codes as kNf4Int8 by a byte
-// shuffle, absmax / 127 per block, where nf4_q8_ok), on register tiles of VNNI (AVX2: pmaddubsw) dot
-// products. One blocked driver (quant_gemm_driver.h) runs either ISA's packing and micro-kernels.
+// shuffle, absmax / 127 per block, where nf4_q8_ok), on register tiles of VNNI dot products. A blocked
+// driver (quant_gemm_driver.h) runs the ISA's packing and micro-kernels.
 //
-// Used for M > kGemmMinRows on CPUs with AVX-512 VNNI, and on AVX2 for int8 (AVX2 int4 / nf4 take the pair
-// kernel at every row count, quant_q8_pairs_avx2.cpp; quant_matmul.cpp dispatches). On
+// Used for M > kGemmMinRows on CPUs with AVX-512 VNNI (on AVX2 every format takes the weight panels of
+// quant_q8_panels_avx2.cpp instead, 1.2-1.5x these tiles' AVX2 version for int8, which they replaced;
+// quant_matmul.cpp dispatches). On
 // AVX-512 every int8 / int4 output is computed in exactly the per-block order of the q8_wide kernel
 // (4-16 rows, quant_matmul_avx512.cpp): per step of 16 blocks of 32 k, one int32 lane per block (x codes of the
 // block, offset by -128 or -8 times their sum, dotted with the unsigned weight bytes), converted to
@@ -42,8 +43,6 @@ GemmBlocking gemm_blocking(const CacheSizes& c, int64_t M, int64_t N, int64_t S,
 // x float32 [M, K]; quantizes x itself (vectorised, same codes and scales as quantize_q8).
 // nf4 weights need nf4_q8_ok(K, blocksize) (else std::invalid_argument).
 void qgemm_q8_avx512(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
-// The AVX2 tiles (pmaddubsw; quant_gemm_avx2.cpp): their own summation order, 8 blocks a step.
-void qgemm_q8_avx2(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
 
 // bf16 operands on AMX tiles (quant_gemm_amx.cpp; call only where amx_enabled()): x and the decoded
 // weight (int8: its codes) rounded to bfloat16, float32 sums, times row_factor, plus bias: what

@@ -1,6 +1,6 @@
 // The blocked driver of the integer GEMM tiles, one template over an ISA's kernels (quant_gemm.h has
-// the design and block sizes). Include only from quant_gemm_avx512.cpp / quant_gemm_avx2.cpp: all of it
-// lives in an anonymous namespace, so each ISA's copy is compiled with that file's flags alone.
+// the design and block sizes). Include only from an ISA's file (quant_gemm_avx512.cpp): all of it lives in
+// an anonymous namespace, so each ISA's copy is compiled with that file's flags alone.
 //
 // An ISA class I provides, for every QFormat F it takes:
 //   using WByte;                       the packed weight byte (unsigned for VNNI, signed for pmaddubsw)

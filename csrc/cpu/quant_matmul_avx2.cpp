@@ -149,8 +149,8 @@ void qmatmul_avx2(const QWeight& w, const float* x, int64_t M, const float* bias
 }
 
 void qmatmul_q8_avx2(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
-  if (w.fmt == QFormat::Int8) return avx2::q8_run_int8(w, x, bias, y);
   if (x.M > kGemmMinRows) return qmatmul_q8_panels_avx2(w, x, bias, y);
+  if (w.fmt == QFormat::Int8) return avx2::q8_run_int8(w, x, bias, y);
   qmatmul_q8_pairs_avx2(w, x, bias, y);
 }
 }  // namespace mpt

@@ -1,9 +1,9 @@
-// q8 activations x int4 / nf4 weights on AVX2 for many x rows (prefill, large batches): each thread
+// q8 activations x int8 / int4 / nf4 weights on AVX2 for many x rows (prefill, large batches): each thread
 // decodes 8 weight rows at a time into a panel, 4 panels at a time, then multiplies every x row against
 // them, 2 x rows x 32 output rows a tile, with no horizontal adds. The pair kernel
 // (quant_q8_pairs_avx2.cpp) read every x row again for each output row (x of a 512-token prompt is 1-4
-// MB, past L2); here x is read once per 32 output rows. The pair kernel's layout-free reads still win at
-// up to kGemmMinRows x rows, where decoding a panel is not shared by enough rows.
+// MB, past L2); here x is read once per 32 output rows. The pair kernel's layout-free reads (int8: q8_rows)
+// still win at up to kGemmMinRows x rows, where decoding a panel is not shared by enough rows.
 //
 // Panel of rows n0..n0+7, per block b of 32 k: 8 vectors of 32 bytes, vector i = the codes of k 4i..4i+3
 // for row 0, then row 1, ... row 7; and the 8 rows' block scales as float. One x row's 4 codes of k
@@ -12,7 +12,8 @@
 // 15 x 127 = 30480 < 32767), one pmaddwd leaves one int32 sum per row, and the -8 offset comes in as -8 x
 // the x block's code sum, an exact integer, as in the pair kernel. nf4: codes are kNf4Int8 values (signed),
 // their magnitudes the unsigned operand and their signs moved onto x; pair sums reach 2 x 127 x 127, so
-// each vector's widen to int32 (pmaddwd) before they add.
+// each vector's widen to int32 (pmaddwd) before they add. int8: as nf4, with the row's scb / 127 as
+// every block's scale (the reference applies it after the sum: the same value to float32 rounding).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -93,6 +94,35 @@ void pack_panel_int4(const QWeight& w, int64_t n0, int rows, uint8_t* codes, flo
     }
     store_block(lo, hi, codes + b * 256);
     _mm256_store_ps(scales + b * 8, _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(h))));
+  }
+}
+
+// int8: row r's 32 codes of a block as they are (the last block zero-padded past K); every block's scale
+// is the row's scb / 127. Missing rows: 0 and 0.
+void pack_panel_int8(const QWeight& w, int64_t n0, int rows, uint8_t* codes, float* scales) {
+  const int64_t KB = (w.K + 31) / 32;
+  alignas(32) float rf[kPanelRows];
+  for (int r = 0; r < kPanelRows; ++r) rf[r] = r < rows ? row_factor(w, n0 + r) : 0.f;
+  const __m256 rfv = _mm256_load_ps(rf);
+  for (int64_t b = 0; b < KB; ++b) {
+    __m128i lo[kPanelRows], hi[kPanelRows];
+    const int64_t have = std::min<int64_t>(32, w.K - b * 32);
+    for (int r = 0; r < kPanelRows; ++r) {
+      if (r >= rows) {
+        lo[r] = hi[r] = _mm_setzero_si128();
+        continue;
+      }
+      const uint8_t* src = w.data + (n0 + r) * w.K + b * 32;
+      alignas(16) uint8_t t[32] = {};
+      if (have < 32) {
+        std::copy(src, src + have, t);
+        src = t;
+      }
+      lo[r] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
+      hi[r] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 16));
+    }
+    store_block(lo, hi, codes + b * 256);
+    _mm256_store_ps(scales + b * 8, rfv);
   }
 }
 
@@ -211,7 +241,8 @@ void panel_run(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
         for (int p = 0; p < np; ++p) {
           const int pr = std::min(kPanelRows, rows - p * kPanelRows);
           if (FMT == QFormat::Int4) pack_panel_int4(w, n + p * kPanelRows, pr, pn.codes(p), pn.scales(p));
-          else pack_panel_nf4(w, n + p * kPanelRows, pr, pn.codes(p), pn.scales(p));
+          else if (FMT == QFormat::Nf4) pack_panel_nf4(w, n + p * kPanelRows, pr, pn.codes(p), pn.scales(p));
+          else pack_panel_int8(w, n + p * kPanelRows, pr, pn.codes(p), pn.scales(p));
         }
         alignas(32) float bias_rows[kRows] = {};
         if (bias) std::copy(bias + n, bias + n + rows, bias_rows);
@@ -242,6 +273,7 @@ void panel_run(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
 }  // namespace
 
 void qmatmul_q8_panels_avx2(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
+  if (w.fmt == QFormat::Int8) return panel_run<QFormat::Int8>(w, x, bias, y);
   if (w.fmt == QFormat::Nf4) return panel_run<QFormat::Nf4>(w, x, bias, y);
   panel_run<QFormat::Int4>(w, x, bias, y);
 }
