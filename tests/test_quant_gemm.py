@@ -1,7 +1,8 @@
 """Many-row q8 matmuls (q8=True at M > 16: the integer GEMM tiles on AVX-512 VNNI, csrc/cpu/quant_gemm.h;
-the weight panels on AVX2, csrc/cpu/quant_q8_panels_avx2.cpp) for int8, int4 and nf4: every ISA variant against the plain-torch reference,
-and the rows of one call equal to the same rows computed alone (batch invariance). By default more
-rows take q8 only from Q8_GEMM_MIN_K in_features on: test_quant_kernels.py covers that choice."""
+the weight panels on AVX2, csrc/cpu/quant_q8_panels_avx2.cpp) for int8, int4 and nf4: every ISA variant
+against the plain-torch reference, and the rows of one call equal to the same rows computed alone (batch
+invariance). By default more rows take q8 only from Q8_GEMM_MIN_K in_features on: test_quant_kernels.py
+covers that choice."""
 import pytest
 import torch
 

@@ -3,7 +3,7 @@
 // an anonymous namespace, so each ISA's copy is compiled with that file's flags alone.
 //
 // An ISA class I provides, for every QFormat F it takes:
-//   using WByte;                       the packed weight byte (unsigned for VNNI, signed for pmaddubsw)
+//   using WByte;                       the packed weight byte (unsigned for VNNI)
 //   kStep, kLanes                      k per step; float lanes (= blocks of 32 k) per step
 //   Shape<F>::NR, Shape<F>::MR         the register tile: weight rows x x rows
 //   pack_x<F>(x, M, K, GemmX&)         x quantized to q8 blocks in the step layout

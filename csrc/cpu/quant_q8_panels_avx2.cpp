@@ -216,13 +216,14 @@ void panel_run(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
   std::vector<int32_t> init;  // int4: -8 x each x block's code sum
   if (FMT == QFormat::Int4) {
     init.resize(static_cast<size_t>(M * KB));
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t b = 0; b < KB; ++b) {
-        const int8_t* q = x.q.data() + (m * KB + b) * 32;
+    parallel_for(M * KB, 1, [&](int64_t i0, int64_t i1) {  // M x K bytes: not on one thread
+      for (int64_t i = i0; i < i1; ++i) {
+        const int8_t* q = x.q.data() + i * 32;
         int32_t s = 0;
         for (int j = 0; j < 32; ++j) s += q[j];
-        init[static_cast<size_t>(m * KB + b)] = -8 * s;
+        init[static_cast<size_t>(i)] = -8 * s;
       }
+    });
   }
   struct Rows {
     const QWeight& w;
