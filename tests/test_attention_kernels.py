@@ -86,8 +86,9 @@ def test_decode_ragged(isa, dtype, heads, kv_heads, head_dim, alibi):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("heads,kv_heads,head_dim", [(4, 4, 32), (6, 2, 12), (2, 2, 128), (4, 2, 64)])
 def test_prefill_ragged_with_cached_prefix(isa, dtype, heads, kv_heads, head_dim):
-    # (context, new tokens): a fresh prompt, a chunk after a cached prefix, a single token, 40 > one tile
-    shapes = [(7, 7), (40, 13), (33, 1), (45, 40)]
+    # (context, new tokens): a fresh prompt, a chunk after a cached prefix, a single token, 40 (more than
+    # one tile when kv heads are shared), 130 (more than one tile of 64 query rows, in parallel)
+    shapes = [(7, 7), (40, 13), (33, 1), (45, 40), (150, 130)]
     cache, tables = fill([c for c, _ in shapes], kv_heads, head_dim, dtype, seed=3)
     qsl = torch.tensor([0] + [n for _, n in shapes], dtype=torch.int32).cumsum(0).to(torch.int32)
     q = torch.randn(int(qsl[-1]), heads, head_dim)

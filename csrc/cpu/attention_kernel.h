@@ -4,6 +4,7 @@
 // ISA's flags, so the linker cannot pick an AVX-512 copy for the portable path.
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -137,29 +138,51 @@ struct Scratch {
   std::vector<float> kt, vt, scores, acc, m, l;
 };
 
-// n consecutive f16 tokens (slot0...) of kv head h as float rows in tmp (D apart).
+// n consecutive tokens (slot0...) of kv head h as float rows in tmp (D apart); int8 rows as their
+// codes (the caller applies the scales). A head's rows in the cache sit a token row (KV x D
+// elements) apart, so a block's rows share a few L1 sets and evict each other; rows read by many
+// queries (prefill) are copied once into these contiguous ones. f16 rows always come this way.
 template <class Ops>
-static const float* f16_rows(const KvCacheView& c, bool value, int64_t slot0, int n, int h, float* tmp) {
+static const float* packed_rows(const KvCacheView& c, bool value, int64_t slot0, int n, int h, float* tmp) {
   const int KV = c.kv_heads, D = c.head_dim;
   const int64_t st = int64_t(KV) * D, base = (slot0 * KV + h) * D;
-  const uint16_t* p = static_cast<const uint16_t*>(value ? c.v : c.k) + base;
-  for (int j = 0; j < n; ++j) Ops::f16_to_f32(p + j * st, tmp + j * D, D);
+  const void* src = value ? c.v : c.k;
+  for (int j = 0; j < n; ++j) {
+    float* d = tmp + int64_t(j) * D;
+    const int64_t o = base + j * st;
+    switch (c.dtype) {
+      case KvDtype::F32: std::memcpy(d, static_cast<const float*>(src) + o, size_t(D) * 4); break;
+      case KvDtype::F16: Ops::f16_to_f32(static_cast<const uint16_t*>(src) + o, d, D); break;
+      case KvDtype::BF16: {
+        const uint16_t* p = static_cast<const uint16_t*>(src) + o;
+        for (int i = 0; i < D; ++i) d[i] = bf16_to_f32(p[i]);
+        break;
+      }
+      case KvDtype::I8: {
+        const int8_t* p = static_cast<const int8_t*>(src) + o;
+        for (int i = 0; i < D; ++i) d[i] = float(p[i]);
+        break;
+      }
+    }
+  }
   return tmp;
 }
 
 // The keys [slot0, slot0 + n) of kv head h against query q: sc[j] = q . k_j (int8: times k's
-// scale). bf16 and int8 keys are widened in registers; f16 ones go through the tmp rows.
+// scale). Keys come from packed (packed_rows) when given, else bf16 and int8 ones are widened in
+// registers.
 template <class Ops>
-static void block_scores(const KvCacheView& c, int64_t slot0, int n, int h, const float* q, const float* f16_keys,
+static void block_scores(const KvCacheView& c, int64_t slot0, int n, int h, const float* q, const float* packed,
                          float* sc) {
   const int KV = c.kv_heads, D = c.head_dim;
   const int64_t st = int64_t(KV) * D, base = (slot0 * KV + h) * D;
+  if (packed) Ops::scores(q, packed, D, n, D, sc);
   switch (c.dtype) {
-    case KvDtype::F32: Ops::scores(q, static_cast<const float*>(c.k) + base, st, n, D, sc); break;
-    case KvDtype::BF16: Ops::scores(q, static_cast<const uint16_t*>(c.k) + base, st, n, D, sc); break;
-    case KvDtype::F16: Ops::scores(q, f16_keys, D, n, D, sc); break;
+    case KvDtype::F32: if (!packed) Ops::scores(q, static_cast<const float*>(c.k) + base, st, n, D, sc); break;
+    case KvDtype::BF16: if (!packed) Ops::scores(q, static_cast<const uint16_t*>(c.k) + base, st, n, D, sc); break;
+    case KvDtype::F16: break;  // always packed
     case KvDtype::I8: {
-      Ops::scores(q, static_cast<const int8_t*>(c.k) + base, st, n, D, sc);
+      if (!packed) Ops::scores(q, static_cast<const int8_t*>(c.k) + base, st, n, D, sc);
       const float* ks = c.k_scale + slot0 * KV + h;
       for (int j = 0; j < n; ++j) sc[j] *= ks[int64_t(j) * KV];
       break;
@@ -168,22 +191,22 @@ static void block_scores(const KvCacheView& c, int64_t slot0, int n, int h, cons
 }
 
 // acc += sum_j p[j] v_j over the values [slot0, slot0 + n) of kv head h (p is scratch: int8 folds
-// the value scales into it; f16 values come converted in f16_values).
+// the value scales into it), from packed when given.
 template <class Ops>
-static void block_values(const KvCacheView& c, int64_t slot0, int n, int h, float* p, const float* f16_values,
+static void block_values(const KvCacheView& c, int64_t slot0, int n, int h, float* p, const float* packed,
                          float* acc) {
   const int KV = c.kv_heads, D = c.head_dim;
   const int64_t st = int64_t(KV) * D, base = (slot0 * KV + h) * D;
+  if (c.dtype == KvDtype::I8) {
+    const float* vs = c.v_scale + slot0 * KV + h;
+    for (int j = 0; j < n; ++j) p[j] *= vs[int64_t(j) * KV];
+  }
+  if (packed) return Ops::accum(p, packed, D, n, D, acc);
   switch (c.dtype) {
     case KvDtype::F32: Ops::accum(p, static_cast<const float*>(c.v) + base, st, n, D, acc); break;
     case KvDtype::BF16: Ops::accum(p, static_cast<const uint16_t*>(c.v) + base, st, n, D, acc); break;
-    case KvDtype::F16: Ops::accum(p, f16_values, D, n, D, acc); break;
-    case KvDtype::I8: {
-      const float* vs = c.v_scale + slot0 * KV + h;
-      for (int j = 0; j < n; ++j) p[j] *= vs[int64_t(j) * KV];
-      Ops::accum(p, static_cast<const int8_t*>(c.v) + base, st, n, D, acc);
-      break;
-    }
+    case KvDtype::F16: break;  // always packed
+    case KvDtype::I8: Ops::accum(p, static_cast<const int8_t*>(c.v) + base, st, n, D, acc); break;
   }
 }
 
@@ -223,7 +246,10 @@ void attend_range(const Row* rows, int R, int h0, int nh, const int32_t* table, 
                   int kbeg, int kend, float* m, float* l, float* acc, Scratch& s) {
   const int D = c.head_dim, bs = c.block_size, NR = R * nh;
   const float NEG = -std::numeric_limits<float>::infinity();
-  if (c.dtype == KvDtype::F16) s.kt.resize(size_t(bs) * D), s.vt.resize(size_t(bs) * D);
+  // Rows of a head read by this many queries or more are packed first (packed_rows).
+  constexpr int kPackRows = 4;
+  const bool pack = c.dtype == KvDtype::F16 || R >= kPackRows;
+  if (pack) s.kt.resize(size_t(bs) * D), s.vt.resize(size_t(bs) * D);
   s.scores.resize(bs);
   std::fill(m, m + NR, NEG);
   std::fill(l, l + NR, 0.0f);
@@ -240,20 +266,27 @@ void attend_range(const Row* rows, int R, int h0, int nh, const int32_t* table, 
       // into L1, and this head's rows of the next block towards L2. A whole block ahead into L1
       // (the earlier single prefetch) evicts the rows in use: a head's rows of one block sit a
       // token row (2-4 KiB) apart and so fill only a few L1 sets, the same ones in every block.
-      if (i + 1 < nh) prefetch_rows<Ops, 3>(c, slot0, n, h + 1);
-      else if (next0 >= 0) prefetch_rows<Ops, 3>(c, next0, next_n, h0);
-      if (next0 >= 0 && nh > 1) prefetch_rows<Ops, 2>(c, next0, next_n, h);
-      const float *f16_keys = nullptr, *f16_values = nullptr;
-      if (c.dtype == KvDtype::F16) {  // converted once for the head's rows
-        f16_keys = f16_rows<Ops>(c, false, slot0, n, h, s.kt.data());
-        f16_values = f16_rows<Ops>(c, true, slot0, n, h, s.vt.data());
+      // Packed rows are read once, by the copy: hints suffice there (the plain loads of
+      // kTouchAhead would stall the copy's thread on the next rows before it needs them).
+      if (pack) {
+        if (i + 1 < nh) prefetch_rows<Ops, 2>(c, slot0, n, h + 1);
+        else if (next0 >= 0) prefetch_rows<Ops, 2>(c, next0, next_n, h0);
+      } else {
+        if (i + 1 < nh) prefetch_rows<Ops, 3>(c, slot0, n, h + 1);
+        else if (next0 >= 0) prefetch_rows<Ops, 3>(c, next0, next_n, h0);
+        if (next0 >= 0 && nh > 1) prefetch_rows<Ops, 2>(c, next0, next_n, h);
+      }
+      const float *packed_keys = nullptr, *packed_values = nullptr;
+      if (pack) {
+        packed_keys = packed_rows<Ops>(c, false, slot0, n, h, s.kt.data());
+        packed_values = packed_rows<Ops>(c, true, slot0, n, h, s.vt.data());
       }
       for (int r = i * R; r < (i + 1) * R; ++r) {
         const Row& row = rows[r];
         const int nv = std::min(n, row.pos - p0 + 1);
         if (nv <= 0) continue;
         float* sc = s.scores.data();
-        block_scores<Ops>(c, slot0, nv, h, row.q, f16_keys, sc);
+        block_scores<Ops>(c, slot0, nv, h, row.q, packed_keys, sc);
         const float rel = float(p0 - row.pos);
         for (int j = 0; j < nv; ++j) sc[j] = sc[j] * scale + row.slope * (rel + float(j));
         const float mx = Ops::vmax(sc, nv);
@@ -267,13 +300,16 @@ void attend_range(const Row* rows, int R, int h0, int nh, const int32_t* table, 
           m[r] = mx;
         }
         l[r] += Ops::exp_sum(sc, nv, m[r]);
-        block_values<Ops>(c, slot0, nv, h, sc, f16_values, a);
+        block_values<Ops>(c, slot0, nv, h, sc, packed_values, a);
       }
     }
   }
 }
 
-constexpr int kQueryTile = 16;
+// Query rows (queries x heads sharing a kv head) a prefill tile: every key block a tile sees is
+// packed once for its rows (packed_rows), so the copy is shared by this many rows. 64 against 16:
+// prefill of 512 tokens on the synthetic 1.3B 87-99 against 84-88 tok/s (docs/benchmarks.md).
+constexpr int kQueryTileRows = 64;
 // Decode splits a sequence's context into parts of at least this many tokens when there are too few
 // sequences to keep every thread busy (flash-decoding).
 constexpr int kMinSplitTokens = 256;
@@ -373,22 +409,38 @@ void decode_attention(const AttnArgs& a, const KvCacheView& c) {
 template <class Ops>
 void prefill_attention(const AttnArgs& a, const KvCacheView& c) {
   const int H = a.num_heads, KV = c.kv_heads, G = H / KV, D = c.head_dim;
+  const int tile = std::max(1, kQueryTileRows / G);
   struct Item {
     int seq, q0, nq, h;
   };
   std::vector<Item> items;
+  std::vector<int64_t> keys;  // an item's key count: its work
   int64_t work = 0;
   for (int s = 0; s < a.num_seqs; ++s) {
     const int q0 = a.query_start_loc[s], nq = a.query_start_loc[s + 1] - q0;
+    const int pos0 = a.context_lens[s] - nq;
     work += int64_t(nq) * a.context_lens[s] * H * D;
-    for (int t = 0; t < nq; t += kQueryTile)
-      for (int h = 0; h < KV; ++h) items.push_back({s, q0 + t, std::min(kQueryTile, nq - t), h});
+    for (int t = 0; t < nq; t += tile)
+      for (int h = 0; h < KV; ++h) {
+        items.push_back({s, q0 + t, std::min(tile, nq - t), h});
+        keys.push_back(int64_t(pos0 + t + items.back().nq) * items.back().nq);
+      }
   }
-  run_maybe_parallel(int64_t(items.size()), work, [&](int64_t b, int64_t e) {
+  // Causal tiles differ in work (a prompt's last tile sees every key, its first a few): a static
+  // split of the tiles in order gave the second of 2 threads ~3/4 of a prompt. Threads claim items
+  // one at a time, heaviest first; each item is computed whole by one thread, so results do not
+  // depend on who takes it.
+  std::vector<int32_t> order(items.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = int32_t(i);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t x, int32_t y) { return keys[x] > keys[y]; });
+  std::atomic<int64_t> next{0};
+  const int64_t n_items = int64_t(items.size());
+  const int64_t n_claimers = work < kInlineWork ? 1 : std::min<int64_t>(num_threads(), n_items);
+  run_maybe_parallel(n_claimers, work, [&](int64_t, int64_t) {
     thread_local Scratch scratch;
     std::vector<Row> rows;
-    for (int64_t i = b; i < e; ++i) {
-      const Item& it = items[i];
+    for (int64_t k; (k = next.fetch_add(1, std::memory_order_relaxed)) < n_items;) {
+      const Item& it = items[order[k]];
       const int s = it.seq, q_first = a.query_start_loc[s];
       const int pos0 = a.context_lens[s] - (a.query_start_loc[s + 1] - q_first);
       rows.clear();
