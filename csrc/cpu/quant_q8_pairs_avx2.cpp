@@ -25,6 +25,10 @@ namespace mpt {
 namespace {
 
 constexpr int kPerm[8] = {0, 2, 4, 6, 1, 3, 5, 7};  // block of the step in each lane after the adds
+// Weight bytes ahead of a step that it prefetches (the rows a thread reads are contiguous). On a Zen 3
+// guest, one thread reading from memory: 10-11 -> 12-14 GB/s at 1-2 KiB (the hardware prefetchers alone
+// keep too few lines in flight while the thread computes).
+constexpr int kPrefetchBytes = 2048;
 constexpr int kRowsPerPass = 4;  // x rows sharing one decode of a weight step (a batch-8 step 1.08x faster than with 2)
 
 // x of Q8Rows in pair order: per step (8 blocks) of row m, 4 pairs x 64 bytes (first halves of both
@@ -119,6 +123,8 @@ void pair_rows(const QWeight& w, const Q8Rows& x, const PairX& px, int64_t m0, c
     for (int m = 0; m < MB; ++m) acc[m] = _mm256_setzero_ps();
     for (int64_t s = 0; s < S; ++s) {
       const uint8_t* ws = wrow + s * 128;
+      _mm_prefetch(reinterpret_cast<const char*>(ws + kPrefetchBytes), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(ws + kPrefetchBytes + 64), _MM_HINT_T0);
       __m256i half[2][MB];  // the hadd of pairs (0, 1) and of pairs (2, 3)
       for (int hp = 0; hp < 2; ++hp) {
         __m256i pr[2][MB];
