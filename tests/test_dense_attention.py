@@ -1,20 +1,25 @@
-"""kernels.causal_alibi_attention (fresh prompts on the GPU, torch SDPA) against the plain-torch
-paged reference over a cache that holds only the same tokens; on the CPU and, where there is one,
-the GPU."""
+"""kernels.causal_alibi_attention (fresh prompts: torch SDPA on the GPU, the paged prefill kernel on
+the CPU) against the plain-torch paged reference over a cache that holds only the same tokens; on the
+CPU and, where there is one, the GPU."""
 import pytest
 import torch
 
 from devices import DEVICES
 from mpt_lite import kernels
+from mpt_lite.kernels import dense_attention
 from mpt_lite.kernels.reference import ref_paged_attention_prefill, ref_write_kv_cache
 from mpt_lite.model.layers import alibi_slopes
 
 
+@pytest.mark.parametrize("path", ["public", "sdpa"])
+@pytest.mark.parametrize("lens", [[5, 19, 1, 40], [48]])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("heads,kv_heads,alibi", [(4, 4, True), (4, 1, True), (2, 2, False)])
-def test_causal_alibi_attention_matches_paged_reference(device, heads, kv_heads, alibi, monkeypatch):
+def test_causal_alibi_attention_matches_paged_reference(device, heads, kv_heads, alibi, lens, path, monkeypatch):
+    """public: what the device takes (the CPU: the paged kernel over the tokens' own k/v, in place for
+    one sequence of whole blocks; the GPU: SDPA); sdpa: the GPU's path on this device too."""
     g = torch.Generator().manual_seed(heads * 10 + kv_heads)
-    lens, D, bs = [5, 19, 1, 40], 32, 8
+    D, bs = 32, 8
     T = sum(lens)
     q, k, v = (torch.randn(T, h, D, generator=g) for h in (heads, kv_heads, kv_heads))
     slopes = alibi_slopes(heads) if alibi else None
@@ -32,8 +37,8 @@ def test_causal_alibi_attention_matches_paged_reference(device, heads, kv_heads,
     want = ref_paged_attention_prefill(q, k_cache, v_cache, tables, torch.tensor(lens, dtype=torch.int32), qsl,
                                        0.3, slopes)
     monkeypatch.setattr("mpt_lite.kernels.dense_attention._MASK_BYTES", 4 * heads * 40 * 16)  # query chunks
-    got = kernels.causal_alibi_attention(q.to(device), k.to(device), v.to(device), lens, 0.3,
-                                         None if slopes is None else slopes.to(device)).cpu()
+    fn = kernels.causal_alibi_attention if path == "public" else dense_attention._sdpa
+    got = fn(q.to(device), k.to(device), v.to(device), lens, 0.3, None if slopes is None else slopes.to(device)).cpu()
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 

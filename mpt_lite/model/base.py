@@ -13,7 +13,7 @@ from ..quant.layers import QuantWeight
 from .attention_backend import PagedBatch
 from .cache import MptCache
 from .inputs import check_attention_mask, check_input_ids, reject_unused
-from .layers import MptBlock, MptNorm, alibi_slopes, attention_mask_4d
+from .layers import CausalMask, MptAttention, MptBlock, MptNorm, alibi_slopes, attention_mask_4d
 from .outputs import BaseModelOutput
 
 
@@ -67,7 +67,7 @@ class MptPreTrainedModel(nn.Module):
         for m in self.modules():
             if isinstance(m, MptPreTrainedModel):
                 m.__dict__["_num_threads"] = n
-            elif isinstance(m, QuantWeight):
+            elif isinstance(m, (QuantWeight, MptAttention)):
                 m.num_threads = n
 
     @property
@@ -157,7 +157,10 @@ class MptModel(MptPreTrainedModel):
                 pads = torch.cumsum((attention_mask == 0).to(torch.long), dim=1)[:, past_len:]
                 pos = (pos - pads).clamp(min=0)
             x = x + self.wpe(pos).to(x.dtype)
-        mask = attention_mask_4d(attention_mask, b, s, past_len, x.device)
+        if past_len == 0 and (attention_mask is None or bool(attention_mask.all())):
+            mask = CausalMask(b, s, x.device)
+        else:
+            mask = attention_mask_4d(attention_mask, b, s, past_len, x.device)
         slopes = self.alibi_slopes(x.device)
         hidden_states = [] if output_hidden_states else None
         presents = []
