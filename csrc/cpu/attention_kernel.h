@@ -177,16 +177,15 @@ static void block_scores(const KvCacheView& c, int64_t slot0, int n, int h, cons
   const int KV = c.kv_heads, D = c.head_dim;
   const int64_t st = int64_t(KV) * D, base = (slot0 * KV + h) * D;
   if (packed) Ops::scores(q, packed, D, n, D, sc);
-  switch (c.dtype) {
-    case KvDtype::F32: if (!packed) Ops::scores(q, static_cast<const float*>(c.k) + base, st, n, D, sc); break;
-    case KvDtype::BF16: if (!packed) Ops::scores(q, static_cast<const uint16_t*>(c.k) + base, st, n, D, sc); break;
+  else switch (c.dtype) {
+    case KvDtype::F32: Ops::scores(q, static_cast<const float*>(c.k) + base, st, n, D, sc); break;
+    case KvDtype::BF16: Ops::scores(q, static_cast<const uint16_t*>(c.k) + base, st, n, D, sc); break;
     case KvDtype::F16: break;  // always packed
-    case KvDtype::I8: {
-      if (!packed) Ops::scores(q, static_cast<const int8_t*>(c.k) + base, st, n, D, sc);
-      const float* ks = c.k_scale + slot0 * KV + h;
-      for (int j = 0; j < n; ++j) sc[j] *= ks[int64_t(j) * KV];
-      break;
-    }
+    case KvDtype::I8: Ops::scores(q, static_cast<const int8_t*>(c.k) + base, st, n, D, sc); break;
+  }
+  if (c.dtype == KvDtype::I8) {
+    const float* ks = c.k_scale + slot0 * KV + h;
+    for (int j = 0; j < n; ++j) sc[j] *= ks[int64_t(j) * KV];
   }
 }
 
@@ -412,9 +411,9 @@ void prefill_attention(const AttnArgs& a, const KvCacheView& c) {
   const int tile = std::max(1, kQueryTileRows / G);
   struct Item {
     int seq, q0, nq, h;
+    int64_t keys;  // query rows x the keys the last of them sees: the item's work, for the order
   };
   std::vector<Item> items;
-  std::vector<int64_t> keys;  // an item's key count: its work
   int64_t work = 0;
   for (int s = 0; s < a.num_seqs; ++s) {
     const int q0 = a.query_start_loc[s], nq = a.query_start_loc[s + 1] - q0;
@@ -422,8 +421,8 @@ void prefill_attention(const AttnArgs& a, const KvCacheView& c) {
     work += int64_t(nq) * a.context_lens[s] * H * D;
     for (int t = 0; t < nq; t += tile)
       for (int h = 0; h < KV; ++h) {
-        items.push_back({s, q0 + t, std::min(tile, nq - t), h});
-        keys.push_back(int64_t(pos0 + t + items.back().nq) * items.back().nq);
+        const int n = std::min(tile, nq - t);
+        items.push_back({s, q0 + t, n, h, int64_t(pos0 + t + n) * n});
       }
   }
   // Causal tiles differ in work (a prompt's last tile sees every key, its first a few): a static
@@ -432,11 +431,11 @@ void prefill_attention(const AttnArgs& a, const KvCacheView& c) {
   // depend on who takes it.
   std::vector<int32_t> order(items.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = int32_t(i);
-  std::stable_sort(order.begin(), order.end(), [&](int32_t x, int32_t y) { return keys[x] > keys[y]; });
+  std::stable_sort(order.begin(), order.end(), [&](int32_t x, int32_t y) { return items[x].keys > items[y].keys; });
   std::atomic<int64_t> next{0};
   const int64_t n_items = int64_t(items.size());
-  const int64_t n_claimers = work < kInlineWork ? 1 : std::min<int64_t>(num_threads(), n_items);
-  run_maybe_parallel(n_claimers, work, [&](int64_t, int64_t) {
+  // One claimer a thread (run_maybe_parallel runs a small job's one call inline, and it claims them all).
+  run_maybe_parallel(std::min<int64_t>(num_threads(), n_items), work, [&](int64_t, int64_t) {
     thread_local Scratch scratch;
     std::vector<Row> rows;
     for (int64_t k; (k = next.fetch_add(1, std::memory_order_relaxed)) < n_items;) {

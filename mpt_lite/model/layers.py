@@ -176,16 +176,6 @@ class MptAttention(nn.Module):
         q, k, v = qkv.split([self.d_model, kv_dim, kv_dim], dim=-1)
         if self.q_ln is not None:
             q, k = self.q_ln(q), self.k_ln(k)
-        if isinstance(mask, CausalMask):
-            if past is None and not q.is_cuda and q.dtype == torch.float32:
-                ctx = causal_alibi_attention(q.reshape(b * s, self.n_heads, self.head_dim),
-                                             k.reshape(b * s, self.kv_n_heads, self.head_dim),
-                                             v.reshape(b * s, self.kv_n_heads, self.head_dim), [s] * b, self.scale,
-                                             slopes, num_threads=self.num_threads)
-                present = (k.reshape(b, s, self.kv_n_heads, self.head_dim).transpose(1, 2),
-                           v.reshape(b, s, self.kv_n_heads, self.head_dim).transpose(1, 2))
-                return self.out_proj(ctx.reshape(b, s, self.d_model).to(x.dtype)), present
-            mask = mask.tensor()
         if isinstance(past, PagedAttention):  # the engine's flat batch: b == 1, s tokens of many sequences
             ctx = past.attend(q.reshape(b * s, self.n_heads, self.head_dim),
                               k.reshape(b * s, self.kv_n_heads, self.head_dim),
@@ -194,6 +184,12 @@ class MptAttention(nn.Module):
         q = q.reshape(b, s, self.n_heads, self.head_dim).transpose(1, 2)
         k = k.reshape(b, s, self.kv_n_heads, self.head_dim).transpose(1, 2)
         v = v.reshape(b, s, self.kv_n_heads, self.head_dim).transpose(1, 2)
+        if isinstance(mask, CausalMask):
+            if past is None and not q.is_cuda and q.dtype == torch.float32:
+                flat = (t.transpose(1, 2).reshape(b * s, -1, self.head_dim) for t in (q, k, v))
+                ctx = causal_alibi_attention(*flat, [s] * b, self.scale, slopes, num_threads=self.num_threads)
+                return self.out_proj(ctx.reshape(b, s, self.d_model).to(x.dtype)), (k, v)
+            mask = mask.tensor()
         if past is not None:
             k = torch.cat([past[0].to(k.dtype), k], dim=2)
             v = torch.cat([past[1].to(v.dtype), v], dim=2)
