@@ -25,7 +25,7 @@ inline void transpose4(const __m512i* in, __m512i* out) {
 // nf4 codes (bitsandbytes order: even k in the high nibble) as unsigned bytes kNf4Int8[q] + 128 (the
 // operand vpdpbusd takes; as int8's cb ^ 0x80), by a byte shuffle of each nibble. raw holds 4 blocks of
 // 32 k, 16 bytes each, one block per 128-bit lane; lo gets k 0..15 of each block in order, hi k 16..31.
-// A zero byte (masked-off tail) gives code -127 (byte 1), to be met by x codes 0.
+// A zero byte (masked-off tail) looks up nibble 0 (kNf4Int8[0] + 128), to be met by x codes 0.
 inline void nf4_bytes(__m512i raw, __m512i& lo, __m512i& hi) {
   const __m512i lo4 = _mm512_set1_epi8(15);
   const __m512i table = _mm512_broadcast_i32x4(

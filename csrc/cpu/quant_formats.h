@@ -175,10 +175,16 @@ void qmatmul(const QWeight& w, const float* x, int64_t M, const float* bias, flo
              bool bf16 = false);
 
 // ---- nf4 on the integer path (llama.cpp's IQ4_NL scheme), bitsandbytes' byte layout unchanged ----
-// The 16 NF4 code values as int8: kNf4Int8[q] = round(127 * kNf4Code[q]). With q8 activations the
+// The 16 NF4 code values as int8: kNf4Int8[q] = round(kNf4IntMax * kNf4Code[q]). With q8 activations the
 // nf4 kernels compute, per output, with exact int32 dot products per q8 block j of 32 k:
-//   y = sum_{nf4 blocks b of the row} (absmax_b * (1/127)) * sum_{j in b} d_j * dot(kNf4Int8[q_j], x_j)
-// i.e. x @ W'^T for the weight W' = kNf4Int8[q] * (absmax * (1/127)) (ops.ref_matmul_nf4 mirrors it).
+//   y = sum_{nf4 blocks b of the row} (absmax_b * (1/kNf4IntMax)) * sum_{j in b} d_j * dot(kNf4Int8[q_j], x_j)
+// i.e. x @ W'^T for the weight W' = kNf4Int8[q] * (absmax * (1/kNf4IntMax)) (ops.ref_matmul_nf4 mirrors it).
+// 7 bits, not 8: on AVX2 the codes + 64 (1..127) are pmaddubsw's unsigned operand, whose pair sums with
+// q8 codes (at most 2 x 127 x 127) fit int16, and the +64 returns exactly as -64 x the x block's code sum;
+// with 8-bit codes their signs had to move onto x first (pabsb + psignb per vector and x row). The table's
+// rounding (rms 0.4% of absmax) is a ninth of NF4's own (3.6%): see docs/benchmarks.md for the model-level cost.
+constexpr int kNf4IntMax = 63;
+constexpr float kNf4IntScale = 1.0f / kNf4IntMax;  // absmax * kNf4IntScale: an nf4 block's integer-path scale
 // Only where no block straddles two rows and each holds whole q8 blocks (nf4_q8_ok); other shapes
 // keep float activations.
 extern const int8_t kNf4Int8[16];

@@ -1,6 +1,6 @@
 // Integer GEMM tiles for many x rows (prefill, large batches): y = x @ W^T (+ bias) with x quantized
 // to q8 blocks (Q8Rows' arithmetic) and int8 / int4 / nf4 weights (nf4: its codes as kNf4Int8 by a byte
-// shuffle, absmax / 127 per block, where nf4_q8_ok), on register tiles of VNNI dot products. A blocked
+// shuffle, absmax / kNf4IntMax per block, where nf4_q8_ok), on register tiles of VNNI dot products. A blocked
 // driver (quant_gemm_driver.h) runs the ISA's packing and micro-kernels.
 //
 // Used for M > kGemmMinRows on CPUs with AVX-512 VNNI (on AVX2 every format takes the weight panels of

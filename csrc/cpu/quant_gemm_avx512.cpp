@@ -6,7 +6,7 @@
 //   weights as unsigned bytes (int8: code ^ 0x80 = code + 128; int4: the nibble 0..15; nf4:
 //   kNf4Int8[q] + 128 by a byte shuffle), x as codes, and each x lane starts at -8 (int4) or -128
 //   (int8, nf4) times the sum of its block's 32 codes. int4 and nf4 also carry a float scale per
-//   weight block and lane (int4: its half group scale; nf4: absmax * (1/127) of the block's nf4 block).
+//   weight block and lane (int4: its half group scale; nf4: absmax * (1/kNf4IntMax) of the block's nf4 block).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -58,14 +58,14 @@ void pack_x(const float* x, int64_t M, int64_t K, GemmX& out) {
   });
 }
 
-// nf4: the block scales absmax * (1/127) of row n's q8 blocks st * 16 + step_block(p) in lane p (0 past
+// nf4: the block scales absmax * (1/kNf4IntMax) of row n's q8 blocks st * 16 + step_block(p) in lane p (0 past
 // K). K % blocksize == 0 (nf4_q8_ok), so row n's nf4 blocks start at absmax + n * (K >> shift).
 inline __m512 nf4_scales16(const QWeight& w, int64_t n, int64_t st, int shift) {
   const __m512i blk = _mm512_add_epi32(step_block_index<QFormat::Nf4>(), _mm512_set1_epi32(static_cast<int>(st * 16)));
   const __mmask16 valid = _mm512_cmplt_epi32_mask(blk, _mm512_set1_epi32(static_cast<int>(w.K / 32)));
   const __m512i idx = _mm512_srli_epi32(_mm512_slli_epi32(blk, 5), shift);
   const __m512 a = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), valid, idx, w.scale + n * (w.K >> shift), 4);
-  return _mm512_mul_ps(a, _mm512_set1_ps(1.0f / 127.0f));
+  return _mm512_mul_ps(a, _mm512_set1_ps(kNf4IntScale));
 }
 
 // Packs weight rows [n0, n0 + nr) for steps [s0, s0 + kc) into wp ([nr, kc, 512] unsigned bytes in

@@ -89,7 +89,7 @@ void qmatmul_q8_generic(const QWeight& w, const Q8Rows& x, const float* bias, fl
           int32_t sumi = 0;
           for (int j = 0; j < 32; ++j) sumi += int32_t(row[b * 32 + j]) * q[b * 32 + j];
           const float dw = w.fmt == QFormat::Int8  ? 1.f
-                           : w.fmt == QFormat::Nf4 ? w.scale[(n * K + b * 32) / w.blocksize] * (1.0f / 127.0f)
+                           : w.fmt == QFormat::Nf4 ? w.scale[(n * K + b * 32) / w.blocksize] * kNf4IntScale
                                                    : int4_scale(w, n, b);
           acc += dw * x.d[m * KB + b] * static_cast<float>(sumi);
         }

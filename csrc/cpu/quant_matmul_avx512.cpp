@@ -115,7 +115,7 @@ inline __m512i nf4_u8_table() {
 // (32 k) in bytes 16j..16j+15 with even k in the high nibbles. Both nibbles are looked up in
 // kNf4Int8 ^ 0x80 (the code + 128, unsigned as int8's cb ^ 0x80) by a byte shuffle, and the even/odd
 // codes interleaved per 128-bit lane: unpacklo gives k 0-15 of each block (half A), unpackhi k 16-31
-// (half B). Absent bytes look up 1 (code -127) against x codes 0. The lane scales: lane l belongs to
+// (half B). Absent bytes look up nibble 0 (kNf4Int8[0] + 128) against x codes 0. The lane scales: lane l belongs to
 // nf4 block ((l / 4) * 32) >> shift after the step's first block (blocksize a power of two >= 32).
 static inline void nf4_step(const uint8_t* p, int64_t bytes, const float* s, int64_t nblocks, int shift,
                             __m512i& wa, __m512i& wb, __m512& dw) {
@@ -130,7 +130,7 @@ static inline void nf4_step(const uint8_t* p, int64_t bytes, const float* s, int
   const __m512i idx = _mm512_srli_epi32(_mm512_setr_epi32(0, 0, 0, 0, 32, 32, 32, 32, 64, 64, 64, 64, 96, 96, 96, 96),
                                         shift);
   const __mmask16 mask = static_cast<__mmask16>((1u << std::min(need, nblocks)) - 1);
-  dw = _mm512_mul_ps(_mm512_permutexvar_ps(idx, _mm512_maskz_loadu_ps(mask, s)), _mm512_set1_ps(1.0f / 127.0f));
+  dw = _mm512_mul_ps(_mm512_permutexvar_ps(idx, _mm512_maskz_loadu_ps(mask, s)), _mm512_set1_ps(kNf4IntScale));
 }
 
 // Software prefetch of q8_rows: every line of a pass, this far ahead of the loads. With the weights out
@@ -283,7 +283,7 @@ inline void quantize_rows(const float* x, int64_t M, int64_t K, Q8Rows& out) {
 
 constexpr int kWideMB = 16;  // x rows per pass over a weight row
 
-// nf4: the block scales (absmax / 127) of the lanes of wide step st of a row (16 blocks of 32 k in
+// nf4: the block scales (absmax / kNf4IntMax) of the lanes of wide step st of a row (16 blocks of 32 k in
 // step_block order). abs: the row's nf4 blocks (K >> shift of them); a blocksize of 2^shift >= 32.
 inline __m512 nf4_wide_scales(const float* abs, int64_t K, int shift, int64_t st) {
   const int64_t b0 = st * 512 >> shift, have = (K >> shift) - b0;
@@ -291,7 +291,7 @@ inline __m512 nf4_wide_scales(const float* abs, int64_t K, int shift, int64_t st
       _mm512_setr_epi32(0, 128, 256, 384, 32, 160, 288, 416, 64, 192, 320, 448, 96, 224, 352, 480), shift);
   const int64_t need = std::min<int64_t>(std::max<int64_t>(1, 512 >> shift), have);
   const __m512 a = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << need) - 1), abs + b0);
-  return _mm512_mul_ps(_mm512_permutexvar_ps(idx, a), _mm512_set1_ps(1.0f / 127.0f));
+  return _mm512_mul_ps(_mm512_permutexvar_ps(idx, a), _mm512_set1_ps(kNf4IntScale));
 }
 
 // One weight row's step st (16 blocks of 32 k) in the lane layout above: 8 vectors of unsigned codes

@@ -13,8 +13,8 @@ const float kNf4Code[16] = {
     0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
     0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f};
 
-// round(127 * kNf4Code[q]) (ops.NF4_INT8 holds the same values, computed from the float table).
-const int8_t kNf4Int8[16] = {-127, -88, -67, -50, -36, -23, -12, 0, 10, 20, 31, 43, 56, 71, 92, 127};
+// round(kNf4IntMax * kNf4Code[q]) (ops.NF4_INT8 holds the same values, computed from the float table).
+const int8_t kNf4Int8[16] = {-63, -44, -33, -25, -18, -12, -6, 0, 5, 10, 16, 21, 28, 35, 46, 63};
 
 // Nearest code by counting the midpoints below v (ops.ref_quantize_nf4 mirrors this exactly).
 static inline uint8_t nf4_code_of(float v) {

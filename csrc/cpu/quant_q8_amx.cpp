@@ -160,7 +160,7 @@ void decode_slab(const QWeight& w, int64_t n0, int64_t s0, int64_t ns, Panel& pn
         lo = _mm512_unpacklo_epi8(ev, od);
         hi = _mm512_unpackhi_epi8(ev, od);
         const int shift = __builtin_ctzll(w.blocksize);
-        for (int j = 0; j < kChunkBlocks; ++j) sw[c + j] = j < nb ? w.scale[(f + j * kBlock) >> shift] * (1.0f / 127.0f) : 0.f;
+        for (int j = 0; j < kChunkBlocks; ++j) sw[c + j] = j < nb ? w.scale[(f + j * kBlock) >> shift] * kNf4IntScale : 0.f;
       }
       _mm512_storeu_si512(out + kBlock * c, _mm512_permutex2var_epi64(lo, first, hi));
       _mm512_storeu_si512(out + kBlock * c + 64, _mm512_permutex2var_epi64(lo, second, hi));

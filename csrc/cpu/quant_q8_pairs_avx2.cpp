@@ -8,8 +8,9 @@
 // call to match (PairX). The products of a pair land in int32 lanes 0-3 (block 2p) and 4-7 (2p+1);
 // two horizontal adds per pair of pairs and one more per step leave one int32 sum per block, lane i
 // holding block kPerm[i] of the step. int4 codes stay unsigned (0..15, pmaddubsw's unsigned operand)
-// and the -8 offset comes in as -8 * (sum of the x block's codes), an exact integer. nf4 codes are
-// signed: their magnitudes take the unsigned operand and their signs move onto x (pairs <= 2*127*127).
+// and the -8 offset comes in as -8 * (sum of the x block's codes), an exact integer. nf4 codes are looked
+// up as kNf4Int8 + 64 (1..127, unsigned; pair sums <= 2*127*127 fit int16, but not two of them, so each
+// half widens to int32 on its own) and the +64 comes back as -64 * the x block's code sum.
 // Blocks past the last full step (K not a multiple of 256) take a per-block tail, summed after.
 #include <immintrin.h>
 
@@ -29,10 +30,14 @@ constexpr int kPerm[8] = {0, 2, 4, 6, 1, 3, 5, 7};  // block of the step in each
 // guest, one thread reading from memory: 10-11 -> 12-14 GB/s at 1-2 KiB (the hardware prefetchers alone
 // keep too few lines in flight while the thread computes).
 constexpr int kPrefetchBytes = 2048;
-constexpr int kRowsPerPass = 4;  // x rows sharing one decode of a weight step (a batch-8 step 1.08x faster than with 2)
+constexpr int kRowsPerPass = 4;
+// What the unsigned codes the kernel multiplies add to the format's own: int4 stores q = code + 8; nf4 is
+// looked up as kNf4Int8 + 64.
+template <QFormat FMT>
+constexpr int kCodeOffset = FMT == QFormat::Int4 ? 8 : 64;  // x rows sharing one decode of a weight step (a batch-8 step 1.08x faster than with 2)
 
 // x of Q8Rows in pair order: per step (8 blocks) of row m, 4 pairs x 64 bytes (first halves of both
-// blocks, then second halves), and per lane i of the step, d of block kPerm[i] and -8 * its code sum.
+// blocks, then second halves), and per lane i of the step, d of block kPerm[i] and -offset * its code sum.
 struct PairX {
   int64_t M = 0, S = 0;  // S: full steps (8 blocks each)
   std::vector<int8_t> q;
@@ -64,12 +69,12 @@ void pack_pairs(const Q8Rows& x, PairX& p) {
         int32_t sum = 0;
         for (int j = 0; j < 32; ++j) sum += x.q[static_cast<size_t>(m * Kp + b * 32 + j)];
         p.d[static_cast<size_t>((m * p.S + s) * 8 + i)] = x.d[static_cast<size_t>(m * x.KB + b)];
-        p.init[static_cast<size_t>((m * p.S + s) * 8 + i)] = FMT == QFormat::Int4 ? -8 * sum : 0;
+        p.init[static_cast<size_t>((m * p.S + s) * 8 + i)] = -kCodeOffset<FMT> * sum;
       }
     }
 }
 
-// Weight scales of step s of row n in lane order (int4: group scales; nf4: absmax / 127 per block).
+// Weight scales of step s of row n in lane order (int4: group scales; nf4: absmax / kNf4IntMax per block).
 template <QFormat FMT>
 inline __m256 step_scales(const QWeight& w, int64_t n, int64_t s, int shift) {
   const __m256i perm = _mm256_setr_epi32(kPerm[0], kPerm[1], kPerm[2], kPerm[3], kPerm[4], kPerm[5], kPerm[6], kPerm[7]);
@@ -88,7 +93,7 @@ inline __m256 step_scales(const QWeight& w, int64_t n, int64_t s, int shift) {
     for (int i = 0; i < 8; ++i) t[i] = w.scale[(n * w.K + (s * 8 + kPerm[i]) * 32) >> shift];
     v = _mm256_load_ps(t);
   }
-  return _mm256_mul_ps(v, _mm256_set1_ps(1.0f / 127.0f));
+  return _mm256_mul_ps(v, _mm256_set1_ps(kNf4IntScale));
 }
 
 // Block b of row n against x row xq (32 codes): the integer dot product, for the tail blocks.
@@ -115,7 +120,8 @@ void pair_rows(const QWeight& w, const Q8Rows& x, const PairX& px, int64_t m0, c
   const int64_t S = px.S, K = w.K, KB = x.KB, N = w.N;
   const int shift = FMT == QFormat::Nf4 ? __builtin_ctzll(w.blocksize) : 0;  // nf4_q8_ok: a power of two
   const __m256i lo4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
-  const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kNf4Int8)));
+  const __m256i table = _mm256_add_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kNf4Int8))),
+                                        _mm256_set1_epi8(kCodeOffset<QFormat::Nf4>));
   const int64_t row_bytes = FMT == QFormat::Int4 ? KB * 16 : K / 2;
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* wrow = w.data + n * row_bytes;
@@ -132,18 +138,19 @@ void pair_rows(const QWeight& w, const Q8Rows& x, const PairX& px, int64_t m0, c
           const int p = 2 * hp + j;
           const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ws + p * 32));
           const __m256i hi_n = _mm256_and_si256(_mm256_srli_epi16(raw, 4), lo4), lo_n = _mm256_and_si256(raw, lo4);
+          // The unsigned codes of each block's first and second halves (nf4: even k in the high nibbles).
+          const __m256i first = FMT == QFormat::Int4 ? lo_n : _mm256_shuffle_epi8(table, hi_n);
+          const __m256i second = FMT == QFormat::Int4 ? hi_n : _mm256_shuffle_epi8(table, lo_n);
           for (int m = 0; m < MB; ++m) {
             const int8_t* xp = px.q.data() + ((m0 + m) * S + s) * 256 + p * 64;
             const __m256i xa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp));
             const __m256i xb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + 32));
             if (FMT == QFormat::Int4) {  // nibbles 0..15 x codes: pair sums <= 2*15*127, two of them fit int16
-              pr[j][m] = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo_n, xa), _mm256_maddubs_epi16(hi_n, xb)),
+              pr[j][m] = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(first, xa), _mm256_maddubs_epi16(second, xb)),
                                            ones);
-            } else {  // even k in the high nibbles
-              const __m256i ev = _mm256_shuffle_epi8(table, hi_n), od = _mm256_shuffle_epi8(table, lo_n);
-              const __m256i se = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(ev), _mm256_sign_epi8(xa, ev)), ones);
-              const __m256i so = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(od), _mm256_sign_epi8(xb, od)), ones);
-              pr[j][m] = _mm256_add_epi32(se, so);
+            } else {  // looked-up codes 1..127 x codes: pair sums <= 2*127*127, widened one half at a time
+              pr[j][m] = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(first, xa), ones),
+                                          _mm256_madd_epi16(_mm256_maddubs_epi16(second, xb), ones));
             }
           }
         }
@@ -152,9 +159,8 @@ void pair_rows(const QWeight& w, const Q8Rows& x, const PairX& px, int64_t m0, c
       const __m256 ws8 = step_scales<FMT>(w, n, s, shift);
       for (int m = 0; m < MB; ++m) {
         const size_t o = static_cast<size_t>(((m0 + m) * S + s) * 8);
-        __m256i blocks = _mm256_hadd_epi32(half[0][m], half[1][m]);
-        if (FMT == QFormat::Int4)
-          blocks = _mm256_add_epi32(blocks, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(px.init.data() + o)));
+        const __m256i blocks = _mm256_add_epi32(_mm256_hadd_epi32(half[0][m], half[1][m]),
+                                                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(px.init.data() + o)));
         acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(blocks), _mm256_mul_ps(ws8, _mm256_loadu_ps(px.d.data() + o)), acc[m]);
       }
     }
@@ -164,7 +170,7 @@ void pair_rows(const QWeight& w, const Q8Rows& x, const PairX& px, int64_t m0, c
       const int8_t* xq = x.q.data() + (m0 + m) * KB * 32;
       for (int64_t b = S * 8; b < KB; ++b) {
         const float dw = FMT == QFormat::Int4 ? int4_scale(w, n, b)
-                                              : w.scale[(n * K + b * 32) >> shift] * (1.0f / 127.0f);
+                                              : w.scale[(n * K + b * 32) >> shift] * kNf4IntScale;
         r += static_cast<float>(block_dot<FMT>(w, n, b, xq + b * 32)) * (dw * x.d[static_cast<size_t>((m0 + m) * KB + b)]);
       }
       y[(m0 + m) * N + n] = r + bi;

@@ -10,10 +10,11 @@
 // 4i..4i+3 broadcast to every 32-bit lane make pmaddubsw give each row's two pair sums in its lane.
 // int4: codes 0..15 (unsigned, pmaddubsw's unsigned operand); the 8 vectors' results add in int16 (8 x 2 x
 // 15 x 127 = 30480 < 32767), one pmaddwd leaves one int32 sum per row, and the -8 offset comes in as -8 x
-// the x block's code sum, an exact integer, as in the pair kernel. nf4: codes are kNf4Int8 values (signed),
-// their magnitudes the unsigned operand and their signs moved onto x; pair sums reach 2 x 127 x 127, so
-// each vector's widen to int32 (pmaddwd) before they add. int8: as nf4, with the row's scb / 127 as
-// every block's scale (the reference applies it after the sum: the same value to float32 rounding).
+// the x block's code sum, an exact integer, as in the pair kernel. nf4: codes are kNf4Int8 + 64 (1..127,
+// unsigned) and the offset comes in as -64 x the code sum; pair sums reach 2 x 127 x 127, so each
+// vector's widen to int32 (pmaddwd) before they add. int8: codes signed, their magnitudes the unsigned
+// operand and their signs moved onto x, widened per vector as nf4's, with the row's scb / 127 as every
+// block's scale (the reference applies it after the sum: the same value to float32 rounding).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -31,6 +32,7 @@ namespace {
 constexpr int kPanelRows = 8;
 constexpr int kTilePanels = 4;  // panels a tile: 32 output rows
 constexpr int kTileRows = 2;    // x rows a tile: 8 int16 sums, 2 broadcasts, a code vector (of 16 ymm)
+constexpr int kNf4Offset = 64;  // nf4 codes in a panel: kNf4Int8 + 64, 1..127
 
 struct AlignedFree {
   void operator()(void* p) const { std::free(p); }
@@ -126,13 +128,14 @@ void pack_panel_int8(const QWeight& w, int64_t n0, int rows, uint8_t* codes, flo
   }
 }
 
-// nf4 (bitsandbytes order: even k in the high nibble), codes looked up as kNf4Int8; a block's scale is its
-// nf4 block's absmax / 127 (nf4_q8_ok: blocks of 2^shift >= 32 k that divide K). Missing rows: 0 and 0.
+// nf4 (bitsandbytes order: even k in the high nibble), codes looked up as kNf4Int8 + kNf4Offset; a block's
+// scale is its nf4 block's absmax / kNf4IntMax (nf4_q8_ok: blocks of 2^shift >= 32 k that divide K).
+// Missing rows: 0 and 0.
 void pack_panel_nf4(const QWeight& w, int64_t n0, int rows, uint8_t* codes, float* scales) {
   const int64_t KB = w.K / 32;
   const int shift = __builtin_ctzll(w.blocksize);
   const __m128i lo4 = _mm_set1_epi8(15);
-  const __m128i table = _mm_loadu_si128(reinterpret_cast<const __m128i*>(kNf4Int8));
+  const __m128i table = _mm_add_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kNf4Int8)), _mm_set1_epi8(kNf4Offset));
   for (int64_t b = 0; b < KB; ++b) {
     __m128i lo[kPanelRows], hi[kPanelRows];
     alignas(32) float s[kPanelRows];
@@ -148,7 +151,7 @@ void pack_panel_nf4(const QWeight& w, int64_t n0, int rows, uint8_t* codes, floa
       const __m128i od = _mm_shuffle_epi8(table, _mm_and_si128(v, lo4));
       lo[r] = _mm_unpacklo_epi8(ev, od);  // k 0..15
       hi[r] = _mm_unpackhi_epi8(ev, od);  // k 16..31
-      s[r] = w.scale[f >> shift] * (1.0f / 127.0f);
+      s[r] = w.scale[f >> shift] * kNf4IntScale;
     }
     store_block(lo, hi, codes + b * 256);
     _mm256_store_ps(scales + b * 8, _mm256_load_ps(s));
@@ -159,14 +162,14 @@ void pack_panel_nf4(const QWeight& w, int64_t n0, int rows, uint8_t* codes, floa
 // 8p + r. Each x row's broadcast codes feed NP panels, whose int16 sums stay in registers for a block.
 template <QFormat FMT, int NP, int MB>
 void panel_tile(const Panels& pn, const Q8Rows& x, const int32_t* init, int64_t m0, __m256* out) {
-  constexpr bool I4 = FMT == QFormat::Int4;
+  constexpr bool I4 = FMT == QFormat::Int4, NF4 = FMT == QFormat::Nf4;
   const int64_t KB = pn.KB, Kp = KB * 32;
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[MB][NP];
   for (int m = 0; m < MB; ++m)
     for (int p = 0; p < NP; ++p) acc[m][p] = _mm256_setzero_ps();
   for (int64_t b = 0; b < KB; ++b) {
-    __m256i sum[MB][NP];  // int4: int16 pair sums; nf4: int32
+    __m256i sum[MB][NP];  // int4: int16 pair sums; nf4, int8: int32
     for (int i = 0; i < 8; ++i) {  // k 4i .. 4i + 3 of the block
       __m256i xv[MB];
       for (int m = 0; m < MB; ++m) {
@@ -181,6 +184,11 @@ void panel_tile(const Panels& pn, const Q8Rows& x, const int32_t* init, int64_t 
             const __m256i prod = _mm256_maddubs_epi16(wv, xv[m]);
             sum[m][p] = i == 0 ? prod : _mm256_add_epi16(sum[m][p], prod);
           }
+        } else if (NF4) {
+          for (int m = 0; m < MB; ++m) {
+            const __m256i prod = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv[m]), ones);
+            sum[m][p] = i == 0 ? prod : _mm256_add_epi32(sum[m][p], prod);
+          }
         } else {
           const __m256i aw = _mm256_abs_epi8(wv);
           for (int m = 0; m < MB; ++m) {
@@ -194,7 +202,8 @@ void panel_tile(const Panels& pn, const Q8Rows& x, const int32_t* init, int64_t 
       const __m256 d = _mm256_set1_ps(x.d[(m0 + m) * KB + b]);
       for (int p = 0; p < NP; ++p) {
         __m256i dot = sum[m][p];
-        if (I4) dot = _mm256_add_epi32(_mm256_madd_epi16(dot, ones), _mm256_set1_epi32(init[(m0 + m) * KB + b]));
+        if (I4) dot = _mm256_madd_epi16(dot, ones);
+        if (I4 || NF4) dot = _mm256_add_epi32(dot, _mm256_set1_epi32(init[(m0 + m) * KB + b]));
         const __m256 sd = _mm256_mul_ps(_mm256_load_ps(pn.scales(p) + b * 8), d);
         acc[m][p] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sd, acc[m][p]);
       }
@@ -213,15 +222,16 @@ void panel_tiles(const Panels& pn, const Q8Rows& x, const int32_t* init, int64_t
 template <QFormat FMT>
 void panel_run(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
   const int64_t M = x.M, N = w.N, KB = x.KB;
-  std::vector<int32_t> init;  // int4: -8 x each x block's code sum
-  if (FMT == QFormat::Int4) {
+  std::vector<int32_t> init;  // int4: -8 x each x block's code sum; nf4: -64 x
+  if (FMT != QFormat::Int8) {
+    const int32_t offset = FMT == QFormat::Int4 ? 8 : kNf4Offset;
     init.resize(static_cast<size_t>(M * KB));
     parallel_for(M * KB, 1, [&](int64_t i0, int64_t i1) {  // M x K bytes: not on one thread
       for (int64_t i = i0; i < i1; ++i) {
         const int8_t* q = x.q.data() + i * 32;
         int32_t s = 0;
         for (int j = 0; j < 32; ++j) s += q[j];
-        init[static_cast<size_t>(i)] = -8 * s;
+        init[static_cast<size_t>(i)] = -offset * s;
       }
     });
   }

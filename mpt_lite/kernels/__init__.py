@@ -11,7 +11,7 @@ from .checks import FLOAT_DTYPES, check_blocksize, check_tensor, ptr
 from .extension import (CUDA_GEMV_MAX_M, NO_CUDA_BUILD, amx_enabled, amx_int8_enabled, amx_supported, cpu_features,
                         cuda_available, cuda_built, current_isa, num_threads, set_amx, set_isa, set_num_threads, supported_isas,
                         use_amx, use_isa)
-from .layouts import (AMX_MIN_ROWS, INT4_GROUP, INT4_SCALE_DTYPE, NF4_BLOCKSIZE, NF4_CODE, NF4_INT8, Q8_BLOCK,
+from .layouts import (AMX_MIN_ROWS, INT4_GROUP, INT4_SCALE_DTYPE, NF4_BLOCKSIZE, NF4_CODE, NF4_INT8, NF4_INT_MAX, Q8_BLOCK,
                       Q8_GEMM_MIN_K, Q8_MAX_ROWS, int4_groups, int4_half_scales, nf4_code, nf4_q8_ok, use_bf16, use_q8)
 from .quant_ops import (bf16_operands, dequantize_int4, dequantize_int8, dequantize_nf4, dequantize_rows_int4,
                         dequantize_rows_int8, dequantize_rows_nf4, matmul_int4, matmul_int8, matmul_nf4,
@@ -26,7 +26,7 @@ __all__ = [
     "CUDA_GEMV_MAX_M", "NO_CUDA_BUILD", "cpu_features", "cuda_available", "cuda_built", "current_isa",
     "num_threads", "set_isa", "set_num_threads", "supported_isas", "use_isa",
     "amx_enabled", "amx_int8_enabled", "amx_supported", "set_amx", "use_amx", "AMX_MIN_ROWS", "use_bf16", "bf16_operands",
-    "INT4_GROUP", "INT4_SCALE_DTYPE", "NF4_BLOCKSIZE", "NF4_CODE", "NF4_INT8", "Q8_BLOCK", "Q8_GEMM_MIN_K", "Q8_MAX_ROWS",
+    "INT4_GROUP", "INT4_SCALE_DTYPE", "NF4_BLOCKSIZE", "NF4_CODE", "NF4_INT8", "NF4_INT_MAX", "Q8_BLOCK", "Q8_GEMM_MIN_K", "Q8_MAX_ROWS",
     "int4_groups", "int4_half_scales", "nf4_code", "nf4_q8_ok", "use_q8",
     "dequantize_int4", "dequantize_int8", "dequantize_nf4", "dequantize_rows_int4", "dequantize_rows_int8",
     "dequantize_rows_nf4", "matmul_int4", "matmul_int8", "matmul_nf4", "quantize_int4", "quantize_int8",

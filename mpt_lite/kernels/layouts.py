@@ -67,9 +67,11 @@ def use_q8(q8: object, rows: int, gemm_k: int | None = None) -> bool:
     return q8
 
 
-# nf4 on the integer path (csrc/cpu/quant_formats.h): its codes as int8, round(127 * NF4_CODE), and
+# nf4 on the integer path (csrc/cpu/quant_formats.h): its codes as 7-bit integers, round(63 * NF4_CODE)
+# (so that AVX2's pmaddubsw takes them + 64 unsigned without saturating), a block's scale absmax / 63, and
 # the shapes that take it (no block straddles two rows, each block holds whole q8 blocks).
-NF4_INT8 = tuple(int(v) for v in torch.round(torch.tensor(NF4_CODE, dtype=torch.float32) * 127).tolist())
+NF4_INT_MAX = 63
+NF4_INT8 = tuple(int(v) for v in torch.round(torch.tensor(NF4_CODE, dtype=torch.float32) * NF4_INT_MAX).tolist())
 
 
 def nf4_q8_ok(in_features: int, blocksize: int) -> bool:

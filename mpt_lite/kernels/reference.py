@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .layouts import (INT4_GROUP, NF4_BLOCKSIZE, NF4_INT8, Q8_BLOCK, int4_groups, int4_half_scales, nf4_code,
+from .layouts import (INT4_GROUP, NF4_BLOCKSIZE, NF4_INT8, NF4_INT_MAX, Q8_BLOCK, int4_groups, int4_half_scales, nf4_code,
                       nf4_q8_ok, use_q8)
 
 def ref_matmul_bf16_operands(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
@@ -104,11 +104,11 @@ def ref_dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, shape, blocks
 
 def ref_dequantize_nf4_int8(packed: torch.Tensor, absmax: torch.Tensor, shape,
                             blocksize: int = NF4_BLOCKSIZE) -> torch.Tensor:
-    """The weight nf4's integer path uses: NF4_INT8[q] * (absmax * (1/127)), in float32."""
+    """The weight nf4's integer path uses: NF4_INT8[q] * (absmax * (1/NF4_INT_MAX)), in float32."""
     N, K = shape
     p = packed.reshape(-1)
     q = torch.stack([p >> 4, p & 15], dim=1).reshape(-1)[: N * K].long()
-    scale = (absmax.float() * (1.0 / 127.0)).repeat_interleave(blocksize)[: N * K]
+    scale = (absmax.float() * (1.0 / NF4_INT_MAX)).repeat_interleave(blocksize)[: N * K]
     return (torch.tensor(NF4_INT8, dtype=torch.float32, device=p.device)[q] * scale).reshape(N, K)
 
 
