@@ -1,4 +1,4 @@
-"""nf4's integer path (q8 activations x NF4 codes held as int8, llama.cpp's IQ4_NL scheme) against
+"""nf4's integer path (q8 activations x NF4 codes held as 7-bit integers, llama.cpp's IQ4_NL scheme) against
 float-activation nf4: quality on the embedded default model and speed against int4.
 
     python benchmarks/bench_nf4_q8.py quality            # cosine of logits, held-out perplexity

@@ -19,7 +19,7 @@ from .layouts import INT4_SCALE_DTYPE, NF4_BLOCKSIZE, int4_groups, use_bf16, use
 # Activations: at most Q8_MAX_ROWS rows of x (decode), or any number from Q8_GEMM_MIN_K in_features
 # on (prefill through the integer GEMM tiles; layouts.use_q8), the kernels quantize x to int8 per block
 # of 32 along K, as ggml's q8_0 does (ref_quantize_q8), and sum integer products per block; otherwise
-# x stays float32. nf4 takes that path with its codes held as int8 (NF4_INT8, llama.cpp's IQ4_NL
+# x stays float32. nf4 takes that path with its codes held as 7-bit integers (NF4_INT8, llama.cpp's IQ4_NL
 # scheme) where nf4_q8_ok(K, blocksize), and keeps float activations elsewhere.
 # The `q8` argument of the matmuls forces the choice (None: by the row count and in_features).
 # ref_matmul_* mirror exactly that choice: F.linear(ref_dequantize_q8(x) or x, dequantized W) in
