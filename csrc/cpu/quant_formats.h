@@ -165,7 +165,7 @@ void quantize_q8_blocks_avx2(const float* x, int64_t K, int64_t KB, int64_t i0, 
 void qmatmul_q8_generic(const QWeight& w, const Q8Rows& x, const float* bias, float* y);
 void qmatmul_q8_avx2(const QWeight& w, const Q8Rows& x, const float* bias, float* y);
 void qmatmul_q8_pairs_avx2(const QWeight& w, const Q8Rows& x, const float* bias, float* y);  // int4, nf4
-// every format above kGemmMinRows x rows (quant_gemm.h): weights decoded into 8-row panels shared by every x row
+// many x rows (qmatmul_q8_avx2 picks: int8 from 6, int4 / nf4 from 16): weights decoded into 8-row panels shared by every x row
 void qmatmul_q8_panels_avx2(const QWeight& w, const Q8Rows& x, const float* bias, float* y);
 void qmatmul_q8_avx512(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);  // quantizes x itself
 void qmatmul_generic(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);

@@ -121,8 +121,8 @@ void qmatmul(const QWeight& w, const float* x, int64_t M, const float* bias, flo
 #if MPT_LITE_X86_SIMD
     // Many rows: register-tiled integer GEMM (quantizes x itself); int8 / int4 rows equal q8_wide's.
     if (M > kGemmMinRows && current_isa() == Isa::Avx512) return qgemm_q8_avx512(w, x, M, bias, y);
-    // AVX2: above kGemmMinRows rows every format takes the panels (quant_q8_panels_avx2.cpp), fewer rows the
-    // pair kernel (int4, nf4) or q8_rows (int8); quant_q8_avx2 picks.
+    // AVX2: many rows take the panels (quant_q8_panels_avx2.cpp; int8 from 6 rows, int4 / nf4 from 16), fewer
+    // rows the pair kernel (int4, nf4) or q8_rows (int8); quant_q8_avx2 picks.
 #endif
 #if MPT_LITE_X86_SIMD
     if (current_isa() == Isa::Avx512) return qmatmul_q8_avx512(w, x, M, bias, y);

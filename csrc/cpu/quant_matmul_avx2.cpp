@@ -148,8 +148,14 @@ void qmatmul_avx2(const QWeight& w, const float* x, int64_t M, const float* bias
   avx2::qmatmul_simd(w, x, M, bias, y);
 }
 
+// x rows from which the weight panels beat the row kernels on AVX2 (a 1.3B layer's four matmuls, q8, 2
+// threads, Zen 3; docs/benchmarks.md): int8's row kernel re-reads each weight row per 4 x rows and widens
+// every product, so at 6 rows the panels already take 0.55-0.7x its time; the int4 / nf4 pair kernel
+// shares a load's decode among 4 x rows and wins up to 12 rows, the panels from 16 (0.8-1.0x).
+constexpr int64_t kPanelMinRowsInt8 = 6, kPanelMinRows4Bit = 16;
+
 void qmatmul_q8_avx2(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
-  if (x.M > kGemmMinRows) return qmatmul_q8_panels_avx2(w, x, bias, y);
+  if (x.M >= (w.fmt == QFormat::Int8 ? kPanelMinRowsInt8 : kPanelMinRows4Bit)) return qmatmul_q8_panels_avx2(w, x, bias, y);
   if (w.fmt == QFormat::Int8) return avx2::q8_run_int8(w, x, bias, y);
   qmatmul_q8_pairs_avx2(w, x, bias, y);
 }

@@ -2,8 +2,8 @@
 // decodes 8 weight rows at a time into a panel, 4 panels at a time, then multiplies every x row against
 // them, 2 x rows x 32 output rows a tile, with no horizontal adds. The pair kernel
 // (quant_q8_pairs_avx2.cpp) read every x row again for each output row (x of a 512-token prompt is 1-4
-// MB, past L2); here x is read once per 32 output rows. The pair kernel's layout-free reads (int8: q8_rows)
-// still win at up to kGemmMinRows x rows, where decoding a panel is not shared by enough rows.
+// MB, past L2); here x is read once per 32 output rows. The pair kernel's layout-free reads still win for
+// int4 / nf4 below 16 x rows, where decoding a panel is not shared by enough rows; int8's q8_rows below 6.
 //
 // Panel of rows n0..n0+7, per block b of 32 k: 8 vectors of 32 bytes, vector i = the codes of k 4i..4i+3
 // for row 0, then row 1, ... row 7; and the 8 rows' block scales as float. One x row's 4 codes of k
