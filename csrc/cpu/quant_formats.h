@@ -185,6 +185,7 @@ void qmatmul(const QWeight& w, const float* x, int64_t M, const float* bias, flo
 // rounding (rms 0.4% of absmax) is a ninth of NF4's own (3.6%): see docs/benchmarks.md for the model-level cost.
 constexpr int kNf4IntMax = 63;
 constexpr float kNf4IntScale = 1.0f / kNf4IntMax;  // absmax * kNf4IntScale: an nf4 block's integer-path scale
+constexpr int kNf4CodeOffset = kNf4IntMax + 1;     // AVX2's unsigned operand: kNf4Int8 + 64, 1..127
 // Only where no block straddles two rows and each holds whole q8 blocks (nf4_q8_ok); other shapes
 // keep float activations.
 extern const int8_t kNf4Int8[16];

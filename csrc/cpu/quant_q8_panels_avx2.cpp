@@ -32,7 +32,6 @@ namespace {
 constexpr int kPanelRows = 8;
 constexpr int kTilePanels = 4;  // panels a tile: 32 output rows
 constexpr int kTileRows = 2;    // x rows a tile: 8 int16 sums, 2 broadcasts, a code vector (of 16 ymm)
-constexpr int kNf4Offset = 64;  // nf4 codes in a panel: kNf4Int8 + 64, 1..127
 
 struct AlignedFree {
   void operator()(void* p) const { std::free(p); }
@@ -128,14 +127,14 @@ void pack_panel_int8(const QWeight& w, int64_t n0, int rows, uint8_t* codes, flo
   }
 }
 
-// nf4 (bitsandbytes order: even k in the high nibble), codes looked up as kNf4Int8 + kNf4Offset; a block's
+// nf4 (bitsandbytes order: even k in the high nibble), codes looked up as kNf4Int8 + kNf4CodeOffset; a block's
 // scale is its nf4 block's absmax / kNf4IntMax (nf4_q8_ok: blocks of 2^shift >= 32 k that divide K).
 // Missing rows: 0 and 0.
 void pack_panel_nf4(const QWeight& w, int64_t n0, int rows, uint8_t* codes, float* scales) {
   const int64_t KB = w.K / 32;
   const int shift = __builtin_ctzll(w.blocksize);
   const __m128i lo4 = _mm_set1_epi8(15);
-  const __m128i table = _mm_add_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kNf4Int8)), _mm_set1_epi8(kNf4Offset));
+  const __m128i table = _mm_add_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kNf4Int8)), _mm_set1_epi8(kNf4CodeOffset));
   for (int64_t b = 0; b < KB; ++b) {
     __m128i lo[kPanelRows], hi[kPanelRows];
     alignas(32) float s[kPanelRows];
@@ -224,7 +223,7 @@ void panel_run(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
   const int64_t M = x.M, N = w.N, KB = x.KB;
   std::vector<int32_t> init;  // int4: -8 x each x block's code sum; nf4: -64 x
   if (FMT != QFormat::Int8) {
-    const int32_t offset = FMT == QFormat::Int4 ? 8 : kNf4Offset;
+    const int32_t offset = FMT == QFormat::Int4 ? 8 : kNf4CodeOffset;
     init.resize(static_cast<size_t>(M * KB));
     parallel_for(M * KB, 1, [&](int64_t i0, int64_t i1) {  // M x K bytes: not on one thread
       for (int64_t i = i0; i < i1; ++i) {
