@@ -193,15 +193,26 @@ static void bind_quant(py::module_& m) {
                               buf<const int64_t>(rows, n_rows, "rows"), n_rows, buf<float>(out, n_rows * k, "out"));
   }, kw, arg("packed"), arg("scales"), arg("k"), arg("rows"), arg("n_rows"), arg("out"), nt, G());
   m.def("matmul_int4", [](uintptr_t x, int64_t m_, int64_t k, uintptr_t packed, uintptr_t scales, int64_t n,
-                          uintptr_t bias, uintptr_t y, bool q8, bool bf16, int nthreads) {
+                          uintptr_t bias, uintptr_t y, bool q8, bool bf16, bool rows8, int nthreads) {
     mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
     dim(m_, "m"), dim(k, "k"), dim(n, "n");
     const int64_t g = mpt::int4_groups(k);
     mpt::matmul_int4(buf<const float>(x, m_ * k, "x"), m_, k, buf<const uint8_t>(packed, n * g * 16, "packed"),
                      buf<const uint16_t>(scales, n * g, "scales"), n, opt<const float>(bias), buf<float>(y, m_ * n, "y"),
-                     q8, bf16);
+                     q8, bf16, rows8);
   }, kw, arg("x"), arg("m"), arg("k"), arg("packed"), arg("scales"), arg("n"), arg("bias") = 0, arg("y"), arg("q8"),
-     arg("bf16") = false, nt, G());
+     arg("bf16") = false, arg("rows8") = false, nt, G());
+  // int4's rows8 layout (quant_formats.h) from the row layout (to_rows8) or back; n a multiple of 8.
+  m.def("int4_rows8", [](uintptr_t packed, uintptr_t scales, int64_t n, int64_t k, uintptr_t out_packed,
+                         uintptr_t out_scales, bool to_rows8, int nthreads) {
+    mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
+    dim(n, "n"), dim(k, "k");
+    const int64_t g = mpt::int4_groups(k);
+    auto* convert = to_rows8 ? &mpt::int4_to_rows8 : &mpt::int4_from_rows8;
+    convert(buf<const uint8_t>(packed, n * g * 16, "packed"), buf<const uint16_t>(scales, n * g, "scales"), n, k,
+            buf<uint8_t>(out_packed, n * g * 16, "out_packed"), buf<uint16_t>(out_scales, n * g, "out_scales"));
+  }, kw, arg("packed"), arg("scales"), arg("n"), arg("k"), arg("out_packed"), arg("out_scales"), arg("to_rows8"), nt,
+     G());
 }
 
 static void bind_attention(py::module_& m) {
@@ -340,7 +351,9 @@ static void bind_decode_step(py::module_& m) {
            py::arg("q8_max_rows"), py::arg("q8_gemm_min_k"), py::arg("bf16_min_rows") = 0)
       .def("set_weight", [](mpt::DecodePlan& p, int64_t layer, const std::string& name, int fmt, int64_t n,
                             int64_t k, int64_t blocksize, uintptr_t data, uintptr_t scale, uintptr_t bias) {
-             if (fmt < -1 || fmt > 2) throw std::invalid_argument("unknown weight format code");
+             if (fmt < -1 || fmt > 3) throw std::invalid_argument("unknown weight format code");
+             if (fmt == static_cast<int>(mpt::StepFormat::Int4Rows8) && n % 8 != 0)
+               throw std::invalid_argument("int4 rows8 weight: n must be a multiple of 8");
              mpt::StepWeight& w = p.weight(layer, name);
              w.fmt = static_cast<mpt::StepFormat>(fmt), w.N = n, w.K = k, w.blocksize = blocksize;
              w.data = mpt::bind::buf<const void>(data, n * k, "data"), w.scale = mpt::bind::opt<const void>(scale);

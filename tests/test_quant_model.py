@@ -110,6 +110,18 @@ def _saved_meta(folder):
         return json.loads(sf.metadata()["mpt_lite_quant"])
 
 
+def _saved_state_in_row_layout(folder):
+    """The tensors of a fresh save with every int4 Linear the file holds in rows8 put back in the row layout
+    (by the plain-torch reference), as files of format versions 1-3 held them."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(folder / "model.safetensors"))
+    for name in _saved_meta(folder).get("rows8", []):
+        state[f"{name}.weight"], state[f"{name}.weight_scales"] = ops.ref_int4_from_rows8(
+            state[f"{name}.weight"], state[f"{name}.weight_scales"])
+    return state
+
+
 def _same_weights(a, b):
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]) for k in sa)
@@ -124,7 +136,11 @@ def test_save_reload_round_trips_exactly(float_ckpt, tmp_path, bits, quant_type,
     fmt = quant_type or "int8"
     emb = "int8" if embedding_bits is None else fmt
     assert {k: meta[k] for k in ("format", "version", "blocksize", "group_size")} == \
-        {"format": fmt, "version": 3, "blocksize": 64, "group_size": 32}
+        {"format": fmt, "version": 4, "blocksize": 64, "group_size": 32}
+    # int4 Linears are saved as held: in the rows8 layout where this machine's kernels read it
+    held = [n for n, m in quantized_modules(q).items() if m.int4_rows8]
+    assert meta["rows8"] == sorted(held)
+    assert bool(held) == (fmt == "int4" and ops.int4_rows8_preferred(8))
     assert meta["formats"]["transformer.wte"] == emb
     assert meta["formats"]["transformer.blocks.1.ffn.up_proj"] == fmt
     r = mpt_lite.MptForCausalLM.from_pretrained(tmp_path)  # no bits: reloaded as saved, no quantizing
@@ -144,11 +160,9 @@ def test_save_reload_round_trips_exactly(float_ckpt, tmp_path, bits, quant_type,
 @pytest.mark.parametrize("quant_type", ["nf4", "int4"])
 def test_reads_version_1_files(float_ckpt, tmp_path, quant_type):
     """Files saved before per-tensor formats: one format for every module, the embedding included."""
-    from safetensors.torch import load_file
-
     q = load(mpt_lite.MptForCausalLM, float_ckpt, bits=4, quant_type=quant_type, embedding_bits=4)
     q.save_pretrained(tmp_path)
-    state = load_file(str(tmp_path / "model.safetensors"))
+    state = _saved_state_in_row_layout(tmp_path)
     state = {k: v.float() if k.endswith("weight_scales") else v for k, v in state.items()}  # fp32 then
     v1 = {"format": quant_type, "version": 1, "blocksize": 64, "group_size": 32}
     save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt", "mpt_lite_quant": json.dumps(v1)})
@@ -162,11 +176,9 @@ def test_reads_version_2_int4_files_with_float32_scales(float_ckpt, tmp_path):
     the codes of a fresh save with float32 scales that half cannot hold. They load with the codes
     unchanged and each scale rounded to half; the model then computes what its own dequantized
     weights say, within 2^-11 (relative) of the float32-scale weights."""
-    from safetensors.torch import load_file
-
     q = load(mpt_lite.MptForCausalLM, float_ckpt, bits=4, quant_type="int4")
     q.save_pretrained(tmp_path)
-    state = load_file(str(tmp_path / "model.safetensors"))
+    state = _saved_state_in_row_layout(tmp_path)
     gen = torch.Generator().manual_seed(3)
     old = {}
     for k, v in state.items():
@@ -177,6 +189,7 @@ def test_reads_version_2_int4_files_with_float32_scales(float_ckpt, tmp_path):
     assert any(not torch.equal(ops.int4_half_scales(t).float(), t) for t in old.values())
     meta = _saved_meta(tmp_path)
     meta["version"] = 2
+    del meta["rows8"]
     save_file({**state, **old}, str(tmp_path / "model.safetensors"),
               metadata={"format": "pt", "mpt_lite_quant": json.dumps(meta)})
     r = mpt_lite.MptForCausalLM.from_pretrained(tmp_path)
@@ -332,7 +345,7 @@ def test_quantizing_in_slabs_equals_whole(quant_type, shape):
 
     whole = quantize(quant_type, w.float())
     for name, t in whole.items():
-        assert torch.equal(getattr(lin, name), t)
+        assert torch.equal(lin.codes()[name], t)  # codes() in the saved (row) layout, whatever is held
 
 
 # ---- every checkpoint layout of the foundation issue, quantized while loading ----

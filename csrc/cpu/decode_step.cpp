@@ -67,6 +67,8 @@ void linear(const StepWeight& w, const float* x, int64_t M, float* y, const Step
                         bf16);
     case StepFormat::Int4:
       return matmul_int4(x, M, w.K, static_cast<const uint8_t*>(w.data), w.hscale(), w.N, w.bias, y, q8, bf16);
+    case StepFormat::Int4Rows8:
+      return matmul_int4(x, M, w.K, static_cast<const uint8_t*>(w.data), w.hscale(), w.N, w.bias, y, q8, bf16, true);
     default: throw std::invalid_argument("unset weight");
   }
 }
@@ -87,7 +89,7 @@ void embed(const StepWeight& w, const int64_t* ids, int64_t n, float* out) {
       return dequantize_rows_nf4(static_cast<const uint8_t*>(w.data), w.fscale(), K, w.blocksize, ids, n, out);
     case StepFormat::Int4:
       return dequantize_rows_int4(static_cast<const uint8_t*>(w.data), w.hscale(), K, ids, n, out);
-    default: throw std::invalid_argument("unset embedding");
+    default: throw std::invalid_argument("unset embedding (or one in a layout only the Linears take)");
   }
 }
 

@@ -24,6 +24,14 @@
 //                                  32 x 4 bits + 16 = 4.5 bits per weight (ggml Q4_0's size).
 //                                  (Saves before format version 3 held fp32 scales: the Python loader
 //                                  converts them, mpt_lite/hub/loading.py.)
+//
+//   int4, rows8 (in memory only, QWeight::rows8; N a multiple of 8): the same codes and scales in
+//         the same two buffers, 8 rows interleaved per group so that one 32-byte load feeds 8 output
+//         rows (what the AVX2 kernels stream best; never saved: save_pretrained writes the layout above):
+//           packed  byte ((n8 * G + g) * 128 + q * 32 + r * 4 + j) = packed[n8*8 + r][g*16 + 4q + j]
+//           scales  half ((n8 * G + g) * 8 + r)                   = scales[n8*8 + r][g]
+//         for q, j in 0..3 and r in 0..7: vector q of a group holds k 4q..4q+3 (low nibbles) and
+//         16+4q..16+4q+3 (high nibbles) of the 8 rows, row r in its 32-bit lane r.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -97,7 +105,12 @@ void matmul_nf4(const float* x, int64_t M, int64_t K, const uint8_t* packed, con
 void quantize_int4(const float* w, int64_t N, int64_t K, uint8_t* packed, uint16_t* scales);
 void dequantize_int4(const uint8_t* packed, const uint16_t* scales, int64_t N, int64_t K, float* out);
 void matmul_int4(const float* x, int64_t M, int64_t K, const uint8_t* packed, const uint16_t* scales, int64_t N,
-                 const float* bias, float* y, bool q8 = false, bool bf16 = false);
+                 const float* bias, float* y, bool q8 = false, bool bf16 = false, bool rows8 = false);
+// The rows8 layout (above) from the row layout and back; N % 8 == 0 (std::invalid_argument otherwise).
+void int4_to_rows8(const uint8_t* packed, const uint16_t* scales, int64_t N, int64_t K, uint8_t* out_packed,
+                   uint16_t* out_scales);
+void int4_from_rows8(const uint8_t* packed, const uint16_t* scales, int64_t N, int64_t K, uint8_t* out_packed,
+                     uint16_t* out_scales);
 
 // Dequantizes rows [n0, n1) of a weight into out ([n1 - n0, K] row-major); used for embedding lookups.
 void dequantize_rows_int8(const int8_t* cb, const float* scb, int64_t K, const int64_t* rows, int64_t nrows, float* out);
@@ -114,6 +127,7 @@ struct QWeight {
   const uint8_t* data;      // cb / packed
   const float* scale;       // scb / absmax (int8, nf4)
   const uint16_t* scale16;  // int4's half scales [N, G]; read them through int4_scale
+  bool rows8 = false;       // int4 in the rows8 layout: only qmatmul reads it (it converts where no kernel does)
 };
 
 // int4: the scale of group g of row n, widened to float.
@@ -167,12 +181,15 @@ void qmatmul_q8_avx2(const QWeight& w, const Q8Rows& x, const float* bias, float
 void qmatmul_q8_pairs_avx2(const QWeight& w, const Q8Rows& x, const float* bias, float* y);  // int4, nf4
 // many x rows (qmatmul_q8_avx2 picks: int8 from 6, int4 / nf4 from 16): weights decoded into 8-row panels shared by every x row
 void qmatmul_q8_panels_avx2(const QWeight& w, const Q8Rows& x, const float* bias, float* y);
+// int4 in the rows8 layout, any number of x rows (AVX2; called on AVX-512 CPUs too)
+void qmatmul_q8_rows8_avx2(const QWeight& w, const Q8Rows& x, const float* bias, float* y);
 void qmatmul_q8_avx512(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);  // quantizes x itself
 void qmatmul_generic(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
 void qmatmul_avx2(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
 void qmatmul_avx512(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
 void qmatmul(const QWeight& w, const float* x, int64_t M, const float* bias, float* y, bool q8 = false,
              bool bf16 = false);
+void qmatmul_int4_rows8(const QWeight& w, const float* x, int64_t M, const float* bias, float* y, bool q8, bool bf16);
 
 // ---- nf4 on the integer path (llama.cpp's IQ4_NL scheme), bitsandbytes' byte layout unchanged ----
 // The 16 NF4 code values as int8: kNf4Int8[q] = round(kNf4IntMax * kNf4Code[q]). With q8 activations the

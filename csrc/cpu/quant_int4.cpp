@@ -59,8 +59,8 @@ void dequantize_int4(const uint8_t* packed, const uint16_t* scales, int64_t N, i
 }
 
 void matmul_int4(const float* x, int64_t M, int64_t K, const uint8_t* packed, const uint16_t* scales, int64_t N,
-                 const float* bias, float* y, bool q8, bool bf16) {
-  QWeight w{QFormat::Int4, N, K, 0, packed, nullptr, scales};
+                 const float* bias, float* y, bool q8, bool bf16, bool rows8) {
+  QWeight w{QFormat::Int4, N, K, 0, packed, nullptr, scales, rows8};
   qmatmul(w, x, M, bias, y, q8, bf16);
 }
 

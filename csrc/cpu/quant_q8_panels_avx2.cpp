@@ -74,9 +74,24 @@ inline void store_block(const __m128i* lo, const __m128i* hi, uint8_t* out) {
 }
 
 // Rows n0 .. n0 + rows - 1 (rows <= 8) of an int4 weight into a panel; missing rows get code 8 (zero) and
-// scale 0.
+// scale 0. In the rows8 layout (n0 a multiple of 8, 8 rows) a group's 4 vectors are the panel's, nibbles apart.
 void pack_panel_int4(const QWeight& w, int64_t n0, int rows, uint8_t* codes, float* scales) {
   const int64_t KB = int4_groups(w.K);
+  if (w.rows8) {
+    const __m256i lo4v = _mm256_set1_epi8(15);
+    const uint8_t* src = w.data + n0 / kPanelRows * KB * 128;
+    const uint16_t* sc = w.scale16 + n0 / kPanelRows * KB * 8;
+    for (int64_t b = 0; b < KB; ++b) {
+      __m256i* dst = reinterpret_cast<__m256i*>(codes + b * 256);
+      for (int q = 0; q < 4; ++q) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + b * 128) + q);
+        _mm256_store_si256(dst + q, _mm256_and_si256(v, lo4v));
+        _mm256_store_si256(dst + 4 + q, _mm256_and_si256(_mm256_srli_epi16(v, 4), lo4v));
+      }
+      _mm256_store_ps(scales + b * 8, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + b * 8))));
+    }
+    return;
+  }
   const __m128i lo4 = _mm_set1_epi8(15), zero_codes = _mm_set1_epi8(0x88);
   const uint8_t* src[kPanelRows];
   const uint16_t* sc[kPanelRows];

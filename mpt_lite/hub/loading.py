@@ -60,6 +60,7 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
     config = MptConfig.from_json_file(folder / CONFIG_NAME, **config_overrides)
     files = weight_files(folder)
     stored, blocksize, stored_formats, version = _stored_quantization(files)
+    stored_rows8 = _stored_rows8(files) if stored_formats else set()
     if stored is not None:
         if qtype is not None and qtype != stored:
             raise ValueError(f"{folder} holds {stored} weights; they cannot be loaded as {qtype} "
@@ -120,7 +121,8 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
         seen.add(name)
         del tensor
     for mod_name, got in pieces.items():
-        _install_codes(qmods[mod_name], mod_name, got, version)
+        rows8 = mod_name in {_model_key(n + ".weight", is_base)[: -len(".weight")] for n in stored_rows8}
+        _install_codes(qmods[mod_name], mod_name, got, version, rows8)
         seen.add(mod_name)
     if unexpected:
         raise MissingKeyError(f"unexpected tensors in {folder} (the config does not describe them): "
@@ -187,6 +189,18 @@ def _stored_quantization(files: list[Path]) -> tuple[str | None, int, dict[str, 
     return None, kernels.NF4_BLOCKSIZE, {}, FORMAT_VERSION
 
 
+def _stored_rows8(files: list[Path]) -> set[str]:
+    """Names (as in the file) of the int4 Linears an mpt_lite file of format version 4 holds in the rows8
+    layout; empty for older files."""
+    try:
+        names = json.loads(safetensors_metadata(files[0])["mpt_lite_quant"]).get("rows8", [])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise OSError(f"{files[0]}: unreadable mpt_lite_quant metadata ({e})") from e
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise OSError(f"{files[0]}: mpt_lite_quant metadata: 'rows8' must be a list of module names")
+    return set(names)
+
+
 def _apply_stored_formats(model: nn.Module, formats: dict[str, str], embedding_bits: int | None,
                           folder: Path) -> None:
     """Gives each quantized module the format its saved codes are in (names as in the file)."""
@@ -225,8 +239,10 @@ def _bnb_state(t: torch.Tensor, key: str) -> dict:
         raise OSError(f"{key}: unreadable bitsandbytes quant_state ({e})") from e
 
 
-def _install_codes(mod, name: str, got: dict[str, torch.Tensor], version: int = FORMAT_VERSION) -> None:
-    """Quantized pieces of one weight, in mpt_lite's own names or bitsandbytes' -> the module.
+def _install_codes(mod, name: str, got: dict[str, torch.Tensor], version: int = FORMAT_VERSION,
+                   rows8: bool = False) -> None:
+    """Quantized pieces of one weight, in mpt_lite's own names or bitsandbytes' -> the module (rows8: int4
+    codes stored in the rows8 layout).
 
     int4 files of format versions 1-2 hold float32 group scales; they are rounded to half here
     (kernels.int4_half_scales) and the codes kept. That changes each weight by at most 2^-11 of its
@@ -262,7 +278,7 @@ def _install_codes(mod, name: str, got: dict[str, torch.Tensor], version: int = 
     if "weight" not in got:
         raise MissingKeyError(f"{name}.weight is missing from the checkpoint (found {sorted(got)})")
     try:
-        mod.load_codes(got)
+        mod.load_codes(got, rows8=rows8)
     except (KeyError, TypeError, ValueError) as e:
         raise type(e)(f"{name}: {e}") from e
 

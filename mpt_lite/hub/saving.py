@@ -9,12 +9,13 @@ from typing import Any
 from torch import nn
 
 from ..config import CONFIG_NAME
-from ..quant import quant_metadata
+from ..quant import held_state_dict, quant_metadata
 from .loading import WEIGHT_FILE_PATTERNS
 
 
 def save_pretrained(model: nn.Module, save_directory: Any) -> None:
-    """Writes config.json and model.safetensors (the tied wte once, no lm_head).
+    """Writes config.json and model.safetensors (the tied wte once, no lm_head; quantized codes as held in
+    memory, int4 Linears in the rows8 layout where this machine holds them so, named in the metadata).
 
     Files are written beside their final name and renamed into place, so a failed save leaves the
     previous ones intact; a folder holding another checkpoint's weight files is refused."""
@@ -28,7 +29,7 @@ def save_pretrained(model: nn.Module, save_directory: Any) -> None:
     if others:
         raise FileExistsError(f"{path} already holds other weight files ({', '.join(others)}); "
                               "save into an empty folder")
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in held_state_dict(model).items()}
     metadata = {"format": "pt", **(quant_metadata(model) or {})}
     tmp = path / ".model.safetensors.tmp"
     save_file(state, str(tmp), metadata=metadata)

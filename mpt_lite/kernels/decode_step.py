@@ -13,7 +13,7 @@ from .checks import check_int4_scales, check_tensor, check_threads, ptr
 from .extension import _C
 from .layouts import AMX_MIN_ROWS, Q8_GEMM_MIN_K, Q8_MAX_ROWS, int4_groups
 
-_FMT = {"float32": -1, "int8": 0, "nf4": 1, "int4": 2}
+_FMT = {"float32": -1, "int8": 0, "nf4": 1, "int4": 2, "int4_rows8": 3}
 
 
 def _f32(name: str, t: object, numel: int) -> torch.Tensor:
@@ -63,10 +63,13 @@ class DecodePlan:
                               data=self._hold(weight.contiguous()), scale=0, bias=self._hold(bias))
 
     def set_quant_weight(self, layer: int, name: str, quant_type: str, data: torch.Tensor, scale: torch.Tensor,
-                         n: int, k: int, blocksize: int, bias: torch.Tensor | None) -> None:
-        """The codes of one weight [n, k] in `quant_type` (byte layouts: csrc/cpu/quant_formats.h)."""
+                         n: int, k: int, blocksize: int, bias: torch.Tensor | None, *, rows8: bool = False) -> None:
+        """The codes of one weight [n, k] in `quant_type` (byte layouts: csrc/cpu/quant_formats.h); rows8:
+        int4 codes in the rows8 layout (Linears only, n a multiple of 8)."""
         if quant_type not in ("int8", "nf4", "int4"):
             raise ValueError(f"unknown quant_type {quant_type!r}")
+        if rows8 and (quant_type != "int4" or name == "embedding" or n % 8):
+            raise ValueError(f"{name}: the rows8 layout is for int4 Linears of a multiple of 8 rows")
         want = {"int8": (n * k, n), "nf4": ((n * k + 1) // 2, (n * k + blocksize - 1) // blocksize),
                 "int4": (n * int4_groups(k) * 16, n * int4_groups(k))}[quant_type]
         check_tensor(f"{name} codes", data, (torch.int8 if quant_type == "int8" else torch.uint8,))
@@ -81,7 +84,8 @@ class DecodePlan:
         else:
             scale = _f32(f"{name} scales", scale, want[1])
         bias = None if bias is None else _f32(f"{name} bias", bias, n)
-        self._plan.set_weight(layer=layer, name=name, fmt=_FMT[quant_type], n=n, k=k, blocksize=blocksize,
+        fmt = _FMT["int4_rows8"] if rows8 else _FMT[quant_type]
+        self._plan.set_weight(layer=layer, name=name, fmt=fmt, n=n, k=k, blocksize=blocksize,
                               data=self._hold(data), scale=self._hold(scale), bias=self._hold(bias))
 
     def set_norm(self, layer: int, name: str, weight: torch.Tensor, bias: torch.Tensor | None) -> None:

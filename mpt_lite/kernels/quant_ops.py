@@ -2,11 +2,13 @@
 on the CPU kernels or, for CUDA tensors, the CUDA kernels."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .checks import (check_activations, check_bias, check_blocksize, check_dim, check_int4_scales, check_row_ids,
                      check_shape, check_tensor, check_threads, op_device, ptr, weight_f32)
-from .extension import _C, amx_enabled, launch
+from .extension import _C, amx_enabled, current_isa, launch
 from .layouts import INT4_SCALE_DTYPE, NF4_BLOCKSIZE, int4_groups, use_bf16, use_q8
 
 # ---- quantized matmuls (int8, nf4, int4) ----
@@ -312,11 +314,55 @@ def dequantize_rows_int4(packed, scales, in_features: int, ids, *, num_threads: 
 
 def matmul_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, in_features: int,
                 bias: torch.Tensor | None = None, q8: bool | None = None, *,
-                num_threads: int | None = None) -> torch.Tensor:
+                num_threads: int | None = None, rows8: bool = False) -> torch.Tensor:
+    """rows8: packed and scales are in the rows8 layout (int4_to_rows8; CPU tensors only)."""
     N, K = _check_int4(packed, scales, in_features)
+    if rows8:
+        _check_rows8(packed, N)
     if packed.is_cuda:
         _no_q8_on_cuda(q8)
         return _cuda_matmul("int4", x, packed, scales, N, K, 0, bias)
     packed, scales = packed.contiguous(), scales.contiguous()
-    return _run_matmul(_C.matmul_int4, x, K, N, bias, {"packed": ptr(packed), "scales": ptr(scales)}, q8,
-                       num_threads)
+    return _run_matmul(_C.matmul_int4, x, K, N, bias, {"packed": ptr(packed), "scales": ptr(scales),
+                                                       "rows8": bool(rows8)}, q8, num_threads)
+
+
+# int4's rows8 layout (csrc/cpu/quant_formats.h): the same codes and scales, in the same shapes and dtypes,
+# with 8 rows interleaved per group of 32 k, so that one 32-byte load feeds 8 output rows. The AVX2 kernels
+# read it with no per-call decode; every other kernel takes the row layout. Held in memory only.
+
+def _check_rows8(packed: torch.Tensor, N: int) -> None:
+    if packed.is_cuda:
+        raise ValueError("the int4 rows8 layout is a CPU layout; convert back (int4_from_rows8) before moving to CUDA")
+    if N % 8:
+        raise ValueError(f"the int4 rows8 layout needs a multiple of 8 rows, got {N}")
+
+
+def _int4_convert(packed, scales, in_features, to_rows8: bool, num_threads) -> tuple[torch.Tensor, torch.Tensor]:
+    threads = check_threads(num_threads)
+    N, K = _check_int4(packed, scales, in_features)
+    _check_rows8(packed, N)
+    packed, scales = packed.contiguous(), scales.contiguous()
+    out_p, out_s = torch.empty_like(packed), torch.empty_like(scales)
+    _C.int4_rows8(packed=ptr(packed), scales=ptr(scales), n=N, k=K, out_packed=ptr(out_p), out_scales=ptr(out_s),
+                  to_rows8=to_rows8, num_threads=threads)
+    return out_p, out_s
+
+
+def int4_to_rows8(packed: torch.Tensor, scales: torch.Tensor, in_features: int, *,
+                  num_threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """int4 codes and scales (row layout) in the rows8 layout, as new tensors."""
+    return _int4_convert(packed, scales, in_features, True, num_threads)
+
+
+def int4_from_rows8(packed: torch.Tensor, scales: torch.Tensor, in_features: int, *,
+                    num_threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """int4 codes and scales in the rows8 layout back in the row layout, as new tensors."""
+    return _int4_convert(packed, scales, in_features, False, num_threads)
+
+
+def int4_rows8_preferred(rows: int) -> bool:
+    """Whether a CPU int4 weight of `rows` output rows is best held in rows8 now: the AVX2 variant is the
+    current ISA (the AVX-512 kernels have their own wider loads over the row layout; the portable ones read
+    the row layout) and rows is a multiple of 8. MPT_LITE_INT4_ROWS8=0 keeps the row layout (A/B runs)."""
+    return rows % 8 == 0 and current_isa() == "avx2" and os.environ.get("MPT_LITE_INT4_ROWS8", "1") != "0"

@@ -149,6 +149,15 @@ def ref_dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, in_features:
     return (q * scales.float()[..., None]).reshape(N, G * INT4_GROUP)[:, :in_features]  # half scales widen exactly
 
 
+def ref_int4_from_rows8(packed: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The row layout of int4 codes and scales held in the rows8 layout (csrc/cpu/quant_formats.h):
+    per group of 8 rows and 32 k, vector q's lane r holds row r's bytes 4q..4q+3 of that group."""
+    N, G = scales.shape
+    p = packed.reshape(N // 8, G, 4, 8, 4).permute(0, 3, 1, 2, 4).reshape(N, G * 16)
+    s = scales.reshape(N // 8, G, 8).permute(0, 2, 1).reshape(N, G)
+    return p.contiguous(), s.contiguous()
+
+
 def ref_matmul_int4(x, packed, scales, in_features: int, bias=None, q8=None, bf16=False) -> torch.Tensor:
     b = None if bias is None else bias.float()
     if bf16:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from .formats import (DEFAULT_4BIT, FORMATS, FOUR_BIT, QUANT_TYPES, WeightFormat, check_embedding_bits, check_quant_type,
                       embedding_quant_type, quant_type_for, weight_format)
-from .layers import FORMAT_VERSION, QuantEmbedding, QuantLinear, QuantWeight, quant_metadata, quantized_modules
+from .layers import (FORMAT_VERSION, QuantEmbedding, QuantLinear, QuantWeight, held_state_dict, quant_metadata,
+                     quantized_modules)
 
 
 def quantize(quant_type: str, w, blocksize: int = 64) -> dict:
@@ -14,5 +15,6 @@ def quantize(quant_type: str, w, blocksize: int = 64) -> dict:
 
 __all__ = ["DEFAULT_4BIT", "FORMATS", "FOUR_BIT", "QUANT_TYPES", "WeightFormat", "check_embedding_bits",
            "check_quant_type", "embedding_quant_type", "quant_type_for", "weight_format",
-           "FORMAT_VERSION", "QuantEmbedding", "QuantLinear", "QuantWeight", "quant_metadata", "quantized_modules",
+           "FORMAT_VERSION", "QuantEmbedding", "QuantLinear", "QuantWeight", "held_state_dict", "quant_metadata",
+           "quantized_modules",
            "quantize"]

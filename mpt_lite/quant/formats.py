@@ -134,8 +134,9 @@ class Int4Format(WeightFormat):
     def dequantize_rows(self, codes, n, k, blocksize, ids, num_threads=None):
         return kernels.dequantize_rows_int4(codes["weight"], codes["weight_scales"], k, ids, num_threads=num_threads)
 
-    def matmul(self, x, codes, n, k, blocksize, bias, num_threads=None):
-        return kernels.matmul_int4(x, codes["weight"], codes["weight_scales"], k, bias, num_threads=num_threads)
+    def matmul(self, x, codes, n, k, blocksize, bias, num_threads=None, rows8=False):
+        return kernels.matmul_int4(x, codes["weight"], codes["weight_scales"], k, bias, num_threads=num_threads,
+                                   rows8=rows8)
 
 
 FORMATS: dict[str, WeightFormat] = {f.name: f for f in (Int8Format(), Nf4Format(), Int4Format())}

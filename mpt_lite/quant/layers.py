@@ -2,7 +2,12 @@
 
 Each holds its weight as the code buffers of one format (formats.py), so state_dict() is the
 saved form, plus an optional float ``bias``. Activations stay float (float32, or bfloat16 widened
-in the kernel)."""
+in the kernel).
+
+In memory an int4 QuantLinear on a CPU whose kernels read it best (kernels.int4_rows8_preferred: the
+AVX2 variant) holds its codes in the rows8 layout (8 rows interleaved per group of 32 k; same buffers,
+shapes and dtypes): `int4_rows8` says so. state_dict(), codes() and dequantized() give the row layout,
+moving the module off the CPU converts back first, and loading a state dict arranges it again."""
 from __future__ import annotations
 
 import json
@@ -14,9 +19,11 @@ from .. import kernels
 from ..config import MissingKeyError
 from .formats import DEFAULT_4BIT, WeightFormat, weight_format
 
-# 3: int4 group scales in float16 (4.5 bits per weight); 2: a format per quantized tensor ("formats");
-# 1: one format for the model. Files of versions 1-2 load (hub/loading.py rounds int4 scales to half).
-FORMAT_VERSION = 3
+# 4: int4 Linears may be stored in the rows8 layout (the "rows8" list names them; the file maps as it is on a
+# machine whose kernels read rows8, and is converted on others); 3: int4 group scales in float16 (4.5 bits
+# per weight); 2: a format per quantized tensor ("formats"); 1: one format for the model. Files of versions
+# 1-3 load (hub/loading.py rounds int4 scales of 1-2 to half).
+FORMAT_VERSION = 4
 
 
 class QuantWeight(nn.Module):
@@ -30,6 +37,7 @@ class QuantWeight(nn.Module):
         # CPU kernel threads for this layer's calls (None: the pool's size); the model sets it for
         # all its layers (MptPreTrainedModel.num_threads).
         self.num_threads: int | None = None
+        self.int4_rows8 = False  # int4 codes held in the rows8 layout (see the module's docstring)
         for name, t in self.format.empty_codes(rows, cols, blocksize).items():
             self.register_buffer(name, t)
 
@@ -43,10 +51,58 @@ class QuantWeight(nn.Module):
         return self.format.code_names
 
     def codes(self) -> dict[str, torch.Tensor]:
+        """The code buffers in their saved layout (a converted copy where the module holds rows8)."""
+        held = self.kernel_codes()
+        if not self.int4_rows8:
+            return held
+        packed, scales = kernels.int4_from_rows8(held["weight"], held["weight_scales"], self.cols)
+        return {"weight": packed, "weight_scales": scales}
+
+    def kernel_codes(self) -> dict[str, torch.Tensor]:
+        """The code buffers as held (rows8 where int4_rows8), for the kernels."""
         return {name: self._buffers[name] for name in self.format.code_names}
 
-    def load_codes(self, codes: dict[str, torch.Tensor]) -> None:
-        """Installs already-quantized buffers (checked against this layer's shape)."""
+    # Linears only: the embedding's row lookups read the row layout.
+    holds_rows8 = False
+
+    def _hold_rows8(self, want: bool) -> None:
+        if want == self.int4_rows8:
+            return
+        held = self.kernel_codes()
+        convert = kernels.int4_to_rows8 if want else kernels.int4_from_rows8
+        packed, scales = convert(held["weight"], held["weight_scales"], self.cols, num_threads=self.num_threads)
+        self._buffers["weight"], self._buffers["weight_scales"] = packed, scales
+        self.int4_rows8 = want
+
+    def arrange_codes(self) -> None:
+        """Holds int4 codes in the layout this machine's kernels read best (rows8 or the row layout)."""
+        if self.quant_type == "int4":
+            self._hold_rows8(self.holds_rows8 and self._buffers["weight"].device.type == "cpu"
+                             and kernels.int4_rows8_preferred(self.rows))
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.int4_rows8:
+            for name, t in self.codes().items():
+                destination[prefix + name] = t
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self._hold_rows8(False)  # the incoming codes are in the row layout (keys absent keep theirs)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.arrange_codes()
+
+    def _apply(self, fn, *args, **kwargs):
+        self._hold_rows8(False)  # e.g. .to("cuda"): the CUDA kernels read the row layout
+        super()._apply(fn, *args, **kwargs)
+        self.arrange_codes()
+        return self
+
+    def load_codes(self, codes: dict[str, torch.Tensor], rows8: bool = False) -> None:
+        """Installs already-quantized buffers (checked against this layer's shape); rows8: int4 codes in the
+        rows8 layout (a Linear of a multiple of 8 rows). Then holds them as this machine's kernels read best."""
+        if rows8 and not (self.quant_type == "int4" and self.holds_rows8 and self.rows % 8 == 0):
+            raise ValueError(f"the rows8 layout is for int4 Linears of a multiple of 8 rows, not a {self.quant_type} "
+                             f"{type(self).__name__} of {self.rows} rows")
         want = self.format.empty_codes_meta(self.rows, self.cols, self.blocksize)
         if set(codes) != set(want):
             raise MissingKeyError(f"{self.quant_type} weight needs {sorted(want)}, got {sorted(codes)}")
@@ -57,6 +113,8 @@ class QuantWeight(nn.Module):
                 raise ValueError(f"{name}: expected shape {tuple(want[name].shape)} for a "
                                  f"[{self.rows}, {self.cols}] weight, got {tuple(t.shape)}")
             self._buffers[name] = t.reshape(want[name].shape).contiguous()
+        self.int4_rows8 = rows8
+        self.arrange_codes()
 
     def quantize_from(self, w: torch.Tensor) -> None:
         """Quantizes a float weight [rows, cols] of any float dtype, a slab of rows at a time, so no
@@ -81,8 +139,9 @@ class QuantWeight(nn.Module):
         dtype = x.dtype
         if dtype not in (torch.float32, torch.bfloat16):
             x = x.float()
-        return self.format.matmul(x, self.codes(), self.rows, self.cols, self.blocksize, bias,
-                                  self.num_threads).to(dtype)
+        layout = {"rows8": True} if self.int4_rows8 else {}
+        return self.format.matmul(x, self.kernel_codes(), self.rows, self.cols, self.blocksize, bias,
+                                  self.num_threads, **layout).to(dtype)
 
     def extra_repr(self) -> str:
         extra = f", blocksize={self.blocksize}" if self.quant_type == "nf4" else ""
@@ -91,6 +150,8 @@ class QuantWeight(nn.Module):
 
 class QuantLinear(QuantWeight):
     """y = x @ W^T + b with W quantized; a drop-in for nn.Linear(in_features, out_features, bias)."""
+
+    holds_rows8 = True
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, quant_type: str = DEFAULT_4BIT,
                  blocksize: int = kernels.NF4_BLOCKSIZE) -> None:
@@ -143,4 +204,16 @@ def quant_metadata(model: nn.Module) -> dict[str, str] | None:
     main = (linears or list(mods.values()))[0]
     return {"mpt_lite_quant": json.dumps({"format": main.quant_type, "version": FORMAT_VERSION,
                                           "blocksize": main.blocksize, "group_size": kernels.INT4_GROUP,
-                                          "formats": {name: m.quant_type for name, m in mods.items()}})}
+                                          "formats": {name: m.quant_type for name, m in mods.items()},
+                                          "rows8": sorted(name for name, m in mods.items() if m.int4_rows8)})}
+
+
+def held_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """model.state_dict() with every quantized weight's codes as held in memory (rows8 where held so):
+    what save_pretrained writes, so that the same kind of machine maps the file with no conversion."""
+    state = model.state_dict()
+    for name, m in quantized_modules(model).items():
+        if m.int4_rows8:
+            for piece, t in m.kernel_codes().items():
+                state[f"{name}.{piece}"] = t
+    return state

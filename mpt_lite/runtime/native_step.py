@@ -81,9 +81,10 @@ def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
 def _set_weight(plan: kernels.DecodePlan, layer: int, name: str, m: Any) -> None:
     bias = getattr(m, "bias", None) if not isinstance(m, (TiedEmbedding, QuantEmbedding)) else None
     if isinstance(m, QuantWeight):
-        codes = m.codes()
+        codes = m.kernel_codes()
         plan.set_quant_weight(layer, name, m.quant_type, codes["weight"].contiguous(),
-                              codes[_SCALE_NAMES[m.quant_type]].contiguous(), m.rows, m.cols, m.blocksize, _f32(bias))
+                              codes[_SCALE_NAMES[m.quant_type]].contiguous(), m.rows, m.cols, m.blocksize, _f32(bias),
+                              rows8=m.int4_rows8)
     else:
         plan.set_float_weight(layer, name, m.weight.detach().contiguous(), _f32(bias))
 
