@@ -362,7 +362,9 @@ def int4_from_rows8(packed: torch.Tensor, scales: torch.Tensor, in_features: int
 
 
 def int4_rows8_preferred(rows: int) -> bool:
-    """Whether a CPU int4 weight of `rows` output rows is best held in rows8 now: the AVX2 variant is the
-    current ISA (the AVX-512 kernels have their own wider loads over the row layout; the portable ones read
-    the row layout) and rows is a multiple of 8. MPT_LITE_INT4_ROWS8=0 keeps the row layout (A/B runs)."""
-    return rows % 8 == 0 and current_isa() == "avx2" and os.environ.get("MPT_LITE_INT4_ROWS8", "1") != "0"
+    """Whether a CPU int4 weight of `rows` output rows is best held in rows8 now: rows is a multiple of 8 and
+    the AVX2 variant is the current ISA (the AVX-512 kernels have their own wider loads over the row layout;
+    the portable ones read the row layout, so rows8 would cost them a conversion per call).
+    MPT_LITE_INT4_ROWS8=0 keeps the row layout, =1 takes rows8 on every CPU (A/B runs, tests)."""
+    switch = os.environ.get("MPT_LITE_INT4_ROWS8", "")
+    return rows % 8 == 0 and switch != "0" and (switch == "1" or current_isa() == "avx2")

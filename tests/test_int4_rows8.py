@@ -1,0 +1,176 @@
+"""int4's rows8 layout (8 rows interleaved per group of 32 k, csrc/cpu/quant_formats.h): the conversion
+against the layout's definition and the plain-torch reference, its matmuls (the AVX2 rows8 kernel below 32
+rows, the panels from 32, the row-layout kernels on a scratch copy elsewhere) against the reference on
+every ISA, and a QuantLinear holding it: the row layout in codes() / state_dict() / saved files of other
+machines, a saved rows8 file mapped as it is, the native step."""
+import os
+
+import pytest
+import torch
+
+import mpt_lite
+from mpt_lite import ops
+from mpt_lite.quant import QuantEmbedding, QuantLinear
+from mpt_lite.quant.layers import quantized_modules
+
+ISAS = ops.supported_isas()
+SHAPES = [(8, 32), (40, 1000), (136, 2080), (64, 97), (16, 7000)]  # (N, K): partial groups, one group, many
+
+
+def _q(N, K, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return ops.quantize_int4(torch.randn(N, K, generator=g) * 0.05)
+
+
+@pytest.mark.parametrize("N, K", SHAPES)
+def test_layout_is_the_documented_interleave(N, K):
+    packed, scales = _q(N, K)
+    p8, s8 = ops.int4_to_rows8(packed, scales, K)
+    assert p8.shape == packed.shape and s8.shape == scales.shape and p8.dtype == packed.dtype
+    G = scales.shape[1]
+    flat, sflat = p8.reshape(-1), s8.reshape(-1)
+    g = torch.Generator().manual_seed(N + K)
+    for _ in range(200):  # byte ((n8 * G + g) * 128 + q * 32 + r * 4 + j) = packed[n8*8 + r][g*16 + 4q + j]
+        n8, grp, q, r, j = (int(torch.randint(0, m, (1,), generator=g)) for m in (N // 8, G, 4, 8, 4))
+        assert flat[(n8 * G + grp) * 128 + q * 32 + r * 4 + j] == packed[n8 * 8 + r, grp * 16 + 4 * q + j]
+        assert sflat[(n8 * G + grp) * 8 + r] == scales[n8 * 8 + r, grp]
+    rp, rs = ops.ref_int4_from_rows8(p8, s8)
+    assert torch.equal(rp, packed) and torch.equal(rs, scales)
+    bp, bs = ops.int4_from_rows8(p8, s8, K)
+    assert torch.equal(bp, packed) and torch.equal(bs, scales)
+
+
+def test_rows8_needs_a_multiple_of_8_rows():
+    packed, scales = _q(12, 64)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        ops.int4_to_rows8(packed, scales, 64)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        ops.matmul_int4(torch.randn(1, 64), packed, scales, 64, rows8=True)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("M", [1, 2, 3, 5, 8, 16, 17, 31, 32, 33, 100])
+def test_matmul_matches_reference(isa, M):
+    gen = torch.Generator().manual_seed(M)
+    for i, (N, K) in enumerate(SHAPES):
+        packed, scales = _q(N, K, seed=i)
+        p8, s8 = ops.int4_to_rows8(packed, scales, K)
+        x = torch.randn(M, K, generator=gen) * (1 + 10 * torch.rand(M, K, generator=gen) ** 8)
+        bias = torch.randn(N, generator=gen) if i % 2 == 0 else None
+        with ops.use_isa(isa):
+            y = ops.matmul_int4(x, p8, s8, K, bias=bias, q8=True, rows8=True)
+            y_float = ops.matmul_int4(x, p8, s8, K, bias=bias, q8=False, rows8=True)
+            want_float = ops.matmul_int4(x, packed, scales, K, bias=bias, q8=False)
+        want = ops.ref_matmul_int4(x, packed, scales, K, bias=bias, q8=True)
+        # float32 rounding of a K-term dot product of the dequantized operands
+        w = ops.ref_dequantize_int4(packed, scales, K)
+        bound = (ops.ref_dequantize_q8(x).abs() @ w.abs().t()) * (K * 2.0 ** -23) + 1e-6
+        assert bool(((y - want).abs() <= bound).all()), (N, K, (y - want).abs().max().item())
+        assert torch.equal(y_float, want_float)  # float activations: the row-layout kernel on a scratch copy
+
+
+@pytest.mark.parametrize("M", [7, 40])
+def test_rows_do_not_depend_on_row_count_or_threads(M):
+    N, K = 136, 2080
+    packed, scales = _q(N, K)
+    p8, s8 = ops.int4_to_rows8(packed, scales, K)
+    x = torch.randn(M, K)
+    full = ops.matmul_int4(x, p8, s8, K, q8=True, rows8=True)
+    for m0, m1 in ((0, 1), (1, 3), (2, M)):
+        assert torch.equal(ops.matmul_int4(x[m0:m1], p8, s8, K, q8=True, rows8=True), full[m0:m1]) or m1 - m0 >= 32
+    for threads in (1, 2, 3):
+        assert torch.equal(ops.matmul_int4(x, p8, s8, K, q8=True, rows8=True, num_threads=threads), full)
+
+
+def _linear(monkeypatch, switch, N=64, K=200):
+    monkeypatch.setenv("MPT_LITE_INT4_ROWS8", switch)
+    torch.manual_seed(0)
+    return QuantLinear.from_linear(torch.nn.Linear(K, N), quant_type="int4")
+
+
+def test_quantlinear_holds_rows8_and_gives_the_row_layout(monkeypatch):
+    rows = _linear(monkeypatch, "0")
+    held = _linear(monkeypatch, "1")
+    assert held.int4_rows8 and not rows.int4_rows8
+    assert not torch.equal(held.weight, rows.weight)  # the buffers hold the interleave...
+    for name, t in rows.codes().items():  # ...codes() and state_dict() the row layout
+        assert torch.equal(held.codes()[name], t) and torch.equal(held.state_dict()[name], t)
+    x = torch.randn(3, 200)
+    torch.testing.assert_close(held(x), rows(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(held.dequantized(), rows.dequantized(), rtol=0, atol=0)
+    other = _linear(monkeypatch, "1")
+    with torch.no_grad():
+        other.weight.zero_()
+    other.load_state_dict(rows.state_dict())  # a row-layout state dict into a rows8 module
+    assert other.int4_rows8 and torch.equal(other.weight, held.weight)
+    other._apply(lambda t: t.clone())  # .to() and friends: through the row layout and back
+    assert other.int4_rows8 and torch.equal(other.weight, held.weight)
+    odd = QuantLinear(200, 12, quant_type="int4")
+    odd.quantize_from(torch.randn(12, 200))
+    emb = QuantEmbedding(64, 16, quant_type="int4")
+    emb.quantize_from(torch.randn(64, 16))
+    assert not odd.int4_rows8 and not emb.int4_rows8  # 12 rows; embedding lookups read rows
+
+
+@pytest.fixture(scope="module")
+def float_folder(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = mpt_lite.MptConfig(d_model=64, n_heads=4, n_layers=2, vocab_size=97, max_seq_len=32, expansion_ratio=4)
+    src = tmp_path_factory.mktemp("float")
+    mpt_lite.MptForCausalLM(cfg).eval().save_pretrained(src)
+    return src
+
+
+def _mapped(path):
+    real, out = os.path.realpath(path), []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 6 and parts[5] == real:
+                out.append(tuple(int(v, 16) for v in parts[0].split("-")))
+    return out
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux /proc/self/maps")
+def test_saved_rows8_maps_as_it_is_and_converts_elsewhere(monkeypatch, float_folder, tmp_path):
+    monkeypatch.setenv("MPT_LITE_INT4_ROWS8", "1")
+    model = mpt_lite.MptForCausalLM.from_pretrained(float_folder, bits=4, quant_type="int4")
+    linears = {n for n, m in quantized_modules(model).items() if isinstance(m, QuantLinear)}
+    assert {n for n, m in quantized_modules(model).items() if m.int4_rows8} == linears
+    model.save_pretrained(tmp_path)
+    ids = torch.tensor([[1, 5, 9, 33, 2]])
+    same = mpt_lite.MptForCausalLM.from_pretrained(tmp_path)
+    ranges = _mapped(tmp_path / "model.safetensors")
+    for name, mod in quantized_modules(same).items():
+        assert mod.int4_rows8 == (name in linears)
+        for piece, buf in mod.named_buffers(recurse=False):
+            assert any(lo <= buf.data_ptr() < hi for lo, hi in ranges), f"{name}.{piece} was copied, not mapped"
+    torch.testing.assert_close(same(ids).logits, model(ids).logits, rtol=0, atol=0)
+    monkeypatch.setenv("MPT_LITE_INT4_ROWS8", "0")  # a machine that reads the row layout
+    other = mpt_lite.MptForCausalLM.from_pretrained(tmp_path)
+    assert not any(m.int4_rows8 for m in quantized_modules(other).values())
+    sa, sb = model.state_dict(), other.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    torch.testing.assert_close(other(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_native_step_and_engine_with_rows8(monkeypatch):
+    """The native step reads rows8 weights as the torch path does (q8 activations as shipped: 1e-2, see
+    test_native_step.py), and the engine's greedy tokens are the same with and without it."""
+    from test_native_step import SCHEDULE, quantized, run_both, tiny
+
+    from mpt_lite.runtime.engine import Engine
+
+    monkeypatch.setenv("MPT_LITE_INT4_ROWS8", "1")
+    model = quantized(tiny(), "int4", "int8")
+    assert all(b.attn.Wqkv.int4_rows8 and b.ffn.down_proj.int4_rows8 for b in model.transformer.blocks)
+    run_both(model, SCHEDULE, rel=1e-2)
+    outs = []
+    for native in (True, False):
+        engine = Engine(model, num_blocks=64, block_size=4, native_step=native, max_batch_tokens=24)
+        assert engine.uses_native_step is native
+        reqs = [engine.add_request(p, 12) for p in (list(range(5, 17)), [3, 9, 27], list(range(40, 80, 2)))]
+        for _ in engine.run():
+            pass
+        outs.append([r.output for r in reqs])
+    assert outs[0] == outs[1]
