@@ -1,7 +1,7 @@
 // Quantized weight formats and the kernels over them: quantize, dequantize, y = x @ W^T (+ bias).
 // W is the [N = out_features, K = in_features] weight of a Linear; x is M x K float32 row-major.
 //
-// Byte layouts (what is saved and reloaded; the kernels read them directly, no repacking):
+// Byte layouts (what is saved and reloaded; the kernels read them directly, no repacking at each call):
 //
 //   int8  cb  int8  [N, K]   row-major codes, q = round_half_even(w * (127 / absmax_row))
 //         scb fp32  [N]      per-row absmax;  w = (q * scb) * (1/127)   (bitsandbytes CB / SCB)
