@@ -6,10 +6,12 @@ in the kernel).
 
 In memory an int4 QuantLinear on a CPU whose kernels read it best (kernels.int4_rows8_preferred: the
 AVX2 variant) holds its codes in the rows8 layout (8 rows interleaved per group of 32 k; same buffers,
-shapes and dtypes): `int4_rows8` says so. state_dict(), codes() and dequantized() give the row layout,
-moving the module off the CPU converts back first, and loading a state dict arranges it again."""
+shapes and dtypes): `int4_rows8` says so. state_dict(), codes() and dequantized() give the row layout
+(state_dict() and codes() as converted copies), moving the module off the CPU converts back first, and
+loading a state dict arranges it again; save_pretrained writes the codes as held (held_state_dict)."""
 from __future__ import annotations
 
+import contextvars
 import json
 
 import torch
@@ -24,6 +26,9 @@ from .formats import DEFAULT_4BIT, WeightFormat, weight_format
 # per weight); 2: a format per quantized tensor ("formats"); 1: one format for the model. Files of versions
 # 1-3 load (hub/loading.py rounds int4 scales of 1-2 to half).
 FORMAT_VERSION = 4
+
+# Set while held_state_dict() collects the codes as held: state_dict() then makes no row-layout copies.
+_STATE_AS_HELD = contextvars.ContextVar("mpt_lite_state_as_held", default=False)
 
 
 class QuantWeight(nn.Module):
@@ -75,14 +80,15 @@ class QuantWeight(nn.Module):
         self.int4_rows8 = want
 
     def arrange_codes(self) -> None:
-        """Holds int4 codes in the layout this machine's kernels read best (rows8 or the row layout)."""
-        if self.quant_type == "int4":
+        """Holds int4 codes in the layout this machine's kernels read best (rows8 or the row layout).
+        Codes the kernels would reject (scales not float16, e.g. after .float()) stay as they are."""
+        if self.quant_type == "int4" and self._buffers["weight_scales"].dtype == kernels.INT4_SCALE_DTYPE:
             self._hold_rows8(self.holds_rows8 and self._buffers["weight"].device.type == "cpu"
                              and kernels.int4_rows8_preferred(self.rows))
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self.int4_rows8:
+        if self.int4_rows8 and not _STATE_AS_HELD.get():
             for name, t in self.codes().items():
                 destination[prefix + name] = t
 
@@ -210,10 +216,10 @@ def quant_metadata(model: nn.Module) -> dict[str, str] | None:
 
 def held_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """model.state_dict() with every quantized weight's codes as held in memory (rows8 where held so):
-    what save_pretrained writes, so that the same kind of machine maps the file with no conversion."""
-    state = model.state_dict()
-    for name, m in quantized_modules(model).items():
-        if m.int4_rows8:
-            for piece, t in m.kernel_codes().items():
-                state[f"{name}.{piece}"] = t
-    return state
+    what save_pretrained writes, so that the same kind of machine maps the file with no conversion (and
+    no row-layout copy of every weight is made, as state_dict() makes)."""
+    token = _STATE_AS_HELD.set(True)
+    try:
+        return model.state_dict()
+    finally:
+        _STATE_AS_HELD.reset(token)
