@@ -140,14 +140,26 @@ static void bind_quant(py::module_& m) {
                              n_rows, buf<float>(out, n_rows * k, "out"));
   }, kw, arg("packed"), arg("absmax"), arg("k"), arg("blocksize"), arg("rows"), arg("n_rows"), arg("out"), nt, G());
   m.def("matmul_nf4", [](uintptr_t x, int64_t m_, int64_t k, uintptr_t packed, uintptr_t absmax, int64_t n,
-                         int64_t bs, uintptr_t bias, uintptr_t y, bool q8, bool bf16, int nthreads) {
+                         int64_t bs, uintptr_t bias, uintptr_t y, bool q8, bool bf16, bool rows8, int nthreads) {
     mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
     dim(m_, "m"), dim(k, "k"), dim(n, "n"), positive(bs, "blocksize");
+    if (rows8 && !mpt::nf4_q8_ok(k, bs))
+      throw std::invalid_argument("nf4 rows8 weight: needs a power-of-two blocksize >= 32 that divides k");
     mpt::matmul_nf4(buf<const float>(x, m_ * k, "x"), m_, k, buf<const uint8_t>(packed, (n * k + 1) / 2, "packed"),
                     buf<const float>(absmax, (n * k + bs - 1) / bs, "absmax"), n, bs, opt<const float>(bias),
-                    buf<float>(y, m_ * n, "y"), q8, bf16);
+                    buf<float>(y, m_ * n, "y"), q8, bf16, rows8);
   }, kw, arg("x"), arg("m"), arg("k"), arg("packed"), arg("absmax"), arg("n"), arg("blocksize"), arg("bias") = 0,
-     arg("y"), arg("q8") = false, arg("bf16") = false, nt, G());
+     arg("y"), arg("q8") = false, arg("bf16") = false, arg("rows8") = false, nt, G());
+  // nf4's rows8 layout (quant_formats.h) from bitsandbytes' (to_rows8) or back; n a multiple of 8, nf4_q8_ok.
+  m.def("nf4_rows8", [](uintptr_t packed, uintptr_t absmax, int64_t n, int64_t k, int64_t bs, uintptr_t out_packed,
+                        uintptr_t out_absmax, bool to_rows8, int nthreads) {
+    mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
+    dim(n, "n"), dim(k, "k"), positive(bs, "blocksize");
+    auto* convert = to_rows8 ? &mpt::nf4_to_rows8 : &mpt::nf4_from_rows8;
+    convert(buf<const uint8_t>(packed, n * k / 2, "packed"), buf<const float>(absmax, n * k / bs, "absmax"), n, k, bs,
+            buf<uint8_t>(out_packed, n * k / 2, "out_packed"), buf<float>(out_absmax, n * k / bs, "out_absmax"));
+  }, kw, arg("packed"), arg("absmax"), arg("n"), arg("k"), arg("blocksize"), arg("out_packed"), arg("out_absmax"),
+     arg("to_rows8"), nt, G());
 
   // int4: packed uint8 [n, groups * 16], scales float16 (IEEE half bits) [n, groups], groups = ceil(k / 32).
   // Raw addresses carry no dtype: mpt_lite/kernels/quant_ops.py rejects float32 scales (the layout
@@ -351,9 +363,12 @@ static void bind_decode_step(py::module_& m) {
            py::arg("q8_max_rows"), py::arg("q8_gemm_min_k"), py::arg("bf16_min_rows") = 0)
       .def("set_weight", [](mpt::DecodePlan& p, int64_t layer, const std::string& name, int fmt, int64_t n,
                             int64_t k, int64_t blocksize, uintptr_t data, uintptr_t scale, uintptr_t bias) {
-             if (fmt < -1 || fmt > 3) throw std::invalid_argument("unknown weight format code");
-             if (fmt == static_cast<int>(mpt::StepFormat::Int4Rows8) && n % 8 != 0)
-               throw std::invalid_argument("int4 rows8 weight: n must be a multiple of 8");
+             if (fmt < -1 || fmt > 4) throw std::invalid_argument("unknown weight format code");
+             if ((fmt == static_cast<int>(mpt::StepFormat::Int4Rows8) || fmt == static_cast<int>(mpt::StepFormat::Nf4Rows8)) &&
+                 n % 8 != 0)
+               throw std::invalid_argument("rows8 weight: n must be a multiple of 8");
+             if (fmt == static_cast<int>(mpt::StepFormat::Nf4Rows8) && !mpt::nf4_q8_ok(k, blocksize))
+               throw std::invalid_argument("nf4 rows8 weight: needs a power-of-two blocksize >= 32 that divides k");
              mpt::StepWeight& w = p.weight(layer, name);
              w.fmt = static_cast<mpt::StepFormat>(fmt), w.N = n, w.K = k, w.blocksize = blocksize;
              w.data = mpt::bind::buf<const void>(data, n * k, "data"), w.scale = mpt::bind::opt<const void>(scale);

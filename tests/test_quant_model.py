@@ -138,9 +138,9 @@ def test_save_reload_round_trips_exactly(float_ckpt, tmp_path, bits, quant_type,
     assert {k: meta[k] for k in ("format", "version", "blocksize", "group_size")} == \
         {"format": fmt, "version": 4, "blocksize": 64, "group_size": 32}
     # int4 Linears are saved as held: in the rows8 layout where this machine's kernels read it
-    held = [n for n, m in quantized_modules(q).items() if m.int4_rows8]
+    held = [n for n, m in quantized_modules(q).items() if m.rows8]
     assert meta["rows8"] == sorted(held)
-    assert bool(held) == (fmt == "int4" and ops.int4_rows8_preferred(8))
+    assert bool(held) == (fmt in ("int4", "nf4") and ops.rows8_preferred(8))
     assert meta["formats"]["transformer.wte"] == emb
     assert meta["formats"]["transformer.blocks.1.ffn.up_proj"] == fmt
     r = mpt_lite.MptForCausalLM.from_pretrained(tmp_path)  # no bits: reloaded as saved, no quantizing

@@ -69,6 +69,9 @@ void linear(const StepWeight& w, const float* x, int64_t M, float* y, const Step
       return matmul_int4(x, M, w.K, static_cast<const uint8_t*>(w.data), w.hscale(), w.N, w.bias, y, q8, bf16);
     case StepFormat::Int4Rows8:
       return matmul_int4(x, M, w.K, static_cast<const uint8_t*>(w.data), w.hscale(), w.N, w.bias, y, q8, bf16, true);
+    case StepFormat::Nf4Rows8:
+      return matmul_nf4(x, M, w.K, static_cast<const uint8_t*>(w.data), w.fscale(), w.N, w.blocksize, w.bias, y, q8,
+                        bf16, true);
     default: throw std::invalid_argument("unset weight");
   }
 }

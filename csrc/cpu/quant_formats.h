@@ -32,6 +32,11 @@
 //           scales  half ((n8 * G + g) * 8 + r)                   = scales[n8*8 + r][g]
 //         for q, j in 0..3 and r in 0..7: vector q of a group holds k 4q..4q+3 (low nibbles) and
 //         16+4q..16+4q+3 (high nibbles) of the 8 rows, row r in its 32-bit lane r.
+//
+//   nf4, rows8 (likewise; where nf4_q8_ok): the codes in int4's rows8 nibble order above (code q of
+//         row 8*n8 + r at k = 32g + 4q' + j in the low nibble of byte ((n8*G + g)*128 + q'*32 + r*4 + j),
+//         k + 16 in its high nibble; G = K / 32), and the absmax of block c of those rows side by side:
+//           absmax  float ((n8 * C + c) * 8 + r) = absmax[(n8*8 + r) * C + c],  C = K / blocksize
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -111,6 +116,11 @@ void int4_to_rows8(const uint8_t* packed, const uint16_t* scales, int64_t N, int
                    uint16_t* out_scales);
 void int4_from_rows8(const uint8_t* packed, const uint16_t* scales, int64_t N, int64_t K, uint8_t* out_packed,
                      uint16_t* out_scales);
+// nf4's rows8 layout from bitsandbytes' and back; N % 8 == 0 and nf4_q8_ok(K, blocksize).
+void nf4_to_rows8(const uint8_t* packed, const float* absmax, int64_t N, int64_t K, int64_t blocksize,
+                  uint8_t* out_packed, float* out_absmax);
+void nf4_from_rows8(const uint8_t* packed, const float* absmax, int64_t N, int64_t K, int64_t blocksize,
+                    uint8_t* out_packed, float* out_absmax);
 
 // Dequantizes rows [n0, n1) of a weight into out ([n1 - n0, K] row-major); used for embedding lookups.
 void dequantize_rows_int8(const int8_t* cb, const float* scb, int64_t K, const int64_t* rows, int64_t nrows, float* out);
@@ -127,7 +137,7 @@ struct QWeight {
   const uint8_t* data;      // cb / packed
   const float* scale;       // scb / absmax (int8, nf4)
   const uint16_t* scale16;  // int4's half scales [N, G]; read them through int4_scale
-  bool rows8 = false;       // int4 in the rows8 layout: only qmatmul reads it (it converts where no kernel does)
+  bool rows8 = false;       // int4 / nf4 in the rows8 layout: only qmatmul reads it (it converts where no kernel does)
 };
 
 // int4: the scale of group g of row n, widened to float.
@@ -181,7 +191,7 @@ void qmatmul_q8_avx2(const QWeight& w, const Q8Rows& x, const float* bias, float
 void qmatmul_q8_pairs_avx2(const QWeight& w, const Q8Rows& x, const float* bias, float* y);  // int4, nf4
 // many x rows (qmatmul_q8_avx2 picks: int8 from 6, int4 / nf4 from 16): weights decoded into 8-row panels shared by every x row
 void qmatmul_q8_panels_avx2(const QWeight& w, const Q8Rows& x, const float* bias, float* y);
-// int4 in the rows8 layout, any number of x rows (AVX2; called on AVX-512 CPUs too)
+// int4 / nf4 in the rows8 layout, any number of x rows (AVX2; called on AVX-512 CPUs too)
 void qmatmul_q8_rows8_avx2(const QWeight& w, const Q8Rows& x, const float* bias, float* y);
 void qmatmul_q8_avx512(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);  // quantizes x itself
 void qmatmul_generic(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
@@ -189,7 +199,7 @@ void qmatmul_avx2(const QWeight& w, const float* x, int64_t M, const float* bias
 void qmatmul_avx512(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
 void qmatmul(const QWeight& w, const float* x, int64_t M, const float* bias, float* y, bool q8 = false,
              bool bf16 = false);
-void qmatmul_int4_rows8(const QWeight& w, const float* x, int64_t M, const float* bias, float* y, bool q8, bool bf16);
+void qmatmul_rows8(const QWeight& w, const float* x, int64_t M, const float* bias, float* y, bool q8, bool bf16);
 
 // ---- nf4 on the integer path (llama.cpp's IQ4_NL scheme), bitsandbytes' byte layout unchanged ----
 // The 16 NF4 code values as int8: kNf4Int8[q] = round(kNf4IntMax * kNf4Code[q]). With q8 activations the
@@ -211,6 +221,6 @@ static inline bool nf4_q8_ok(int64_t K, int64_t blocksize) {
 }
 // q8: as matmul_int8's (ignored where !nf4_q8_ok(K, blocksize)).
 void matmul_nf4(const float* x, int64_t M, int64_t K, const uint8_t* packed, const float* absmax, int64_t N,
-                int64_t blocksize, const float* bias, float* y, bool q8, bool bf16 = false);
+                int64_t blocksize, const float* bias, float* y, bool q8, bool bf16 = false, bool rows8 = false);
 
 }  // namespace mpt

@@ -108,7 +108,7 @@ void qmatmul(const QWeight& w, const float* x, int64_t M, const float* bias, flo
       for (int64_t n = 0; n < w.N; ++n) y[m * w.N + n] = bias ? bias[n] : 0.f;
     return;
   }
-  if (w.rows8) return qmatmul_int4_rows8(w, x, M, bias, y, q8, bf16);
+  if (w.rows8) return qmatmul_rows8(w, x, M, bias, y, q8, bf16);
 #if MPT_LITE_AMX
   if (bf16) return qgemm_bf16_amx(w, x, M, bias, y);
 #endif

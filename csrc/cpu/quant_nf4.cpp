@@ -69,8 +69,8 @@ void matmul_nf4(const float* x, int64_t M, int64_t K, const uint8_t* packed, con
 }
 
 void matmul_nf4(const float* x, int64_t M, int64_t K, const uint8_t* packed, const float* absmax, int64_t N,
-                int64_t blocksize, const float* bias, float* y, bool q8, bool bf16) {
-  QWeight w{QFormat::Nf4, N, K, blocksize, packed, absmax, nullptr};
+                int64_t blocksize, const float* bias, float* y, bool q8, bool bf16, bool rows8) {
+  QWeight w{QFormat::Nf4, N, K, blocksize, packed, absmax, nullptr, rows8};
   qmatmul(w, x, M, bias, y, q8 && nf4_q8_ok(K, blocksize), bf16);
 }
 

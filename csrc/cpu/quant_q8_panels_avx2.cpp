@@ -150,6 +150,21 @@ void pack_panel_nf4(const QWeight& w, int64_t n0, int rows, uint8_t* codes, floa
   const int shift = __builtin_ctzll(w.blocksize);
   const __m128i lo4 = _mm_set1_epi8(15);
   const __m128i table = _mm_add_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kNf4Int8)), _mm_set1_epi8(kNf4CodeOffset));
+  if (w.rows8) {  // n0 a multiple of 8, 8 rows: int4's rows8 nibbles, looked up; the 8 rows' absmax side by side
+    const __m256i lo4v = _mm256_set1_epi8(15), tablev = _mm256_broadcastsi128_si256(table);
+    const uint8_t* src = w.data + n0 / kPanelRows * KB * 128;
+    const float* am = w.scale + n0 / kPanelRows * (w.K >> shift) * 8;
+    for (int64_t b = 0; b < KB; ++b) {
+      __m256i* dst = reinterpret_cast<__m256i*>(codes + b * 256);
+      for (int q = 0; q < 4; ++q) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + b * 128) + q);
+        _mm256_store_si256(dst + q, _mm256_shuffle_epi8(tablev, _mm256_and_si256(v, lo4v)));
+        _mm256_store_si256(dst + 4 + q, _mm256_shuffle_epi8(tablev, _mm256_and_si256(_mm256_srli_epi16(v, 4), lo4v)));
+      }
+      _mm256_store_ps(scales + b * 8, _mm256_mul_ps(_mm256_loadu_ps(am + ((b * 32) >> shift) * 8), _mm256_set1_ps(kNf4IntScale)));
+    }
+    return;
+  }
   for (int64_t b = 0; b < KB; ++b) {
     __m128i lo[kPanelRows], hi[kPanelRows];
     alignas(32) float s[kPanelRows];

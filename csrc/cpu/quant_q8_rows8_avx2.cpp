@@ -1,11 +1,13 @@
-// q8 activations x int4 weights in the rows8 layout (quant_formats.h) on AVX2, any number of x rows: the
+// q8 activations x int4 / nf4 weights in the rows8 layout (quant_formats.h) on AVX2, any number of x rows: the
 // weights arrive 8 rows interleaved per 32 k, so one 32-byte load is 8 rows x 4 k (low nibbles) and 8 rows x
 // 4 other k (high nibbles), and each x row's 4 codes broadcast to every 32-bit lane make pmaddubsw give each
 // row's pair sums in its own lane: no horizontal adds and no per-call decode into panels (what the pair
 // kernel and the panels pay on the row layout). A tile is up to 2 x rows x 4 groups (32 output rows); per
 // block the int16 pair sums of the 4 loads add in int16 (8 x 2 x 15 x 127 = 30480 < 32767), one pmaddwd
 // leaves one int32 per row, the -8 offset comes in as -8 x the x block's code sum (exact), and one fma per
-// block adds scale x d x sum into the row's float lane, blocks in order.
+// block adds scale x d x sum into the row's float lane, blocks in order. nf4: the nibbles are looked up as
+// kNf4Int8 + 64 (1..127) by a byte shuffle, pair sums reach 2 x 127 x 127 so each widens to int32 on its own,
+// the offset is -64 x the code sum, and a block's scale is its nf4 block's absmax / kNf4IntMax.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -21,10 +23,12 @@ constexpr int kGroupBytes = 128;  // a group's codes for one block: 8 rows x 32 
 constexpr int kTileGroups = 4;    // groups (8 output rows each) a tile
 constexpr int kTileRows = 2;      // x rows a tile
 
+template <QFormat FMT>
 struct Rows8 {
+  static constexpr bool kNf4 = FMT == QFormat::Nf4;
   const QWeight& w;
   const Q8Rows& x;
-  const std::vector<int32_t>& init;  // [M, KB]: -8 x the block's x code sum
+  const std::vector<int32_t>& init;  // [M, KB]: -8 (nf4: -64) x the block's x code sum
   const float* bias;
   float* y;
 
@@ -33,8 +37,12 @@ struct Rows8 {
   void tile(int64_t g0, int64_t m0) const {
     const int64_t KB = x.KB, Kp = KB * 32;
     const __m256i lo4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    const __m256i table = _mm256_add_epi8(
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kNf4Int8))),
+        _mm256_set1_epi8(kNf4CodeOffset));
     const uint8_t* codes = w.data + g0 * KB * kGroupBytes;
-    const uint16_t* scales = w.scale16 + g0 * KB * 8;
+    const int shift = kNf4 ? __builtin_ctzll(w.blocksize) : 0;  // nf4_q8_ok: a power of two
+    const int64_t C = kNf4 ? w.K >> shift : 0;                   // nf4 blocks a row
     __m256 acc[MB][NG];
     for (int m = 0; m < MB; ++m)
       for (int p = 0; p < NG; ++p) acc[m][p] = _mm256_setzero_ps();
@@ -51,19 +59,31 @@ struct Rows8 {
         }
         for (int p = 0; p < NG; ++p) {
           const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + (p * KB + b) * kGroupBytes) + q);
-          const __m256i lo = _mm256_and_si256(v, lo4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), lo4);
+          __m256i lo = _mm256_and_si256(v, lo4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), lo4);
+          if (kNf4) lo = _mm256_shuffle_epi8(table, lo), hi = _mm256_shuffle_epi8(table, hi);
           for (int m = 0; m < MB; ++m) {
-            const __m256i pr = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xa[m]), _mm256_maddubs_epi16(hi, xb[m]));
-            sum[m][p] = q == 0 ? pr : _mm256_add_epi16(sum[m][p], pr);
+            if (kNf4) {
+              const __m256i pr = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(lo, xa[m]), ones),
+                                                  _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xb[m]), ones));
+              sum[m][p] = q == 0 ? pr : _mm256_add_epi32(sum[m][p], pr);
+            } else {
+              const __m256i pr = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xa[m]), _mm256_maddubs_epi16(hi, xb[m]));
+              sum[m][p] = q == 0 ? pr : _mm256_add_epi16(sum[m][p], pr);
+            }
           }
         }
       }
       for (int p = 0; p < NG; ++p) {
-        const __m256 sw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + (p * KB + b) * 8)));
+        // nf4: absmax here, its 1 / kNf4IntMax folded into x's d below
+        const __m256 sw =
+            kNf4 ? _mm256_loadu_ps(w.scale + ((g0 + p) * C + ((b * 32) >> shift)) * 8)
+                 : _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scale16 + ((g0 + p) * KB + b) * 8)));
         for (int m = 0; m < MB; ++m) {
           const int64_t i = (m0 + m) * KB + b;
-          const __m256i s32 = _mm256_add_epi32(_mm256_madd_epi16(sum[m][p], ones), _mm256_set1_epi32(init[i]));
-          acc[m][p] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_mul_ps(sw, _mm256_set1_ps(x.d[i])), acc[m][p]);
+          const __m256i dot = kNf4 ? sum[m][p] : _mm256_madd_epi16(sum[m][p], ones);
+          const __m256i s32 = _mm256_add_epi32(dot, _mm256_set1_epi32(init[i]));
+          const float d = kNf4 ? x.d[i] * kNf4IntScale : x.d[i];
+          acc[m][p] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_mul_ps(sw, _mm256_set1_ps(d)), acc[m][p]);
         }
       }
     }
@@ -97,15 +117,18 @@ struct Rows8 {
 }  // namespace
 
 void qmatmul_q8_rows8_avx2(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
+  const bool nf4 = w.fmt == QFormat::Nf4;
+  const int32_t offset = nf4 ? kNf4CodeOffset : 8;
   std::vector<int32_t> init(static_cast<size_t>(x.M * x.KB));
   for (int64_t i = 0; i < x.M * x.KB; ++i) {
     int32_t s = 0;
     for (int j = 0; j < 32; ++j) s += x.q[static_cast<size_t>(i * 32 + j)];
-    init[static_cast<size_t>(i)] = -8 * s;
+    init[static_cast<size_t>(i)] = -offset * s;
   }
   const int64_t groups = w.N / 8;
   const int64_t chunk = (std::max<int64_t>(decode_chunk(w.N) / 8, 1) + kTileGroups - 1) / kTileGroups * kTileGroups;
-  for_row_chunks(groups, chunk, Rows8{w, x, init, bias, y});
+  if (nf4) return for_row_chunks(groups, chunk, Rows8<QFormat::Nf4>{w, x, init, bias, y});
+  for_row_chunks(groups, chunk, Rows8<QFormat::Int4>{w, x, init, bias, y});
 }
 
 }  // namespace mpt

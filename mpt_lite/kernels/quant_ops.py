@@ -9,7 +9,7 @@ import torch
 from .checks import (check_activations, check_bias, check_blocksize, check_dim, check_int4_scales, check_row_ids,
                      check_shape, check_tensor, check_threads, op_device, ptr, weight_f32)
 from .extension import _C, amx_enabled, current_isa, launch
-from .layouts import INT4_SCALE_DTYPE, NF4_BLOCKSIZE, int4_groups, use_bf16, use_q8
+from .layouts import INT4_SCALE_DTYPE, NF4_BLOCKSIZE, int4_groups, nf4_q8_ok, use_bf16, use_q8
 
 # ---- quantized matmuls (int8, nf4, int4) ----
 # Formats and byte layouts: csrc/cpu/quant_formats.h. Weights are W [N = out, K = in]; the matmuls
@@ -249,15 +249,18 @@ def dequantize_rows_nf4(packed, absmax, shape, ids, blocksize: int = NF4_BLOCKSI
 
 def matmul_nf4(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, shape, blocksize: int = NF4_BLOCKSIZE,
                bias: torch.Tensor | None = None, q8: bool | None = None, *,
-               num_threads: int | None = None) -> torch.Tensor:
-    """q8 (None: by the row count) takes effect only where nf4_q8_ok(K, blocksize)."""
+               num_threads: int | None = None, rows8: bool = False) -> torch.Tensor:
+    """q8 (None: by the row count) takes effect only where nf4_q8_ok(K, blocksize). rows8: packed and absmax
+    are in the rows8 layout (nf4_to_rows8; CPU tensors only)."""
     N, K, bs = _check_nf4(packed, absmax, shape, blocksize)
+    if rows8:
+        _check_rows8(packed, N)
     if packed.is_cuda:
         _no_q8_on_cuda(q8)
         return _cuda_matmul("nf4", x, packed, absmax, N, K, bs, bias)
     packed, absmax = packed.contiguous(), absmax.contiguous()
-    return _run_matmul(_C.matmul_nf4, x, K, N, bias, {"packed": ptr(packed), "absmax": ptr(absmax), "blocksize": bs},
-                       q8, num_threads)
+    return _run_matmul(_C.matmul_nf4, x, K, N, bias, {"packed": ptr(packed), "absmax": ptr(absmax), "blocksize": bs,
+                                                      "rows8": bool(rows8)}, q8, num_threads)
 
 
 # int4: packed uint8 [N, G*16], scales float16 [N, G], G = ceil(K/32); W = (q - 8) * d (4.5 bits per weight).
@@ -327,15 +330,16 @@ def matmul_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, in_
                                                        "rows8": bool(rows8)}, q8, num_threads)
 
 
-# int4's rows8 layout (csrc/cpu/quant_formats.h): the same codes and scales, in the same shapes and dtypes,
-# with 8 rows interleaved per group of 32 k, so that one 32-byte load feeds 8 output rows. The AVX2 kernels
-# read it with no per-call decode; every other kernel takes the row layout. Held in memory only.
+# The rows8 layouts of int4 and nf4 (csrc/cpu/quant_formats.h): the same codes and scales, in the same shapes
+# and dtypes, with 8 rows interleaved per group of 32 k, so that one 32-byte load feeds 8 output rows. The
+# AVX2 kernels read them with no per-call decode; every other kernel takes the saved layout.
 
 def _check_rows8(packed: torch.Tensor, N: int) -> None:
     if packed.is_cuda:
-        raise ValueError("the int4 rows8 layout is a CPU layout; convert back (int4_from_rows8) before moving to CUDA")
+        raise ValueError("the rows8 layout is a CPU layout; convert back (int4_from_rows8 / nf4_from_rows8) "
+                         "before moving to CUDA")
     if N % 8:
-        raise ValueError(f"the int4 rows8 layout needs a multiple of 8 rows, got {N}")
+        raise ValueError(f"the rows8 layout needs a multiple of 8 rows, got {N}")
 
 
 def _int4_convert(packed, scales, in_features, to_rows8: bool, num_threads) -> tuple[torch.Tensor, torch.Tensor]:
@@ -361,10 +365,36 @@ def int4_from_rows8(packed: torch.Tensor, scales: torch.Tensor, in_features: int
     return _int4_convert(packed, scales, in_features, False, num_threads)
 
 
-def int4_rows8_preferred(rows: int) -> bool:
-    """Whether a CPU int4 weight of `rows` output rows is best held in rows8 now: rows is a multiple of 8 and
-    the AVX2 variant is the current ISA (the AVX-512 kernels have their own wider loads over the row layout;
-    the portable ones read the row layout, so rows8 would cost them a conversion per call).
-    MPT_LITE_INT4_ROWS8=0 keeps the row layout, =1 takes rows8 on every CPU (A/B runs, tests)."""
-    switch = os.environ.get("MPT_LITE_INT4_ROWS8", "")
+def _nf4_convert(packed, absmax, shape, blocksize, to_rows8: bool, num_threads) -> tuple[torch.Tensor, torch.Tensor]:
+    threads = check_threads(num_threads)
+    N, K, bs = _check_nf4(packed, absmax, shape, blocksize)
+    _check_rows8(packed, N)
+    if not nf4_q8_ok(K, bs):
+        raise ValueError(f"the nf4 rows8 layout needs a power-of-two blocksize >= 32 that divides in_features; "
+                         f"got blocksize {bs} for in_features {K}")
+    packed, absmax = packed.contiguous(), absmax.contiguous()
+    out_p, out_a = torch.empty_like(packed), torch.empty_like(absmax)
+    _C.nf4_rows8(packed=ptr(packed), absmax=ptr(absmax), n=N, k=K, blocksize=bs, out_packed=ptr(out_p),
+                 out_absmax=ptr(out_a), to_rows8=to_rows8, num_threads=threads)
+    return out_p, out_a
+
+
+def nf4_to_rows8(packed: torch.Tensor, absmax: torch.Tensor, shape, blocksize: int = NF4_BLOCKSIZE, *,
+                 num_threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """nf4 codes and absmax (bitsandbytes' layout) in the rows8 layout, as new tensors (nf4_q8_ok shapes)."""
+    return _nf4_convert(packed, absmax, shape, blocksize, True, num_threads)
+
+
+def nf4_from_rows8(packed: torch.Tensor, absmax: torch.Tensor, shape, blocksize: int = NF4_BLOCKSIZE, *,
+                   num_threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """nf4 codes and absmax in the rows8 layout back in bitsandbytes' layout, as new tensors."""
+    return _nf4_convert(packed, absmax, shape, blocksize, False, num_threads)
+
+
+def rows8_preferred(rows: int) -> bool:
+    """Whether a CPU int4 / nf4 weight of `rows` output rows is best held in rows8 now: rows is a multiple of
+    8 and the AVX2 variant is the current ISA (the AVX-512 kernels have their own wider loads over the saved
+    layouts; the portable ones read the saved layouts, so rows8 would cost them a conversion per call).
+    MPT_LITE_ROWS8=0 keeps the saved layouts, =1 takes rows8 on every CPU (A/B runs, tests)."""
+    switch = os.environ.get("MPT_LITE_ROWS8", "")
     return rows % 8 == 0 and switch != "0" and (switch == "1" or current_isa() == "avx2")

@@ -158,6 +158,18 @@ def ref_int4_from_rows8(packed: torch.Tensor, scales: torch.Tensor) -> tuple[tor
     return p.contiguous(), s.contiguous()
 
 
+def ref_nf4_from_rows8(packed: torch.Tensor, absmax: torch.Tensor, shape, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """bitsandbytes' layout of nf4 codes and absmax held in the rows8 layout (csrc/cpu/quant_formats.h): the
+    codes in int4's rows8 nibble order, the 8 rows' absmax side by side per block."""
+    N, K = shape
+    G, C = K // 32, K // blocksize
+    v = packed.reshape(N // 8, G, 4, 8, 4).permute(0, 3, 1, 2, 4).reshape(N, G, 16)
+    codes = torch.cat([v & 15, v >> 4], dim=2).reshape(-1)  # element n*K + k, row layout
+    p = (codes[0::2] << 4) | codes[1::2]
+    a = absmax.reshape(N // 8, C, 8).permute(0, 2, 1).reshape(-1)
+    return p.contiguous(), a.contiguous()
+
+
 def ref_matmul_int4(x, packed, scales, in_features: int, bias=None, q8=None, bf16=False) -> torch.Tensor:
     b = None if bias is None else bias.float()
     if bf16:

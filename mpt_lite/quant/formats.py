@@ -102,9 +102,9 @@ class Nf4Format(WeightFormat):
         return kernels.dequantize_rows_nf4(codes["weight"], codes["weight_absmax"], (n, k), ids, blocksize,
                                            num_threads=num_threads)
 
-    def matmul(self, x, codes, n, k, blocksize, bias, num_threads=None):
+    def matmul(self, x, codes, n, k, blocksize, bias, num_threads=None, rows8=False):
         return kernels.matmul_nf4(x, codes["weight"], codes["weight_absmax"], (n, k), blocksize, bias,
-                                  num_threads=num_threads)
+                                  num_threads=num_threads, rows8=rows8)
 
     def slab_rows(self, k, blocksize):
         # blocks run over the flattened weight: a slab must hold a whole number of them

@@ -4,9 +4,9 @@ Each holds its weight as the code buffers of one format (formats.py), so state_d
 saved form, plus an optional float ``bias``. Activations stay float (float32, or bfloat16 widened
 in the kernel).
 
-In memory an int4 QuantLinear on a CPU whose kernels read it best (kernels.int4_rows8_preferred: the
-AVX2 variant) holds its codes in the rows8 layout (8 rows interleaved per group of 32 k; same buffers,
-shapes and dtypes): `int4_rows8` says so. state_dict(), codes() and dequantized() give the row layout
+In memory an int4 or nf4 QuantLinear on a CPU whose kernels read it best (kernels.rows8_preferred: the
+AVX2 variant; nf4 where its blocks hold whole groups of 32, nf4_q8_ok) holds its codes in the rows8 layout
+(8 rows interleaved per group of 32 k; same buffers, shapes and dtypes): `rows8` says so. state_dict(), codes() and dequantized() give the row layout
 (state_dict() and codes() as converted copies), moving the module off the CPU converts back first, and
 loading a state dict arranges it again; save_pretrained writes the codes as held (held_state_dict)."""
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .. import kernels
 from ..config import MissingKeyError
 from .formats import DEFAULT_4BIT, WeightFormat, weight_format
 
-# 4: int4 Linears may be stored in the rows8 layout (the "rows8" list names them; the file maps as it is on a
+# 4: int4 / nf4 Linears may be stored in the rows8 layout (the "rows8" list names them; the file maps as it is on a
 # machine whose kernels read rows8, and is converted on others); 3: int4 group scales in float16 (4.5 bits
 # per weight); 2: a format per quantized tensor ("formats"); 1: one format for the model. Files of versions
 # 1-3 load (hub/loading.py rounds int4 scales of 1-2 to half).
@@ -42,7 +42,7 @@ class QuantWeight(nn.Module):
         # CPU kernel threads for this layer's calls (None: the pool's size); the model sets it for
         # all its layers (MptPreTrainedModel.num_threads).
         self.num_threads: int | None = None
-        self.int4_rows8 = False  # int4 codes held in the rows8 layout (see the module's docstring)
+        self.rows8 = False  # codes held in the rows8 layout (see the module's docstring)
         for name, t in self.format.empty_codes(rows, cols, blocksize).items():
             self.register_buffer(name, t)
 
@@ -58,37 +58,49 @@ class QuantWeight(nn.Module):
     def codes(self) -> dict[str, torch.Tensor]:
         """The code buffers in their saved layout (a converted copy where the module holds rows8)."""
         held = self.kernel_codes()
-        if not self.int4_rows8:
-            return held
-        packed, scales = kernels.int4_from_rows8(held["weight"], held["weight_scales"], self.cols)
-        return {"weight": packed, "weight_scales": scales}
+        return self._convert_rows8(held, False) if self.rows8 else held
 
     def kernel_codes(self) -> dict[str, torch.Tensor]:
-        """The code buffers as held (rows8 where int4_rows8), for the kernels."""
+        """The code buffers as held (in the rows8 layout where self.rows8), for the kernels."""
         return {name: self._buffers[name] for name in self.format.code_names}
 
     # Linears only: the embedding's row lookups read the row layout.
     holds_rows8 = False
 
+    def _convert_rows8(self, codes: dict[str, torch.Tensor], to_rows8: bool) -> dict[str, torch.Tensor]:
+        name = self.format.code_names[1]
+        if self.quant_type == "int4":
+            convert = kernels.int4_to_rows8 if to_rows8 else kernels.int4_from_rows8
+            data, scale = convert(codes["weight"], codes[name], self.cols, num_threads=self.num_threads)
+        else:
+            convert = kernels.nf4_to_rows8 if to_rows8 else kernels.nf4_from_rows8
+            data, scale = convert(codes["weight"], codes[name], (self.rows, self.cols), self.blocksize,
+                                  num_threads=self.num_threads)
+        return {"weight": data, name: scale}
+
+    def rows8_possible(self) -> bool:
+        """Whether these codes have a rows8 layout: an int4 or nf4 (nf4_q8_ok) Linear of a multiple of 8 rows."""
+        return self.holds_rows8 and self.rows % 8 == 0 and (
+            self.quant_type == "int4" or (self.quant_type == "nf4" and kernels.nf4_q8_ok(self.cols, self.blocksize)))
+
     def _hold_rows8(self, want: bool) -> None:
-        if want == self.int4_rows8:
-            return
-        held = self.kernel_codes()
-        convert = kernels.int4_to_rows8 if want else kernels.int4_from_rows8
-        packed, scales = convert(held["weight"], held["weight_scales"], self.cols, num_threads=self.num_threads)
-        self._buffers["weight"], self._buffers["weight_scales"] = packed, scales
-        self.int4_rows8 = want
+        if want != self.rows8:
+            for name, t in self._convert_rows8(self.kernel_codes(), want).items():
+                self._buffers[name] = t
+            self.rows8 = want
 
     def arrange_codes(self) -> None:
-        """Holds int4 codes in the layout this machine's kernels read best (rows8 or the row layout).
-        Codes the kernels would reject (scales not float16, e.g. after .float()) stay as they are."""
-        if self.quant_type == "int4" and self._buffers["weight_scales"].dtype == kernels.INT4_SCALE_DTYPE:
-            self._hold_rows8(self.holds_rows8 and self._buffers["weight"].device.type == "cpu"
-                             and kernels.int4_rows8_preferred(self.rows))
+        """Holds the codes in the layout this machine's kernels read best (rows8 or the saved layout). Codes
+        the kernels would reject (int4 scales not float16, e.g. after .float()) stay as they are."""
+        if not self.rows8_possible():
+            return
+        if self.quant_type == "int4" and self._buffers["weight_scales"].dtype != kernels.INT4_SCALE_DTYPE:
+            return
+        self._hold_rows8(self._buffers["weight"].device.type == "cpu" and kernels.rows8_preferred(self.rows))
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self.int4_rows8 and not _STATE_AS_HELD.get():
+        if self.rows8 and not _STATE_AS_HELD.get():
             for name, t in self.codes().items():
                 destination[prefix + name] = t
 
@@ -104,11 +116,12 @@ class QuantWeight(nn.Module):
         return self
 
     def load_codes(self, codes: dict[str, torch.Tensor], rows8: bool = False) -> None:
-        """Installs already-quantized buffers (checked against this layer's shape); rows8: int4 codes in the
-        rows8 layout (a Linear of a multiple of 8 rows). Then holds them as this machine's kernels read best."""
-        if rows8 and not (self.quant_type == "int4" and self.holds_rows8 and self.rows % 8 == 0):
-            raise ValueError(f"the rows8 layout is for int4 Linears of a multiple of 8 rows, not a {self.quant_type} "
-                             f"{type(self).__name__} of {self.rows} rows")
+        """Installs already-quantized buffers (checked against this layer's shape); rows8: codes in the rows8
+        layout (see rows8_possible). Then holds them as this machine's kernels read best."""
+        if rows8 and not self.rows8_possible():
+            raise ValueError(f"the rows8 layout is for int4 / nf4 Linears of a multiple of 8 rows (nf4: blocks of "
+                             f"whole groups of 32), not a {self.quant_type} {type(self).__name__} of {self.rows} x "
+                             f"{self.cols}")
         want = self.format.empty_codes_meta(self.rows, self.cols, self.blocksize)
         if set(codes) != set(want):
             raise MissingKeyError(f"{self.quant_type} weight needs {sorted(want)}, got {sorted(codes)}")
@@ -119,7 +132,7 @@ class QuantWeight(nn.Module):
                 raise ValueError(f"{name}: expected shape {tuple(want[name].shape)} for a "
                                  f"[{self.rows}, {self.cols}] weight, got {tuple(t.shape)}")
             self._buffers[name] = t.reshape(want[name].shape).contiguous()
-        self.int4_rows8 = rows8
+        self.rows8 = rows8
         self.arrange_codes()
 
     def quantize_from(self, w: torch.Tensor) -> None:
@@ -145,12 +158,13 @@ class QuantWeight(nn.Module):
         dtype = x.dtype
         if dtype not in (torch.float32, torch.bfloat16):
             x = x.float()
-        layout = {"rows8": True} if self.int4_rows8 else {}
+        layout = {"rows8": True} if self.rows8 else {}
         return self.format.matmul(x, self.kernel_codes(), self.rows, self.cols, self.blocksize, bias,
                                   self.num_threads, **layout).to(dtype)
 
     def extra_repr(self) -> str:
         extra = f", blocksize={self.blocksize}" if self.quant_type == "nf4" else ""
+        extra += ", layout='rows8'" if self.rows8 else ""
         return f"{self.cols}, {self.rows}, quant_type={self.quant_type!r}{extra}"
 
 
@@ -211,7 +225,7 @@ def quant_metadata(model: nn.Module) -> dict[str, str] | None:
     return {"mpt_lite_quant": json.dumps({"format": main.quant_type, "version": FORMAT_VERSION,
                                           "blocksize": main.blocksize, "group_size": kernels.INT4_GROUP,
                                           "formats": {name: m.quant_type for name, m in mods.items()},
-                                          "rows8": sorted(name for name, m in mods.items() if m.int4_rows8)})}
+                                          "rows8": sorted(name for name, m in mods.items() if m.rows8)})}
 
 
 def held_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -84,7 +84,7 @@ def _set_weight(plan: kernels.DecodePlan, layer: int, name: str, m: Any) -> None
         codes = m.kernel_codes()
         plan.set_quant_weight(layer, name, m.quant_type, codes["weight"].contiguous(),
                               codes[_SCALE_NAMES[m.quant_type]].contiguous(), m.rows, m.cols, m.blocksize, _f32(bias),
-                              rows8=m.int4_rows8)
+                              rows8=m.rows8)
     else:
         plan.set_float_weight(layer, name, m.weight.detach().contiguous(), _f32(bias))
 

@@ -1,4 +1,4 @@
-"""int4's rows8 layout (8 rows interleaved per group of 32 k, csrc/cpu/quant_formats.h): the conversion
+"""The rows8 layouts of int4 and nf4 (8 rows interleaved per group of 32 k, csrc/cpu/quant_formats.h): the conversion
 against the layout's definition and the plain-torch reference, its matmuls (the AVX2 rows8 kernel below 32
 rows, the panels from 32, the row-layout kernels on a scratch copy elsewhere) against the reference on
 every ISA, and a QuantLinear holding it: the row layout in codes() / state_dict() / saved files of other
@@ -40,7 +40,63 @@ def test_layout_is_the_documented_interleave(N, K):
     assert torch.equal(bp, packed) and torch.equal(bs, scales)
 
 
+NF4_SHAPES = [(8, 64, 64), (40, 1024, 64), (136, 2112, 32), (16, 4096, 1024)]  # (N, K, blocksize), nf4_q8_ok
+
+
+def _nf4(N, K, bs, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return ops.quantize_nf4(torch.randn(N, K, generator=g) * 0.05, blocksize=bs)
+
+
+@pytest.mark.parametrize("N, K, bs", NF4_SHAPES)
+def test_nf4_layout_is_the_documented_interleave(N, K, bs):
+    packed, absmax = _nf4(N, K, bs)
+    p8, a8 = ops.nf4_to_rows8(packed, absmax, (N, K), bs)
+    assert p8.shape == packed.shape and a8.shape == absmax.shape
+    G, C = K // 32, K // bs
+
+    def code(n, k):  # bitsandbytes: element f = n*K + k in byte f/2, the high nibble when f is even
+        f = n * K + k
+        return int(packed[f // 2]) >> 4 if f % 2 == 0 else int(packed[f // 2]) & 15
+
+    g = torch.Generator().manual_seed(N + K)
+    for _ in range(200):
+        n8, grp, q, r, j = (int(torch.randint(0, m, (1,), generator=g)) for m in (N // 8, G, 4, 8, 4))
+        byte = int(p8[(n8 * G + grp) * 128 + q * 32 + r * 4 + j])
+        assert byte & 15 == code(n8 * 8 + r, grp * 32 + 4 * q + j)
+        assert byte >> 4 == code(n8 * 8 + r, grp * 32 + 16 + 4 * q + j)
+        c = int(torch.randint(0, C, (1,), generator=g))
+        assert a8[(n8 * C + c) * 8 + r] == absmax[(n8 * 8 + r) * C + c]
+    rp, ra = ops.ref_nf4_from_rows8(p8, a8, (N, K), bs)
+    assert torch.equal(rp, packed) and torch.equal(ra, absmax)
+    bp, ba = ops.nf4_from_rows8(p8, a8, (N, K), bs)
+    assert torch.equal(bp, packed) and torch.equal(ba, absmax)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("M", [1, 3, 8, 17, 32, 40])
+def test_nf4_matmul_matches_reference(isa, M):
+    gen = torch.Generator().manual_seed(M)
+    for i, (N, K, bs) in enumerate(NF4_SHAPES):
+        packed, absmax = _nf4(N, K, bs, seed=i)
+        p8, a8 = ops.nf4_to_rows8(packed, absmax, (N, K), bs)
+        x = torch.randn(M, K, generator=gen) * (1 + 10 * torch.rand(M, K, generator=gen) ** 8)
+        bias = torch.randn(N, generator=gen) if i % 2 == 0 else None
+        with ops.use_isa(isa):
+            y = ops.matmul_nf4(x, p8, a8, (N, K), bs, bias=bias, q8=True, rows8=True)
+            y_float = ops.matmul_nf4(x, p8, a8, (N, K), bs, bias=bias, q8=False, rows8=True)
+            want_float = ops.matmul_nf4(x, packed, absmax, (N, K), bs, bias=bias, q8=False)
+        want = ops.ref_matmul_nf4(x, packed, absmax, (N, K), blocksize=bs, bias=bias, q8=True)
+        w = ops.ref_dequantize_nf4_int8(packed, absmax, (N, K), bs)
+        bound = (ops.ref_dequantize_q8(x).abs() @ w.abs().t()) * (K * 2.0 ** -23) + 1e-6
+        assert bool(((y - want).abs() <= bound).all()), (N, K, (y - want).abs().max().item())
+        assert torch.equal(y_float, want_float)
+
+
 def test_rows8_needs_a_multiple_of_8_rows():
+    packed, absmax = _nf4(8, 96, 64)  # 96 k: blocks of 64 straddle the q8 blocks (not nf4_q8_ok)
+    with pytest.raises(ValueError, match="blocksize"):
+        ops.nf4_to_rows8(packed, absmax, (8, 96), 64)
     packed, scales = _q(12, 64)
     with pytest.raises(ValueError, match="multiple of 8"):
         ops.int4_to_rows8(packed, scales, 64)
@@ -82,34 +138,40 @@ def test_rows_do_not_depend_on_row_count_or_threads(M):
         assert torch.equal(ops.matmul_int4(x, p8, s8, K, q8=True, rows8=True, num_threads=threads), full)
 
 
-def _linear(monkeypatch, switch, N=64, K=200):
-    monkeypatch.setenv("MPT_LITE_INT4_ROWS8", switch)
+def _linear(monkeypatch, switch, quant_type, N=64, K=256):
+    monkeypatch.setenv("MPT_LITE_ROWS8", switch)
     torch.manual_seed(0)
-    return QuantLinear.from_linear(torch.nn.Linear(K, N), quant_type="int4")
+    return QuantLinear.from_linear(torch.nn.Linear(K, N), quant_type=quant_type)
 
 
-def test_quantlinear_holds_rows8_and_gives_the_row_layout(monkeypatch):
-    rows = _linear(monkeypatch, "0")
-    held = _linear(monkeypatch, "1")
-    assert held.int4_rows8 and not rows.int4_rows8
+@pytest.mark.parametrize("quant_type", ["int4", "nf4"])
+def test_quantlinear_holds_rows8_and_gives_the_saved_layout(monkeypatch, quant_type):
+    rows = _linear(monkeypatch, "0", quant_type)
+    held = _linear(monkeypatch, "1", quant_type)
+    assert held.rows8 and not rows.rows8
+    assert "layout='rows8'" in repr(held) and "rows8" not in repr(rows)
     assert not torch.equal(held.weight, rows.weight)  # the buffers hold the interleave...
     for name, t in rows.codes().items():  # ...codes() and state_dict() the row layout
         assert torch.equal(held.codes()[name], t) and torch.equal(held.state_dict()[name], t)
-    x = torch.randn(3, 200)
+    x = torch.randn(3, 256)
     torch.testing.assert_close(held(x), rows(x), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(held.dequantized(), rows.dequantized(), rtol=0, atol=0)
-    other = _linear(monkeypatch, "1")
+    other = _linear(monkeypatch, "1", quant_type)
     with torch.no_grad():
         other.weight.zero_()
     other.load_state_dict(rows.state_dict())  # a row-layout state dict into a rows8 module
-    assert other.int4_rows8 and torch.equal(other.weight, held.weight)
+    assert other.rows8 and torch.equal(other.weight, held.weight)
     other._apply(lambda t: t.clone())  # .to() and friends: through the row layout and back
-    assert other.int4_rows8 and torch.equal(other.weight, held.weight)
-    odd = QuantLinear(200, 12, quant_type="int4")
-    odd.quantize_from(torch.randn(12, 200))
-    emb = QuantEmbedding(64, 16, quant_type="int4")
-    emb.quantize_from(torch.randn(64, 16))
-    assert not odd.int4_rows8 and not emb.int4_rows8  # 12 rows; embedding lookups read rows
+    assert other.rows8 and torch.equal(other.weight, held.weight)
+    odd = QuantLinear(256, 12, quant_type=quant_type)
+    odd.quantize_from(torch.randn(12, 256))
+    emb = QuantEmbedding(64, 64, quant_type=quant_type)
+    emb.quantize_from(torch.randn(64, 64))
+    assert not odd.rows8 and not emb.rows8  # 12 rows; embedding lookups read the saved layout
+    if quant_type == "nf4":
+        straddle = QuantLinear(96, 8, quant_type="nf4")  # blocks of 64 over 96 inputs: not nf4_q8_ok
+        straddle.quantize_from(torch.randn(8, 96))
+        assert not straddle.rows8
 
 
 @pytest.fixture(scope="module")
@@ -132,38 +194,40 @@ def _mapped(path):
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux /proc/self/maps")
-def test_saved_rows8_maps_as_it_is_and_converts_elsewhere(monkeypatch, float_folder, tmp_path):
-    monkeypatch.setenv("MPT_LITE_INT4_ROWS8", "1")
-    model = mpt_lite.MptForCausalLM.from_pretrained(float_folder, bits=4, quant_type="int4")
+@pytest.mark.parametrize("quant_type", ["int4", "nf4"])
+def test_saved_rows8_maps_as_it_is_and_converts_elsewhere(monkeypatch, float_folder, tmp_path, quant_type):
+    monkeypatch.setenv("MPT_LITE_ROWS8", "1")
+    model = mpt_lite.MptForCausalLM.from_pretrained(float_folder, bits=4, quant_type=quant_type)
     linears = {n for n, m in quantized_modules(model).items() if isinstance(m, QuantLinear)}
-    assert {n for n, m in quantized_modules(model).items() if m.int4_rows8} == linears
+    assert {n for n, m in quantized_modules(model).items() if m.rows8} == linears
     model.save_pretrained(tmp_path)
     ids = torch.tensor([[1, 5, 9, 33, 2]])
     same = mpt_lite.MptForCausalLM.from_pretrained(tmp_path)
     ranges = _mapped(tmp_path / "model.safetensors")
     for name, mod in quantized_modules(same).items():
-        assert mod.int4_rows8 == (name in linears)
+        assert mod.rows8 == (name in linears)
         for piece, buf in mod.named_buffers(recurse=False):
             assert any(lo <= buf.data_ptr() < hi for lo, hi in ranges), f"{name}.{piece} was copied, not mapped"
     torch.testing.assert_close(same(ids).logits, model(ids).logits, rtol=0, atol=0)
-    monkeypatch.setenv("MPT_LITE_INT4_ROWS8", "0")  # a machine that reads the row layout
+    monkeypatch.setenv("MPT_LITE_ROWS8", "0")  # a machine that reads the row layout
     other = mpt_lite.MptForCausalLM.from_pretrained(tmp_path)
-    assert not any(m.int4_rows8 for m in quantized_modules(other).values())
+    assert not any(m.rows8 for m in quantized_modules(other).values())
     sa, sb = model.state_dict(), other.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     torch.testing.assert_close(other(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-4)
 
 
-def test_native_step_and_engine_with_rows8(monkeypatch):
+@pytest.mark.parametrize("quant_type", ["int4", "nf4"])
+def test_native_step_and_engine_with_rows8(monkeypatch, quant_type):
     """The native step reads rows8 weights as the torch path does (q8 activations as shipped: 1e-2, see
     test_native_step.py), and the engine's greedy tokens are the same with and without it."""
     from test_native_step import SCHEDULE, quantized, run_both, tiny
 
     from mpt_lite.runtime.engine import Engine
 
-    monkeypatch.setenv("MPT_LITE_INT4_ROWS8", "1")
-    model = quantized(tiny(), "int4", "int8")
-    assert all(b.attn.Wqkv.int4_rows8 and b.ffn.down_proj.int4_rows8 for b in model.transformer.blocks)
+    monkeypatch.setenv("MPT_LITE_ROWS8", "1")
+    model = quantized(tiny(), quant_type, "int8")
+    assert all(b.attn.Wqkv.rows8 and b.ffn.down_proj.rows8 for b in model.transformer.blocks)
     run_both(model, SCHEDULE, rel=1e-2)
     outs = []
     for native in (True, False):

@@ -1,0 +1,139 @@
+// The rows8 layouts of int4 and nf4 (quant_formats.h): 8 rows interleaved per group of 32 k, converted at
+// load and back where another layout is wanted; and qmatmul's entry for them, which converts to a scratch
+// copy where no kernel reads rows8.
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cpu/cpu_features.h"
+#include "cpu/quant_formats.h"
+#include "cpu/thread_pool.h"
+
+namespace mpt {
+namespace {
+
+constexpr int64_t kRows8PanelMinRows = 32;
+
+void check_rows8(int64_t N) {
+  if (N % 8 != 0) throw std::invalid_argument("rows8 layout: N must be a multiple of 8, got " + std::to_string(N));
+}
+
+// int4: copies 4-byte words (codes) and halves (scales) of each 8-row group into the interleaved order, or
+// back (to_rows8 = false).
+void convert_int4(const uint8_t* packed, const uint16_t* scales, int64_t N, int64_t K, uint8_t* out_packed,
+                  uint16_t* out_scales, bool to_rows8) {
+  check_rows8(N);
+  const int64_t G = int4_groups(K);
+  parallel_for(N / 8, 1, [&](int64_t a, int64_t b) {
+    for (int64_t n8 = a; n8 < b; ++n8)
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t il = (n8 * G + g) * 128;
+        for (int r = 0; r < 8; ++r) {
+          const int64_t row = (n8 * 8 + r) * G + g;
+          for (int q = 0; q < 4; ++q) {
+            const int64_t a_off = row * 16 + 4 * q, b_off = il + q * 32 + r * 4;
+            if (to_rows8) std::memcpy(out_packed + b_off, packed + a_off, 4);
+            else std::memcpy(out_packed + a_off, packed + b_off, 4);
+          }
+          if (to_rows8) out_scales[(n8 * G + g) * 8 + r] = scales[row];
+          else out_scales[row] = scales[(n8 * G + g) * 8 + r];
+        }
+      }
+  });
+}
+
+// nf4: the codes move from bitsandbytes' order (element f = n*K + k in byte f/2, high nibble when f is even)
+// to int4's rows8 nibble order (low: k 4q+j, high: k 16+4q+j of a group), and the block absmax of the 8 rows
+// side by side per block; or back.
+void convert_nf4(const uint8_t* packed, const float* absmax, int64_t N, int64_t K, int64_t B, uint8_t* out_packed,
+                 float* out_absmax, bool to_rows8) {
+  check_rows8(N);
+  if (!nf4_q8_ok(K, B))
+    throw std::invalid_argument("nf4 rows8 layout: needs a power-of-two blocksize >= 32 that divides K");
+  const int64_t G = K / 32, C = K / B;
+  parallel_for(N / 8, 1, [&](int64_t a, int64_t b) {
+    for (int64_t n8 = a; n8 < b; ++n8) {
+      for (int r = 0; r < 8; ++r) {
+        const int64_t row = n8 * 8 + r;
+        for (int64_t g = 0; g < G; ++g)
+          for (int q = 0; q < 4; ++q)
+            for (int j = 0; j < 4; ++j) {
+              const int64_t f_lo = row * K + g * 32 + 4 * q + j, f_hi = f_lo + 16;
+              const int64_t il = (n8 * G + g) * 128 + q * 32 + r * 4 + j;
+              if (to_rows8) {
+                auto nib = [&](int64_t f) { return (f & 1) ? packed[f >> 1] & 15 : packed[f >> 1] >> 4; };
+                out_packed[il] = static_cast<uint8_t>(nib(f_lo) | nib(f_hi) << 4);
+              } else {
+                auto put = [&](int64_t f, int v) {
+                  uint8_t& byte = out_packed[f >> 1];
+                  byte = (f & 1) ? static_cast<uint8_t>((byte & 0xf0) | v) : static_cast<uint8_t>((byte & 15) | v << 4);
+                };
+                put(f_lo, packed[il] & 15);
+                put(f_hi, packed[il] >> 4);
+              }
+            }
+        for (int64_t c = 0; c < C; ++c) {
+          if (to_rows8) out_absmax[(n8 * C + c) * 8 + r] = absmax[row * C + c];
+          else out_absmax[row * C + c] = absmax[(n8 * C + c) * 8 + r];
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void int4_to_rows8(const uint8_t* packed, const uint16_t* scales, int64_t N, int64_t K, uint8_t* out_packed,
+                   uint16_t* out_scales) {
+  convert_int4(packed, scales, N, K, out_packed, out_scales, true);
+}
+
+void int4_from_rows8(const uint8_t* packed, const uint16_t* scales, int64_t N, int64_t K, uint8_t* out_packed,
+                     uint16_t* out_scales) {
+  convert_int4(packed, scales, N, K, out_packed, out_scales, false);
+}
+
+void nf4_to_rows8(const uint8_t* packed, const float* absmax, int64_t N, int64_t K, int64_t blocksize,
+                  uint8_t* out_packed, float* out_absmax) {
+  convert_nf4(packed, absmax, N, K, blocksize, out_packed, out_absmax, true);
+}
+
+void nf4_from_rows8(const uint8_t* packed, const float* absmax, int64_t N, int64_t K, int64_t blocksize,
+                    uint8_t* out_packed, float* out_absmax) {
+  convert_nf4(packed, absmax, N, K, blocksize, out_packed, out_absmax, false);
+}
+
+// qmatmul's path for a rows8 weight: the rows8 kernels for q8 activations where AVX2 is the ISA or above
+// (AVX-512 CPUs run them too); every other choice (float activations, bf16 tiles, the portable ISA) runs on a
+// scratch copy in the saved layout, correct but not fast (load() arranges rows8 only where the kernels run).
+void qmatmul_rows8(const QWeight& w, const float* x, int64_t M, const float* bias, float* y, bool q8, bool bf16) {
+  check_rows8(w.N);
+#if MPT_LITE_X86_SIMD
+  if (q8 && !bf16 && current_isa() != Isa::Generic) {
+    Q8Rows xq;
+    quantize_q8(x, M, w.K, xq);
+    // From 32 rows the panels (whose pack reads rows8 as it is) beat re-reading a group per 2 x rows.
+    if (M >= kRows8PanelMinRows) return qmatmul_q8_panels_avx2(w, xq, bias, y);
+    return qmatmul_q8_rows8_avx2(w, xq, bias, y);
+  }
+#endif
+  QWeight rows = w;
+  rows.rows8 = false;
+  std::vector<uint8_t> packed;
+  if (w.fmt == QFormat::Int4) {
+    const int64_t G = int4_groups(w.K);
+    packed.resize(static_cast<size_t>(w.N * G * 16));
+    std::vector<uint16_t> scales(static_cast<size_t>(w.N * G));
+    int4_from_rows8(w.data, w.scale16, w.N, w.K, packed.data(), scales.data());
+    rows.data = packed.data(), rows.scale16 = scales.data();
+    return qmatmul(rows, x, M, bias, y, q8, bf16);
+  }
+  packed.resize(static_cast<size_t>(w.N * w.K / 2));
+  std::vector<float> absmax(static_cast<size_t>(w.N * w.K / w.blocksize));
+  nf4_from_rows8(w.data, w.scale, w.N, w.K, w.blocksize, packed.data(), absmax.data());
+  rows.data = packed.data(), rows.scale = absmax.data();
+  qmatmul(rows, x, M, bias, y, q8, bf16);
+}
+
+}  // namespace mpt
