@@ -110,15 +110,21 @@ def _saved_meta(folder):
         return json.loads(sf.metadata()["mpt_lite_quant"])
 
 
-def _saved_state_in_row_layout(folder):
-    """The tensors of a fresh save with every int4 Linear the file holds in rows8 put back in the row layout
-    (by the plain-torch reference), as files of format versions 1-3 held them."""
+def _saved_state_in_row_layout(folder, model):
+    """The tensors of a fresh save with every Linear the file holds in rows8 put back in the saved layouts of
+    format versions 1-3 (by the plain-torch reference)."""
     from safetensors.torch import load_file
 
     state = load_file(str(folder / "model.safetensors"))
+    mods = quantized_modules(model)
     for name in _saved_meta(folder).get("rows8", []):
-        state[f"{name}.weight"], state[f"{name}.weight_scales"] = ops.ref_int4_from_rows8(
-            state[f"{name}.weight"], state[f"{name}.weight_scales"])
+        if f"{name}.weight_scales" in state:
+            state[f"{name}.weight"], state[f"{name}.weight_scales"] = ops.ref_int4_from_rows8(
+                state[f"{name}.weight"], state[f"{name}.weight_scales"])
+        else:
+            m = mods[name]
+            state[f"{name}.weight"], state[f"{name}.weight_absmax"] = ops.ref_nf4_from_rows8(
+                state[f"{name}.weight"], state[f"{name}.weight_absmax"], (m.rows, m.cols), m.blocksize)
     return state
 
 
@@ -162,7 +168,7 @@ def test_reads_version_1_files(float_ckpt, tmp_path, quant_type):
     """Files saved before per-tensor formats: one format for every module, the embedding included."""
     q = load(mpt_lite.MptForCausalLM, float_ckpt, bits=4, quant_type=quant_type, embedding_bits=4)
     q.save_pretrained(tmp_path)
-    state = _saved_state_in_row_layout(tmp_path)
+    state = _saved_state_in_row_layout(tmp_path, q)
     state = {k: v.float() if k.endswith("weight_scales") else v for k, v in state.items()}  # fp32 then
     v1 = {"format": quant_type, "version": 1, "blocksize": 64, "group_size": 32}
     save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt", "mpt_lite_quant": json.dumps(v1)})
@@ -178,7 +184,7 @@ def test_reads_version_2_int4_files_with_float32_scales(float_ckpt, tmp_path):
     weights say, within 2^-11 (relative) of the float32-scale weights."""
     q = load(mpt_lite.MptForCausalLM, float_ckpt, bits=4, quant_type="int4")
     q.save_pretrained(tmp_path)
-    state = _saved_state_in_row_layout(tmp_path)
+    state = _saved_state_in_row_layout(tmp_path, q)
     gen = torch.Generator().manual_seed(3)
     old = {}
     for k, v in state.items():
