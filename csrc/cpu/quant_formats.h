@@ -25,9 +25,9 @@
 //                                  (Saves before format version 3 held fp32 scales: the Python loader
 //                                  converts them, mpt_lite/hub/loading.py.)
 //
-//   int4, rows8 (in memory only, QWeight::rows8; N a multiple of 8): the same codes and scales in
-//         the same two buffers, 8 rows interleaved per group so that one 32-byte load feeds 8 output
-//         rows (what the AVX2 kernels stream best; never saved: save_pretrained writes the layout above):
+//   int4, rows8 (QWeight::rows8; N a multiple of 8): the same codes and scales in the same two buffers,
+//         8 rows interleaved per group so that one 32-byte load feeds 8 output rows (what the AVX2 kernels
+//         stream best; held where they run, and saved so, named in the file's metadata: format version 4):
 //           packed  byte ((n8 * G + g) * 128 + q * 32 + r * 4 + j) = packed[n8*8 + r][g*16 + 4q + j]
 //           scales  half ((n8 * G + g) * 8 + r)                   = scales[n8*8 + r][g]
 //         for q, j in 0..3 and r in 0..7: vector q of a group holds k 4q..4q+3 (low nibbles) and
