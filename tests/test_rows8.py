@@ -8,6 +8,8 @@ import os
 import pytest
 import torch
 
+from test_mapped_load import _mapped_ranges
+
 import mpt_lite
 from mpt_lite import ops
 from mpt_lite.quant import QuantEmbedding, QuantLinear
@@ -183,16 +185,6 @@ def float_folder(tmp_path_factory):
     return src
 
 
-def _mapped(path):
-    real, out = os.path.realpath(path), []
-    with open("/proc/self/maps") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 6 and parts[5] == real:
-                out.append(tuple(int(v, 16) for v in parts[0].split("-")))
-    return out
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux /proc/self/maps")
 @pytest.mark.parametrize("quant_type", ["int4", "nf4"])
 def test_saved_rows8_maps_as_it_is_and_converts_elsewhere(monkeypatch, float_folder, tmp_path, quant_type):
@@ -203,7 +195,7 @@ def test_saved_rows8_maps_as_it_is_and_converts_elsewhere(monkeypatch, float_fol
     model.save_pretrained(tmp_path)
     ids = torch.tensor([[1, 5, 9, 33, 2]])
     same = mpt_lite.MptForCausalLM.from_pretrained(tmp_path)
-    ranges = _mapped(tmp_path / "model.safetensors")
+    ranges = _mapped_ranges(tmp_path / "model.safetensors")
     for name, mod in quantized_modules(same).items():
         assert mod.rows8 == (name in linears)
         for piece, buf in mod.named_buffers(recurse=False):

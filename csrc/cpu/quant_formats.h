@@ -180,6 +180,9 @@ struct Q8Rows {
   std::vector<float> d;    // [M, KB]
 };
 void quantize_q8(const float* x, int64_t M, int64_t K, Q8Rows& out);
+// out[m * KB + b] = factor x (the sum of block b's 32 codes of x row m): the exact integer that brings back an
+// offset the AVX2 kernels add to the weight codes (int4: factor -8; nf4 looked up + 64: factor -64).
+void q8_block_sums(const Q8Rows& x, int32_t factor, std::vector<int32_t>& out);
 // AVX2: blocks i0 .. i1 - 1 (flat index m * KB + b) of x, all full (K % 32 == 0), into q / d as quantize_q8.
 void quantize_q8_blocks_avx2(const float* x, int64_t K, int64_t KB, int64_t i0, int64_t i1, int8_t* q, float* d);
 

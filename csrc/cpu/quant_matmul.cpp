@@ -99,6 +99,21 @@ void qmatmul_q8_generic(const QWeight& w, const Q8Rows& x, const float* bias, fl
   });
 }
 
+void q8_block_sums(const Q8Rows& x, int32_t factor, std::vector<int32_t>& out) {
+  out.resize(static_cast<size_t>(x.M * x.KB));
+  auto sums = [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int8_t* q = x.q.data() + i * 32;
+      int32_t s = 0;
+      for (int j = 0; j < 32; ++j) s += q[j];
+      out[static_cast<size_t>(i)] = factor * s;
+    }
+  };
+  // A prompt's M x K bytes are worth the threads; a decode step's few rows are not worth waking them.
+  if (x.M * x.KB >= 4096) return parallel_for(x.M * x.KB, 1, sums);
+  sums(0, x.M * x.KB);
+}
+
 void qmatmul(const QWeight& w, const float* x, int64_t M, const float* bias, float* y, bool q8, bool bf16) {
   if (bf16 && !amx_enabled())
     throw std::invalid_argument("bf16 operands: the AMX tiles are not enabled (kernels.amx_enabled())");

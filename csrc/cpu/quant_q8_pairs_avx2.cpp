@@ -52,6 +52,8 @@ void pack_pairs(const Q8Rows& x, PairX& p) {
   p.q.resize(static_cast<size_t>(p.M * p.S * 256));
   p.d.resize(static_cast<size_t>(p.M * p.S * 8));
   p.init.resize(static_cast<size_t>(p.M * p.S * 8));
+  std::vector<int32_t> sums;
+  q8_block_sums(x, -kCodeOffset<FMT>, sums);
   for (int64_t m = 0; m < p.M; ++m)
     for (int64_t s = 0; s < p.S; ++s) {
       const int8_t* src = x.q.data() + m * Kp + s * 256;
@@ -66,10 +68,8 @@ void pack_pairs(const Q8Rows& x, PairX& p) {
           }
       for (int i = 0; i < 8; ++i) {
         const int64_t b = s * 8 + kPerm[i];
-        int32_t sum = 0;
-        for (int j = 0; j < 32; ++j) sum += x.q[static_cast<size_t>(m * Kp + b * 32 + j)];
         p.d[static_cast<size_t>((m * p.S + s) * 8 + i)] = x.d[static_cast<size_t>(m * x.KB + b)];
-        p.init[static_cast<size_t>((m * p.S + s) * 8 + i)] = -kCodeOffset<FMT> * sum;
+        p.init[static_cast<size_t>((m * p.S + s) * 8 + i)] = sums[static_cast<size_t>(m * x.KB + b)];
       }
     }
 }

@@ -252,18 +252,7 @@ template <QFormat FMT>
 void panel_run(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
   const int64_t M = x.M, N = w.N, KB = x.KB;
   std::vector<int32_t> init;  // int4: -8 x each x block's code sum; nf4: -64 x
-  if (FMT != QFormat::Int8) {
-    const int32_t offset = FMT == QFormat::Int4 ? 8 : kNf4CodeOffset;
-    init.resize(static_cast<size_t>(M * KB));
-    parallel_for(M * KB, 1, [&](int64_t i0, int64_t i1) {  // M x K bytes: not on one thread
-      for (int64_t i = i0; i < i1; ++i) {
-        const int8_t* q = x.q.data() + i * 32;
-        int32_t s = 0;
-        for (int j = 0; j < 32; ++j) s += q[j];
-        init[static_cast<size_t>(i)] = -offset * s;
-      }
-    });
-  }
+  if (FMT != QFormat::Int8) q8_block_sums(x, FMT == QFormat::Int4 ? -8 : -kNf4CodeOffset, init);
   struct Rows {
     const QWeight& w;
     const Q8Rows& x;

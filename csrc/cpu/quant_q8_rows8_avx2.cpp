@@ -118,13 +118,8 @@ struct Rows8 {
 
 void qmatmul_q8_rows8_avx2(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
   const bool nf4 = w.fmt == QFormat::Nf4;
-  const int32_t offset = nf4 ? kNf4CodeOffset : 8;
-  std::vector<int32_t> init(static_cast<size_t>(x.M * x.KB));
-  for (int64_t i = 0; i < x.M * x.KB; ++i) {
-    int32_t s = 0;
-    for (int j = 0; j < 32; ++j) s += x.q[static_cast<size_t>(i * 32 + j)];
-    init[static_cast<size_t>(i)] = -offset * s;
-  }
+  std::vector<int32_t> init;
+  q8_block_sums(x, nf4 ? -kNf4CodeOffset : -8, init);
   const int64_t groups = w.N / 8;
   const int64_t chunk = (std::max<int64_t>(decode_chunk(w.N) / 8, 1) + kTileGroups - 1) / kTileGroups * kTileGroups;
   if (nf4) return for_row_chunks(groups, chunk, Rows8<QFormat::Nf4>{w, x, init, bias, y});
