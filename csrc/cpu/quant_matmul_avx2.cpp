@@ -88,15 +88,7 @@ void q8_rows(const QWeight& w, const Q8Rows& x, int64_t m0, const float* bias, f
     for (int m = 0; m < MB; ++m)
       for (int u = 0; u < U; ++u) acc[m][u] = _mm256_setzero_ps();
     const uint8_t* wrow = w.data + n * K;
-    auto step = [&](int64_t b, int u) __attribute__((always_inline)) {
-      __m256i raw;
-      if (K - b * 32 >= 32) {
-        raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wrow + b * 32));
-      } else {  // the tail block: zero codes against x codes of 0
-        alignas(32) uint8_t tmp[32] = {};
-        for (int64_t k = b * 32; k < K; ++k) tmp[k - b * 32] = wrow[k];
-        raw = _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp));
-      }
+    auto step = [&](__m256i raw, int64_t b, int u) __attribute__((always_inline)) {
       const __m256i aw = _mm256_abs_epi8(raw);
       for (int m = 0; m < MB; ++m) {
         const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + m * Kp + b * 32));
@@ -104,12 +96,21 @@ void q8_rows(const QWeight& w, const Q8Rows& x, int64_t m0, const float* bias, f
         acc[m][u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(xd[m * KB + b]), acc[m][u]);
       }
     };
+    auto load = [&](int64_t b) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wrow + b * 32)); };
+    // Full blocks first, with no tail test inside: a partial block's copy (a call) in the loop made the
+    // compiler keep acc on the stack, a store-to-load chain per block (q8_rows<1> at ~8 cycles a block).
+    const int64_t full = K / 32;
     int64_t b = 0;
-    for (; b + U <= KB; b += U) {
+    for (; b + U <= full; b += U) {
       _mm_prefetch(reinterpret_cast<const char*>(wrow + b * 32 + kPrefetchBytes), _MM_HINT_T0);
-      for (int u = 0; u < U; ++u) step(b + u, u);
+      for (int u = 0; u < U; ++u) step(load(b + u), b + u, u);
     }
-    for (; b < KB; ++b) step(b, 0);
+    for (; b < full; ++b) step(load(b), b, 0);
+    if (b < KB) {  // the tail block: zero codes against x codes of 0
+      alignas(32) uint8_t tmp[32] = {};
+      for (int64_t k = b * 32; k < K; ++k) tmp[k - b * 32] = wrow[k];
+      step(_mm256_load_si256(reinterpret_cast<const __m256i*>(tmp)), b, 0);
+    }
     const float rf = row_factor(w, n), bi = bias ? bias[n] : 0.f;
     for (int m = 0; m < MB; ++m) {
       __m256 s = acc[m][0];
