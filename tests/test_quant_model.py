@@ -142,7 +142,7 @@ def test_save_reload_round_trips_exactly(float_ckpt, tmp_path, bits, quant_type,
     fmt = quant_type or "int8"
     emb = "int8" if embedding_bits is None else fmt
     assert {k: meta[k] for k in ("format", "version", "blocksize", "group_size")} == \
-        {"format": fmt, "version": 4, "blocksize": 64, "group_size": 32}
+        {"format": fmt, "version": 5, "blocksize": 64, "group_size": 32}
     # int4 Linears are saved as held: in the rows8 layout where this machine's kernels read it
     held = [n for n, m in quantized_modules(q).items() if m.rows8]
     assert meta["rows8"] == sorted(held)
@@ -175,6 +175,40 @@ def test_reads_version_1_files(float_ckpt, tmp_path, quant_type):
     r = mpt_lite.MptForCausalLM.from_pretrained(tmp_path)
     assert r.transformer.wte.quant_type == quant_type
     assert _same_weights(q, r)
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "int4"])
+def test_reads_version_4_rows8_files(float_ckpt, tmp_path, monkeypatch, quant_type):
+    """Format version 4 stored rows8 Linears with their 8-row sets one after another (set n8's group g at unit
+    n8 * G + g, no 4-set interleave). Built by hand from the row layout of a fresh save; they load to the same
+    weights on any machine."""
+    q = load(mpt_lite.MptForCausalLM, float_ckpt, bits=4, quant_type=quant_type)
+    q.save_pretrained(tmp_path)
+    state = _saved_state_in_row_layout(tmp_path, q)
+    mods = quantized_modules(q)
+    names = [n for n, m in mods.items() if isinstance(m, QuantLinear) and m.rows % 8 == 0]
+    assert names
+    for name in names:
+        N, K = mods[name].rows, mods[name].cols
+        if quant_type == "int4":
+            p, sc = state[f"{name}.weight"], state[f"{name}.weight_scales"]
+            G = sc.shape[1]
+            state[f"{name}.weight"] = p.reshape(N // 8, 8, G, 4, 4).permute(0, 2, 3, 1, 4).contiguous().reshape(p.shape)
+            state[f"{name}.weight_scales"] = sc.reshape(N // 8, 8, G).permute(0, 2, 1).contiguous().reshape(sc.shape)
+        else:  # bitsandbytes order: element n*K + k in byte (n*K + k) / 2, the high nibble when even
+            p, am = state[f"{name}.weight"], state[f"{name}.weight_absmax"]
+            codes = torch.stack([p >> 4, p & 15], dim=-1).reshape(N, K // 32, 2, 16)
+            byte = codes[:, :, 0] | (codes[:, :, 1] << 4)  # [N, G, 16]: k in the low, k + 16 in the high nibble
+            state[f"{name}.weight"] = byte.reshape(N // 8, 8, K // 32, 4, 4).permute(0, 2, 3, 1, 4).contiguous().reshape(p.shape)
+            C = am.numel() // N
+            state[f"{name}.weight_absmax"] = am.reshape(N // 8, 8, C).permute(0, 2, 1).contiguous().reshape(am.shape)
+    meta = _saved_meta(tmp_path)
+    meta["version"], meta["rows8"] = 4, sorted(names)
+    save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt", "mpt_lite_quant": json.dumps(meta)})
+    for rows8 in ("0", "1"):  # a machine that reads the row layout, one that holds rows8
+        monkeypatch.setenv("MPT_LITE_ROWS8", rows8)
+        r = mpt_lite.MptForCausalLM.from_pretrained(tmp_path)
+        assert _same_weights(q, r)
 
 
 def test_reads_version_2_int4_files_with_float32_scales(float_ckpt, tmp_path):

@@ -16,12 +16,18 @@ from mpt_lite.quant import QuantEmbedding, QuantLinear
 from mpt_lite.quant.layers import quantized_modules
 
 ISAS = ops.supported_isas()
-SHAPES = [(8, 32), (40, 1000), (136, 2080), (64, 97), (16, 7000)]  # (N, K): partial groups, one group, many
+SHAPES = [(8, 32), (24, 64), (40, 1000), (136, 2080), (64, 97), (16, 7000)]  # (N, K): partial groups and layout tiles, one group, many
 
 
 def _q(N, K, seed=0):
     g = torch.Generator().manual_seed(seed)
     return ops.quantize_int4(torch.randn(N, K, generator=g) * 0.05)
+
+
+def _unit(n8, g, S, G):
+    """quant_formats.h: 8-row set n8 = 4t + p of S, at group g of G, is unit 4t*G + g*ng + p (ng = min(4, S - 4t))."""
+    t, p = divmod(n8, 4)
+    return 4 * t * G + g * min(4, S - 4 * t) + p
 
 
 @pytest.mark.parametrize("N, K", SHAPES)
@@ -32,17 +38,18 @@ def test_layout_is_the_documented_interleave(N, K):
     G = scales.shape[1]
     flat, sflat = p8.reshape(-1), s8.reshape(-1)
     g = torch.Generator().manual_seed(N + K)
-    for _ in range(200):  # byte ((n8 * G + g) * 128 + q * 32 + r * 4 + j) = packed[n8*8 + r][g*16 + 4q + j]
+    for _ in range(200):  # byte (u(n8, g) * 128 + q * 32 + r * 4 + j) = packed[n8*8 + r][g*16 + 4q + j]
         n8, grp, q, r, j = (int(torch.randint(0, m, (1,), generator=g)) for m in (N // 8, G, 4, 8, 4))
-        assert flat[(n8 * G + grp) * 128 + q * 32 + r * 4 + j] == packed[n8 * 8 + r, grp * 16 + 4 * q + j]
-        assert sflat[(n8 * G + grp) * 8 + r] == scales[n8 * 8 + r, grp]
+        u = _unit(n8, grp, N // 8, G)
+        assert flat[u * 128 + q * 32 + r * 4 + j] == packed[n8 * 8 + r, grp * 16 + 4 * q + j]
+        assert sflat[u * 8 + r] == scales[n8 * 8 + r, grp]
     rp, rs = ops.ref_int4_from_rows8(p8, s8)
     assert torch.equal(rp, packed) and torch.equal(rs, scales)
     bp, bs = ops.int4_from_rows8(p8, s8, K)
     assert torch.equal(bp, packed) and torch.equal(bs, scales)
 
 
-NF4_SHAPES = [(8, 64, 64), (40, 1024, 64), (136, 2112, 32), (16, 4096, 1024)]  # (N, K, blocksize), nf4_q8_ok
+NF4_SHAPES = [(8, 64, 64), (24, 128, 64), (40, 1024, 64), (136, 2112, 32), (16, 4096, 1024)]  # (N, K, blocksize), nf4_q8_ok
 
 
 def _nf4(N, K, bs, seed=0):
@@ -64,11 +71,11 @@ def test_nf4_layout_is_the_documented_interleave(N, K, bs):
     g = torch.Generator().manual_seed(N + K)
     for _ in range(200):
         n8, grp, q, r, j = (int(torch.randint(0, m, (1,), generator=g)) for m in (N // 8, G, 4, 8, 4))
-        byte = int(p8[(n8 * G + grp) * 128 + q * 32 + r * 4 + j])
+        byte = int(p8[_unit(n8, grp, N // 8, G) * 128 + q * 32 + r * 4 + j])
         assert byte & 15 == code(n8 * 8 + r, grp * 32 + 4 * q + j)
         assert byte >> 4 == code(n8 * 8 + r, grp * 32 + 16 + 4 * q + j)
         c = int(torch.randint(0, C, (1,), generator=g))
-        assert a8[(n8 * C + c) * 8 + r] == absmax[(n8 * 8 + r) * C + c]
+        assert a8[_unit(n8, c, N // 8, C) * 8 + r] == absmax[(n8 * 8 + r) * C + c]
     rp, ra = ops.ref_nf4_from_rows8(p8, a8, (N, K), bs)
     assert torch.equal(rp, packed) and torch.equal(ra, absmax)
     bp, ba = ops.nf4_from_rows8(p8, a8, (N, K), bs)

@@ -26,17 +26,22 @@
 //                                  converts them, mpt_lite/hub/loading.py.)
 //
 //   int4, rows8 (QWeight::rows8; N a multiple of 8): the same codes and scales in the same two buffers,
-//         8 rows interleaved per group so that one 32-byte load feeds 8 output rows (what the AVX2 kernels
-//         stream best; held where they run, and saved so, named in the file's metadata: format version 4):
-//           packed  byte ((n8 * G + g) * 128 + q * 32 + r * 4 + j) = packed[n8*8 + r][g*16 + 4q + j]
-//           scales  half ((n8 * G + g) * 8 + r)                   = scales[n8*8 + r][g]
+//         8 rows interleaved per group so that one 32-byte load feeds 8 output rows, and the 8-row sets
+//         interleaved by 4 per group so that a kernel tile of 32 output rows reads one contiguous stream of
+//         codes and one of scales (what the AVX2 kernels stream best; held where they run, and saved so,
+//         named in the file's metadata: format version 5; version 4 had no 4-set interleave). With
+//         S = N / 8 sets, set n8 = 4t + p of tile t (ng = min(4, S - 4t) sets in it; only the last tile
+//         has fewer than 4), group g of it is unit u(n8, g) = 4t * G + g * ng + p (rows8_unit) and
+//           packed  byte (u(n8, g) * 128 + q * 32 + r * 4 + j) = packed[n8*8 + r][g*16 + 4q + j]
+//           scales  half (u(n8, g) * 8 + r)                   = scales[n8*8 + r][g]
 //         for q, j in 0..3 and r in 0..7: vector q of a group holds k 4q..4q+3 (low nibbles) and
 //         16+4q..16+4q+3 (high nibbles) of the 8 rows, row r in its 32-bit lane r.
 //
-//   nf4, rows8 (likewise; where nf4_q8_ok): the codes in int4's rows8 nibble order above (code q of
-//         row 8*n8 + r at k = 32g + 4q' + j in the low nibble of byte ((n8*G + g)*128 + q'*32 + r*4 + j),
-//         k + 16 in its high nibble; G = K / 32), and the absmax of block c of those rows side by side:
-//           absmax  float ((n8 * C + c) * 8 + r) = absmax[(n8*8 + r) * C + c],  C = K / blocksize
+//   nf4, rows8 (likewise; where nf4_q8_ok): the codes in int4's rows8 order above (code q of row 8*n8 + r
+//         at k = 32g + 4q' + j in the low nibble of byte u(n8, g)*128 + q'*32 + r*4 + j, k + 16 in its high
+//         nibble; G = K / 32), and the absmax of block c of those rows side by side, its sets interleaved
+//         the same way over the C = K / blocksize blocks:
+//           absmax  float (u_C(n8, c) * 8 + r) = absmax[(n8*8 + r) * C + c],  u_C: u with C in place of G
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -52,6 +57,14 @@ extern const float kNf4Code[16];
 
 constexpr int kInt4Group = 32;
 static inline int64_t int4_groups(int64_t K) { return (K + kInt4Group - 1) / kInt4Group; }
+
+// The rows8 layouts (above): 8-row sets a tile, and the unit (8 rows x one group or block) of set n8 at
+// step g of G steps, among S sets.
+constexpr int64_t kRows8TileSets = 4;
+static inline int64_t rows8_unit(int64_t n8, int64_t g, int64_t S, int64_t G) {
+  const int64_t t0 = n8 / kRows8TileSets * kRows8TileSets, ng = S - t0 < kRows8TileSets ? S - t0 : kRows8TileSets;
+  return t0 * G + g * ng + (n8 - t0);
+}
 
 // IEEE half <-> float, portable (no F16C): exact widening; narrowing rounds to nearest even after
 // clamping to the largest finite half (+-65504), with half subnormals, as torch's .to(float16) of

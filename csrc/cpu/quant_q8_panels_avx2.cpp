@@ -79,16 +79,17 @@ void pack_panel_int4(const QWeight& w, int64_t n0, int rows, uint8_t* codes, flo
   const int64_t KB = int4_groups(w.K);
   if (w.rows8) {
     const __m256i lo4v = _mm256_set1_epi8(15);
-    const uint8_t* src = w.data + n0 / kPanelRows * KB * 128;
-    const uint16_t* sc = w.scale16 + n0 / kPanelRows * KB * 8;
+    const int64_t S = w.N / kPanelRows, n8 = n0 / kPanelRows, step = rows8_unit(n8, 1, S, KB) - rows8_unit(n8, 0, S, KB);
+    const uint8_t* src = w.data + rows8_unit(n8, 0, S, KB) * 128;
+    const uint16_t* sc = w.scale16 + rows8_unit(n8, 0, S, KB) * 8;
     for (int64_t b = 0; b < KB; ++b) {
       __m256i* dst = reinterpret_cast<__m256i*>(codes + b * 256);
       for (int q = 0; q < 4; ++q) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + b * 128) + q);
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + b * step * 128) + q);
         _mm256_store_si256(dst + q, _mm256_and_si256(v, lo4v));
         _mm256_store_si256(dst + 4 + q, _mm256_and_si256(_mm256_srli_epi16(v, 4), lo4v));
       }
-      _mm256_store_ps(scales + b * 8, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + b * 8))));
+      _mm256_store_ps(scales + b * 8, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + b * step * 8))));
     }
     return;
   }
@@ -152,16 +153,18 @@ void pack_panel_nf4(const QWeight& w, int64_t n0, int rows, uint8_t* codes, floa
   const __m128i table = _mm_add_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kNf4Int8)), _mm_set1_epi8(kNf4CodeOffset));
   if (w.rows8) {  // n0 a multiple of 8, 8 rows: int4's rows8 nibbles, looked up; the 8 rows' absmax side by side
     const __m256i lo4v = _mm256_set1_epi8(15), tablev = _mm256_broadcastsi128_si256(table);
-    const uint8_t* src = w.data + n0 / kPanelRows * KB * 128;
-    const float* am = w.scale + n0 / kPanelRows * (w.K >> shift) * 8;
+    const int64_t S = w.N / kPanelRows, n8 = n0 / kPanelRows, C = w.K >> shift;
+    const int64_t step = rows8_unit(n8, 1, S, KB) - rows8_unit(n8, 0, S, KB);  // sets in n8's layout tile
+    const uint8_t* src = w.data + rows8_unit(n8, 0, S, KB) * 128;
+    const float* am = w.scale + rows8_unit(n8, 0, S, C) * 8;
     for (int64_t b = 0; b < KB; ++b) {
       __m256i* dst = reinterpret_cast<__m256i*>(codes + b * 256);
       for (int q = 0; q < 4; ++q) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + b * 128) + q);
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + b * step * 128) + q);
         _mm256_store_si256(dst + q, _mm256_shuffle_epi8(tablev, _mm256_and_si256(v, lo4v)));
         _mm256_store_si256(dst + 4 + q, _mm256_shuffle_epi8(tablev, _mm256_and_si256(_mm256_srli_epi16(v, 4), lo4v)));
       }
-      _mm256_store_ps(scales + b * 8, _mm256_mul_ps(_mm256_loadu_ps(am + ((b * 32) >> shift) * 8), _mm256_set1_ps(kNf4IntScale)));
+      _mm256_store_ps(scales + b * 8, _mm256_mul_ps(_mm256_loadu_ps(am + ((b * 32) >> shift) * step * 8), _mm256_set1_ps(kNf4IntScale)));
     }
     return;
   }

@@ -2,7 +2,8 @@
 // weights arrive 8 rows interleaved per 32 k, so one 32-byte load is 8 rows x 4 k (low nibbles) and 8 rows x
 // 4 other k (high nibbles), and each x row's 4 codes broadcast to every 32-bit lane make pmaddubsw give each
 // row's pair sums in its own lane: no horizontal adds and no per-call decode into panels (what the pair
-// kernel and the panels pay on the row layout). A tile is up to 2 x rows x 4 groups (32 output rows); per
+// kernel and the panels pay on the row layout). A tile is up to 2 x rows x 4 groups (32 output rows, one
+// layout tile: its codes and its scales each one contiguous stream, block after block); per
 // block the int16 pair sums of the 4 loads add in int16 (8 x 2 x 15 x 127 = 30480 < 32767), one pmaddwd
 // leaves one int32 per row, the -8 offset comes in as -8 x the x block's code sum (exact), and one fma per
 // block adds scale x d x sum into the row's float lane, blocks in order. nf4: the nibbles are looked up as
@@ -20,7 +21,7 @@ namespace mpt {
 namespace {
 
 constexpr int kGroupBytes = 128;  // a group's codes for one block: 8 rows x 32 k
-constexpr int kTileGroups = 4;    // groups (8 output rows each) a tile
+constexpr int kTileGroups = kRows8TileSets;  // 8-row sets a tile: the layout's tile
 constexpr int kTileRows = 2;      // x rows a tile
 
 template <QFormat FMT>
@@ -40,7 +41,7 @@ struct Rows8 {
     const __m256i table = _mm256_add_epi8(
         _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kNf4Int8))),
         _mm256_set1_epi8(kNf4CodeOffset));
-    const uint8_t* codes = w.data + g0 * KB * kGroupBytes;
+    const uint8_t* codes = w.data + g0 * KB * kGroupBytes;  // the layout tile of sets g0 .. g0 + NG - 1
     const int shift = kNf4 ? __builtin_ctzll(w.blocksize) : 0;  // nf4_q8_ok: a power of two
     const int64_t C = kNf4 ? w.K >> shift : 0;                   // nf4 blocks a row
     __m256 acc[MB][NG];
@@ -58,7 +59,7 @@ struct Rows8 {
           xa[m] = _mm256_set1_epi32(a), xb[m] = _mm256_set1_epi32(c);
         }
         for (int p = 0; p < NG; ++p) {
-          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + (p * KB + b) * kGroupBytes) + q);
+          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + (b * NG + p) * kGroupBytes) + q);
           __m256i lo = _mm256_and_si256(v, lo4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), lo4);
           if (kNf4) lo = _mm256_shuffle_epi8(table, lo), hi = _mm256_shuffle_epi8(table, hi);
           for (int m = 0; m < MB; ++m) {
@@ -76,8 +77,8 @@ struct Rows8 {
       for (int p = 0; p < NG; ++p) {
         // nf4: absmax here, its 1 / kNf4IntMax folded into x's d below
         const __m256 sw =
-            kNf4 ? _mm256_loadu_ps(w.scale + ((g0 + p) * C + ((b * 32) >> shift)) * 8)
-                 : _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scale16 + ((g0 + p) * KB + b) * 8)));
+            kNf4 ? _mm256_loadu_ps(w.scale + (g0 * C + ((b * 32) >> shift) * NG + p) * 8)
+                 : _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scale16 + (g0 * KB + b * NG + p) * 8)));
         for (int m = 0; m < MB; ++m) {
           const int64_t i = (m0 + m) * KB + b;
           const __m256i dot = kNf4 ? sum[m][p] : _mm256_madd_epi16(sum[m][p], ones);

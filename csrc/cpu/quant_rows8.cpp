@@ -19,16 +19,16 @@ void check_rows8(int64_t N) {
   if (N % 8 != 0) throw std::invalid_argument("rows8 layout: N must be a multiple of 8, got " + std::to_string(N));
 }
 
-// int4: copies 4-byte words (codes) and halves (scales) of each 8-row group into the interleaved order, or
+// int4: copies 4-byte words (codes) and halves (scales) of each 8-row set into the interleaved order, or
 // back (to_rows8 = false).
 void convert_int4(const uint8_t* packed, const uint16_t* scales, int64_t N, int64_t K, uint8_t* out_packed,
                   uint16_t* out_scales, bool to_rows8) {
   check_rows8(N);
-  const int64_t G = int4_groups(K);
-  parallel_for(N / 8, 1, [&](int64_t a, int64_t b) {
+  const int64_t G = int4_groups(K), S = N / 8;
+  parallel_for(S, 1, [&](int64_t a, int64_t b) {
     for (int64_t n8 = a; n8 < b; ++n8)
       for (int64_t g = 0; g < G; ++g) {
-        const int64_t il = (n8 * G + g) * 128;
+        const int64_t u = rows8_unit(n8, g, S, G), il = u * 128;
         for (int r = 0; r < 8; ++r) {
           const int64_t row = (n8 * 8 + r) * G + g;
           for (int q = 0; q < 4; ++q) {
@@ -36,8 +36,8 @@ void convert_int4(const uint8_t* packed, const uint16_t* scales, int64_t N, int6
             if (to_rows8) std::memcpy(out_packed + b_off, packed + a_off, 4);
             else std::memcpy(out_packed + a_off, packed + b_off, 4);
           }
-          if (to_rows8) out_scales[(n8 * G + g) * 8 + r] = scales[row];
-          else out_scales[row] = scales[(n8 * G + g) * 8 + r];
+          if (to_rows8) out_scales[u * 8 + r] = scales[row];
+          else out_scales[row] = scales[u * 8 + r];
         }
       }
   });
@@ -51,8 +51,8 @@ void convert_nf4(const uint8_t* packed, const float* absmax, int64_t N, int64_t 
   check_rows8(N);
   if (!nf4_q8_ok(K, B))
     throw std::invalid_argument("nf4 rows8 layout: needs a power-of-two blocksize >= 32 that divides K");
-  const int64_t G = K / 32, C = K / B;
-  parallel_for(N / 8, 1, [&](int64_t a, int64_t b) {
+  const int64_t G = K / 32, C = K / B, S = N / 8;
+  parallel_for(S, 1, [&](int64_t a, int64_t b) {
     for (int64_t n8 = a; n8 < b; ++n8) {
       for (int r = 0; r < 8; ++r) {
         const int64_t row = n8 * 8 + r;
@@ -60,7 +60,7 @@ void convert_nf4(const uint8_t* packed, const float* absmax, int64_t N, int64_t 
           for (int q = 0; q < 4; ++q)
             for (int j = 0; j < 4; ++j) {
               const int64_t f_lo = row * K + g * 32 + 4 * q + j, f_hi = f_lo + 16;
-              const int64_t il = (n8 * G + g) * 128 + q * 32 + r * 4 + j;
+              const int64_t il = rows8_unit(n8, g, S, G) * 128 + q * 32 + r * 4 + j;
               if (to_rows8) {
                 auto nib = [&](int64_t f) { return (f & 1) ? packed[f >> 1] & 15 : packed[f >> 1] >> 4; };
                 out_packed[il] = static_cast<uint8_t>(nib(f_lo) | nib(f_hi) << 4);
@@ -74,8 +74,9 @@ void convert_nf4(const uint8_t* packed, const float* absmax, int64_t N, int64_t 
               }
             }
         for (int64_t c = 0; c < C; ++c) {
-          if (to_rows8) out_absmax[(n8 * C + c) * 8 + r] = absmax[row * C + c];
-          else out_absmax[row * C + c] = absmax[(n8 * C + c) * 8 + r];
+          const int64_t u = rows8_unit(n8, c, S, C);
+          if (to_rows8) out_absmax[u * 8 + r] = absmax[row * C + c];
+          else out_absmax[row * C + c] = absmax[u * 8 + r];
         }
       }
     }

@@ -190,8 +190,8 @@ def _stored_quantization(files: list[Path]) -> tuple[str | None, int, dict[str, 
 
 
 def _stored_rows8(files: list[Path]) -> set[str]:
-    """Names (as in the file) of the int4 Linears an mpt_lite file of format version 4 holds in the rows8
-    layout; empty for older files."""
+    """Names (as in the file) of the int4 / nf4 Linears an mpt_lite file of format version 4+ holds in the
+    rows8 layout; empty for older files."""
     try:
         names = json.loads(safetensors_metadata(files[0])["mpt_lite_quant"]).get("rows8", [])
     except (KeyError, json.JSONDecodeError) as e:
@@ -199,6 +199,26 @@ def _stored_rows8(files: list[Path]) -> set[str]:
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise OSError(f"{files[0]}: mpt_lite_quant metadata: 'rows8' must be a list of module names")
     return set(names)
+
+
+def _rows8_v4_to_saved_layout(mod, got: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Codes that format version 4 stored in its rows8 layout (8-row sets one after another, no 4-set
+    interleave: set n8's group g at unit n8 * G + g) -> the saved (row / bitsandbytes) layout."""
+    N, K = mod.rows, mod.cols
+    if N % 8 or got["weight"].numel() % (N // 8 * 128):
+        raise ValueError(f"rows8 codes of {tuple(got['weight'].shape)} do not fit a [{N}, {K}] weight")
+    G = got["weight"].numel() // (N // 8 * 128)
+    v = got["weight"].reshape(N // 8, G, 4, 8, 4).permute(0, 3, 1, 2, 4)
+    out = dict(got)
+    if mod.quant_type == "int4":
+        out["weight"] = v.reshape(N, G * 16).contiguous()
+        out["weight_scales"] = got["weight_scales"].reshape(N // 8, G, 8).permute(0, 2, 1).reshape(N, G).contiguous()
+        return out
+    codes = torch.cat([v.reshape(N, G, 16) & 15, v.reshape(N, G, 16) >> 4], dim=2).reshape(-1)
+    out["weight"] = ((codes[0::2] << 4) | codes[1::2]).contiguous()
+    C = got["weight_absmax"].numel() // N
+    out["weight_absmax"] = got["weight_absmax"].reshape(N // 8, C, 8).permute(0, 2, 1).reshape(-1).contiguous()
+    return out
 
 
 def _apply_stored_formats(model: nn.Module, formats: dict[str, str], embedding_bits: int | None,
@@ -277,6 +297,8 @@ def _install_codes(mod, name: str, got: dict[str, torch.Tensor], version: int = 
         got["weight_absmax"] = absmax.float().reshape(-1)
     if "weight" not in got:
         raise MissingKeyError(f"{name}.weight is missing from the checkpoint (found {sorted(got)})")
+    if rows8 and version == 4 and "weight" in got:
+        got, rows8 = _rows8_v4_to_saved_layout(mod, got), False
     try:
         mod.load_codes(got, rows8=rows8)
     except (KeyError, TypeError, ValueError) as e:

@@ -149,24 +149,35 @@ def ref_dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, in_features:
     return (q * scales.float()[..., None]).reshape(N, G * INT4_GROUP)[:, :in_features]  # half scales widen exactly
 
 
+def ref_rows8_units(S: int, G: int) -> torch.Tensor:
+    """[S, G]: the unit (8 rows x one group or block) where the rows8 layouts (csrc/cpu/quant_formats.h) keep
+    set n8 at step g: sets interleaved by 4 per step within a tile of 4 sets (fewer in the last tile)."""
+    n8 = torch.arange(S)[:, None]
+    t0 = n8 // 4 * 4
+    ng = (S - t0).clamp(max=4)
+    return t0 * G + torch.arange(G)[None, :] * ng + (n8 - t0)
+
+
 def ref_int4_from_rows8(packed: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The row layout of int4 codes and scales held in the rows8 layout (csrc/cpu/quant_formats.h):
-    per group of 8 rows and 32 k, vector q's lane r holds row r's bytes 4q..4q+3 of that group."""
+    per 8 rows and group of 32 k, at its unit, vector q's lane r holds row r's bytes 4q..4q+3 of that group."""
     N, G = scales.shape
-    p = packed.reshape(N // 8, G, 4, 8, 4).permute(0, 3, 1, 2, 4).reshape(N, G * 16)
-    s = scales.reshape(N // 8, G, 8).permute(0, 2, 1).reshape(N, G)
+    u = ref_rows8_units(N // 8, G)
+    p = packed.reshape(-1, 128)[u].reshape(N // 8, G, 4, 8, 4).permute(0, 3, 1, 2, 4).reshape(N, G * 16)
+    s = scales.reshape(-1, 8)[u].permute(0, 2, 1).reshape(N, G)
     return p.contiguous(), s.contiguous()
 
 
 def ref_nf4_from_rows8(packed: torch.Tensor, absmax: torch.Tensor, shape, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
     """bitsandbytes' layout of nf4 codes and absmax held in the rows8 layout (csrc/cpu/quant_formats.h): the
-    codes in int4's rows8 nibble order, the 8 rows' absmax side by side per block."""
+    codes in int4's rows8 order, the 8 rows' absmax side by side per block, at the units of the C blocks."""
     N, K = shape
     G, C = K // 32, K // blocksize
-    v = packed.reshape(N // 8, G, 4, 8, 4).permute(0, 3, 1, 2, 4).reshape(N, G, 16)
+    u = ref_rows8_units(N // 8, G)
+    v = packed.reshape(-1, 128)[u].reshape(N // 8, G, 4, 8, 4).permute(0, 3, 1, 2, 4).reshape(N, G, 16)
     codes = torch.cat([v & 15, v >> 4], dim=2).reshape(-1)  # element n*K + k, row layout
     p = (codes[0::2] << 4) | codes[1::2]
-    a = absmax.reshape(N // 8, C, 8).permute(0, 2, 1).reshape(-1)
+    a = absmax.reshape(-1, 8)[ref_rows8_units(N // 8, C)].permute(0, 2, 1).reshape(-1)
     return p.contiguous(), a.contiguous()
 
 

@@ -21,11 +21,12 @@ from .. import kernels
 from ..config import MissingKeyError
 from .formats import DEFAULT_4BIT, WeightFormat, weight_format
 
-# 4: int4 / nf4 Linears may be stored in the rows8 layout (the "rows8" list names them; the file maps as it is on a
-# machine whose kernels read rows8, and is converted on others); 3: int4 group scales in float16 (4.5 bits
-# per weight); 2: a format per quantized tensor ("formats"); 1: one format for the model. Files of versions
-# 1-3 load (hub/loading.py rounds int4 scales of 1-2 to half).
-FORMAT_VERSION = 4
+# 5: rows8 with its 8-row sets interleaved by 4 (csrc/cpu/quant_formats.h); 4: int4 / nf4 Linears may be stored
+# in the rows8 layout (the "rows8" list names them; the file maps as it is on a machine whose kernels read rows8,
+# and is converted on others; version 4's rows8, without the interleave, is converted at load); 3: int4 group
+# scales in float16 (4.5 bits per weight); 2: a format per quantized tensor ("formats"); 1: one format for the
+# model. Files of versions 1-4 load (hub/loading.py rounds int4 scales of 1-2 to half).
+FORMAT_VERSION = 5
 
 # Set while held_state_dict() collects the codes as held: state_dict() then makes no row-layout copies.
 _STATE_AS_HELD = contextvars.ContextVar("mpt_lite_state_as_held", default=False)
