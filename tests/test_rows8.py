@@ -134,6 +134,27 @@ def test_matmul_matches_reference(isa, M):
         assert torch.equal(y_float, want_float)  # float activations: the row-layout kernel on a scratch copy
 
 
+@pytest.mark.skipif(not {"avx2", "avx512"} <= set(ISAS), reason="needs a CPU with both the AVX2 and AVX-512 variants")
+@pytest.mark.parametrize("quant_type", ["int4", "nf4"])
+def test_avx512_and_avx2_rows8_kernels_give_the_same_floats(quant_type):
+    """Both sum each block's exact integer dot and apply scale x d in block order (the AVX-512 VNNI kernel's
+    two half-lanes add in int32 first), so their outputs are equal bit for bit at every row count."""
+    N, K = 136, 2112
+    if quant_type == "int4":
+        p8, s8 = ops.int4_to_rows8(*_q(N, K), K)
+        run = lambda x: ops.matmul_int4(x, p8, s8, K, q8=True, rows8=True)
+    else:
+        p8, a8 = ops.nf4_to_rows8(*_nf4(N, K, 64), (N, K), 64)
+        run = lambda x: ops.matmul_nf4(x, p8, a8, (N, K), blocksize=64, q8=True, rows8=True)
+    for M in (1, 2, 5, 8, 31):  # below 32 rows: the AVX2 side is its rows8 tile, not the panels
+        x = torch.randn(M, K)
+        with ops.use_isa("avx2"):
+            a = run(x)
+        with ops.use_isa("avx512"):
+            b = run(x)
+        assert torch.equal(a, b), (M, (a - b).abs().max().item())
+
+
 @pytest.mark.parametrize("M", [7, 40])
 def test_rows_do_not_depend_on_row_count_or_threads(M):
     N, K = 136, 2080

@@ -209,6 +209,8 @@ void qmatmul_q8_pairs_avx2(const QWeight& w, const Q8Rows& x, const float* bias,
 void qmatmul_q8_panels_avx2(const QWeight& w, const Q8Rows& x, const float* bias, float* y);
 // int4 / nf4 in the rows8 layout, any number of x rows (AVX2; called on AVX-512 CPUs too)
 void qmatmul_q8_rows8_avx2(const QWeight& w, const Q8Rows& x, const float* bias, float* y);
+// the same with AVX-512 VNNI (the same floats)
+void qmatmul_q8_rows8_avx512(const QWeight& w, const Q8Rows& x, const float* bias, float* y);
 void qmatmul_q8_avx512(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);  // quantizes x itself
 void qmatmul_generic(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);
 void qmatmul_avx2(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);

@@ -105,8 +105,8 @@ void nf4_from_rows8(const uint8_t* packed, const float* absmax, int64_t N, int64
   convert_nf4(packed, absmax, N, K, blocksize, out_packed, out_absmax, false);
 }
 
-// qmatmul's path for a rows8 weight: the rows8 kernels for q8 activations where AVX2 is the ISA or above
-// (AVX-512 CPUs run them too); every other choice (float activations, bf16 tiles, the portable ISA) runs on a
+// qmatmul's path for a rows8 weight: the rows8 kernels for q8 activations where AVX2 or AVX-512 (VNNI) is
+// the ISA; every other choice (float activations, bf16 tiles, the portable ISA) runs on a
 // scratch copy in the saved layout, correct but not fast (load() arranges rows8 only where the kernels run).
 void qmatmul_rows8(const QWeight& w, const float* x, int64_t M, const float* bias, float* y, bool q8, bool bf16) {
   check_rows8(w.N);
@@ -114,6 +114,8 @@ void qmatmul_rows8(const QWeight& w, const float* x, int64_t M, const float* bia
   if (q8 && !bf16 && current_isa() != Isa::Generic) {
     Q8Rows xq;
     quantize_q8(x, M, w.K, xq);
+    // AVX-512 VNNI: one kernel for every row count (from 32 rows it beats the AVX2 panels by 1.5-2x)
+    if (current_isa() == Isa::Avx512) return qmatmul_q8_rows8_avx512(w, xq, bias, y);
     // From 32 rows the panels (whose pack reads rows8 as it is) beat re-reading a group per 2 x rows.
     if (M >= kRows8PanelMinRows) return qmatmul_q8_panels_avx2(w, xq, bias, y);
     return qmatmul_q8_rows8_avx2(w, xq, bias, y);

@@ -8,7 +8,7 @@ import torch
 
 from .checks import (check_activations, check_bias, check_blocksize, check_dim, check_int4_scales, check_row_ids,
                      check_shape, check_tensor, check_threads, op_device, ptr, weight_f32)
-from .extension import _C, amx_enabled, current_isa, launch
+from .extension import _C, amx_enabled, amx_int8_enabled, current_isa, launch
 from .layouts import INT4_SCALE_DTYPE, NF4_BLOCKSIZE, int4_groups, nf4_q8_ok, use_bf16, use_q8
 
 # ---- quantized matmuls (int8, nf4, int4) ----
@@ -393,8 +393,11 @@ def nf4_from_rows8(packed: torch.Tensor, absmax: torch.Tensor, shape, blocksize:
 
 def rows8_preferred(rows: int) -> bool:
     """Whether a CPU int4 / nf4 weight of `rows` output rows is best held in rows8 now: rows is a multiple of
-    8 and the AVX2 variant is the current ISA (the AVX-512 kernels have their own wider loads over the saved
-    layouts; the portable ones read the saved layouts, so rows8 would cost them a conversion per call).
-    MPT_LITE_ROWS8=0 keeps the saved layouts, =1 takes rows8 on every CPU (A/B runs, tests)."""
+    8 and the current ISA is AVX2, or AVX-512 without AMX-INT8 tiles (the rows8 kernels beat the row layout's
+    at every row count there, docs/benchmarks.md; AMX machines keep the layout their tiles read, unmeasured
+    against rows8; the portable kernels read the saved layouts, so rows8 would cost them a conversion per
+    call). MPT_LITE_ROWS8=0 keeps the saved layouts, =1 takes rows8 on every CPU (A/B runs, tests)."""
     switch = os.environ.get("MPT_LITE_ROWS8", "")
-    return rows % 8 == 0 and switch != "0" and (switch == "1" or current_isa() == "avx2")
+    isa = current_isa()
+    return rows % 8 == 0 and switch != "0" and (
+        switch == "1" or isa == "avx2" or (isa == "avx512" and not amx_int8_enabled()))
