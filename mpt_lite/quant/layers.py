@@ -5,8 +5,9 @@ saved form, plus an optional float ``bias``. Activations stay float (float32, or
 in the kernel).
 
 In memory an int4 or nf4 QuantLinear on a CPU whose kernels read it best (kernels.rows8_preferred: the
-AVX2 variant; nf4 where its blocks hold whole groups of 32, nf4_q8_ok) holds its codes in the rows8 layout
-(8 rows interleaved per group of 32 k; same buffers, shapes and dtypes): `rows8` says so. state_dict(), codes() and dequantized() give the row layout
+AVX2 variant, or AVX-512 without AMX-INT8; nf4 where its blocks hold whole groups of 32, nf4_q8_ok) holds its
+codes in the rows8 layout (8 rows interleaved per group of 32 k, 4 such sets per group; same buffers, shapes
+and dtypes): `rows8` says so. state_dict(), codes() and dequantized() give the row layout
 (state_dict() and codes() as converted copies), moving the module off the CPU converts back first, and
 loading a state dict arranges it again; save_pretrained writes the codes as held (held_state_dict)."""
 from __future__ import annotations
