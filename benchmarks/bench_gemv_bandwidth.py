@@ -1,6 +1,6 @@
 """Do the decode matmuls stream their weights at the machine's read bandwidth? Every Linear of the
-synthetic-1.3B layers (Wqkv, out_proj, up, down) in int4 (row layout, and the rows8 layout that AVX2
-machines hold in memory), nf4 (bitsandbytes' layout and rows8) and int8, as many layers as make the
+synthetic-1.3B layers (Wqkv, out_proj, up, down) in int4 (row layout, and the rows8 layout that AVX2 and
+AVX-512 machines without AMX-INT8 hold in memory), nf4 (bitsandbytes' layout and rows8) and int8, as many layers as make the
 weights 2x the last-level cache (so they come from memory, as in decode), run at M = 1 (and 8) on
 `--threads` threads; bytes/s of weights (codes + scales) against kernels.read_bandwidth over a buffer
 of the same size, runs alternating (A B A B) in one process, medians. Random codes (the kernels'
