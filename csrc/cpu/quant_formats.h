@@ -58,12 +58,16 @@ extern const float kNf4Code[16];
 constexpr int kInt4Group = 32;
 static inline int64_t int4_groups(int64_t K) { return (K + kInt4Group - 1) / kInt4Group; }
 
-// The rows8 layouts (above): 8-row sets a tile, and the unit (8 rows x one group or block) of set n8 at
-// step g of G steps, among S sets.
+// The rows8 layouts (above): 8-row sets a tile; the sets in set n8's tile, among S sets (kRows8TileSets but in
+// the last tile); and the unit (8 rows x one group or block) of set n8 at step g of G steps.
 constexpr int64_t kRows8TileSets = 4;
+static inline int64_t rows8_tile_sets(int64_t n8, int64_t S) {
+  const int64_t t0 = n8 / kRows8TileSets * kRows8TileSets;
+  return S - t0 < kRows8TileSets ? S - t0 : kRows8TileSets;
+}
 static inline int64_t rows8_unit(int64_t n8, int64_t g, int64_t S, int64_t G) {
-  const int64_t t0 = n8 / kRows8TileSets * kRows8TileSets, ng = S - t0 < kRows8TileSets ? S - t0 : kRows8TileSets;
-  return t0 * G + g * ng + (n8 - t0);
+  const int64_t t0 = n8 / kRows8TileSets * kRows8TileSets;
+  return t0 * G + g * rows8_tile_sets(n8, S) + (n8 - t0);
 }
 
 // IEEE half <-> float, portable (no F16C): exact widening; narrowing rounds to nearest even after

@@ -79,7 +79,7 @@ void pack_panel_int4(const QWeight& w, int64_t n0, int rows, uint8_t* codes, flo
   const int64_t KB = int4_groups(w.K);
   if (w.rows8) {
     const __m256i lo4v = _mm256_set1_epi8(15);
-    const int64_t S = w.N / kPanelRows, n8 = n0 / kPanelRows, step = rows8_unit(n8, 1, S, KB) - rows8_unit(n8, 0, S, KB);
+    const int64_t S = w.N / kPanelRows, n8 = n0 / kPanelRows, step = rows8_tile_sets(n8, S);  // units a group
     const uint8_t* src = w.data + rows8_unit(n8, 0, S, KB) * 128;
     const uint16_t* sc = w.scale16 + rows8_unit(n8, 0, S, KB) * 8;
     for (int64_t b = 0; b < KB; ++b) {
@@ -154,7 +154,7 @@ void pack_panel_nf4(const QWeight& w, int64_t n0, int rows, uint8_t* codes, floa
   if (w.rows8) {  // n0 a multiple of 8, 8 rows: int4's rows8 nibbles, looked up; the 8 rows' absmax side by side
     const __m256i lo4v = _mm256_set1_epi8(15), tablev = _mm256_broadcastsi128_si256(table);
     const int64_t S = w.N / kPanelRows, n8 = n0 / kPanelRows, C = w.K >> shift;
-    const int64_t step = rows8_unit(n8, 1, S, KB) - rows8_unit(n8, 0, S, KB);  // sets in n8's layout tile
+    const int64_t step = rows8_tile_sets(n8, S);  // units a group (or block)
     const uint8_t* src = w.data + rows8_unit(n8, 0, S, KB) * 128;
     const float* am = w.scale + rows8_unit(n8, 0, S, C) * 8;
     for (int64_t b = 0; b < KB; ++b) {

@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "cpu/quant_formats.h"
-#include "cpu/thread_pool.h"
+#include "cpu/quant_rows8_driver.h"
 
 namespace mpt {
 namespace {
@@ -102,9 +102,9 @@ struct Rows8 {
   }
 
   auto make_worker() {
-    return [this](int64_t g0, int64_t g1) {
+    return [this](int64_t g0, int64_t g1) {  // sets g0 .. g1 - 1, whole layout tiles
       for (int64_t g = g0; g < g1; g += kTileGroups) {
-        switch (std::min<int64_t>(kTileGroups, g1 - g)) {
+        switch (rows8_tile_sets(g, w.N / 8)) {
           case 1: groups<1>(g); break;
           case 2: groups<2>(g); break;
           case 3: groups<3>(g); break;
@@ -118,13 +118,7 @@ struct Rows8 {
 }  // namespace
 
 void qmatmul_q8_rows8_avx2(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
-  const bool nf4 = w.fmt == QFormat::Nf4;
-  std::vector<int32_t> init;
-  q8_block_sums(x, nf4 ? -kNf4CodeOffset : -8, init);
-  const int64_t groups = w.N / 8;
-  const int64_t chunk = (std::max<int64_t>(decode_chunk(w.N) / 8, 1) + kTileGroups - 1) / kTileGroups * kTileGroups;
-  if (nf4) return for_row_chunks(groups, chunk, Rows8<QFormat::Nf4>{w, x, init, bias, y});
-  for_row_chunks(groups, chunk, Rows8<QFormat::Int4>{w, x, init, bias, y});
+  run_rows8<Rows8>(w, x, bias, y);
 }
 
 }  // namespace mpt

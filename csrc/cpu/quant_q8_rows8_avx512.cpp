@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "cpu/quant_formats.h"
-#include "cpu/thread_pool.h"
+#include "cpu/quant_rows8_driver.h"
 
 namespace mpt {
 namespace {
@@ -90,18 +90,18 @@ struct Rows8Vnni {
   // Every x row against sets n8 .. n8 + NG - 1 (of a layout tile of ng sets).
   template <int NG>
   void sets(int64_t n8, int64_t ng) const {
-    constexpr int MB = NG >= 4 ? 1 : 4;
     int64_t m0 = 0;
-    if (NG >= 4) {
+    if constexpr (NG == 4) {  // (taken for one x row)
       for (; m0 < x.M; ++m0) tile<NG, 1>(n8, ng, m0);
-      return;
-    }
-    for (; m0 + MB <= x.M; m0 += MB) tile<NG, MB>(n8, ng, m0);
-    switch (x.M - m0) {
-      case 1: tile<NG, 1>(n8, ng, m0); break;
-      case 2: tile<NG, 2>(n8, ng, m0); break;
-      case 3: tile<NG, 3>(n8, ng, m0); break;
-      default: break;
+    } else {
+      constexpr int MB = 4;
+      for (; m0 + MB <= x.M; m0 += MB) tile<NG, MB>(n8, ng, m0);
+      switch (x.M - m0) {
+        case 1: tile<NG, 1>(n8, ng, m0); break;
+        case 2: tile<NG, 2>(n8, ng, m0); break;
+        case 3: tile<NG, 3>(n8, ng, m0); break;
+        default: break;
+      }
     }
   }
 
@@ -109,7 +109,7 @@ struct Rows8Vnni {
     return [this](int64_t t0, int64_t t1) {  // sets t0 .. t1 - 1, whole layout tiles
       const int64_t S = w.N / 8;
       for (int64_t t = t0; t < t1; t += kRows8TileSets) {
-        const int64_t ng = std::min<int64_t>(kRows8TileSets, S - t);
+        const int64_t ng = rows8_tile_sets(t, S);
         if (x.M == 1 && ng == 4) {  // one x row: all 4 sets a pass (one stream of codes, of scales)
           sets<4>(t, ng);
           continue;
@@ -125,14 +125,7 @@ struct Rows8Vnni {
 }  // namespace
 
 void qmatmul_q8_rows8_avx512(const QWeight& w, const Q8Rows& x, const float* bias, float* y) {
-  const bool nf4 = w.fmt == QFormat::Nf4;
-  std::vector<int32_t> init;
-  q8_block_sums(x, nf4 ? -kNf4CodeOffset : -8, init);
-  const int64_t S = w.N / 8;
-  const int64_t chunk =
-      (std::max<int64_t>(decode_chunk(w.N) / 8, 1) + kRows8TileSets - 1) / kRows8TileSets * kRows8TileSets;
-  if (nf4) return for_row_chunks(S, chunk, Rows8Vnni<QFormat::Nf4>{w, x, init, bias, y});
-  for_row_chunks(S, chunk, Rows8Vnni<QFormat::Int4>{w, x, init, bias, y});
+  run_rows8<Rows8Vnni>(w, x, bias, y);
 }
 
 }  // namespace mpt
