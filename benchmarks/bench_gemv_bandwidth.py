@@ -1,6 +1,7 @@
 """Do the decode matmuls stream their weights at the machine's read bandwidth? Every Linear of the
 synthetic-1.3B layers (Wqkv, out_proj, up, down) in int4 (row layout, and the rows8 layout that AVX2 and
-AVX-512 machines without AMX-INT8 hold in memory), nf4 (bitsandbytes' layout and rows8) and int8, as many layers as make the
+AVX-512 machines without AMX-INT8 hold in memory), nf4 (bitsandbytes' layout and rows8) and int8 (row layout,
+and rows8: AVX-512 without AMX-INT8), as many layers as make the
 weights 2x the last-level cache (so they come from memory, as in decode), run at M = 1 (and 8) on
 `--threads` threads; bytes/s of weights (codes + scales) against kernels.read_bandwidth over a buffer
 of the same size, runs alternating (A B A B) in one process, medians. Random codes (the kernels'
@@ -8,7 +9,8 @@ speed does not depend on the values). On a shared machine the wall-clock rates f
 the `per CPU-second` columns divide the bytes by the process's CPU time over the threads instead
 (the rate while the threads run; pool threads spinning between matmuls count as CPU time).
 
-    python benchmarks/bench_gemv_bandwidth.py [--threads 2] [--repeats 7] [--rows 1,8] [--formats int4,int4_rows8,nf4,nf4_rows8,int8]
+    python benchmarks/bench_gemv_bandwidth.py [--threads 2] [--repeats 7] [--rows 1,8]
+        [--formats int4,int4_rows8,nf4,nf4_rows8,int8,int8_rows8]
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ def layer_weights(fmt: str, g: torch.Generator) -> list[tuple]:
         elif fmt.startswith("nf4"):
             q = (torch.randint(0, 256, (N * K // 2,), dtype=torch.uint8, generator=g),
                  torch.rand(N * K // 64, generator=g) + 0.5)
-        else:
+        else:  # random codes: the same bytes stand for either layout
             q = (torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g), torch.rand(N, generator=g) + 0.5)
         out.append((K, N, q))
     return out
@@ -49,7 +51,7 @@ def run(fmt: str, weights: list, M: int, threads: int) -> tuple[float, float]:
         elif fmt.startswith("nf4"):
             ops.matmul_nf4(x, *q, (N, K), q8=True, num_threads=threads, rows8=fmt == "nf4_rows8")
         else:
-            ops.matmul_int8(x, *q, q8=True, num_threads=threads)
+            ops.matmul_int8(x, *q, q8=True, num_threads=threads, rows8=fmt == "int8_rows8")
     return time.perf_counter() - t, time.process_time() - c
 
 
@@ -58,7 +60,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--rows", default="1,8")
-    ap.add_argument("--formats", default="int4,int4_rows8,nf4,nf4_rows8,int8")
+    ap.add_argument("--formats", default="int4,int4_rows8,nf4,nf4_rows8,int8,int8_rows8")
     ap.add_argument("--cache-multiple", type=float, default=2.0, help="weights per format / last-level cache")
     args = ap.parse_args()
     Ms = [int(m) for m in args.rows.split(",")]

@@ -107,13 +107,26 @@ static void bind_quant(py::module_& m) {
                               buf<const int64_t>(rows, n_rows, "rows"), n_rows, buf<float>(out, n_rows * k, "out"));
   }, kw, arg("cb"), arg("scb"), arg("k"), arg("rows"), arg("n_rows"), arg("out"), nt, G());
   m.def("matmul_int8", [](uintptr_t x, int64_t m_, int64_t k, uintptr_t cb, uintptr_t scb, int64_t n,
-                          uintptr_t bias, uintptr_t y, bool q8, bool bf16, int nthreads) {
+                          uintptr_t bias, uintptr_t y, bool q8, bool bf16, bool rows8, int nthreads) {
     mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
     dim(m_, "m"), dim(k, "k"), dim(n, "n");
+    if (rows8 && !mpt::int8_rows8_ok(n, k))
+      throw std::invalid_argument("int8 rows8 weight: n must be a multiple of 8 and k of 32");
     mpt::matmul_int8(buf<const float>(x, m_ * k, "x"), m_, k, buf<const int8_t>(cb, n * k, "cb"),
-                     buf<const float>(scb, n, "scb"), n, opt<const float>(bias), buf<float>(y, m_ * n, "y"), q8, bf16);
+                     buf<const float>(scb, n, "scb"), n, opt<const float>(bias), buf<float>(y, m_ * n, "y"), q8, bf16,
+                     rows8);
   }, kw, arg("x"), arg("m"), arg("k"), arg("cb"), arg("scb"), arg("n"), arg("bias") = 0, arg("y"), arg("q8"),
-     arg("bf16") = false, nt, G());
+     arg("bf16") = false, arg("rows8") = false, nt, G());
+  // int8's rows8 layout (quant_formats.h) from the row layout (to_rows8) or back; n a multiple of 8, k of 32.
+  m.def("int8_rows8", [](uintptr_t cb, int64_t n, int64_t k, uintptr_t out, bool to_rows8, int nthreads) {
+    mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
+    dim(n, "n"), dim(k, "k");
+    if (!mpt::int8_rows8_ok(n, k))
+      throw std::invalid_argument("int8 rows8 layout: n must be a multiple of 8 and k of 32, got [" +
+                                  std::to_string(n) + ", " + std::to_string(k) + "]");
+    auto* convert = to_rows8 ? &mpt::int8_to_rows8 : &mpt::int8_from_rows8;
+    convert(buf<const int8_t>(cb, n * k, "cb"), n, k, buf<int8_t>(out, n * k, "out"));
+  }, kw, arg("cb"), arg("n"), arg("k"), arg("out"), arg("to_rows8"), nt, G());
 
   // nf4: packed uint8 [ceil(numel / 2)], absmax float32 [ceil(numel / blocksize)].
   m.def("quantize_nf4", [](uintptr_t w, int64_t numel, int64_t bs, uintptr_t packed, uintptr_t absmax,
@@ -343,7 +356,7 @@ static void bind_cuda(py::module_& m) {
 
 static void bind_decode_step(py::module_& m) {
   // ---- the engine's whole forward pass in one call (csrc/cpu/decode_step.h); keyword arguments
-  // only. fmt: -1 float32, 0 int8, 1 nf4, 2 int4. ----
+  // only. fmt: -1 float32, 0 int8, 1 nf4, 2 int4, 3 int4 rows8, 4 nf4 rows8, 5 int8 rows8 (StepFormat). ----
   py::class_<mpt::DecodePlan>(m, "DecodePlan")
       .def(py::init([](int64_t d_model, int64_t n_heads, int64_t kv_heads, int64_t head_dim, int64_t ffn,
                        int64_t vocab, int64_t n_layers, float eps, float clip_qkv, float softmax_scale,
@@ -363,12 +376,14 @@ static void bind_decode_step(py::module_& m) {
            py::arg("q8_max_rows"), py::arg("q8_gemm_min_k"), py::arg("bf16_min_rows") = 0)
       .def("set_weight", [](mpt::DecodePlan& p, int64_t layer, const std::string& name, int fmt, int64_t n,
                             int64_t k, int64_t blocksize, uintptr_t data, uintptr_t scale, uintptr_t bias) {
-             if (fmt < -1 || fmt > 4) throw std::invalid_argument("unknown weight format code");
+             if (fmt < -1 || fmt > 5) throw std::invalid_argument("unknown weight format code");
              if ((fmt == static_cast<int>(mpt::StepFormat::Int4Rows8) || fmt == static_cast<int>(mpt::StepFormat::Nf4Rows8)) &&
                  n % 8 != 0)
                throw std::invalid_argument("rows8 weight: n must be a multiple of 8");
              if (fmt == static_cast<int>(mpt::StepFormat::Nf4Rows8) && !mpt::nf4_q8_ok(k, blocksize))
                throw std::invalid_argument("nf4 rows8 weight: needs a power-of-two blocksize >= 32 that divides k");
+             if (fmt == static_cast<int>(mpt::StepFormat::Int8Rows8) && !mpt::int8_rows8_ok(n, k))
+               throw std::invalid_argument("int8 rows8 weight: n must be a multiple of 8 and k of 32");
              mpt::StepWeight& w = p.weight(layer, name);
              w.fmt = static_cast<mpt::StepFormat>(fmt), w.N = n, w.K = k, w.blocksize = blocksize;
              w.data = mpt::bind::buf<const void>(data, n * k, "data"), w.scale = mpt::bind::opt<const void>(scale);

@@ -118,7 +118,9 @@ def _saved_state_in_row_layout(folder, model):
     state = load_file(str(folder / "model.safetensors"))
     mods = quantized_modules(model)
     for name in _saved_meta(folder).get("rows8", []):
-        if f"{name}.weight_scales" in state:
+        if f"{name}.SCB" in state:
+            state[f"{name}.weight"] = ops.ref_int8_from_rows8(state[f"{name}.weight"])
+        elif f"{name}.weight_scales" in state:
             state[f"{name}.weight"], state[f"{name}.weight_scales"] = ops.ref_int4_from_rows8(
                 state[f"{name}.weight"], state[f"{name}.weight_scales"])
         else:
@@ -142,11 +144,11 @@ def test_save_reload_round_trips_exactly(float_ckpt, tmp_path, bits, quant_type,
     fmt = quant_type or "int8"
     emb = "int8" if embedding_bits is None else fmt
     assert {k: meta[k] for k in ("format", "version", "blocksize", "group_size")} == \
-        {"format": fmt, "version": 5, "blocksize": 64, "group_size": 32}
-    # int4 Linears are saved as held: in the rows8 layout where this machine's kernels read it
+        {"format": fmt, "version": 6, "blocksize": 64, "group_size": 32}
+    # Linears are saved as held: in the rows8 layout where this machine's kernels read it
     held = [n for n, m in quantized_modules(q).items() if m.rows8]
     assert meta["rows8"] == sorted(held)
-    assert bool(held) == (fmt in ("int4", "nf4") and ops.rows8_preferred(8))
+    assert bool(held) == ops.rows8_preferred(8, fmt)
     assert meta["formats"]["transformer.wte"] == emb
     assert meta["formats"]["transformer.blocks.1.ffn.up_proj"] == fmt
     r = mpt_lite.MptForCausalLM.from_pretrained(tmp_path)  # no bits: reloaded as saved, no quantizing

@@ -1,7 +1,7 @@
-"""The rows8 layouts of int4 and nf4 (8 rows interleaved per group of 32 k, csrc/cpu/quant_formats.h): the conversion
-against the layout's definition and the plain-torch reference, its matmuls (the AVX2 rows8 kernel below 32
-rows, the panels from 32, the row-layout kernels on a scratch copy elsewhere) against the reference on
-every ISA, and a QuantLinear holding it: the row layout in codes() / state_dict() / saved files of other
+"""The rows8 layouts of int4, nf4 and int8 (8 rows interleaved per group of 32 k, csrc/cpu/quant_formats.h): the
+conversion against the layout's definition and the plain-torch reference, its matmuls (the AVX2 rows8 kernel
+below 32 rows, the panels from 32, the AVX-512 rows8 kernel, the row-layout kernels on a scratch copy elsewhere)
+against the reference on every ISA, and a QuantLinear holding it: the row layout in codes() / state_dict() / saved files of other
 machines, a saved rows8 file mapped as it is, the native step."""
 import os
 
@@ -102,6 +102,66 @@ def test_nf4_matmul_matches_reference(isa, M):
         assert torch.equal(y_float, want_float)
 
 
+INT8_SHAPES = [(8, 32), (24, 64), (40, 1024), (136, 2080), (16, 4096)]  # (N, K): K a multiple of 32
+
+
+def _int8(N, K, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return ops.quantize_int8(torch.randn(N, K, generator=g) * 0.05)
+
+
+@pytest.mark.parametrize("N, K", INT8_SHAPES)
+def test_int8_layout_is_the_documented_interleave(N, K):
+    cb, scb = _int8(N, K)
+    c8 = ops.int8_to_rows8(cb, scb)
+    assert c8.shape == cb.shape and c8.dtype == torch.int8
+    flat, G = c8.reshape(-1), K // 32
+    g = torch.Generator().manual_seed(N + K)
+    for _ in range(200):  # byte (u(n8, g) * 256 + q * 32 + r * 4 + j) = cb[n8*8 + r][g*32 + 4q + j]
+        n8, grp, q, r, j = (int(torch.randint(0, m, (1,), generator=g)) for m in (N // 8, G, 8, 8, 4))
+        assert flat[_unit(n8, grp, N // 8, G) * 256 + q * 32 + r * 4 + j] == cb[n8 * 8 + r, grp * 32 + 4 * q + j]
+    assert torch.equal(ops.ref_int8_from_rows8(c8), cb)
+    assert torch.equal(ops.int8_from_rows8(c8, scb), cb)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("M", [1, 2, 3, 5, 8, 9, 16, 17, 31, 32, 33, 100])
+def test_int8_matmul_matches_reference(isa, M):
+    """The AVX-512 rows8 kernel (every row count; one x row: a whole layout tile a pass) and, elsewhere, the
+    row-layout kernels on a scratch copy, against the plain-torch q8 reference."""
+    gen = torch.Generator().manual_seed(M)
+    for i, (N, K) in enumerate(INT8_SHAPES):
+        cb, scb = _int8(N, K, seed=i)
+        c8 = ops.int8_to_rows8(cb, scb)
+        x = torch.randn(M, K, generator=gen) * (1 + 10 * torch.rand(M, K, generator=gen) ** 8)
+        bias = torch.randn(N, generator=gen) if i % 2 == 0 else None
+        with ops.use_isa(isa):
+            y = ops.matmul_int8(x, c8, scb, bias=bias, q8=True, rows8=True)
+            y_float = ops.matmul_int8(x, c8, scb, bias=bias, q8=False, rows8=True)
+            want_float = ops.matmul_int8(x, cb, scb, bias=bias, q8=False)
+        want = ops.ref_matmul_int8(x, cb, scb, bias=bias, q8=True)
+        w = ops.ref_dequantize_int8(cb, scb)
+        bound = (ops.ref_dequantize_q8(x).abs() @ w.abs().t()) * (K * 2.0 ** -23) + 1e-6
+        assert bool(((y - want).abs() <= bound).all()), (N, K, (y - want).abs().max().item())
+        assert torch.equal(y_float, want_float)
+
+
+@pytest.mark.skipif("avx512" not in ISAS, reason="the int8 rows8 kernel is AVX-512 VNNI (elsewhere the row-layout "
+                    "kernels run on a copy, and they choose by the row count)")
+def test_int8_rows8_rows_do_not_depend_on_row_count_or_threads():
+    """One x row, pairs of sets, 1-8 x rows a pass: each output sums its block dots in the same order."""
+    N, K, M = 136, 2080, 21
+    cb, scb = _int8(N, K)
+    c8 = ops.int8_to_rows8(cb, scb)
+    x = torch.randn(M, K)
+    with ops.use_isa("avx512"):
+        full = ops.matmul_int8(x, c8, scb, q8=True, rows8=True)
+        for m0, m1 in ((0, 1), (1, 3), (3, 12), (2, M)):
+            assert torch.equal(ops.matmul_int8(x[m0:m1], c8, scb, q8=True, rows8=True), full[m0:m1])
+        for threads in (1, 2, 3):
+            assert torch.equal(ops.matmul_int8(x, c8, scb, q8=True, rows8=True, num_threads=threads), full)
+
+
 def test_rows8_needs_a_multiple_of_8_rows():
     packed, absmax = _nf4(8, 96, 64)  # 96 k: blocks of 64 straddle the q8 blocks (not nf4_q8_ok)
     with pytest.raises(ValueError, match="blocksize"):
@@ -111,6 +171,13 @@ def test_rows8_needs_a_multiple_of_8_rows():
         ops.int4_to_rows8(packed, scales, 64)
     with pytest.raises(ValueError, match="multiple of 8"):
         ops.matmul_int4(torch.randn(1, 64), packed, scales, 64, rows8=True)
+    cb, scb = _int8(8, 96 + 8)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        ops.int8_to_rows8(cb, scb)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        ops.matmul_int8(torch.randn(1, 104), cb, scb, rows8=True)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        ops.int8_to_rows8(*_int8(12, 64))
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -174,7 +241,7 @@ def _linear(monkeypatch, switch, quant_type, N=64, K=256):
     return QuantLinear.from_linear(torch.nn.Linear(K, N), quant_type=quant_type)
 
 
-@pytest.mark.parametrize("quant_type", ["int4", "nf4"])
+@pytest.mark.parametrize("quant_type", ["int4", "nf4", "int8"])
 def test_quantlinear_holds_rows8_and_gives_the_saved_layout(monkeypatch, quant_type):
     rows = _linear(monkeypatch, "0", quant_type)
     held = _linear(monkeypatch, "1", quant_type)
@@ -202,6 +269,23 @@ def test_quantlinear_holds_rows8_and_gives_the_saved_layout(monkeypatch, quant_t
         straddle = QuantLinear(96, 8, quant_type="nf4")  # blocks of 64 over 96 inputs: not nf4_q8_ok
         straddle.quantize_from(torch.randn(8, 96))
         assert not straddle.rows8
+    if quant_type == "int8":
+        ragged = QuantLinear(100, 8, quant_type="int8")  # 100 inputs: no whole groups of 32
+        ragged.quantize_from(torch.randn(8, 100))
+        assert not ragged.rows8
+
+
+def test_int8_held_in_rows8_only_where_a_kernel_reads_it(monkeypatch):
+    """AVX-512 without AMX-INT8 reads int8 rows8; AVX2 has no int8 rows8 kernel (int4 / nf4 it has)."""
+    monkeypatch.delenv("MPT_LITE_ROWS8", raising=False)
+    for isa in ISAS:
+        with ops.use_isa(isa):
+            want = isa == "avx512" and not ops.amx_int8_enabled()
+            assert ops.rows8_preferred(64, "int8") is want, isa
+            if isa == "avx2":
+                assert ops.rows8_preferred(64, "int4") and ops.rows8_preferred(64, "nf4")
+    with pytest.raises(ValueError, match="quant_type"):
+        ops.rows8_preferred(64, "int3")
 
 
 @pytest.fixture(scope="module")
@@ -214,10 +298,11 @@ def float_folder(tmp_path_factory):
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux /proc/self/maps")
-@pytest.mark.parametrize("quant_type", ["int4", "nf4"])
+@pytest.mark.parametrize("quant_type", ["int4", "nf4", "int8"])
 def test_saved_rows8_maps_as_it_is_and_converts_elsewhere(monkeypatch, float_folder, tmp_path, quant_type):
     monkeypatch.setenv("MPT_LITE_ROWS8", "1")
-    model = mpt_lite.MptForCausalLM.from_pretrained(float_folder, bits=4, quant_type=quant_type)
+    how = {"bits": 8} if quant_type == "int8" else {"bits": 4, "quant_type": quant_type}
+    model = mpt_lite.MptForCausalLM.from_pretrained(float_folder, **how)
     linears = {n for n, m in quantized_modules(model).items() if isinstance(m, QuantLinear)}
     assert {n for n, m in quantized_modules(model).items() if m.rows8} == linears
     model.save_pretrained(tmp_path)
@@ -237,7 +322,28 @@ def test_saved_rows8_maps_as_it_is_and_converts_elsewhere(monkeypatch, float_fol
     torch.testing.assert_close(other(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("quant_type", ["int4", "nf4"])
+def test_int8_rows8_in_a_version_5_file_is_refused(monkeypatch, float_folder, tmp_path):
+    """Format version 6 brought int8's rows8 layout: an older file that lists an int8 Linear as rows8 is
+    corrupt, and loading it says so rather than reading the codes in the wrong order."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("MPT_LITE_ROWS8", "1")
+    mpt_lite.MptForCausalLM.from_pretrained(float_folder, bits=8).save_pretrained(tmp_path)
+    path = tmp_path / "model.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    info = json.loads(meta["mpt_lite_quant"])
+    assert info["version"] == 6 and info["rows8"]
+    info["version"] = 5
+    save_file(tensors, str(path), metadata={**meta, "mpt_lite_quant": json.dumps(info)})
+    with pytest.raises(ValueError, match="version 5"):
+        mpt_lite.MptForCausalLM.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("quant_type", ["int4", "nf4", "int8"])
 def test_native_step_and_engine_with_rows8(monkeypatch, quant_type):
     """The native step reads rows8 weights as the torch path does (q8 activations as shipped: 1e-2, see
     test_native_step.py), and the engine's greedy tokens are the same with and without it."""

@@ -62,6 +62,8 @@ void linear(const StepWeight& w, const float* x, int64_t M, float* y, const Step
     case StepFormat::F32: return dense_matmul(w, x, M, y);
     case StepFormat::Int8:
       return matmul_int8(x, M, w.K, static_cast<const int8_t*>(w.data), w.fscale(), w.N, w.bias, y, q8, bf16);
+    case StepFormat::Int8Rows8:
+      return matmul_int8(x, M, w.K, static_cast<const int8_t*>(w.data), w.fscale(), w.N, w.bias, y, q8, bf16, true);
     case StepFormat::Nf4:
       return matmul_nf4(x, M, w.K, static_cast<const uint8_t*>(w.data), w.fscale(), w.N, w.blocksize, w.bias, y, q8,
                         bf16);

@@ -42,6 +42,11 @@
 //         nibble; G = K / 32), and the absmax of block c of those rows side by side, its sets interleaved
 //         the same way over the C = K / blocksize blocks:
 //           absmax  float (u_C(n8, c) * 8 + r) = absmax[(n8*8 + r) * C + c],  u_C: u with C in place of G
+//
+//   int8, rows8 (likewise; K a multiple of 32, format version 6): the codes in the same buffer, 8 rows
+//         interleaved per group of 32 k and the sets by 4 as int4's (G = K / 32), 256 bytes a unit:
+//           cb  byte (u(n8, g) * 256 + q * 32 + r * 4 + j) = cb[n8*8 + r][g*32 + 4q + j]   q in 0..7
+//         vector q of a group holds k 4q..4q+3 of the 8 rows, row r in its 32-bit lane r; scb unchanged.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -117,7 +122,7 @@ void dequantize_int8(const int8_t* cb, const float* scb, int64_t N, int64_t K, f
 // bf16: x and the weight as bf16 operands on AMX tiles (qgemm_bf16_amx; needs amx_enabled(), else
 // std::invalid_argument); takes precedence over q8.
 void matmul_int8(const float* x, int64_t M, int64_t K, const int8_t* cb, const float* scb, int64_t N,
-                 const float* bias, float* y, bool q8 = false, bool bf16 = false);
+                 const float* bias, float* y, bool q8 = false, bool bf16 = false, bool rows8 = false);
 
 void quantize_nf4(const float* w, int64_t numel, int64_t blocksize, uint8_t* packed, float* absmax);
 void dequantize_nf4(const uint8_t* packed, const float* absmax, int64_t numel, int64_t blocksize, float* out);
@@ -133,6 +138,10 @@ void int4_to_rows8(const uint8_t* packed, const uint16_t* scales, int64_t N, int
                    uint16_t* out_scales);
 void int4_from_rows8(const uint8_t* packed, const uint16_t* scales, int64_t N, int64_t K, uint8_t* out_packed,
                      uint16_t* out_scales);
+// int8's rows8 layout from the row layout and back; N % 8 == 0 and K % 32 == 0.
+void int8_to_rows8(const int8_t* cb, int64_t N, int64_t K, int8_t* out);
+void int8_from_rows8(const int8_t* cb, int64_t N, int64_t K, int8_t* out);
+static inline bool int8_rows8_ok(int64_t N, int64_t K) { return N % 8 == 0 && K % 32 == 0; }
 // nf4's rows8 layout from bitsandbytes' and back; N % 8 == 0 and nf4_q8_ok(K, blocksize).
 void nf4_to_rows8(const uint8_t* packed, const float* absmax, int64_t N, int64_t K, int64_t blocksize,
                   uint8_t* out_packed, float* out_absmax);
@@ -154,7 +163,7 @@ struct QWeight {
   const uint8_t* data;      // cb / packed
   const float* scale;       // scb / absmax (int8, nf4)
   const uint16_t* scale16;  // int4's half scales [N, G]; read them through int4_scale
-  bool rows8 = false;       // int4 / nf4 in the rows8 layout: only qmatmul reads it (it converts where no kernel does)
+  bool rows8 = false;       // in the rows8 layout: only qmatmul reads it (it converts where no kernel does)
 };
 
 // int4: the scale of group g of row n, widened to float.
@@ -198,7 +207,8 @@ struct Q8Rows {
 };
 void quantize_q8(const float* x, int64_t M, int64_t K, Q8Rows& out);
 // out[m * KB + b] = factor x (the sum of block b's 32 codes of x row m): the exact integer that brings back an
-// offset the AVX2 kernels add to the weight codes (int4: factor -8; nf4 looked up + 64: factor -64).
+// offset the AVX2 kernels add to the weight codes (int4: factor -8; nf4 looked up + 64: factor -64; int8 in the
+// AVX-512 rows8 kernel, + 128: factor -128).
 void q8_block_sums(const Q8Rows& x, int32_t factor, std::vector<int32_t>& out);
 // AVX2: blocks i0 .. i1 - 1 (flat index m * KB + b) of x, all full (K % 32 == 0), into q / d as quantize_q8.
 void quantize_q8_blocks_avx2(const float* x, int64_t K, int64_t KB, int64_t i0, int64_t i1, int8_t* q, float* d);
@@ -211,9 +221,9 @@ void qmatmul_q8_avx2(const QWeight& w, const Q8Rows& x, const float* bias, float
 void qmatmul_q8_pairs_avx2(const QWeight& w, const Q8Rows& x, const float* bias, float* y);  // int4, nf4
 // many x rows (qmatmul_q8_avx2 picks: int8 from 6, int4 / nf4 from 16): weights decoded into 8-row panels shared by every x row
 void qmatmul_q8_panels_avx2(const QWeight& w, const Q8Rows& x, const float* bias, float* y);
-// int4 / nf4 in the rows8 layout, any number of x rows (AVX2; called on AVX-512 CPUs too)
+// int4 / nf4 in the rows8 layout, any number of x rows (AVX2; called on AVX-512 CPUs too; no int8)
 void qmatmul_q8_rows8_avx2(const QWeight& w, const Q8Rows& x, const float* bias, float* y);
-// the same with AVX-512 VNNI (the same floats)
+// the same with AVX-512 VNNI (the same floats), and int8 in its rows8 layout
 void qmatmul_q8_rows8_avx512(const QWeight& w, const Q8Rows& x, const float* bias, float* y);
 void qmatmul_q8_avx512(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);  // quantizes x itself
 void qmatmul_generic(const QWeight& w, const float* x, int64_t M, const float* bias, float* y);

@@ -39,8 +39,8 @@ void dequantize_rows_int8(const int8_t* cb, const float* scb, int64_t K, const i
 }
 
 void matmul_int8(const float* x, int64_t M, int64_t K, const int8_t* cb, const float* scb, int64_t N,
-                 const float* bias, float* y, bool q8, bool bf16) {
-  QWeight w{QFormat::Int8, N, K, 0, reinterpret_cast<const uint8_t*>(cb), scb, nullptr};
+                 const float* bias, float* y, bool q8, bool bf16, bool rows8) {
+  QWeight w{QFormat::Int8, N, K, 0, reinterpret_cast<const uint8_t*>(cb), scb, nullptr, rows8};
   qmatmul(w, x, M, bias, y, q8, bf16);
 }
 

@@ -26,6 +26,7 @@ constexpr int kTileRows = 2;      // x rows a tile
 
 template <QFormat FMT>
 struct Rows8 {
+  static constexpr bool kReadsInt8 = false;
   static constexpr bool kNf4 = FMT == QFormat::Nf4;
   const QWeight& w;
   const Q8Rows& x;

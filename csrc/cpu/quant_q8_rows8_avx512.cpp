@@ -1,17 +1,19 @@
-// q8 activations x int4 / nf4 weights in the rows8 layout (quant_formats.h) with AVX-512 VNNI, any number of
-// x rows. Two ways to feed vpdpbusd (unsigned codes x signed x codes, 4 products a lane):
+// q8 activations x int4 / nf4 / int8 weights in the rows8 layout (quant_formats.h) with AVX-512 VNNI, any
+// number of x rows. Two ways to feed vpdpbusd (unsigned codes x signed x codes, 4 products a lane):
 //  - several x rows (pair_tile): two 8-row sets side by side in a layout tile (units u and u + 1 of a group)
 //    make one 512-bit vector per 32-byte vector q of theirs, 16 rows x 4 k in the low nibbles (k 4q..4q+3)
 //    and 16 rows x 4 other k in the high ones (16+4q..). Each x row's code dword for those k, broadcast to
 //    every lane, gives with eight vpdpbusd each of the 16 rows' block dot in its own lane (no permutes, no
-//    horizontal adds), and the decoded codes serve up to 8 x rows. The next layout tile is prefetched into
+//    horizontal adds), and the decoded codes serve up to 8 x rows. int8 is the same with its 8 vectors of a
+//    group as they are, + 128 (an xor), and one x row takes a whole layout tile (both pairs) a pass. The next layout tile is prefetched into
 //    L2 alongside: with several x rows a step is as much compute as reads, and the hardware prefetcher alone
 //    left the two in series.
-//  - one x row (one_row_tile): a 64-byte load is a set's vectors q and q + 1 with no shuffle; the x block's
+//  - one x row of int4 / nf4 (one_row_tile): a 64-byte load is a set's vectors q and q + 1 with no shuffle; the x block's
 //    code dwords are permuted to match once per block for the tile's 4 sets (lanes 0-7 dword q, 8-15
 //    dword q + 1), so the two halves of a row's block dot land in lanes r and r + 8 and add in int32.
 // Either way the arithmetic from the block dot on is the AVX2 rows8 tile's (offset -8 / -64 x the x block's
 // code sum, one convert and one fma per row and block, blocks in order): both variants give the same floats.
+// int8's offset is -128 x the code sum, its fma takes x's d alone, and its row scale comes once at the end.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -23,7 +25,7 @@
 namespace mpt {
 namespace {
 
-constexpr int kGroupBytes = 128;  // a set's codes for one group of 32 k: 8 rows x 32 k
+constexpr int kGroupBytes = 128;  // a set's int4 / nf4 codes for one group of 32 k: 8 rows x 32 k
 
 static inline __m512i nf4_table() {  // kNf4Int8 + kNf4CodeOffset in each 128-bit lane (unsigned)
   return _mm512_add_epi8(_mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kNf4Int8))),
@@ -32,62 +34,92 @@ static inline __m512i nf4_table() {  // kNf4Int8 + kNf4CodeOffset in each 128-bi
 
 template <QFormat FMT>
 struct Rows8Vnni {
-  static constexpr bool kNf4 = FMT == QFormat::Nf4;
+  static constexpr bool kReadsInt8 = true;
+  static constexpr bool kNf4 = FMT == QFormat::Nf4, kInt8 = FMT == QFormat::Int8;
+  static constexpr int kUnit = kInt8 ? 256 : kGroupBytes;  // bytes of a set's group
   const QWeight& w;
   const Q8Rows& x;
-  const std::vector<int32_t>& init;  // [M, KB]: -8 (nf4: -64) x the block's x code sum
+  const std::vector<int32_t>& init;  // [M, KB]: -8 (nf4: -64, int8: -128) x the block's x code sum
   const float* bias;
   float* y;
 
-  // x rows m0 .. m0 + MB - 1 against sets n8 and n8 + 1 (only n8 when `lone`), which lie in a layout tile of
-  // `ng` sets: from set n8's first unit, set n8 + p's group b is unit b * ng + p. pf: the codes of a layout
-  // tile of pf_ng sets to prefetch into L2 on the way, or null.
-  template <int MB>
+  // x rows m0 .. m0 + MB - 1 against the NP set pairs from set n8 (sets n8 + 2p and n8 + 2p + 1; the last pair
+  // only its first set when `lone`), which lie in a layout tile of `ng` sets: from set n8's first unit, set
+  // n8 + p's group b is unit b * ng + p. Vector v (0..7) of a pair holds k 4v..4v+3 of its 16 rows (int4 /
+  // nf4: v < 4 the low nibbles of the sets' vector v, v >= 4 the high nibbles of vector v - 4; int8: vector v
+  // + 128), against x dword v. pf: the codes of a layout tile of pf_ng sets to prefetch into L2, or null.
+  template <int NP, int MB>
   void pair_tile(int64_t n8, int64_t ng, int64_t m0, bool lone, const uint8_t* pf, int64_t pf_ng) const {
     const int64_t KB = x.KB, Kp = KB * 32, S = w.N / 8;
-    const __m512i lo4 = _mm512_set1_epi8(15), table = nf4_table();
-    const __mmask16 rows = lone ? 0x00ff : 0xffff;
-    const uint8_t* codes = w.data + rows8_unit(n8, 0, S, KB) * kGroupBytes;
+    const __m512i lo4 = _mm512_set1_epi8(15), table = nf4_table(), flip = _mm512_set1_epi8(static_cast<char>(0x80));
+    const uint8_t* codes = w.data + rows8_unit(n8, 0, S, KB) * kUnit;
     const int shift = kNf4 ? __builtin_ctzll(w.blocksize) : 0;  // nf4_q8_ok: a power of two
     const int64_t C = kNf4 ? w.K >> shift : 0;                   // nf4 blocks a row
-    const uint16_t* sc16 = kNf4 ? nullptr : w.scale16 + rows8_unit(n8, 0, S, KB) * 8;
+    const uint16_t* sc16 = FMT == QFormat::Int4 ? w.scale16 + rows8_unit(n8, 0, S, KB) * 8 : nullptr;
     const float* am = kNf4 ? w.scale + rows8_unit(n8, 0, S, C) * 8 : nullptr;
-    __m512 acc[MB];
-    for (int m = 0; m < MB; ++m) acc[m] = _mm512_setzero_ps();
+    auto rows_of = [&](int p) -> __mmask16 { return lone && p == NP - 1 ? 0x00ff : 0xffff; };
+    __m512 acc[MB][NP];
+    for (int m = 0; m < MB; ++m)
+      for (int p = 0; p < NP; ++p) acc[m][p] = _mm512_setzero_ps();
     for (int64_t b = 0; b < KB; ++b) {
       if (pf)
-        for (int64_t l = 0; l < pf_ng * 2; ++l)
-          _mm_prefetch(reinterpret_cast<const char*>(pf + (b * pf_ng * 2 + l) * 64), _MM_HINT_T1);
-      const uint8_t* g = codes + b * ng * kGroupBytes;
-      __m512i lo[4], hi[4];
-      for (int q = 0; q < 4; ++q) {
-        const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 32 * q));
-        const __m512i v = lone ? _mm512_zextsi256_si512(a)
-                               : _mm512_inserti64x4(_mm512_castsi256_si512(a),
-                                                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + kGroupBytes + 32 * q)), 1);
-        lo[q] = _mm512_and_si512(v, lo4), hi[q] = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);
-        if (kNf4) lo[q] = _mm512_shuffle_epi8(table, lo[q]), hi[q] = _mm512_shuffle_epi8(table, hi[q]);
+        for (int64_t l = 0; l < pf_ng * kUnit / 64; ++l)
+          _mm_prefetch(reinterpret_cast<const char*>(pf + b * pf_ng * kUnit + l * 64), _MM_HINT_T1);
+      __m512i wv[NP][8];
+      __m512 sw[NP];
+      for (int p = 0; p < NP; ++p) {
+        const uint8_t* g = codes + (b * ng + 2 * p) * kUnit;
+        const bool one = lone && p == NP - 1;
+        auto pair_vector = [&](int q) {  // vector q of both sets: set 2p's rows in lanes 0-7, 2p + 1's in 8-15
+          const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 32 * q));
+          return one ? _mm512_zextsi256_si512(a)
+                     : _mm512_inserti64x4(_mm512_castsi256_si512(a),
+                                          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + kUnit + 32 * q)), 1);
+        };
+        if constexpr (kInt8) {
+          for (int q = 0; q < 8; ++q) wv[p][q] = _mm512_xor_si512(pair_vector(q), flip);
+        } else {
+          for (int q = 0; q < 4; ++q) {
+            const __m512i v = pair_vector(q);
+            wv[p][q] = _mm512_and_si512(v, lo4), wv[p][q + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);
+            if (kNf4) wv[p][q] = _mm512_shuffle_epi8(table, wv[p][q]), wv[p][q + 4] = _mm512_shuffle_epi8(table, wv[p][q + 4]);
+          }
+        }
+        // nf4: absmax here, its 1 / kNf4IntMax folded into x's d below; int8: its row scale comes at the end
+        if constexpr (kNf4) sw[p] = _mm512_maskz_loadu_ps(rows_of(p), am + (((b * 32) >> shift) * ng + 2 * p) * 8);
+        else if constexpr (!kInt8) sw[p] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(rows_of(p), sc16 + (b * ng + 2 * p) * 8));
       }
-      // nf4: absmax here, its 1 / kNf4IntMax folded into x's d below
-      const __m512 sw = kNf4 ? _mm512_maskz_loadu_ps(rows, am + ((b * 32) >> shift) * ng * 8)
-                             : _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(rows, sc16 + b * ng * 8));
       for (int m = 0; m < MB; ++m) {
         const int64_t i = (m0 + m) * KB + b;
         const int8_t* xb = x.q.data() + (m0 + m) * Kp + b * 32;
-        __m512i s = _mm512_set1_epi32(init[i]), t = _mm512_setzero_si512();  // two chains (vpdpbusd's latency)
-        for (int q = 0; q < 4; ++q) {
-          int32_t lo_k, hi_k;  // x codes of k 4q..4q+3 and 16+4q..16+4q+3
-          __builtin_memcpy(&lo_k, xb + 4 * q, 4);
-          __builtin_memcpy(&hi_k, xb + 16 + 4 * q, 4);
-          s = _mm512_dpbusd_epi32(s, lo[q], _mm512_set1_epi32(lo_k));
-          t = _mm512_dpbusd_epi32(t, hi[q], _mm512_set1_epi32(hi_k));
-        }
+        auto xdword = [xb](int q) {  // x dword q broadcast straight from memory
+          int32_t v;
+          __builtin_memcpy(&v, xb + 4 * q, 4);
+          return _mm512_set1_epi32(v);
+        };
         const float d = kNf4 ? x.d[i] * kNf4IntScale : x.d[i];
-        acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s, t)), _mm512_mul_ps(sw, _mm512_set1_ps(d)), acc[m]);
+        for (int p = 0; p < NP; ++p) {
+          __m512i s = _mm512_set1_epi32(init[i]), t = _mm512_setzero_si512();  // two chains (vpdpbusd's latency)
+          for (int q = 0; q < 4; ++q) {
+            s = _mm512_dpbusd_epi32(s, wv[p][q], xdword(q));
+            t = _mm512_dpbusd_epi32(t, wv[p][q + 4], xdword(q + 4));
+          }
+          const __m512 f = kInt8 ? _mm512_set1_ps(d) : _mm512_mul_ps(sw[p], _mm512_set1_ps(d));
+          acc[m][p] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s, t)), f, acc[m][p]);
+        }
       }
     }
-    const __m512 bv = bias ? _mm512_maskz_loadu_ps(rows, bias + n8 * 8) : _mm512_setzero_ps();
-    for (int m = 0; m < MB; ++m) _mm512_mask_storeu_ps(y + (m0 + m) * w.N + n8 * 8, rows, _mm512_add_ps(acc[m], bv));
+    for (int p = 0; p < NP; ++p) {
+      const __mmask16 k = rows_of(p);
+      const int64_t n = (n8 + 2 * p) * 8;
+      const __m512 bv = bias ? _mm512_maskz_loadu_ps(k, bias + n) : _mm512_setzero_ps();
+      // int8: y = acc * (scb / 127) + bias, as the row layout's kernels
+      const __m512 rf = kInt8 ? _mm512_mul_ps(_mm512_maskz_loadu_ps(k, w.scale + n), _mm512_set1_ps(1.0f / 127.0f))
+                              : _mm512_set1_ps(1.0f);
+      for (int m = 0; m < MB; ++m)
+        _mm512_mask_storeu_ps(y + (m0 + m) * w.N + n, k, kInt8 ? _mm512_add_ps(_mm512_mul_ps(acc[m][p], rf), bv)
+                                                               : _mm512_add_ps(acc[m][p], bv));
+    }
   }
 
   // x row m against the 4 sets of a whole layout tile from set n8.
@@ -141,12 +173,12 @@ struct Rows8Vnni {
   // rides on the first pass.
   void pair(int64_t n8, int64_t ng, bool lone, const uint8_t* pf, int64_t pf_ng) const {
     int64_t m0 = 0;
-    for (; m0 + 8 <= x.M; m0 += 8, pf = nullptr) pair_tile<8>(n8, ng, m0, lone, pf, pf_ng);
-    for (; m0 + 4 <= x.M; m0 += 4, pf = nullptr) pair_tile<4>(n8, ng, m0, lone, pf, pf_ng);
+    for (; m0 + 8 <= x.M; m0 += 8, pf = nullptr) pair_tile<1, 8>(n8, ng, m0, lone, pf, pf_ng);
+    for (; m0 + 4 <= x.M; m0 += 4, pf = nullptr) pair_tile<1, 4>(n8, ng, m0, lone, pf, pf_ng);
     switch (x.M - m0) {
-      case 1: pair_tile<1>(n8, ng, m0, lone, pf, pf_ng); break;
-      case 2: pair_tile<2>(n8, ng, m0, lone, pf, pf_ng); break;
-      case 3: pair_tile<3>(n8, ng, m0, lone, pf, pf_ng); break;
+      case 1: pair_tile<1, 1>(n8, ng, m0, lone, pf, pf_ng); break;
+      case 2: pair_tile<1, 2>(n8, ng, m0, lone, pf, pf_ng); break;
+      case 3: pair_tile<1, 3>(n8, ng, m0, lone, pf, pf_ng); break;
       default: break;
     }
   }
@@ -157,10 +189,11 @@ struct Rows8Vnni {
       for (int64_t t = t0; t < t1; t += kRows8TileSets) {
         const int64_t ng = rows8_tile_sets(t, S), tn = t + kRows8TileSets;
         if (x.M == 1 && ng == kRows8TileSets) {  // one x row: the whole tile a pass (one stream of codes, of scales)
-          one_row_tile(t, 0);
+          if constexpr (kInt8) pair_tile<2, 1>(t, ng, 0, false, nullptr, 0);
+          else one_row_tile(t, 0);
           continue;
         }
-        const uint8_t* pf = x.M > 1 && tn < t1 ? w.data + rows8_unit(tn, 0, S, x.KB) * kGroupBytes : nullptr;
+        const uint8_t* pf = x.M > 1 && tn < t1 ? w.data + rows8_unit(tn, 0, S, x.KB) * kUnit : nullptr;
         const int64_t pf_ng = pf ? rows8_tile_sets(tn, S) : 0;
         for (int64_t p = 0; p < ng; p += 2, pf = nullptr) pair(t + p, ng, p + 1 == ng, pf, pf_ng);
       }

@@ -1,4 +1,4 @@
-// The rows8 layouts of int4 and nf4 (quant_formats.h): 8 rows interleaved per group of 32 k, converted at
+// The rows8 layouts of int4, nf4 and int8 (quant_formats.h): 8 rows interleaved per group of 32 k, converted at
 // load and back where another layout is wanted; and qmatmul's entry for them, which converts to a scratch
 // copy where no kernel reads rows8.
 #include <cstring>
@@ -39,6 +39,26 @@ void convert_int4(const uint8_t* packed, const uint16_t* scales, int64_t N, int6
           if (to_rows8) out_scales[u * 8 + r] = scales[row];
           else out_scales[row] = scales[u * 8 + r];
         }
+      }
+  });
+}
+
+// int8: copies 4-byte words of each 8-row set into the interleaved order, or back.
+void convert_int8(const int8_t* cb, int64_t N, int64_t K, int8_t* out, bool to_rows8) {
+  if (!int8_rows8_ok(N, K))
+    throw std::invalid_argument("int8 rows8 layout: N must be a multiple of 8 and K of 32, got [" + std::to_string(N) +
+                                ", " + std::to_string(K) + "]");
+  const int64_t G = K / 32, S = N / 8;
+  parallel_for(S, 1, [&](int64_t a, int64_t b) {
+    for (int64_t n8 = a; n8 < b; ++n8)
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t il = rows8_unit(n8, g, S, G) * 256;
+        for (int r = 0; r < 8; ++r)
+          for (int q = 0; q < 8; ++q) {
+            const int64_t a_off = (n8 * 8 + r) * K + g * 32 + 4 * q, b_off = il + q * 32 + r * 4;
+            if (to_rows8) std::memcpy(out + b_off, cb + a_off, 4);
+            else std::memcpy(out + a_off, cb + b_off, 4);
+          }
       }
   });
 }
@@ -95,6 +115,10 @@ void int4_from_rows8(const uint8_t* packed, const uint16_t* scales, int64_t N, i
   convert_int4(packed, scales, N, K, out_packed, out_scales, false);
 }
 
+void int8_to_rows8(const int8_t* cb, int64_t N, int64_t K, int8_t* out) { convert_int8(cb, N, K, out, true); }
+
+void int8_from_rows8(const int8_t* cb, int64_t N, int64_t K, int8_t* out) { convert_int8(cb, N, K, out, false); }
+
 void nf4_to_rows8(const uint8_t* packed, const float* absmax, int64_t N, int64_t K, int64_t blocksize,
                   uint8_t* out_packed, float* out_absmax) {
   convert_nf4(packed, absmax, N, K, blocksize, out_packed, out_absmax, true);
@@ -105,13 +129,13 @@ void nf4_from_rows8(const uint8_t* packed, const float* absmax, int64_t N, int64
   convert_nf4(packed, absmax, N, K, blocksize, out_packed, out_absmax, false);
 }
 
-// qmatmul's path for a rows8 weight: the rows8 kernels for q8 activations where AVX2 or AVX-512 (VNNI) is
-// the ISA; every other choice (float activations, bf16 tiles, the portable ISA) runs on a
-// scratch copy in the saved layout, correct but not fast (load() arranges rows8 only where the kernels run).
+// qmatmul's path for a rows8 weight: the rows8 kernels for q8 activations where AVX2 (int4 / nf4) or AVX-512
+// (VNNI) is the ISA; every other choice (float activations, bf16 tiles, the portable ISA, int8 on AVX2) runs
+// on a scratch copy in the saved layout, correct but not fast (load() arranges rows8 only where the kernels run).
 void qmatmul_rows8(const QWeight& w, const float* x, int64_t M, const float* bias, float* y, bool q8, bool bf16) {
   check_rows8(w.N);
 #if MPT_LITE_X86_SIMD
-  if (q8 && !bf16 && current_isa() != Isa::Generic) {
+  if (q8 && !bf16 && current_isa() != Isa::Generic && (w.fmt != QFormat::Int8 || current_isa() == Isa::Avx512)) {
     Q8Rows xq;
     quantize_q8(x, M, w.K, xq);
     // AVX-512 VNNI: one kernel for every row count (from 32 rows it beats the AVX2 panels by 1.5-2x)
@@ -124,6 +148,12 @@ void qmatmul_rows8(const QWeight& w, const float* x, int64_t M, const float* bia
   QWeight rows = w;
   rows.rows8 = false;
   std::vector<uint8_t> packed;
+  if (w.fmt == QFormat::Int8) {
+    packed.resize(static_cast<size_t>(w.N * w.K));
+    int8_from_rows8(reinterpret_cast<const int8_t*>(w.data), w.N, w.K, reinterpret_cast<int8_t*>(packed.data()));
+    rows.data = packed.data();
+    return qmatmul(rows, x, M, bias, y, q8, bf16);
+  }
   if (w.fmt == QFormat::Int4) {
     const int64_t G = int4_groups(w.K);
     packed.resize(static_cast<size_t>(w.N * G * 16));

@@ -190,8 +190,8 @@ def _stored_quantization(files: list[Path]) -> tuple[str | None, int, dict[str, 
 
 
 def _stored_rows8(files: list[Path]) -> set[str]:
-    """Names (as in the file) of the int4 / nf4 Linears an mpt_lite file of format version 4+ holds in the
-    rows8 layout; empty for older files."""
+    """Names (as in the file) of the Linears an mpt_lite file of format version 4+ holds in the rows8 layout
+    (int4 / nf4; int8 too from version 6); empty for older files."""
     try:
         names = json.loads(safetensors_metadata(files[0])["mpt_lite_quant"]).get("rows8", [])
     except (KeyError, json.JSONDecodeError) as e:
@@ -261,8 +261,8 @@ def _bnb_state(t: torch.Tensor, key: str) -> dict:
 
 def _install_codes(mod, name: str, got: dict[str, torch.Tensor], version: int = FORMAT_VERSION,
                    rows8: bool = False) -> None:
-    """Quantized pieces of one weight, in mpt_lite's own names or bitsandbytes' -> the module (rows8: int4
-    codes stored in the rows8 layout).
+    """Quantized pieces of one weight, in mpt_lite's own names or bitsandbytes' -> the module (rows8: codes
+    stored in the rows8 layout).
 
     int4 files of format versions 1-2 hold float32 group scales; they are rounded to half here
     (kernels.int4_half_scales) and the codes kept. That changes each weight by at most 2^-11 of its
@@ -297,6 +297,9 @@ def _install_codes(mod, name: str, got: dict[str, torch.Tensor], version: int = 
         got["weight_absmax"] = absmax.float().reshape(-1)
     if "weight" not in got:
         raise MissingKeyError(f"{name}.weight is missing from the checkpoint (found {sorted(got)})")
+    if rows8 and version < 6 and mod.quant_type == "int8":
+        raise ValueError(f"{name}: an int8 weight listed as rows8 in a file of format version {version} "
+                         "(int8 has a rows8 layout from version 6)")
     if rows8 and version == 4 and "weight" in got:
         got, rows8 = _rows8_v4_to_saved_layout(mod, got), False
     try:

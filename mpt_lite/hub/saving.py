@@ -15,7 +15,7 @@ from .loading import WEIGHT_FILE_PATTERNS
 
 def save_pretrained(model: nn.Module, save_directory: Any) -> None:
     """Writes config.json and model.safetensors (the tied wte once, no lm_head; quantized codes as held in
-    memory, int4 Linears in the rows8 layout where this machine holds them so, named in the metadata).
+    memory, Linears in the rows8 layout where this machine holds them so, named in the metadata).
 
     Files are written beside their final name and renamed into place, so a failed save leaves the
     previous ones intact; a folder holding another checkpoint's weight files is refused."""

@@ -178,13 +178,17 @@ def dequantize_rows_int8(cb: torch.Tensor, scb: torch.Tensor, ids: torch.Tensor,
 
 
 def matmul_int8(x: torch.Tensor, cb: torch.Tensor, scb: torch.Tensor, bias: torch.Tensor | None = None,
-                q8: bool | None = None, *, num_threads: int | None = None) -> torch.Tensor:
+                q8: bool | None = None, *, num_threads: int | None = None, rows8: bool = False) -> torch.Tensor:
+    """rows8: cb is in the rows8 layout (int8_to_rows8; CPU tensors only)."""
     N, K = _check_int8(cb, scb)
+    if rows8:
+        _check_int8_rows8(cb, N, K)
     if cb.is_cuda:
         _no_q8_on_cuda(q8)
         return _cuda_matmul("int8", x, cb, scb, N, K, 0, bias)
     cb, scb = cb.contiguous(), scb.contiguous()
-    return _run_matmul(_C.matmul_int8, x, K, N, bias, {"cb": ptr(cb), "scb": ptr(scb)}, q8, num_threads)
+    return _run_matmul(_C.matmul_int8, x, K, N, bias, {"cb": ptr(cb), "scb": ptr(scb), "rows8": bool(rows8)}, q8,
+                       num_threads)
 
 
 # nf4: packed uint8 [ceil(N*K/2)] over the flattened weight (first element in the high nibble),
@@ -330,16 +334,44 @@ def matmul_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, in_
                                                        "rows8": bool(rows8)}, q8, num_threads)
 
 
-# The rows8 layouts of int4 and nf4 (csrc/cpu/quant_formats.h): the same codes and scales, in the same shapes
-# and dtypes, with 8 rows interleaved per group of 32 k, so that one 32-byte load feeds 8 output rows. The
-# AVX2 kernels read them with no per-call decode; every other kernel takes the saved layout.
+# The rows8 layouts of int4, nf4 and int8 (csrc/cpu/quant_formats.h): the same codes and scales, in the same
+# shapes and dtypes, with 8 rows interleaved per group of 32 k, so that one 32-byte load feeds 8 output rows.
+# The AVX2 (int4, nf4) and AVX-512 kernels read them with no per-call decode; every other kernel takes the
+# saved layout.
 
 def _check_rows8(packed: torch.Tensor, N: int) -> None:
     if packed.is_cuda:
-        raise ValueError("the rows8 layout is a CPU layout; convert back (int4_from_rows8 / nf4_from_rows8) "
-                         "before moving to CUDA")
+        raise ValueError("the rows8 layout is a CPU layout; convert back (int4_from_rows8 / nf4_from_rows8 / "
+                         "int8_from_rows8) before moving to CUDA")
     if N % 8:
         raise ValueError(f"the rows8 layout needs a multiple of 8 rows, got {N}")
+
+
+def _check_int8_rows8(cb: torch.Tensor, N: int, K: int) -> None:
+    _check_rows8(cb, N)
+    if K % 32:
+        raise ValueError(f"the int8 rows8 layout needs in_features a multiple of 32, got {K}")
+
+
+def _int8_convert(cb, scb, to_rows8: bool, num_threads) -> torch.Tensor:
+    threads = check_threads(num_threads)
+    N, K = _check_int8(cb, scb)
+    _check_int8_rows8(cb, N, K)
+    cb = cb.contiguous()
+    out = torch.empty_like(cb)
+    _C.int8_rows8(cb=ptr(cb), n=N, k=K, out=ptr(out), to_rows8=to_rows8, num_threads=threads)
+    return out
+
+
+def int8_to_rows8(cb: torch.Tensor, scb: torch.Tensor, *, num_threads: int | None = None) -> torch.Tensor:
+    """int8 codes (row layout) in the rows8 layout, as a new tensor; scb is unchanged by the layout (it is
+    only checked against cb). N a multiple of 8, K of 32."""
+    return _int8_convert(cb, scb, True, num_threads)
+
+
+def int8_from_rows8(cb: torch.Tensor, scb: torch.Tensor, *, num_threads: int | None = None) -> torch.Tensor:
+    """int8 codes in the rows8 layout back in the row layout, as a new tensor."""
+    return _int8_convert(cb, scb, False, num_threads)
 
 
 def _int4_convert(packed, scales, in_features, to_rows8: bool, num_threads) -> tuple[torch.Tensor, torch.Tensor]:
@@ -391,13 +423,16 @@ def nf4_from_rows8(packed: torch.Tensor, absmax: torch.Tensor, shape, blocksize:
     return _nf4_convert(packed, absmax, shape, blocksize, False, num_threads)
 
 
-def rows8_preferred(rows: int) -> bool:
-    """Whether a CPU int4 / nf4 weight of `rows` output rows is best held in rows8 now: rows is a multiple of
-    8 and the current ISA is AVX2, or AVX-512 without AMX-INT8 tiles (the rows8 kernels beat the row layout's
-    at every row count there, docs/benchmarks.md; AMX machines keep the layout their tiles read, unmeasured
-    against rows8; the portable kernels read the saved layouts, so rows8 would cost them a conversion per
-    call). MPT_LITE_ROWS8=0 keeps the saved layouts, =1 takes rows8 on every CPU (A/B runs, tests)."""
+def rows8_preferred(rows: int, quant_type: str = "int4") -> bool:
+    """Whether a CPU weight of `rows` output rows in `quant_type` is best held in rows8 now: rows is a
+    multiple of 8 and the current ISA is AVX-512 without AMX-INT8 tiles, or (int4 / nf4) AVX2 (the rows8
+    kernels beat the row layout's at every row count there, docs/benchmarks.md; AMX machines keep the layout
+    their tiles read, unmeasured against rows8; AVX2 has no int8 rows8 kernel, and the portable kernels read
+    the saved layouts, so rows8 would cost them a conversion per call). MPT_LITE_ROWS8=0 keeps the saved
+    layouts, =1 takes rows8 on every CPU (A/B runs, tests)."""
+    if quant_type not in ("int4", "nf4", "int8"):
+        raise ValueError(f"unknown quant_type {quant_type!r}")
     switch = os.environ.get("MPT_LITE_ROWS8", "")
     isa = current_isa()
     return rows % 8 == 0 and switch != "0" and (
-        switch == "1" or isa == "avx2" or (isa == "avx512" and not amx_int8_enabled()))
+        switch == "1" or (isa == "avx2" and quant_type != "int8") or (isa == "avx512" and not amx_int8_enabled()))

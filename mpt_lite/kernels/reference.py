@@ -168,6 +168,15 @@ def ref_int4_from_rows8(packed: torch.Tensor, scales: torch.Tensor) -> tuple[tor
     return p.contiguous(), s.contiguous()
 
 
+def ref_int8_from_rows8(cb: torch.Tensor) -> torch.Tensor:
+    """The row layout of int8 codes held in the rows8 layout (csrc/cpu/quant_formats.h): per 8 rows and group
+    of 32 k, at its unit of 256 bytes, vector q's lane r holds row r's codes 4q..4q+3 of that group."""
+    N, K = cb.shape
+    G = K // 32
+    u = ref_rows8_units(N // 8, G)
+    return cb.reshape(-1, 256)[u].reshape(N // 8, G, 8, 8, 4).permute(0, 3, 1, 2, 4).reshape(N, K).contiguous()
+
+
 def ref_nf4_from_rows8(packed: torch.Tensor, absmax: torch.Tensor, shape, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
     """bitsandbytes' layout of nf4 codes and absmax held in the rows8 layout (csrc/cpu/quant_formats.h): the
     codes in int4's rows8 order, the 8 rows' absmax side by side per block, at the units of the C blocks."""

@@ -79,8 +79,8 @@ class Int8Format(WeightFormat):
     def dequantize_rows(self, codes, n, k, blocksize, ids, num_threads=None):
         return kernels.dequantize_rows_int8(codes["weight"], codes["SCB"], ids, num_threads=num_threads)
 
-    def matmul(self, x, codes, n, k, blocksize, bias, num_threads=None):
-        return kernels.matmul_int8(x, codes["weight"], codes["SCB"], bias, num_threads=num_threads)
+    def matmul(self, x, codes, n, k, blocksize, bias, num_threads=None, rows8=False):
+        return kernels.matmul_int8(x, codes["weight"], codes["SCB"], bias, num_threads=num_threads, rows8=rows8)
 
 
 class Nf4Format(WeightFormat):

@@ -4,9 +4,9 @@ Each holds its weight as the code buffers of one format (formats.py), so state_d
 saved form, plus an optional float ``bias``. Activations stay float (float32, or bfloat16 widened
 in the kernel).
 
-In memory an int4 or nf4 QuantLinear on a CPU whose kernels read it best (kernels.rows8_preferred: the
-AVX2 variant, or AVX-512 without AMX-INT8; nf4 where its blocks hold whole groups of 32, nf4_q8_ok) holds its
-codes in the rows8 layout (8 rows interleaved per group of 32 k, 4 such sets per group; same buffers, shapes
+In memory a QuantLinear on a CPU whose kernels read it best (kernels.rows8_preferred: AVX-512 without
+AMX-INT8, or for int4 / nf4 the AVX2 variant; nf4 where its blocks hold whole groups of 32, nf4_q8_ok; int8
+where in_features is a multiple of 32) holds its codes in the rows8 layout (8 rows interleaved per group of 32 k, 4 such sets per group; same buffers, shapes
 and dtypes): `rows8` says so. state_dict(), codes() and dequantized() give the row layout
 (state_dict() and codes() as converted copies), moving the module off the CPU converts back first, and
 loading a state dict arranges it again; save_pretrained writes the codes as held (held_state_dict)."""
@@ -22,12 +22,12 @@ from .. import kernels
 from ..config import MissingKeyError
 from .formats import DEFAULT_4BIT, WeightFormat, weight_format
 
-# 5: rows8 with its 8-row sets interleaved by 4 (csrc/cpu/quant_formats.h); 4: int4 / nf4 Linears may be stored
-# in the rows8 layout (the "rows8" list names them; the file maps as it is on a machine whose kernels read rows8,
+# 6: int8 Linears may be stored in the rows8 layout too (older versions list none); 5: rows8 with its 8-row
+# sets interleaved by 4 (csrc/cpu/quant_formats.h); 4: int4 / nf4 Linears may be stored in the rows8 layout (the "rows8" list names them; the file maps as it is on a machine whose kernels read rows8,
 # and is converted on others; version 4's rows8, without the interleave, is converted at load); 3: int4 group
 # scales in float16 (4.5 bits per weight); 2: a format per quantized tensor ("formats"); 1: one format for the
-# model. Files of versions 1-4 load (hub/loading.py rounds int4 scales of 1-2 to half).
-FORMAT_VERSION = 5
+# model. Files of versions 1-5 load (hub/loading.py rounds int4 scales of 1-2 to half).
+FORMAT_VERSION = 6
 
 # Set while held_state_dict() collects the codes as held: state_dict() then makes no row-layout copies.
 _STATE_AS_HELD = contextvars.ContextVar("mpt_lite_state_as_held", default=False)
@@ -71,6 +71,9 @@ class QuantWeight(nn.Module):
 
     def _convert_rows8(self, codes: dict[str, torch.Tensor], to_rows8: bool) -> dict[str, torch.Tensor]:
         name = self.format.code_names[1]
+        if self.quant_type == "int8":  # the row scales are the same in both layouts
+            convert = kernels.int8_to_rows8 if to_rows8 else kernels.int8_from_rows8
+            return {"weight": convert(codes["weight"], codes[name], num_threads=self.num_threads), name: codes[name]}
         if self.quant_type == "int4":
             convert = kernels.int4_to_rows8 if to_rows8 else kernels.int4_from_rows8
             data, scale = convert(codes["weight"], codes[name], self.cols, num_threads=self.num_threads)
@@ -81,9 +84,11 @@ class QuantWeight(nn.Module):
         return {"weight": data, name: scale}
 
     def rows8_possible(self) -> bool:
-        """Whether these codes have a rows8 layout: an int4 or nf4 (nf4_q8_ok) Linear of a multiple of 8 rows."""
+        """Whether these codes have a rows8 layout: a Linear of a multiple of 8 rows in int4, nf4 (nf4_q8_ok) or
+        int8 (in_features a multiple of 32)."""
         return self.holds_rows8 and self.rows % 8 == 0 and (
-            self.quant_type == "int4" or (self.quant_type == "nf4" and kernels.nf4_q8_ok(self.cols, self.blocksize)))
+            self.quant_type == "int4" or (self.quant_type == "nf4" and kernels.nf4_q8_ok(self.cols, self.blocksize))
+            or (self.quant_type == "int8" and self.cols % 32 == 0))
 
     def _hold_rows8(self, want: bool) -> None:
         if want != self.rows8:
@@ -98,7 +103,8 @@ class QuantWeight(nn.Module):
             return
         if self.quant_type == "int4" and self._buffers["weight_scales"].dtype != kernels.INT4_SCALE_DTYPE:
             return
-        self._hold_rows8(self._buffers["weight"].device.type == "cpu" and kernels.rows8_preferred(self.rows))
+        self._hold_rows8(self._buffers["weight"].device.type == "cpu"
+                         and kernels.rows8_preferred(self.rows, self.quant_type))
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
@@ -121,8 +127,8 @@ class QuantWeight(nn.Module):
         """Installs already-quantized buffers (checked against this layer's shape); rows8: codes in the rows8
         layout (see rows8_possible). Then holds them as this machine's kernels read best."""
         if rows8 and not self.rows8_possible():
-            raise ValueError(f"the rows8 layout is for int4 / nf4 Linears of a multiple of 8 rows (nf4: blocks of "
-                             f"whole groups of 32), not a {self.quant_type} {type(self).__name__} of {self.rows} x "
+            raise ValueError(f"the rows8 layout is for Linears of a multiple of 8 rows (nf4: blocks of whole groups "
+                             f"of 32; int8: in_features a multiple of 32), not a {self.quant_type} {type(self).__name__} of {self.rows} x "
                              f"{self.cols}")
         want = self.format.empty_codes_meta(self.rows, self.cols, self.blocksize)
         if set(codes) != set(want):
