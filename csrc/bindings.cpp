@@ -117,6 +117,13 @@ static void bind_quant(py::module_& m) {
                      rows8);
   }, kw, arg("x"), arg("m"), arg("k"), arg("cb"), arg("scb"), arg("n"), arg("bias") = 0, arg("y"), arg("q8"),
      arg("bf16") = false, arg("rows8") = false, nt, G());
+  m.def("dequantize_rows_int8_rows8", [](uintptr_t cb, uintptr_t scb, int64_t n, int64_t k, uintptr_t rows,
+                                         int64_t n_rows, uintptr_t out, int nthreads) {
+    mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
+    dim(n, "n"), dim(k, "k"), dim(n_rows, "n_rows");
+    mpt::dequantize_rows_int8_rows8(buf<const int8_t>(cb, n * k, "cb"), buf<const float>(scb, n, "scb"), n, k,
+                                    buf<const int64_t>(rows, n_rows, "rows"), n_rows, buf<float>(out, n_rows * k, "out"));
+  }, kw, arg("cb"), arg("scb"), arg("n"), arg("k"), arg("rows"), arg("n_rows"), arg("out"), nt, G());
   // int8's rows8 layout (quant_formats.h) from the row layout (to_rows8) or back; n a multiple of 8, k of 32.
   m.def("int8_rows8", [](uintptr_t cb, int64_t n, int64_t k, uintptr_t out, bool to_rows8, int nthreads) {
     mpt::ThreadLimit lim(mpt::bind::threads(nthreads));

@@ -264,7 +264,17 @@ def test_quantlinear_holds_rows8_and_gives_the_saved_layout(monkeypatch, quant_t
     odd.quantize_from(torch.randn(12, 256))
     emb = QuantEmbedding(64, 64, quant_type=quant_type)
     emb.quantize_from(torch.randn(64, 64))
-    assert not odd.rows8 and not emb.rows8  # 12 rows; embedding lookups read the saved layout
+    assert not odd.rows8  # 12 rows
+    assert emb.rows8 == (quant_type == "int8")  # int4 / nf4 lookups read only the saved layout; int8's read rows8
+    if emb.rows8:
+        ids = torch.tensor([[0, 63, 7], [8, 9, 31]])
+        row = QuantEmbedding(64, 64, quant_type=quant_type)
+        row.load_codes(emb.codes())
+        monkeypatch.setenv("MPT_LITE_ROWS8", "0")
+        row.arrange_codes()
+        assert not row.rows8
+        assert torch.equal(emb(ids), row(ids))  # the same floats from either layout
+        assert torch.equal(emb(ids), ops.ref_dequantize_int8(*emb.codes().values())[ids])
     if quant_type == "nf4":
         straddle = QuantLinear(96, 8, quant_type="nf4")  # blocks of 64 over 96 inputs: not nf4_q8_ok
         straddle.quantize_from(torch.randn(8, 96))
@@ -304,7 +314,7 @@ def test_saved_rows8_maps_as_it_is_and_converts_elsewhere(monkeypatch, float_fol
     how = {"bits": 8} if quant_type == "int8" else {"bits": 4, "quant_type": quant_type}
     model = mpt_lite.MptForCausalLM.from_pretrained(float_folder, **how)
     linears = {n for n, m in quantized_modules(model).items() if isinstance(m, QuantLinear)}
-    assert {n for n, m in quantized_modules(model).items() if m.rows8} == linears
+    assert {n for n, m in quantized_modules(model).items() if m.rows8} == linears  # (wte: 97 rows)
     model.save_pretrained(tmp_path)
     ids = torch.tensor([[1, 5, 9, 33, 2]])
     same = mpt_lite.MptForCausalLM.from_pretrained(tmp_path)
@@ -347,13 +357,15 @@ def test_int8_rows8_in_a_version_5_file_is_refused(monkeypatch, float_folder, tm
 def test_native_step_and_engine_with_rows8(monkeypatch, quant_type):
     """The native step reads rows8 weights as the torch path does (q8 activations as shipped: 1e-2, see
     test_native_step.py), and the engine's greedy tokens are the same with and without it."""
-    from test_native_step import SCHEDULE, quantized, run_both, tiny
+    from checkpoints import random_causal_lm
+    from test_native_step import SCHEDULE, quantized, run_both
 
     from mpt_lite.runtime.engine import Engine
 
     monkeypatch.setenv("MPT_LITE_ROWS8", "1")
-    model = quantized(tiny(), quant_type, "int8")
+    model = quantized(random_causal_lm(0, vocab_size=104, max_seq_len=256), quant_type, "int8")
     assert all(b.attn.Wqkv.rows8 and b.ffn.down_proj.rows8 for b in model.transformer.blocks)
+    assert model.transformer.wte.rows8  # 104 rows: the int8 embedding too (lookups and logits)
     run_both(model, SCHEDULE, rel=1e-2)
     outs = []
     for native in (True, False):

@@ -90,6 +90,8 @@ void embed(const StepWeight& w, const int64_t* ids, int64_t n, float* out) {
       return;
     case StepFormat::Int8:
       return dequantize_rows_int8(static_cast<const int8_t*>(w.data), w.fscale(), K, ids, n, out);
+    case StepFormat::Int8Rows8:
+      return dequantize_rows_int8_rows8(static_cast<const int8_t*>(w.data), w.fscale(), w.N, K, ids, n, out);
     case StepFormat::Nf4:
       return dequantize_rows_nf4(static_cast<const uint8_t*>(w.data), w.fscale(), K, w.blocksize, ids, n, out);
     case StepFormat::Int4:

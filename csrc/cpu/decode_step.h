@@ -17,7 +17,7 @@
 
 namespace mpt {
 
-enum class StepFormat : int { Unset = -2, F32 = -1, Int8 = 0, Nf4 = 1, Int4 = 2, Int4Rows8 = 3, Nf4Rows8 = 4, Int8Rows8 = 5 };  // rows8: Linears only
+enum class StepFormat : int { Unset = -2, F32 = -1, Int8 = 0, Nf4 = 1, Int4 = 2, Int4Rows8 = 3, Nf4Rows8 = 4, Int8Rows8 = 5 };  // rows8: Linears only (int8: the embedding too)
 
 struct StepWeight {  // W [N, K]; F32: data is float [N, K]; else the codes of quant_formats.h
   StepFormat fmt = StepFormat::Unset;

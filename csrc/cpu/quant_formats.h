@@ -141,6 +141,9 @@ void int4_from_rows8(const uint8_t* packed, const uint16_t* scales, int64_t N, i
 // int8's rows8 layout from the row layout and back; N % 8 == 0 and K % 32 == 0.
 void int8_to_rows8(const int8_t* cb, int64_t N, int64_t K, int8_t* out);
 void int8_from_rows8(const int8_t* cb, int64_t N, int64_t K, int8_t* out);
+// dequantize_rows_int8 for codes [N, K] in the rows8 layout (the tied embedding held so: its lookups).
+void dequantize_rows_int8_rows8(const int8_t* cb, const float* scb, int64_t N, int64_t K, const int64_t* rows,
+                                int64_t nrows, float* out);
 static inline bool int8_rows8_ok(int64_t N, int64_t K) { return N % 8 == 0 && K % 32 == 0; }
 // nf4's rows8 layout from bitsandbytes' and back; N % 8 == 0 and nf4_q8_ok(K, blocksize).
 void nf4_to_rows8(const uint8_t* packed, const float* absmax, int64_t N, int64_t K, int64_t blocksize,

@@ -119,6 +119,22 @@ void int8_to_rows8(const int8_t* cb, int64_t N, int64_t K, int8_t* out) { conver
 
 void int8_from_rows8(const int8_t* cb, int64_t N, int64_t K, int8_t* out) { convert_int8(cb, N, K, out, false); }
 
+void dequantize_rows_int8_rows8(const int8_t* cb, const float* scb, int64_t N, int64_t K, const int64_t* rows,
+                                int64_t nrows, float* out) {
+  if (!int8_rows8_ok(N, K)) throw std::invalid_argument("int8 rows8 layout: N must be a multiple of 8 and K of 32");
+  const int64_t G = K / 32, S = N / 8;
+  for (int64_t i = 0; i < nrows; ++i) {
+    const int64_t n = rows[i], n8 = n / 8;
+    const float s = scb[n];
+    float* o = out + i * K;
+    for (int64_t g = 0; g < G; ++g) {
+      const int8_t* u = cb + rows8_unit(n8, g, S, G) * 256 + (n % 8) * 4;
+      for (int q = 0; q < 8; ++q)
+        for (int j = 0; j < 4; ++j) o[g * 32 + 4 * q + j] = (static_cast<float>(u[q * 32 + j]) * s) * (1.0f / 127.0f);
+    }
+  }
+}
+
 void nf4_to_rows8(const uint8_t* packed, const float* absmax, int64_t N, int64_t K, int64_t blocksize,
                   uint8_t* out_packed, float* out_absmax) {
   convert_nf4(packed, absmax, N, K, blocksize, out_packed, out_absmax, true);

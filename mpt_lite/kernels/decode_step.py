@@ -65,13 +65,14 @@ class DecodePlan:
     def set_quant_weight(self, layer: int, name: str, quant_type: str, data: torch.Tensor, scale: torch.Tensor,
                          n: int, k: int, blocksize: int, bias: torch.Tensor | None, *, rows8: bool = False) -> None:
         """The codes of one weight [n, k] in `quant_type` (byte layouts: csrc/cpu/quant_formats.h); rows8:
-        codes in the rows8 layout (Linears only, n a multiple of 8; nf4: nf4_q8_ok; int8: k a multiple of 32)."""
+        codes in the rows8 layout (Linears and an int8 embedding, n a multiple of 8; nf4: nf4_q8_ok; int8: k a
+        multiple of 32)."""
         if quant_type not in ("int8", "nf4", "int4"):
             raise ValueError(f"unknown quant_type {quant_type!r}")
-        if rows8 and (name == "embedding" or n % 8 or (quant_type == "nf4" and not nf4_q8_ok(k, blocksize))
-                      or (quant_type == "int8" and k % 32)):
-            raise ValueError(f"{name}: the rows8 layout is for Linears of a multiple of 8 rows (nf4: nf4_q8_ok; "
-                             "int8: in_features a multiple of 32)")
+        if rows8 and ((name == "embedding" and quant_type != "int8") or n % 8
+                      or (quant_type == "nf4" and not nf4_q8_ok(k, blocksize)) or (quant_type == "int8" and k % 32)):
+            raise ValueError(f"{name}: the rows8 layout is for Linears (and an int8 embedding) of a multiple of 8 "
+                             "rows (nf4: nf4_q8_ok; int8: in_features a multiple of 32)")
         want = {"int8": (n * k, n), "nf4": ((n * k + 1) // 2, (n * k + blocksize - 1) // blocksize),
                 "int4": (n * int4_groups(k) * 16, n * int4_groups(k))}[quant_type]
         check_tensor(f"{name} codes", data, (torch.int8 if quant_type == "int8" else torch.uint8,))

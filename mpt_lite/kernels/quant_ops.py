@@ -165,15 +165,22 @@ def dequantize_int8(cb: torch.Tensor, scb: torch.Tensor, *, num_threads: int | N
 
 
 def dequantize_rows_int8(cb: torch.Tensor, scb: torch.Tensor, ids: torch.Tensor, *,
-                         num_threads: int | None = None) -> torch.Tensor:
+                         num_threads: int | None = None, rows8: bool = False) -> torch.Tensor:
+    """rows8: cb is in the rows8 layout (int8_to_rows8; CPU tensors only)."""
     threads = check_threads(num_threads)
     N, K = _check_int8(cb, scb)
+    if rows8:
+        _check_int8_rows8(cb, N, K)
     cb, scb, rows = cb.contiguous(), scb.contiguous(), check_row_ids(ids, N, cb.device)
     if cb.is_cuda:
         return _cuda_dequantize("int8", cb, scb, N, K, 0, rows).reshape(*ids.shape, K)
     out = torch.empty(rows.numel(), K, dtype=torch.float32)
-    _C.dequantize_rows_int8(cb=ptr(cb), scb=ptr(scb), k=K, rows=ptr(rows), n_rows=rows.numel(), out=ptr(out),
-                            num_threads=threads)
+    if rows8:
+        _C.dequantize_rows_int8_rows8(cb=ptr(cb), scb=ptr(scb), n=N, k=K, rows=ptr(rows), n_rows=rows.numel(),
+                                      out=ptr(out), num_threads=threads)
+    else:
+        _C.dequantize_rows_int8(cb=ptr(cb), scb=ptr(scb), k=K, rows=ptr(rows), n_rows=rows.numel(), out=ptr(out),
+                                num_threads=threads)
     return out.reshape(*ids.shape, K)
 
 

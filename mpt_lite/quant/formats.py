@@ -76,8 +76,8 @@ class Int8Format(WeightFormat):
     def dequantize(self, codes, n, k, blocksize, num_threads=None):
         return kernels.dequantize_int8(codes["weight"], codes["SCB"], num_threads=num_threads)
 
-    def dequantize_rows(self, codes, n, k, blocksize, ids, num_threads=None):
-        return kernels.dequantize_rows_int8(codes["weight"], codes["SCB"], ids, num_threads=num_threads)
+    def dequantize_rows(self, codes, n, k, blocksize, ids, num_threads=None, rows8=False):
+        return kernels.dequantize_rows_int8(codes["weight"], codes["SCB"], ids, num_threads=num_threads, rows8=rows8)
 
     def matmul(self, x, codes, n, k, blocksize, bias, num_threads=None, rows8=False):
         return kernels.matmul_int8(x, codes["weight"], codes["SCB"], bias, num_threads=num_threads, rows8=rows8)

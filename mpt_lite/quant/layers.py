@@ -4,10 +4,11 @@ Each holds its weight as the code buffers of one format (formats.py), so state_d
 saved form, plus an optional float ``bias``. Activations stay float (float32, or bfloat16 widened
 in the kernel).
 
-In memory a QuantLinear on a CPU whose kernels read it best (kernels.rows8_preferred: AVX-512 without
-AMX-INT8, or for int4 / nf4 the AVX2 variant; nf4 where its blocks hold whole groups of 32, nf4_q8_ok; int8
-where in_features is a multiple of 32) holds its codes in the rows8 layout (8 rows interleaved per group of 32 k, 4 such sets per group; same buffers, shapes
-and dtypes): `rows8` says so. state_dict(), codes() and dequantized() give the row layout
+In memory a QuantLinear (or an int8 QuantEmbedding: the tied logits' weight, its lookups read rows8 too) on
+a CPU whose kernels read it best (kernels.rows8_preferred: AVX-512 without AMX-INT8, or for int4 / nf4 the
+AVX2 variant; nf4 where its blocks hold whole groups of 32, nf4_q8_ok; int8 where in_features is a multiple
+of 32) holds its codes in the rows8 layout (8 rows interleaved per group of 32 k, 4 such sets per group;
+same buffers, shapes and dtypes): `rows8` says so. state_dict(), codes() and dequantized() give the row layout
 (state_dict() and codes() as converted copies), moving the module off the CPU converts back first, and
 loading a state dict arranges it again; save_pretrained writes the codes as held (held_state_dict)."""
 from __future__ import annotations
@@ -66,7 +67,7 @@ class QuantWeight(nn.Module):
         """The code buffers as held (in the rows8 layout where self.rows8), for the kernels."""
         return {name: self._buffers[name] for name in self.format.code_names}
 
-    # Linears only: the embedding's row lookups read the row layout.
+    # Linears, and an int8 embedding (its row lookups read rows8; int4 / nf4 lookups read only the row layout).
     holds_rows8 = False
 
     def _convert_rows8(self, codes: dict[str, torch.Tensor], to_rows8: bool) -> dict[str, torch.Tensor]:
@@ -210,8 +211,14 @@ class QuantEmbedding(QuantWeight):
         self.num_embeddings, self.embedding_dim, self.out_dtype = num_embeddings, embedding_dim, dtype
         self._init_codes(num_embeddings, embedding_dim, quant_type, blocksize)
 
+    @property
+    def holds_rows8(self) -> bool:
+        return self.quant_type == "int8"
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = self.format.dequantize_rows(self.codes(), self.rows, self.cols, self.blocksize, ids, self.num_threads)
+        layout = {"rows8": True} if self.rows8 else {}
+        rows = self.format.dequantize_rows(self.kernel_codes(), self.rows, self.cols, self.blocksize, ids,
+                                           self.num_threads, **layout)
         return rows.to(self.out_dtype)
 
     def as_linear(self, x: torch.Tensor) -> torch.Tensor:
