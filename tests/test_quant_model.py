@@ -148,7 +148,7 @@ def test_save_reload_round_trips_exactly(float_ckpt, tmp_path, bits, quant_type,
     # Linears are saved as held: in the rows8 layout where this machine's kernels read it
     held = [n for n, m in quantized_modules(q).items() if m.rows8]
     assert meta["rows8"] == sorted(held)
-    assert bool(held) == ops.rows8_preferred(8, fmt)
+    assert bool(held) == ops.rows8_preferred(8, fmt, q.transformer.blocks[0].attn.Wqkv.cols)
     assert meta["formats"]["transformer.wte"] == emb
     assert meta["formats"]["transformer.blocks.1.ffn.up_proj"] == fmt
     r = mpt_lite.MptForCausalLM.from_pretrained(tmp_path)  # no bits: reloaded as saved, no quantizing

@@ -286,14 +286,23 @@ def test_quantlinear_holds_rows8_and_gives_the_saved_layout(monkeypatch, quant_t
 
 
 def test_int8_held_in_rows8_only_where_a_kernel_reads_it(monkeypatch):
-    """AVX-512 without AMX-INT8 reads int8 rows8; AVX2 has no int8 rows8 kernel (int4 / nf4 it has)."""
+    """AVX-512 without AMX-INT8 reads int8 rows8; AVX2 has no int8 rows8 kernel (int4 / nf4 it has). Below
+    Q8_GEMM_MIN_K inputs many-row calls take float activations, which no rows8 kernel reads: int8 keeps the
+    row layout there unless MPT_LITE_ROWS8=1."""
     monkeypatch.delenv("MPT_LITE_ROWS8", raising=False)
     for isa in ISAS:
         with ops.use_isa(isa):
             want = isa == "avx512" and not ops.amx_int8_enabled()
             assert ops.rows8_preferred(64, "int8") is want, isa
+            assert ops.rows8_preferred(64, "int8", ops.Q8_GEMM_MIN_K) is want, isa
+            assert not ops.rows8_preferred(64, "int8", ops.Q8_GEMM_MIN_K - 32)
+            assert not ops.rows8_preferred(60, "int8", ops.Q8_GEMM_MIN_K)
             if isa == "avx2":
                 assert ops.rows8_preferred(64, "int4") and ops.rows8_preferred(64, "nf4")
+    monkeypatch.setenv("MPT_LITE_ROWS8", "1")
+    assert ops.rows8_preferred(64, "int8", 256) and not ops.rows8_preferred(60, "int8", 256)
+    monkeypatch.setenv("MPT_LITE_ROWS8", "0")
+    assert not ops.rows8_preferred(64, "int8", 4096) and not ops.rows8_preferred(64, "int4")
     with pytest.raises(ValueError, match="quant_type"):
         ops.rows8_preferred(64, "int3")
 

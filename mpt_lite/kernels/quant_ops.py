@@ -9,7 +9,7 @@ import torch
 from .checks import (check_activations, check_bias, check_blocksize, check_dim, check_int4_scales, check_row_ids,
                      check_shape, check_tensor, check_threads, op_device, ptr, weight_f32)
 from .extension import _C, amx_enabled, amx_int8_enabled, current_isa, launch
-from .layouts import INT4_SCALE_DTYPE, NF4_BLOCKSIZE, int4_groups, nf4_q8_ok, use_bf16, use_q8
+from .layouts import INT4_SCALE_DTYPE, NF4_BLOCKSIZE, Q8_GEMM_MIN_K, int4_groups, nf4_q8_ok, use_bf16, use_q8
 
 # ---- quantized matmuls (int8, nf4, int4) ----
 # Formats and byte layouts: csrc/cpu/quant_formats.h. Weights are W [N = out, K = in]; the matmuls
@@ -430,16 +430,22 @@ def nf4_from_rows8(packed: torch.Tensor, absmax: torch.Tensor, shape, blocksize:
     return _nf4_convert(packed, absmax, shape, blocksize, False, num_threads)
 
 
-def rows8_preferred(rows: int, quant_type: str = "int4") -> bool:
+def rows8_preferred(rows: int, quant_type: str = "int4", in_features: int | None = None) -> bool:
     """Whether a CPU weight of `rows` output rows in `quant_type` is best held in rows8 now: rows is a
     multiple of 8 and the current ISA is AVX-512 without AMX-INT8 tiles, or (int4 / nf4) AVX2 (the rows8
     kernels beat the row layout's at every row count there, docs/benchmarks.md; AMX machines keep the layout
     their tiles read, unmeasured against rows8; AVX2 has no int8 rows8 kernel, and the portable kernels read
-    the saved layouts, so rows8 would cost them a conversion per call). MPT_LITE_ROWS8=0 keeps the saved
-    layouts, =1 takes rows8 on every CPU (A/B runs, tests)."""
+    the saved layouts, so rows8 would cost them a conversion per call). int8 also needs in_features (when
+    given) of at least Q8_GEMM_MIN_K: below it calls of more than Q8_MAX_ROWS rows take float activations,
+    which no rows8 kernel reads (a converted copy a call: a 125M model's tied int8 embedding in rows8 made
+    its batch 32 2.7x slower). MPT_LITE_ROWS8=0 keeps the saved layouts, =1 takes rows8 on every CPU and
+    shape (A/B runs, tests)."""
     if quant_type not in ("int4", "nf4", "int8"):
         raise ValueError(f"unknown quant_type {quant_type!r}")
     switch = os.environ.get("MPT_LITE_ROWS8", "")
+    if switch == "1" or rows % 8 or switch == "0":
+        return switch == "1" and rows % 8 == 0
+    if quant_type == "int8" and in_features is not None and in_features < Q8_GEMM_MIN_K:
+        return False
     isa = current_isa()
-    return rows % 8 == 0 and switch != "0" and (
-        switch == "1" or (isa == "avx2" and quant_type != "int8") or (isa == "avx512" and not amx_int8_enabled()))
+    return (isa == "avx2" and quant_type != "int8") or (isa == "avx512" and not amx_int8_enabled())
