@@ -7,7 +7,7 @@ in the kernel).
 In memory a QuantLinear (or an int8 QuantEmbedding: the tied logits' weight, its lookups read rows8 too) on
 a CPU whose kernels read it best (kernels.rows8_preferred: AVX-512 without AMX-INT8, or for int4 / nf4 the
 AVX2 variant; nf4 where its blocks hold whole groups of 32, nf4_q8_ok; int8 where in_features is a multiple
-of 32) holds its codes in the rows8 layout (8 rows interleaved per group of 32 k, 4 such sets per group;
+of 32, and at least Q8_GEMM_MIN_K unless forced) holds its codes in the rows8 layout (8 rows interleaved per group of 32 k, 4 such sets per group;
 same buffers, shapes and dtypes): `rows8` says so. state_dict(), codes() and dequantized() give the row layout
 (state_dict() and codes() as converted copies), moving the module off the CPU converts back first, and
 loading a state dict arranges it again; save_pretrained writes the codes as held (held_state_dict)."""
