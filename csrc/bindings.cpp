@@ -128,10 +128,7 @@ static void bind_quant(py::module_& m) {
   m.def("int8_rows8", [](uintptr_t cb, int64_t n, int64_t k, uintptr_t out, bool to_rows8, int nthreads) {
     mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
     dim(n, "n"), dim(k, "k");
-    if (!mpt::int8_rows8_ok(n, k))
-      throw std::invalid_argument("int8 rows8 layout: n must be a multiple of 8 and k of 32, got [" +
-                                  std::to_string(n) + ", " + std::to_string(k) + "]");
-    auto* convert = to_rows8 ? &mpt::int8_to_rows8 : &mpt::int8_from_rows8;
+    auto* convert = to_rows8 ? &mpt::int8_to_rows8 : &mpt::int8_from_rows8;  // they check n and k
     convert(buf<const int8_t>(cb, n * k, "cb"), n, k, buf<int8_t>(out, n * k, "out"));
   }, kw, arg("cb"), arg("n"), arg("k"), arg("out"), arg("to_rows8"), nt, G());
 

@@ -1,8 +1,8 @@
 """The rows8 layouts of int4, nf4 and int8 (8 rows interleaved per group of 32 k, csrc/cpu/quant_formats.h): the
 conversion against the layout's definition and the plain-torch reference, its matmuls (the AVX2 rows8 kernel
 below 32 rows, the panels from 32, the AVX-512 rows8 kernel, the row-layout kernels on a scratch copy elsewhere)
-against the reference on every ISA, and a QuantLinear holding it: the row layout in codes() / state_dict() / saved files of other
-machines, a saved rows8 file mapped as it is, the native step."""
+against the reference on every ISA, and a QuantLinear holding it: the row layout in codes() / state_dict() /
+saved files of other machines, a saved rows8 file mapped as it is, the native step."""
 import os
 
 import pytest

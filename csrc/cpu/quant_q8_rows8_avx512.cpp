@@ -5,12 +5,12 @@
 //    and 16 rows x 4 other k in the high ones (16+4q..). Each x row's code dword for those k, broadcast to
 //    every lane, gives with eight vpdpbusd each of the 16 rows' block dot in its own lane (no permutes, no
 //    horizontal adds), and the decoded codes serve up to 8 x rows. int8 is the same with its 8 vectors of a
-//    group as they are, + 128 (an xor), and one x row takes a whole layout tile (both pairs) a pass. The next layout tile is prefetched into
-//    L2 alongside: with several x rows a step is as much compute as reads, and the hardware prefetcher alone
-//    left the two in series.
-//  - one x row of int4 / nf4 (one_row_tile): a 64-byte load is a set's vectors q and q + 1 with no shuffle; the x block's
-//    code dwords are permuted to match once per block for the tile's 4 sets (lanes 0-7 dword q, 8-15
-//    dword q + 1), so the two halves of a row's block dot land in lanes r and r + 8 and add in int32.
+//    group as they are, + 128 (an xor), and one x row takes a whole layout tile (both pairs) a pass. The
+//    next layout tile is prefetched into L2 alongside: with several x rows a step is as much compute as
+//    reads, and the hardware prefetcher alone left the two in series.
+//  - one x row of int4 / nf4 (one_row_tile): a 64-byte load is a set's vectors q and q + 1 with no shuffle;
+//    the x block's code dwords are permuted to match once per block for the tile's 4 sets (lanes 0-7 dword
+//    q, 8-15 dword q + 1), so the two halves of a row's block dot land in lanes r and r + 8 and add in int32.
 // Either way the arithmetic from the block dot on is the AVX2 rows8 tile's (offset -8 / -64 x the x block's
 // code sum, one convert and one fma per row and block, blocks in order): both variants give the same floats.
 // int8's offset is -128 x the code sum, its fma takes x's d alone, and its row scale comes once at the end.
@@ -57,7 +57,8 @@ struct Rows8Vnni {
     const int64_t C = kNf4 ? w.K >> shift : 0;                   // nf4 blocks a row
     const uint16_t* sc16 = FMT == QFormat::Int4 ? w.scale16 + rows8_unit(n8, 0, S, KB) * 8 : nullptr;
     const float* am = kNf4 ? w.scale + rows8_unit(n8, 0, S, C) * 8 : nullptr;
-    auto rows_of = [&](int p) -> __mmask16 { return lone && p == NP - 1 ? 0x00ff : 0xffff; };
+    auto one_set = [&](int p) { return lone && p == NP - 1; };  // pair p is set n8 + 2p alone
+    auto rows_of = [&](int p) -> __mmask16 { return one_set(p) ? 0x00ff : 0xffff; };
     __m512 acc[MB][NP];
     for (int m = 0; m < MB; ++m)
       for (int p = 0; p < NP; ++p) acc[m][p] = _mm512_setzero_ps();
@@ -69,7 +70,7 @@ struct Rows8Vnni {
       __m512 sw[NP];
       for (int p = 0; p < NP; ++p) {
         const uint8_t* g = codes + (b * ng + 2 * p) * kUnit;
-        const bool one = lone && p == NP - 1;
+        const bool one = one_set(p);
         auto pair_vector = [&](int q) {  // vector q of both sets: set 2p's rows in lanes 0-7, 2p + 1's in 8-15
           const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 32 * q));
           return one ? _mm512_zextsi256_si512(a)

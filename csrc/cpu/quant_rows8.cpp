@@ -43,23 +43,30 @@ void convert_int4(const uint8_t* packed, const uint16_t* scales, int64_t N, int6
   });
 }
 
-// int8: copies 4-byte words of each 8-row set into the interleaved order, or back.
-void convert_int8(const int8_t* cb, int64_t N, int64_t K, int8_t* out, bool to_rows8) {
+void check_int8_rows8(int64_t N, int64_t K) {
   if (!int8_rows8_ok(N, K))
     throw std::invalid_argument("int8 rows8 layout: N must be a multiple of 8 and K of 32, got [" + std::to_string(N) +
                                 ", " + std::to_string(K) + "]");
+}
+
+// int8 rows8: where row n's codes k 4q..4q+3 of group g lie (quant_formats.h), among S sets and G groups.
+inline int64_t int8_rows8_word(int64_t n, int64_t g, int q, int64_t S, int64_t G) {
+  return rows8_unit(n / 8, g, S, G) * 256 + q * 32 + (n % 8) * 4;
+}
+
+// int8: copies 4-byte words of each 8-row set into the interleaved order, or back.
+void convert_int8(const int8_t* cb, int64_t N, int64_t K, int8_t* out, bool to_rows8) {
+  check_int8_rows8(N, K);
   const int64_t G = K / 32, S = N / 8;
   parallel_for(S, 1, [&](int64_t a, int64_t b) {
     for (int64_t n8 = a; n8 < b; ++n8)
-      for (int64_t g = 0; g < G; ++g) {
-        const int64_t il = rows8_unit(n8, g, S, G) * 256;
+      for (int64_t g = 0; g < G; ++g)
         for (int r = 0; r < 8; ++r)
           for (int q = 0; q < 8; ++q) {
-            const int64_t a_off = (n8 * 8 + r) * K + g * 32 + 4 * q, b_off = il + q * 32 + r * 4;
+            const int64_t a_off = (n8 * 8 + r) * K + g * 32 + 4 * q, b_off = int8_rows8_word(n8 * 8 + r, g, q, S, G);
             if (to_rows8) std::memcpy(out + b_off, cb + a_off, 4);
             else std::memcpy(out + a_off, cb + b_off, 4);
           }
-      }
   });
 }
 
@@ -121,17 +128,17 @@ void int8_from_rows8(const int8_t* cb, int64_t N, int64_t K, int8_t* out) { conv
 
 void dequantize_rows_int8_rows8(const int8_t* cb, const float* scb, int64_t N, int64_t K, const int64_t* rows,
                                 int64_t nrows, float* out) {
-  if (!int8_rows8_ok(N, K)) throw std::invalid_argument("int8 rows8 layout: N must be a multiple of 8 and K of 32");
+  check_int8_rows8(N, K);
   const int64_t G = K / 32, S = N / 8;
   for (int64_t i = 0; i < nrows; ++i) {
-    const int64_t n = rows[i], n8 = n / 8;
+    const int64_t n = rows[i];
     const float s = scb[n];
     float* o = out + i * K;
-    for (int64_t g = 0; g < G; ++g) {
-      const int8_t* u = cb + rows8_unit(n8, g, S, G) * 256 + (n % 8) * 4;
-      for (int q = 0; q < 8; ++q)
-        for (int j = 0; j < 4; ++j) o[g * 32 + 4 * q + j] = (static_cast<float>(u[q * 32 + j]) * s) * (1.0f / 127.0f);
-    }
+    for (int64_t g = 0; g < G; ++g)
+      for (int q = 0; q < 8; ++q) {
+        const int8_t* word = cb + int8_rows8_word(n, g, q, S, G);
+        for (int j = 0; j < 4; ++j) o[g * 32 + 4 * q + j] = (static_cast<float>(word[j]) * s) * (1.0f / 127.0f);
+      }
   }
 }
 

@@ -15,8 +15,8 @@ from .layouts import (AMX_MIN_ROWS, INT4_GROUP, INT4_SCALE_DTYPE, NF4_BLOCKSIZE,
                       Q8_GEMM_MIN_K, Q8_MAX_ROWS, int4_groups, int4_half_scales, nf4_code, nf4_q8_ok, use_bf16, use_q8)
 from .quant_ops import (bf16_operands, dequantize_int4, dequantize_int8, dequantize_nf4, dequantize_rows_int4,
                         dequantize_rows_int8, dequantize_rows_nf4, int4_from_rows8, int4_to_rows8, int8_from_rows8,
-                        int8_to_rows8, nf4_from_rows8, nf4_to_rows8, matmul_int4, matmul_int8, matmul_nf4, quantize_int4, quantize_int8, quantize_nf4,
-                        rows8_preferred)
+                        int8_to_rows8, nf4_from_rows8, nf4_to_rows8, matmul_int4, matmul_int8, matmul_nf4,
+                        quantize_int4, quantize_int8, quantize_nf4, rows8_preferred)
 from .search_ops import search_quantize_int4, search_quantize_nf4
 
 __all__ = [

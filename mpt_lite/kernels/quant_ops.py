@@ -443,8 +443,10 @@ def rows8_preferred(rows: int, quant_type: str = "int4", in_features: int | None
     if quant_type not in ("int4", "nf4", "int8"):
         raise ValueError(f"unknown quant_type {quant_type!r}")
     switch = os.environ.get("MPT_LITE_ROWS8", "")
-    if switch == "1" or rows % 8 or switch == "0":
-        return switch == "1" and rows % 8 == 0
+    if rows % 8 or switch == "0":
+        return False
+    if switch == "1":
+        return True
     if quant_type == "int8" and in_features is not None and in_features < Q8_GEMM_MIN_K:
         return False
     isa = current_isa()

@@ -7,10 +7,11 @@ in the kernel).
 In memory a QuantLinear (or an int8 QuantEmbedding: the tied logits' weight, its lookups read rows8 too) on
 a CPU whose kernels read it best (kernels.rows8_preferred: AVX-512 without AMX-INT8, or for int4 / nf4 the
 AVX2 variant; nf4 where its blocks hold whole groups of 32, nf4_q8_ok; int8 where in_features is a multiple
-of 32, and at least Q8_GEMM_MIN_K unless forced) holds its codes in the rows8 layout (8 rows interleaved per group of 32 k, 4 such sets per group;
-same buffers, shapes and dtypes): `rows8` says so. state_dict(), codes() and dequantized() give the row layout
-(state_dict() and codes() as converted copies), moving the module off the CPU converts back first, and
-loading a state dict arranges it again; save_pretrained writes the codes as held (held_state_dict)."""
+of 32, and at least Q8_GEMM_MIN_K unless forced) holds its codes in the rows8 layout (8 rows interleaved per
+group of 32 k, 4 such sets per group; same buffers, shapes and dtypes): `rows8` says so. state_dict(), codes()
+and dequantized() give the row layout (state_dict() and codes() as converted copies), moving the module off
+the CPU converts back first, and loading a state dict arranges it again; save_pretrained writes the codes as
+held (held_state_dict)."""
 from __future__ import annotations
 
 import contextvars
@@ -24,10 +25,11 @@ from ..config import MissingKeyError
 from .formats import DEFAULT_4BIT, WeightFormat, weight_format
 
 # 6: int8 Linears may be stored in the rows8 layout too (older versions list none); 5: rows8 with its 8-row
-# sets interleaved by 4 (csrc/cpu/quant_formats.h); 4: int4 / nf4 Linears may be stored in the rows8 layout (the "rows8" list names them; the file maps as it is on a machine whose kernels read rows8,
-# and is converted on others; version 4's rows8, without the interleave, is converted at load); 3: int4 group
-# scales in float16 (4.5 bits per weight); 2: a format per quantized tensor ("formats"); 1: one format for the
-# model. Files of versions 1-5 load (hub/loading.py rounds int4 scales of 1-2 to half).
+# sets interleaved by 4 (csrc/cpu/quant_formats.h); 4: int4 / nf4 Linears may be stored in the rows8 layout
+# (the "rows8" list names them; the file maps as it is on a machine whose kernels read rows8, and is converted
+# on others; version 4's rows8, without the interleave, is converted at load); 3: int4 group scales in float16
+# (4.5 bits per weight); 2: a format per quantized tensor ("formats"); 1: one format for the model. Files of
+# versions 1-5 load (hub/loading.py rounds int4 scales of 1-2 to half).
 FORMAT_VERSION = 6
 
 # Set while held_state_dict() collects the codes as held: state_dict() then makes no row-layout copies.
@@ -129,8 +131,8 @@ class QuantWeight(nn.Module):
         layout (see rows8_possible). Then holds them as this machine's kernels read best."""
         if rows8 and not self.rows8_possible():
             raise ValueError(f"the rows8 layout is for Linears of a multiple of 8 rows (nf4: blocks of whole groups "
-                             f"of 32; int8: in_features a multiple of 32), not a {self.quant_type} {type(self).__name__} of {self.rows} x "
-                             f"{self.cols}")
+                             f"of 32; int8: in_features a multiple of 32), not a {self.quant_type} "
+                             f"{type(self).__name__} of {self.rows} x {self.cols}")
         want = self.format.empty_codes_meta(self.rows, self.cols, self.blocksize)
         if set(codes) != set(want):
             raise MissingKeyError(f"{self.quant_type} weight needs {sorted(want)}, got {sorted(codes)}")
