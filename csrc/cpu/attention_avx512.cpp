@@ -51,6 +51,7 @@ inline void scores16(const float* q, const T* k, int64_t st, int n, float* sc) {
   for (int j0 = 0; j0 < n; j0 += 16) {
     const int nk = std::min(16, n - j0);
     __m512 part[16];
+#pragma GCC unroll 16
     for (int j = 0; j < 16; ++j) {
       if (j >= nk) {
         part[j] = _mm512_setzero_ps();
@@ -58,6 +59,7 @@ inline void scores16(const float* q, const T* k, int64_t st, int n, float* sc) {
       }
       const T* kj = k + int64_t(j0 + j) * st;
       __m512 a = _mm512_mul_ps(qv[0], load16(kj, 0xffff));
+#pragma GCC unroll 8
       for (int c = 1; c < NV; ++c) a = _mm512_fmadd_ps(qv[c], load16(kj + 16 * c, 0xffff), a);
       part[j] = a;
     }
@@ -65,18 +67,37 @@ inline void scores16(const float* q, const T* k, int64_t st, int n, float* sc) {
   }
 }
 
-// acc += sum_j p[j] v_j for head sizes of NV vectors: key-major, the NV output vectors in registers
-// (each value row is read once, contiguously).
+// acc += sum_j p[j] v_j for head sizes of NV (4 or 8) vectors: key-major, the NV output vectors in
+// registers (each value row is read once, contiguously). Named accumulators, not an array: GCC kept an
+// array of 8 in registers but also stored every one to the stack after each key (8 dead 512-bit stores
+// per value row).
 template <int NV, class T>
 inline void accum_rows(const float* p, const T* v, int64_t st, int n, float* acc) {
-  __m512 a[NV];
-  for (int c = 0; c < NV; ++c) a[c] = _mm512_loadu_ps(acc + 16 * c);
+  static_assert(NV == 4 || NV == 8, "accum_rows: head sizes of 64 or 128");
+  __m512 a0 = _mm512_loadu_ps(acc), a1 = _mm512_loadu_ps(acc + 16), a2 = _mm512_loadu_ps(acc + 32),
+         a3 = _mm512_loadu_ps(acc + 48), a4, a5, a6, a7;
+  if constexpr (NV == 8)
+    a4 = _mm512_loadu_ps(acc + 64), a5 = _mm512_loadu_ps(acc + 80), a6 = _mm512_loadu_ps(acc + 96),
+    a7 = _mm512_loadu_ps(acc + 112);
   for (int j = 0; j < n; ++j) {
     const __m512 pj = _mm512_set1_ps(p[j]);
     const T* vj = v + int64_t(j) * st;
-    for (int c = 0; c < NV; ++c) a[c] = _mm512_fmadd_ps(pj, load16(vj + 16 * c, 0xffff), a[c]);
+    a0 = _mm512_fmadd_ps(pj, load16(vj, 0xffff), a0);
+    a1 = _mm512_fmadd_ps(pj, load16(vj + 16, 0xffff), a1);
+    a2 = _mm512_fmadd_ps(pj, load16(vj + 32, 0xffff), a2);
+    a3 = _mm512_fmadd_ps(pj, load16(vj + 48, 0xffff), a3);
+    if constexpr (NV == 8) {
+      a4 = _mm512_fmadd_ps(pj, load16(vj + 64, 0xffff), a4);
+      a5 = _mm512_fmadd_ps(pj, load16(vj + 80, 0xffff), a5);
+      a6 = _mm512_fmadd_ps(pj, load16(vj + 96, 0xffff), a6);
+      a7 = _mm512_fmadd_ps(pj, load16(vj + 112, 0xffff), a7);
+    }
   }
-  for (int c = 0; c < NV; ++c) _mm512_storeu_ps(acc + 16 * c, a[c]);
+  _mm512_storeu_ps(acc, a0), _mm512_storeu_ps(acc + 16, a1), _mm512_storeu_ps(acc + 32, a2),
+      _mm512_storeu_ps(acc + 48, a3);
+  if constexpr (NV == 8)
+    _mm512_storeu_ps(acc + 64, a4), _mm512_storeu_ps(acc + 80, a5), _mm512_storeu_ps(acc + 96, a6),
+        _mm512_storeu_ps(acc + 112, a7);
 }
 
 struct Ops {

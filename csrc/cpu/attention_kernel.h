@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cpu/exp_constants.h"
+#include "cpu/prefetch.h"
 #include "cpu/attention.h"
 #include "cpu/thread_pool.h"
 
@@ -230,8 +231,40 @@ static inline void prefetch_rows(const KvCacheView& c, int64_t slot0, int n, int
   }
   for (int j = 0; j < n; ++j)
     for (int64_t b = 0; b < row; b += 64) {
-      __builtin_prefetch(k + j * st + b, 0, Locality);
-      __builtin_prefetch(v + j * st + b, 0, Locality);
+      prefetch<Locality>(k + j * st + b);
+      prefetch<Locality>(v + j * st + b);
+    }
+}
+
+// Part i of nh of the K and V rows of kv heads [h0, h0 + nh) of the tokens [slot0, slot0 + n)
+// towards L2, in address order. With every head (decode) a block's rows are one contiguous range: read
+// in order, the prefetches keep the hardware's own stream going; one head's rows a token apart (the
+// earlier per-head hints) left a synthetic 1.3B's int8 decode attention at 2048 tokens 2x slower.
+static inline void prefetch_block_part(const KvCacheView& c, int64_t slot0, int n, int h0, int nh, int i) {
+  const int64_t elem = c.dtype == KvDtype::F32 ? 4 : c.dtype == KvDtype::I8 ? 1 : 2;
+  const int64_t row = int64_t(c.head_dim) * elem, token = int64_t(c.kv_heads) * row;
+  const char* k = static_cast<const char*>(c.k) + slot0 * token;
+  const char* v = static_cast<const char*>(c.v) + slot0 * token;
+  if (c.dtype == KvDtype::I8 && i == 0) {  // the int8 scales: a float per token and kv head
+    const char* ks = reinterpret_cast<const char*>(c.k_scale + slot0 * c.kv_heads);
+    const char* vs = reinterpret_cast<const char*>(c.v_scale + slot0 * c.kv_heads);
+    for (int64_t b = 0; b < int64_t(n) * c.kv_heads * 4; b += 64) {
+      prefetch<2>(ks + b);
+      prefetch<2>(vs + b);
+    }
+  }
+  if (nh == c.kv_heads) {
+    const int64_t bytes = int64_t(n) * token, b0 = bytes * i / nh & ~int64_t(63), b1 = bytes * (i + 1) / nh;
+    for (int64_t b = b0; b < b1; b += 64) {
+      prefetch<2>(k + b);
+      prefetch<2>(v + b);
+    }
+    return;
+  }
+  for (int j = 0; j < n; ++j)
+    for (int64_t b = 0; b < row; b += 64) {
+      prefetch<2>(k + j * token + (h0 + i) * row + b);
+      prefetch<2>(v + j * token + (h0 + i) * row + b);
     }
 }
 
@@ -262,7 +295,7 @@ void attend_range(const Row* rows, int R, int h0, int nh, const int32_t* table, 
     for (int i = 0; i < nh; ++i) {
       const int h = h0 + i;
       // Two distances: the rows read next (this block's next head, or the next block's first one)
-      // into L1, and this head's rows of the next block towards L2. A whole block ahead into L1
+      // into L1, and part i of nh of the next block towards L2 (prefetch_block_part). A whole block ahead into L1
       // (the earlier single prefetch) evicts the rows in use: a head's rows of one block sit a
       // token row (2-4 KiB) apart and so fill only a few L1 sets, the same ones in every block.
       // Packed rows are read once, by the copy: hints suffice there (the plain loads of
@@ -273,7 +306,7 @@ void attend_range(const Row* rows, int R, int h0, int nh, const int32_t* table, 
       } else {
         if (i + 1 < nh) prefetch_rows<Ops, 3>(c, slot0, n, h + 1);
         else if (next0 >= 0) prefetch_rows<Ops, 3>(c, next0, next_n, h0);
-        if (next0 >= 0 && nh > 1) prefetch_rows<Ops, 2>(c, next0, next_n, h);
+        if (next0 >= 0 && nh > 1) prefetch_block_part(c, next0, next_n, h0, nh, i);
       }
       const float *packed_keys = nullptr, *packed_values = nullptr;
       if (pack) {
