@@ -151,7 +151,8 @@ class LlamaCpp:
 
         def run():
             self.llm.eval(ids)
-            int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
+            # scores has n_batch rows (no logits_all): a prompt longer than n_batch reads its last row
+            int(np.argmax(self.llm.scores[min(self.llm.n_tokens, len(self.llm.scores)) - 1]))
 
         return _timed(run)
 
