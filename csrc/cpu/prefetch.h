@@ -6,8 +6,8 @@
 
 namespace mpt {
 
-// Locality as __builtin_prefetch's: 3 towards L1 (prefetcht0), 2 towards L2 (prefetcht1), 1 towards
-// L3 (prefetcht2), 0 non-temporal.
+// Locality as __builtin_prefetch's: 3 towards L1 (x86 prefetcht0, Arm pldl1keep), 2 towards L2, 1 towards
+// L3, 0 non-temporal.
 template <int Locality>
 static inline void prefetch(const void* p) {
   static_assert(Locality >= 0 && Locality <= 3, "prefetch: locality 0-3");
@@ -17,6 +17,11 @@ static inline void prefetch(const void* p) {
   else if constexpr (Locality == 2) asm volatile("prefetcht1 %0" : : "m"(line));
   else if constexpr (Locality == 1) asm volatile("prefetcht2 %0" : : "m"(line));
   else asm volatile("prefetchnta %0" : : "m"(line));
+#elif defined(__aarch64__)
+  if constexpr (Locality == 3) asm volatile("prfm pldl1keep, [%0]" : : "r"(p));
+  else if constexpr (Locality == 2) asm volatile("prfm pldl2keep, [%0]" : : "r"(p));
+  else if constexpr (Locality == 1) asm volatile("prfm pldl3keep, [%0]" : : "r"(p));
+  else asm volatile("prfm pldl1strm, [%0]" : : "r"(p));
 #else
   __builtin_prefetch(p, 0, Locality);
 #endif
