@@ -30,6 +30,7 @@ from .block_manager import DEFAULT_BLOCK_SIZE, CacheExhaustedError
 from .assistant import DEFAULT_ASSISTANT_TOKENS, AssistantCache
 from .constraints import Constraint, constrain_logits
 from .context_shift import check_context_shift
+from .kv_budget import kv_dtype_of
 from .kv_cache import PagedKVCache, PagedStep
 from .logprobs import record_logprobs
 from .cuda_graphs import CudaGraphDecoder, graphs_unsupported_reason
@@ -53,7 +54,9 @@ class Engine:
         """native_step: None runs each step as one native call when the model allows it (see
         native_step.py; MPT_LITE_NATIVE_STEP=0 turns it off), False always runs the torch path
         (model.forward_paged), True insists on the native step (ValueError when unsupported).
-        assistant_model: a smaller MPT sharing the tokenizer that drafts tokens (speculative decoding)."""
+        assistant_model: a smaller MPT sharing the tokenizer that drafts tokens (speculative decoding).
+        kv_dtype: None takes runtime.kv_budget.kv_dtype_of(model) (MPT_LITE_KV_DTYPE when set, else the
+        model's float dtype, float32 for a quantized model)."""
         if not hasattr(model, "forward_paged") or not hasattr(model, "logits"):
             raise TypeError(f"Engine needs an MptForCausalLM, got {type(model).__name__}")
         if not isinstance(max_num_seqs, int) or max_num_seqs < 1:
@@ -62,7 +65,7 @@ class Engine:
             raise ValueError(f"max_batch_tokens must be a positive integer, got {max_batch_tokens!r}")
         cfg = model.config
         if kv_dtype is None:
-            kv_dtype = model.dtype if model.dtype in (torch.float32, torch.bfloat16, torch.float16) else torch.float32
+            kv_dtype = kv_dtype_of(model)
         if num_blocks is None and max_bytes is None:
             max_bytes = DEFAULT_MAX_BYTES
         self.model = model

@@ -1,0 +1,48 @@
+"""The Engine's KV dtype when none is given: the model's float dtype (float32 for a quantized model), or
+MPT_LITE_KV_DTYPE."""
+import pytest
+import torch
+
+from checkpoints import random_causal_lm
+
+from mpt_lite import Engine
+from mpt_lite.runtime.kv_budget import KV_DTYPE_ENV
+
+
+def tiny():
+    return random_causal_lm(0, vocab_size=300, max_seq_len=128)
+
+
+def greedy(engine, prompt, n):
+    r = engine.add_request(prompt, n)
+    list(engine.run())
+    return r.output
+
+
+def test_default_is_the_model_dtype(monkeypatch):
+    monkeypatch.delenv(KV_DTYPE_ENV, raising=False)
+    assert Engine(tiny(), num_blocks=16).cache.dtype == torch.float32
+    assert Engine(tiny().to(torch.bfloat16), num_blocks=16).cache.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("name, dtype", [("int8", torch.int8), ("bfloat16", torch.bfloat16)])
+def test_env_picks_the_dtype_and_generates_as_the_explicit_choice(monkeypatch, name, dtype):
+    model = tiny()
+    prompt = list(range(10, 40))
+    monkeypatch.delenv(KV_DTYPE_ENV, raising=False)
+    explicit = greedy(Engine(model, num_blocks=16, kv_dtype=dtype), prompt, 12)
+    monkeypatch.setenv(KV_DTYPE_ENV, name)
+    engine = Engine(model, num_blocks=16)
+    assert engine.cache.dtype == dtype
+    assert greedy(engine, prompt, 12) == explicit
+
+
+def test_explicit_kv_dtype_wins_over_env(monkeypatch):
+    monkeypatch.setenv(KV_DTYPE_ENV, "int8")
+    assert Engine(tiny(), num_blocks=16, kv_dtype=torch.float32).cache.dtype == torch.float32
+
+
+def test_unknown_env_value_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv(KV_DTYPE_ENV, "int4")
+    with pytest.raises(ValueError, match=f"{KV_DTYPE_ENV}='int4'.*int8"):
+        Engine(tiny(), num_blocks=16)
