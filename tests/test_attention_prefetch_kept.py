@@ -4,6 +4,7 @@ missing from the built extension (decode attention at 2048 tokens ran ~1.7x slow
 issues them through asm volatile. This compiles each attention variant as the build does (-O3, its ISA
 flags) to assembly and looks for the prefetch instructions."""
 import platform
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,10 +14,19 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CXX = shutil.which("c++") or shutil.which("g++")
 X86 = platform.machine() in ("x86_64", "AMD64")
-AVX512 = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mavx512bf16", "-mavx2",
-          "-mfma", "-mf16c"]
-VARIANTS = {"attention_generic.cpp": [], "attention_avx2.cpp": ["-mavx2", "-mfma", "-mf16c"],
-            "attention_avx512.cpp": AVX512}
+
+
+def build_flags() -> dict[str, list[str]]:
+    """Each attention variant's ISA flags, as CMakeLists.txt gives them."""
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    avx512 = re.search(r'set\(AVX512_FLAGS "([^"]+)"\)', cmake).group(1)
+    avx2_rule = cmake[cmake.index('src MATCHES "_avx2'):]
+    avx2 = re.search(r'COMPILE_OPTIONS "([^"]+)"', avx2_rule).group(1)
+    return {"attention_generic.cpp": [], "attention_avx2.cpp": avx2.split(";"),
+            "attention_avx512.cpp": avx512.split(";")}
+
+
+VARIANTS = build_flags()
 
 
 @pytest.mark.skipif(CXX is None, reason="no C++ compiler on PATH")

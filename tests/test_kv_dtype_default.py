@@ -46,3 +46,14 @@ def test_unknown_env_value_is_a_clear_error(monkeypatch):
     monkeypatch.setenv(KV_DTYPE_ENV, "int4")
     with pytest.raises(ValueError, match=f"{KV_DTYPE_ENV}='int4'.*int8"):
         Engine(tiny(), num_blocks=16)
+
+
+def test_env_applies_to_the_assistant_cache_and_greedy_output_stays_plain(monkeypatch):
+    target = random_causal_lm(0, vocab_size=60, max_seq_len=128)
+    helper = random_causal_lm(10, vocab_size=60, max_seq_len=128, n_layers=1)
+    prompt = list(range(3, 30))
+    monkeypatch.setenv(KV_DTYPE_ENV, "int8")
+    plain = greedy(Engine(target, num_blocks=32), prompt, 20)
+    engine = Engine(target, num_blocks=32, assistant_model=helper, num_assistant_tokens=4)
+    assert engine.cache.dtype == engine.assistant.cache.dtype == torch.int8
+    assert greedy(engine, prompt, 20) == plain

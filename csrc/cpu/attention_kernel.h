@@ -210,14 +210,20 @@ static void block_values(const KvCacheView& c, int64_t slot0, int n, int h, floa
   }
 }
 
+// Bytes of one cached K or V element.
+static inline int64_t kv_elem_bytes(const KvCacheView& c) {
+  return c.dtype == KvDtype::F32 ? 4 : c.dtype == KvDtype::I8 ? 1 : 2;
+}
+
 // Asks for the K and V rows of kv head h of the tokens [slot0, slot0 + n) ahead of their use (the
 // rows of one head are a token apart, too far for the hardware prefetcher). Where Ops::kTouchAhead,
 // the rows wanted next in L1 (Locality 3) are read by plain loads instead of prefetch hints: on a
-// Zen 3 the hints left the from-memory walk as slow as without them, the loads made it 20-30% faster.
+// Zen 3 the loads made the from-memory walk 20-30% faster than the hints, which GCC had deleted then
+// (prefetch.h); with the hints kept, a Zen 4 run of the AVX2 kernel found them no better than the loads.
 template <class Ops, int Locality>
 static inline void prefetch_rows(const KvCacheView& c, int64_t slot0, int n, int h) {
-  const int64_t elem = c.dtype == KvDtype::F32 ? 4 : c.dtype == KvDtype::I8 ? 1 : 2;
-  const int64_t row = int64_t(c.head_dim) * elem, st = int64_t(c.kv_heads) * row, base = (slot0 * c.kv_heads + h) * row;
+  const int64_t row = int64_t(c.head_dim) * kv_elem_bytes(c), st = int64_t(c.kv_heads) * row;
+  const int64_t base = (slot0 * c.kv_heads + h) * row;
   const char* k = static_cast<const char*>(c.k) + base;
   const char* v = static_cast<const char*>(c.v) + base;
   if (Ops::kTouchAhead && Locality == 3) {
@@ -238,12 +244,9 @@ static inline void prefetch_rows(const KvCacheView& c, int64_t slot0, int n, int
 
 // Part i of nh of the K and V rows of kv heads [h0, h0 + nh) of the tokens [slot0, slot0 + n)
 // towards L2. With every head (decode) a block's rows are one contiguous range, prefetched in address
-// order, the way the hardware's own prefetcher streams; with fewer heads, head by head (a token row apart).
+// order, the way the hardware's own prefetcher streams; with fewer heads, head h0 + i's rows.
+template <class Ops>
 static inline void prefetch_block_part(const KvCacheView& c, int64_t slot0, int n, int h0, int nh, int i) {
-  const int64_t elem = c.dtype == KvDtype::F32 ? 4 : c.dtype == KvDtype::I8 ? 1 : 2;
-  const int64_t row = int64_t(c.head_dim) * elem, token = int64_t(c.kv_heads) * row;
-  const char* k = static_cast<const char*>(c.k) + slot0 * token;
-  const char* v = static_cast<const char*>(c.v) + slot0 * token;
   if (c.dtype == KvDtype::I8 && i == 0) {  // the int8 scales: a float per token and kv head
     const char* ks = reinterpret_cast<const char*>(c.k_scale + slot0 * c.kv_heads);
     const char* vs = reinterpret_cast<const char*>(c.v_scale + slot0 * c.kv_heads);
@@ -252,19 +255,15 @@ static inline void prefetch_block_part(const KvCacheView& c, int64_t slot0, int 
       prefetch<2>(vs + b);
     }
   }
-  if (nh == c.kv_heads) {
-    const int64_t bytes = int64_t(n) * token, b0 = bytes * i / nh & ~int64_t(63), b1 = bytes * (i + 1) / nh;
-    for (int64_t b = b0; b < b1; b += 64) {
-      prefetch<2>(k + b);
-      prefetch<2>(v + b);
-    }
-    return;
+  if (nh != c.kv_heads) return prefetch_rows<Ops, 2>(c, slot0, n, h0 + i);
+  const int64_t token = int64_t(c.kv_heads) * c.head_dim * kv_elem_bytes(c);
+  const char* k = static_cast<const char*>(c.k) + slot0 * token;
+  const char* v = static_cast<const char*>(c.v) + slot0 * token;
+  const int64_t bytes = int64_t(n) * token, b0 = bytes * i / nh & ~int64_t(63), b1 = bytes * (i + 1) / nh;
+  for (int64_t b = b0; b < b1; b += 64) {
+    prefetch<2>(k + b);
+    prefetch<2>(v + b);
   }
-  for (int j = 0; j < n; ++j)
-    for (int64_t b = 0; b < row; b += 64) {
-      prefetch<2>(k + j * token + (h0 + i) * row + b);
-      prefetch<2>(v + j * token + (h0 + i) * row + b);
-    }
 }
 
 // nh groups of R query rows of one sequence (group i: kv head h0 + i; the same ascending positions
@@ -294,8 +293,8 @@ void attend_range(const Row* rows, int R, int h0, int nh, const int32_t* table, 
     for (int i = 0; i < nh; ++i) {
       const int h = h0 + i;
       // Two distances: the rows read next (this block's next head, or the next block's first one)
-      // into L1, and part i of nh of the next block towards L2 (prefetch_block_part). A whole block ahead into L1
-      // (the earlier single prefetch) evicts the rows in use: a head's rows of one block sit a
+      // into L1, and part i of nh of the next block towards L2 (prefetch_block_part). A whole block
+      // ahead into L1 (the earlier single prefetch) evicts the rows in use: a head's rows of one block sit a
       // token row (2-4 KiB) apart and so fill only a few L1 sets, the same ones in every block.
       // Packed rows are read once, by the copy: hints suffice there (the plain loads of
       // kTouchAhead would stall the copy's thread on the next rows before it needs them).
@@ -305,7 +304,7 @@ void attend_range(const Row* rows, int R, int h0, int nh, const int32_t* table, 
       } else {
         if (i + 1 < nh) prefetch_rows<Ops, 3>(c, slot0, n, h + 1);
         else if (next0 >= 0) prefetch_rows<Ops, 3>(c, next0, next_n, h0);
-        if (next0 >= 0 && nh > 1) prefetch_block_part(c, next0, next_n, h0, nh, i);
+        if (next0 >= 0 && nh > 1) prefetch_block_part<Ops>(c, next0, next_n, h0, nh, i);
       }
       const float *packed_keys = nullptr, *packed_values = nullptr;
       if (pack) {

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .kv_budget import kv_dtype_of
 from .kv_cache import PagedKVCache, PagedStep
 from .sampler import SamplingParams, apply_repetition_penalty, mask_beyond_tokenizer, probabilities
 
@@ -28,7 +29,7 @@ class AssistantCache:
         if cfg.vocab_size != target_config.vocab_size:
             raise ValueError(f"assistant_model has a vocabulary of {cfg.vocab_size} tokens, the model "
                              f"{target_config.vocab_size}: they must share the tokenizer")
-        kv_dtype = assistant.dtype if assistant.dtype in (torch.float32, torch.bfloat16, torch.float16) else torch.float32
+        kv_dtype = kv_dtype_of(assistant)
         self.model = assistant
         self.cache = PagedKVCache(cfg.n_layers, cfg.kv_n_heads, cfg.head_dim, num_blocks=num_blocks, dtype=kv_dtype,
                                   prefix_caching=False, device=assistant.device)
