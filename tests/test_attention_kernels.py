@@ -183,6 +183,26 @@ def test_prefill_odd_head_dims_long_prefix(isa, dtype, heads, kv_heads, head_dim
     torch.testing.assert_close(got, want, **tol(dtype))
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("block_size", [32, 80])
+def test_prefill_tiles_with_larger_blocks(isa, dtype, head_dim, block_size):
+    """Blocks of more than 16 keys: the AVX-512 tile kernel takes a block 16 keys at a time (up to 64 held in
+    registers, longer blocks chunk by chunk); GQA rows of 2 heads per kv head, partial last blocks."""
+    shapes = [(200, 70), (97, 5), (81, 81)]
+    cache, tables = fill([c for c, _ in shapes], 2, head_dim, dtype, block_size=block_size, seed=13)
+    qsl = torch.tensor([0] + [n for _, n in shapes], dtype=torch.int32).cumsum(0).to(torch.int32)
+    q = torch.randn(int(qsl[-1]), 4, head_dim)
+    ctx = torch.tensor([c for c, _ in shapes], dtype=torch.int32)
+    slopes = alibi_slopes(4)
+    with ops.use_isa(isa):
+        got = ops.paged_attention_prefill(q, *cache[:2], tables, ctx, qsl, head_dim ** -0.5, slopes, *cache[2:])
+    want = ops.ref_paged_attention_prefill(q, cache[0], cache[1], tables, ctx, qsl, head_dim ** -0.5, slopes,
+                                           *cache[2:])
+    torch.testing.assert_close(got, want, **tol(dtype))
+
+
 def test_split_tokens_must_be_non_negative():
     cache, tables = fill([20], 2, 8, torch.float32)
     q, ctx = torch.randn(1, 2, 8), torch.tensor([20], dtype=torch.int32)

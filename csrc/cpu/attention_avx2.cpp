@@ -62,6 +62,7 @@ inline void accum64(const float* p, const T* v, int64_t st, int n, float* acc) {
 
 struct Ops {
   // plain loads for the rows wanted next (attention_kernel.h, prefetch_rows)
+  static constexpr bool kTileRows = false;  // no prefill tile kernel (attend_range's rows one by one)
   static constexpr bool kTouchAhead = true;
   // sc[j] = q . k_j for n keys, D values each, k_j at k + j * st.
   template <class T>

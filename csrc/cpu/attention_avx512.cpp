@@ -42,6 +42,51 @@ inline __m512 hsum16(const __m512* v) {
                        _mm512_shuffle_f32x4(y01, y23, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
+// 16 x 16 floats transposed in registers: r[i] lane j becomes r[j] lane i.
+inline void transpose16(__m512* r) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 16; i += 2) t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]), t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  for (int i = 0; i < 16; i += 4) {  // 128-bit lane q of u[i + e]: element e (+4q) of rows i .. i + 3
+    u[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44), u[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xee);
+    u[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44), u[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+  }
+  for (int g = 0; g < 16; g += 8)  // rows g .. g + 7: elements e, e + 8 (0x88) and e + 4, e + 12 (0xdd)
+    for (int e = 0; e < 4; ++e)
+      t[g + e] = _mm512_shuffle_f32x4(u[g + e], u[g + 4 + e], 0x88),
+      t[g + 4 + e] = _mm512_shuffle_f32x4(u[g + e], u[g + 4 + e], 0xdd);
+  for (int e = 0; e < 8; ++e)
+    r[e] = _mm512_shuffle_f32x4(t[e], t[8 + e], 0x88), r[e + 8] = _mm512_shuffle_f32x4(t[e], t[8 + e], 0xdd);
+}
+
+// 16 elements of a cached row as float32 (f16 has its own conversion; uint16_t means bf16 in load16).
+inline __m512 load_row16(const void* base, KvDtype dt, int64_t i) {
+  switch (dt) {
+    case KvDtype::F32: return _mm512_loadu_ps(static_cast<const float*>(base) + i);
+    case KvDtype::BF16: return load16(static_cast<const uint16_t*>(base) + i, 0xffff);
+    case KvDtype::F16:
+      return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(base) + i)));
+    case KvDtype::I8: return load16(static_cast<const int8_t*>(base) + i, 0xffff);
+  }
+  return _mm512_setzero_ps();
+}
+
+// Scores of 4 query rows against 16 transposed keys (kt: D vectors, vector d = element d of the 16 keys):
+// 2 chains a row (even and odd d), so 8 independent fmas cover the fma latency.
+template <int NV>
+inline void scores4_t(const float* const* q, const float* kt, __m512* out) {
+  __m512 a[4][2];
+  for (int r = 0; r < 4; ++r) a[r][0] = a[r][1] = _mm512_setzero_ps();
+#pragma GCC unroll 4
+  for (int d = 0; d < 16 * NV; d += 2) {
+    const __m512 k0 = _mm512_loadu_ps(kt + d * 16), k1 = _mm512_loadu_ps(kt + (d + 1) * 16);
+    for (int r = 0; r < 4; ++r) {
+      a[r][0] = _mm512_fmadd_ps(_mm512_set1_ps(q[r][d]), k0, a[r][0]);
+      a[r][1] = _mm512_fmadd_ps(_mm512_set1_ps(q[r][d + 1]), k1, a[r][1]);
+    }
+  }
+  for (int r = 0; r < 4; ++r) out[r] = _mm512_add_ps(a[r][0], a[r][1]);
+}
+
 // Scores of 16 keys at a time for head sizes of NV vectors: q stays in registers, each key leaves one
 // vector of partial sums, and hsum16 reduces the 16 of them together.
 template <int NV, class T>
@@ -145,6 +190,107 @@ struct Ops {
       }
       if (j < n) a0 = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), load16(v + j * st + i, m), a0);
       _mm512_mask_storeu_ps(acc + i, m, _mm512_add_ps(a0, a1));
+    }
+  }
+  // Prefill tiles (attend_range): R >= 4 query rows of kv head h against a block's n keys at once. The keys are
+  // packed transposed (16 keys a vector, one vector per d), so 4 rows' scores take D fmas each and no
+  // reduction; scale, ALiBi bias, causal mask and the online softmax stay in vector registers; the values go
+  // through accum_rows as before. Same steps and exp as the row-by-row path; the dot products sum in another
+  // order.
+  static constexpr bool kTileRows = true;
+  static bool tile_rows_ok(int D) { return D == 64 || D == 128; }
+  static void tile_rows(const KvCacheView& c, int64_t slot0, int n, int h, int p0, const attn_detail::Row* rows,
+                        int R, float qk_scale, float* m, float* l, float* acc, const float* packed_values,
+                        attn_detail::Scratch& s) {
+    if (c.head_dim == 64) tile_rows_nv<4>(c, slot0, n, h, p0, rows, R, qk_scale, m, l, acc, packed_values, s);
+    else tile_rows_nv<8>(c, slot0, n, h, p0, rows, R, qk_scale, m, l, acc, packed_values, s);
+  }
+  template <int NV>
+  static void tile_rows_nv(const KvCacheView& c, int64_t slot0, int n, int h, int p0, const attn_detail::Row* rows,
+                           int R, float qk_scale, float* m, float* l, float* acc, const float* packed_values,
+                           attn_detail::Scratch& s) {
+    constexpr int D = 16 * NV;
+    const int KV = c.kv_heads, nch = (n + 15) / 16;
+    const int64_t st = int64_t(KV) * D, base = (slot0 * KV + h) * D;
+    const bool i8 = c.dtype == KvDtype::I8;
+    const float NEG = -std::numeric_limits<float>::infinity();
+    s.kt.resize(size_t(nch) * 16 * D);
+    s.scores.resize(size_t(nch) * 16 * 3);
+    float* ksv = s.scores.data() + size_t(nch) * 16;  // int8: the 16 keys' and values' scales a chunk, 0 past n
+    float* vsv = ksv + size_t(nch) * 16;
+    for (int ch = 0; ch < nch; ++ch) {
+      const int nk = std::min(16, n - 16 * ch);
+      for (int dc = 0; dc < NV; ++dc) {
+        __m512 r[16];
+        for (int j = 0; j < 16; ++j)
+          r[j] = j < nk ? load_row16(c.k, c.dtype, base + int64_t(16 * ch + j) * st + 16 * dc) : _mm512_setzero_ps();
+        transpose16(r);
+        for (int e = 0; e < 16; ++e) _mm512_storeu_ps(s.kt.data() + (size_t(ch) * D + 16 * dc + e) * 16, r[e]);
+      }
+      if (i8)
+        for (int j = 0; j < 16; ++j) {
+          const int64_t o = (slot0 + 16 * ch + j) * KV + h;
+          ksv[16 * ch + j] = j < nk ? c.k_scale[o] : 0.0f;
+          vsv[16 * ch + j] = j < nk ? c.v_scale[o] : 0.0f;
+        }
+    }
+    const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    float* p = s.scores.data();  // one row's probabilities, nch * 16
+    for (int r0 = 0; r0 < R; r0 += 4) {
+      const float* q[4];
+      for (int r = 0; r < 4; ++r) q[r] = rows[std::min(r0 + r, R - 1)].q;
+      __m512 sc[4][4];  // up to 4 chunks (64 keys) in registers; longer blocks go chunk by chunk below
+      const bool fits = nch <= 4;
+      if (fits)
+        for (int ch = 0; ch < nch; ++ch) {
+          __m512 o[4];
+          scores4_t<NV>(q, s.kt.data() + size_t(ch) * 16 * D, o);
+          for (int r = 0; r < 4; ++r) sc[r][ch] = o[r];
+        }
+      for (int r = r0; r < std::min(r0 + 4, R); ++r) {
+        const attn_detail::Row& row = rows[r];
+        const int nv = std::min(n, row.pos - p0 + 1);
+        if (nv <= 0) continue;
+        const __m512 slope = _mm512_set1_ps(row.slope), vscale = _mm512_set1_ps(qk_scale);
+        __m512 vmx = _mm512_set1_ps(NEG);
+        for (int ch = 0; ch * 16 < nv; ++ch) {
+          __m512 v;
+          if (fits) v = sc[r - r0][ch];
+          else {
+            __m512 o[4];
+            const float* q1[4] = {row.q, row.q, row.q, row.q};
+            scores4_t<NV>(q1, s.kt.data() + size_t(ch) * 16 * D, o);
+            v = o[0];
+          }
+          if (i8) v = _mm512_mul_ps(v, _mm512_loadu_ps(ksv + 16 * ch));
+          const __m512 rel = _mm512_add_ps(_mm512_set1_ps(float(p0 - row.pos + 16 * ch)), iota);
+          v = _mm512_add_ps(_mm512_mul_ps(v, vscale), _mm512_mul_ps(slope, rel));
+          v = _mm512_mask_mov_ps(_mm512_set1_ps(NEG), upto(nv, 16 * ch), v);
+          _mm512_storeu_ps(p + 16 * ch, v);
+          vmx = _mm512_max_ps(vmx, v);
+        }
+        const float mx = _mm512_reduce_max_ps(vmx);
+        float* a = acc + size_t(r) * D;
+        if (mx > m[r]) {
+          if (m[r] != NEG) {
+            const float corr = std::exp(m[r] - mx);
+            l[r] *= corr;
+            scale(a, corr, D);
+          }
+          m[r] = mx;
+        }
+        const __m512 vm = _mm512_set1_ps(m[r]);
+        __m512 sum = _mm512_setzero_ps();
+        for (int ch = 0; ch * 16 < nv; ++ch) {
+          const __mmask16 k = upto(nv, 16 * ch);
+          __m512 e = _mm512_maskz_mov_ps(k, exp16(_mm512_sub_ps(_mm512_loadu_ps(p + 16 * ch), vm)));
+          sum = _mm512_add_ps(sum, e);
+          if (i8) e = _mm512_mul_ps(e, _mm512_loadu_ps(vsv + 16 * ch));
+          _mm512_storeu_ps(p + 16 * ch, e);
+        }
+        l[r] += _mm512_reduce_add_ps(sum);
+        accum_rows<NV>(p, packed_values, D, nv, a);
+      }
     }
   }
   static float vmax(const float* x, int n) {

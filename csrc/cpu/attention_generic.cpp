@@ -9,6 +9,7 @@ inline float widen(uint16_t x) { return attn_detail::bf16_to_f32(x); }
 inline float widen(int8_t x) { return float(x); }
 
 struct Ops {
+  static constexpr bool kTileRows = false;  // no prefill tile kernel (attend_range's rows one by one)
   static constexpr bool kTouchAhead = false;
   // sc[j] = q . k_j for n keys, D values each, k_j at k + j * st.
   template <class T>

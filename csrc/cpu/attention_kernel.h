@@ -307,10 +307,16 @@ void attend_range(const Row* rows, int R, int h0, int nh, const int32_t* table, 
         if (next0 >= 0 && nh > 1) prefetch_block_part<Ops>(c, next0, next_n, h0, nh, i);
       }
       const float *packed_keys = nullptr, *packed_values = nullptr;
-      if (pack) {
-        packed_keys = packed_rows<Ops>(c, false, slot0, n, h, s.kt.data());
-        packed_values = packed_rows<Ops>(c, true, slot0, n, h, s.vt.data());
+      if (pack) packed_values = packed_rows<Ops>(c, true, slot0, n, h, s.vt.data());
+      // Where the variant has one, a tile kernel takes every row of the head at once (keys transposed).
+      if constexpr (Ops::kTileRows) {
+        if (pack && R >= kPackRows && Ops::tile_rows_ok(D)) {
+          Ops::tile_rows(c, slot0, n, h, p0, rows + i * R, R, scale, m + i * R, l + i * R, acc + size_t(i) * R * D,
+                         packed_values, s);
+          continue;
+        }
       }
+      if (pack) packed_keys = packed_rows<Ops>(c, false, slot0, n, h, s.kt.data());
       for (int r = i * R; r < (i + 1) * R; ++r) {
         const Row& row = rows[r];
         const int nv = std::min(n, row.pos - p0 + 1);
