@@ -149,8 +149,8 @@ def test_vector_exp_within_2_ulp_of_torch(isa):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("heads,kv_heads,head_dim", [(4, 4, 32), (6, 2, 12), (2, 1, 80), (3, 3, 17), (2, 2, 128),
-                                                    (2, 1, 64)])
-@pytest.mark.parametrize("split", [16, 40, 0])
+                                                    (2, 1, 64), (8, 2, 64), (8, 1, 128)])  # the last two: 4 and 8
+@pytest.mark.parametrize("split", [16, 40, 0])                       # rows a kv head, the AVX-512 tile kernel
 def test_decode_split_contexts_merge(isa, dtype, heads, kv_heads, head_dim, split):
     """Contexts cut into parts of `split` tokens (40: rounded up to 48, whole blocks; 0: automatic,
     which splits the one long sequence below), parts merged by max and sum."""
