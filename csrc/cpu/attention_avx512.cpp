@@ -193,10 +193,10 @@ struct Ops {
     }
   }
   // Prefill tiles (attend_range): R >= 4 query rows of kv head h against a block's n keys at once. The keys are
-  // packed transposed (16 keys a vector, one vector per d), so 4 rows' scores take D fmas each and no
-  // reduction; scale, ALiBi bias, causal mask and the online softmax stay in vector registers; the values go
-  // through accum_rows as before. Same steps and exp as the row-by-row path; the dot products sum in another
-  // order.
+  // packed transposed (16 keys a vector, one vector per d; longer blocks 16 keys at a time), so 4 rows' scores
+  // take D fmas each and no reduction; scale, ALiBi bias, causal mask and the online softmax work on vectors;
+  // the values go through accum_rows as before. Same steps and exp as the row-by-row path; the dot products
+  // sum in another order.
   static constexpr bool kTileRows = true;
   static bool tile_rows_ok(int D) { return D == 64 || D == 128; }
   static void tile_rows(const KvCacheView& c, int64_t slot0, int n, int h, int p0, const attn_detail::Row* rows,
@@ -215,9 +215,11 @@ struct Ops {
     const bool i8 = c.dtype == KvDtype::I8;
     const float NEG = -std::numeric_limits<float>::infinity();
     s.kt.resize(size_t(nch) * 16 * D);
-    s.scores.resize(size_t(nch) * 16 * 3);
-    float* ksv = s.scores.data() + size_t(nch) * 16;  // int8: the 16 keys' and values' scales a chunk, 0 past n
-    float* vsv = ksv + size_t(nch) * 16;
+    const int pn = nch * 16;
+    s.scores.resize(size_t(pn) * 6);
+    float* ksv = s.scores.data();  // int8: the keys' and values' scales, 0 past n
+    float* vsv = ksv + pn;
+    float* sc = vsv + pn;  // 4 rows' scores, pn each, turned into probabilities in place
     for (int ch = 0; ch < nch; ++ch) {
       const int nk = std::min(16, n - 16 * ch);
       for (int dc = 0; dc < NV; ++dc) {
@@ -235,33 +237,26 @@ struct Ops {
         }
     }
     const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    float* p = s.scores.data();  // one row's probabilities, nch * 16
     for (int r0 = 0; r0 < R; r0 += 4) {
+      const int r1 = std::min(r0 + 4, R);
       const float* q[4];
-      for (int r = 0; r < 4; ++r) q[r] = rows[std::min(r0 + r, R - 1)].q;
-      __m512 sc[4][4];  // up to 4 chunks (64 keys) in registers; longer blocks go chunk by chunk below
-      const bool fits = nch <= 4;
-      if (fits)
-        for (int ch = 0; ch < nch; ++ch) {
-          __m512 o[4];
-          scores4_t<NV>(q, s.kt.data() + size_t(ch) * 16 * D, o);
-          for (int r = 0; r < 4; ++r) sc[r][ch] = o[r];
-        }
-      for (int r = r0; r < std::min(r0 + 4, R); ++r) {
+      for (int r = 0; r < 4; ++r) q[r] = rows[std::min(r0 + r, R - 1)].q;  // past R: the last row again, unused
+      // the chunks the group's last row sees (rows go by position: it sees the most)
+      const int seen = std::min(n, rows[r1 - 1].pos - p0 + 1);
+      for (int ch = 0; ch * 16 < seen; ++ch) {
+        __m512 o[4];
+        scores4_t<NV>(q, s.kt.data() + size_t(ch) * 16 * D, o);
+        for (int r = 0; r < 4; ++r) _mm512_storeu_ps(sc + size_t(r) * pn + 16 * ch, o[r]);
+      }
+      for (int r = r0; r < r1; ++r) {
         const attn_detail::Row& row = rows[r];
         const int nv = std::min(n, row.pos - p0 + 1);
         if (nv <= 0) continue;
+        float* p = sc + size_t(r - r0) * pn;
         const __m512 slope = _mm512_set1_ps(row.slope), vscale = _mm512_set1_ps(qk_scale);
         __m512 vmx = _mm512_set1_ps(NEG);
         for (int ch = 0; ch * 16 < nv; ++ch) {
-          __m512 v;
-          if (fits) v = sc[r - r0][ch];
-          else {
-            __m512 o[4];
-            const float* q1[4] = {row.q, row.q, row.q, row.q};
-            scores4_t<NV>(q1, s.kt.data() + size_t(ch) * 16 * D, o);
-            v = o[0];
-          }
+          __m512 v = _mm512_loadu_ps(p + 16 * ch);
           if (i8) v = _mm512_mul_ps(v, _mm512_loadu_ps(ksv + 16 * ch));
           const __m512 rel = _mm512_add_ps(_mm512_set1_ps(float(p0 - row.pos + 16 * ch)), iota);
           v = _mm512_add_ps(_mm512_mul_ps(v, vscale), _mm512_mul_ps(slope, rel));
