@@ -188,8 +188,8 @@ def test_prefill_odd_head_dims_long_prefix(isa, dtype, heads, kv_heads, head_dim
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("block_size", [32, 80])
 def test_prefill_tiles_with_larger_blocks(isa, dtype, head_dim, block_size):
-    """Blocks of more than 16 keys: the AVX-512 tile kernel takes a block 16 keys at a time (up to 64 held in
-    registers, longer blocks chunk by chunk); GQA rows of 2 heads per kv head, partial last blocks."""
+    """Blocks of more than 16 keys: the AVX-512 tile kernel takes a block 16 keys at a time; GQA rows of 2 heads
+    per kv head, partial last blocks."""
     shapes = [(200, 70), (97, 5), (81, 81)]
     cache, tables = fill([c for c, _ in shapes], 2, head_dim, dtype, block_size=block_size, seed=13)
     qsl = torch.tensor([0] + [n for _, n in shapes], dtype=torch.int32).cumsum(0).to(torch.int32)
