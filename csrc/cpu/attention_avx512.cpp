@@ -266,14 +266,7 @@ struct Ops {
         }
         const float mx = _mm512_reduce_max_ps(vmx);
         float* a = acc + size_t(r) * D;
-        if (mx > m[r]) {
-          if (m[r] != NEG) {
-            const float corr = std::exp(m[r] - mx);
-            l[r] *= corr;
-            scale(a, corr, D);
-          }
-          m[r] = mx;
-        }
+        attn_detail::raise_max<Ops>(m[r], l[r], a, mx, D);
         const __m512 vm = _mm512_set1_ps(m[r]);
         __m512 sum = _mm512_setzero_ps();
         for (int ch = 0; ch * 16 < nv; ++ch) {

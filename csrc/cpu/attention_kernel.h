@@ -266,6 +266,19 @@ static inline void prefetch_block_part(const KvCacheView& c, int64_t slot0, int 
   }
 }
 
+// The online softmax meets a block whose largest score is mx: where mx beats the running max m, the
+// sum l and the unnormalised output acc (D floats) are rescaled to it (none yet: nothing to rescale).
+template <class Ops>
+static inline void raise_max(float& m, float& l, float* acc, float mx, int D) {
+  if (!(mx > m)) return;
+  if (m != -std::numeric_limits<float>::infinity()) {
+    const float corr = std::exp(m - mx);
+    l *= corr;
+    Ops::scale(acc, corr, D);
+  }
+  m = mx;
+}
+
 // nh groups of R query rows of one sequence (group i: kv head h0 + i; the same ascending positions
 // in every group) attend to the keys [kbeg, kend) (kbeg a multiple of the block size), one cache
 // block at a time with an online softmax, every head of a block before the next block (a block's
@@ -308,9 +321,10 @@ void attend_range(const Row* rows, int R, int h0, int nh, const int32_t* table, 
       }
       const float *packed_keys = nullptr, *packed_values = nullptr;
       if (pack) packed_values = packed_rows<Ops>(c, true, slot0, n, h, s.vt.data());
-      // Where the variant has one, a tile kernel takes every row of the head at once (keys transposed).
+      // Where the variant has one, a tile kernel takes every row of the head at once (keys transposed;
+      // R >= kPackRows, so the values are packed).
       if constexpr (Ops::kTileRows) {
-        if (pack && R >= kPackRows && Ops::tile_rows_ok(D)) {
+        if (R >= kPackRows && Ops::tile_rows_ok(D)) {
           Ops::tile_rows(c, slot0, n, h, p0, rows + i * R, R, scale, m + i * R, l + i * R, acc + size_t(i) * R * D,
                          packed_values, s);
           continue;
@@ -327,14 +341,7 @@ void attend_range(const Row* rows, int R, int h0, int nh, const int32_t* table, 
         for (int j = 0; j < nv; ++j) sc[j] = sc[j] * scale + row.slope * (rel + float(j));
         const float mx = Ops::vmax(sc, nv);
         float* a = acc + size_t(r) * D;
-        if (mx > m[r]) {
-          if (m[r] != NEG) {
-            const float corr = std::exp(m[r] - mx);
-            l[r] *= corr;
-            Ops::scale(a, corr, D);
-          }
-          m[r] = mx;
-        }
+        raise_max<Ops>(m[r], l[r], a, mx, D);
         l[r] += Ops::exp_sum(sc, nv, m[r]);
         block_values<Ops>(c, slot0, nv, h, sc, packed_values, a);
       }
