@@ -42,6 +42,19 @@ def filled_cache(ctx: int, kv_heads: int, head_dim: int, dtype: torch.dtype, blo
     return (k, v, *scales), table[None]
 
 
+def cpu_ms_per_call(call, repeats: int, calls: int = 1) -> list[float]:
+    """CPU milliseconds per call (process time: a loaded machine disturbs it less than wall time), one value
+    for each of `repeats` rounds of `calls` calls, after one call to warm up."""
+    call()
+    times = []
+    for _ in range(repeats):
+        t = time.process_time()
+        for _ in range(calls):
+            call()
+        times.append((time.process_time() - t) / calls * 1e3)
+    return times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--contexts", type=int, nargs="+", default=[2048, 16384])
@@ -66,13 +79,7 @@ def main() -> None:
                 ops.paged_attention_decode(q, cache[0], cache[1], table, lens, args.head_dim ** -0.5, slopes,
                                            *cache[2:], num_threads=args.threads)
 
-            call()
-            times = []
-            for _ in range(args.repeats):
-                t = time.process_time()
-                for _ in range(args.calls):
-                    call()
-                times.append((time.process_time() - t) / args.calls * 1e3)
+            times = cpu_ms_per_call(call, args.repeats, args.calls)
             nbytes = 2 * ctx * args.heads * args.head_dim * cache[0].element_size()
             best = min(times)
             print(f"| {name} | {ctx} | {best:.3f} | {statistics.median(times):.3f} | {nbytes / best / 1e6:.1f} |",

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
-from bench_attention_kernel import KV_DTYPES, filled_cache
+from bench_attention_kernel import KV_DTYPES, cpu_ms_per_call, filled_cache
 from mpt_lite import ops
 from mpt_lite.model.layers import alibi_slopes
 
@@ -48,12 +47,7 @@ def main() -> None:
                 ops.paged_attention_prefill(q, cache[0], cache[1], table, lens, qsl, args.head_dim ** -0.5, slopes,
                                             *cache[2:], num_threads=args.threads)
 
-            call()
-            times = []
-            for _ in range(args.repeats):
-                t = time.process_time()
-                call()
-                times.append((time.process_time() - t) * 1e3)
+            times = cpu_ms_per_call(call, args.repeats)
             macs = T * (T + 1) / 2 * args.heads * args.head_dim * 2
             best = min(times)
             print(f"| {name} | {T} | {best:.2f} | {statistics.median(times):.2f} | {macs / best / 1e6:.1f} |",

@@ -68,7 +68,7 @@ class MptLite:
                               "int4": (4, "int4", torch.float32)}[variant]
         self.model = mpt_lite.MptForCausalLM.from_pretrained(checkpoint, bits=bits, quant_type=qtype, dtype=dtype)
         self.model.eval()
-        self._engine_kept, self._engine_budget = None, 0
+        self._engine_kept = None
 
     def _engine(self, tokens: int):
         """The engine for this batch-token budget, kept across calls (each call's requests finish within it), as
@@ -78,10 +78,9 @@ class MptLite:
         from mpt_lite import Engine
 
         budget = max(tokens, 512)
-        if self._engine_budget != budget:  # one engine alive at a time (peak RSS as before)
-            self._engine_kept = None
+        if self._engine_kept is None or self._engine_kept.max_batch_tokens != budget:
+            self._engine_kept = None  # one engine alive at a time (peak RSS as before)
             self._engine_kept = Engine(self.model, max_bytes=2 << 30, max_batch_tokens=budget, prefix_caching=False)
-            self._engine_budget = budget
         return self._engine_kept
 
     def prefill(self, ids: list[int]) -> float:
