@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-KV_DTYPES = {"int8": torch.int8, "bfloat16": torch.bfloat16, "float32": torch.float32}
+KV_DTYPES = {"int8": torch.int8, "int4": torch.uint8, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def caches(layers: int, ctx: int, dtype: torch.dtype, heads: int, head_dim: int, block: int, shuffle: bool):
@@ -33,6 +33,9 @@ def caches(layers: int, ctx: int, dtype: torch.dtype, heads: int, head_dim: int,
         if dtype == torch.int8:
             k, v = (torch.randint(-127, 128, shape, dtype=torch.int8, generator=g) for _ in range(2))
             ks, vs = (torch.rand(shape[:3], generator=g) * 0.01 for _ in range(2))
+        elif dtype == torch.uint8:  # 4-bit: two codes a byte, a float32 scale per 32 values
+            k, v = (torch.randint(0, 256, shape[:3] + (head_dim // 2,), dtype=torch.uint8, generator=g) for _ in range(2))
+            ks, vs = (torch.rand(shape[:3] + (head_dim // 32,), generator=g) * 0.1 for _ in range(2))
         else:
             k, v = (torch.randn(shape, generator=g).to(dtype) for _ in range(2))
             ks = vs = None
@@ -79,9 +82,9 @@ def main() -> None:
         t = time.perf_counter()
         token()
         times.append(time.perf_counter() - t)
-    kv_bytes = args.layers * args.ctx * args.heads * args.head_dim * 2 * dtype.itemsize
-    if dtype == torch.int8:
-        kv_bytes += args.layers * args.ctx * args.heads * 2 * 4
+    slots = layers[0][0].shape[0] * args.block_size
+    per_slot = sum(t.numel() * t.element_size() for t in layers[0] if t is not None) / slots  # K, V and scales
+    kv_bytes = args.layers * args.ctx * per_slot
     bw = read_bandwidth(num_threads=args.threads)["gb_s"]
     lo, med = min(times), statistics.median(times)
     print(f"decode attention, {args.kv_dtype} KV, {args.ctx} tokens, {args.layers} layers x {args.heads} heads x "

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from synthetic import write_checkpoint  # noqa: E402
 
-KV_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}
+KV_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8, "int4": torch.quint4x2}
 
 
 def build(args):

@@ -47,21 +47,25 @@ inline int checked_int(int64_t v, const char* name) {
 
 inline KvCacheView kv_cache(uintptr_t k, uintptr_t v, uintptr_t k_scale, uintptr_t v_scale, int dtype,
                             int64_t num_slots, int64_t kv_heads, int64_t head_dim, int64_t block_size) {
-  if (dtype < 0 || dtype > 3) throw std::invalid_argument("unknown KV cache dtype code " + std::to_string(dtype));
+  if (dtype < 0 || dtype > 4) throw std::invalid_argument("unknown KV cache dtype code " + std::to_string(dtype));
   KvCacheView c;
   c.num_slots = dim(num_slots, "num_slots");
   c.kv_heads = checked_int(positive(kv_heads, "kv_heads"), "kv_heads");
   c.head_dim = checked_int(positive(head_dim, "head_dim"), "head_dim");
   c.block_size = checked_int(positive(block_size, "block_size"), "block_size");
-  const int64_t n = c.num_slots * c.kv_heads * c.head_dim;
+  c.dtype = static_cast<KvDtype>(dtype);
+  const bool q4 = c.dtype == KvDtype::Q4;
+  if (q4 && c.head_dim % kQ4Group)
+    throw std::invalid_argument("a 4-bit KV cache needs head_dim a multiple of 32, got " + std::to_string(c.head_dim));
+  const int64_t n = c.num_slots * c.kv_heads * (q4 ? c.head_dim / 2 : c.head_dim);
   c.k = buf<void>(k, n, "k_cache");
   c.v = buf<void>(v, n, "v_cache");
-  c.dtype = static_cast<KvDtype>(dtype);
-  if (c.dtype == KvDtype::I8) {
-    c.k_scale = buf<float>(k_scale, c.num_slots * c.kv_heads, "k_scale");
-    c.v_scale = buf<float>(v_scale, c.num_slots * c.kv_heads, "v_scale");
+  if (c.dtype == KvDtype::I8 || q4) {
+    const int64_t ns = c.num_slots * c.kv_heads * (q4 ? c.head_dim / kQ4Group : 1);
+    c.k_scale = buf<float>(k_scale, ns, "k_scale");
+    c.v_scale = buf<float>(v_scale, ns, "v_scale");
   } else if (k_scale || v_scale) {
-    throw std::invalid_argument("k_scale/v_scale belong to int8 KV caches only");
+    throw std::invalid_argument("k_scale/v_scale belong to int8 and 4-bit KV caches only");
   }
   return c;
 }

@@ -10,14 +10,33 @@ from mpt_lite.model.layers import alibi_slopes
 
 ISAS = ops.supported_isas()
 VARIANTS = variants(ISAS)
-DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.int8]
+Q4 = torch.uint8  # the 4-bit cache: two codes a byte, a scale per 32 values (head_dim a multiple of 32)
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.int8, Q4]
+
+
+def with_dtypes(shapes, dtypes=DTYPES):
+    """(dtype, *shape) for every dtype and shape (head_dim last) the dtype can hold."""
+    return [(d, *sh) for d in dtypes for sh in shapes if d != Q4 or sh[-1] % 32 == 0]
 
 
 def make_cache(num_blocks, block_size, kv_heads, head_dim, dtype):
-    shape = (num_blocks, block_size, kv_heads, head_dim)
+    shape = (num_blocks, block_size, kv_heads, head_dim // 2 if dtype == Q4 else head_dim)
     k, v = torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)
-    scales = (torch.zeros(shape[:3]), torch.zeros(shape[:3])) if dtype == torch.int8 else (None, None)
-    return k, v, *scales
+    scales = shape[:3] + ((head_dim // 32,) if dtype == Q4 else ())
+    if dtype in (torch.int8, Q4):
+        return k, v, torch.zeros(scales), torch.zeros(scales)
+    return k, v, None, None
+
+
+def check_q4_refused_on_cuda():
+    """4-bit caches have CPU kernels only: on a GPU every op refuses them by name."""
+    k, v, ks, vs = to("cuda", *make_cache(2, 16, 2, 32, Q4))
+    x = torch.randn(1, 2, 32, device="cuda")
+    with pytest.raises(ValueError, match="CPU only"):
+        ops.write_kv_cache(x, x, k, v, torch.tensor([0]), ks, vs)
+    with pytest.raises(ValueError, match="CPU only"):
+        ops.paged_attention_decode(torch.randn(1, 2, 32, device="cuda"), k, v, torch.zeros(1, 1, dtype=torch.int32),
+                                   torch.tensor([1], dtype=torch.int32), 1.0, None, ks, vs)
 
 
 def fill(seq_lens, kv_heads, head_dim, dtype, block_size=16, seed=0):
@@ -44,14 +63,18 @@ def fill(seq_lens, kv_heads, head_dim, dtype, block_size=16, seed=0):
 @pytest.mark.parametrize("isa", VARIANTS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_write_kv_cache_matches_ref(isa, dtype):
+    if dtype == Q4 and isa == "cuda":
+        return check_q4_refused_on_cuda()
     g = torch.Generator().manual_seed(1)
-    k = torch.randn(37, 3, 20, generator=g) * 3
-    v = torch.randn(37, 3, 20, generator=g)
-    k[5] = 0  # an all-zero row: scale 0 for int8
+    hd = 64 if dtype == Q4 else 20
+    k = torch.randn(37, 3, hd, generator=g) * 3
+    v = torch.randn(37, 3, hd, generator=g)
+    k[5] = 0  # an all-zero row: scale 0 for int8 and 4-bit
+    k[6, 0, :hd] = torch.linspace(-2, 2, hd) * 1.75  # values on the 4-bit rounding edges (x / d + 8.5 whole)
     slots = torch.randperm(8 * 16, generator=g)[:37]
     slots[[2, 9]] = -1
     dev = device_of(isa)
-    got, want = to(dev, *make_cache(8, 16, 3, 20, dtype)), make_cache(8, 16, 3, 20, dtype)
+    got, want = to(dev, *make_cache(8, 16, 3, hd, dtype)), make_cache(8, 16, 3, hd, dtype)
     with running(isa):
         ops.write_kv_cache(k.to(dev), v.to(dev), got[0], got[1], slots.to(dev), *got[2:])
     ops.ref_write_kv_cache(k, v, want[0], want[1], slots, *want[2:])
@@ -65,10 +88,12 @@ def tol(dtype):
 
 
 @pytest.mark.parametrize("isa", VARIANTS)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("heads,kv_heads,head_dim,alibi", [(4, 4, 32, True), (6, 2, 12, True), (4, 1, 16, False),
-                                                          (2, 2, 128, True), (4, 2, 64, True)])
+@pytest.mark.parametrize("dtype,alibi,heads,kv_heads,head_dim",
+                         with_dtypes([(True, 4, 4, 32), (True, 6, 2, 12), (False, 4, 1, 16), (True, 2, 2, 128),
+                                      (True, 4, 2, 64)]))
 def test_decode_ragged(isa, dtype, heads, kv_heads, head_dim, alibi):
+    if dtype == Q4 and isa == "cuda":
+        return check_q4_refused_on_cuda()
     lens = [1, 5, 16, 17, 40]
     cache, tables = fill(lens, kv_heads, head_dim, dtype)
     q = torch.randn(len(lens), heads, head_dim)
@@ -83,9 +108,10 @@ def test_decode_ragged(isa, dtype, heads, kv_heads, head_dim, alibi):
 
 
 @pytest.mark.parametrize("isa", VARIANTS)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("heads,kv_heads,head_dim", [(4, 4, 32), (6, 2, 12), (2, 2, 128), (4, 2, 64)])
+@pytest.mark.parametrize("dtype,heads,kv_heads,head_dim", with_dtypes([(4, 4, 32), (6, 2, 12), (2, 2, 128), (4, 2, 64)]))
 def test_prefill_ragged_with_cached_prefix(isa, dtype, heads, kv_heads, head_dim):
+    if dtype == Q4 and isa == "cuda":
+        return check_q4_refused_on_cuda()
     # (context, new tokens): a fresh prompt, a chunk after a cached prefix, a single token, 40 (more than
     # one tile when kv heads are shared), 130 (more than one tile of 64 query rows, in parallel)
     shapes = [(7, 7), (40, 13), (33, 1), (45, 40), (150, 130)]
@@ -147,10 +173,10 @@ def test_vector_exp_within_2_ulp_of_torch(isa):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("heads,kv_heads,head_dim", [(4, 4, 32), (6, 2, 12), (2, 1, 80), (3, 3, 17), (2, 2, 128),
-                                                    (2, 1, 64), (8, 2, 64), (8, 1, 128)])  # the last two: 4 and 8
-@pytest.mark.parametrize("split", [16, 40, 0])                       # rows a kv head, the AVX-512 tile kernel
+@pytest.mark.parametrize("dtype,heads,kv_heads,head_dim",
+                         with_dtypes([(4, 4, 32), (6, 2, 12), (2, 1, 80), (3, 3, 17), (2, 2, 128), (2, 1, 64),
+                                      (8, 2, 64), (8, 1, 128)]))  # the last two: 4 and 8 rows a kv head (tile kernel)
+@pytest.mark.parametrize("split", [16, 40, 0])
 def test_decode_split_contexts_merge(isa, dtype, heads, kv_heads, head_dim, split):
     """Contexts cut into parts of `split` tokens (40: rounded up to 48, whole blocks; 0: automatic,
     which splits the one long sequence below), parts merged by max and sum."""
@@ -168,8 +194,7 @@ def test_decode_split_contexts_merge(isa, dtype, heads, kv_heads, head_dim, spli
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("heads,kv_heads,head_dim", [(2, 1, 80), (3, 3, 17)])
+@pytest.mark.parametrize("dtype,heads,kv_heads,head_dim", with_dtypes([(2, 1, 80), (3, 3, 17), (3, 1, 96)]))
 def test_prefill_odd_head_dims_long_prefix(isa, dtype, heads, kv_heads, head_dim):
     shapes = [(337, 37), (21, 21), (290, 1)]  # (context, new tokens): partial blocks, tiles of 16 + a tail
     cache, tables = fill([c for c, _ in shapes], kv_heads, head_dim, dtype, seed=11)

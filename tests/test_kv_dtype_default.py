@@ -25,9 +25,9 @@ def test_default_is_the_model_dtype(monkeypatch):
     assert Engine(tiny().to(torch.bfloat16), num_blocks=16).cache.dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize("name, dtype", [("int8", torch.int8), ("bfloat16", torch.bfloat16)])
+@pytest.mark.parametrize("name, dtype", [("int8", torch.int8), ("bfloat16", torch.bfloat16), ("int4", torch.quint4x2)])
 def test_env_picks_the_dtype_and_generates_as_the_explicit_choice(monkeypatch, name, dtype):
-    model = tiny()
+    model = random_causal_lm(0, vocab_size=300, max_seq_len=128, n_heads=2)  # head_dim 32 (the 4-bit cache's groups)
     prompt = list(range(10, 40))
     monkeypatch.delenv(KV_DTYPE_ENV, raising=False)
     explicit = greedy(Engine(model, num_blocks=16, kv_dtype=dtype), prompt, 12)
@@ -43,8 +43,8 @@ def test_explicit_kv_dtype_wins_over_env(monkeypatch):
 
 
 def test_unknown_env_value_is_a_clear_error(monkeypatch):
-    monkeypatch.setenv(KV_DTYPE_ENV, "int4")
-    with pytest.raises(ValueError, match=f"{KV_DTYPE_ENV}='int4'.*int8"):
+    monkeypatch.setenv(KV_DTYPE_ENV, "int3")
+    with pytest.raises(ValueError, match=f"{KV_DTYPE_ENV}='int3'.*int8"):
         Engine(tiny(), num_blocks=16)
 
 

@@ -141,6 +141,12 @@ def test_native_step_low_precision_kv_cache(kv_dtype):
         run_both(quantized(tiny(), "int4", "int8"), SCHEDULE[:4], kv_dtype)
 
 
+def test_native_step_4bit_kv_cache():
+    """The 4-bit cache (torch.quint4x2; head_dim 32 here, a multiple of its groups of 32)."""
+    with ops.use_amx(False):
+        run_both(quantized(tiny(n_heads=2), "int4", "int8"), SCHEDULE[:4], torch.quint4x2)
+
+
 @pytest.mark.parametrize("fmt", ["float32", "int8", "nf4", "int4"])
 def test_engine_greedy_tokens_identical(fmt):
     model = quantized(tiny(), *FORMATS[fmt])

@@ -13,8 +13,10 @@ void check_cache(const KvCacheView& c) {
   if (c.kv_heads <= 0 || c.head_dim <= 0 || c.block_size <= 0 || c.num_slots < 0 ||
       c.num_slots % c.block_size != 0)
     throw std::invalid_argument("bad KV cache geometry");
-  if (c.dtype == KvDtype::I8 && (!c.k_scale || !c.v_scale))
-    throw std::invalid_argument("an int8 KV cache needs k_scale and v_scale");
+  if ((c.dtype == KvDtype::I8 || c.dtype == KvDtype::Q4) && (!c.k_scale || !c.v_scale))
+    throw std::invalid_argument("an int8 or 4-bit KV cache needs k_scale and v_scale");
+  if (c.dtype == KvDtype::Q4 && c.head_dim % kQ4Group)
+    throw std::invalid_argument("a 4-bit KV cache needs head_dim a multiple of 32");
 }
 
 // Every block a sequence will read must exist: bad tables raise instead of reading wild memory.

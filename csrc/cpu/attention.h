@@ -3,7 +3,11 @@
 // Cache layout (one tensor each for K and V, per layer): [num_slots][kv_heads][head_dim], where a
 // slot is block * block_size + offset (vLLM's slot mapping). fp32, bf16 and fp16 caches store the
 // values; int8 caches store round(x / s) with s = absmax / 127 over one token and head, s in a
-// float32 [num_slots][kv_heads] array beside them.
+// float32 [num_slots][kv_heads] array beside them. 4-bit caches (Q4, llama.cpp's q4_0 as a KV type)
+// hold [num_slots][kv_heads][head_dim / 2] bytes: each group of 32 values of a row has a float32
+// scale d = m / -8 (m its value of largest magnitude) in a [num_slots][kv_heads][head_dim / 32]
+// array, and codes c = min(15, floor(x / d + 8.5)), value (c - 8) * d; byte j of a group holds
+// the codes of its values j (low nibble) and j + 16 (high nibble). head_dim a multiple of 32.
 //
 // Attention: query token i of sequence s sits at position ctx_len[s] - q_len[s] + i and sees keys
 // 0..its position (causal); score = (q . k) * scale + slope[h] * (key_pos - query_pos). Keys are
@@ -13,12 +17,13 @@
 
 namespace mpt {
 
-enum class KvDtype : int { F32 = 0, BF16 = 1, F16 = 2, I8 = 3 };
+enum class KvDtype : int { F32 = 0, BF16 = 1, F16 = 2, I8 = 3, Q4 = 4 };
+constexpr int kQ4Group = 32;  // values a scale in 4-bit caches
 
 struct KvCacheView {
   void* k = nullptr;
   void* v = nullptr;
-  float* k_scale = nullptr;  // int8 only
+  float* k_scale = nullptr;  // int8 and 4-bit only
   float* v_scale = nullptr;
   KvDtype dtype = KvDtype::F32;
   int64_t num_slots = 0;  // num_blocks * block_size

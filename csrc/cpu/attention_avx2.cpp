@@ -175,6 +175,21 @@ struct Ops {
     for (; i < n; ++i) r = std::max(r, std::fabs(x[i]));
     return r;
   }
+  // A 4-bit row (attention.h) of D values: (code - 8) * its group's scale.
+  static void dequant_q4(const uint8_t* q, const float* sc, float* d, int D) {
+    const __m128i low = _mm_set1_epi8(15);
+    const __m256i eight = _mm256_set1_epi32(8);
+    for (int g = 0; g < D / kQ4Group; ++g, q += kQ4Group / 2, d += kQ4Group) {
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
+      const __m128i nib[2] = {_mm_and_si128(b, low), _mm_and_si128(_mm_srli_epi16(b, 4), low)};
+      const __m256 s = _mm256_set1_ps(sc[g]);
+      for (int k = 0; k < 4; ++k) {  // values 8k .. 8k + 7 of the group
+        const __m128i src = k & 1 ? _mm_srli_si128(nib[k >> 1], 8) : nib[k >> 1];
+        const __m256i c = _mm256_sub_epi32(_mm256_cvtepu8_epi32(src), eight);
+        _mm256_storeu_ps(d + 8 * k, _mm256_mul_ps(_mm256_cvtepi32_ps(c), s));
+      }
+    }
+  }
   static void quantize_i8(const float* x, float s, int8_t* q, int n) {
     for (int i = 0; i < n; ++i) q[i] = int8_t(std::min(127.0f, std::max(-127.0f, std::nearbyint(x[i] / s))));
   }

@@ -66,6 +66,7 @@ inline __m512 load_row16(const void* base, KvDtype dt, int64_t i) {
     case KvDtype::F16:
       return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(base) + i)));
     case KvDtype::I8: return load16(static_cast<const int8_t*>(base) + i, 0xffff);
+    case KvDtype::Q4: break;  // tile_rows takes 4-bit keys as packed float rows
   }
   return _mm512_setzero_ps();
 }
@@ -199,22 +200,24 @@ struct Ops {
   // sum in another order.
   static constexpr bool kTileRows = true;
   static bool tile_rows_ok(int D) { return D == 64 || D == 128; }
+  // packed_keys: the block's keys as float rows (4-bit caches), else null (read from the cache).
   static void tile_rows(const KvCacheView& c, int64_t slot0, int n, int h, int p0, const attn_detail::Row* rows,
-                        int R, float qk_scale, float* m, float* l, float* acc, const float* packed_values,
-                        attn_detail::Scratch& s) {
-    if (c.head_dim == 64) tile_rows_nv<4>(c, slot0, n, h, p0, rows, R, qk_scale, m, l, acc, packed_values, s);
-    else tile_rows_nv<8>(c, slot0, n, h, p0, rows, R, qk_scale, m, l, acc, packed_values, s);
+                        int R, float qk_scale, float* m, float* l, float* acc, const float* packed_keys,
+                        const float* packed_values, attn_detail::Scratch& s) {
+    if (c.head_dim == 64)
+      tile_rows_nv<4>(c, slot0, n, h, p0, rows, R, qk_scale, m, l, acc, packed_keys, packed_values, s);
+    else tile_rows_nv<8>(c, slot0, n, h, p0, rows, R, qk_scale, m, l, acc, packed_keys, packed_values, s);
   }
   template <int NV>
   static void tile_rows_nv(const KvCacheView& c, int64_t slot0, int n, int h, int p0, const attn_detail::Row* rows,
-                           int R, float qk_scale, float* m, float* l, float* acc, const float* packed_values,
-                           attn_detail::Scratch& s) {
+                           int R, float qk_scale, float* m, float* l, float* acc, const float* packed_keys,
+                           const float* packed_values, attn_detail::Scratch& s) {
     constexpr int D = 16 * NV;
     const int KV = c.kv_heads, nch = (n + 15) / 16;
     const int64_t st = int64_t(KV) * D, base = (slot0 * KV + h) * D;
     const bool i8 = c.dtype == KvDtype::I8;
     const float NEG = -std::numeric_limits<float>::infinity();
-    s.kt.resize(size_t(nch) * 16 * D);
+    s.tiles.resize(size_t(nch) * 16 * D);
     const int pn = nch * 16;
     s.scores.resize(size_t(pn) * 6);
     float* ksv = s.scores.data();  // int8: the keys' and values' scales, 0 past n
@@ -225,9 +228,11 @@ struct Ops {
       for (int dc = 0; dc < NV; ++dc) {
         __m512 r[16];
         for (int j = 0; j < 16; ++j)
-          r[j] = j < nk ? load_row16(c.k, c.dtype, base + int64_t(16 * ch + j) * st + 16 * dc) : _mm512_setzero_ps();
+          r[j] = j >= nk        ? _mm512_setzero_ps()
+                 : packed_keys ? _mm512_loadu_ps(packed_keys + int64_t(16 * ch + j) * D + 16 * dc)
+                               : load_row16(c.k, c.dtype, base + int64_t(16 * ch + j) * st + 16 * dc);
         transpose16(r);
-        for (int e = 0; e < 16; ++e) _mm512_storeu_ps(s.kt.data() + (size_t(ch) * D + 16 * dc + e) * 16, r[e]);
+        for (int e = 0; e < 16; ++e) _mm512_storeu_ps(s.tiles.data() + (size_t(ch) * D + 16 * dc + e) * 16, r[e]);
       }
       if (i8)
         for (int j = 0; j < 16; ++j) {
@@ -245,7 +250,7 @@ struct Ops {
       const int seen = std::min(n, rows[r1 - 1].pos - p0 + 1);
       for (int ch = 0; ch * 16 < seen; ++ch) {
         __m512 o[4];
-        scores4_t<NV>(q, s.kt.data() + size_t(ch) * 16 * D, o);
+        scores4_t<NV>(q, s.tiles.data() + size_t(ch) * 16 * D, o);
         for (int r = 0; r < 4; ++r) _mm512_storeu_ps(sc + size_t(r) * pn + 16 * ch, o[r]);
       }
       for (int r = r0; r < r1; ++r) {
@@ -346,6 +351,18 @@ struct Ops {
       m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_maskz_loadu_ps(k, x + i)));
     }
     return _mm512_reduce_max_ps(m);
+  }
+  // A 4-bit row (attention.h) of D values: (code - 8) * its group's scale.
+  static void dequant_q4(const uint8_t* q, const float* sc, float* d, int D) {
+    const __m512i low = _mm512_set1_epi32(15), eight = _mm512_set1_epi32(8);
+    for (int g = 0; g < D / kQ4Group; ++g, q += kQ4Group / 2, d += kQ4Group) {
+      const __m512i w = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
+      const __m512 s = _mm512_set1_ps(sc[g]);
+      const __m512i lo = _mm512_sub_epi32(_mm512_and_si512(w, low), eight);
+      const __m512i hi = _mm512_sub_epi32(_mm512_srli_epi32(w, 4), eight);
+      _mm512_storeu_ps(d, _mm512_mul_ps(_mm512_cvtepi32_ps(lo), s));
+      _mm512_storeu_ps(d + 16, _mm512_mul_ps(_mm512_cvtepi32_ps(hi), s));
+    }
   }
   static void quantize_i8(const float* x, float s, int8_t* q, int n) {
     const __m512 vs = _mm512_set1_ps(s), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);

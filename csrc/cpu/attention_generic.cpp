@@ -65,6 +65,14 @@ struct Ops {
     for (int i = 0; i < n; ++i) m = std::max(m, std::fabs(x[i]));
     return m;
   }
+  // A 4-bit row (attention.h) of D values: (code - 8) * its group's scale.
+  static void dequant_q4(const uint8_t* q, const float* sc, float* d, int D) {
+    for (int g = 0; g < D / kQ4Group; ++g, q += kQ4Group / 2, d += kQ4Group)
+      for (int j = 0; j < kQ4Group / 2; ++j) {
+        d[j] = float(int(q[j] & 15) - 8) * sc[g];
+        d[j + kQ4Group / 2] = float(int(q[j] >> 4) - 8) * sc[g];
+      }
+  }
   static void quantize_i8(const float* x, float s, int8_t* q, int n) {
     for (int i = 0; i < n; ++i) q[i] = int8_t(std::min(127.0f, std::max(-127.0f, std::nearbyint(x[i] / s))));
   }

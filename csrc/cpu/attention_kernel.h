@@ -93,6 +93,21 @@ static inline float quantize_row_i8(const float* x, int8_t* q, int n) {
   return s;
 }
 
+// 4-bit K/V, one group of 32 values (attention.h): d = m / -8 for m the value of largest magnitude (the
+// first of equals), codes min(15, floor(x / d + 8.5)); a group of zeros stores d = 0 and codes 8. A
+// division, not x * (1 / d): the reference (kernels/reference.py) computes the same floats.
+static inline float quantize_group_q4(const float* x, uint8_t* q) {
+  float amax = 0.0f, m = 0.0f;
+  for (int i = 0; i < kQ4Group; ++i)
+    if (std::fabs(x[i]) > amax) amax = std::fabs(x[i]), m = x[i];
+  const float d = m / -8.0f;
+  uint8_t c[kQ4Group];
+  for (int i = 0; i < kQ4Group; ++i)
+    c[i] = d == 0.0f ? 8 : uint8_t(std::min(15.0f, std::floor(x[i] / d + 8.5f)));
+  for (int j = 0; j < kQ4Group / 2; ++j) q[j] = uint8_t(c[j] | (c[j + kQ4Group / 2] << 4));
+  return d;
+}
+
 template <class Ops>
 void write_kv_cache(const float* k, const float* v, int64_t n_tokens, const int64_t* slots,
                     const KvCacheView& c) {
@@ -121,6 +136,13 @@ void write_kv_cache(const float* k, const float* v, int64_t n_tokens, const int6
             for (int h = 0; h < KV; ++h) scales[h] = quantize_row_i8<Ops>(src + h * D, q + h * D, D);
             break;
           }
+          case KvDtype::Q4: {
+            const int groups = int(row / kQ4Group);
+            float* scales = (pass ? c.v_scale : c.k_scale) + slot * groups;
+            uint8_t* q = static_cast<uint8_t*>(dst) + slot * (row / 2);
+            for (int g = 0; g < groups; ++g) scales[g] = quantize_group_q4(src + g * kQ4Group, q + g * (kQ4Group / 2));
+            break;
+          }
         }
       }
     }
@@ -137,12 +159,13 @@ struct Row {
 
 struct Scratch {
   std::vector<float> kt, vt, scores, acc, m, l;
+  std::vector<float> tiles;  // a tile kernel's keys, transposed (Ops::tile_rows)
 };
 
 // n consecutive tokens (slot0...) of kv head h as float rows in tmp (D apart); int8 rows as their
-// codes (the caller applies the scales). A head's rows in the cache sit a token row (KV x D
+// codes (the caller applies the scales), 4-bit rows as their values. A head's rows in the cache sit a token row (KV x D
 // elements) apart, so a block's rows share a few L1 sets and evict each other; rows read by many
-// queries (prefill) are copied once into these contiguous ones. f16 rows always come this way.
+// queries (prefill) are copied once into these contiguous ones. f16 and 4-bit rows always come this way.
 template <class Ops>
 static const float* packed_rows(const KvCacheView& c, bool value, int64_t slot0, int n, int h, float* tmp) {
   const int KV = c.kv_heads, D = c.head_dim;
@@ -164,6 +187,11 @@ static const float* packed_rows(const KvCacheView& c, bool value, int64_t slot0,
         for (int i = 0; i < D; ++i) d[i] = float(p[i]);
         break;
       }
+      case KvDtype::Q4: {  // codes and scales at half and 1/32 of the element offset
+        const float* sc = (value ? c.v_scale : c.k_scale) + o / kQ4Group;
+        Ops::dequant_q4(static_cast<const uint8_t*>(src) + o / 2, sc, d, D);
+        break;
+      }
     }
   }
   return tmp;
@@ -181,7 +209,7 @@ static void block_scores(const KvCacheView& c, int64_t slot0, int n, int h, cons
   else switch (c.dtype) {
     case KvDtype::F32: Ops::scores(q, static_cast<const float*>(c.k) + base, st, n, D, sc); break;
     case KvDtype::BF16: Ops::scores(q, static_cast<const uint16_t*>(c.k) + base, st, n, D, sc); break;
-    case KvDtype::F16: break;  // always packed
+    case KvDtype::F16: case KvDtype::Q4: break;  // always packed
     case KvDtype::I8: Ops::scores(q, static_cast<const int8_t*>(c.k) + base, st, n, D, sc); break;
   }
   if (c.dtype == KvDtype::I8) {
@@ -205,14 +233,19 @@ static void block_values(const KvCacheView& c, int64_t slot0, int n, int h, floa
   switch (c.dtype) {
     case KvDtype::F32: Ops::accum(p, static_cast<const float*>(c.v) + base, st, n, D, acc); break;
     case KvDtype::BF16: Ops::accum(p, static_cast<const uint16_t*>(c.v) + base, st, n, D, acc); break;
-    case KvDtype::F16: break;  // always packed
+    case KvDtype::F16: case KvDtype::Q4: break;  // always packed
     case KvDtype::I8: Ops::accum(p, static_cast<const int8_t*>(c.v) + base, st, n, D, acc); break;
   }
 }
 
-// Bytes of one cached K or V element.
-static inline int64_t kv_elem_bytes(const KvCacheView& c) {
-  return c.dtype == KvDtype::F32 ? 4 : c.dtype == KvDtype::I8 ? 1 : 2;
+// Bytes of one cached K or V row (one token, one kv head).
+static inline int64_t kv_row_bytes(const KvCacheView& c) {
+  switch (c.dtype) {
+    case KvDtype::F32: return int64_t(c.head_dim) * 4;
+    case KvDtype::I8: return c.head_dim;
+    case KvDtype::Q4: return c.head_dim / 2;
+    default: return int64_t(c.head_dim) * 2;
+  }
 }
 
 // Asks for the K and V rows of kv head h of the tokens [slot0, slot0 + n) ahead of their use (the
@@ -222,7 +255,7 @@ static inline int64_t kv_elem_bytes(const KvCacheView& c) {
 // (prefetch.h); with the hints kept, a Zen 4 run of the AVX2 kernel found them no better than the loads.
 template <class Ops, int Locality>
 static inline void prefetch_rows(const KvCacheView& c, int64_t slot0, int n, int h) {
-  const int64_t row = int64_t(c.head_dim) * kv_elem_bytes(c), st = int64_t(c.kv_heads) * row;
+  const int64_t row = kv_row_bytes(c), st = int64_t(c.kv_heads) * row;
   const int64_t base = (slot0 * c.kv_heads + h) * row;
   const char* k = static_cast<const char*>(c.k) + base;
   const char* v = static_cast<const char*>(c.v) + base;
@@ -247,16 +280,17 @@ static inline void prefetch_rows(const KvCacheView& c, int64_t slot0, int n, int
 // order, the way the hardware's own prefetcher streams; with fewer heads, head h0 + i's rows.
 template <class Ops>
 static inline void prefetch_block_part(const KvCacheView& c, int64_t slot0, int n, int h0, int nh, int i) {
-  if (c.dtype == KvDtype::I8 && i == 0) {  // the int8 scales: a float per token and kv head
-    const char* ks = reinterpret_cast<const char*>(c.k_scale + slot0 * c.kv_heads);
-    const char* vs = reinterpret_cast<const char*>(c.v_scale + slot0 * c.kv_heads);
-    for (int64_t b = 0; b < int64_t(n) * c.kv_heads * 4; b += 64) {
+  if ((c.dtype == KvDtype::I8 || c.dtype == KvDtype::Q4) && i == 0) {  // the scales of the next block
+    const int64_t per_token = int64_t(c.kv_heads) * (c.dtype == KvDtype::Q4 ? c.head_dim / kQ4Group : 1);
+    const char* ks = reinterpret_cast<const char*>(c.k_scale + slot0 * per_token);
+    const char* vs = reinterpret_cast<const char*>(c.v_scale + slot0 * per_token);
+    for (int64_t b = 0; b < int64_t(n) * per_token * 4; b += 64) {
       prefetch<2>(ks + b);
       prefetch<2>(vs + b);
     }
   }
   if (nh != c.kv_heads) return prefetch_rows<Ops, 2>(c, slot0, n, h0 + i);
-  const int64_t token = int64_t(c.kv_heads) * c.head_dim * kv_elem_bytes(c);
+  const int64_t token = int64_t(c.kv_heads) * kv_row_bytes(c);
   const char* k = static_cast<const char*>(c.k) + slot0 * token;
   const char* v = static_cast<const char*>(c.v) + slot0 * token;
   const int64_t bytes = int64_t(n) * token, b0 = bytes * i / nh & ~int64_t(63), b1 = bytes * (i + 1) / nh;
@@ -291,7 +325,8 @@ void attend_range(const Row* rows, int R, int h0, int nh, const int32_t* table, 
   const float NEG = -std::numeric_limits<float>::infinity();
   // Rows of a head read by this many queries or more are packed first (packed_rows).
   constexpr int kPackRows = 4;
-  const bool pack = c.dtype == KvDtype::F16 || R >= kPackRows;
+  const bool always_packed = c.dtype == KvDtype::F16 || c.dtype == KvDtype::Q4;
+  const bool pack = always_packed || R >= kPackRows;
   if (pack) s.kt.resize(size_t(bs) * D), s.vt.resize(size_t(bs) * D);
   s.scores.resize(bs);
   std::fill(m, m + NR, NEG);
@@ -321,16 +356,18 @@ void attend_range(const Row* rows, int R, int h0, int nh, const int32_t* table, 
       }
       const float *packed_keys = nullptr, *packed_values = nullptr;
       if (pack) packed_values = packed_rows<Ops>(c, true, slot0, n, h, s.vt.data());
+      // 4-bit keys: the tile kernel reads them from here (it converts every other dtype itself).
+      if (c.dtype == KvDtype::Q4) packed_keys = packed_rows<Ops>(c, false, slot0, n, h, s.kt.data());
       // Where the variant has one, a tile kernel takes every row of the head at once (keys transposed;
       // R >= kPackRows, so the values are packed).
       if constexpr (Ops::kTileRows) {
         if (R >= kPackRows && Ops::tile_rows_ok(D)) {
           Ops::tile_rows(c, slot0, n, h, p0, rows + i * R, R, scale, m + i * R, l + i * R, acc + size_t(i) * R * D,
-                         packed_values, s);
+                         packed_keys, packed_values, s);
           continue;
         }
       }
-      if (pack) packed_keys = packed_rows<Ops>(c, false, slot0, n, h, s.kt.data());
+      if (pack && !packed_keys) packed_keys = packed_rows<Ops>(c, false, slot0, n, h, s.kt.data());
       for (int r = i * R; r < (i + 1) * R; ++r) {
         const Row& row = rows[r];
         const int nv = std::min(n, row.pos - p0 + 1);

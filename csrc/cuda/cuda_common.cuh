@@ -11,6 +11,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "cpu/attention.h"
+
 namespace mpt::cuda {
 
 inline void check(cudaError_t e, const char* what) {
@@ -21,6 +23,12 @@ inline void check(cudaError_t e, const char* what) {
       e == cudaErrorInvalidDevice)
     throw std::invalid_argument(msg);
   throw std::runtime_error(msg);
+}
+
+// The 4-bit KV cache has CPU kernels only.
+inline void require_gpu_kv_dtype(const KvCacheView& c) {
+  if (c.dtype == KvDtype::Q4)
+    throw std::invalid_argument("4-bit KV caches run on the CPU only: use int8 or a float KV dtype on the GPU");
 }
 
 // After every launch: configuration errors surface here (execution errors surface at the next sync).

@@ -60,6 +60,7 @@ __global__ void write_kv_i8_kernel(const float* __restrict__ k, const float* __r
 void write_kv_cache(Launch l, const float* k, const float* v, int64_t n_tokens, const int64_t* slots,
                     const int64_t* slots_host, const KvCacheView& c) {
   check_kv_slots(slots_host, n_tokens, c);  // the CPU kernels' checks and messages
+  require_gpu_kv_dtype(c);
   DeviceScope scope(l.device, l.stream);
   cudaStream_t st = scope.stream();
   if (n_tokens == 0) return;
@@ -81,6 +82,7 @@ void write_kv_cache(Launch l, const float* k, const float* v, int64_t n_tokens, 
       write_kv_i8_kernel<<<grid, kThreads, 0, st>>>(k, v, slots, static_cast<int8_t*>(c.k), static_cast<int8_t*>(c.v),
                                                     c.k_scale, c.v_scale, c.kv_heads, c.head_dim);
       break;
+    case KvDtype::Q4: break;  // refused above (require_gpu_kv_dtype)
   }
   check_launch("write_kv_kernel");
 }

@@ -413,6 +413,7 @@ Plan plan(const AttnArgs& ah, int64_t n_rows, const KvCacheView& c) {
 
 int64_t paged_attention_workspace(bool decode, const AttnArgs& ah, int64_t n_rows, const KvCacheView& c) {
   check_attention_args(ah, c, decode, n_rows);
+  require_gpu_kv_dtype(c);
   if (n_rows == 0 || ah.num_seqs == 0) return 0;
   return plan(ah, n_rows, c).workspace;
 }
@@ -420,6 +421,7 @@ int64_t paged_attention_workspace(bool decode, const AttnArgs& ah, int64_t n_row
 void paged_attention(Launch l, bool decode, const AttnArgs& a, const AttnArgs& ah, int64_t n_rows,
                      const KvCacheView& c, float* workspace, int64_t workspace_size) {
   check_attention_args(ah, c, decode, n_rows);  // the CPU kernels' checks, on the host copies
+  require_gpu_kv_dtype(c);
   if (c.head_dim > kMaxHeadDim)
     throw std::invalid_argument("CUDA paged attention supports head_dim <= " + std::to_string(kMaxHeadDim) +
                                 ", got " + std::to_string(c.head_dim));
@@ -456,6 +458,7 @@ void paged_attention(Launch l, bool decode, const AttnArgs& a, const AttnArgs& a
       case KvDtype::BF16: done = launch_decode<__nv_bfloat16>(st, p); break;
       case KvDtype::F16: done = launch_decode<__half>(st, p); break;
       case KvDtype::I8: done = launch_decode<int8_t>(st, p); break;
+      case KvDtype::Q4: break;  // refused above (require_gpu_kv_dtype)
     }
   }
   if (!done) {
@@ -464,6 +467,7 @@ void paged_attention(Launch l, bool decode, const AttnArgs& a, const AttnArgs& a
       case KvDtype::BF16: launch_dtype<__nv_bfloat16>(st, p); break;
       case KvDtype::F16: launch_dtype<__half>(st, p); break;
       case KvDtype::I8: launch_dtype<int8_t>(st, p); break;
+      case KvDtype::Q4: break;  // refused above (require_gpu_kv_dtype)
     }
   }
   if (p.num_parts > 1) {

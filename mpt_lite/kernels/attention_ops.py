@@ -12,33 +12,53 @@ from .extension import _C, launch
 # A layer's cache is a pair of tensors k_cache, v_cache of shape (num_blocks, block_size,
 # kv_heads, head_dim) in float32, bfloat16, float16 or int8; int8 caches carry float32 scales
 # k_scale, v_scale of shape (num_blocks, block_size, kv_heads): value = int8 * scale, with
-# scale = absmax / 127 over one token and head. A slot is block * block_size + offset.
+# scale = absmax / 127 over one token and head. 4-bit caches (llama.cpp's q4_0 as a KV type) are
+# uint8 tensors of shape (num_blocks, block_size, kv_heads, head_dim // 2), two codes a byte, with
+# float32 scales of shape (num_blocks, block_size, kv_heads, head_dim // 32), one per 32 values
+# (csrc/cpu/attention.h; kernels.reference.ref_quantize_kv_q4); CPU only. A slot is
+# block * block_size + offset.
 
-KV_CACHE_DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.int8: 3}
+KV_CACHE_DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.int8: 3, torch.uint8: 4}
+Q4_GROUP = 32  # values a scale in a 4-bit cache
 
 
-def _cache_args(k_cache, v_cache, k_scale, v_scale) -> "_C.KvCache":
+def cache_geometry(k_cache: torch.Tensor, v_cache: torch.Tensor, k_scale: torch.Tensor | None,
+                   v_scale: torch.Tensor | None) -> tuple[int, int, int, int]:
+    """Checks a layer's cache tensors (and their scales, exactly for int8 and 4-bit caches);
+    returns (num_blocks, block_size, kv_heads, head_dim)."""
     check_tensor("k_cache", k_cache, tuple(KV_CACHE_DTYPES), ndim=4, device=op_device("k_cache", k_cache))
     check_tensor("v_cache", v_cache, (k_cache.dtype,), ndim=4, device=k_cache.device)
     if v_cache.shape != k_cache.shape:
         raise ValueError(f"k_cache and v_cache differ in shape: {tuple(k_cache.shape)} vs {tuple(v_cache.shape)}")
-    num_blocks, block_size, kv_heads, head_dim = k_cache.shape
-    if min(block_size, kv_heads, head_dim) == 0:
+    num_blocks, block_size, kv_heads, last = k_cache.shape
+    if min(block_size, kv_heads, last) == 0:
         raise ValueError(f"empty KV cache dimensions: {tuple(k_cache.shape)}")
-    scales = (0, 0)
-    if k_cache.dtype == torch.int8:
+    q4 = k_cache.dtype == torch.uint8
+    head_dim = 2 * last if q4 else last
+    if q4 and k_cache.device.type != "cpu":
+        raise ValueError("4-bit (uint8) KV caches run on the CPU only: use int8 or a float KV dtype on the GPU")
+    if q4 and head_dim % Q4_GROUP:
+        raise ValueError(f"a 4-bit KV cache needs head_dim a multiple of {Q4_GROUP}, got {head_dim}")
+    if k_cache.dtype in (torch.int8, torch.uint8):
+        kind = "an int8" if k_cache.dtype == torch.int8 else "a 4-bit"
+        want = (num_blocks, block_size, kv_heads) + ((head_dim // Q4_GROUP,) if q4 else ())
         for name, s in (("k_scale", k_scale), ("v_scale", v_scale)):
             if s is None:
-                raise ValueError(f"an int8 KV cache needs {name}")
-            check_tensor(name, s, (torch.float32,), ndim=3, device=k_cache.device)
-            if tuple(s.shape) != (num_blocks, block_size, kv_heads):
-                raise ValueError(f"{name} must have shape {(num_blocks, block_size, kv_heads)}, got {tuple(s.shape)}")
-        scales = (ptr(k_scale), ptr(v_scale))
+                raise ValueError(f"{kind} KV cache needs {name}")
+            check_tensor(name, s, (torch.float32,), ndim=len(want), device=k_cache.device)
+            if tuple(s.shape) != want:
+                raise ValueError(f"{name} must have shape {want}, got {tuple(s.shape)}")
     elif k_scale is not None or v_scale is not None:
-        raise ValueError("k_scale/v_scale belong to int8 KV caches only")
-    return _C.KvCache(k=ptr(k_cache), v=ptr(v_cache), k_scale=scales[0], v_scale=scales[1],
-                      dtype=KV_CACHE_DTYPES[k_cache.dtype], num_slots=num_blocks * block_size, kv_heads=kv_heads,
-                      head_dim=head_dim, block_size=block_size)
+        raise ValueError("k_scale/v_scale belong to int8 and 4-bit KV caches only")
+    return num_blocks, block_size, kv_heads, head_dim
+
+
+def _cache_args(k_cache, v_cache, k_scale, v_scale) -> "_C.KvCache":
+    num_blocks, block_size, kv_heads, head_dim = cache_geometry(k_cache, v_cache, k_scale, v_scale)
+    scaled = k_cache.dtype in (torch.int8, torch.uint8)
+    return _C.KvCache(k=ptr(k_cache), v=ptr(v_cache), k_scale=ptr(k_scale) if scaled else 0,
+                      v_scale=ptr(v_scale) if scaled else 0, dtype=KV_CACHE_DTYPES[k_cache.dtype],
+                      num_slots=num_blocks * block_size, kv_heads=kv_heads, head_dim=head_dim, block_size=block_size)
 
 
 def _as_f32(name: str, t: object, shape_tail: tuple, device: str | torch.device = "cpu") -> torch.Tensor:
@@ -94,7 +114,7 @@ def write_kv_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor
     threads = check_threads(num_threads)
     cache = _cache_args(k_cache, v_cache, k_scale, v_scale)
     dev = k_cache.device
-    tail = tuple(k_cache.shape[2:])
+    tail = (cache.kv_heads, cache.head_dim)
     key, value = _as_f32("key", key, tail, dev), _as_f32("value", value, tail, dev)
     if key.shape != value.shape:
         raise ValueError(f"key and value differ in shape: {tuple(key.shape)} vs {tuple(value.shape)}")
@@ -115,7 +135,7 @@ def _attention(decode: bool, query, k_cache, v_cache, block_tables, context_lens
         raise ValueError(f"split_tokens must be a non-negative integer, got {split_tokens!r}")
     cache = _cache_args(k_cache, v_cache, k_scale, v_scale)
     dev = k_cache.device
-    kv_heads, head_dim = k_cache.shape[2:]
+    kv_heads, head_dim = cache.kv_heads, cache.head_dim
     check_tensor("query", query, (torch.float32, torch.bfloat16, torch.float16), ndim=3, device=dev)
     if query.shape[2] != head_dim:
         raise ValueError(f"query head_dim {query.shape[2]} differs from the cache's {head_dim}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .attention_ops import KV_CACHE_DTYPES
+from .attention_ops import KV_CACHE_DTYPES, cache_geometry
 from .checks import check_int4_scales, check_tensor, check_threads, ptr
 from .extension import _C
 from .layouts import AMX_MIN_ROWS, Q8_GEMM_MIN_K, Q8_MAX_ROWS, int4_groups, nf4_q8_ok
@@ -99,14 +99,7 @@ class DecodePlan:
     def set_cache(self, layer: int, k_cache: torch.Tensor, v_cache: torch.Tensor, k_scale: torch.Tensor | None,
                   v_scale: torch.Tensor | None) -> None:
         """One layer's paged cache, (num_blocks, block_size, kv_heads, head_dim) each (see attention_ops)."""
-        check_tensor("k_cache", k_cache, tuple(KV_CACHE_DTYPES), ndim=4)
-        check_tensor("v_cache", v_cache, (k_cache.dtype,), ndim=4)
-        if v_cache.shape != k_cache.shape:
-            raise ValueError("k_cache and v_cache differ in shape")
-        int8 = k_cache.dtype == torch.int8
-        if int8 != (k_scale is not None) or int8 != (v_scale is not None):
-            raise ValueError("k_scale/v_scale are given exactly for int8 KV caches")
-        nb, bs, kvh, hd = k_cache.shape
+        nb, bs, kvh, hd = cache_geometry(k_cache, v_cache, k_scale, v_scale)
         self._plan.set_cache(layer=layer, k=self._hold(k_cache), v=self._hold(v_cache), k_scale=self._hold(k_scale),
                              v_scale=self._hold(v_scale), dtype=KV_CACHE_DTYPES[k_cache.dtype], num_slots=nb * bs,
                              kv_heads=kvh, head_dim=hd, block_size=bs)

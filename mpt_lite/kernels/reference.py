@@ -299,6 +299,25 @@ def ref_quantize_kv_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.to(torch.int8), s
 
 
+def ref_quantize_kv_q4(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., head_dim) float32 -> 4-bit KV codes (..., head_dim // 2) uint8 and scales (..., head_dim // 32)
+    float32, as the kernel stores them (csrc/cpu/attention.h): per group of 32 values d = m / -8 for m the
+    value of largest magnitude, code = min(15, floor(x / d + 8.5)); byte j of a group = code j | code j+16 << 4."""
+    g = x.float().reshape(*x.shape[:-1], -1, 32)
+    m = g.gather(-1, g.abs().argmax(-1, keepdim=True))
+    d = m / -8.0
+    codes = torch.where(d != 0, torch.floor(g / d + 8.5).clamp(max=15), torch.full_like(g, 8)).to(torch.uint8)
+    packed = codes[..., :16] | (codes[..., 16:] << 4)
+    return packed.reshape(*x.shape[:-1], -1), d.squeeze(-1)
+
+
+def ref_dequantize_kv_q4(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The float32 values of 4-bit KV codes (..., head_dim // 2) with their scales (..., head_dim // 32)."""
+    b = codes.reshape(*codes.shape[:-1], -1, 16)
+    c = torch.cat([b & 15, b >> 4], dim=-1).float() - 8.0
+    return (c * scales[..., None]).reshape(*codes.shape[:-1], -1)
+
+
 def ref_write_kv_cache(key, value, k_cache, v_cache, slot_mapping, k_scale=None, v_scale=None) -> None:
     keep = slot_mapping >= 0
     slots = slot_mapping[keep]
@@ -309,6 +328,10 @@ def ref_write_kv_cache(key, value, k_cache, v_cache, slot_mapping, k_scale=None,
             q, s = ref_quantize_kv_int8(x)
             flat[slots] = q
             scales.view(-1, scales.shape[-1])[slots] = s
+        elif cache.dtype == torch.uint8:
+            q, s = ref_quantize_kv_q4(x)
+            flat[slots] = q
+            scales.view(-1, *scales.shape[2:])[slots] = s
         else:
             flat[slots] = x.to(cache.dtype)
 
@@ -316,10 +339,13 @@ def ref_write_kv_cache(key, value, k_cache, v_cache, slot_mapping, k_scale=None,
 def _ref_gather(cache, scales, table, ctx) -> torch.Tensor:
     bs = cache.shape[1]
     blocks = table[: (ctx + bs - 1) // bs].long()
-    x = cache[blocks].float()
+    if cache.dtype == torch.uint8:
+        x = ref_dequantize_kv_q4(cache[blocks], scales[blocks])
+    else:
+        x = cache[blocks].float()
     if cache.dtype == torch.int8:
         x = x * scales[blocks][..., None]
-    return x.reshape(-1, *cache.shape[2:])[:ctx]
+    return x.reshape(-1, *x.shape[2:])[:ctx]
 
 
 def ref_paged_attention_prefill(query, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale,

@@ -55,8 +55,10 @@ class Engine:
         native_step.py; MPT_LITE_NATIVE_STEP=0 turns it off), False always runs the torch path
         (model.forward_paged), True insists on the native step (ValueError when unsupported).
         assistant_model: a smaller MPT sharing the tokenizer that drafts tokens (speculative decoding).
-        kv_dtype: None takes runtime.kv_budget.kv_dtype_of(model) (MPT_LITE_KV_DTYPE when set, else the
-        model's float dtype, float32 for a quantized model)."""
+        kv_dtype: float32, bfloat16, float16, int8, or torch.quint4x2 for the 4-bit cache (CPU only; a
+        half of int8's bytes for K/V, plus a float32 scale per 32 values); None takes
+        runtime.kv_budget.kv_dtype_of(model) (MPT_LITE_KV_DTYPE when set, else the model's float dtype,
+        float32 for a quantized model)."""
         if not hasattr(model, "forward_paged") or not hasattr(model, "logits"):
             raise TypeError(f"Engine needs an MptForCausalLM, got {type(model).__name__}")
         if not isinstance(max_num_seqs, int) or max_num_seqs < 1:

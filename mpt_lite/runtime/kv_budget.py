@@ -9,18 +9,19 @@ from typing import Any
 import torch
 
 from .block_manager import DEFAULT_BLOCK_SIZE
-from .kv_cache import PagedKVCache
+from .kv_cache import Q4_KV_DTYPE, PagedKVCache
 
 FREE_MEMORY_SHARE = 0.5
 
 
 KV_DTYPE_ENV = "MPT_LITE_KV_DTYPE"
-KV_DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "int8": torch.int8}
+KV_DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "int8": torch.int8,
+                  "int4": Q4_KV_DTYPE}
 
 
 def kv_dtype_of(model: Any) -> torch.dtype:
     """The KV dtype an Engine picks for the model when it is not given one: MPT_LITE_KV_DTYPE (float32,
-    bfloat16, float16 or int8) when set, else the model's dtype where that is a float dtype, else float32
+    bfloat16, float16, int8 or int4: torch.quint4x2, the 4-bit cache, CPU only) when set, else the model's dtype where that is a float dtype, else float32
     (a 4-bit or 8-bit model computes in float32). At long contexts the cache's bytes decide decode speed:
     int8 KV decodes a synthetic 1.3B at 2048 tokens about 2x faster than float32 (docs/benchmarks.md)."""
     name = os.environ.get(KV_DTYPE_ENV, "")

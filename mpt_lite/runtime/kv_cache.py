@@ -12,15 +12,28 @@ from ..model.attention_backend import PagedAttention, PagedBatch
 from .block_manager import DEFAULT_BLOCK_SIZE, BlockManager, CacheExhaustedError, SeqBlocks
 
 
+# KV dtypes an engine takes: the kernels' cache dtypes, with torch.quint4x2 naming the 4-bit cache
+# (kernels.attention_ops: uint8 codes, two a byte, and a float32 scale per 32 values; CPU only).
+Q4_KV_DTYPE = torch.quint4x2
+KV_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.int8, Q4_KV_DTYPE)
+
+
 class PagedKVCache(BlockManager):
     def __init__(self, n_layers: int, kv_heads: int, head_dim: int, *, block_size: int = DEFAULT_BLOCK_SIZE,
                  num_blocks: int | None = None, max_bytes: int | None = None,
                  dtype: torch.dtype = torch.float32, prefix_caching: bool = True,
                  device: torch.device | str = "cpu") -> None:
-        if dtype not in kernels.KV_CACHE_DTYPES:
-            raise TypeError(f"KV cache dtype must be one of {', '.join(map(str, kernels.KV_CACHE_DTYPES))}, got {dtype}")
+        if dtype not in KV_DTYPES:
+            raise TypeError(f"KV cache dtype must be one of {', '.join(map(str, KV_DTYPES))} (quint4x2: 4-bit), "
+                            f"got {dtype}")
         if not isinstance(block_size, int) or block_size < 1:
             raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+        q4 = dtype == Q4_KV_DTYPE
+        if q4 and head_dim % kernels.Q4_GROUP:
+            raise ValueError(f"a 4-bit KV cache (quint4x2) needs head_dim a multiple of {kernels.Q4_GROUP}, "
+                             f"got {head_dim}")
+        if q4 and torch.device(device).type != "cpu":
+            raise ValueError("a 4-bit KV cache (quint4x2) runs on the CPU only: use int8 or a float KV dtype on the GPU")
         self.n_layers, self.kv_heads, self.head_dim, self.dtype = n_layers, kv_heads, head_dim, dtype
         self.bytes_per_block = self.block_bytes(n_layers, kv_heads, head_dim, block_size, dtype)
         if (num_blocks is None) == (max_bytes is None):
@@ -32,22 +45,28 @@ class PagedKVCache(BlockManager):
                 f"the KV cache budget holds no block (one block of {block_size} tokens needs "
                 f"{self.bytes_per_block} bytes over {n_layers} layers)")
         super().__init__(num_blocks, block_size, prefix_caching)
-        shape = (num_blocks, block_size, kv_heads, head_dim)
+        rows = (num_blocks, block_size, kv_heads)
+        shape = rows + ((head_dim // 2,) if q4 else (head_dim,))
+        storage = torch.uint8 if q4 else dtype
         self.device = torch.device(device)
         # torch.empty: pages are committed by the OS only when written, so a large budget is cheap
         # (on a GPU the whole budget is allocated at once).
-        self.k = [torch.empty(shape, dtype=dtype, device=self.device) for _ in range(n_layers)]
-        self.v = [torch.empty(shape, dtype=dtype, device=self.device) for _ in range(n_layers)]
-        if dtype == torch.int8:
-            self.k_scale = [torch.empty(shape[:3], device=self.device) for _ in range(n_layers)]
-            self.v_scale = [torch.empty(shape[:3], device=self.device) for _ in range(n_layers)]
+        self.k = [torch.empty(shape, dtype=storage, device=self.device) for _ in range(n_layers)]
+        self.v = [torch.empty(shape, dtype=storage, device=self.device) for _ in range(n_layers)]
+        if dtype in (torch.int8, Q4_KV_DTYPE):
+            scales = rows + ((head_dim // kernels.Q4_GROUP,) if q4 else ())
+            self.k_scale = [torch.empty(scales, device=self.device) for _ in range(n_layers)]
+            self.v_scale = [torch.empty(scales, device=self.device) for _ in range(n_layers)]
         else:
             self.k_scale = self.v_scale = [None] * n_layers
 
     @staticmethod
     def block_bytes(n_layers: int, kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype) -> int:
-        per_token = kv_heads * (head_dim * torch.empty((), dtype=dtype).element_size() + (4 if dtype == torch.int8 else 0))
-        return 2 * n_layers * block_size * per_token
+        if dtype == Q4_KV_DTYPE:
+            row = head_dim // 2 + 4 * (head_dim // kernels.Q4_GROUP)
+        else:
+            row = head_dim * torch.empty((), dtype=dtype).element_size() + (4 if dtype == torch.int8 else 0)
+        return 2 * n_layers * block_size * kv_heads * row
 
     def layer(self, i: int) -> tuple:
         return self.k[i], self.v[i], self.k_scale[i], self.v_scale[i]
