@@ -22,16 +22,19 @@ import torch
 from mpt_lite import ops
 from mpt_lite.model.layers import alibi_slopes
 
-KV_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}
+KV_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8, "int4": torch.uint8}
 
 
 def filled_cache(ctx: int, kv_heads: int, head_dim: int, dtype: torch.dtype, block_size: int = 16):
     """K/V of one ctx-token sequence in shuffled blocks: (k, v, k_scale, v_scale), block table."""
     g = torch.Generator().manual_seed(0)
     nblocks = (ctx + block_size - 1) // block_size
-    shape = (nblocks + 1, block_size, kv_heads, head_dim)
+    rows = (nblocks + 1, block_size, kv_heads)
+    q4 = dtype == torch.uint8  # the 4-bit cache: two codes a byte, a float32 scale per 32 values
+    shape = rows + (head_dim // 2 if q4 else head_dim,)
     k, v = torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)
-    scales = [torch.zeros(shape[:3]), torch.zeros(shape[:3])] if dtype == torch.int8 else [None, None]
+    scale_shape = rows + ((head_dim // 32,) if q4 else ())
+    scales = [torch.zeros(scale_shape), torch.zeros(scale_shape)] if dtype in (torch.int8, torch.uint8) else [None, None]
     table = torch.randperm(nblocks + 1, generator=g)[:nblocks].to(torch.int32)
     pos = torch.arange(ctx)
     slots = table[pos // block_size].long() * block_size + pos % block_size
@@ -80,7 +83,7 @@ def main() -> None:
                                            *cache[2:], num_threads=args.threads)
 
             times = cpu_ms_per_call(call, args.repeats, args.calls)
-            nbytes = 2 * ctx * args.heads * args.head_dim * cache[0].element_size()
+            nbytes = ctx * sum(t[0, 0].numel() * t.element_size() for t in cache if t is not None)  # K, V, scales
             best = min(times)
             print(f"| {name} | {ctx} | {best:.3f} | {statistics.median(times):.3f} | {nbytes / best / 1e6:.1f} |",
                   flush=True)

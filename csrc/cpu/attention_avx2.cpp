@@ -60,6 +60,34 @@ inline void accum64(const float* p, const T* v, int64_t st, int n, float* acc) {
   for (int c = 0; c < 8; ++c) _mm256_storeu_ps(acc + 8 * c, a[c]);
 }
 
+// 4-bit rows (attention.h): the 32 values of a group as 4 x 8 floats (c - 8), values 0-7, 8-15 (low
+// nibbles), 16-23, 24-31 (high nibbles).
+inline void q4_group(const uint8_t* p, __m256* out) {
+  const __m128i low = _mm_set1_epi8(15), b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m128i lo = _mm_and_si128(b, low), hi = _mm_and_si128(_mm_srli_epi16(b, 4), low);
+  const __m256 eight = _mm256_set1_ps(8.0f);
+  out[0] = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), eight);
+  out[1] = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), eight);
+  out[2] = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), eight);
+  out[3] = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), eight);
+}
+
+// One 4-bit key's partial sums (8 lanes) against q: per group q . (c - 8) times the group's scale.
+inline __m256 q4_key(const float* q, const uint8_t* k, const float* ks, int ng) {
+  __m256 a = _mm256_setzero_ps();
+  for (int g = 0; g < ng; ++g) {
+    __m256 v[4];
+    q4_group(k + 16 * g, v);
+    const float* qg = q + 32 * g;
+    __m256 t = _mm256_mul_ps(_mm256_loadu_ps(qg), v[0]);
+    t = _mm256_fmadd_ps(_mm256_loadu_ps(qg + 8), v[1], t);
+    t = _mm256_fmadd_ps(_mm256_loadu_ps(qg + 16), v[2], t);
+    t = _mm256_fmadd_ps(_mm256_loadu_ps(qg + 24), v[3], t);
+    a = _mm256_fmadd_ps(t, _mm256_set1_ps(ks[g]), a);
+  }
+  return a;
+}
+
 struct Ops {
   // plain loads for the rows wanted next (attention_kernel.h, prefetch_rows)
   static constexpr bool kTileRows = false;  // no prefill tile kernel (attend_range's rows one by one)
@@ -82,6 +110,39 @@ struct Ops {
       float s = hsum8(_mm256_add_ps(s0, s1));
       for (; i < D; ++i) s += q[i] * load1(kj + i);
       sc[j] = s;
+    }
+  }
+
+  // 4-bit rows read in registers (attention_kernel.h: block_scores / block_values), 8 keys reduced together.
+  static constexpr bool kQ4Rows = true;
+  static bool q4_rows_ok(int D) { return D % kQ4Group == 0; }
+  static void scores_q4(const float* q, const uint8_t* k, const float* ks, int64_t st, int64_t sst, int n, int D,
+                        float* sc) {
+    const int ng = D / kQ4Group;
+    int j = 0;
+    for (; j + 8 <= n; j += 8) {
+      __m256 a[8];
+      for (int i = 0; i < 8; ++i) a[i] = q4_key(q, k + (j + i) * st, ks + (j + i) * sst, ng);
+      _mm256_storeu_ps(sc + j, hsum8x8(a));
+    }
+    for (; j < n; ++j) sc[j] = hsum8(q4_key(q, k + j * st, ks + j * sst, ng));
+  }
+  // acc += sum_j p[j] v_j over 4-bit values: a group at a time (its 4 output vectors in registers) over the keys.
+  static void accum_q4(const float* p, const uint8_t* v, const float* vs, int64_t st, int64_t sst, int n, int D,
+                       float* acc) {
+    for (int g = 0; g < D / kQ4Group; ++g) {
+      float* ag = acc + 32 * g;
+      __m256 a0 = _mm256_loadu_ps(ag), a1 = _mm256_loadu_ps(ag + 8), a2 = _mm256_loadu_ps(ag + 16),
+             a3 = _mm256_loadu_ps(ag + 24);
+      for (int j = 0; j < n; ++j) {
+        __m256 x[4];
+        q4_group(v + j * st + 16 * g, x);
+        const __m256 w = _mm256_set1_ps(p[j] * vs[j * sst + g]);
+        a0 = _mm256_fmadd_ps(w, x[0], a0), a1 = _mm256_fmadd_ps(w, x[1], a1);
+        a2 = _mm256_fmadd_ps(w, x[2], a2), a3 = _mm256_fmadd_ps(w, x[3], a3);
+      }
+      _mm256_storeu_ps(ag, a0), _mm256_storeu_ps(ag + 8, a1), _mm256_storeu_ps(ag + 16, a2),
+          _mm256_storeu_ps(ag + 24, a3);
     }
   }
 

@@ -146,6 +146,68 @@ inline void accum_rows(const float* p, const T* v, int64_t st, int n, float* acc
         _mm512_storeu_ps(acc + 112, a7);
 }
 
+// 4-bit rows (attention.h): the 16 values of a group's low (or high) nibbles as float (c - 8), through a
+// 16-entry table (vpermps reads only the low 4 bits of each index, so the low nibbles need no mask).
+inline __m512 q4_table() { return _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7); }
+inline void q4_group(const uint8_t* p, __m512 table, __m512& lo, __m512& hi) {
+  const __m512i w = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  lo = _mm512_permutexvar_ps(w, table);
+  hi = _mm512_permutexvar_ps(_mm512_srli_epi32(w, 4), table);
+}
+
+// Scores of 4-bit keys, in registers (no dequantized copy): per key, each group's q . (c - 8) times the
+// group's scale, 16 keys reduced together by hsum16. NG groups of 32 (head_dim 32 * NG).
+template <int NG>
+inline void scores16_q4(const float* q, const uint8_t* k, const float* ks, int64_t st, int64_t sst, int n, float* sc) {
+  __m512 qv[2 * NG];
+  for (int c = 0; c < 2 * NG; ++c) qv[c] = _mm512_loadu_ps(q + 16 * c);
+  const __m512 table = q4_table();
+  for (int j0 = 0; j0 < n; j0 += 16) {
+    const int nk = std::min(16, n - j0);
+    __m512 part[16];
+#pragma GCC unroll 16
+    for (int j = 0; j < 16; ++j) {
+      if (j >= nk) {
+        part[j] = _mm512_setzero_ps();
+        continue;
+      }
+      const uint8_t* kj = k + int64_t(j0 + j) * st;
+      const float* sj = ks + int64_t(j0 + j) * sst;
+      __m512 a = _mm512_setzero_ps();
+#pragma GCC unroll 4
+      for (int g = 0; g < NG; ++g) {
+        __m512 lo, hi;
+        q4_group(kj + 16 * g, table, lo, hi);
+        const __m512 t = _mm512_fmadd_ps(qv[2 * g + 1], hi, _mm512_mul_ps(qv[2 * g], lo));
+        a = _mm512_fmadd_ps(t, _mm512_set1_ps(sj[g]), a);
+      }
+      part[j] = a;
+    }
+    _mm512_mask_storeu_ps(sc + j0, nk == 16 ? __mmask16(0xffff) : tail(nk), hsum16(part));
+  }
+}
+
+// acc += sum_j p[j] v_j over 4-bit values, in registers: each group's (c - 8) times p[j] * its scale.
+template <int NG>
+inline void accum16_q4(const float* p, const uint8_t* v, const float* vs, int64_t st, int64_t sst, int n, float* acc) {
+  __m512 a[2 * NG];
+  for (int c = 0; c < 2 * NG; ++c) a[c] = _mm512_loadu_ps(acc + 16 * c);
+  const __m512 table = q4_table();
+  for (int j = 0; j < n; ++j) {
+    const uint8_t* vj = v + int64_t(j) * st;
+    const float* sj = vs + int64_t(j) * sst;
+#pragma GCC unroll 4
+    for (int g = 0; g < NG; ++g) {
+      __m512 lo, hi;
+      q4_group(vj + 16 * g, table, lo, hi);
+      const __m512 w = _mm512_set1_ps(p[j] * sj[g]);
+      a[2 * g] = _mm512_fmadd_ps(w, lo, a[2 * g]);
+      a[2 * g + 1] = _mm512_fmadd_ps(w, hi, a[2 * g + 1]);
+    }
+  }
+  for (int c = 0; c < 2 * NG; ++c) _mm512_storeu_ps(acc + 16 * c, a[c]);
+}
+
 struct Ops {
   // prefetch hints for the rows wanted next (attention_kernel.h, prefetch_rows)
   static constexpr bool kTouchAhead = false;
@@ -171,6 +233,21 @@ struct Ops {
       }
       sc[j] = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
     }
+  }
+
+  // 4-bit rows read in registers (attention_kernel.h: block_scores / block_values) for head sizes 64 and 128;
+  // other head sizes take the dequantized rows.
+  static constexpr bool kQ4Rows = true;
+  static bool q4_rows_ok(int D) { return D == 64 || D == 128; }
+  static void scores_q4(const float* q, const uint8_t* k, const float* ks, int64_t st, int64_t sst, int n, int D,
+                        float* sc) {
+    if (D == 64) scores16_q4<2>(q, k, ks, st, sst, n, sc);
+    else scores16_q4<4>(q, k, ks, st, sst, n, sc);
+  }
+  static void accum_q4(const float* p, const uint8_t* v, const float* vs, int64_t st, int64_t sst, int n, int D,
+                       float* acc) {
+    if (D == 64) accum16_q4<2>(p, v, vs, st, sst, n, acc);
+    else accum16_q4<4>(p, v, vs, st, sst, n, acc);
   }
 
   // acc += sum_j p[j] v_j, 16 columns at a time held in registers across the keys.

@@ -10,6 +10,7 @@ inline float widen(int8_t x) { return float(x); }
 
 struct Ops {
   static constexpr bool kTileRows = false;  // no prefill tile kernel (attend_range's rows one by one)
+  static constexpr bool kQ4Rows = false;  // 4-bit rows go through dequantized copies (packed_rows)
   static constexpr bool kTouchAhead = false;
   // sc[j] = q . k_j for n keys, D values each, k_j at k + j * st.
   template <class T>

@@ -197,6 +197,13 @@ static const float* packed_rows(const KvCacheView& c, bool value, int64_t slot0,
   return tmp;
 }
 
+// Whether the variant reads this 4-bit cache's rows in registers (else through dequantized copies).
+template <class Ops>
+static inline bool q4_in_registers(const KvCacheView& c) {
+  if constexpr (Ops::kQ4Rows) return c.dtype == KvDtype::Q4 && Ops::q4_rows_ok(c.head_dim);
+  return false;
+}
+
 // The keys [slot0, slot0 + n) of kv head h against query q: sc[j] = q . k_j (int8: times k's
 // scale). Keys come from packed (packed_rows) when given, else bf16 and int8 ones are widened in
 // registers.
@@ -209,7 +216,12 @@ static void block_scores(const KvCacheView& c, int64_t slot0, int n, int h, cons
   else switch (c.dtype) {
     case KvDtype::F32: Ops::scores(q, static_cast<const float*>(c.k) + base, st, n, D, sc); break;
     case KvDtype::BF16: Ops::scores(q, static_cast<const uint16_t*>(c.k) + base, st, n, D, sc); break;
-    case KvDtype::F16: case KvDtype::Q4: break;  // always packed
+    case KvDtype::F16: break;  // always packed
+    case KvDtype::Q4:  // packed unless q4_in_registers
+      if constexpr (Ops::kQ4Rows)
+        Ops::scores_q4(q, static_cast<const uint8_t*>(c.k) + base / 2, c.k_scale + base / kQ4Group, st / 2,
+                       st / kQ4Group, n, D, sc);
+      break;
     case KvDtype::I8: Ops::scores(q, static_cast<const int8_t*>(c.k) + base, st, n, D, sc); break;
   }
   if (c.dtype == KvDtype::I8) {
@@ -233,7 +245,12 @@ static void block_values(const KvCacheView& c, int64_t slot0, int n, int h, floa
   switch (c.dtype) {
     case KvDtype::F32: Ops::accum(p, static_cast<const float*>(c.v) + base, st, n, D, acc); break;
     case KvDtype::BF16: Ops::accum(p, static_cast<const uint16_t*>(c.v) + base, st, n, D, acc); break;
-    case KvDtype::F16: case KvDtype::Q4: break;  // always packed
+    case KvDtype::F16: break;  // always packed
+    case KvDtype::Q4:  // packed unless q4_in_registers
+      if constexpr (Ops::kQ4Rows)
+        Ops::accum_q4(p, static_cast<const uint8_t*>(c.v) + base / 2, c.v_scale + base / kQ4Group, st / 2,
+                      st / kQ4Group, n, D, acc);
+      break;
     case KvDtype::I8: Ops::accum(p, static_cast<const int8_t*>(c.v) + base, st, n, D, acc); break;
   }
 }
@@ -325,7 +342,7 @@ void attend_range(const Row* rows, int R, int h0, int nh, const int32_t* table, 
   const float NEG = -std::numeric_limits<float>::infinity();
   // Rows of a head read by this many queries or more are packed first (packed_rows).
   constexpr int kPackRows = 4;
-  const bool always_packed = c.dtype == KvDtype::F16 || c.dtype == KvDtype::Q4;
+  const bool always_packed = c.dtype == KvDtype::F16 || (c.dtype == KvDtype::Q4 && !q4_in_registers<Ops>(c));
   const bool pack = always_packed || R >= kPackRows;
   if (pack) s.kt.resize(size_t(bs) * D), s.vt.resize(size_t(bs) * D);
   s.scores.resize(bs);
@@ -357,7 +374,7 @@ void attend_range(const Row* rows, int R, int h0, int nh, const int32_t* table, 
       const float *packed_keys = nullptr, *packed_values = nullptr;
       if (pack) packed_values = packed_rows<Ops>(c, true, slot0, n, h, s.vt.data());
       // 4-bit keys: the tile kernel reads them from here (it converts every other dtype itself).
-      if (c.dtype == KvDtype::Q4) packed_keys = packed_rows<Ops>(c, false, slot0, n, h, s.kt.data());
+      if (pack && c.dtype == KvDtype::Q4) packed_keys = packed_rows<Ops>(c, false, slot0, n, h, s.kt.data());
       // Where the variant has one, a tile kernel takes every row of the head at once (keys transposed;
       // R >= kPackRows, so the values are packed).
       if constexpr (Ops::kTileRows) {
