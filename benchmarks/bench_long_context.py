@@ -8,7 +8,12 @@ For each KV dtype one engine per context is prefilled once; then rounds of --new
 alternating over the contexts (32, 512, ..., 32, 512, ...) in this one process, and the table
 gives the median tokens/s of --repeats rounds (in brackets: the process's CPU milliseconds per
 token, both threads together, which a loaded machine disturbs less than wall time) and each
-context's ratio to the shortest one's (the issue's target: 2048 tokens >= 0.85 of 32)."""
+context's ratio to the shortest one's (the issue's target: 2048 tokens >= 0.85 of 32).
+
+--llama-cpp-kv f16 q8_0 adds llama.cpp rows (llama-cpp-python, `make bench-setup`) on the same model's
+GGUF at --gguf-quant (bench_compare.py's conversion in --checkpoints/gguf-MODEL): the same contexts,
+prefilled once each, then the same rounds of --new decode steps. Quantized KV types need llama.cpp's
+flash attention, which this turns on for them (f16 runs without it, llama.cpp's default on the CPU)."""
 from __future__ import annotations
 
 import argparse
@@ -53,6 +58,45 @@ def prefilled_engine(model, ctx: int, kv_dtype: torch.dtype, steps: int):
     return engine
 
 
+LLAMA_KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml type ids
+
+
+def llama_cpp_row(args, kv: str) -> tuple[dict, dict]:
+    """llama.cpp's tok/s and CPU ms a token per context, timed as the mpt_lite rows are (a llama context
+    per context, each prefilled once, rounds alternating over the contexts)."""
+    import llama_cpp
+
+    gguf = Path(args.checkpoints) / f"gguf-{args.model}" / f"model-{args.gguf_quant}.gguf"
+    if not gguf.is_file():
+        raise SystemExit(f"{gguf} is missing: run benchmarks/bench_compare.py once to convert the checkpoint")
+    steps = args.new * (args.repeats + 1)
+    kw = dict(n_threads=args.threads, n_threads_batch=args.threads, n_batch=512, n_ubatch=512, verbose=False)
+    if kv != "f16":
+        kw.update(type_k=LLAMA_KV_TYPES[kv], type_v=LLAMA_KV_TYPES[kv], flash_attn=True)
+    llms = {}
+    for c in args.contexts:
+        llms[c] = llama_cpp.Llama(str(gguf), n_ctx=c + steps + 64, **kw)
+        llms[c].eval(torch.randint(0, 50000, (c,), generator=torch.Generator().manual_seed(c)).tolist())
+    times = {c: [] for c in args.contexts}
+    cpu = {c: [] for c in args.contexts}
+    for r in range(args.repeats + 1):  # round 0 warms up
+        for c, llm in llms.items():
+            t, u = time.perf_counter(), time.process_time()
+            for _ in range(args.new):
+                llm.eval([1000])  # which token does not change the cost
+            if r:
+                times[c].append(time.perf_counter() - t)
+                cpu[c].append(time.process_time() - u)
+    return ({c: args.new / statistics.median(times[c]) for c in args.contexts},
+            {c: 1e3 * statistics.median(cpu[c]) / args.new for c in args.contexts})
+
+
+def table_row(name: str, contexts: list[int], tps: dict, cms: dict) -> str:
+    base = tps[contexts[0]]
+    return (f"| {name} | " + " | ".join(f"{tps[c]:.1f} ({cms[c]:.0f})" for c in contexts) + " | "
+            + " | ".join(f"{tps[c] / base:.2f}" for c in contexts[1:]) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="125m", choices=["125m", "1.3b"])
@@ -65,6 +109,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="timed rounds per context")
     ap.add_argument("--checkpoints", default="/tmp/mpt_lite_bench", help="where the synthetic checkpoints live")
     ap.add_argument("--out", help="append the markdown table to this file")
+    ap.add_argument("--llama-cpp-kv", nargs="*", default=[], choices=list(LLAMA_KV_TYPES),
+                    help="also time llama.cpp with these KV types")
+    ap.add_argument("--gguf-quant", default="q4_0", help="llama.cpp's weights: model-QUANT.gguf")
     args = ap.parse_args()
     args.contexts = sorted(set(args.contexts))
     torch.set_num_threads(args.threads)
@@ -93,11 +140,12 @@ def main() -> None:
                     cpu[c].append(time.process_time() - u)
         tps = {c: args.new / statistics.median(times[c]) for c in args.contexts}
         cms = {c: 1e3 * statistics.median(cpu[c]) / args.new for c in args.contexts}
-        base = tps[args.contexts[0]]
-        lines.append(f"| {name} | " + " | ".join(f"{tps[c]:.1f} ({cms[c]:.0f})" for c in args.contexts) + " | "
-                     + " | ".join(f"{tps[c] / base:.2f}" for c in args.contexts[1:]) + " |")
+        lines.append(table_row(name, args.contexts, tps, cms))
         print(lines[-1], flush=True)
         del engines
+    for kv in args.llama_cpp_kv:
+        lines.append(table_row(f"llama.cpp {args.gguf_quant}, KV {kv}", args.contexts, *llama_cpp_row(args, kv)))
+        print(lines[-1], flush=True)
     table = "\n".join(lines)
     print("\n" + table)
     if args.out:
