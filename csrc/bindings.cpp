@@ -16,6 +16,7 @@
 #include "cpu/cpu_features.h"
 #include "cpu/decode_step.h"
 #include "cpu/memory_bandwidth.h"
+#include "cpu/norms.h"
 #include "cpu/quant_formats.h"
 #include "cpu/quant_search.h"
 #include "cpu/thread_pool.h"
@@ -268,6 +269,17 @@ static void bind_attention(py::module_& m) {
   // x = GELU(x) in place (float32, n), as the native step computes it with the current variant.
   m.def("gelu_inplace", [](uintptr_t x, int64_t n) { mpt::gelu_inplace(buf<float>(x, n, "x"), dim(n, "n")); },
         py::kw_only(), arg("x"), arg("n"), G());
+  // y = LayerNorm of m rows of d float32 (weight and bias: d each, bias may be 0; y may be x), on the pool.
+  m.def("layer_norm_rows", [](uintptr_t x, uintptr_t weight, uintptr_t bias, int64_t m, int64_t d, double eps,
+                              uintptr_t y) {
+    const int64_t n = dim(m, "m") * dim(d, "d");
+    mpt::layer_norm_rows(buf<const float>(x, n, "x"), buf<const float>(weight, d, "weight"),
+                         bias ? buf<const float>(bias, d, "bias") : nullptr, m, d, float(eps), buf<float>(y, n, "y"));
+  }, py::kw_only(), arg("x"), arg("weight"), arg("bias"), arg("m"), arg("d"), arg("eps"), arg("y"), G());
+  // x += y (float32, n each) on the pool.
+  m.def("add_inplace", [](uintptr_t x, uintptr_t y, int64_t n) {
+    mpt::add_inplace(buf<float>(x, n, "x"), buf<const float>(y, n, "y"), dim(n, "n"));
+  }, py::kw_only(), arg("x"), arg("y"), arg("n"), G());
 }
 
 #if MPT_LITE_WITH_CUDA

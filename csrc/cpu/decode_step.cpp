@@ -7,6 +7,7 @@
 
 #include "cpu/activations.h"
 #include "cpu/cpu_features.h"
+#include "cpu/norms.h"
 #include "cpu/quant_formats.h"
 #include "cpu/thread_pool.h"
 
@@ -100,25 +101,8 @@ void embed(const StepWeight& w, const int64_t* ids, int64_t n, float* out) {
   }
 }
 
-// LayerNorm of M rows of length d: (x - mean) / sqrt(var + eps) * weight (+ bias).
 void layer_norm(const StepNorm& nw, const float* x, int64_t M, int64_t d, float eps, float* y) {
-  parallel_for(M, 1, [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m) {
-      const float* xr = x + m * d;
-      float* yr = y + m * d;
-      double s = 0;
-      for (int64_t k = 0; k < d; ++k) s += xr[k];
-      const float mu = static_cast<float>(s / d);
-      double v = 0;
-      for (int64_t k = 0; k < d; ++k) v += double(xr[k] - mu) * double(xr[k] - mu);
-      const float r = 1.0f / std::sqrt(static_cast<float>(v / d) + eps);
-      for (int64_t k = 0; k < d; ++k) yr[k] = (xr[k] - mu) * r * nw.weight[k] + (nw.bias ? nw.bias[k] : 0.f);
-    }
-  });
-}
-
-void add_inplace(float* x, const float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] += y[i];
+  layer_norm_rows(x, nw.weight, nw.bias, M, d, eps, y);
 }
 
 }  // namespace

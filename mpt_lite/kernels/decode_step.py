@@ -23,15 +23,6 @@ def _f32(name: str, t: object, numel: int) -> torch.Tensor:
     return t
 
 
-def gelu(x: torch.Tensor) -> torch.Tensor:
-    """GELU (erf form) of a float32 CPU tensor as the native step computes it with the current CPU
-    variant (a vector erf on AVX2/AVX-512, std::erf in the portable one); for tests against torch."""
-    check_tensor("x", x, (torch.float32,), device="cpu")
-    y = x.contiguous().clone()
-    _C.gelu_inplace(x=ptr(y), n=y.numel())
-    return y
-
-
 class DecodePlan:
     def __init__(self, *, d_model: int, n_heads: int, kv_heads: int, head_dim: int, ffn: int, vocab: int,
                  n_layers: int, eps: float, clip_qkv: float | None, softmax_scale: float,

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import MptConfig
-from ..kernels import causal_alibi_attention
+from ..kernels import causal_alibi_attention, row_ops
 from .attention_backend import PagedAttention
 
 
@@ -52,6 +52,8 @@ class MptNorm(nn.Module):
             y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
             return (y * self.weight.float()).to(x.dtype)
         if x.numel() > SMALL_NORM or x.is_cuda:
+            if row_ops.applies(x, self.weight, self.bias):  # on the kernel pool, not in an OpenMP region
+                return row_ops.layer_norm(x, self.weight, self.bias, self.eps)
             return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
         # torch's layer_norm opens an OpenMP parallel region even for one row; on a small machine
         # its threads then wait for cores that mpt_lite's kernel pool holds (measured: 10x slower
@@ -206,7 +208,10 @@ class MptMLP(nn.Module):
         self.down_proj = linear(hidden, config.d_model, bias=not config.no_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(gelu(self.up_proj(x)))
+        h = self.up_proj(x)
+        if h.numel() > SMALL_NORM and row_ops.applies(h) and h.is_contiguous():
+            return self.down_proj(row_ops.gelu_(h))  # in place, on the kernel pool (not in an OpenMP region)
+        return self.down_proj(gelu(h))
 
 
 class MptBlock(nn.Module):
@@ -220,6 +225,14 @@ class MptBlock(nn.Module):
 
     def forward(self, x, slopes, mask, past):
         a, present = self.attn(self.norm_1(x), slopes, mask, past)
-        x = x + a
-        x = x + self.ffn(self.norm_2(x))
+        x = residual(x, a)
+        x = residual(x, self.ffn(self.norm_2(x)))
         return x, present
+
+
+def residual(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x + y; large float32 CPU sums on the kernel pool, written into y (the branch's own fresh output)."""
+    if x.numel() > SMALL_NORM and x.shape == y.shape and row_ops.applies(x, y) and x.is_contiguous() \
+            and y.is_contiguous():
+        return row_ops.add_(y, x)
+    return x + y
