@@ -280,6 +280,14 @@ static void bind_attention(py::module_& m) {
   m.def("add_inplace", [](uintptr_t x, uintptr_t y, int64_t n) {
     mpt::add_inplace(buf<float>(x, n, "x"), buf<const float>(y, n, "y"), dim(n, "n"));
   }, py::kw_only(), arg("x"), arg("y"), arg("n"), G());
+  // dst (m x width float32) = columns [col, col + width) of src (m rows, stride floats apart), on the pool.
+  m.def("copy_columns", [](uintptr_t src, int64_t m, int64_t stride, int64_t col, int64_t width, uintptr_t dst) {
+    if (col < 0 || width < 0 || col + width > stride)
+      throw std::invalid_argument("copy_columns: columns [" + std::to_string(col) + ", " + std::to_string(col + width) +
+                                  ") are outside rows of " + std::to_string(stride));
+    mpt::copy_columns(buf<const float>(src, m > 0 ? (m - 1) * stride + col + width : 0, "src"), dim(m, "m"), stride,
+                      col, width, buf<float>(dst, m * width, "dst"));
+  }, py::kw_only(), arg("src"), arg("m"), arg("stride"), arg("col"), arg("width"), arg("dst"), G());
 }
 
 #if MPT_LITE_WITH_CUDA

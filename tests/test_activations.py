@@ -86,3 +86,12 @@ def test_applies_only_where_autograd_has_nothing_to_track():
     assert not row_ops.applies(x, w)
     with torch.no_grad():
         assert row_ops.applies(x, w)
+
+
+def test_split_columns_matches_torch_split():
+    x = torch.randn(2, 37, 12, generator=torch.Generator().manual_seed(0))
+    got = row_ops.split_columns(x, [6, 3, 3])
+    for a, b in zip(got, x.split([6, 3, 3], dim=-1)):
+        assert a.is_contiguous() and torch.equal(a, b)
+    with pytest.raises(ValueError, match="add up"):
+        row_ops.split_columns(x, [6, 3])

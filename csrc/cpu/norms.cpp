@@ -1,6 +1,7 @@
 #include "cpu/norms.h"
 
 #include <cmath>
+#include <cstring>
 
 #include "cpu/thread_pool.h"
 
@@ -53,6 +54,12 @@ void add_inplace(float* x, const float* y, int64_t n) {
   }
   parallel_for(n, 64, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) x[i] += y[i];
+  });
+}
+
+void copy_columns(const float* src, int64_t M, int64_t stride, int64_t col, int64_t width, float* dst) {
+  parallel_for(M, 1, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) std::memcpy(dst + m * width, src + m * stride + col, size_t(width) * 4);
   });
 }
 

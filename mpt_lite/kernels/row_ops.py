@@ -1,4 +1,4 @@
-"""Layer norm, residual add and GELU of float32 CPU activations on the kernel pool. forward() on the
+"""Layer norm, residual add, GELU and column slices of float32 CPU activations on the kernel pool. forward() on the
 CPU uses them for large tensors where torch's own ops would open OpenMP parallel regions: their
 workers keep spinning after each region and take the cores that the pool's matmuls need next (a
 script that imports torch before mpt_lite gets torch's default, spinning, wait policy)."""
@@ -54,3 +54,19 @@ def gelu_(x: torch.Tensor) -> torch.Tensor:
         raise ValueError("x must be contiguous")
     _C.gelu_inplace(x=ptr(x), n=x.numel())
     return x
+
+
+def split_columns(x: torch.Tensor, widths: list[int]) -> list[torch.Tensor]:
+    """x.split(widths, dim=-1), each piece made contiguous (a float32 CPU tensor with contiguous rows)."""
+    check_tensor("x", x, (torch.float32,), device="cpu")
+    if sum(widths) != x.shape[-1] or min(widths, default=0) < 0:
+        raise ValueError(f"widths {widths} do not add up to the last dimension {x.shape[-1]}")
+    x = x.contiguous()
+    m, stride = x.numel() // max(x.shape[-1], 1), x.shape[-1]
+    out, col = [], 0
+    for w in widths:
+        y = torch.empty(*x.shape[:-1], w)
+        _C.copy_columns(src=ptr(x), m=m, stride=stride, col=col, width=w, dst=ptr(y))
+        out.append(y)
+        col += w
+    return out

@@ -175,7 +175,11 @@ class MptAttention(nn.Module):
         if self.clip_qkv:
             qkv = qkv.clamp(min=-self.clip_qkv, max=self.clip_qkv)
         kv_dim = self.kv_n_heads * self.head_dim
-        q, k, v = qkv.split([self.d_model, kv_dim, kv_dim], dim=-1)
+        widths = [self.d_model, kv_dim, kv_dim]
+        if qkv.numel() > SMALL_NORM and row_ops.applies(qkv):  # contiguous pieces, copied on the kernel pool
+            q, k, v = row_ops.split_columns(qkv, widths)
+        else:
+            q, k, v = qkv.split(widths, dim=-1)
         if self.q_ln is not None:
             q, k = self.q_ln(q), self.k_ln(k)
         if isinstance(past, PagedAttention):  # the engine's flat batch: b == 1, s tokens of many sequences
