@@ -5,6 +5,7 @@ MPT_LITE_DEBUG=1 to see the traceback instead."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -23,6 +24,29 @@ class CliError(Exception):
 
 # ---- argument parsing ----
 
+# runtime.kv_budget.KV_DTYPE_NAMES (not imported here: `--help` stays free of torch)
+KV_DTYPE_CHOICES = ("float32", "bfloat16", "float16", "int8", "int4")
+KV_DTYPE_ENV = "MPT_LITE_KV_DTYPE"
+
+
+@contextlib.contextmanager
+def kv_dtype_env(name: str | None):
+    """--kv-dtype reaches every engine the command builds (and Ray replicas) as MPT_LITE_KV_DTYPE, for the
+    command's duration."""
+    if name is None:
+        yield
+        return
+    before = os.environ.get(KV_DTYPE_ENV)
+    os.environ[KV_DTYPE_ENV] = name
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(KV_DTYPE_ENV, None)
+        else:
+            os.environ[KV_DTYPE_ENV] = before
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Fast, quantized, local inference of MosaicML MPT models.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -37,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--embedding-bits", type=int, choices=(4, 8), default=None,
                         help="with --bits 4: the tied embedding at 8 bits (default) or 4")
         sp.add_argument("--device", default="cpu", help="cpu or cuda")
+        sp.add_argument("--kv-dtype", choices=KV_DTYPE_CHOICES, default=None,
+                        help="the KV cache's dtype (default: MPT_LITE_KV_DTYPE, else the model's float dtype); int8 "
+                             "decodes long contexts ~2x faster than float32, int4 (CPU only) stores 0.6x int8's bytes")
 
     def sampling_args(sp: argparse.ArgumentParser, max_new: int) -> None:
         sp.add_argument("--max-new-tokens", "-n", type=int, default=max_new)
@@ -529,7 +556,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = os.environ.get("MPT_LITE_DEBUG", "").lower() not in ("", "0", "false", "no")
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with kv_dtype_env(getattr(args, "kv_dtype", None)):
+            return args.func(args)
     except KeyboardInterrupt:
         print(f"\n[{PROG}] interrupted", file=sys.stderr)
         return 130

@@ -139,3 +139,28 @@ def test_quantize_refuses_to_overwrite(tmp_path):
     assert_one_line_error(p, "--force")
     assert [f.name for f in dst.iterdir()] == ["keep.txt"]
     assert_one_line_error(run("quantize", str(FOLDER), str(FOLDER), "--bits", "8", "--force"), "source")
+
+
+def test_kv_dtype_flag_reaches_the_engine_and_is_scoped(monkeypatch, capsys):
+    """--kv-dtype int4 builds the generate command's engine with the 4-bit cache (recorded where the engine asks
+    for its default dtype), prints what MPT_LITE_KV_DTYPE=int4 prints, and leaves the environment as it was."""
+    import torch
+
+    from mpt_lite import cli
+    from mpt_lite.runtime import engine as engine_mod
+    from mpt_lite.runtime.kv_budget import KV_DTYPE_ENV, KV_DTYPE_NAMES
+
+    assert cli.KV_DTYPE_CHOICES == tuple(KV_DTYPE_NAMES) and cli.KV_DTYPE_ENV == KV_DTYPE_ENV
+    monkeypatch.delenv(KV_DTYPE_ENV, raising=False)
+    seen = []
+    real = engine_mod.kv_dtype_of
+    monkeypatch.setattr(engine_mod, "kv_dtype_of", lambda m: seen.append(real(m)) or seen[-1])
+    assert cli.main(["generate", "import os", "-n", "8", "--no-stream", "--no-echo", "--kv-dtype", "int4"]) == 0
+    assert seen and set(seen) == {torch.quint4x2}
+    assert KV_DTYPE_ENV not in os.environ
+    flag = capsys.readouterr().out
+    p = run("generate", "import os", "-n", "8", "--no-stream", "--no-echo", env_extra={KV_DTYPE_ENV: "int4"})
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == flag
+    bad = run("generate", "x", "--kv-dtype", "int3")
+    assert bad.returncode == 2 and "int3" in bad.stderr

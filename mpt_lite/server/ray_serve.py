@@ -22,6 +22,8 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(f"serving replicas needs Ray Serve ({e.name} is missing): pip install 'mpt_lite[ray]'") from e
 
+from ..runtime.kv_budget import KV_DTYPE_ENV
+
 DEPLOYMENT_NAME = "mpt-lite"
 APP_NAME = "mpt-lite"
 
@@ -99,6 +101,8 @@ def deployment_app(settings: ReplicaSettings, replicas: int, cpus_per_replica: f
     if not cpus_per_replica > 0:
         raise ValueError(f"cpus per replica must be > 0, got {cpus_per_replica!r}")
     env = {"MPT_LITE_NUM_THREADS": str(threads or max(1, int(cpus_per_replica)))}
+    if os.environ.get(KV_DTYPE_ENV):  # `serve --kv-dtype` or the variable itself: the replicas' engines too
+        env[KV_DTYPE_ENV] = os.environ[KV_DTYPE_ENV]
     cls = serve.ingress()(MptLiteReplica)
     dep = serve.deployment(cls, name=DEPLOYMENT_NAME, num_replicas=replicas,
                            ray_actor_options={"num_cpus": cpus_per_replica, "runtime_env": {"env_vars": env}},
