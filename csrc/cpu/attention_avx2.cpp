@@ -113,6 +113,32 @@ struct Ops {
     }
   }
 
+  // One group of 32 values to 4-bit codes (attention_kernel.h, quantize_group_q4: the same floats).
+  static float quantize_q4(const float* x, uint8_t* q) {
+    const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 v[4], m = _mm256_setzero_ps();
+    for (int i = 0; i < 4; ++i) v[i] = _mm256_loadu_ps(x + 8 * i), m = _mm256_max_ps(m, _mm256_and_ps(sign, v[i]));
+    alignas(32) float t[8];
+    _mm256_store_ps(t, m);
+    float amax = 0.0f;
+    for (float f : t) amax = std::max(amax, f);
+    if (amax == 0.0f || amax != amax) return attn_detail::quantize_group_q4(x, q);  // zeros (and NaN): scalar
+    int first = 0;
+    while (std::fabs(x[first]) != amax) ++first;
+    const float d = x[first] / -8.0f;  // the first value of largest magnitude
+    const __m256 vd = _mm256_set1_ps(d), half = _mm256_set1_ps(8.5f), top = _mm256_set1_ps(15.0f);
+    __m256i c[4];
+    for (int i = 0; i < 4; ++i)
+      c[i] = _mm256_cvttps_epi32(_mm256_min_ps(top, _mm256_floor_ps(_mm256_add_ps(_mm256_div_ps(v[i], vd), half))));
+    // values 0-15 (c[0], c[1]) in the low nibbles, 16-31 (c[2], c[3]) in the high ones
+    const __m256i lo16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(c[0], c[1]), 0xd8);
+    const __m256i hi16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(c[2], c[3]), 0xd8);
+    const __m256i bytes = _mm256_permute4x64_epi64(_mm256_packus_epi16(lo16, hi16), 0xd8);  // lo 0-15 | hi 0-15
+    const __m128i lo = _mm256_castsi256_si128(bytes), hi = _mm256_extracti128_si256(bytes, 1);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm_or_si128(lo, _mm_slli_epi16(hi, 4)));
+    return d;
+  }
+
   // 4-bit rows read in registers (attention_kernel.h: block_scores / block_values), 8 keys reduced together.
   static constexpr bool kQ4Rows = true;
   static bool q4_rows_ok(int D) { return D % kQ4Group == 0; }

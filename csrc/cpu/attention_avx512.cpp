@@ -429,6 +429,24 @@ struct Ops {
     }
     return _mm512_reduce_max_ps(m);
   }
+  // One group of 32 values to 4-bit codes (attention_kernel.h, quantize_group_q4: the same floats).
+  static float quantize_q4(const float* x, uint8_t* q) {
+    const __m512 a = _mm512_loadu_ps(x), b = _mm512_loadu_ps(x + 16);
+    const __m512 aa = _mm512_abs_ps(a), ab = _mm512_abs_ps(b);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(aa, ab));
+    if (amax == 0.0f || amax != amax) return attn_detail::quantize_group_q4(x, q);  // zeros (and NaN): scalar
+    const uint32_t hit = uint32_t(_mm512_cmpeq_ps_mask(aa, _mm512_set1_ps(amax))) |
+                         uint32_t(_mm512_cmpeq_ps_mask(ab, _mm512_set1_ps(amax))) << 16;
+    const float d = x[__builtin_ctz(hit)] / -8.0f;  // the first value of largest magnitude
+    const __m512 vd = _mm512_set1_ps(d), half = _mm512_set1_ps(8.5f), top = _mm512_set1_ps(15.0f);
+    auto codes = [&](__m512 v) {
+      const __m512 c = _mm512_min_ps(top, _mm512_roundscale_ps(_mm512_add_ps(_mm512_div_ps(v, vd), half),
+                                                               _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
+      return _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(c));
+    };
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm_or_si128(codes(a), _mm_slli_epi16(codes(b), 4)));
+    return d;
+  }
   // A 4-bit row (attention.h) of D values: (code - 8) * its group's scale.
   static void dequant_q4(const uint8_t* q, const float* sc, float* d, int D) {
     const __m512i low = _mm512_set1_epi32(15), eight = _mm512_set1_epi32(8);

@@ -66,6 +66,7 @@ struct Ops {
     for (int i = 0; i < n; ++i) m = std::max(m, std::fabs(x[i]));
     return m;
   }
+  static float quantize_q4(const float* x, uint8_t* q) { return attn_detail::quantize_group_q4(x, q); }
   // A 4-bit row (attention.h) of D values: (code - 8) * its group's scale.
   static void dequant_q4(const uint8_t* q, const float* sc, float* d, int D) {
     for (int g = 0; g < D / kQ4Group; ++g, q += kQ4Group / 2, d += kQ4Group)

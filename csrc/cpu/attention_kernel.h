@@ -95,7 +95,8 @@ static inline float quantize_row_i8(const float* x, int8_t* q, int n) {
 
 // 4-bit K/V, one group of 32 values (attention.h): d = m / -8 for m the value of largest magnitude (the
 // first of equals), codes min(15, floor(x / d + 8.5)); a group of zeros stores d = 0 and codes 8. A
-// division, not x * (1 / d): the reference (kernels/reference.py) computes the same floats.
+// division, not x * (1 / d): the reference (kernels/reference.py) computes the same floats. The portable
+// variant's; the vector ones (Ops::quantize_q4) compute the same floats.
 static inline float quantize_group_q4(const float* x, uint8_t* q) {
   float amax = 0.0f, m = 0.0f;
   for (int i = 0; i < kQ4Group; ++i)
@@ -140,7 +141,7 @@ void write_kv_cache(const float* k, const float* v, int64_t n_tokens, const int6
             const int groups = int(row / kQ4Group);
             float* scales = (pass ? c.v_scale : c.k_scale) + slot * groups;
             uint8_t* q = static_cast<uint8_t*>(dst) + slot * (row / 2);
-            for (int g = 0; g < groups; ++g) scales[g] = quantize_group_q4(src + g * kQ4Group, q + g * (kQ4Group / 2));
+            for (int g = 0; g < groups; ++g) scales[g] = Ops::quantize_q4(src + g * kQ4Group, q + g * (kQ4Group / 2));
             break;
           }
         }
