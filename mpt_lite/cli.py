@@ -490,6 +490,20 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def kv_bytes_per_token(config) -> dict[str, int]:
+    """Bytes of K and V a token holds over every layer, per KV dtype the model can use (int4: head_dim a
+    multiple of 32)."""
+    from .runtime.kv_budget import KV_DTYPE_NAMES
+    from .runtime.kv_cache import PagedKVCache
+
+    out = {}
+    for name, dtype in KV_DTYPE_NAMES.items():
+        if name == "int4" and config.head_dim % 32:
+            continue
+        out[name] = PagedKVCache.block_bytes(config.n_layers, config.kv_n_heads, config.head_dim, 1, dtype)
+    return out
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from . import kernels
     from .hub.checkpoint import resolve_checkpoint, weight_files
@@ -511,6 +525,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
         info["tokenizer_tokens"] = len(MptTokenizer.from_pretrained(folder))
     info["config"] = {k: v for k, v in config.to_dict().items() if k not in ("id2label", "label2id")}
+    info["kv_bytes_per_token"] = kv_bytes_per_token(config)
     info["cpu_features"] = kernels.cpu_features()
     info["kernel_variants"] = kernels.supported_isas()
     info["kernel_variant"] = kernels.current_isa()
@@ -538,6 +553,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"4-bit        {q4} by default (better held-out perplexity and faster than nf4: docs/default_model.md); "
           f"the tied embedding stays int8: +{human_bytes(extra)} "
           f"(+{100 * extra / max(1, info['bytes'][q4] - extra):.1f}%) over --embedding-bits 4")
+    kv = info["kv_bytes_per_token"]
+    print("kv cache     a token: " + "  ".join(f"{k} {human_bytes(v)}" for k, v in kv.items())
+          + f"; {c.max_seq_len} tokens: " + "  ".join(f"{k} {human_bytes(v * c.max_seq_len)}" for k, v in kv.items())
+          + "  (--kv-dtype)")
     feats = " ".join(k for k, v in info["cpu_features"].items() if v) or "none"
     print(f"cpu          {feats}")
     print(f"kernels      {info['kernel_variant']} in use (available: {', '.join(info['kernel_variants'])}); "

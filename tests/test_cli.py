@@ -97,6 +97,13 @@ def test_info_reports_shapes_sizes_and_kernels():
     assert f"{n:,}" in text.stdout
     assert "int4 by default" in text.stdout and "embedding stays int8" in text.stdout
     assert "int4 4.50" in text.stdout
+    # K and V of a token over every layer: head_dim values each, per kv head; int8 + a float32 scale a row,
+    # int4 half a byte a value + a float32 scale per 32
+    rows = 2 * cfg.n_layers * cfg.n_heads
+    hd = cfg.d_model // cfg.n_heads
+    assert info["kv_bytes_per_token"] == {"float32": rows * hd * 4, "bfloat16": rows * hd * 2, "float16": rows * hd * 2,
+                                          "int8": rows * (hd + 4), "int4": rows * (hd // 2 + 4 * (hd // 32))}
+    assert "kv cache" in text.stdout and "--kv-dtype" in text.stdout
 
 
 def test_quantize_with_embedding_bits(tmp_path):
