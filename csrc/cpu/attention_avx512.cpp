@@ -88,29 +88,31 @@ inline void scores4_t(const float* const* q, const float* kt, __m512* out) {
   for (int r = 0; r < 4; ++r) out[r] = _mm512_add_ps(a[r][0], a[r][1]);
 }
 
-// Scores of 16 keys at a time for head sizes of NV vectors: q stays in registers, each key leaves one
-// vector of partial sums, and hsum16 reduces the 16 of them together.
-template <int NV, class T>
-inline void scores16(const float* q, const T* k, int64_t st, int n, float* sc) {
-  __m512 qv[NV];
-  for (int c = 0; c < NV; ++c) qv[c] = _mm512_loadu_ps(q + 16 * c);
+// sc[j] = the lane sum of key(j) for n keys, 16 at a time: each key leaves one vector of partial sums, and
+// hsum16 reduces the 16 of them together.
+template <class KeySums>
+inline void reduce_keys16(int n, float* sc, const KeySums& key) {
   for (int j0 = 0; j0 < n; j0 += 16) {
     const int nk = std::min(16, n - j0);
     __m512 part[16];
 #pragma GCC unroll 16
-    for (int j = 0; j < 16; ++j) {
-      if (j >= nk) {
-        part[j] = _mm512_setzero_ps();
-        continue;
-      }
-      const T* kj = k + int64_t(j0 + j) * st;
-      __m512 a = _mm512_mul_ps(qv[0], load16(kj, 0xffff));
-#pragma GCC unroll 8
-      for (int c = 1; c < NV; ++c) a = _mm512_fmadd_ps(qv[c], load16(kj + 16 * c, 0xffff), a);
-      part[j] = a;
-    }
+    for (int j = 0; j < 16; ++j) part[j] = j < nk ? key(j0 + j) : _mm512_setzero_ps();
     _mm512_mask_storeu_ps(sc + j0, nk == 16 ? __mmask16(0xffff) : tail(nk), hsum16(part));
   }
+}
+
+// Scores of 16 keys at a time for head sizes of NV vectors, q in registers.
+template <int NV, class T>
+inline void scores16(const float* q, const T* k, int64_t st, int n, float* sc) {
+  __m512 qv[NV];
+  for (int c = 0; c < NV; ++c) qv[c] = _mm512_loadu_ps(q + 16 * c);
+  reduce_keys16(n, sc, [&](int j) {
+    const T* kj = k + int64_t(j) * st;
+    __m512 a = _mm512_mul_ps(qv[0], load16(kj, 0xffff));
+#pragma GCC unroll 8
+    for (int c = 1; c < NV; ++c) a = _mm512_fmadd_ps(qv[c], load16(kj + 16 * c, 0xffff), a);
+    return a;
+  });
 }
 
 // acc += sum_j p[j] v_j for head sizes of NV (4 or 8) vectors: key-major, the NV output vectors in
@@ -162,29 +164,19 @@ inline void scores16_q4(const float* q, const uint8_t* k, const float* ks, int64
   __m512 qv[2 * NG];
   for (int c = 0; c < 2 * NG; ++c) qv[c] = _mm512_loadu_ps(q + 16 * c);
   const __m512 table = q4_table();
-  for (int j0 = 0; j0 < n; j0 += 16) {
-    const int nk = std::min(16, n - j0);
-    __m512 part[16];
-#pragma GCC unroll 16
-    for (int j = 0; j < 16; ++j) {
-      if (j >= nk) {
-        part[j] = _mm512_setzero_ps();
-        continue;
-      }
-      const uint8_t* kj = k + int64_t(j0 + j) * st;
-      const float* sj = ks + int64_t(j0 + j) * sst;
-      __m512 a = _mm512_setzero_ps();
+  reduce_keys16(n, sc, [&](int j) {
+    const uint8_t* kj = k + int64_t(j) * st;
+    const float* sj = ks + int64_t(j) * sst;
+    __m512 a = _mm512_setzero_ps();
 #pragma GCC unroll 4
-      for (int g = 0; g < NG; ++g) {
-        __m512 lo, hi;
-        q4_group(kj + 16 * g, table, lo, hi);
-        const __m512 t = _mm512_fmadd_ps(qv[2 * g + 1], hi, _mm512_mul_ps(qv[2 * g], lo));
-        a = _mm512_fmadd_ps(t, _mm512_set1_ps(sj[g]), a);
-      }
-      part[j] = a;
+    for (int g = 0; g < NG; ++g) {
+      __m512 lo, hi;
+      q4_group(kj + 16 * g, table, lo, hi);
+      const __m512 t = _mm512_fmadd_ps(qv[2 * g + 1], hi, _mm512_mul_ps(qv[2 * g], lo));
+      a = _mm512_fmadd_ps(t, _mm512_set1_ps(sj[g]), a);
     }
-    _mm512_mask_storeu_ps(sc + j0, nk == 16 ? __mmask16(0xffff) : tail(nk), hsum16(part));
-  }
+    return a;
+  });
 }
 
 // acc += sum_j p[j] v_j over 4-bit values, in registers: each group's (c - 8) times p[j] * its scale.
