@@ -29,12 +29,9 @@ def filled_cache(ctx: int, kv_heads: int, head_dim: int, dtype: torch.dtype, blo
     """K/V of one ctx-token sequence in shuffled blocks: (k, v, k_scale, v_scale), block table."""
     g = torch.Generator().manual_seed(0)
     nblocks = (ctx + block_size - 1) // block_size
-    rows = (nblocks + 1, block_size, kv_heads)
-    q4 = dtype == torch.uint8  # the 4-bit cache: two codes a byte, a float32 scale per 32 values
-    shape = rows + (head_dim // 2 if q4 else head_dim,)
+    shape, scale_shape = ops.cache_shapes(nblocks + 1, block_size, kv_heads, head_dim, dtype)
     k, v = torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)
-    scale_shape = rows + ((head_dim // 32,) if q4 else ())
-    scales = [torch.zeros(scale_shape), torch.zeros(scale_shape)] if dtype in (torch.int8, torch.uint8) else [None, None]
+    scales = [None, None] if scale_shape is None else [torch.zeros(scale_shape), torch.zeros(scale_shape)]
     table = torch.randperm(nblocks + 1, generator=g)[:nblocks].to(torch.int32)
     pos = torch.arange(ctx)
     slots = table[pos // block_size].long() * block_size + pos % block_size

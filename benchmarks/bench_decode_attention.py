@@ -25,17 +25,19 @@ KV_DTYPES = {"int8": torch.int8, "int4": torch.uint8, "bfloat16": torch.bfloat16
 
 
 def caches(layers: int, ctx: int, dtype: torch.dtype, heads: int, head_dim: int, block: int, shuffle: bool):
+    from mpt_lite.kernels import cache_shapes
+
     g = torch.Generator().manual_seed(0)
     blocks = ctx // block + 2
-    shape = (blocks, block, heads, head_dim)
+    shape, scale_shape = cache_shapes(blocks, block, heads, head_dim, dtype)
     out = []
     for _ in range(layers):
         if dtype == torch.int8:
             k, v = (torch.randint(-127, 128, shape, dtype=torch.int8, generator=g) for _ in range(2))
-            ks, vs = (torch.rand(shape[:3], generator=g) * 0.01 for _ in range(2))
-        elif dtype == torch.uint8:  # 4-bit: two codes a byte, a float32 scale per 32 values
-            k, v = (torch.randint(0, 256, shape[:3] + (head_dim // 2,), dtype=torch.uint8, generator=g) for _ in range(2))
-            ks, vs = (torch.rand(shape[:3] + (head_dim // 32,), generator=g) * 0.1 for _ in range(2))
+            ks, vs = (torch.rand(scale_shape, generator=g) * 0.01 for _ in range(2))
+        elif dtype == torch.uint8:  # 4-bit: two codes a byte
+            k, v = (torch.randint(0, 256, shape, dtype=torch.uint8, generator=g) for _ in range(2))
+            ks, vs = (torch.rand(scale_shape, generator=g) * 0.1 for _ in range(2))
         else:
             k, v = (torch.randn(shape, generator=g).to(dtype) for _ in range(2))
             ks = vs = None

@@ -20,12 +20,11 @@ def with_dtypes(shapes, dtypes=DTYPES):
 
 
 def make_cache(num_blocks, block_size, kv_heads, head_dim, dtype):
-    shape = (num_blocks, block_size, kv_heads, head_dim // 2 if dtype == Q4 else head_dim)
+    shape, scales = ops.cache_shapes(num_blocks, block_size, kv_heads, head_dim, dtype)
     k, v = torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)
-    scales = shape[:3] + ((head_dim // 32,) if dtype == Q4 else ())
-    if dtype in (torch.int8, Q4):
-        return k, v, torch.zeros(scales), torch.zeros(scales)
-    return k, v, None, None
+    if scales is None:
+        return k, v, None, None
+    return k, v, torch.zeros(scales), torch.zeros(scales)
 
 
 def check_q4_refused_on_cuda():

@@ -22,6 +22,20 @@ KV_CACHE_DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.
 Q4_GROUP = 32  # values a scale in a 4-bit cache
 
 
+def cache_shapes(num_blocks: int, block_size: int, kv_heads: int, head_dim: int,
+                 dtype: torch.dtype) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """The shape of one layer's k_cache (and v_cache) of this dtype, and of its k_scale (and v_scale), None
+    for the float dtypes, which have no scales."""
+    if dtype not in KV_CACHE_DTYPES:
+        raise TypeError(f"KV cache dtype must be one of {', '.join(map(str, KV_CACHE_DTYPES))}, got {dtype}")
+    rows = (num_blocks, block_size, kv_heads)
+    if dtype == torch.uint8:
+        if head_dim % Q4_GROUP:
+            raise ValueError(f"a 4-bit KV cache needs head_dim a multiple of {Q4_GROUP}, got {head_dim}")
+        return rows + (head_dim // 2,), rows + (head_dim // Q4_GROUP,)
+    return rows + (head_dim,), (rows if dtype == torch.int8 else None)
+
+
 def cache_geometry(k_cache: torch.Tensor, v_cache: torch.Tensor, k_scale: torch.Tensor | None,
                    v_scale: torch.Tensor | None) -> tuple[int, int, int, int]:
     """Checks a layer's cache tensors (and their scales, exactly for int8 and 4-bit caches);
@@ -37,11 +51,9 @@ def cache_geometry(k_cache: torch.Tensor, v_cache: torch.Tensor, k_scale: torch.
     head_dim = 2 * last if q4 else last
     if q4 and k_cache.device.type != "cpu":
         raise ValueError("4-bit (uint8) KV caches run on the CPU only: use int8 or a float KV dtype on the GPU")
-    if q4 and head_dim % Q4_GROUP:
-        raise ValueError(f"a 4-bit KV cache needs head_dim a multiple of {Q4_GROUP}, got {head_dim}")
-    if k_cache.dtype in (torch.int8, torch.uint8):
+    _, want = cache_shapes(num_blocks, block_size, kv_heads, head_dim, k_cache.dtype)
+    if want is not None:
         kind = "an int8" if k_cache.dtype == torch.int8 else "a 4-bit"
-        want = (num_blocks, block_size, kv_heads) + ((head_dim // Q4_GROUP,) if q4 else ())
         for name, s in (("k_scale", k_scale), ("v_scale", v_scale)):
             if s is None:
                 raise ValueError(f"{kind} KV cache needs {name}")

@@ -3,6 +3,7 @@ block_manager.py), and PagedStep / PagedLayer, through which the model's layers 
 them (the model's PagedBatch / PagedAttention interface)."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -18,6 +19,11 @@ Q4_KV_DTYPE = torch.quint4x2
 KV_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.int8, Q4_KV_DTYPE)
 
 
+def storage_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the cache tensors for an engine's KV dtype (the 4-bit cache keeps uint8 codes)."""
+    return torch.uint8 if dtype == Q4_KV_DTYPE else dtype
+
+
 class PagedKVCache(BlockManager):
     def __init__(self, n_layers: int, kv_heads: int, head_dim: int, *, block_size: int = DEFAULT_BLOCK_SIZE,
                  num_blocks: int | None = None, max_bytes: int | None = None,
@@ -28,11 +34,7 @@ class PagedKVCache(BlockManager):
                             f"got {dtype}")
         if not isinstance(block_size, int) or block_size < 1:
             raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
-        q4 = dtype == Q4_KV_DTYPE
-        if q4 and head_dim % kernels.Q4_GROUP:
-            raise ValueError(f"a 4-bit KV cache (quint4x2) needs head_dim a multiple of {kernels.Q4_GROUP}, "
-                             f"got {head_dim}")
-        if q4 and torch.device(device).type != "cpu":
+        if dtype == Q4_KV_DTYPE and torch.device(device).type != "cpu":
             raise ValueError("a 4-bit KV cache (quint4x2) runs on the CPU only: use int8 or a float KV dtype on the GPU")
         self.n_layers, self.kv_heads, self.head_dim, self.dtype = n_layers, kv_heads, head_dim, dtype
         self.bytes_per_block = self.block_bytes(n_layers, kv_heads, head_dim, block_size, dtype)
@@ -45,16 +47,14 @@ class PagedKVCache(BlockManager):
                 f"the KV cache budget holds no block (one block of {block_size} tokens needs "
                 f"{self.bytes_per_block} bytes over {n_layers} layers)")
         super().__init__(num_blocks, block_size, prefix_caching)
-        rows = (num_blocks, block_size, kv_heads)
-        shape = rows + ((head_dim // 2,) if q4 else (head_dim,))
-        storage = torch.uint8 if q4 else dtype
+        storage = storage_dtype(dtype)
+        shape, scales = kernels.cache_shapes(num_blocks, block_size, kv_heads, head_dim, storage)
         self.device = torch.device(device)
         # torch.empty: pages are committed by the OS only when written, so a large budget is cheap
         # (on a GPU the whole budget is allocated at once).
         self.k = [torch.empty(shape, dtype=storage, device=self.device) for _ in range(n_layers)]
         self.v = [torch.empty(shape, dtype=storage, device=self.device) for _ in range(n_layers)]
-        if dtype in (torch.int8, Q4_KV_DTYPE):
-            scales = rows + ((head_dim // kernels.Q4_GROUP,) if q4 else ())
+        if scales is not None:
             self.k_scale = [torch.empty(scales, device=self.device) for _ in range(n_layers)]
             self.v_scale = [torch.empty(scales, device=self.device) for _ in range(n_layers)]
         else:
@@ -62,11 +62,10 @@ class PagedKVCache(BlockManager):
 
     @staticmethod
     def block_bytes(n_layers: int, kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype) -> int:
-        if dtype == Q4_KV_DTYPE:
-            row = head_dim // 2 + 4 * (head_dim // kernels.Q4_GROUP)
-        else:
-            row = head_dim * torch.empty((), dtype=dtype).element_size() + (4 if dtype == torch.int8 else 0)
-        return 2 * n_layers * block_size * kv_heads * row
+        storage = storage_dtype(dtype)
+        shape, scales = kernels.cache_shapes(1, block_size, kv_heads, head_dim, storage)
+        per_layer = math.prod(shape) * torch.empty((), dtype=storage).element_size()
+        return 2 * n_layers * (per_layer + (4 * math.prod(scales) if scales is not None else 0))
 
     def layer(self, i: int) -> tuple:
         return self.k[i], self.v[i], self.k_scale[i], self.v_scale[i]
