@@ -271,9 +271,10 @@ def test_8k_context_with_int8_kv_within_budget_matches_torch_attention():
     and the kernels themselves are held to the reference above)."""
     from checkpoints import random_causal_lm
 
+    from engine_vs_forward import greedy_logprobs_against_forward
+
     from mpt_lite import Engine
     from mpt_lite.runtime.kv_cache import PagedKVCache
-    from mpt_lite.runtime.sampler import SamplingParams
 
     model = random_causal_lm(3, d_model=32, n_heads=2, vocab_size=97, max_seq_len=16384, initializer_range=0.1)
     n, new, bs = 8200, 3, 16
@@ -282,12 +283,6 @@ def test_8k_context_with_int8_kv_within_budget_matches_torch_attention():
     engine = Engine(model, block_size=bs, max_bytes=budget, kv_dtype=torch.int8, max_batch_tokens=2048)
     assert engine.cache.num_blocks == blocks and engine.uses_native_step
     prompt = torch.randint(0, 97, (n,), generator=torch.Generator().manual_seed(0)).tolist()
-    req = engine.add_request(prompt, new, params=SamplingParams(logprobs=4), eos_token_id=[])
-    list(engine.run())
-    assert len(req.output) == new
-    with torch.no_grad():
-        want = torch.log_softmax(model(torch.tensor([prompt + req.output[:-1]])).logits[0, n - 1:].double(), -1)
-    for i, lp in enumerate(req.logprobs):
-        got = torch.tensor([p for _, p in lp.top], dtype=torch.float64)
-        torch.testing.assert_close(got, want[i, [t for t, _ in lp.top]], atol=1e-2, rtol=0)
-        assert want[i, req.output[i]] >= want[i].max() - 1e-2  # greedy picked torch's best (up to near-ties)
+    for got, want, picked, best in greedy_logprobs_against_forward(model, engine, prompt, new):
+        torch.testing.assert_close(got, want, atol=1e-2, rtol=0)
+        assert picked >= best - 1e-2  # greedy picked torch's best (up to near-ties)
