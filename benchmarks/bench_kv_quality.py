@@ -10,6 +10,7 @@ token differs from the float32 cache's, and the largest log-probability differen
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -64,8 +65,6 @@ def main() -> None:
             flips[d] += int((lp.argmax(-1) != base.argmax(-1)).sum())
             worst[d] = max(worst[d], (lp - base).abs().max().item())
         count += len(ids)
-    import math
-
     ppl0 = math.exp(nll["float32"] / count)
     print(f"{args.model}: {args.bits}-bit weights, {n} held-out windows of {args.seq_len} tokens ({count:,} "
           f"scored, from {n_files} held-out files)\n")

@@ -63,7 +63,7 @@ LLAMA_KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml type ids
 
 def llama_cpp_row(args, kv: str) -> tuple[dict, dict]:
     """llama.cpp's tok/s and CPU ms a token per context, timed as the mpt_lite rows are (a llama context
-    per context, each prefilled once, rounds alternating over the contexts)."""
+    per context, each prefilled once)."""
     import llama_cpp
 
     gguf = Path(args.checkpoints) / f"gguf-{args.model}" / f"model-{args.gguf_quant}.gguf"
@@ -77,18 +77,24 @@ def llama_cpp_row(args, kv: str) -> tuple[dict, dict]:
     for c in args.contexts:
         llms[c] = llama_cpp.Llama(str(gguf), n_ctx=c + steps + 64, **kw)
         llms[c].eval(torch.randint(0, 50000, (c,), generator=torch.Generator().manual_seed(c)).tolist())
-    times = {c: [] for c in args.contexts}
-    cpu = {c: [] for c in args.contexts}
-    for r in range(args.repeats + 1):  # round 0 warms up
-        for c, llm in llms.items():
+    return timed_rounds({c: (lambda llm=llm: llm.eval([1000])) for c, llm in llms.items()}, args)  # any token
+
+
+def timed_rounds(steps: dict, args) -> tuple[dict, dict]:
+    """Tok/s and CPU ms a token per context: rounds of --new calls of each context's decode step, alternating
+    over the contexts, --repeats timed rounds after one that warms up; medians."""
+    times = {c: [] for c in steps}
+    cpu = {c: [] for c in steps}
+    for r in range(args.repeats + 1):
+        for c, step in steps.items():
             t, u = time.perf_counter(), time.process_time()
             for _ in range(args.new):
-                llm.eval([1000])  # which token does not change the cost
+                step()
             if r:
                 times[c].append(time.perf_counter() - t)
                 cpu[c].append(time.process_time() - u)
-    return ({c: args.new / statistics.median(times[c]) for c in args.contexts},
-            {c: 1e3 * statistics.median(cpu[c]) / args.new for c in args.contexts})
+    return ({c: args.new / statistics.median(times[c]) for c in steps},
+            {c: 1e3 * statistics.median(cpu[c]) / args.new for c in steps})
 
 
 def table_row(name: str, contexts: list[int], tps: dict, cms: dict) -> str:
@@ -128,19 +134,7 @@ def main() -> None:
     for name in args.kv_dtypes:
         steps = args.new * (args.repeats + 1)
         engines = {c: prefilled_engine(model, c, KV_DTYPES[name], steps) for c in args.contexts}
-        times = {c: [] for c in args.contexts}
-        cpu = {c: [] for c in args.contexts}
-        for r in range(args.repeats + 1):  # round 0 warms up
-            for c, engine in engines.items():
-                t, u = time.perf_counter(), time.process_time()
-                for _ in range(args.new):
-                    engine.step()
-                if r:
-                    times[c].append(time.perf_counter() - t)
-                    cpu[c].append(time.process_time() - u)
-        tps = {c: args.new / statistics.median(times[c]) for c in args.contexts}
-        cms = {c: 1e3 * statistics.median(cpu[c]) / args.new for c in args.contexts}
-        lines.append(table_row(name, args.contexts, tps, cms))
+        lines.append(table_row(name, args.contexts, *timed_rounds({c: e.step for c, e in engines.items()}, args)))
         print(lines[-1], flush=True)
         del engines
     for kv in args.llama_cpp_kv:
