@@ -490,25 +490,12 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
-def kv_bytes_per_token(config) -> dict[str, int]:
-    """Bytes of K and V a token holds over every layer, per KV dtype the model can use (int4: head_dim a
-    multiple of 32)."""
-    from .runtime.kv_budget import KV_DTYPE_NAMES
-    from .runtime.kv_cache import PagedKVCache
-
-    out = {}
-    for name, dtype in KV_DTYPE_NAMES.items():
-        if name == "int4" and config.head_dim % 32:
-            continue
-        out[name] = PagedKVCache.block_bytes(config.n_layers, config.kv_n_heads, config.head_dim, 1, dtype)
-    return out
-
-
 def cmd_info(args: argparse.Namespace) -> int:
     from . import kernels
     from .hub.checkpoint import resolve_checkpoint, weight_files
     from .config import CONFIG_NAME, MptConfig
     from .model.info import human_bytes, model_info
+    from .runtime.kv_budget import kv_bytes_by_dtype
 
     folder = resolve_checkpoint(model_source(args.model), config_only=True)
     config = MptConfig.from_json_file(folder / CONFIG_NAME)
@@ -525,7 +512,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
         info["tokenizer_tokens"] = len(MptTokenizer.from_pretrained(folder))
     info["config"] = {k: v for k, v in config.to_dict().items() if k not in ("id2label", "label2id")}
-    info["kv_bytes_per_token"] = kv_bytes_per_token(config)
+    info["kv_bytes_per_token"] = kv_bytes_by_dtype(config)
     info["cpu_features"] = kernels.cpu_features()
     info["kernel_variants"] = kernels.supported_isas()
     info["kernel_variant"] = kernels.current_isa()

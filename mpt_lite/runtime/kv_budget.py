@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..kernels import Q4_GROUP
 from .block_manager import DEFAULT_BLOCK_SIZE
 from .kv_cache import Q4_KV_DTYPE, PagedKVCache
 
@@ -37,6 +38,13 @@ def kv_bytes_per_token(model: Any, dtype: torch.dtype | None = None) -> int:
     block = PagedKVCache.block_bytes(cfg.n_layers, cfg.kv_n_heads, cfg.head_dim, DEFAULT_BLOCK_SIZE,
                                      dtype or kv_dtype_of(model))
     return block // DEFAULT_BLOCK_SIZE
+
+
+def kv_bytes_by_dtype(config: Any) -> dict[str, int]:
+    """Bytes of K and V a token holds over every layer, per KV dtype name the model can use (int4: head_dim a
+    multiple of 32); `mpt-lite info` prints them."""
+    return {name: PagedKVCache.block_bytes(config.n_layers, config.kv_n_heads, config.head_dim, 1, dtype)
+            for name, dtype in KV_DTYPE_NAMES.items() if name != "int4" or config.head_dim % Q4_GROUP == 0}
 
 
 def free_memory_bytes(device: torch.device | str = "cpu") -> int | None:
