@@ -75,6 +75,21 @@ def int4_simulated(w: torch.Tensor, group: int, searched: bool) -> torch.Tensor:
     return (_levels(x, scale) * scale[:, None]).view(N, Kp)[:, :K]
 
 
+def q4_0_simulated(w: torch.Tensor) -> torch.Tensor:
+    """w [N, K] -> the dequantized weight of llama.cpp's Q4_0 (ggml's reference quantizer, quantize_row_q4_0_ref):
+    groups of 32, d = signed absmax / -8 stored in fp16, codes min(15, trunc(x / d + 8.5)) with 1/d taken from the
+    unrounded d, values (code - 8) * fp16(d)."""
+    N, K = w.shape
+    Kp = -(-K // 32) * 32
+    x = torch.zeros(N, Kp)
+    x[:, :K] = w.float()
+    x = x.view(-1, 32)
+    d = torch.gather(x, 1, x.abs().argmax(1, keepdim=True)).squeeze(1) / -8.0
+    inv = torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
+    codes = torch.clamp(torch.trunc(x * inv[:, None] + 8.5), max=15)
+    return ((codes - 8) * d.half().float()[:, None]).view(N, Kp)[:, :K]
+
+
 def simulated_model(model_dir: Path, group: int | None, searched: bool):
     """The float model with int8 embedding and (group given) int4-simulated block Linears."""
     model = mpt_lite.load(model_dir, bits=None)
@@ -84,7 +99,8 @@ def simulated_model(model_dir: Path, group: int | None, searched: bool):
         if group is not None:
             for name, mod in model.named_modules():
                 if name.endswith(BLOCK_LINEARS) and isinstance(mod, torch.nn.Linear):
-                    mod.weight.copy_(int4_simulated(mod.weight, group, searched))
+                    mod.weight.copy_(q4_0_simulated(mod.weight) if group == "q4_0"
+                                     else int4_simulated(mod.weight, group, searched))
     return model
 
 
@@ -94,6 +110,7 @@ ROWS = [  # name, group (None: float blocks), searched, bits per weight of the b
     ("int4 G=64 searched (simulated)", 64, True, 4.25),
     ("int4 G=64 absmax (simulated)", 64, False, 4.25),
     ("int4 G=128 searched (simulated)", 128, True, 4.125),
+    ("llama.cpp Q4_0 (simulated: ggml's reference quantizer)", "q4_0", False, 4.5),
 ]
 
 
@@ -102,6 +119,8 @@ def main() -> None:
     p.add_argument("--model", type=Path, default=mpt_lite.default_model_path())
     p.add_argument("--max-tokens", type=int, default=None)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--only", nargs="+", default=None, metavar="SUBSTRING",
+                   help="simulated rows whose name contains one of these (default: all; the float row always runs)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     ops.set_num_threads(args.threads)
@@ -118,8 +137,11 @@ def main() -> None:
 
     row("unquantized (float32)", mpt_lite.load(args.model, bits=None), 32.0)
     for name, group, searched, bpw in ROWS:
+        if args.only and not any(o in name for o in args.only):
+            continue
         row(name, simulated_model(args.model, group, searched), bpw)
-    row("int4 kernels: load(bits=4), G=32 fp16 scales", mpt_lite.load(args.model, bits=4, quant_type="int4"), 4.5)
+    if not args.only:
+        row("int4 kernels: load(bits=4), G=32 fp16 scales", mpt_lite.load(args.model, bits=4, quant_type="int4"), 4.5)
     print("| rows | block Linears bits/weight | held-out perplexity | vs float |\n|---|---:|---:|---:|")
     for name, bpw, ppl, cost in rows:
         print(f"| {name} | {bpw:.3f} | {ppl:.4f} | {cost:+.3f}% |")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 CONFIGS = [  # (peer, variant); the first is the reference of the quality table
-    ("mpt_lite", "fp32"), ("mpt_lite", "int8"), ("mpt_lite", "nf4"), ("mpt_lite", "int4"),
+    ("mpt_lite", "fp32"), ("mpt_lite", "int8"), ("mpt_lite", "nf4"), ("mpt_lite", "int4"), ("mpt_lite", "int4-g64"),
     ("llama.cpp", "f16"), ("llama.cpp", "q8_0"), ("llama.cpp", "q4_0"),
     ("transformers", "fp32"), ("transformers", "bf16"), ("transformers", "bnb-int8"), ("transformers", "bnb-nf4"),
 ]
@@ -65,8 +65,11 @@ class MptLite:
         ops.set_num_threads(threads)
         bits, qtype, dtype = {"fp32": (None, None, torch.float32), "bf16": (None, None, torch.bfloat16),
                               "int8": (8, None, torch.float32), "nf4": (4, "nf4", torch.float32),
-                              "int4": (4, "int4", torch.float32)}[variant]
-        self.model = mpt_lite.MptForCausalLM.from_pretrained(checkpoint, bits=bits, quant_type=qtype, dtype=dtype)
+                              "int4": (4, "int4", torch.float32), "int4-g64": (4, "int4", torch.float32),
+                              "int4-g128": (4, "int4", torch.float32)}[variant]
+        group = {"int4-g64": {"group_size": 64}, "int4-g128": {"group_size": 128}}.get(variant, {})
+        self.model = mpt_lite.MptForCausalLM.from_pretrained(checkpoint, bits=bits, quant_type=qtype, dtype=dtype,
+                                                             **group)
         self.model.eval()
         self._engine_kept = None
 

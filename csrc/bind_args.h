@@ -9,6 +9,7 @@
 #include <string>
 
 #include "cpu/attention.h"
+#include "cpu/quant_formats.h"
 
 namespace mpt::bind {
 
@@ -33,6 +34,12 @@ inline int64_t dim(int64_t v, const char* name) {
 inline int64_t positive(int64_t v, const char* name) {
   if (v <= 0) throw std::invalid_argument(std::string(name) + " must be > 0, got " + std::to_string(v));
   return v;
+}
+
+inline int64_t int4_group(int64_t g) {
+  if (!mpt::int4_group_ok(g))
+    throw std::invalid_argument("int4 group must be 32, 64, 128 or 256 (k per scale), got " + std::to_string(g));
+  return g;
 }
 
 inline int threads(int n) {

@@ -27,6 +27,7 @@ using mpt::bind::buf;
 using mpt::bind::dim;
 using mpt::bind::opt;
 using mpt::bind::positive;
+using mpt::bind::int4_group;
 
 #if MPT_LITE_WITH_CUDA
 #include "cuda/ops_cuda.h"
@@ -179,25 +180,27 @@ static void bind_quant(py::module_& m) {
   }, kw, arg("packed"), arg("absmax"), arg("n"), arg("k"), arg("blocksize"), arg("out_packed"), arg("out_absmax"),
      arg("to_rows8"), nt, G());
 
-  // int4: packed uint8 [n, groups * 16], scales float16 (IEEE half bits) [n, groups], groups = ceil(k / 32).
+  // int4: packed uint8 [n, ceil(k / 32) * 16], scales float16 (IEEE half bits) [n, groups], groups =
+  // ceil(k / group), group 32 (default), 64, 128 or 256 k per scale.
   // Raw addresses carry no dtype: mpt_lite/kernels/quant_ops.py rejects float32 scales (the layout
   // before format version 3) with an error that says how to convert them.
-  m.def("quantize_int4", [](uintptr_t w, int64_t n, int64_t k, uintptr_t packed, uintptr_t scales, int nthreads) {
+  m.def("quantize_int4", [](uintptr_t w, int64_t n, int64_t k, uintptr_t packed, uintptr_t scales, int64_t group,
+                            int nthreads) {
     mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
-    dim(n, "n"), dim(k, "k");
-    const int64_t g = mpt::int4_groups(k);
+    dim(n, "n"), dim(k, "k"), int4_group(group);
+    const int64_t g = mpt::int4_groups(k), c = mpt::int4_groups(k, group);
     mpt::quantize_int4(buf<const float>(w, n * k, "w"), n, k, buf<uint8_t>(packed, n * g * 16, "packed"),
-                       buf<uint16_t>(scales, n * g, "scales"));
-  }, kw, arg("w"), arg("n"), arg("k"), arg("packed"), arg("scales"), nt, G());
+                       buf<uint16_t>(scales, n * c, "scales"), group);
+  }, kw, arg("w"), arg("n"), arg("k"), arg("packed"), arg("scales"), arg("group") = 32, nt, G());
   // the searched quantizers (csrc/cpu/quant_search.h): the same layouts, scales chosen for least error
   m.def("search_quantize_int4", [](uintptr_t w, int64_t n, int64_t k, uintptr_t packed, uintptr_t scales,
-                                   int nthreads) {
+                                   int64_t group, int nthreads) {
     mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
-    dim(n, "n"), dim(k, "k");
-    const int64_t g = mpt::int4_groups(k);
+    dim(n, "n"), dim(k, "k"), int4_group(group);
+    const int64_t g = mpt::int4_groups(k), c = mpt::int4_groups(k, group);
     mpt::search_quantize_int4(buf<const float>(w, n * k, "w"), n, k, buf<uint8_t>(packed, n * g * 16, "packed"),
-                              buf<uint16_t>(scales, n * g, "scales"));
-  }, kw, arg("w"), arg("n"), arg("k"), arg("packed"), arg("scales"), nt, G());
+                              buf<uint16_t>(scales, n * c, "scales"), group);
+  }, kw, arg("w"), arg("n"), arg("k"), arg("packed"), arg("scales"), arg("group") = 32, nt, G());
   m.def("search_quantize_nf4", [](uintptr_t w, int64_t numel, int64_t bs, uintptr_t packed, uintptr_t absmax,
                                   int nthreads) {
     mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
@@ -207,42 +210,42 @@ static void bind_quant(py::module_& m) {
                              buf<float>(absmax, (numel + bs - 1) / bs, "absmax"));
   }, kw, arg("w"), arg("numel"), arg("blocksize"), arg("packed"), arg("absmax"), nt, G());
   m.def("dequantize_int4", [](uintptr_t packed, uintptr_t scales, int64_t n, int64_t k, uintptr_t out,
-                              int nthreads) {
+                              int64_t group, int nthreads) {
     mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
-    dim(n, "n"), dim(k, "k");
-    const int64_t g = mpt::int4_groups(k);
-    mpt::dequantize_int4(buf<const uint8_t>(packed, n * g * 16, "packed"), buf<const uint16_t>(scales, n * g, "scales"),
-                         n, k, buf<float>(out, n * k, "out"));
-  }, kw, arg("packed"), arg("scales"), arg("n"), arg("k"), arg("out"), nt, G());
+    dim(n, "n"), dim(k, "k"), int4_group(group);
+    const int64_t g = mpt::int4_groups(k), c = mpt::int4_groups(k, group);
+    mpt::dequantize_int4(buf<const uint8_t>(packed, n * g * 16, "packed"), buf<const uint16_t>(scales, n * c, "scales"),
+                         n, k, buf<float>(out, n * k, "out"), group);
+  }, kw, arg("packed"), arg("scales"), arg("n"), arg("k"), arg("out"), arg("group") = 32, nt, G());
   m.def("dequantize_rows_int4", [](uintptr_t packed, uintptr_t scales, int64_t k, uintptr_t rows, int64_t n_rows,
-                                   uintptr_t out, int nthreads) {
+                                   uintptr_t out, int64_t group, int nthreads) {
     mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
-    dim(k, "k"), dim(n_rows, "n_rows");
-    const int64_t g = n_rows ? mpt::int4_groups(k) : 0;
-    mpt::dequantize_rows_int4(buf<const uint8_t>(packed, g * 16, "packed"), buf<const uint16_t>(scales, g, "scales"), k,
-                              buf<const int64_t>(rows, n_rows, "rows"), n_rows, buf<float>(out, n_rows * k, "out"));
-  }, kw, arg("packed"), arg("scales"), arg("k"), arg("rows"), arg("n_rows"), arg("out"), nt, G());
+    dim(k, "k"), dim(n_rows, "n_rows"), int4_group(group);
+    const int64_t g = n_rows ? mpt::int4_groups(k) : 0, c = n_rows ? mpt::int4_groups(k, group) : 0;
+    mpt::dequantize_rows_int4(buf<const uint8_t>(packed, g * 16, "packed"), buf<const uint16_t>(scales, c, "scales"), k,
+                              buf<const int64_t>(rows, n_rows, "rows"), n_rows, buf<float>(out, n_rows * k, "out"), group);
+  }, kw, arg("packed"), arg("scales"), arg("k"), arg("rows"), arg("n_rows"), arg("out"), arg("group") = 32, nt, G());
   m.def("matmul_int4", [](uintptr_t x, int64_t m_, int64_t k, uintptr_t packed, uintptr_t scales, int64_t n,
-                          uintptr_t bias, uintptr_t y, bool q8, bool bf16, bool rows8, int nthreads) {
+                          uintptr_t bias, uintptr_t y, bool q8, bool bf16, bool rows8, int64_t group, int nthreads) {
     mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
-    dim(m_, "m"), dim(k, "k"), dim(n, "n");
-    const int64_t g = mpt::int4_groups(k);
+    dim(m_, "m"), dim(k, "k"), dim(n, "n"), int4_group(group);
+    const int64_t g = mpt::int4_groups(k), c = mpt::int4_groups(k, group);
     mpt::matmul_int4(buf<const float>(x, m_ * k, "x"), m_, k, buf<const uint8_t>(packed, n * g * 16, "packed"),
-                     buf<const uint16_t>(scales, n * g, "scales"), n, opt<const float>(bias), buf<float>(y, m_ * n, "y"),
-                     q8, bf16, rows8);
+                     buf<const uint16_t>(scales, n * c, "scales"), n, opt<const float>(bias), buf<float>(y, m_ * n, "y"),
+                     q8, bf16, rows8, group);
   }, kw, arg("x"), arg("m"), arg("k"), arg("packed"), arg("scales"), arg("n"), arg("bias") = 0, arg("y"), arg("q8"),
-     arg("bf16") = false, arg("rows8") = false, nt, G());
+     arg("bf16") = false, arg("rows8") = false, arg("group") = 32, nt, G());
   // int4's rows8 layout (quant_formats.h) from the row layout (to_rows8) or back; n a multiple of 8.
   m.def("int4_rows8", [](uintptr_t packed, uintptr_t scales, int64_t n, int64_t k, uintptr_t out_packed,
-                         uintptr_t out_scales, bool to_rows8, int nthreads) {
+                         uintptr_t out_scales, bool to_rows8, int64_t group, int nthreads) {
     mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
-    dim(n, "n"), dim(k, "k");
-    const int64_t g = mpt::int4_groups(k);
+    dim(n, "n"), dim(k, "k"), int4_group(group);
+    const int64_t g = mpt::int4_groups(k), c = mpt::int4_groups(k, group);
     auto* convert = to_rows8 ? &mpt::int4_to_rows8 : &mpt::int4_from_rows8;
-    convert(buf<const uint8_t>(packed, n * g * 16, "packed"), buf<const uint16_t>(scales, n * g, "scales"), n, k,
-            buf<uint8_t>(out_packed, n * g * 16, "out_packed"), buf<uint16_t>(out_scales, n * g, "out_scales"));
-  }, kw, arg("packed"), arg("scales"), arg("n"), arg("k"), arg("out_packed"), arg("out_scales"), arg("to_rows8"), nt,
-     G());
+    convert(buf<const uint8_t>(packed, n * g * 16, "packed"), buf<const uint16_t>(scales, n * c, "scales"), n, k,
+            buf<uint8_t>(out_packed, n * g * 16, "out_packed"), buf<uint16_t>(out_scales, n * c, "out_scales"), group);
+  }, kw, arg("packed"), arg("scales"), arg("n"), arg("k"), arg("out_packed"), arg("out_scales"), arg("to_rows8"),
+     arg("group") = 32, nt, G());
 }
 
 static void bind_attention(py::module_& m) {

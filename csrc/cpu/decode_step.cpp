@@ -26,6 +26,8 @@ void check_weight(const StepWeight& w, int64_t layer, const std::string& name, i
                                 "], got [" + std::to_string(w.N) + ", " + std::to_string(w.K) + "]");
   if (w.fmt == StepFormat::Nf4 && (w.blocksize < 2 || w.blocksize % 2))
     throw std::invalid_argument(where(layer, name) + ": bad nf4 blocksize");
+  if ((w.fmt == StepFormat::Int4 || w.fmt == StepFormat::Int4Rows8) && !int4_group_ok(w.int4_group()))
+    throw std::invalid_argument(where(layer, name) + ": bad int4 group");
 }
 
 void check_norm(const StepNorm& n, int64_t layer, const std::string& name) {
@@ -69,9 +71,11 @@ void linear(const StepWeight& w, const float* x, int64_t M, float* y, const Step
       return matmul_nf4(x, M, w.K, static_cast<const uint8_t*>(w.data), w.fscale(), w.N, w.blocksize, w.bias, y, q8,
                         bf16);
     case StepFormat::Int4:
-      return matmul_int4(x, M, w.K, static_cast<const uint8_t*>(w.data), w.hscale(), w.N, w.bias, y, q8, bf16);
+      return matmul_int4(x, M, w.K, static_cast<const uint8_t*>(w.data), w.hscale(), w.N, w.bias, y, q8, bf16, false,
+                         w.int4_group());
     case StepFormat::Int4Rows8:
-      return matmul_int4(x, M, w.K, static_cast<const uint8_t*>(w.data), w.hscale(), w.N, w.bias, y, q8, bf16, true);
+      return matmul_int4(x, M, w.K, static_cast<const uint8_t*>(w.data), w.hscale(), w.N, w.bias, y, q8, bf16, true,
+                         w.int4_group());
     case StepFormat::Nf4Rows8:
       return matmul_nf4(x, M, w.K, static_cast<const uint8_t*>(w.data), w.fscale(), w.N, w.blocksize, w.bias, y, q8,
                         bf16, true);
@@ -96,7 +100,7 @@ void embed(const StepWeight& w, const int64_t* ids, int64_t n, float* out) {
     case StepFormat::Nf4:
       return dequantize_rows_nf4(static_cast<const uint8_t*>(w.data), w.fscale(), K, w.blocksize, ids, n, out);
     case StepFormat::Int4:
-      return dequantize_rows_int4(static_cast<const uint8_t*>(w.data), w.hscale(), K, ids, n, out);
+      return dequantize_rows_int4(static_cast<const uint8_t*>(w.data), w.hscale(), K, ids, n, out, w.int4_group());
     default: throw std::invalid_argument("unset embedding (or one in a layout only the Linears take)");
   }
 }

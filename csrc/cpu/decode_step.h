@@ -21,12 +21,13 @@ enum class StepFormat : int { Unset = -2, F32 = -1, Int8 = 0, Nf4 = 1, Int4 = 2,
 
 struct StepWeight {  // W [N, K]; F32: data is float [N, K]; else the codes of quant_formats.h
   StepFormat fmt = StepFormat::Unset;
-  int64_t N = 0, K = 0, blocksize = 0;
+  int64_t N = 0, K = 0, blocksize = 0;  // blocksize: nf4's; int4's group (k per scale; 0: 32)
   const void* data = nullptr;
   const void* scale = nullptr;  // float [..] for int8 / nf4, half bits (uint16) for int4
   const float* bias = nullptr;  // [N] or null
   const float* fscale() const { return static_cast<const float*>(scale); }
   const uint16_t* hscale() const { return static_cast<const uint16_t*>(scale); }
+  int64_t int4_group() const { return blocksize > 0 ? blocksize : 32; }
 };
 
 struct StepNorm {  // LayerNorm: weight [d], bias [d] or null

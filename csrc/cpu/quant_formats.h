@@ -60,8 +60,16 @@ namespace mpt {
 // bitsandbytes' NF4 code table (bitsandbytes.functional.get_4bit_type("nf4")), bit for bit.
 extern const float kNf4Code[16];
 
+// int4's codes always come in units of kInt4Group k (the byte layouts above); the scales may cover a larger
+// group of `group` k (a power of two, kInt4Group .. kInt4MaxGroup): one half per group, ceil(K / group) a row,
+// in the same places (row layout [N, C]; rows8: units over the C groups, as nf4's absmax). group 64 is
+// 4.25 bits per weight, 128 4.125 (docs/benchmarks.md, "int4 groups of 64 and 128").
 constexpr int kInt4Group = 32;
-static inline int64_t int4_groups(int64_t K) { return (K + kInt4Group - 1) / kInt4Group; }
+constexpr int64_t kInt4MaxGroup = 256;
+static inline int64_t int4_groups(int64_t K, int64_t group = kInt4Group) { return (K + group - 1) / group; }
+static inline bool int4_group_ok(int64_t group) {
+  return group >= kInt4Group && group <= kInt4MaxGroup && (group & (group - 1)) == 0;
+}
 
 // The rows8 layouts (above): 8-row sets a tile; the sets in set n8's tile, among S sets (kRows8TileSets but in
 // the last tile); and the unit (8 rows x one group or block) of set n8 at step g of G steps.
@@ -129,15 +137,18 @@ void dequantize_nf4(const uint8_t* packed, const float* absmax, int64_t numel, i
 void matmul_nf4(const float* x, int64_t M, int64_t K, const uint8_t* packed, const float* absmax, int64_t N,
                 int64_t blocksize, const float* bias, float* y);
 
-void quantize_int4(const float* w, int64_t N, int64_t K, uint8_t* packed, uint16_t* scales);
-void dequantize_int4(const uint8_t* packed, const uint16_t* scales, int64_t N, int64_t K, float* out);
+// group: k per scale (int4_group_ok; the scales are [N, int4_groups(K, group)]).
+void quantize_int4(const float* w, int64_t N, int64_t K, uint8_t* packed, uint16_t* scales, int64_t group = kInt4Group);
+void dequantize_int4(const uint8_t* packed, const uint16_t* scales, int64_t N, int64_t K, float* out,
+                     int64_t group = kInt4Group);
 void matmul_int4(const float* x, int64_t M, int64_t K, const uint8_t* packed, const uint16_t* scales, int64_t N,
-                 const float* bias, float* y, bool q8 = false, bool bf16 = false, bool rows8 = false);
+                 const float* bias, float* y, bool q8 = false, bool bf16 = false, bool rows8 = false,
+                 int64_t group = kInt4Group);
 // The rows8 layout (above) from the row layout and back; N % 8 == 0 (std::invalid_argument otherwise).
 void int4_to_rows8(const uint8_t* packed, const uint16_t* scales, int64_t N, int64_t K, uint8_t* out_packed,
-                   uint16_t* out_scales);
+                   uint16_t* out_scales, int64_t group = kInt4Group);
 void int4_from_rows8(const uint8_t* packed, const uint16_t* scales, int64_t N, int64_t K, uint8_t* out_packed,
-                     uint16_t* out_scales);
+                     uint16_t* out_scales, int64_t group = kInt4Group);
 // int8's rows8 layout from the row layout and back; N % 8 == 0 and K % 32 == 0.
 void int8_to_rows8(const int8_t* cb, int64_t N, int64_t K, int8_t* out);
 void int8_from_rows8(const int8_t* cb, int64_t N, int64_t K, int8_t* out);
@@ -156,7 +167,7 @@ void dequantize_rows_int8(const int8_t* cb, const float* scb, int64_t K, const i
 void dequantize_rows_nf4(const uint8_t* packed, const float* absmax, int64_t K, int64_t blocksize,
                          const int64_t* rows, int64_t nrows, float* out);
 void dequantize_rows_int4(const uint8_t* packed, const uint16_t* scales, int64_t K, const int64_t* rows, int64_t nrows,
-                          float* out);
+                          float* out, int64_t group = kInt4Group);
 
 // A weight view the matmul kernels share: scalar decode of one element, and the format tag.
 enum class QFormat { Int8, Nf4, Int4 };
@@ -167,12 +178,16 @@ struct QWeight {
   const float* scale;       // scb / absmax (int8, nf4)
   const uint16_t* scale16;  // int4's half scales [N, G]; read them through int4_scale
   bool rows8 = false;       // in the rows8 layout: only qmatmul reads it (it converts where no kernel does)
+  int64_t group = kInt4Group;  // int4: k per scale (int4_group_ok)
 };
 
-// int4: the scale of group g of row n, widened to float.
-static inline float int4_scale(const QWeight& w, int64_t n, int64_t g) {
-  return half_to_float(w.scale16[n * int4_groups(w.K) + g]);
+// int4: the scale of the 32-k unit b of row n (row layout), widened to float.
+static inline float int4_scale(const QWeight& w, int64_t n, int64_t b) {
+  return half_to_float(w.scale16[n * int4_groups(w.K, w.group) + b * kInt4Group / w.group]);
 }
+// int4 with group > kInt4Group as the same weight with one scale per 32 k (each scale repeated), in the same
+// layout (row or rows8), the scales in `scratch`: for the kernels that read 32-k scales only.
+QWeight int4_with_unit_scales(const QWeight& w, std::vector<uint16_t>& scratch);
 
 static inline float decode_scalar(const QWeight& w, int64_t n, int64_t k) {
   switch (w.fmt) {
@@ -188,7 +203,7 @@ static inline float decode_scalar(const QWeight& w, int64_t n, int64_t k) {
       int64_t G = int4_groups(w.K), g = k / kInt4Group, j = k % kInt4Group;
       uint8_t b = w.data[(n * G + g) * 16 + (j & 15)];
       int q = j < 16 ? (b & 15) : (b >> 4);
-      return static_cast<float>(q - 8) * half_to_float(w.scale16[n * G + g]);
+      return static_cast<float>(q - 8) * int4_scale(w, n, g);
     }
   }
   return 0.f;
@@ -235,6 +250,8 @@ void qmatmul_avx512(const QWeight& w, const float* x, int64_t M, const float* bi
 void qmatmul(const QWeight& w, const float* x, int64_t M, const float* bias, float* y, bool q8 = false,
              bool bf16 = false);
 void qmatmul_rows8(const QWeight& w, const float* x, int64_t M, const float* bias, float* y, bool q8, bool bf16);
+// Whether qmatmul_rows8 hands w (rows8) to a rows8 kernel as it is (those read int4 groups larger than 32).
+bool rows8_kernel_reads(const QWeight& w, int64_t M, bool q8, bool bf16);
 
 // ---- nf4 on the integer path (llama.cpp's IQ4_NL scheme), bitsandbytes' byte layout unchanged ----
 // The 16 NF4 code values as int8: kNf4Int8[q] = round(kNf4IntMax * kNf4Code[q]). With q8 activations the

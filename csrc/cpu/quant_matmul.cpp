@@ -123,6 +123,13 @@ void qmatmul(const QWeight& w, const float* x, int64_t M, const float* bias, flo
       for (int64_t n = 0; n < w.N; ++n) y[m * w.N + n] = bias ? bias[n] : 0.f;
     return;
   }
+  // int4 scales over groups larger than 32 k: the portable kernels and the rows8 kernels read them; the
+  // others get one scale per 32 k, repeated into a scratch copy (a prompt's matmul is compute-bound).
+  const bool portable = current_isa() == Isa::Generic && !bf16 && !amx_int8_enabled();
+  if (w.fmt == QFormat::Int4 && w.group != kInt4Group && !portable && !rows8_kernel_reads(w, M, q8, bf16)) {
+    std::vector<uint16_t> unit_scales;
+    return qmatmul(int4_with_unit_scales(w, unit_scales), x, M, bias, y, q8, bf16);
+  }
   if (w.rows8) return qmatmul_rows8(w, x, M, bias, y, q8, bf16);
 #if MPT_LITE_AMX
   if (bf16) return qgemm_bf16_amx(w, x, M, bias, y);

@@ -43,8 +43,9 @@ struct Rows8 {
         _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kNf4Int8))),
         _mm256_set1_epi8(kNf4CodeOffset));
     const uint8_t* codes = w.data + g0 * KB * kGroupBytes;  // the layout tile of sets g0 .. g0 + NG - 1
-    const int shift = kNf4 ? __builtin_ctzll(w.blocksize) : 0;  // nf4_q8_ok: a power of two
-    const int64_t C = kNf4 ? w.K >> shift : 0;                   // nf4 blocks a row
+    // k per scale: nf4's blocksize (nf4_q8_ok: a power of two), int4's group (int4_group_ok)
+    const int shift = __builtin_ctzll(kNf4 ? w.blocksize : w.group);
+    const int64_t C = kNf4 ? w.K >> shift : int4_groups(w.K, w.group);  // scales a row
     __m256 acc[MB][NG];
     for (int m = 0; m < MB; ++m)
       for (int p = 0; p < NG; ++p) acc[m][p] = _mm256_setzero_ps();
@@ -79,7 +80,7 @@ struct Rows8 {
         // nf4: absmax here, its 1 / kNf4IntMax folded into x's d below
         const __m256 sw =
             kNf4 ? _mm256_loadu_ps(w.scale + (g0 * C + ((b * 32) >> shift) * NG + p) * 8)
-                 : _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scale16 + (g0 * KB + b * NG + p) * 8)));
+                 : _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scale16 + (g0 * C + ((b * 32) >> shift) * NG + p) * 8)));
         for (int m = 0; m < MB; ++m) {
           const int64_t i = (m0 + m) * KB + b;
           const __m256i dot = kNf4 ? sum[m][p] : _mm256_madd_epi16(sum[m][p], ones);

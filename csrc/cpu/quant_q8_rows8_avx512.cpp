@@ -53,9 +53,10 @@ struct Rows8Vnni {
     const int64_t KB = x.KB, Kp = KB * 32, S = w.N / 8;
     const __m512i lo4 = _mm512_set1_epi8(15), table = nf4_table(), flip = _mm512_set1_epi8(static_cast<char>(0x80));
     const uint8_t* codes = w.data + rows8_unit(n8, 0, S, KB) * kUnit;
-    const int shift = kNf4 ? __builtin_ctzll(w.blocksize) : 0;  // nf4_q8_ok: a power of two
-    const int64_t C = kNf4 ? w.K >> shift : 0;                   // nf4 blocks a row
-    const uint16_t* sc16 = FMT == QFormat::Int4 ? w.scale16 + rows8_unit(n8, 0, S, KB) * 8 : nullptr;
+    // k per scale: nf4's blocksize (nf4_q8_ok: a power of two), int4's group (int4_group_ok)
+    const int shift = __builtin_ctzll(kNf4 ? w.blocksize : w.group);
+    const int64_t C = kNf4 ? w.K >> shift : int4_groups(w.K, w.group);  // scales a row
+    const uint16_t* sc16 = FMT == QFormat::Int4 ? w.scale16 + rows8_unit(n8, 0, S, C) * 8 : nullptr;
     const float* am = kNf4 ? w.scale + rows8_unit(n8, 0, S, C) * 8 : nullptr;
     auto one_set = [&](int p) { return lone && p == NP - 1; };  // pair p is set n8 + 2p alone
     auto rows_of = [&](int p) -> __mmask16 { return one_set(p) ? 0x00ff : 0xffff; };
@@ -88,7 +89,7 @@ struct Rows8Vnni {
         }
         // nf4: absmax here, its 1 / kNf4IntMax folded into x's d below; int8: its row scale comes at the end
         if constexpr (kNf4) sw[p] = _mm512_maskz_loadu_ps(rows_of(p), am + (((b * 32) >> shift) * ng + 2 * p) * 8);
-        else if constexpr (!kInt8) sw[p] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(rows_of(p), sc16 + (b * ng + 2 * p) * 8));
+        else if constexpr (!kInt8) sw[p] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(rows_of(p), sc16 + (((b * 32) >> shift) * ng + 2 * p) * 8));
       }
       for (int m = 0; m < MB; ++m) {
         const int64_t i = (m0 + m) * KB + b;
@@ -133,9 +134,9 @@ struct Rows8Vnni {
     const __m512i ib = _mm512_add_epi32(ia, _mm512_set1_epi32(4)), ic = _mm512_add_epi32(ia, _mm512_set1_epi32(2)),
                   id = _mm512_add_epi32(ia, _mm512_set1_epi32(6));
     const uint8_t* codes = w.data + rows8_unit(n8, 0, S, KB) * kGroupBytes;
-    const int shift = kNf4 ? __builtin_ctzll(w.blocksize) : 0;
-    const int64_t C = kNf4 ? w.K >> shift : 0;
-    const uint16_t* sc16 = kNf4 ? nullptr : w.scale16 + rows8_unit(n8, 0, S, KB) * 8;
+    const int shift = __builtin_ctzll(kNf4 ? w.blocksize : w.group);
+    const int64_t C = kNf4 ? w.K >> shift : int4_groups(w.K, w.group);
+    const uint16_t* sc16 = kNf4 ? nullptr : w.scale16 + rows8_unit(n8, 0, S, C) * 8;
     const float* am = kNf4 ? w.scale + rows8_unit(n8, 0, S, C) * 8 : nullptr;
     __m256 acc[NG];
     for (int p = 0; p < NG; ++p) acc[p] = _mm256_setzero_ps();
@@ -155,7 +156,7 @@ struct Rows8Vnni {
           if (kNf4) lo[h] = _mm512_shuffle_epi8(table, lo[h]), hi[h] = _mm512_shuffle_epi8(table, hi[h]);
         }
         const __m256 sw = kNf4 ? _mm256_loadu_ps(am + (((b * 32) >> shift) * NG + p) * 8)
-                               : _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc16 + (b * NG + p) * 8)));
+                               : _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc16 + (((b * 32) >> shift) * NG + p) * 8)));
         __m512i s = _mm512_dpbusd_epi32(start, lo[0], xa);
         s = _mm512_dpbusd_epi32(s, hi[0], xh);
         s = _mm512_dpbusd_epi32(s, lo[1], xc);

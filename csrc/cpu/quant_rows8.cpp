@@ -21,21 +21,23 @@ void check_rows8(int64_t N) {
 
 // int4: copies 4-byte words (codes) and halves (scales) of each 8-row set into the interleaved order, or
 // back (to_rows8 = false).
-void convert_int4(const uint8_t* packed, const uint16_t* scales, int64_t N, int64_t K, uint8_t* out_packed,
-                  uint16_t* out_scales, bool to_rows8) {
+void convert_int4(const uint8_t* packed, const uint16_t* scales, int64_t N, int64_t K, int64_t group,
+                  uint8_t* out_packed, uint16_t* out_scales, bool to_rows8) {
   check_rows8(N);
-  const int64_t G = int4_groups(K), S = N / 8;
+  const int64_t G = int4_groups(K), C = int4_groups(K, group), S = N / 8;
   parallel_for(S, 1, [&](int64_t a, int64_t b) {
     for (int64_t n8 = a; n8 < b; ++n8)
-      for (int64_t g = 0; g < G; ++g) {
-        const int64_t u = rows8_unit(n8, g, S, G), il = u * 128;
-        for (int r = 0; r < 8; ++r) {
-          const int64_t row = (n8 * 8 + r) * G + g;
+      for (int r = 0; r < 8; ++r) {
+        for (int64_t g = 0; g < G; ++g) {
+          const int64_t il = rows8_unit(n8, g, S, G) * 128, row = (n8 * 8 + r) * G + g;
           for (int q = 0; q < 4; ++q) {
             const int64_t a_off = row * 16 + 4 * q, b_off = il + q * 32 + r * 4;
             if (to_rows8) std::memcpy(out_packed + b_off, packed + a_off, 4);
             else std::memcpy(out_packed + a_off, packed + b_off, 4);
           }
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t u = rows8_unit(n8, c, S, C), row = (n8 * 8 + r) * C + c;
           if (to_rows8) out_scales[u * 8 + r] = scales[row];
           else out_scales[row] = scales[u * 8 + r];
         }
@@ -113,13 +115,13 @@ void convert_nf4(const uint8_t* packed, const float* absmax, int64_t N, int64_t 
 }  // namespace
 
 void int4_to_rows8(const uint8_t* packed, const uint16_t* scales, int64_t N, int64_t K, uint8_t* out_packed,
-                   uint16_t* out_scales) {
-  convert_int4(packed, scales, N, K, out_packed, out_scales, true);
+                   uint16_t* out_scales, int64_t group) {
+  convert_int4(packed, scales, N, K, group, out_packed, out_scales, true);
 }
 
 void int4_from_rows8(const uint8_t* packed, const uint16_t* scales, int64_t N, int64_t K, uint8_t* out_packed,
-                     uint16_t* out_scales) {
-  convert_int4(packed, scales, N, K, out_packed, out_scales, false);
+                     uint16_t* out_scales, int64_t group) {
+  convert_int4(packed, scales, N, K, group, out_packed, out_scales, false);
 }
 
 void int8_to_rows8(const int8_t* cb, int64_t N, int64_t K, int8_t* out) { convert_int8(cb, N, K, out, true); }
@@ -155,10 +157,21 @@ void nf4_from_rows8(const uint8_t* packed, const float* absmax, int64_t N, int64
 // qmatmul's path for a rows8 weight: the rows8 kernels for q8 activations where AVX2 (int4 / nf4) or AVX-512
 // (VNNI) is the ISA; every other choice (float activations, bf16 tiles, the portable ISA, int8 on AVX2) runs
 // on a scratch copy in the saved layout, correct but not fast (load() arranges rows8 only where the kernels run).
+bool rows8_kernel_reads(const QWeight& w, int64_t M, bool q8, bool bf16) {
+#if MPT_LITE_X86_SIMD
+  return w.rows8 && q8 && !bf16 && current_isa() != Isa::Generic &&
+         (w.fmt != QFormat::Int8 || current_isa() == Isa::Avx512) &&
+         (current_isa() == Isa::Avx512 || M < kRows8PanelMinRows || w.fmt != QFormat::Int4 || w.group == kInt4Group);
+#else
+  (void)w, (void)M, (void)q8, (void)bf16;
+  return false;
+#endif
+}
+
 void qmatmul_rows8(const QWeight& w, const float* x, int64_t M, const float* bias, float* y, bool q8, bool bf16) {
   check_rows8(w.N);
 #if MPT_LITE_X86_SIMD
-  if (q8 && !bf16 && current_isa() != Isa::Generic && (w.fmt != QFormat::Int8 || current_isa() == Isa::Avx512)) {
+  if (rows8_kernel_reads(w, M, q8, bf16)) {
     Q8Rows xq;
     quantize_q8(x, M, w.K, xq);
     // AVX-512 VNNI: one kernel for every row count (from 32 rows it beats the AVX2 panels by 1.5-2x)
@@ -180,8 +193,8 @@ void qmatmul_rows8(const QWeight& w, const float* x, int64_t M, const float* bia
   if (w.fmt == QFormat::Int4) {
     const int64_t G = int4_groups(w.K);
     packed.resize(static_cast<size_t>(w.N * G * 16));
-    std::vector<uint16_t> scales(static_cast<size_t>(w.N * G));
-    int4_from_rows8(w.data, w.scale16, w.N, w.K, packed.data(), scales.data());
+    std::vector<uint16_t> scales(static_cast<size_t>(w.N * int4_groups(w.K, w.group)));
+    int4_from_rows8(w.data, w.scale16, w.N, w.K, packed.data(), scales.data(), w.group);
     rows.data = packed.data(), rows.scale16 = scales.data();
     return qmatmul(rows, x, M, bias, y, q8, bf16);
   }

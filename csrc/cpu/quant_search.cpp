@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
 #include <vector>
 
 #include "cpu/quant_formats.h"
@@ -57,18 +58,20 @@ MPT_INLINE float tree_sum(float* a, int64_t n) {
   return a[0];
 }
 
-// int4 works on a group of 32 as four vectors of 8 (GCC/Clang vector extensions: SSE or AVX2
-// code by clone, plain scalar code elsewhere).
+// int4 works on a group of 32 k (or 64, 128, 256) as V vectors of 8 (GCC/Clang vector extensions: SSE or
+// AVX2 code by clone, plain scalar code elsewhere).
 typedef float v8f __attribute__((vector_size(32)));
+template <int V>
 struct Group {
-  v8f v[4];
+  v8f v[V];
 };
 
 // levels l = round(clamp(x * inv, -8, 7))
-MPT_INLINE Group int4_assign(const Group& x, float inv) {
+template <int V>
+MPT_INLINE Group<V> int4_assign(const Group<V>& x, float inv) {
   const v8f magic = v8f{} + 12582912.0f, lo = v8f{} - 8.f, hi = v8f{} + 7.f;
-  Group l;
-  for (int i = 0; i < 4; ++i) {
+  Group<V> l;
+  for (int i = 0; i < V; ++i) {
     v8f t = x.v[i] * inv;
     t = t < lo ? lo : t;
     t = t > hi ? hi : t;
@@ -77,20 +80,24 @@ MPT_INLINE Group int4_assign(const Group& x, float inv) {
   return l;
 }
 
-// the tree_sum order over 32: a[j] += a[j + 16], then + 8, + 4, + 2, + 1
-MPT_INLINE float tree_sum32(const v8f* a) {
-  const v8f s = (a[0] + a[2]) + (a[1] + a[3]);
+// the tree_sum order over 8 V: a[j] += a[j + 4 V], ..., + 8 (whole vectors), then + 4, + 2, + 1 in the last one
+template <int V>
+MPT_INLINE float tree_sum_vectors(v8f* a) {
+  for (int width = V / 2; width > 0; width /= 2)
+    for (int i = 0; i < width; ++i) a[i] += a[i + width];
+  const v8f s = a[0];
   const float t0 = s[0] + s[4], t1 = s[1] + s[5], t2 = s[2] + s[6], t3 = s[3] + s[7];
   return (t0 + t2) + (t1 + t3);
 }
 
-MPT_INLINE Fit int4_fit(const Group& x, const Group& l) {
-  v8f sx[4], s2[4];
-  for (int i = 0; i < 4; ++i) {
+template <int V>
+MPT_INLINE Fit int4_fit(const Group<V>& x, const Group<V>& l) {
+  v8f sx[V], s2[V];
+  for (int i = 0; i < V; ++i) {
     sx[i] = x.v[i] * l.v[i];
     s2[i] = l.v[i] * l.v[i];
   }
-  return ls_fit(tree_sum32(sx), tree_sum32(s2));
+  return ls_fit(tree_sum_vectors<V>(sx), tree_sum_vectors<V>(s2));
 }
 
 // nf4 code q = number of code midpoints strictly below x * inv (as quantize_nf4 counts them).
@@ -113,29 +120,29 @@ MPT_INLINE Fit nf4_fit(const float* x, int64_t n, const uint8_t* q, float* sx, f
   return ls_fit(tree_sum(sx, n), tree_sum(s2, n));
 }
 
-MPT_SEARCH_CLONES void int4_rows(const float* w, int64_t n0, int64_t n1, int64_t K, uint8_t* packed,
-                                 uint16_t* scales) {
-  static_assert(kInt4Group == 32, "int4 groups are four vectors of 8");
-  const int64_t G = int4_groups(K);
+template <int V>
+MPT_INLINE void int4_rows_of(const float* w, int64_t n0, int64_t n1, int64_t K, uint8_t* packed, uint16_t* scales) {
+  constexpr int64_t kLen = 8 * V;  // k per scale
+  const int64_t G = int4_groups(K), C = int4_groups(K, kLen);
   for (int64_t n = n0; n < n1; ++n) {
-    for (int64_t g = 0; g < G; ++g) {
-      const int64_t k0 = g * kInt4Group, len = std::min<int64_t>(kInt4Group, K - k0);
-      float buf[kInt4Group];
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t k0 = c * kLen, len = std::min<int64_t>(kLen, K - k0);
+      float buf[kLen];
       std::memcpy(buf, w + n * K + k0, len * sizeof(float));
-      std::fill(buf + len, buf + kInt4Group, 0.f);
-      Group x;
+      std::fill(buf + len, buf + kLen, 0.f);
+      Group<V> x;
       std::memcpy(x.v, buf, sizeof(buf));
       float amax = 0.f, m = 0.f;
-      for (int j = 0; j < kInt4Group; ++j) amax = std::max(amax, std::fabs(buf[j]));
-      for (int j = 0; j < kInt4Group; ++j)
+      for (int64_t j = 0; j < kLen; ++j) amax = std::max(amax, std::fabs(buf[j]));
+      for (int64_t j = 0; j < kLen; ++j)
         if (std::fabs(buf[j]) == amax) {  // the first of equal magnitudes, like torch.argmax
           m = buf[j];
           break;
         }
-      Group best{};
+      Group<V> best{};
       float best_gain = -1.f;
       for (float t : kInt4Trials) {
-        const Group l = int4_assign(x, m != 0.f ? -t / m : 0.f);
+        const Group<V> l = int4_assign(x, m != 0.f ? -t / m : 0.f);
         const Fit f = int4_fit(x, l);
         if (f.gain > best_gain) {  // the first trial wins ties
           best_gain = f.gain;
@@ -144,15 +151,29 @@ MPT_SEARCH_CLONES void int4_rows(const float* w, int64_t n0, int64_t n1, int64_t
       }
       // Refit once on the best trial's levels, round that scale to half (what is stored), and
       // assign the codes for the rounded scale, so the stored pair is self-consistent.
-      const Group l0 = int4_assign(x, inverse(int4_fit(x, best).scale));
+      const Group<V> l0 = int4_assign(x, inverse(int4_fit(x, best).scale));
       const uint16_t h = half_bits(int4_fit(x, l0).scale);
-      const Group l = int4_assign(x, inverse(half_to_float(h)));
-      scales[n * G + g] = h;
+      const Group<V> l = int4_assign(x, inverse(half_to_float(h)));
+      scales[n * C + c] = h;
       std::memcpy(buf, l.v, sizeof(buf));
-      uint8_t* out = packed + (n * G + g) * 16;
-      for (int j = 0; j < 16; ++j)
-        out[j] = static_cast<uint8_t>(static_cast<int>(buf[j]) + 8 | (static_cast<int>(buf[j + 16]) + 8) << 4);
+      for (int64_t u = 0; u < kLen / kInt4Group && c * (kLen / kInt4Group) + u < G; ++u) {
+        uint8_t* out = packed + (n * G + c * (kLen / kInt4Group) + u) * 16;
+        const float* q = buf + u * kInt4Group;
+        for (int j = 0; j < 16; ++j)
+          out[j] = static_cast<uint8_t>(static_cast<int>(q[j]) + 8 | (static_cast<int>(q[j + 16]) + 8) << 4);
+      }
     }
+  }
+}
+
+MPT_SEARCH_CLONES void int4_rows(const float* w, int64_t n0, int64_t n1, int64_t K, int64_t group, uint8_t* packed,
+                                 uint16_t* scales) {
+  static_assert(kInt4Group == 32 && kInt4MaxGroup == 256, "int4 groups are 4 to 32 vectors of 8");
+  switch (group) {
+    case 32: return int4_rows_of<4>(w, n0, n1, K, packed, scales);
+    case 64: return int4_rows_of<8>(w, n0, n1, K, packed, scales);
+    case 128: return int4_rows_of<16>(w, n0, n1, K, packed, scales);
+    default: return int4_rows_of<32>(w, n0, n1, K, packed, scales);
   }
 }
 
@@ -190,8 +211,9 @@ MPT_SEARCH_CLONES void nf4_blocks(const float* w, int64_t b0, int64_t b1, int64_
 
 }  // namespace
 
-void search_quantize_int4(const float* w, int64_t N, int64_t K, uint8_t* packed, uint16_t* scales) {
-  parallel_for(N, 1, [&](int64_t n0, int64_t n1) { int4_rows(w, n0, n1, K, packed, scales); });
+void search_quantize_int4(const float* w, int64_t N, int64_t K, uint8_t* packed, uint16_t* scales, int64_t group) {
+  if (!int4_group_ok(group)) throw std::invalid_argument("int4 group must be a power of two from 32 to 256");
+  parallel_for(N, 1, [&](int64_t n0, int64_t n1) { int4_rows(w, n0, n1, K, group, packed, scales); });
 }
 
 void search_quantize_nf4(const float* w, int64_t numel, int64_t blocksize, uint8_t* packed, float* absmax) {

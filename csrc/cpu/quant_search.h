@@ -7,7 +7,8 @@
 
 namespace mpt {
 
-void search_quantize_int4(const float* w, int64_t N, int64_t K, uint8_t* packed, uint16_t* scales);  // half scales
+void search_quantize_int4(const float* w, int64_t N, int64_t K, uint8_t* packed, uint16_t* scales,
+                          int64_t group = 32);  // half scales, one per group of k (int4_group_ok)
 void search_quantize_nf4(const float* w, int64_t numel, int64_t blocksize, uint8_t* packed, float* absmax);
 
 }  // namespace mpt

@@ -47,12 +47,16 @@ def check_device(device: Any) -> torch.device:
 
 def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type: str | None = None,
                     dtype: torch.dtype = torch.float32, device: Any = "cpu", embedding_bits: int | None = None,
-                    **config_overrides: Any):
+                    group_size: int | None = None, **config_overrides: Any):
     if bits is None and quant_type is not None:
         raise ValueError("quant_type is only meaningful with bits=8 or bits=4")
     qtype = None if bits is None else quant_type_for(bits, quant_type)
     if bits is not None:
         check_embedding_bits(embedding_bits, qtype)
+    if group_size is not None:
+        kernels.check_int4_group(group_size)
+        if bits is not None and qtype != "int4":
+            raise ValueError(f"group_size (in_features per scale) applies to quant_type 'int4' only, not {qtype}")
     if dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype!r}")
     dev = check_device(device)
@@ -66,6 +70,13 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
             raise ValueError(f"{folder} holds {stored} weights; they cannot be loaded as {qtype} "
                              f"(pass bits=None to use them as saved)")
         qtype = stored
+    if group_size is not None and qtype != "int4":
+        raise ValueError(f"group_size applies to int4 weights; {folder} is loaded as "
+                         f"{qtype or 'unquantized (pass bits=4)'}")
+    if stored is not None and group_size is not None and group_size != _stored_group_size(files):
+        raise ValueError(f"{folder} holds int4 weights with group_size {_stored_group_size(files)}; they cannot be "
+                         f"loaded with group_size={group_size} (pass group_size=None to use them as saved)")
+    group = group_size or (_stored_group_size(files) if stored_formats else kernels.INT4_GROUP)
     emb_qtype = embedding_quant_type(qtype, embedding_bits)
     if qtype is not None and dev.type == "cuda" and not kernels.cuda_built():
         raise ValueError(f"device='cuda' with quantized weights ({qtype}) needs mpt_lite's CUDA kernels, but "
@@ -74,9 +85,9 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
         if qtype is None:
             model = cls(config)
         else:
-            model = cls(config, linear=partial(QuantLinear, quant_type=qtype, blocksize=blocksize))
+            model = cls(config, linear=partial(QuantLinear, quant_type=qtype, blocksize=blocksize, group_size=group))
             base = model.transformer_model()
-            base.wte = QuantEmbedding(config.vocab_size, config.d_model, emb_qtype, blocksize, dtype)
+            base.wte = QuantEmbedding(config.vocab_size, config.d_model, emb_qtype, blocksize, dtype, group)
             if isinstance(getattr(model, "lm_head", None), QuantLinear):  # untied: as the embedding
                 model.lm_head.set_format(emb_qtype)
             _apply_stored_formats(model, stored_formats, embedding_bits, folder)
@@ -187,6 +198,14 @@ def _stored_quantization(files: list[Path]) -> tuple[str | None, int, dict[str, 
     if any(k.endswith(".SCB") for k in keys):
         return "int8", kernels.NF4_BLOCKSIZE, {}, FORMAT_VERSION
     return None, kernels.NF4_BLOCKSIZE, {}, FORMAT_VERSION
+
+
+def _stored_group_size(files: list[Path]) -> int:
+    """The int4 group_size an mpt_lite file names for its block Linears (32 before format version 7)."""
+    try:
+        return int(json.loads(safetensors_metadata(files[0])["mpt_lite_quant"]).get("group_size", kernels.INT4_GROUP))
+    except (KeyError, json.JSONDecodeError, TypeError, ValueError) as e:
+        raise OSError(f"{files[0]}: unreadable mpt_lite_quant metadata ({e})") from e
 
 
 def _stored_rows8(files: list[Path]) -> set[str]:

@@ -11,7 +11,7 @@ import torch
 from .attention_ops import KV_CACHE_DTYPES, cache_geometry
 from .checks import check_int4_scales, check_tensor, check_threads, ptr
 from .extension import _C
-from .layouts import AMX_MIN_ROWS, Q8_GEMM_MIN_K, Q8_MAX_ROWS, int4_groups, nf4_q8_ok
+from .layouts import AMX_MIN_ROWS, Q8_GEMM_MIN_K, Q8_MAX_ROWS, int4_group_of, int4_groups, nf4_q8_ok
 
 _FMT = {"float32": -1, "int8": 0, "nf4": 1, "int4": 2, "int4_rows8": 3, "nf4_rows8": 4, "int8_rows8": 5}
 
@@ -64,8 +64,12 @@ class DecodePlan:
                       or (quant_type == "nf4" and not nf4_q8_ok(k, blocksize)) or (quant_type == "int8" and k % 32)):
             raise ValueError(f"{name}: the rows8 layout is for Linears (and an int8 embedding) of a multiple of 8 "
                              "rows (nf4: nf4_q8_ok; int8: in_features a multiple of 32)")
+        group = None
+        if quant_type == "int4":  # any group (layouts.INT4_GROUPS): the scales' count says which; passed as blocksize
+            group = int4_group_of(k, scale.numel() // n) if n and isinstance(scale, torch.Tensor) else None
+            blocksize = group or 32
         want = {"int8": (n * k, n), "nf4": ((n * k + 1) // 2, (n * k + blocksize - 1) // blocksize),
-                "int4": (n * int4_groups(k) * 16, n * int4_groups(k))}[quant_type]
+                "int4": (n * int4_groups(k) * 16, n * int4_groups(k, group or 32))}[quant_type]
         check_tensor(f"{name} codes", data, (torch.int8 if quant_type == "int8" else torch.uint8,))
         if data.numel() != want[0] or not data.is_contiguous():
             raise ValueError(f"{name}: {quant_type} codes of a [{n}, {k}] weight hold {want[0]} bytes, "

@@ -16,8 +16,30 @@ def nf4_code() -> torch.Tensor:
     return torch.tensor(NF4_CODE, dtype=torch.float32)
 
 
-def int4_groups(in_features: int) -> int:
-    return (in_features + INT4_GROUP - 1) // INT4_GROUP
+# int4's codes come in units of INT4_GROUP k; its scales may cover a larger group (k per scale): 64 is 4.25 bits
+# per weight, 128 4.125 (csrc/cpu/quant_formats.h; docs/benchmarks.md, "int4 groups of 64 and 128").
+INT4_GROUPS = (32, 64, 128, 256)
+
+
+def int4_groups(in_features: int, group: int = INT4_GROUP) -> int:
+    """Groups of `group` k in a row of in_features (scales a row; with the default, also the 32-k code units)."""
+    return (in_features + group - 1) // group
+
+
+def int4_group_of(in_features: int, scale_columns: int) -> int | None:
+    """The group (k per scale) of int4 scales with scale_columns columns for in_features, the smallest that fits
+    (where several fit, all scales cover the whole row: the same weight); None when none does."""
+    for g in INT4_GROUPS:
+        if int4_groups(in_features, g) == scale_columns:
+            return g
+    return None
+
+
+def check_int4_group(group: object) -> int:
+    if isinstance(group, bool) or not isinstance(group, int) or group not in INT4_GROUPS:
+        raise ValueError(f"int4 group_size must be one of {', '.join(map(str, INT4_GROUPS))} (in_features per scale), "
+                         f"got {group!r}")
+    return group
 
 
 INT4_SCALE_DTYPE = torch.float16  # int4 group scales: IEEE half (format version 3; fp32 before)

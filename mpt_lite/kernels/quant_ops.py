@@ -9,7 +9,8 @@ import torch
 from .checks import (check_activations, check_bias, check_blocksize, check_dim, check_int4_scales, check_row_ids,
                      check_shape, check_tensor, check_threads, op_device, ptr, weight_f32)
 from .extension import _C, amx_enabled, amx_int8_enabled, current_isa, launch
-from .layouts import INT4_SCALE_DTYPE, NF4_BLOCKSIZE, Q8_GEMM_MIN_K, int4_groups, nf4_q8_ok, use_bf16, use_q8
+from .layouts import (INT4_GROUP, INT4_SCALE_DTYPE, NF4_BLOCKSIZE, Q8_GEMM_MIN_K, check_int4_group, int4_group_of,
+                      int4_groups, nf4_q8_ok, use_bf16, use_q8)
 
 # ---- quantized matmuls (int8, nf4, int4) ----
 # Formats and byte layouts: csrc/cpu/quant_formats.h. Weights are W [N = out, K = in]; the matmuls
@@ -274,71 +275,90 @@ def matmul_nf4(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, shap
                                                       "rows8": bool(rows8)}, q8, num_threads)
 
 
-# int4: packed uint8 [N, G*16], scales float16 [N, G], G = ceil(K/32); W = (q - 8) * d (4.5 bits per weight).
+# int4: packed uint8 [N, G*16] (G = ceil(K/32) units of 32 k), scales float16 [N, C], C = ceil(K/group), group
+# 32 (4.5 bits per weight), 64 (4.25) or 128 (4.125); W = (q - 8) * d. The group is read from the scales' shape.
 # Before format version 3 the scales were float32; kernels reject those (check_int4_scales).
 
-def quantize_int4(w: torch.Tensor, *, num_threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_int4(w: torch.Tensor, *, group: int = INT4_GROUP,
+                  num_threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     threads = check_threads(num_threads)
+    group = check_int4_group(group)
     w = weight_f32("w", w)
     N, K = w.shape
-    G = int4_groups(K)
-    packed = torch.empty(N, G * 16, dtype=torch.uint8, device=w.device)
-    scales = torch.empty(N, G, dtype=INT4_SCALE_DTYPE, device=w.device)
+    packed = torch.empty(N, int4_groups(K) * 16, dtype=torch.uint8, device=w.device)
+    scales = torch.empty(N, int4_groups(K, group), dtype=INT4_SCALE_DTYPE, device=w.device)
     if w.is_cuda:
+        if group != INT4_GROUP:
+            raise ValueError(f"int4 group {group} is quantized on the CPU (the CUDA quantizer takes groups of 32)")
         _C.quantize_int4_cuda(**launch(w.device), w=ptr(w), n=N, k=K, packed=ptr(packed), scales=ptr(scales))
     else:
-        _C.quantize_int4(w=ptr(w), n=N, k=K, packed=ptr(packed), scales=ptr(scales), num_threads=threads)
+        _C.quantize_int4(w=ptr(w), n=N, k=K, packed=ptr(packed), scales=ptr(scales), group=group, num_threads=threads)
     return packed, scales
 
 
-def _check_int4(packed: object, scales: object, in_features: object) -> tuple[int, int]:
+def _check_int4(packed: object, scales: object, in_features: object) -> tuple[int, int, int]:
+    """(N, K, group) of an int4 weight."""
     K = check_dim("in_features", in_features)
     check_tensor("packed", packed, (torch.uint8,), ndim=2, device=op_device("packed", packed))
     check_int4_scales(scales, packed.device)
-    N, G = packed.shape[0], int4_groups(K)
-    check_shape("packed", packed, (N, G * 16))
-    check_shape("scales", scales, (N, G))
-    return N, K
+    N = packed.shape[0]
+    check_shape("packed", packed, (N, int4_groups(K) * 16))
+    group = int4_group_of(K, scales.shape[1]) if scales.shape[0] == N else None
+    if group is None:
+        raise ValueError(f"scales must be [{N}, ceil({K} / group)] for a group of 32, 64, 128 or 256 in_features, "
+                         f"got {list(scales.shape)}")
+    return N, K, group
+
+
+def int4_unit_scales(scales: torch.Tensor, in_features: int) -> torch.Tensor:
+    """int4 scales (row layout) of any group as one scale per 32 k (each repeated): the same weight, for the
+    kernels that take groups of 32 only (CUDA)."""
+    group = int4_group_of(in_features, scales.shape[1])
+    if group is None or group == INT4_GROUP:
+        return scales
+    return scales.repeat_interleave(group // INT4_GROUP, dim=1)[:, :int4_groups(in_features)].contiguous()
 
 
 def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, in_features: int, *,
                     num_threads: int | None = None) -> torch.Tensor:
     threads = check_threads(num_threads)
-    N, K = _check_int4(packed, scales, in_features)
+    N, K, group = _check_int4(packed, scales, in_features)
     if packed.is_cuda:
-        return _cuda_dequantize("int4", packed, scales, N, K, 0)
+        return _cuda_dequantize("int4", packed, int4_unit_scales(scales, K), N, K, 0)
     out = torch.empty(N, K, dtype=torch.float32)
     packed, scales = packed.contiguous(), scales.contiguous()
-    _C.dequantize_int4(packed=ptr(packed), scales=ptr(scales), n=N, k=K, out=ptr(out), num_threads=threads)
+    _C.dequantize_int4(packed=ptr(packed), scales=ptr(scales), n=N, k=K, out=ptr(out), group=group,
+                       num_threads=threads)
     return out
 
 
 def dequantize_rows_int4(packed, scales, in_features: int, ids, *, num_threads: int | None = None) -> torch.Tensor:
     threads = check_threads(num_threads)
-    N, K = _check_int4(packed, scales, in_features)
+    N, K, group = _check_int4(packed, scales, in_features)
     rows = check_row_ids(ids, N, packed.device)
     if packed.is_cuda:
-        return _cuda_dequantize("int4", packed, scales, N, K, 0, rows).reshape(*ids.shape, K)
+        return _cuda_dequantize("int4", packed, int4_unit_scales(scales, K), N, K, 0, rows).reshape(*ids.shape, K)
     out = torch.empty(rows.numel(), K, dtype=torch.float32)
     packed, scales = packed.contiguous(), scales.contiguous()
     _C.dequantize_rows_int4(packed=ptr(packed), scales=ptr(scales), k=K, rows=ptr(rows), n_rows=rows.numel(),
-                            out=ptr(out), num_threads=threads)
+                            out=ptr(out), group=group, num_threads=threads)
     return out.reshape(*ids.shape, K)
 
 
 def matmul_int4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, in_features: int,
                 bias: torch.Tensor | None = None, q8: bool | None = None, *,
                 num_threads: int | None = None, rows8: bool = False) -> torch.Tensor:
-    """rows8: packed and scales are in the rows8 layout (int4_to_rows8; CPU tensors only)."""
-    N, K = _check_int4(packed, scales, in_features)
+    """rows8: packed and scales are in the rows8 layout (int4_to_rows8; CPU tensors only). On CUDA, scales of
+    groups larger than 32 are repeated per 32 k for each call (the CUDA kernels read groups of 32)."""
+    N, K, group = _check_int4(packed, scales, in_features)
     if rows8:
         _check_rows8(packed, N)
     if packed.is_cuda:
         _no_q8_on_cuda(q8)
-        return _cuda_matmul("int4", x, packed, scales, N, K, 0, bias)
+        return _cuda_matmul("int4", x, packed, int4_unit_scales(scales, K), N, K, 0, bias)
     packed, scales = packed.contiguous(), scales.contiguous()
     return _run_matmul(_C.matmul_int4, x, K, N, bias, {"packed": ptr(packed), "scales": ptr(scales),
-                                                       "rows8": bool(rows8)}, q8, num_threads)
+                                                       "rows8": bool(rows8), "group": group}, q8, num_threads)
 
 
 # The rows8 layouts of int4, nf4 and int8 (csrc/cpu/quant_formats.h): the same codes and scales, in the same
@@ -383,12 +403,12 @@ def int8_from_rows8(cb: torch.Tensor, scb: torch.Tensor, *, num_threads: int | N
 
 def _int4_convert(packed, scales, in_features, to_rows8: bool, num_threads) -> tuple[torch.Tensor, torch.Tensor]:
     threads = check_threads(num_threads)
-    N, K = _check_int4(packed, scales, in_features)
+    N, K, group = _check_int4(packed, scales, in_features)
     _check_rows8(packed, N)
     packed, scales = packed.contiguous(), scales.contiguous()
     out_p, out_s = torch.empty_like(packed), torch.empty_like(scales)
     _C.int4_rows8(packed=ptr(packed), scales=ptr(scales), n=N, k=K, out_packed=ptr(out_p), out_scales=ptr(out_s),
-                  to_rows8=to_rows8, num_threads=threads)
+                  to_rows8=to_rows8, group=group, num_threads=threads)
     return out_p, out_s
 
 

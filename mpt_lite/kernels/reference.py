@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .layouts import (INT4_GROUP, NF4_BLOCKSIZE, NF4_INT8, NF4_INT_MAX, Q8_BLOCK, int4_groups, int4_half_scales, nf4_code,
-                      nf4_q8_ok, use_q8)
+from .layouts import (INT4_GROUP, NF4_BLOCKSIZE, NF4_INT8, NF4_INT_MAX, Q8_BLOCK, int4_group_of, int4_groups,
+                      int4_half_scales, nf4_code, nf4_q8_ok, use_q8)
 
 def ref_matmul_bf16_operands(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
                              row_scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -126,27 +126,38 @@ def ref_matmul_nf4(x, packed, absmax, shape, blocksize: int = NF4_BLOCKSIZE, bia
     return F.linear(x.float(), ref_dequantize_nf4(packed, absmax, shape, blocksize), b).to(x.dtype)
 
 
-def ref_quantize_int4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _int4_pack(q: torch.Tensor, N: int, K: int) -> torch.Tensor:
+    """codes q (0..15) [N, >= ceil(K/32)*32] -> packed [N, ceil(K/32)*16] (low nibble k, high nibble k + 16)."""
+    G = int4_groups(K)
+    q = q.reshape(N, -1)[:, :G * INT4_GROUP].reshape(N, G, INT4_GROUP)
+    return (q[..., :16] | (q[..., 16:] << 4)).reshape(N, G * 16)
+
+
+def ref_quantize_int4(w: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Tensor, torch.Tensor]:
     w = w.float()
     N, K = w.shape
-    G = int4_groups(K)
-    v = torch.zeros(N, G * INT4_GROUP)
+    C = int4_groups(K, group)
+    v = torch.zeros(N, C * group)
     v[:, :K] = w
-    v = v.view(N, G, INT4_GROUP)
+    v = v.view(N, C, group)
     idx = v.abs().argmax(dim=2, keepdim=True)
     h = int4_half_scales(torch.gather(v, 2, idx).squeeze(2) / -8.0)  # stored half; codes use it rounded
     d = h.float()
     inv = torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
     q = torch.floor(v * inv[..., None] + 8.5).clamp(0, 15).to(torch.uint8)
-    packed = q[..., :16] | (q[..., 16:] << 4)
-    return packed.reshape(N, G * 16), h
+    return _int4_pack(q, N, K), h
 
 
 def ref_dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, in_features: int) -> torch.Tensor:
-    N, G = scales.shape
+    """Any group: the scales' columns say it (layouts.int4_group_of)."""
+    N, G = packed.shape[0], packed.shape[1] // 16
     p = packed.view(N, G, 16)
-    q = torch.cat([p & 15, p >> 4], dim=2).float() - 8.0
-    return (q * scales.float()[..., None]).reshape(N, G * INT4_GROUP)[:, :in_features]  # half scales widen exactly
+    q = torch.cat([p & 15, p >> 4], dim=2).float().reshape(N, G * INT4_GROUP) - 8.0
+    group = int4_group_of(in_features, scales.shape[1]) or INT4_GROUP
+    d = scales.float().repeat_interleave(group, dim=1)[:, :G * INT4_GROUP]  # half scales widen exactly
+    if d.shape[1] < G * INT4_GROUP:  # one scale covers the whole (short) row
+        d = torch.nn.functional.pad(d, (0, G * INT4_GROUP - d.shape[1]))
+    return (q * d)[:, :in_features]
 
 
 def ref_rows8_units(S: int, G: int) -> torch.Tensor:
@@ -160,11 +171,13 @@ def ref_rows8_units(S: int, G: int) -> torch.Tensor:
 
 def ref_int4_from_rows8(packed: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The row layout of int4 codes and scales held in the rows8 layout (csrc/cpu/quant_formats.h):
-    per 8 rows and group of 32 k, at its unit, vector q's lane r holds row r's bytes 4q..4q+3 of that group."""
-    N, G = scales.shape
+    per 8 rows and unit of 32 k, at its unit, vector q's lane r holds row r's bytes 4q..4q+3 of that unit; the
+    8 rows' scales side by side per group, at the units of the C groups (C = G where the group is 32)."""
+    N, C = scales.shape
+    G = packed.shape[1] // 16
     u = ref_rows8_units(N // 8, G)
     p = packed.reshape(-1, 128)[u].reshape(N // 8, G, 4, 8, 4).permute(0, 3, 1, 2, 4).reshape(N, G * 16)
-    s = scales.reshape(-1, 8)[u].permute(0, 2, 1).reshape(N, G)
+    s = scales.reshape(-1, 8)[ref_rows8_units(N // 8, C)].permute(0, 2, 1).reshape(N, C)
     return p.contiguous(), s.contiguous()
 
 
@@ -246,13 +259,13 @@ def _int4_levels(x: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
     return torch.round((x * inv).clamp(-8, 7))
 
 
-def ref_search_quantize_int4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """int4 with searched group scales, in quantize_int4's layout: W = (q - 8) * d."""
+def ref_search_quantize_int4(w: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Tensor, torch.Tensor]:
+    """int4 with searched group scales, in quantize_int4's layout: W = (q - 8) * d, one d per `group` k."""
     w = w.float()
     N, K = w.shape
-    G = int4_groups(K)
-    x = torch.zeros(N * G, INT4_GROUP, device=w.device)
-    x.view(N, G * INT4_GROUP)[:, :K] = w
+    C = int4_groups(K, group)
+    x = torch.zeros(N * C, group, device=w.device)
+    x.view(N, C * group)[:, :K] = w
     m = torch.gather(x, 1, x.abs().argmax(1, keepdim=True))  # signed absmax, first on ties
     safe = torch.where(m != 0, m, torch.ones_like(m))
     inv = torch.stack([torch.where(m != 0, torch.full_like(m, -t) / safe, torch.zeros_like(m)) for t in INT4_TRIALS])
@@ -261,8 +274,7 @@ def ref_search_quantize_int4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     levels = _int4_levels(x, _inverse(_ls_fit(x, levels)[0])[:, None])
     h = int4_half_scales(_ls_fit(x, levels)[0])  # refit, round to the stored half, codes for that scale
     levels = _int4_levels(x, _inverse(h.float())[:, None])
-    q = (levels + 8).to(torch.uint8).view(N, G, INT4_GROUP)
-    return (q[..., :16] | (q[..., 16:] << 4)).reshape(N, G * 16), h.view(N, G)
+    return _int4_pack((levels + 8).to(torch.uint8), N, K), h.view(N, C)
 
 
 def _nf4_codes(x: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:

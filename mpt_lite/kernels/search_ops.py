@@ -7,20 +7,22 @@ import torch
 
 from .checks import check_blocksize, check_threads, ptr, weight_f32
 from .extension import _C
-from .layouts import INT4_SCALE_DTYPE, NF4_BLOCKSIZE, int4_groups
+from .layouts import INT4_GROUP, INT4_SCALE_DTYPE, NF4_BLOCKSIZE, check_int4_group, int4_groups
 from .reference import ref_search_quantize_int4, ref_search_quantize_nf4
 
 
-def search_quantize_int4(w: torch.Tensor, num_threads: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """w [N, K] -> (packed uint8 [N, ceil(K/32)*16], scales float16 [N, ceil(K/32)]); W = (q - 8) * d."""
+def search_quantize_int4(w: torch.Tensor, num_threads: int | None = None, *,
+                         group: int = INT4_GROUP) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [N, K] -> (packed uint8 [N, ceil(K/32)*16], scales float16 [N, ceil(K/group)]); W = (q - 8) * d."""
+    group = check_int4_group(group)
     w = weight_f32("w", w)
     if w.is_cuda:
-        return ref_search_quantize_int4(w)
+        return ref_search_quantize_int4(w, group)
     N, K = w.shape
-    G = int4_groups(K)
-    packed = torch.empty(N, G * 16, dtype=torch.uint8)
-    scales = torch.empty(N, G, dtype=INT4_SCALE_DTYPE)
-    _C.search_quantize_int4(w=ptr(w), n=N, k=K, packed=ptr(packed), scales=ptr(scales), num_threads=check_threads(num_threads))
+    packed = torch.empty(N, int4_groups(K) * 16, dtype=torch.uint8)
+    scales = torch.empty(N, int4_groups(K, group), dtype=INT4_SCALE_DTYPE)
+    _C.search_quantize_int4(w=ptr(w), n=N, k=K, packed=ptr(packed), scales=ptr(scales), group=group,
+                            num_threads=check_threads(num_threads))
     return packed, scales
 
 

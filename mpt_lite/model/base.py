@@ -87,12 +87,14 @@ class MptPreTrainedModel(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type: str | None = None,
                         dtype: torch.dtype = torch.float32, device: Any = "cpu", embedding_bits: int | None = None,
-                        **config_overrides: Any):
-        """bits=4 keeps the tied wte/lm_head at int8 unless embedding_bits=4."""
+                        group_size: int | None = None, **config_overrides: Any):
+        """bits=4 keeps the tied wte/lm_head at int8 unless embedding_bits=4. group_size (int4 only): in_features
+        per scale, 32 (default, 4.5 bits per weight), 64 (4.25) or 128 (4.125)."""
         from ..hub.loading import load_pretrained
 
         return load_pretrained(cls, name_or_path, bits=bits, quant_type=quant_type, dtype=dtype,
-                               device=device, embedding_bits=embedding_bits, **config_overrides)
+                               device=device, embedding_bits=embedding_bits, group_size=group_size,
+                               **config_overrides)
 
     def save_pretrained(self, save_directory: Any) -> None:
         from ..hub.saving import save_pretrained

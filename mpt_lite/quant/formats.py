@@ -3,8 +3,8 @@ cost in bytes, and how the kernels dequantize them and multiply by them.
 
     int8  weight int8 [N, K] (bitsandbytes CB), SCB float32 [N]
     nf4   weight uint8 [ceil(N*K/2)] (bitsandbytes layout), weight_absmax float32 [ceil(N*K/blocksize)]
-    int4  weight uint8 [N, ceil(K/32)*16], weight_scales float16 [N, ceil(K/32)]  (4.5 bits per weight;
-          float32 scales before format version 3, converted at load)
+    int4  weight uint8 [N, ceil(K/32)*16], weight_scales float16 [N, ceil(K/group)]  (group 32: 4.5 bits
+          per weight, the default; 64: 4.25; 128: 4.125; float32 scales before format version 3, converted at load)
 
 Byte layouts: csrc/cpu/quant_formats.h. int4 and nf4 quantize with searched block scales (least
 squared error, kernels.search_quantize_*), stored in the same layouts as the absmax quantizers'. Code tensors are held in a dict keyed by the names above
@@ -117,15 +117,23 @@ class Nf4Format(WeightFormat):
 
 
 class Int4Format(WeightFormat):
+    """`blocksize` (nf4's) does not apply; `group` is in_features per scale (32, 64, 128; kernels.INT4_GROUPS).
+    The kernels read the group from the scales' shape."""
     name, code_names = "int4", ("weight", "weight_scales")
 
-    def empty_codes(self, n, k, blocksize):
-        g = kernels.int4_groups(k)
-        return {"weight": torch.empty(n, g * 16, dtype=torch.uint8),
-                "weight_scales": torch.empty(n, g, dtype=kernels.INT4_SCALE_DTYPE)}
+    def empty_codes(self, n, k, blocksize, group=kernels.INT4_GROUP):
+        return {"weight": torch.empty(n, kernels.int4_groups(k) * 16, dtype=torch.uint8),
+                "weight_scales": torch.empty(n, kernels.int4_groups(k, group), dtype=kernels.INT4_SCALE_DTYPE)}
 
-    def quantize(self, w, blocksize, num_threads=None):
-        packed, scales = kernels.search_quantize_int4(w, num_threads=num_threads)
+    def empty_codes_meta(self, n, k, blocksize, group=kernels.INT4_GROUP):
+        with torch.device("meta"):
+            return self.empty_codes(n, k, blocksize, group)
+
+    def nbytes(self, n, k, blocksize, group=kernels.INT4_GROUP):
+        return sum(t.numel() * t.element_size() for t in self.empty_codes_meta(n, k, blocksize, group).values())
+
+    def quantize(self, w, blocksize, num_threads=None, group=kernels.INT4_GROUP):
+        packed, scales = kernels.search_quantize_int4(w, num_threads=num_threads, group=group)
         return {"weight": packed, "weight_scales": scales}
 
     def dequantize(self, codes, n, k, blocksize, num_threads=None):

@@ -24,13 +24,14 @@ from .. import kernels
 from ..config import MissingKeyError
 from .formats import DEFAULT_4BIT, WeightFormat, weight_format
 
-# 6: int8 Linears may be stored in the rows8 layout too (older versions list none); 5: rows8 with its 8-row
+# 7: int4 scales may cover groups of 64, 128 or 256 in_features (the scales' shape says which; "group_size" in
+# the metadata is the block Linears'; files with groups of 32 only are still written as version 6); 6: int8 Linears may be stored in the rows8 layout too (older versions list none); 5: rows8 with its 8-row
 # sets interleaved by 4 (csrc/cpu/quant_formats.h); 4: int4 / nf4 Linears may be stored in the rows8 layout
 # (the "rows8" list names them; the file maps as it is on a machine whose kernels read rows8, and is converted
 # on others; version 4's rows8, without the interleave, is converted at load); 3: int4 group scales in float16
 # (4.5 bits per weight); 2: a format per quantized tensor ("formats"); 1: one format for the model. Files of
 # versions 1-5 load (hub/loading.py rounds int4 scales of 1-2 to half).
-FORMAT_VERSION = 6
+FORMAT_VERSION = 7
 
 # Set while held_state_dict() collects the codes as held: state_dict() then makes no row-layout copies.
 _STATE_AS_HELD = contextvars.ContextVar("mpt_lite_state_as_held", default=False)
@@ -39,23 +40,28 @@ _STATE_AS_HELD = contextvars.ContextVar("mpt_lite_state_as_held", default=False)
 class QuantWeight(nn.Module):
     """Shared by QuantLinear and QuantEmbedding: a weight [out_rows, in_cols] held quantized."""
 
-    def _init_codes(self, rows: int, cols: int, quant_type: str, blocksize: int) -> None:
+    def _init_codes(self, rows: int, cols: int, quant_type: str, blocksize: int, group_size: int) -> None:
         self.format: WeightFormat = weight_format(quant_type)
         self.quant_type = self.format.name
         self.blocksize = kernels.check_blocksize(blocksize)
+        self.group_size = kernels.check_int4_group(group_size)  # int4: in_features per scale
         self.rows, self.cols = rows, cols
         # CPU kernel threads for this layer's calls (None: the pool's size); the model sets it for
         # all its layers (MptPreTrainedModel.num_threads).
         self.num_threads: int | None = None
         self.rows8 = False  # codes held in the rows8 layout (see the module's docstring)
-        for name, t in self.format.empty_codes(rows, cols, blocksize).items():
+        for name, t in self.format.empty_codes(rows, cols, blocksize, **self._group_kw()).items():
             self.register_buffer(name, t)
+
+    def _group_kw(self) -> dict[str, int]:
+        """int4's group_size for the format's code shapes and quantizer (the other formats take none)."""
+        return {"group": self.group_size} if self.quant_type == "int4" else {}
 
     def set_format(self, quant_type: str) -> None:
         """Holds this weight in another format (new, uninitialised code buffers)."""
         for name in self.format.code_names:
             del self._buffers[name]
-        self._init_codes(self.rows, self.cols, quant_type, self.blocksize)
+        self._init_codes(self.rows, self.cols, quant_type, self.blocksize, self.group_size)
 
     def code_names(self) -> tuple[str, ...]:
         return self.format.code_names
@@ -133,7 +139,12 @@ class QuantWeight(nn.Module):
             raise ValueError(f"the rows8 layout is for Linears of a multiple of 8 rows (nf4: blocks of whole groups "
                              f"of 32; int8: in_features a multiple of 32), not a {self.quant_type} "
                              f"{type(self).__name__} of {self.rows} x {self.cols}")
-        want = self.format.empty_codes_meta(self.rows, self.cols, self.blocksize)
+        scales = codes.get("weight_scales")
+        if self.quant_type == "int4" and isinstance(scales, torch.Tensor) and self.rows and \
+                scales.numel() != self.rows * kernels.int4_groups(self.cols, self.group_size):
+            # the scales' count says the group (layouts.int4_group_of): a file saved at group 64 loads as such
+            self.group_size = kernels.int4_group_of(self.cols, scales.numel() // self.rows) or self.group_size
+        want = self.format.empty_codes_meta(self.rows, self.cols, self.blocksize, **self._group_kw())
         if set(codes) != set(want):
             raise MissingKeyError(f"{self.quant_type} weight needs {sorted(want)}, got {sorted(codes)}")
         for name, t in codes.items():
@@ -152,13 +163,13 @@ class QuantWeight(nn.Module):
         if tuple(w.shape) != (self.rows, self.cols):
             raise ValueError(f"weight must have shape {(self.rows, self.cols)}, got {tuple(w.shape)}")
         kernels.check_tensor("weight", w, kernels.FLOAT_DTYPES, ndim=2)
-        fmt, bs = self.format, self.blocksize
-        codes = fmt.empty_codes(self.rows, self.cols, bs)
+        fmt, bs, kw = self.format, self.blocksize, self._group_kw()
+        codes = fmt.empty_codes(self.rows, self.cols, bs, **kw)
         unit = fmt.slab_rows(self.cols, bs)
         step = max(unit, (1 << 18) // max(1, self.cols) // unit * unit)
         for r0 in range(0, self.rows, step):
             r1 = min(self.rows, r0 + step)
-            fmt.write_slab(codes, fmt.quantize(w[r0:r1], bs, self.num_threads), r0, r1, self.cols, bs)
+            fmt.write_slab(codes, fmt.quantize(w[r0:r1], bs, self.num_threads, **kw), r0, r1, self.cols, bs)
         self.load_codes(codes)
 
     def dequantized(self) -> torch.Tensor:
@@ -175,6 +186,7 @@ class QuantWeight(nn.Module):
 
     def extra_repr(self) -> str:
         extra = f", blocksize={self.blocksize}" if self.quant_type == "nf4" else ""
+        extra += f", group_size={self.group_size}" if self.quant_type == "int4" and self.group_size != 32 else ""
         extra += ", layout='rows8'" if self.rows8 else ""
         return f"{self.cols}, {self.rows}, quant_type={self.quant_type!r}{extra}"
 
@@ -185,15 +197,16 @@ class QuantLinear(QuantWeight):
     holds_rows8 = True
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, quant_type: str = DEFAULT_4BIT,
-                 blocksize: int = kernels.NF4_BLOCKSIZE) -> None:
+                 blocksize: int = kernels.NF4_BLOCKSIZE, group_size: int = kernels.INT4_GROUP) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self._init_codes(out_features, in_features, quant_type, blocksize)
+        self._init_codes(out_features, in_features, quant_type, blocksize, group_size)
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, quant_type: str = DEFAULT_4BIT, blocksize: int = kernels.NF4_BLOCKSIZE):
-        q = cls(linear.in_features, linear.out_features, linear.bias is not None, quant_type, blocksize)
+    def from_linear(cls, linear: nn.Linear, quant_type: str = DEFAULT_4BIT, blocksize: int = kernels.NF4_BLOCKSIZE,
+                    group_size: int = kernels.INT4_GROUP):
+        q = cls(linear.in_features, linear.out_features, linear.bias is not None, quant_type, blocksize, group_size)
         q.quantize_from(linear.weight.detach())
         if linear.bias is not None:
             q.bias = nn.Parameter(linear.bias.detach().float().clone(), requires_grad=False)
@@ -208,10 +221,11 @@ class QuantEmbedding(QuantWeight):
     as_linear(x) is the quantized matmul (the logits)."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, quant_type: str = DEFAULT_4BIT,
-                 blocksize: int = kernels.NF4_BLOCKSIZE, dtype: torch.dtype = torch.float32) -> None:
+                 blocksize: int = kernels.NF4_BLOCKSIZE, dtype: torch.dtype = torch.float32,
+                 group_size: int = kernels.INT4_GROUP) -> None:
         super().__init__()
         self.num_embeddings, self.embedding_dim, self.out_dtype = num_embeddings, embedding_dim, dtype
-        self._init_codes(num_embeddings, embedding_dim, quant_type, blocksize)
+        self._init_codes(num_embeddings, embedding_dim, quant_type, blocksize, group_size)
 
     @property
     def holds_rows8(self) -> bool:
@@ -239,8 +253,11 @@ def quant_metadata(model: nn.Module) -> dict[str, str] | None:
         return None
     linears = [m for m in mods.values() if isinstance(m, QuantLinear)]
     main = (linears or list(mods.values()))[0]
-    return {"mpt_lite_quant": json.dumps({"format": main.quant_type, "version": FORMAT_VERSION,
-                                          "blocksize": main.blocksize, "group_size": kernels.INT4_GROUP,
+    # a file with no wider int4 group is a version 6 file (older mpt_lite reads it)
+    version = FORMAT_VERSION if any(m.quant_type == "int4" and m.group_size != kernels.INT4_GROUP
+                                    for m in mods.values()) else 6
+    return {"mpt_lite_quant": json.dumps({"format": main.quant_type, "version": version,
+                                          "blocksize": main.blocksize, "group_size": main.group_size,
                                           "formats": {name: m.quant_type for name, m in mods.items()},
                                           "rows8": sorted(name for name, m in mods.items() if m.rows8)})}
 

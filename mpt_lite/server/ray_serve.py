@@ -36,6 +36,7 @@ class ReplicaSettings:
     bits: int | None = 4
     quant_type: str | None = None
     embedding_bits: int | None = None  # bits=4 only: 8 (default) or 4 for the tied embedding / lm_head
+    group_size: int | None = None  # int4 only: in_features per scale (32 default, 64, 128)
     device: str = "cpu"
     model_name: str = "mpt-lite"
     api_key: str | None = None
@@ -61,7 +62,8 @@ class MptLiteReplica:
         from .app import create_app
 
         s = ReplicaSettings(**settings)
-        kw = {k: v for k, v in (("quant_type", s.quant_type), ("embedding_bits", s.embedding_bits)) if v is not None}
+        kw = {k: v for k, v in (("quant_type", s.quant_type), ("embedding_bits", s.embedding_bits),
+                                ("group_size", s.group_size)) if v is not None}
         model = mpt_lite.load(s.model, bits=s.bits, device=s.device, **kw)
         if model.tokenizer is None:
             raise ValueError(f"{s.model or 'the model'} has no tokenizer.json: serving needs one")
