@@ -10,7 +10,7 @@ the `per CPU-second` columns divide the bytes by the process's CPU time over the
 (the rate while the threads run; pool threads spinning between matmuls count as CPU time).
 
     python benchmarks/bench_gemv_bandwidth.py [--threads 2] [--repeats 7] [--rows 1,8]
-        [--formats int4,int4_rows8,nf4,nf4_rows8,int8,int8_rows8]
+        [--formats int4,int4_rows8,nf4,nf4_rows8,int8,int8_rows8]   (int4_rows8_g64 / _g128: group_size 64 / 128)
 """
 from __future__ import annotations
 
@@ -29,9 +29,10 @@ SHAPES = [(2048, 6144), (2048, 2048), (2048, 8192), (8192, 2048)]  # (in, out) o
 def layer_weights(fmt: str, g: torch.Generator) -> list[tuple]:
     out = []
     for K, N in SHAPES:
-        if fmt.startswith("int4"):  # random codes: the same bytes stand for either layout
+        if fmt.startswith("int4"):  # random codes: the same bytes stand for either layout; _gNN: group_size NN
+            group = int(fmt.rpartition("_g")[2]) if "_g" in fmt else 32
             q = (torch.randint(0, 256, (N, K // 32 * 16), dtype=torch.uint8, generator=g),
-                 (torch.rand(N, K // 32, generator=g) * 0.01).half())
+                 (torch.rand(N, K // group, generator=g) * 0.01).half())
         elif fmt.startswith("nf4"):
             q = (torch.randint(0, 256, (N * K // 2,), dtype=torch.uint8, generator=g),
                  torch.rand(N * K // 64, generator=g) + 0.5)
@@ -47,7 +48,7 @@ def run(fmt: str, weights: list, M: int, threads: int) -> tuple[float, float]:
     c, t = time.process_time(), time.perf_counter()
     for x, (K, N, q) in zip(xs, weights):
         if fmt.startswith("int4"):
-            ops.matmul_int4(x, *q, K, q8=True, num_threads=threads, rows8=fmt == "int4_rows8")
+            ops.matmul_int4(x, *q, K, q8=True, num_threads=threads, rows8=fmt.startswith("int4_rows8"))
         elif fmt.startswith("nf4"):
             ops.matmul_nf4(x, *q, (N, K), q8=True, num_threads=threads, rows8=fmt == "nf4_rows8")
         else:
