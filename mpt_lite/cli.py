@@ -548,6 +548,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"weights      {sizes}")
     bpw = "  ".join(f"{k} {v:.2f}" for k, v in info["block_bits_per_weight"].items())
     print(f"bits/weight  {bpw}  (block Linears: codes + scales)")
+    groups = "  ".join(f"{g}: {human_bytes(v)}" for g, v in info["int4_bytes_by_group_size"].items())
+    print(f"int4 groups  {groups}  (--group-size: 4.5, 4.25, 4.125 bits a block weight)")
     q4 = info["default_4bit"]
     extra = info["embedding_int8_extra_bytes"][q4]
     print(f"4-bit        {q4} by default (better held-out perplexity and faster than nf4: docs/default_model.md); "

@@ -118,6 +118,23 @@ def test_quantize_with_embedding_bits(tmp_path):
     assert_one_line_error(run("generate", "x", "--bits", "8", "--embedding-bits", "4"), "--embedding-bits")
 
 
+def test_quantize_with_group_size(tmp_path):
+    dst = tmp_path / "q"
+    p = run("quantize", str(FOLDER), str(dst), "--bits", "4", "--group-size", "64")
+    assert p.returncode == 0, p.stderr
+    from safetensors import safe_open
+
+    with safe_open(str(dst / "model.safetensors"), framework="pt") as sf:
+        meta = json.loads(sf.metadata()["mpt_lite_quant"])
+        scales = sf.get_tensor("transformer.blocks.0.ffn.down_proj.weight_scales")
+    assert meta["format"] == "int4" and meta["group_size"] == 64 and meta["version"] == 7
+    assert scales.shape[1] == math.ceil(mpt_lite.MptConfig.from_pretrained(FOLDER).d_model * 4 / 64)
+    p = run("generate", "def add(a, b):", "-m", str(dst), "-n", "8", "--no-stream")
+    assert p.returncode == 0, p.stderr
+    assert_one_line_error(run("generate", "x", "--bits", "4", "--quant-type", "nf4", "--group-size", "64"),
+                          "--group-size")
+
+
 def test_chat_loop_with_history_reset_and_exit():
     p = run("chat", "--bits", "none", "-n", "8", "--temperature", "0",
             stdin="def add(a, b):\nand now subtract\n/reset\nclass Foo:\n/exit\nnever read\n")

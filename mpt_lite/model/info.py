@@ -38,9 +38,10 @@ def is_embedding(name: str) -> bool:
     return name.endswith(("wte.weight", "lm_head.weight"))
 
 
-def format_sizes(shapes: dict[str, tuple[int, ...]], embedding_bits: int | None = None) -> dict[str, int]:
-    """Bytes of the weights in fp32, bf16 (= fp16), int8, nf4 and int4, as load() holds them: the 4-bit
-    formats keep the tied embedding (and an untied lm_head) at int8 unless embedding_bits=4; parts
+def format_sizes(shapes: dict[str, tuple[int, ...]], embedding_bits: int | None = None,
+                 group_size: int = 32) -> dict[str, int]:
+    """Bytes of the weights in fp32, bf16 (= fp16), int8, nf4 and int4 (at group_size), as load() holds them: the
+    4-bit formats keep the tied embedding (and an untied lm_head) at int8 unless embedding_bits=4; parts
     that stay in float are counted as fp32 (the default dtype they load in)."""
     sizes = {"fp32": 0, "bf16": 0, "int8": 0, "nf4": 0, "int4": 0}
     for name, shape in shapes.items():
@@ -54,7 +55,8 @@ def format_sizes(shapes: dict[str, tuple[int, ...]], embedding_bits: int | None 
         out_f, in_f = shape
         for k in ("int8", "nf4", "int4"):
             fmt = embedding_quant_type(k, embedding_bits if k in FOUR_BIT else None) if is_embedding(name) else k
-            sizes[k] += FORMATS[fmt].nbytes(out_f, in_f, NF4_BLOCK)
+            group = {"group": group_size} if fmt == "int4" else {}
+            sizes[k] += FORMATS[fmt].nbytes(out_f, in_f, NF4_BLOCK, **group)
     return sizes
 
 
@@ -82,6 +84,8 @@ def model_info(config: MptConfig, task: str = "causal-lm") -> dict[str, Any]:
         "default_4bit": DEFAULT_4BIT,
         # what the int8 embedding of the 4-bit formats costs over embedding_bits=4
         "embedding_int8_extra_bytes": {k: sizes[k] - format_sizes(shapes, embedding_bits=4)[k] for k in FOUR_BIT},
+        # int4 as load(bits=4, group_size=G) holds it (the embedding int8)
+        "int4_bytes_by_group_size": {g: format_sizes(shapes, group_size=g)["int4"] for g in (32, 64, 128)},
     }
 
 
