@@ -90,6 +90,30 @@ def q4_0_simulated(w: torch.Tensor) -> torch.Tensor:
     return ((codes - 8) * d.half().float()[:, None]).view(N, Kp)[:, :K]
 
 
+def int4_asym_simulated(w: torch.Tensor, group: int, rounds: int = 4) -> torch.Tensor:
+    """w [N, K] -> the dequantized weight of an asymmetric int4 (a scale and a minimum per group, both fp16; codes
+    0..15, w = q * d + m; llama.cpp's Q4_1 idea), fitted by alternating least squares from the group's min/max:
+    codes for the current (d, m), then (d, m) by linear regression of the group's values on those codes."""
+    N, K = w.shape
+    Kp = -(-K // group) * group
+    x = torch.zeros(N, Kp)
+    x[:, :K] = w.float()
+    x = x.view(-1, group)
+    lo, hi = x.min(1).values, x.max(1).values
+    d, m = (hi - lo) / 15, lo
+    for _ in range(rounds):
+        inv = torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
+        q = torch.round(((x - m[:, None]) * inv[:, None]).clamp(0, 15))
+        qm, xm = q.mean(1), x.mean(1)
+        var = ((q - qm[:, None]) ** 2).mean(1)
+        d_new = torch.where(var > 0, ((q - qm[:, None]) * (x - xm[:, None])).mean(1) / var.clamp_min(1e-30), d)
+        d, m = d_new, xm - d_new * qm
+    d, m = d.half().float(), m.half().float()
+    inv = torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
+    q = torch.round(((x - m[:, None]) * inv[:, None]).clamp(0, 15))
+    return (q * d[:, None] + m[:, None]).view(N, Kp)[:, :K]
+
+
 def simulated_model(model_dir: Path, group: int | None, searched: bool):
     """The float model with int8 embedding and (group given) int4-simulated block Linears."""
     model = mpt_lite.load(model_dir, bits=None)
@@ -99,8 +123,12 @@ def simulated_model(model_dir: Path, group: int | None, searched: bool):
         if group is not None:
             for name, mod in model.named_modules():
                 if name.endswith(BLOCK_LINEARS) and isinstance(mod, torch.nn.Linear):
-                    mod.weight.copy_(q4_0_simulated(mod.weight) if group == "q4_0"
-                                     else int4_simulated(mod.weight, group, searched))
+                    if group == "q4_0":
+                        mod.weight.copy_(q4_0_simulated(mod.weight))
+                    elif isinstance(group, str):  # "asymNN": a scale and a minimum per NN
+                        mod.weight.copy_(int4_asym_simulated(mod.weight, int(group[4:])))
+                    else:
+                        mod.weight.copy_(int4_simulated(mod.weight, group, searched))
     return model
 
 
@@ -111,6 +139,8 @@ ROWS = [  # name, group (None: float blocks), searched, bits per weight of the b
     ("int4 G=64 absmax (simulated)", 64, False, 4.25),
     ("int4 G=128 searched (simulated)", 128, True, 4.125),
     ("llama.cpp Q4_0 (simulated: ggml's reference quantizer)", "q4_0", False, 4.5),
+    ("int4 G=64 asymmetric, scale and min fitted (simulated; not a kernel format)", "asym64", True, 4.5),
+    ("int4 G=128 asymmetric, scale and min fitted (simulated; not a kernel format)", "asym128", True, 4.25),
 ]
 
 
