@@ -6,7 +6,7 @@ interleaved (round-robin) so that a busy machine slows them alike; prints median
     python benchmarks/bench_formats.py                         # synthetic 1.3B shapes
 
 Formats: int4 and nf4 with the tied embedding at int8 (the 4-bit defaults), int4 with
-embedding_bits=4, int8. Batch 1, a 32-token prompt, --new decode steps per timed run.
+embedding_bits=4, int4 with group_size 64 and 128, int8. Batch 1, a 32-token prompt, --new decode steps per timed run.
 
     python benchmarks/bench_formats.py --load /tmp/mpt-125m   # (benchmarks/synthetic.py 125m /tmp/mpt-125m)
 
@@ -29,6 +29,8 @@ FORMATS = {  # name -> from_pretrained keywords
     "int4 (embedding int8)": dict(bits=4, quant_type="int4"),
     "nf4 (embedding int8)": dict(bits=4, quant_type="nf4"),
     "int4, embedding_bits=4": dict(bits=4, quant_type="int4", embedding_bits=4),
+    "int4, group_size=64": dict(bits=4, quant_type="int4", group_size=64),
+    "int4, group_size=128": dict(bits=4, quant_type="int4", group_size=128),
     "int8": dict(bits=8),
 }
 
