@@ -8,7 +8,8 @@ import copy
 import pytest
 import torch
 
-from test_native_step import SCHEDULE, float_activations, run_both, tiny  # noqa: F401 (a fixture)
+from test_native_step import (SCHEDULE, assert_engine_greedy_tokens_identical, float_activations,  # noqa: F401
+                              run_both, tiny)
 from test_quant_model import _saved_meta, float_ckpt, load, simulate  # noqa: F401 (a fixture)
 
 import mpt_lite
@@ -180,20 +181,9 @@ def test_native_step_with_q8_activations():
 def test_engine_greedy_tokens_identical_with_a_grouped_embedding(float_ckpt):
     """int4 at group 64 everywhere, the tied embedding too (embedding_bits=4): the native step's lookups and
     logits read the wider groups; its greedy tokens equal the torch path's."""
-    from mpt_lite import Engine
-
     model = load(mpt_lite.MptForCausalLM, float_ckpt, bits=4, embedding_bits=4, group_size=64)
     assert model.transformer.wte.group_size == 64 and model.transformer.wte.quant_type == "int4"
-    prompts = [list(range(5, 17)), [3, 9, 27], list(range(40, 80, 2))]
-    outs = []
-    for native in (True, False):
-        engine = Engine(model, num_blocks=64, block_size=4, native_step=native, max_batch_tokens=24)
-        assert engine.uses_native_step is native
-        reqs = [engine.add_request(p, 12) for p in prompts]
-        for _ in engine.run():
-            pass
-        outs.append([r.output for r in reqs])
-    assert outs[0] == outs[1]
+    assert_engine_greedy_tokens_identical(model)
 
 
 def test_groups_of_32_still_save_as_version_6(float_ckpt, tmp_path):
