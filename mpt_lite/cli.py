@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --bits 4: the tied embedding at 8 bits (default) or 4")
         sp.add_argument("--group-size", type=int, choices=(32, 64, 128), default=None,
                         help="with --bits 4 --quant-type int4 (the default): in_features per scale, 32 (default, 4.5 bits per weight), "
-                             "64 (4.25: ~5% faster decoding, slightly lower quality) or 128 (4.125)")
+                             "64 (4.25: faster decoding, slightly lower quality) or 128 (4.125)")
         sp.add_argument("--device", default="cpu", help="cpu or cuda")
         sp.add_argument("--kv-dtype", choices=KV_DTYPE_CHOICES, default=None,
                         help="the KV cache's dtype (default: MPT_LITE_KV_DTYPE, else the model's float dtype); int8 "
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --bits 4: the tied embedding at 8 bits (default) or 4")
     q.add_argument("--group-size", type=int, choices=(32, 64, 128), default=None,
                    help="with --bits 4 --quant-type int4 (the default): in_features per scale, 32 (default, 4.5 bits per weight), "
-                             "64 (4.25: ~5% faster decoding, slightly lower quality) or 128 (4.125)")
+                             "64 (4.25: faster decoding, slightly lower quality) or 128 (4.125)")
     q.add_argument("--task", default="causal-lm", help="the head to keep (default causal-lm)")
     q.add_argument("--force", action="store_true", help="replace DST if it exists")
     q.set_defaults(func=cmd_quantize)
