@@ -178,11 +178,29 @@ def test_native_step_with_q8_activations():
     run_both(_grouped(tiny(), 64), SCHEDULE, rel=1e-2)
 
 
-def test_engine_greedy_tokens_identical_with_a_grouped_embedding(float_ckpt):
-    """int4 at group 64 everywhere, the tied embedding too (embedding_bits=4): the native step's lookups and
-    logits read the wider groups; its greedy tokens equal the torch path's."""
+def test_engine_greedy_tokens_identical_with_an_int4_embedding(float_ckpt, tmp_path):
+    """Block Linears at group 64 and the tied embedding at int4 (embedding_bits=4), which keeps groups of 32 (its
+    row-layout logits kernels read those as they are): the native step's greedy tokens equal the torch path's, and
+    a file saved so reloads the same groups."""
     model = load(mpt_lite.MptForCausalLM, float_ckpt, bits=4, embedding_bits=4, group_size=64)
-    assert model.transformer.wte.group_size == 64 and model.transformer.wte.quant_type == "int4"
+    wte, lin = model.transformer.wte, model.transformer.blocks[0].ffn.down_proj
+    assert (wte.quant_type, wte.group_size, lin.group_size) == ("int4", 32, 64)
+    assert_engine_greedy_tokens_identical(model)
+    model.save_pretrained(tmp_path)
+    back = load(mpt_lite.MptForCausalLM, tmp_path)
+    assert (back.transformer.wte.group_size, back.transformer.blocks[0].ffn.down_proj.group_size) == (32, 64)
+
+
+def test_grouped_int4_embedding_lookups_in_the_native_step():
+    """A tied int4 embedding built with group 64 directly (load() keeps 32): the native step's lookups and logits
+    read it too."""
+    from mpt_lite.quant import QuantEmbedding
+
+    model = _grouped(tiny(), 64)
+    wte = model.transformer.wte
+    q = QuantEmbedding(wte.num_embeddings, wte.embedding_dim, "int4", group_size=64)
+    q.quantize_from(wte.weight.detach())
+    model.transformer.wte = q
     assert_engine_greedy_tokens_identical(model)
 
 

@@ -87,7 +87,9 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
         else:
             model = cls(config, linear=partial(QuantLinear, quant_type=qtype, blocksize=blocksize, group_size=group))
             base = model.transformer_model()
-            base.wte = QuantEmbedding(config.vocab_size, config.d_model, emb_qtype, blocksize, dtype, group)
+            # group_size is the block Linears' (and an untied lm_head's): an int4 tied embedding keeps groups of
+            # 32, which its row-layout logits kernels read as they are (wider groups would be widened per token)
+            base.wte = QuantEmbedding(config.vocab_size, config.d_model, emb_qtype, blocksize, dtype)
             if isinstance(getattr(model, "lm_head", None), QuantLinear):  # untied: as the embedding
                 model.lm_head.set_format(emb_qtype)
             _apply_stored_formats(model, stored_formats, embedding_bits, folder)
