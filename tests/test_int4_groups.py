@@ -217,3 +217,15 @@ def test_cli_group_size_needs_int4():
         load_model(None, 4, "nf4", group_size=64)
     with pytest.raises(CliError, match="--group-size needs --bits 4 with int4"):
         load_model(None, 8, None, group_size=64)
+
+
+def test_wider_groups_are_held_in_rows8_wherever_a_rows8_kernel_runs(monkeypatch):
+    """The row layout's x86 kernels take groups of 32 only (wider ones would be widened every call), so int4 with
+    group_size above 32 is held in rows8 on every AVX2 / AVX-512 CPU, AMX ones included; the portable build reads
+    the row layout's wider groups itself."""
+    for isa in ISAS:
+        with ops.use_isa(isa):
+            assert ops.rows8_preferred(64, "int4", 2048, group_size=64) is (isa != "generic"), isa
+            assert not ops.rows8_preferred(60, "int4", 2048, group_size=64)
+    monkeypatch.setenv("MPT_LITE_ROWS8", "0")
+    assert not ops.rows8_preferred(64, "int4", 2048, group_size=64)

@@ -450,7 +450,8 @@ def nf4_from_rows8(packed: torch.Tensor, absmax: torch.Tensor, shape, blocksize:
     return _nf4_convert(packed, absmax, shape, blocksize, False, num_threads)
 
 
-def rows8_preferred(rows: int, quant_type: str = "int4", in_features: int | None = None) -> bool:
+def rows8_preferred(rows: int, quant_type: str = "int4", in_features: int | None = None,
+                    group_size: int = INT4_GROUP) -> bool:
     """Whether a CPU weight of `rows` output rows in `quant_type` is best held in rows8 now: rows is a
     multiple of 8 and the current ISA is AVX-512 without AMX-INT8 tiles, or (int4 / nf4) AVX2 (the rows8
     kernels beat the row layout's at every row count there, docs/benchmarks.md; AMX machines keep the layout
@@ -459,7 +460,8 @@ def rows8_preferred(rows: int, quant_type: str = "int4", in_features: int | None
     given) of at least Q8_GEMM_MIN_K: below it calls of more than Q8_MAX_ROWS rows take float activations,
     which no rows8 kernel reads (a converted copy a call: a 125M model's tied int8 embedding in rows8 made
     its batch 32 2.7x slower). MPT_LITE_ROWS8=0 keeps the saved layouts, =1 takes rows8 on every CPU and
-    shape (A/B runs, tests)."""
+    shape (A/B runs, tests). int4 with group_size above 32 takes rows8 on every AVX2 / AVX-512 CPU (AMX ones too):
+    the rows8 kernels read its wider groups, the row layout's would get them widened to 32 per call."""
     if quant_type not in ("int4", "nf4", "int8"):
         raise ValueError(f"unknown quant_type {quant_type!r}")
     switch = os.environ.get("MPT_LITE_ROWS8", "")
@@ -470,4 +472,6 @@ def rows8_preferred(rows: int, quant_type: str = "int4", in_features: int | None
     if quant_type == "int8" and in_features is not None and in_features < Q8_GEMM_MIN_K:
         return False
     isa = current_isa()
+    if quant_type == "int4" and group_size != INT4_GROUP and isa in ("avx2", "avx512"):
+        return True
     return (isa == "avx2" and quant_type != "int8") or (isa == "avx512" and not amx_int8_enabled())

@@ -113,7 +113,8 @@ class QuantWeight(nn.Module):
         if self.quant_type == "int4" and self._buffers["weight_scales"].dtype != kernels.INT4_SCALE_DTYPE:
             return
         self._hold_rows8(self._buffers["weight"].device.type == "cpu"
-                         and kernels.rows8_preferred(self.rows, self.quant_type, self.cols))
+                         and kernels.rows8_preferred(self.rows, self.quant_type, self.cols,
+                                                     self.group_size if self.quant_type == "int4" else 32))
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
