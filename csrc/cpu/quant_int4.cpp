@@ -65,13 +65,18 @@ QWeight int4_with_unit_scales(const QWeight& w, std::vector<uint16_t>& scratch) 
   const int64_t G = int4_groups(w.K), C = int4_groups(w.K, w.group), R = w.group / kInt4Group;
   scratch.resize(static_cast<size_t>(w.N * G));
   if (!w.rows8) {
-    for (int64_t n = 0; n < w.N; ++n)
-      for (int64_t g = 0; g < G; ++g) scratch[n * G + g] = w.scale16[n * C + g / R];
+    parallel_for(w.N, 64, [&](int64_t n0, int64_t n1) {
+      for (int64_t n = n0; n < n1; ++n)
+        for (int64_t g = 0; g < G; ++g) scratch[n * G + g] = w.scale16[n * C + g / R];
+    });
   } else {
     const int64_t S = w.N / 8;
-    for (int64_t n8 = 0; n8 < S; ++n8)
-      for (int64_t g = 0; g < G; ++g)
-        for (int r = 0; r < 8; ++r) scratch[rows8_unit(n8, g, S, G) * 8 + r] = w.scale16[rows8_unit(n8, g / R, S, C) * 8 + r];
+    parallel_for(S, 8, [&](int64_t s0, int64_t s1) {
+      for (int64_t n8 = s0; n8 < s1; ++n8)
+        for (int64_t g = 0; g < G; ++g)
+          for (int r = 0; r < 8; ++r)
+            scratch[rows8_unit(n8, g, S, G) * 8 + r] = w.scale16[rows8_unit(n8, g / R, S, C) * 8 + r];
+    });
   }
   QWeight e = w;
   e.scale16 = scratch.data(), e.group = kInt4Group;
