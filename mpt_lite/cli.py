@@ -16,6 +16,9 @@ from typing import Any, Iterable
 
 PROG = "mpt-lite"
 BITS_CHOICES = ("4", "8", "none")
+GROUP_SIZE_CHOICES = (32, 64, 128)
+GROUP_SIZE_HELP = ("with --bits 4 --quant-type int4 (the default): in_features per scale, 32 (default, 4.5 bits per "
+                   "weight), 64 (4.25: faster decoding, slightly lower quality) or 128 (4.125)")
 
 
 class CliError(Exception):
@@ -60,9 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--quant-type", choices=("int4", "nf4"), default=None, help="4-bit format (default int4)")
         sp.add_argument("--embedding-bits", type=int, choices=(4, 8), default=None,
                         help="with --bits 4: the tied embedding at 8 bits (default) or 4")
-        sp.add_argument("--group-size", type=int, choices=(32, 64, 128), default=None,
-                        help="with --bits 4 --quant-type int4 (the default): in_features per scale, 32 (default, 4.5 bits per weight), "
-                             "64 (4.25: faster decoding, slightly lower quality) or 128 (4.125)")
+        sp.add_argument("--group-size", type=int, choices=GROUP_SIZE_CHOICES, default=None, help=GROUP_SIZE_HELP)
         sp.add_argument("--device", default="cpu", help="cpu or cuda")
         sp.add_argument("--kv-dtype", choices=KV_DTYPE_CHOICES, default=None,
                         help="the KV cache's dtype (default: MPT_LITE_KV_DTYPE, else the model's float dtype); int8 "
@@ -133,9 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quant-type", choices=("int4", "nf4"), default=None, help="4-bit format (default int4)")
     q.add_argument("--embedding-bits", type=int, choices=(4, 8), default=None,
                    help="with --bits 4: the tied embedding at 8 bits (default) or 4")
-    q.add_argument("--group-size", type=int, choices=(32, 64, 128), default=None,
-                   help="with --bits 4 --quant-type int4 (the default): in_features per scale, 32 (default, 4.5 bits per weight), "
-                             "64 (4.25: faster decoding, slightly lower quality) or 128 (4.125)")
+    q.add_argument("--group-size", type=int, choices=GROUP_SIZE_CHOICES, default=None, help=GROUP_SIZE_HELP)
     q.add_argument("--task", default="causal-lm", help="the head to keep (default causal-lm)")
     q.add_argument("--force", action="store_true", help="replace DST if it exists")
     q.set_defaults(func=cmd_quantize)
@@ -189,18 +188,24 @@ def model_label(name: str | None) -> str:
     return "the embedded default model" if name is None else name
 
 
-def load_model(name: str | None, bits: int | None, quant_type: str | None, device: str = "cpu",
-               task: str = "causal-lm", embedding_bits: int | None = None, group_size: int | None = None):
-    import mpt_lite
-    from .hub import progress
-    from .hub.checkpoint import count_tensors, resolve_checkpoint, weight_files
-
+def check_weight_flags(bits: int | None, quant_type: str | None, embedding_bits: int | None,
+                       group_size: int | None) -> None:
+    """The 4-bit-only flags need --bits 4 (--group-size: with int4)."""
     if quant_type is not None and bits != 4:
         raise CliError("--quant-type needs --bits 4")
     if embedding_bits is not None and bits != 4:
         raise CliError("--embedding-bits needs --bits 4")
     if group_size is not None and (bits != 4 or quant_type not in (None, "int4")):
         raise CliError("--group-size needs --bits 4 with int4 (the default --quant-type)")
+
+
+def load_model(name: str | None, bits: int | None, quant_type: str | None, device: str = "cpu",
+               task: str = "causal-lm", embedding_bits: int | None = None, group_size: int | None = None):
+    import mpt_lite
+    from .hub import progress
+    from .hub.checkpoint import count_tensors, resolve_checkpoint, weight_files
+
+    check_weight_flags(bits, quant_type, embedding_bits, group_size)
     folder = resolve_checkpoint(model_source(name))
     total = count_tensors(weight_files(folder))
     what = "loading" if bits is None else f"loading and quantizing ({bits}-bit{', ' + quant_type if quant_type else ''})"
@@ -436,12 +441,7 @@ def serve_replicas(args: argparse.Namespace) -> int:
         engine_kw["max_bytes"] = int(args.kv_cache_mb * (1 << 20))
     name = args.served_model_name or args.model or "mpt-lite"
     bits = parse_bits(args.bits)
-    if args.quant_type is not None and bits != 4:
-        raise CliError("--quant-type needs --bits 4")
-    if args.embedding_bits is not None and bits != 4:
-        raise CliError("--embedding-bits needs --bits 4")
-    if args.group_size is not None and (bits != 4 or args.quant_type not in (None, "int4")):
-        raise CliError("--group-size needs --bits 4 with int4 (the default --quant-type)")
+    check_weight_flags(bits, args.quant_type, args.embedding_bits, args.group_size)
     settings = ReplicaSettings(model=args.model, bits=bits, quant_type=args.quant_type,
                                embedding_bits=args.embedding_bits, group_size=args.group_size, device=args.device,
                                model_name=name, api_key=args.api_key, max_queue=args.max_queue,

@@ -73,10 +73,11 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
     if group_size is not None and qtype != "int4":
         raise ValueError(f"group_size applies to int4 weights; {folder} is loaded as "
                          f"{qtype or 'unquantized (pass bits=4)'}")
-    if stored is not None and group_size is not None and group_size != _stored_group_size(files):
-        raise ValueError(f"{folder} holds int4 weights with group_size {_stored_group_size(files)}; they cannot be "
+    stored_group = _stored_group_size(files) if stored_formats else kernels.INT4_GROUP
+    if stored is not None and group_size is not None and group_size != stored_group:
+        raise ValueError(f"{folder} holds int4 weights with group_size {stored_group}; they cannot be "
                          f"loaded with group_size={group_size} (pass group_size=None to use them as saved)")
-    group = group_size or (_stored_group_size(files) if stored_formats else kernels.INT4_GROUP)
+    group = group_size or stored_group
     emb_qtype = embedding_quant_type(qtype, embedding_bits)
     if qtype is not None and dev.type == "cuda" and not kernels.cuda_built():
         raise ValueError(f"device='cuda' with quantized weights ({qtype}) needs mpt_lite's CUDA kernels, but "
