@@ -155,8 +155,6 @@ def ref_dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, in_features:
     q = torch.cat([p & 15, p >> 4], dim=2).float().reshape(N, G * INT4_GROUP) - 8.0
     group = int4_group_of(in_features, scales.shape[1]) or INT4_GROUP
     d = scales.float().repeat_interleave(group, dim=1)[:, :G * INT4_GROUP]  # half scales widen exactly
-    if d.shape[1] < G * INT4_GROUP:  # one scale covers the whole (short) row
-        d = torch.nn.functional.pad(d, (0, G * INT4_GROUP - d.shape[1]))
     return (q * d)[:, :in_features]
 
 

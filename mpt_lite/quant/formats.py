@@ -45,13 +45,13 @@ class WeightFormat:
         """num_threads (every op): at most that many kernel threads for the call (None: the pool's size)."""
         raise NotImplementedError
 
-    def nbytes(self, n: int, k: int, blocksize: int) -> int:
-        """Bytes of the codes of a weight [n, k]."""
-        return sum(t.numel() * t.element_size() for t in self.empty_codes_meta(n, k, blocksize).values())
+    def nbytes(self, n: int, k: int, blocksize: int, **kw: int) -> int:
+        """Bytes of the codes of a weight [n, k]; kw: the format's own shape keywords (int4's group)."""
+        return sum(t.numel() * t.element_size() for t in self.empty_codes_meta(n, k, blocksize, **kw).values())
 
-    def empty_codes_meta(self, n: int, k: int, blocksize: int) -> dict[str, torch.Tensor]:
+    def empty_codes_meta(self, n: int, k: int, blocksize: int, **kw: int) -> dict[str, torch.Tensor]:
         with torch.device("meta"):
-            return self.empty_codes(n, k, blocksize)
+            return self.empty_codes(n, k, blocksize, **kw)
 
     def slab_rows(self, k: int, blocksize: int) -> int:
         """Rows of a weight that quantize independently of the others (its slabs are multiples)."""
@@ -124,13 +124,6 @@ class Int4Format(WeightFormat):
     def empty_codes(self, n, k, blocksize, group=kernels.INT4_GROUP):
         return {"weight": torch.empty(n, kernels.int4_groups(k) * 16, dtype=torch.uint8),
                 "weight_scales": torch.empty(n, kernels.int4_groups(k, group), dtype=kernels.INT4_SCALE_DTYPE)}
-
-    def empty_codes_meta(self, n, k, blocksize, group=kernels.INT4_GROUP):
-        with torch.device("meta"):
-            return self.empty_codes(n, k, blocksize, group)
-
-    def nbytes(self, n, k, blocksize, group=kernels.INT4_GROUP):
-        return sum(t.numel() * t.element_size() for t in self.empty_codes_meta(n, k, blocksize, group).values())
 
     def quantize(self, w, blocksize, num_threads=None, group=kernels.INT4_GROUP):
         packed, scales = kernels.search_quantize_int4(w, num_threads=num_threads, group=group)

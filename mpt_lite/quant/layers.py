@@ -25,8 +25,9 @@ from ..config import MissingKeyError
 from .formats import DEFAULT_4BIT, WeightFormat, weight_format
 
 # 7: int4 scales may cover groups of 64, 128 or 256 in_features (the scales' shape says which; "group_size" in
-# the metadata is the block Linears'; files with groups of 32 only are still written as version 6); 6: int8 Linears may be stored in the rows8 layout too (older versions list none); 5: rows8 with its 8-row
-# sets interleaved by 4 (csrc/cpu/quant_formats.h); 4: int4 / nf4 Linears may be stored in the rows8 layout
+# the metadata is the block Linears'; files with groups of 32 only are still written as version 6); 6: int8
+# Linears may be stored in the rows8 layout too (older versions list none); 5: rows8 with its 8-row sets
+# interleaved by 4 (csrc/cpu/quant_formats.h); 4: int4 / nf4 Linears may be stored in the rows8 layout
 # (the "rows8" list names them; the file maps as it is on a machine whose kernels read rows8, and is converted
 # on others; version 4's rows8, without the interleave, is converted at load); 3: int4 group scales in float16
 # (4.5 bits per weight); 2: a format per quantized tensor ("formats"); 1: one format for the model. Files of
@@ -113,8 +114,7 @@ class QuantWeight(nn.Module):
         if self.quant_type == "int4" and self._buffers["weight_scales"].dtype != kernels.INT4_SCALE_DTYPE:
             return
         self._hold_rows8(self._buffers["weight"].device.type == "cpu"
-                         and kernels.rows8_preferred(self.rows, self.quant_type, self.cols,
-                                                     self.group_size if self.quant_type == "int4" else 32))
+                         and kernels.rows8_preferred(self.rows, self.quant_type, self.cols, self.group_size))
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
