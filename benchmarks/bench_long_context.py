@@ -97,6 +97,16 @@ def timed_rounds(steps: dict, args) -> tuple[dict, dict]:
             {c: 1e3 * statistics.median(cpu[c]) / args.new for c in steps})
 
 
+def pruned_step(step, on: bool):
+    """The engine's step with decode attention's ALiBi pruning on or off."""
+    from mpt_lite import ops
+
+    def run():
+        with ops.use_alibi_pruning(on):
+            step()
+    return run
+
+
 def table_row(name: str, contexts: list[int], tps: dict, cms: dict) -> str:
     base = tps[contexts[0]]
     return (f"| {name} | " + " | ".join(f"{tps[c]:.1f} ({cms[c]:.0f})" for c in contexts) + " | "
@@ -118,6 +128,9 @@ def main() -> None:
     ap.add_argument("--llama-cpp-kv", nargs="*", default=[], choices=list(LLAMA_KV_TYPES),
                     help="also time llama.cpp with these KV types")
     ap.add_argument("--gguf-quant", default="q4_0", help="llama.cpp's weights: model-QUANT.gguf")
+    ap.add_argument("--alibi-pruning", nargs="+", default=["on"], choices=["on", "off"],
+                    help="decode attention's block skipping for int8/int4 KV (kernels.set_alibi_pruning); "
+                         "several: one row each, their rounds interleaved on the same engines")
     args = ap.parse_args()
     args.contexts = sorted(set(args.contexts))
     torch.set_num_threads(args.threads)
@@ -132,10 +145,19 @@ def main() -> None:
              "|" + "---|" * (2 * len(args.contexts))]
     print(lines[0], flush=True)
     for name in args.kv_dtypes:
-        steps = args.new * (args.repeats + 1)
+        steps = args.new * (args.repeats + 1) * len(args.alibi_pruning)
         engines = {c: prefilled_engine(model, c, KV_DTYPES[name], steps) for c in args.contexts}
-        lines.append(table_row(name, args.contexts, *timed_rounds({c: e.step for c, e in engines.items()}, args)))
-        print(lines[-1], flush=True)
+        calls = {(p, c): pruned_step(e.step, p == "on") for p in args.alibi_pruning for c, e in engines.items()}
+        ops.alibi_pruning_stats(reset=True)
+        tps, cms = timed_rounds(calls, args)
+        skipped, seen = ops.alibi_pruning_stats(reset=True)
+        for p in args.alibi_pruning:
+            label = name if args.alibi_pruning == ["on"] else f"{name}, pruning {p}"
+            lines.append(table_row(label, args.contexts, {c: tps[p, c] for c in args.contexts},
+                                   {c: cms[p, c] for c in args.contexts}))
+            print(lines[-1], flush=True)
+        if seen:
+            print(f"  decode attention skipped {skipped / seen:.1%} of its key x head pairs (pruning on)", flush=True)
         del engines
     for kv in args.llama_cpp_kv:
         lines.append(table_row(f"llama.cpp {args.gguf_quant}, KV {kv}", args.contexts, *llama_cpp_row(args, kv)))

@@ -265,6 +265,13 @@ static void bind_attention(py::module_& m) {
     if (decode) mpt::paged_attention_decode(at.a, c);
     else mpt::paged_attention_prefill(at.a, c);
   }, py::kw_only(), arg("decode"), arg("args"), arg("cache"), arg("num_threads") = 0, G());
+  m.def("set_alibi_pruning", &mpt::set_alibi_pruning, arg("on"));
+  m.def("alibi_pruning", &mpt::alibi_pruning);
+  m.def("alibi_pruning_stats", [](bool reset) {
+    int64_t skipped = 0, seen = 0;
+    mpt::alibi_pruning_stats(&skipped, &seen, reset);
+    return py::make_tuple(skipped, seen);
+  }, py::kw_only(), arg("reset") = false);
   // y = exp(x) (float32, n each) by the attention kernels' vector exp of the current variant.
   m.def("attention_exp", [](uintptr_t x, uintptr_t y, int64_t n) {
     mpt::attention_exp(buf<const float>(x, n, "x"), buf<float>(y, n, "y"), dim(n, "n"));

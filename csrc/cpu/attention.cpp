@@ -1,13 +1,24 @@
 // Argument validation and run-time choice of the attention kernel variant.
 #include "cpu/attention.h"
 
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 #include <string>
+
+#include "cpu/alibi_pruning.h"
 
 #include "cpu/cpu_features.h"
 
 namespace mpt {
 namespace {
+
+std::atomic<bool> g_pruning{[] {
+  const char* env = std::getenv("MPT_LITE_ALIBI_PRUNE");
+  return !(env && std::strcmp(env, "0") == 0);
+}()};
+std::atomic<int64_t> g_pruned_keys{0}, g_seen_keys{0};
 
 void check_cache(const KvCacheView& c) {
   if (c.kv_heads <= 0 || c.head_dim <= 0 || c.block_size <= 0 || c.num_slots < 0 ||
@@ -106,6 +117,19 @@ void attention_exp(const float* x, float* y, int64_t n) {
 #endif
     default: return attention_generic::vector_exp(x, y, n);
   }
+}
+
+bool alibi_pruning() { return g_pruning.load(std::memory_order_relaxed); }
+void set_alibi_pruning(bool on) { g_pruning.store(on, std::memory_order_relaxed); }
+
+void add_alibi_pruning_stats(int64_t skipped, int64_t seen) {
+  g_pruned_keys.fetch_add(skipped, std::memory_order_relaxed);
+  g_seen_keys.fetch_add(seen, std::memory_order_relaxed);
+}
+
+void alibi_pruning_stats(int64_t* skipped, int64_t* seen, bool reset) {
+  *skipped = reset ? g_pruned_keys.exchange(0) : g_pruned_keys.load();
+  *seen = reset ? g_seen_keys.exchange(0) : g_seen_keys.load();
 }
 
 }  // namespace mpt

@@ -11,6 +11,8 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/alibi_pruning.h"
+#include "cpu/attention_prefetch.h"
 #include "cpu/exp_constants.h"
 #include "cpu/prefetch.h"
 #include "cpu/attention.h"
@@ -161,6 +163,8 @@ struct Row {
 struct Scratch {
   std::vector<float> kt, vt, scores, acc, m, l;
   std::vector<float> tiles;  // a tile kernel's keys, transposed (Ops::tile_rows)
+  Pruning prune;             // decode's skipped blocks (alibi_pruning.h)
+  std::vector<int> readers, next_readers;  // the kv heads that read a block, and the next one
 };
 
 // n consecutive tokens (slot0...) of kv head h as float rows in tmp (D apart); int8 rows as their
@@ -256,68 +260,6 @@ static void block_values(const KvCacheView& c, int64_t slot0, int n, int h, floa
   }
 }
 
-// Bytes of one cached K or V row (one token, one kv head).
-static inline int64_t kv_row_bytes(const KvCacheView& c) {
-  switch (c.dtype) {
-    case KvDtype::F32: return int64_t(c.head_dim) * 4;
-    case KvDtype::I8: return c.head_dim;
-    case KvDtype::Q4: return c.head_dim / 2;
-    default: return int64_t(c.head_dim) * 2;
-  }
-}
-
-// Asks for the K and V rows of kv head h of the tokens [slot0, slot0 + n) ahead of their use (the
-// rows of one head are a token apart, too far for the hardware prefetcher). Where Ops::kTouchAhead,
-// the rows wanted next in L1 (Locality 3) are read by plain loads instead of prefetch hints: on a
-// Zen 3 the loads made the from-memory walk 20-30% faster than the hints, which GCC had deleted then
-// (prefetch.h); with the hints kept, a Zen 4 run of the AVX2 kernel found them no better than the loads.
-template <class Ops, int Locality>
-static inline void prefetch_rows(const KvCacheView& c, int64_t slot0, int n, int h) {
-  const int64_t row = kv_row_bytes(c), st = int64_t(c.kv_heads) * row;
-  const int64_t base = (slot0 * c.kv_heads + h) * row;
-  const char* k = static_cast<const char*>(c.k) + base;
-  const char* v = static_cast<const char*>(c.v) + base;
-  if (Ops::kTouchAhead && Locality == 3) {
-    unsigned sink = 0;
-    for (int j = 0; j < n; ++j)
-      for (int64_t b = 0; b < row; b += 64)
-        sink += *reinterpret_cast<const volatile unsigned char*>(k + j * st + b) +
-                *reinterpret_cast<const volatile unsigned char*>(v + j * st + b);
-    asm volatile("" : : "r"(sink));
-    return;
-  }
-  for (int j = 0; j < n; ++j)
-    for (int64_t b = 0; b < row; b += 64) {
-      prefetch<Locality>(k + j * st + b);
-      prefetch<Locality>(v + j * st + b);
-    }
-}
-
-// Part i of nh of the K and V rows of kv heads [h0, h0 + nh) of the tokens [slot0, slot0 + n)
-// towards L2. With every head (decode) a block's rows are one contiguous range, prefetched in address
-// order, the way the hardware's own prefetcher streams; with fewer heads, head h0 + i's rows.
-template <class Ops>
-static inline void prefetch_block_part(const KvCacheView& c, int64_t slot0, int n, int h0, int nh, int i) {
-  if ((c.dtype == KvDtype::I8 || c.dtype == KvDtype::Q4) && i == 0) {  // the scales of the next block
-    const int64_t per_token = int64_t(c.kv_heads) * (c.dtype == KvDtype::Q4 ? c.head_dim / kQ4Group : 1);
-    const char* ks = reinterpret_cast<const char*>(c.k_scale + slot0 * per_token);
-    const char* vs = reinterpret_cast<const char*>(c.v_scale + slot0 * per_token);
-    for (int64_t b = 0; b < int64_t(n) * per_token * 4; b += 64) {
-      prefetch<2>(ks + b);
-      prefetch<2>(vs + b);
-    }
-  }
-  if (nh != c.kv_heads) return prefetch_rows<Ops, 2>(c, slot0, n, h0 + i);
-  const int64_t token = int64_t(c.kv_heads) * kv_row_bytes(c);
-  const char* k = static_cast<const char*>(c.k) + slot0 * token;
-  const char* v = static_cast<const char*>(c.v) + slot0 * token;
-  const int64_t bytes = int64_t(n) * token, b0 = bytes * i / nh & ~int64_t(63), b1 = bytes * (i + 1) / nh;
-  for (int64_t b = b0; b < b1; b += 64) {
-    prefetch<2>(k + b);
-    prefetch<2>(v + b);
-  }
-}
-
 // The online softmax meets a block whose largest score is mx: where mx beats the running max m, the
 // sum l and the unnormalised output acc (D floats) are rescaled to it (none yet: nothing to rescale).
 template <class Ops>
@@ -338,39 +280,80 @@ static inline void raise_max(float& m, float& l, float* acc, float mx, int D) {
 // sum l and unnormalised output acc (D floats), at m/l/acc + r, r * D, rows numbered group-major.
 template <class Ops>
 void attend_range(const Row* rows, int R, int h0, int nh, const int32_t* table, const KvCacheView& c, float scale,
-                  int kbeg, int kend, float* m, float* l, float* acc, Scratch& s) {
+                  int kbeg, int kend, float* m, float* l, float* acc, Scratch& s, bool prune = false,
+                  const float* pre_floor = nullptr, const float* pre_qabs = nullptr) {
   const int D = c.head_dim, bs = c.block_size, NR = R * nh;
   const float NEG = -std::numeric_limits<float>::infinity();
   // Rows of a head read by this many queries or more are packed first (packed_rows).
   constexpr int kPackRows = 4;
   const bool always_packed = c.dtype == KvDtype::F16 || (c.dtype == KvDtype::Q4 && !q4_in_registers<Ops>(c));
   const bool pack = always_packed || R >= kPackRows;
+  bool tiles = false;  // a tile kernel takes the rows of each group (Ops::tile_rows)
+  if constexpr (Ops::kTileRows) tiles = R >= kPackRows && Ops::tile_rows_ok(D);
   if (pack) s.kt.resize(size_t(bs) * D), s.vt.resize(size_t(bs) * D);
   s.scores.resize(bs);
   std::fill(m, m + NR, NEG);
   std::fill(l, l + NR, 0.0f);
   std::fill(acc, acc + size_t(NR) * D, 0.0f);
   kend = std::min(kend, rows[R - 1].pos + 1);
+  Pruning& pr = s.prune;
+  plan_pruning(pr, prune, rows, NR, R, h0, nh, table, c, scale, kbeg, kend, pre_floor, pre_qabs);
+  // The groups (kv head h0 + i) that read block b: all, or those alibi_pruning.h keeps.
+  std::vector<int>&cur = s.readers, &nxt = s.next_readers;
+  auto readers = [&](int b, std::vector<int>& out) {
+    out.clear();
+    for (int i = 0; i < nh; ++i)
+      if (!pr.on || pr.reads[size_t(b) * nh + i]) out.push_back(i);
+  };
+  const int nblocks = kend > kbeg ? (kend - kbeg + bs - 1) / bs : 0;
+  if (nblocks) readers(0, nxt);
   for (int p0 = kbeg; p0 < kend; p0 += bs) {
-    const int n = std::min(bs, kend - p0);
+    const int n = std::min(bs, kend - p0), b = (p0 - kbeg) / bs;
+    std::swap(cur, nxt);
+    if (b + 1 < nblocks) readers(b + 1, nxt);
+    else nxt.clear();
     const int64_t slot0 = int64_t(table[p0 / bs]) * bs;
     const int64_t next0 = p0 + bs < kend ? int64_t(table[p0 / bs + 1]) * bs : -1;
     const int next_n = std::min(bs, kend - p0 - bs);  // tokens of the next block (when next0 >= 0)
-    for (int i = 0; i < nh; ++i) {
-      const int h = h0 + i;
-      // Two distances: the rows read next (this block's next head, or the next block's first one)
-      // into L1, and part i of nh of the next block towards L2 (prefetch_block_part). A whole block
+    const int T = int(cur.size()), TN = int(nxt.size());
+    if (pr.on)
+      for (int r = 0; r < NR; ++r) {  // a tile kernel computes every row of a group it reads
+        const int nv = std::max(0, std::min(n, rows[r].pos - p0 + 1));
+        pr.seen += nv;
+        if (pr.skip[size_t(b) * NR + r] && !(tiles && pr.reads[size_t(b) * nh + r / R])) pr.skipped += nv;
+      }
+    if (T == 0) {  // nothing to read here: the rows the next block's readers want, towards L2
+      if (TN) prefetch_scales(c, next0, next_n);
+      for (int i : nxt) prefetch_rows<Ops, 2>(c, next0, next_n, h0 + i);
+      continue;
+    }
+    for (int t = 0; t < T; ++t) {
+      const int i = cur[t], h = h0 + i;
+      // Two distances: the rows read next (this block's next reader, or the next block's first one)
+      // into L1, and part t of T of the next block towards L2 (prefetch_block_part). A whole block
       // ahead into L1 (the earlier single prefetch) evicts the rows in use: a head's rows of one block sit a
       // token row (2-4 KiB) apart and so fill only a few L1 sets, the same ones in every block.
       // Packed rows are read once, by the copy: hints suffice there (the plain loads of
       // kTouchAhead would stall the copy's thread on the next rows before it needs them).
+      // When some heads skip the next block, the L2 prefetch takes only its readers' rows: not
+      // reading the rest is the point of skipping.
+      int hn = -1, n_n = n;
+      int64_t slot_n = slot0;
+      if (t + 1 < T) hn = h0 + cur[t + 1];
+      else if (TN) hn = h0 + nxt[0], slot_n = next0, n_n = next_n;
       if (pack) {
-        if (i + 1 < nh) prefetch_rows<Ops, 2>(c, slot0, n, h + 1);
-        else if (next0 >= 0) prefetch_rows<Ops, 2>(c, next0, next_n, h0);
+        if (hn >= 0) prefetch_rows<Ops, 2>(c, slot_n, n_n, hn);
       } else {
-        if (i + 1 < nh) prefetch_rows<Ops, 3>(c, slot0, n, h + 1);
-        else if (next0 >= 0) prefetch_rows<Ops, 3>(c, next0, next_n, h0);
-        if (next0 >= 0 && nh > 1) prefetch_block_part<Ops>(c, next0, next_n, h0, nh, i);
+        if (hn >= 0) prefetch_rows<Ops, 3>(c, slot_n, n_n, hn);
+        if (TN && nh > 1) {
+          if (TN == nh)
+            for (int part = t * nh / T; part < (t + 1) * nh / T; ++part)
+              prefetch_block_part<Ops>(c, next0, next_n, h0, nh, part);
+          else {
+            if (t == 0) prefetch_scales(c, next0, next_n);
+            for (int u = t * TN / T; u < (t + 1) * TN / T; ++u) prefetch_rows<Ops, 2>(c, next0, next_n, h0 + nxt[u]);
+          }
+        }
       }
       const float *packed_keys = nullptr, *packed_values = nullptr;
       if (pack) packed_values = packed_rows<Ops>(c, true, slot0, n, h, s.vt.data());
@@ -379,7 +362,7 @@ void attend_range(const Row* rows, int R, int h0, int nh, const int32_t* table, 
       // Where the variant has one, a tile kernel takes every row of the head at once (keys transposed;
       // R >= kPackRows, so the values are packed).
       if constexpr (Ops::kTileRows) {
-        if (R >= kPackRows && Ops::tile_rows_ok(D)) {
+        if (tiles) {
           Ops::tile_rows(c, slot0, n, h, p0, rows + i * R, R, scale, m + i * R, l + i * R, acc + size_t(i) * R * D,
                          packed_keys, packed_values, s);
           continue;
@@ -389,7 +372,7 @@ void attend_range(const Row* rows, int R, int h0, int nh, const int32_t* table, 
       for (int r = i * R; r < (i + 1) * R; ++r) {
         const Row& row = rows[r];
         const int nv = std::min(n, row.pos - p0 + 1);
-        if (nv <= 0) continue;
+        if (nv <= 0 || (pr.on && pr.skip[size_t(b) * NR + r])) continue;
         float* sc = s.scores.data();
         block_scores<Ops>(c, slot0, nv, h, row.q, packed_keys, sc);
         const float rel = float(p0 - row.pos);
@@ -451,12 +434,36 @@ void decode_attention(const AttnArgs& a, const KvCacheView& c) {
   first[a.num_seqs] = int(items.size());
   const size_t rec = size_t(H) * (D + 2);  // m, l, acc of every head
   std::vector<float> partial(size_t(partials) * rec);
-  run_maybe_parallel(int64_t(items.size()), work, [&](int64_t b, int64_t e) {
+  // Threads claim the items one at a time, the latest parts of each context first: skipped blocks
+  // (alibi_pruning.h) make a context's early parts the light ones. Each item is computed whole by
+  // one thread, so results do not depend on who takes it.
+  std::vector<int32_t> order(items.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = int32_t(i);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t x, int32_t y) { return items[x].kbeg > items[y].kbeg; });
+  const bool prune = a.slopes && pruning_applies(alibi_pruning(), c);
+  // The query's part of the pruning plan, once for each split context (its parts share it).
+  const int qgroups = c.dtype == KvDtype::Q4 ? D / kQ4Group : 1;
+  std::vector<float> pre_floor, pre_qabs;
+  if (prune && partials) {
+    pre_floor.resize(size_t(a.num_seqs) * H), pre_qabs.resize(size_t(a.num_seqs) * H * qgroups);
+    std::vector<Row> rows(H);
+    for (int s = 0; s < a.num_seqs; ++s) {
+      if (items[first[s]].slot < 0) continue;
+      for (int head = 0; head < H; ++head)
+        rows[head] = {a.q + (size_t(s) * H + head) * D, nullptr, a.slopes[head], a.context_lens[s] - 1};
+      pruning_rows(rows.data(), H, G, 0, a.block_tables + size_t(s) * a.max_blocks, c, a.scale,
+                   pre_floor.data() + size_t(s) * H, pre_qabs.data() + size_t(s) * H * qgroups);
+    }
+  }
+  std::atomic<int64_t> next{0};
+  const int64_t n_items = int64_t(items.size());
+  run_maybe_parallel(std::min<int64_t>(num_threads(), n_items), work, [&](int64_t, int64_t) {
     thread_local Scratch scratch;
     thread_local std::vector<Row> rows;
     rows.resize(H);
-    for (int64_t i = b; i < e; ++i) {
-      const Item& it = items[i];
+    scratch.prune.skipped = scratch.prune.seen = 0;
+    for (int64_t k; (k = next.fetch_add(1, std::memory_order_relaxed)) < n_items;) {
+      const Item& it = items[order[k]];
       for (int head = 0; head < H; ++head) {
         const size_t off = (size_t(it.seq) * H + head) * D;
         rows[head] = {a.q + off, a.out + off, a.slopes ? a.slopes[head] : 0.0f, a.context_lens[it.seq] - 1};
@@ -470,13 +477,16 @@ void decode_attention(const AttnArgs& a, const KvCacheView& c) {
         m = scratch.m.data(), l = scratch.l.data(), acc = scratch.acc.data();
       }
       attend_range<Ops>(rows.data(), G, 0, KV, a.block_tables + size_t(it.seq) * a.max_blocks, c, a.scale, it.kbeg,
-                        it.kend, m, l, acc, scratch);
+                        it.kend, m, l, acc, scratch, prune,
+                        it.slot >= 0 && prune ? pre_floor.data() + size_t(it.seq) * H : nullptr,
+                        it.slot >= 0 && prune ? pre_qabs.data() + size_t(it.seq) * H * qgroups : nullptr);
       if (it.slot < 0)
         for (int head = 0; head < H; ++head) {
           const float inv = 1.0f / l[head];
           for (int d = 0; d < D; ++d) rows[head].out[d] = acc[size_t(head) * D + d] * inv;
         }
     }
+    if (prune) add_alibi_pruning_stats(scratch.prune.skipped, scratch.prune.seen);
   });
   if (!partials) return;
   // Merge: out = sum_k e^(m_k - M) acc_k / sum_k e^(m_k - M) l_k, M the largest m_k.

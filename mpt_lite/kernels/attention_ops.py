@@ -232,3 +232,41 @@ def attention_exp(x: torch.Tensor) -> torch.Tensor:
     y = torch.empty_like(x)
     _C.attention_exp(x=ptr(x), y=ptr(y), n=x.numel())
     return y
+
+
+# ---- ALiBi pruning (csrc/cpu/alibi_pruning.h) ----
+#
+# CPU decode attention over int8 and 4-bit caches skips the cache blocks whose keys ALiBi has made
+# negligible: a bound from the keys' scales shows each would weigh under e^-(20 + ln context) of the
+# query's own key. Float caches are never pruned (they stay exact).
+
+def alibi_pruning() -> bool:
+    """Whether decode attention prunes now (default on; MPT_LITE_ALIBI_PRUNE=0 turns it off)."""
+    return bool(_C.alibi_pruning())
+
+
+def set_alibi_pruning(on: bool) -> None:
+    """Turns the pruning of CPU decode attention on or off for the whole process."""
+    _C.set_alibi_pruning(on=bool(on))
+
+
+class use_alibi_pruning:
+    """Context manager: decode attention with pruning on or off, then the previous setting."""
+
+    def __init__(self, on: bool) -> None:
+        self.on, self.prev = bool(on), None
+
+    def __enter__(self) -> "use_alibi_pruning":
+        self.prev = alibi_pruning()
+        set_alibi_pruning(self.on)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        set_alibi_pruning(self.prev)
+
+
+def alibi_pruning_stats(reset: bool = False) -> tuple[int, int]:
+    """(keys skipped, keys visited) by CPU decode attention since the last reset, counted once per
+    query head, over every thread; reset=True also zeroes them."""
+    skipped, seen = _C.alibi_pruning_stats(reset=bool(reset))
+    return int(skipped), int(seen)

@@ -1,0 +1,140 @@
+"""Decode attention skips the int8 / 4-bit cache blocks that ALiBi makes negligible
+(csrc/cpu/alibi_pruning.h): the output must stay the reference's (ops.ref_paged_attention_decode,
+plain torch over every key), the skipping must actually happen where the bound allows it, and a far
+key that does matter must never be skipped."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mpt_lite import ops
+from mpt_lite.model.layers import alibi_slopes
+from test_attention_kernels import Q4, fill
+
+ISAS = ops.supported_isas()
+QUANTIZED = [torch.int8, Q4]
+TOL = dict(atol=2e-5, rtol=2e-5)
+
+
+@pytest.fixture(autouse=True)
+def pruning_on():
+    with ops.use_alibi_pruning(True):
+        ops.alibi_pruning_stats(reset=True)
+        yield
+
+
+def decode(isa, q, cache, tables, ctx, scale, slopes, threads=2, split=0):
+    with ops.use_isa(isa):
+        return ops.paged_attention_decode(q, *cache[:2], tables, ctx, scale, slopes, *cache[2:], num_threads=threads,
+                                          split_tokens=split)
+
+
+def reference(q, cache, tables, ctx, scale, slopes):
+    return ops.ref_paged_attention_decode(q, cache[0], cache[1], tables, ctx, scale, slopes, *cache[2:])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", QUANTIZED)
+@pytest.mark.parametrize("heads,kv_heads", [(16, 16), (8, 4), (8, 2)])  # 1, 2 and 4 query heads a kv head
+@pytest.mark.parametrize("split", [0, 48])
+def test_long_contexts_skip_blocks_and_match_the_reference(isa, dtype, heads, kv_heads, split):
+    lens = [1500, 333, 17]
+    cache, tables = fill(lens, kv_heads, 64, dtype, seed=5)
+    g = torch.Generator().manual_seed(6)
+    q = torch.randn(len(lens), heads, 64, generator=g)
+    ctx = torch.tensor(lens, dtype=torch.int32)
+    slopes = alibi_slopes(heads)
+    for threads in (1, 2):
+        got = decode(isa, q, cache, tables, ctx, 0.125, slopes, threads, split)
+        torch.testing.assert_close(got, reference(q, cache, tables, ctx, 0.125, slopes), **TOL)
+    skipped, seen = ops.alibi_pruning_stats(reset=True)
+    assert seen > 0
+    # The steepest heads (slopes 2^-1 ... 2^-4) drop most of a 1,500-token context; with 4 query heads a kv
+    # head the AVX-512 tile kernel computes a head's rows together, so only blocks all four skip count.
+    assert skipped / seen > (0.02 if heads // kv_heads >= 4 and isa == "avx512" else 0.15)
+    with ops.use_alibi_pruning(False):
+        full = decode(isa, q, cache, tables, ctx, 0.125, slopes)
+    assert ops.alibi_pruning_stats() == (0, 0)
+    torch.testing.assert_close(got, full, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", QUANTIZED)
+def test_a_far_key_that_dominates_is_never_skipped(isa, dtype):
+    """Key 40 of a 1,000-token context is the query's direction at 100x the usual size: despite ALiBi's
+    penalty at distance 959 (about 60-480 here), its score wins, and the output is its value."""
+    heads, D = 4, 64
+    cache, tables = fill([1000], heads, D, dtype, seed=8)
+    g = torch.Generator().manual_seed(9)
+    q = torch.randn(1, heads, D, generator=g)
+    k = torch.randn(1000, heads, D, generator=g)
+    v = torch.randn(1000, heads, D, generator=g)
+    k[40] = q[0] / q[0].norm(dim=-1, keepdim=True) * 400.0
+    v[40] = 7.0
+    slots = tables[0, torch.arange(1000) // 16].long() * 16 + torch.arange(1000) % 16
+    ops.ref_write_kv_cache(k, v, *cache[:2], slots, *cache[2:])
+    ctx = torch.tensor([1000], dtype=torch.int32)
+    slopes = alibi_slopes(heads)
+    scale = 1.0
+    want = reference(q, cache, tables, ctx, scale, slopes)
+    got = decode(isa, q, cache, tables, ctx, scale, slopes)
+    torch.testing.assert_close(got, want, **TOL)
+    dominated = (want - 7.0).abs().amax(-1) < 0.5
+    assert dominated.any()  # the test's premise: somewhere the far key decides the output
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_float_caches_are_never_pruned(isa, dtype):
+    cache, tables = fill([1200], 4, 64, dtype, seed=3)
+    q = torch.randn(1, 4, 64)
+    ctx = torch.tensor([1200], dtype=torch.int32)
+    got = decode(isa, q, cache, tables, ctx, 0.125, alibi_slopes(4))
+    torch.testing.assert_close(got, reference(q, cache, tables, ctx, 0.125, alibi_slopes(4)), **TOL)
+    assert ops.alibi_pruning_stats() == (0, 0)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", QUANTIZED)
+def test_no_alibi_no_pruning(isa, dtype):
+    """Without slopes (or with non-positive ones) every key counts: nothing is skipped."""
+    cache, tables = fill([900], 2, 64, dtype, seed=4)
+    q = torch.randn(1, 2, 64)
+    ctx = torch.tensor([900], dtype=torch.int32)
+    for slopes in (None, torch.tensor([0.0, -0.5])):
+        got = decode(isa, q, cache, tables, ctx, 0.125, slopes)
+        torch.testing.assert_close(got, reference(q, cache, tables, ctx, 0.125, slopes), **TOL)
+        assert ops.alibi_pruning_stats(reset=True)[0] == 0
+
+
+@pytest.mark.parametrize("dtype", QUANTIZED)
+def test_an_all_zero_query_or_huge_scores_stay_finite(dtype):
+    """A zero query row (every score its ALiBi bias) and scores near the float range: the plan's
+    bounds must not turn into inf - inf or skip the own block."""
+    cache, tables = fill([700], 2, 64, dtype, seed=2)
+    q = torch.randn(1, 2, 64)
+    q[0, 0] = 0.0
+    q[0, 1] *= 1e6
+    ctx = torch.tensor([700], dtype=torch.int32)
+    slopes = torch.tensor([0.5, 0.25])
+    for isa in ISAS:
+        got = decode(isa, q, cache, tables, ctx, 0.125, slopes)
+        want = reference(q, cache, tables, ctx, 0.125, slopes)
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, **TOL)
+
+
+def test_switch_context_manager_and_environment():
+    assert ops.alibi_pruning()
+    with ops.use_alibi_pruning(False):
+        assert not ops.alibi_pruning()
+        with ops.use_alibi_pruning(True):
+            assert ops.alibi_pruning()
+        assert not ops.alibi_pruning()
+    assert ops.alibi_pruning()
+    code = "from mpt_lite import ops; print(ops.alibi_pruning())"
+    env = dict(os.environ, MPT_LITE_ALIBI_PRUNE="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
