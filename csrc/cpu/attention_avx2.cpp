@@ -142,8 +142,9 @@ struct Ops {
   // 4-bit rows read in registers (attention_kernel.h: block_scores / block_values), 8 keys reduced together.
   static constexpr bool kQ4Rows = true;
   static bool q4_rows_ok(int D) { return D % kQ4Group == 0; }
-  static void scores_q4(const float* q, const uint8_t* k, const float* ks, int64_t st, int64_t sst, int n, int D,
-                        float* sc) {
+  static void scores_q4(const attn_detail::Row& row, const uint8_t* k, const float* ks, int64_t st, int64_t sst, int n,
+                        int D, float* sc) {
+    const float* q = row.q;  // already rounded (attention_q4_query.h)
     const int ng = D / kQ4Group;
     int j = 0;
     for (; j + 8 <= n; j += 8) {

@@ -179,6 +179,31 @@ inline void scores16_q4(const float* q, const uint8_t* k, const float* ks, int64
   });
 }
 
+// The same scores by integer dot products (attention_q4_query.h): per key, vpdpbusd of its low and its
+// high nibbles (codes 0..15, as stored) with the query's int8 values in the matching order, started from
+// -2 x the group's q8 sum in each of the group's 4 lanes (the -8 offset of the codes); lane l then holds
+// a quarter of group l / 4's sum, converted and scaled by d_k x d_q of its group. 16 keys reduce together.
+template <int NG>
+inline void scores16_q4_vnni(const attn_detail::Row& row, const uint8_t* k, const float* ks, int64_t st, int64_t sst,
+                             int n, float* sc) {
+  constexpr int D = 32 * NG;
+  constexpr __mmask64 kBytes = NG == 4 ? ~__mmask64(0) : __mmask64(0xffffffffu);
+  constexpr __mmask16 kGroups = NG == 4 ? 0xf : 0x3, kLanes = NG == 4 ? 0xffff : 0xff;
+  const __m512i qlo = _mm512_maskz_loadu_epi8(kBytes, row.q8), qhi = _mm512_maskz_loadu_epi8(kBytes, row.q8 + D / 2);
+  const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  const __m512i start = _mm512_maskz_mullo_epi32(
+      kLanes, _mm512_permutexvar_epi32(spread, _mm512_maskz_loadu_epi32(kGroups, row.qs)), _mm512_set1_epi32(-2));
+  const __m512 dq = _mm512_permutexvar_ps(spread, _mm512_maskz_loadu_ps(kGroups, row.qd));
+  const __m512i nib = _mm512_set1_epi8(0x0f);
+  reduce_keys16(n, sc, [&](int j) {
+    const __m512i kv = _mm512_maskz_loadu_epi8(kBytes, k + int64_t(j) * st);
+    __m512i acc = _mm512_dpbusd_epi32(start, _mm512_and_si512(kv, nib), qlo);
+    acc = _mm512_dpbusd_epi32(acc, _mm512_and_si512(_mm512_srli_epi16(kv, 4), nib), qhi);
+    const __m512 s = _mm512_permutexvar_ps(spread, _mm512_maskz_loadu_ps(kGroups, ks + int64_t(j) * sst));
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_mul_ps(s, dq));
+  });
+}
+
 // acc += sum_j p[j] v_j over 4-bit values, in registers: each group's (c - 8) times p[j] * its scale.
 template <int NG>
 inline void accum16_q4(const float* p, const uint8_t* v, const float* vs, int64_t st, int64_t sst, int n, float* acc) {
@@ -231,10 +256,13 @@ struct Ops {
   // other head sizes take the dequantized rows.
   static constexpr bool kQ4Rows = true;
   static bool q4_rows_ok(int D) { return D == 64 || D == 128; }
-  static void scores_q4(const float* q, const uint8_t* k, const float* ks, int64_t st, int64_t sst, int n, int D,
-                        float* sc) {
-    if (D == 64) scores16_q4<2>(q, k, ks, st, sst, n, sc);
-    else scores16_q4<4>(q, k, ks, st, sst, n, sc);
+  static void scores_q4(const attn_detail::Row& row, const uint8_t* k, const float* ks, int64_t st, int64_t sst, int n,
+                        int D, float* sc) {
+    if (row.q8) {  // decode: integer dot products on the codes
+      if (D == 64) scores16_q4_vnni<2>(row, k, ks, st, sst, n, sc);
+      else scores16_q4_vnni<4>(row, k, ks, st, sst, n, sc);
+    } else if (D == 64) scores16_q4<2>(row.q, k, ks, st, sst, n, sc);
+    else scores16_q4<4>(row.q, k, ks, st, sst, n, sc);
   }
   static void accum_q4(const float* p, const uint8_t* v, const float* vs, int64_t st, int64_t sst, int n, int D,
                        float* acc) {

@@ -13,6 +13,7 @@
 
 #include "cpu/alibi_pruning.h"
 #include "cpu/attention_prefetch.h"
+#include "cpu/attention_q4_query.h"
 #include "cpu/exp_constants.h"
 #include "cpu/prefetch.h"
 #include "cpu/attention.h"
@@ -83,81 +84,23 @@ static void run_maybe_parallel(int64_t n, int64_t work, const F& fn) {
   else parallel_for(n, 1, fn);
 }
 
-// int8 K/V: s = absmax / 127, q = round(x / s); all-zero rows store s = 0 and zeros.
-template <class Ops>
-static inline float quantize_row_i8(const float* x, int8_t* q, int n) {
-  float s = Ops::absmax(x, n) / 127.0f;
-  if (s == 0.0f) {
-    std::memset(q, 0, size_t(n));
-    return 0.0f;
-  }
-  Ops::quantize_i8(x, s, q, n);
-  return s;
-}
+}  // namespace attn_detail
+}  // namespace mpt
 
-// 4-bit K/V, one group of 32 values (attention.h): d = m / -8 for m the value of largest magnitude (the
-// first of equals), codes min(15, floor(x / d + 8.5)); a group of zeros stores d = 0 and codes 8. A
-// division, not x * (1 / d): the reference (kernels/reference.py) computes the same floats. The portable
-// variant's; the vector ones (Ops::quantize_q4) compute the same floats.
-static inline float quantize_group_q4(const float* x, uint8_t* q) {
-  float amax = 0.0f, m = 0.0f;
-  for (int i = 0; i < kQ4Group; ++i)
-    if (std::fabs(x[i]) > amax) amax = std::fabs(x[i]), m = x[i];
-  const float d = m / -8.0f;
-  uint8_t c[kQ4Group];
-  for (int i = 0; i < kQ4Group; ++i)
-    c[i] = d == 0.0f ? 8 : uint8_t(std::min(15.0f, std::floor(x[i] / d + 8.5f)));
-  for (int j = 0; j < kQ4Group / 2; ++j) q[j] = uint8_t(c[j] | (c[j + kQ4Group / 2] << 4));
-  return d;
-}
+#include "cpu/attention_kv_write.h"
 
-template <class Ops>
-void write_kv_cache(const float* k, const float* v, int64_t n_tokens, const int64_t* slots,
-                    const KvCacheView& c) {
-  const int KV = c.kv_heads, D = c.head_dim;
-  const int64_t row = int64_t(KV) * D;
-  auto body = [&](int64_t b, int64_t e) {
-    for (int64_t t = b; t < e; ++t) {
-      const int64_t slot = slots[t];
-      if (slot < 0) continue;
-      for (int pass = 0; pass < 2; ++pass) {
-        const float* src = (pass ? v : k) + t * row;
-        void* dst = pass ? c.v : c.k;
-        switch (c.dtype) {
-          case KvDtype::F32:
-            std::memcpy(static_cast<float*>(dst) + slot * row, src, size_t(row) * 4);
-            break;
-          case KvDtype::BF16:
-            Ops::f32_to_bf16(src, static_cast<uint16_t*>(dst) + slot * row, int(row));
-            break;
-          case KvDtype::F16:
-            Ops::f32_to_f16(src, static_cast<uint16_t*>(dst) + slot * row, int(row));
-            break;
-          case KvDtype::I8: {
-            float* scales = (pass ? c.v_scale : c.k_scale) + slot * KV;
-            int8_t* q = static_cast<int8_t*>(dst) + slot * row;
-            for (int h = 0; h < KV; ++h) scales[h] = quantize_row_i8<Ops>(src + h * D, q + h * D, D);
-            break;
-          }
-          case KvDtype::Q4: {
-            const int groups = int(row / kQ4Group);
-            float* scales = (pass ? c.v_scale : c.k_scale) + slot * groups;
-            uint8_t* q = static_cast<uint8_t*>(dst) + slot * (row / 2);
-            for (int g = 0; g < groups; ++g) scales[g] = Ops::quantize_q4(src + g * kQ4Group, q + g * (kQ4Group / 2));
-            break;
-          }
-        }
-      }
-    }
-  };
-  run_maybe_parallel(n_tokens, n_tokens * row, body);
-}
+namespace mpt {
+namespace attn_detail {
 
 struct Row {
   const float* q;
   float* out;
   float slope;
   int pos;
+  // 4-bit caches: q rounded (attention_q4_query.h), and its int8 form, group scales and sums
+  const int8_t* q8 = nullptr;
+  const float* qd = nullptr;
+  const int32_t* qs = nullptr;
 };
 
 struct Scratch {
@@ -213,8 +156,9 @@ static inline bool q4_in_registers(const KvCacheView& c) {
 // scale). Keys come from packed (packed_rows) when given, else bf16 and int8 ones are widened in
 // registers.
 template <class Ops>
-static void block_scores(const KvCacheView& c, int64_t slot0, int n, int h, const float* q, const float* packed,
+static void block_scores(const KvCacheView& c, int64_t slot0, int n, int h, const Row& row, const float* packed,
                          float* sc) {
+  const float* q = row.q;
   const int KV = c.kv_heads, D = c.head_dim;
   const int64_t st = int64_t(KV) * D, base = (slot0 * KV + h) * D;
   if (packed) Ops::scores(q, packed, D, n, D, sc);
@@ -224,7 +168,7 @@ static void block_scores(const KvCacheView& c, int64_t slot0, int n, int h, cons
     case KvDtype::F16: break;  // always packed
     case KvDtype::Q4:  // packed unless q4_in_registers
       if constexpr (Ops::kQ4Rows)
-        Ops::scores_q4(q, static_cast<const uint8_t*>(c.k) + base / 2, c.k_scale + base / kQ4Group, st / 2,
+        Ops::scores_q4(row, static_cast<const uint8_t*>(c.k) + base / 2, c.k_scale + base / kQ4Group, st / 2,
                        st / kQ4Group, n, D, sc);
       break;
     case KvDtype::I8: Ops::scores(q, static_cast<const int8_t*>(c.k) + base, st, n, D, sc); break;
@@ -374,7 +318,7 @@ void attend_range(const Row* rows, int R, int h0, int nh, const int32_t* table, 
         const int nv = std::min(n, row.pos - p0 + 1);
         if (nv <= 0 || (pr.on && pr.skip[size_t(b) * NR + r])) continue;
         float* sc = s.scores.data();
-        block_scores<Ops>(c, slot0, nv, h, row.q, packed_keys, sc);
+        block_scores<Ops>(c, slot0, nv, h, row, packed_keys, sc);
         const float rel = float(p0 - row.pos);
         for (int j = 0; j < nv; ++j) sc[j] = sc[j] * scale + row.slope * (rel + float(j));
         const float mx = Ops::vmax(sc, nv);
@@ -440,6 +384,16 @@ void decode_attention(const AttnArgs& a, const KvCacheView& c) {
   std::vector<int32_t> order(items.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = int32_t(i);
   std::stable_sort(order.begin(), order.end(), [&](int32_t x, int32_t y) { return items[x].kbeg > items[y].kbeg; });
+  const int QG = D / kQ4Group;
+  Q4Queries q4;  // 4-bit caches: every query rounded once (attention_q4_query.h)
+  if (c.dtype == KvDtype::Q4) q4.round(a.q, int64_t(a.num_seqs) * H, D);
+  auto make_row = [&](int s, int head) {
+    const size_t i = size_t(s) * H + head, off = i * D;
+    Row r{a.q + off, a.out + off, a.slopes ? a.slopes[head] : 0.0f, a.context_lens[s] - 1};
+    if (c.dtype == KvDtype::Q4) r.q = q4.q.data() + off, r.q8 = q4.q8.data() + off, r.qd = q4.d.data() + i * QG,
+                                r.qs = q4.sum.data() + i * QG;
+    return r;
+  };
   const bool prune = a.slopes && pruning_applies(alibi_pruning(), c);
   // The query's part of the pruning plan, once for each split context (its parts share it).
   const int qgroups = c.dtype == KvDtype::Q4 ? D / kQ4Group : 1;
@@ -449,8 +403,7 @@ void decode_attention(const AttnArgs& a, const KvCacheView& c) {
     std::vector<Row> rows(H);
     for (int s = 0; s < a.num_seqs; ++s) {
       if (items[first[s]].slot < 0) continue;
-      for (int head = 0; head < H; ++head)
-        rows[head] = {a.q + (size_t(s) * H + head) * D, nullptr, a.slopes[head], a.context_lens[s] - 1};
+      for (int head = 0; head < H; ++head) rows[head] = make_row(s, head);
       pruning_rows(rows.data(), H, G, 0, a.block_tables + size_t(s) * a.max_blocks, c, a.scale,
                    pre_floor.data() + size_t(s) * H, pre_qabs.data() + size_t(s) * H * qgroups);
     }
@@ -464,10 +417,7 @@ void decode_attention(const AttnArgs& a, const KvCacheView& c) {
     scratch.prune.skipped = scratch.prune.seen = 0;
     for (int64_t k; (k = next.fetch_add(1, std::memory_order_relaxed)) < n_items;) {
       const Item& it = items[order[k]];
-      for (int head = 0; head < H; ++head) {
-        const size_t off = (size_t(it.seq) * H + head) * D;
-        rows[head] = {a.q + off, a.out + off, a.slopes ? a.slopes[head] : 0.0f, a.context_lens[it.seq] - 1};
-      }
+      for (int head = 0; head < H; ++head) rows[head] = make_row(it.seq, head);
       float *m, *l, *acc;
       if (it.slot >= 0) {
         float* p = partial.data() + size_t(it.slot) * rec;
@@ -541,6 +491,8 @@ void prefill_attention(const AttnArgs& a, const KvCacheView& c) {
   std::vector<int32_t> order(items.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = int32_t(i);
   std::stable_sort(order.begin(), order.end(), [&](int32_t x, int32_t y) { return items[x].keys > items[y].keys; });
+  Q4Queries q4;  // 4-bit caches: every query rounded once (attention_q4_query.h)
+  if (c.dtype == KvDtype::Q4) q4.round(a.q, int64_t(a.query_start_loc[a.num_seqs]) * H, D);
   std::atomic<int64_t> next{0};
   const int64_t n_items = int64_t(items.size());
   // One claimer a thread (run_maybe_parallel runs a small job's one call inline, and it claims them all).
@@ -556,7 +508,8 @@ void prefill_attention(const AttnArgs& a, const KvCacheView& c) {
         for (int g = 0; g < G; ++g) {
           const int head = it.h * G + g;
           const size_t off = (size_t(t) * H + head) * D;
-          rows.push_back({a.q + off, a.out + off, a.slopes ? a.slopes[head] : 0.0f, pos0 + (t - q_first)});
+          rows.push_back({(c.dtype == KvDtype::Q4 ? q4.q.data() : a.q) + off, a.out + off,
+                          a.slopes ? a.slopes[head] : 0.0f, pos0 + (t - q_first)});
         }
       const int R = int(rows.size());
       scratch.m.resize(R), scratch.l.resize(R), scratch.acc.resize(size_t(R) * D);

@@ -346,6 +346,16 @@ def ref_write_kv_cache(key, value, k_cache, v_cache, slot_mapping, k_scale=None,
             flat[slots] = x.to(cache.dtype)
 
 
+def ref_round_query_q4(q: torch.Tensor) -> torch.Tensor:
+    """Queries against a 4-bit KV cache as every kernel uses them (csrc/cpu/attention_q4_query.h): rounded
+    to int8 per group of 32 values of a head (d = amax / 127, round(q / d) * d; zeros where d is 0), as
+    llama.cpp rounds the query to Q8_0 for its q4_0 keys."""
+    g = q.float().reshape(*q.shape[:-1], -1, 32)
+    d = g.abs().amax(-1, keepdim=True) / 127
+    r = torch.where(d != 0, torch.round(g / torch.where(d != 0, d, 1)), torch.zeros_like(g))
+    return (r * d).reshape(q.shape)
+
+
 def _ref_gather(cache, scales, table, ctx) -> torch.Tensor:
     bs = cache.shape[1]
     blocks = table[: (ctx + bs - 1) // bs].long()
@@ -367,6 +377,8 @@ def ref_paged_attention_prefill(query, k_cache, v_cache, block_tables, context_l
         k = _ref_gather(k_cache, k_scale, block_tables[s], ctx).repeat_interleave(heads // kv_heads, dim=1)
         v = _ref_gather(v_cache, v_scale, block_tables[s], ctx).repeat_interleave(heads // kv_heads, dim=1)
         q = query[q0:q1].float()
+        if k_cache.dtype == torch.uint8:
+            q = ref_round_query_q4(q)
         scores = torch.einsum("qhd,khd->hqk", q, k) * scale
         q_pos = torch.arange(ctx - (q1 - q0), ctx).view(-1, 1)
         rel = (torch.arange(ctx).view(1, -1) - q_pos).float()
