@@ -86,8 +86,7 @@ static inline bool pruning_applies(bool enabled, const KvCacheView& c) {
   return enabled && (c.dtype == KvDtype::I8 || c.dtype == KvDtype::Q4);
 }
 
-// Sets up p for rows [0, NR) (row r reads kv head h0 + r / R; every row's key at the same last
-// position, as in decode) and marks the blocks of [kbeg, kend) that each row skips, oldest first,
+// Sets up p for rows [0, NR) (row r reads kv head h0 + r / R, its own key at its pos) and marks the blocks of [kbeg, kend) that each row skips, oldest first,
 // until no row could skip a block any more (nearer blocks have less room). The bound of a block is
 // taken per kv head and scale group over its tokens (one contiguous pass over the block's scales),
 // not per token: a little looser, and it reads each scale once for every head. pre_floor /
@@ -100,7 +99,6 @@ static void plan_pruning(Pruning& p, bool enabled, const RowT* rows, int NR, int
   p.on = pruning_applies(enabled, c) && nblocks > 1;
   if (!p.on) return;
   const int G = c.dtype == KvDtype::I8 ? 1 : c.head_dim / kQ4Group, KVG = c.kv_heads * G;
-  const int pos = rows[0].pos;
   p.groups = G;
   p.bmax.resize(size_t(nh) * G);
   p.skip.assign(size_t(nblocks) * NR, 0);
@@ -116,11 +114,14 @@ static void plan_pruning(Pruning& p, bool enabled, const RowT* rows, int NR, int
   for (int r = 0; r < NR && !any; ++r) any = std::isfinite(p.floor[r]);
   for (int b = 0; any && b < nblocks; ++b) {
     const int p0 = kbeg + b * bs, n = std::min(bs, kend - p0);
-    if (p0 + n > pos) break;  // the block with the rows' own key
-    // The bound of every key of the block must stay under room = floor + its least ALiBi penalty.
-    const float dist = float(pos - (p0 + n - 1));
+    // The bound of every key of the block must stay under room = floor + its least ALiBi penalty; a
+    // row never skips the block with its own key (or one after it).
+    auto room = [&](int r) {
+      const int dist = rows[r].pos - (p0 + n - 1);
+      return dist > 0 ? p.floor[r] + rows[r].slope * float(dist) : -std::numeric_limits<float>::infinity();
+    };
     any = false;
-    for (int r = 0; r < NR && !any; ++r) any = p.floor[r] + rows[r].slope * dist > 0.0f;
+    for (int r = 0; r < NR && !any; ++r) any = room(r) > 0.0f;
     if (!any) break;
     const int64_t slot0 = int64_t(table[p0 / bs]) * bs;
     float* bm = p.bmax.data();
@@ -131,13 +132,13 @@ static void plan_pruning(Pruning& p, bool enabled, const RowT* rows, int NR, int
     }
     uint8_t* skip = p.skip.data() + size_t(b) * NR;
     for (int r = 0; r < NR; ++r) {
-      const float room = p.floor[r] + rows[r].slope * dist;
-      if (!(room > 0.0f)) continue;
+      const float rr = room(r);
+      if (!(rr > 0.0f)) continue;
       const float* qa = p.qabs.data() + size_t(r) * G;
       const float* m = bm + size_t(r / R) * G;
       float bound = 0.0f;
       for (int g = 0; g < G; ++g) bound += qa[g] * m[g];
-      skip[r] = bound < room;
+      skip[r] = bound < rr;
     }
     for (int i = 0; i < nh; ++i) {
       bool all = true;

@@ -495,10 +495,12 @@ void prefill_attention(const AttnArgs& a, const KvCacheView& c) {
   if (c.dtype == KvDtype::Q4) q4.round(a.q, int64_t(a.query_start_loc[a.num_seqs]) * H, D);
   std::atomic<int64_t> next{0};
   const int64_t n_items = int64_t(items.size());
+  const bool prune = a.slopes && pruning_applies(alibi_pruning(), c);
   // One claimer a thread (run_maybe_parallel runs a small job's one call inline, and it claims them all).
   run_maybe_parallel(std::min<int64_t>(num_threads(), n_items), work, [&](int64_t, int64_t) {
     thread_local Scratch scratch;
     std::vector<Row> rows;
+    scratch.prune.skipped = scratch.prune.seen = 0;
     for (int64_t k; (k = next.fetch_add(1, std::memory_order_relaxed)) < n_items;) {
       const Item& it = items[order[k]];
       const int s = it.seq, q_first = a.query_start_loc[s];
@@ -514,12 +516,13 @@ void prefill_attention(const AttnArgs& a, const KvCacheView& c) {
       const int R = int(rows.size());
       scratch.m.resize(R), scratch.l.resize(R), scratch.acc.resize(size_t(R) * D);
       attend_range<Ops>(rows.data(), R, it.h, 1, a.block_tables + size_t(s) * a.max_blocks, c, a.scale, 0,
-                        rows[R - 1].pos + 1, scratch.m.data(), scratch.l.data(), scratch.acc.data(), scratch);
+                        rows[R - 1].pos + 1, scratch.m.data(), scratch.l.data(), scratch.acc.data(), scratch, prune);
       for (int r = 0; r < R; ++r) {
         const float inv = 1.0f / scratch.l[r];
         for (int d = 0; d < D; ++d) rows[r].out[d] = scratch.acc[size_t(r) * D + d] * inv;
       }
     }
+    if (prune) add_alibi_pruning_stats(scratch.prune.skipped, scratch.prune.seen);
   });
 }
 
