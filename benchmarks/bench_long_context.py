@@ -129,7 +129,7 @@ def main() -> None:
                     help="also time llama.cpp with these KV types")
     ap.add_argument("--gguf-quant", default="q4_0", help="llama.cpp's weights: model-QUANT.gguf")
     ap.add_argument("--alibi-pruning", nargs="+", default=["on"], choices=["on", "off"],
-                    help="decode attention's block skipping for int8/int4 KV (kernels.set_alibi_pruning); "
+                    help="attention's ALiBi block skipping for int8/int4 KV (kernels.set_alibi_pruning); "
                          "several: one row each, their rounds interleaved on the same engines")
     args = ap.parse_args()
     args.contexts = sorted(set(args.contexts))

@@ -1,4 +1,4 @@
-// Decode attention skips the cache blocks whose keys ALiBi has made negligible.
+// CPU attention skips the cache blocks whose keys ALiBi has made negligible.
 //
 // A key at distance t behind the query gets the bias -slope * t. For a quantized cache its score
 // has a bound that costs only the key's scales to read: |q . k| <= sum over groups of |q|_1 (group)
@@ -10,7 +10,8 @@
 // rounding of the sums they would have joined. Steep heads then read a window of recent blocks
 // instead of the whole context (the 1.3B at 2048 tokens: ~40% of its key-head pairs).
 //
-// Only int8 and 4-bit caches (they carry the scales; they are approximations already), only decode.
+// Only int8 and 4-bit caches (they carry the scales; they are approximations already). Decode and
+// prefill: a prefill tile skips a block when every one of its rows may (the tile computes them together).
 // Float caches stay exact: reading their values to bound them would cost what the skip saves.
 #pragma once
 #include <algorithm>

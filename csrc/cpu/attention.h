@@ -52,7 +52,7 @@ void write_kv_cache(const float* k, const float* v, int64_t n_tokens, const int6
                     const KvCacheView& cache);
 void paged_attention_decode(const AttnArgs& a, const KvCacheView& cache);
 void paged_attention_prefill(const AttnArgs& a, const KvCacheView& cache);
-// Decode attention over int8 and 4-bit caches skips the blocks whose keys ALiBi has made
+// CPU attention (decode and prefill) over int8 and 4-bit caches skips the blocks whose keys ALiBi has made
 // negligible (alibi_pruning.h): on unless MPT_LITE_ALIBI_PRUNE=0 or set_alibi_pruning(false).
 bool alibi_pruning();
 void set_alibi_pruning(bool on);

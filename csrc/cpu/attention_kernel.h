@@ -106,7 +106,7 @@ struct Row {
 struct Scratch {
   std::vector<float> kt, vt, scores, acc, m, l;
   std::vector<float> tiles;  // a tile kernel's keys, transposed (Ops::tile_rows)
-  Pruning prune;             // decode's skipped blocks (alibi_pruning.h)
+  Pruning prune;             // skipped blocks (alibi_pruning.h)
   std::vector<int> readers, next_readers;  // the kv heads that read a block, and the next one
 };
 

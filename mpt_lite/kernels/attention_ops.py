@@ -236,17 +236,17 @@ def attention_exp(x: torch.Tensor) -> torch.Tensor:
 
 # ---- ALiBi pruning (csrc/cpu/alibi_pruning.h) ----
 #
-# CPU decode attention over int8 and 4-bit caches skips the cache blocks whose keys ALiBi has made
+# CPU attention (decode and prefill) over int8 and 4-bit caches skips the cache blocks whose keys ALiBi has made
 # negligible: a bound from the keys' scales shows each would weigh under e^-(20 + ln context) of the
 # query's own key. Float caches are never pruned (they stay exact).
 
 def alibi_pruning() -> bool:
-    """Whether decode attention prunes now (default on; MPT_LITE_ALIBI_PRUNE=0 turns it off)."""
+    """Whether CPU attention prunes now (default on; MPT_LITE_ALIBI_PRUNE=0 turns it off)."""
     return bool(_C.alibi_pruning())
 
 
 def set_alibi_pruning(on: bool) -> None:
-    """Turns the pruning of CPU decode attention on or off for the whole process."""
+    """Turns the pruning of CPU attention on or off for the whole process."""
     _C.set_alibi_pruning(on=bool(on))
 
 
@@ -266,7 +266,7 @@ class use_alibi_pruning:
 
 
 def alibi_pruning_stats(reset: bool = False) -> tuple[int, int]:
-    """(keys skipped, keys visited) by CPU decode attention since the last reset, counted once per
+    """(keys skipped, keys visited) by CPU attention since the last reset, counted once per
     query head, over every thread; reset=True also zeroes them."""
     skipped, seen = _C.alibi_pruning_stats(reset=bool(reset))
     return int(skipped), int(seen)
