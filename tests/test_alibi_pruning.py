@@ -138,6 +138,22 @@ def test_no_alibi_no_pruning(isa, dtype):
 
 
 @pytest.mark.parametrize("dtype", QUANTIZED)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_nan_key_scale_is_never_skipped(dtype, threads):
+    """A NaN in a far block's key scales makes every head's output NaN, as in the reference: its bound is
+    NaN (never skipped), and a split context's part that meets it first is not taken for empty."""
+    cache, tables = fill([1500], 4, 64, dtype, seed=3)
+    cache[2][int(tables[0, 2]), 3] = float("nan")
+    q = torch.randn(1, 4, 64, generator=torch.Generator().manual_seed(0))
+    ctx = torch.tensor([1500], dtype=torch.int32)
+    want = reference(q, cache, tables, ctx, 0.125, alibi_slopes(4))
+    assert torch.isnan(want).all()
+    for isa in ISAS:
+        got = decode(isa, q, cache, tables, ctx, 0.125, alibi_slopes(4), threads)
+        assert torch.isnan(got).all(), isa
+
+
+@pytest.mark.parametrize("dtype", QUANTIZED)
 def test_an_all_zero_query_or_huge_scores_stay_finite(dtype):
     """A zero query row (every score its ALiBi bias) and scores near the float range: the plan's
     bounds must not turn into inf - inf or skip the own block."""

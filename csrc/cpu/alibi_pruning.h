@@ -129,7 +129,10 @@ static void plan_pruning(Pruning& p, bool enabled, const RowT* rows, int NR, int
     std::fill(bm, bm + size_t(nh) * G, 0.0f);
     for (int j = 0; j < n; ++j) {
       const float* sc = c.k_scale + (slot0 + j) * KVG + h0 * G;
-      for (int e = 0; e < nh * G; ++e) bm[e] = std::max(bm[e], std::fabs(sc[e]));
+      for (int e = 0; e < nh * G; ++e) {  // a NaN scale stays (the bound, then, skips nothing)
+        const float v = std::fabs(sc[e]);
+        bm[e] = v > bm[e] || v != v ? v : bm[e];
+      }
     }
     uint8_t* skip = p.skip.data() + size_t(b) * NR;
     for (int r = 0; r < NR; ++r) {

@@ -208,6 +208,10 @@ static void block_values(const KvCacheView& c, int64_t slot0, int n, int h, floa
 // sum l and the unnormalised output acc (D floats) are rescaled to it (none yet: nothing to rescale).
 template <class Ops>
 static inline void raise_max(float& m, float& l, float* acc, float mx, int D) {
+  if (mx != mx) {  // a NaN score: the row's result is NaN (and its part of a split context is not empty)
+    m = l = mx;
+    return;
+  }
   if (!(mx > m)) return;
   if (m != -std::numeric_limits<float>::infinity()) {
     const float corr = std::exp(m - mx);
