@@ -53,7 +53,8 @@ inline int checked_int(int64_t v, const char* name) {
 }
 
 inline KvCacheView kv_cache(uintptr_t k, uintptr_t v, uintptr_t k_scale, uintptr_t v_scale, int dtype,
-                            int64_t num_slots, int64_t kv_heads, int64_t head_dim, int64_t block_size) {
+                            int64_t num_slots, int64_t kv_heads, int64_t head_dim, int64_t block_size,
+                            uintptr_t k_bound = 0) {
   if (dtype < 0 || dtype > 4) throw std::invalid_argument("unknown KV cache dtype code " + std::to_string(dtype));
   KvCacheView c;
   c.num_slots = dim(num_slots, "num_slots");
@@ -73,6 +74,10 @@ inline KvCacheView kv_cache(uintptr_t k, uintptr_t v, uintptr_t k_scale, uintptr
     c.v_scale = buf<float>(v_scale, ns, "v_scale");
   } else if (k_scale || v_scale) {
     throw std::invalid_argument("k_scale/v_scale belong to int8 and 4-bit KV caches only");
+  }
+  if (k_bound) {
+    if (c.dtype == KvDtype::I8 || q4) throw std::invalid_argument("k_bound belongs to float KV caches only");
+    c.k_bound = buf<float>(k_bound, c.num_slots * c.kv_heads, "k_bound");
   }
   return c;
 }

@@ -64,11 +64,12 @@ static py::dict cpu_features_dict() {
 
 static void bind_structs(py::module_& m) {
   // cache: k, v (num_slots x kv_heads x head_dim values of `dtype`: 0 f32, 1 bf16, 2 f16, 3 int8),
-  // k_scale, v_scale (float32, num_slots x kv_heads; int8 caches only, else 0).
+  // k_scale, v_scale (float32, num_slots x kv_heads; int8 caches only, else 0); k_bound (float32, num_slots x
+  // kv_heads; float caches, optional).
   py::class_<mpt::KvCacheView>(m, "KvCache")
       .def(py::init(&mpt::bind::kv_cache), py::kw_only(), py::arg("k"), py::arg("v"), py::arg("k_scale") = 0,
            py::arg("v_scale") = 0, py::arg("dtype"), py::arg("num_slots"), py::arg("kv_heads"), py::arg("head_dim"),
-           py::arg("block_size"))
+           py::arg("block_size"), py::arg("k_bound") = 0)
       .def_readonly("num_slots", &mpt::KvCacheView::num_slots)
       .def_readonly("kv_heads", &mpt::KvCacheView::kv_heads)
       .def_readonly("head_dim", &mpt::KvCacheView::head_dim)
@@ -433,13 +434,15 @@ static void bind_decode_step(py::module_& m) {
            py::kw_only(), py::arg("layer"), py::arg("name"), py::arg("weight"), py::arg("bias"))
       .def("set_cache", [](mpt::DecodePlan& p, int64_t layer, uintptr_t k, uintptr_t v, uintptr_t k_scale,
                            uintptr_t v_scale, int dtype, int64_t num_slots, int kv_heads, int head_dim,
-                           int block_size) {
+                           int block_size, uintptr_t k_bound) {
              mpt::StepLayer& l = p.layer(layer);
-             l.cache = mpt::bind::kv_cache(k, v, k_scale, v_scale, dtype, num_slots, kv_heads, head_dim, block_size);
+             l.cache = mpt::bind::kv_cache(k, v, k_scale, v_scale, dtype, num_slots, kv_heads, head_dim, block_size,
+                                           k_bound);
              l.has_cache = true;
            },
            py::kw_only(), py::arg("layer"), py::arg("k"), py::arg("v"), py::arg("k_scale"), py::arg("v_scale"),
-           py::arg("dtype"), py::arg("num_slots"), py::arg("kv_heads"), py::arg("head_dim"), py::arg("block_size"))
+           py::arg("dtype"), py::arg("num_slots"), py::arg("kv_heads"), py::arg("head_dim"), py::arg("block_size"),
+           py::arg("k_bound") = 0)
       .def("validate", &mpt::DecodePlan::validate)
       .def("step", [](mpt::DecodePlan& p, uintptr_t ids, int64_t n_tokens, uintptr_t slots, uintptr_t block_tables,
                       int num_seqs, int max_blocks, uintptr_t context_lens, uintptr_t query_start_loc, bool decode,

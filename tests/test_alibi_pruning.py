@@ -113,9 +113,126 @@ def test_long_prompts_skip_blocks_in_prefill(isa, dtype, heads, kv_heads):
     assert seen > 0 and skipped / seen > (0.03 if heads // kv_heads >= 4 and isa == "avx512" else 0.1)
 
 
+FLOATS = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def torch_bound(k_cache):
+    """Each cached key row's largest |value| as stored, by torch: the oracle for k_bound."""
+    return k_cache.float().abs().amax(-1)
+
+
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_float_caches_are_never_pruned(isa, dtype):
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_write_kv_cache_keeps_float_key_bounds(isa, dtype):
+    g = torch.Generator().manual_seed(2)
+    k = torch.randn(40, 3, 64, generator=g) * 5
+    k[7, 1, 5] = 70000.0  # beyond float16's range: its row's bound must be inf there
+    k[8, 2, 9] = float("nan")  # a NaN row: its bound is NaN (never skipped)
+    v = torch.randn(40, 3, 64, generator=g)
+    kc, vc = torch.zeros(4, 16, 3, 64, dtype=dtype), torch.zeros(4, 16, 3, 64, dtype=dtype)
+    bound = torch.full((4, 16, 3), -1.0)
+    slots = torch.randperm(64, generator=g)[:40]
+    with ops.use_isa(isa):
+        ops.write_kv_cache(k, v, kc, vc, slots, k_bound=bound)
+    got = bound.view(-1, 3)[slots]
+    stored = torch_bound(kc).view(-1, 3)[slots]
+    assert torch.isnan(got[8, 2]) and torch.isnan(stored[8, 2])
+    if dtype == torch.float16:
+        assert torch.isinf(got[7, 1]) and torch.isinf(stored[7, 1])
+    ok = torch.isfinite(stored)
+    assert (got[ok] >= stored[ok]).all()  # covers the values as stored
+    assert (got[ok] <= k.abs().amax(-1)[ok] * (1 + 1 / 64)).all()  # and stays tight
+    if dtype == torch.float32:
+        assert torch.equal(got[ok], stored[ok])
+    untouched = torch.ones(64, dtype=torch.bool)
+    untouched[slots] = False
+    assert (bound.view(-1, 3)[untouched] == -1).all()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_float_caches_with_bounds_skip_and_match_the_reference(isa, dtype, threads):
+    lens = [1500, 200]
+    cache, tables = fill(lens, 8, 64, dtype, seed=5)
+    bound = torch_bound(cache[0])
+    q = torch.randn(2, 8, 64, generator=torch.Generator().manual_seed(6))
+    ctx = torch.tensor(lens, dtype=torch.int32)
+    slopes = alibi_slopes(8)
+    with ops.use_isa(isa):
+        got = ops.paged_attention_decode(q, *cache[:2], tables, ctx, 0.125, slopes, num_threads=threads,
+                                         k_bound=bound)
+    torch.testing.assert_close(got, reference(q, cache, tables, ctx, 0.125, slopes), **TOL)
+    skipped, seen = ops.alibi_pruning_stats(reset=True)
+    assert skipped / seen > 0.15
+    qsl = torch.tensor([0, 300, 300 + 50], dtype=torch.int32)  # prefill: the last 300 and 50 tokens
+    qp = torch.randn(350, 8, 64, generator=torch.Generator().manual_seed(7))
+    with ops.use_isa(isa):
+        got = ops.paged_attention_prefill(qp, *cache[:2], tables, ctx, qsl, 0.125, slopes, num_threads=threads,
+                                          k_bound=bound)
+    want = ops.ref_paged_attention_prefill(qp, cache[0], cache[1], tables, ctx, qsl, 0.125, slopes)
+    torch.testing.assert_close(got, want, **TOL)
+    assert ops.alibi_pruning_stats()[0] > 0
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_float_cache_far_key_that_dominates_is_never_skipped(isa):
+    heads, D = 4, 64
+    cache, tables = fill([1000], heads, D, torch.float32, seed=8)
+    g = torch.Generator().manual_seed(9)
+    q = torch.randn(1, heads, D, generator=g)
+    k = torch.randn(1000, heads, D, generator=g)
+    v = torch.randn(1000, heads, D, generator=g)
+    k[40] = q[0] / q[0].norm(dim=-1, keepdim=True) * 400.0
+    v[40] = 7.0
+    bound = torch.zeros(cache[0].shape[:3])
+    slots = tables[0, torch.arange(1000) // 16].long() * 16 + torch.arange(1000) % 16
+    with ops.use_isa(isa):
+        ops.write_kv_cache(k, v, *cache[:2], slots, k_bound=bound)
+        got = ops.paged_attention_decode(q, *cache[:2], tables, torch.tensor([1000], dtype=torch.int32), 1.0,
+                                         alibi_slopes(heads), k_bound=bound)
+    want = reference(q, cache, tables, torch.tensor([1000], dtype=torch.int32), 1.0, alibi_slopes(heads))
+    torch.testing.assert_close(got, want, **TOL)
+    assert ((want - 7.0).abs().amax(-1) < 0.5).any()
+
+
+def test_k_bound_is_checked():
+    kc = torch.zeros(4, 16, 2, 64)
+    q = torch.randn(1, 2, 64)
+    tables, ctx = torch.zeros(1, 1, dtype=torch.int32), torch.tensor([3], dtype=torch.int32)
+    with pytest.raises(ValueError, match="k_bound must have shape"):
+        ops.paged_attention_decode(q, kc, kc.clone(), tables, ctx, 1.0, k_bound=torch.zeros(4, 16, 3))
+    with pytest.raises(TypeError, match="k_bound"):
+        ops.paged_attention_decode(q, kc, kc.clone(), tables, ctx, 1.0, k_bound=torch.zeros(4, 16, 2, dtype=torch.int32))
+    k8, v8 = torch.zeros(4, 16, 2, 64, dtype=torch.int8), torch.zeros(4, 16, 2, 64, dtype=torch.int8)
+    sc = torch.zeros(4, 16, 2)
+    with pytest.raises(ValueError, match="float KV caches only"):
+        ops.paged_attention_decode(q, k8, v8, tables, ctx, 1.0, None, sc, sc.clone(), k_bound=torch.zeros(4, 16, 2))
+
+
+def test_engine_float_cache_keeps_bounds_and_tokens():
+    """The engine's float32 cache keeps bounds (so its decode skips), and greedy tokens match pruning off."""
+    from mpt_lite import Engine, load
+
+    model = load(bits=4)
+    prompt = torch.arange(2, 700) % 3000 + 5
+    outs = {}
+    for on in (True, False):
+        with ops.use_alibi_pruning(on):
+            eng = Engine(model, prefix_caching=False)
+            assert eng.cache.k_bound[0] is not None and eng.cache.k_bound[0].dtype == torch.float32
+            req = eng.add_request(prompt, 24, eos_token_id=[])
+            ops.alibi_pruning_stats(reset=True)
+            while not req.finished:
+                eng.step()
+            outs[on] = (list(req.output), ops.alibi_pruning_stats(reset=True))
+    assert outs[True][0] == outs[False][0]
+    assert outs[True][1][0] > 0 and outs[False][1] == (0, 0)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_float_caches_without_bounds_are_never_pruned(isa, dtype):
     cache, tables = fill([1200], 4, 64, dtype, seed=3)
     q = torch.randn(1, 4, 64)
     ctx = torch.tensor([1200], dtype=torch.int32)

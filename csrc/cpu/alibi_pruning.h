@@ -22,6 +22,8 @@
 
 #include "cpu/attention.h"
 
+// Include only from attention_kernel.h (it uses that file's bf16 / f16 conversions).
+
 namespace mpt {
 namespace attn_detail {
 
@@ -43,6 +45,20 @@ static inline double cached_score(const KvCacheView& c, const float* q, int64_t 
   const int D = c.head_dim;
   const int64_t row = (slot * c.kv_heads + h) * D;
   double dot = 0.0;
+  switch (c.dtype) {  // float caches: the values as stored
+    case KvDtype::F32: {
+      const float* k = static_cast<const float*>(c.k) + row;
+      for (int i = 0; i < D; ++i) dot += double(q[i]) * k[i];
+      return dot;
+    }
+    case KvDtype::BF16:
+    case KvDtype::F16: {
+      const uint16_t* k = static_cast<const uint16_t*>(c.k) + row;
+      for (int i = 0; i < D; ++i) dot += double(q[i]) * (c.dtype == KvDtype::BF16 ? bf16_to_f32(k[i]) : f16_to_f32(k[i]));
+      return dot;
+    }
+    default: break;
+  }
   if (c.dtype == KvDtype::I8) {
     const int8_t* k = static_cast<const int8_t*>(c.k) + row;
     for (int i = 0; i < D; ++i) dot += double(q[i]) * k[i];
@@ -66,8 +82,9 @@ static inline double cached_score(const KvCacheView& c, const float* q, int64_t 
 template <class RowT>
 static void pruning_rows(const RowT* rows, int NR, int R, int h0, const int32_t* table, const KvCacheView& c,
                          float scale, float* floor, float* qabs) {
-  const int D = c.head_dim, G = c.dtype == KvDtype::I8 ? 1 : D / kQ4Group, bs = c.block_size;
-  const float sabs = std::fabs(scale), top = c.dtype == KvDtype::I8 ? 127.0f : 8.0f;  // largest |code|
+  const int D = c.head_dim, G = c.dtype == KvDtype::Q4 ? D / kQ4Group : 1, bs = c.block_size;
+  // the largest |code| (times the scale), or 1 for a float cache's bound of the value itself
+  const float sabs = std::fabs(scale), top = c.dtype == KvDtype::I8 ? 127.0f : c.dtype == KvDtype::Q4 ? 8.0f : 1.0f;
   for (int r = 0; r < NR; ++r) {
     const RowT& row = rows[r];
     floor[r] = -std::numeric_limits<float>::infinity();
@@ -84,7 +101,7 @@ static void pruning_rows(const RowT* rows, int NR, int R, int h0, const int32_t*
 }
 
 static inline bool pruning_applies(bool enabled, const KvCacheView& c) {
-  return enabled && (c.dtype == KvDtype::I8 || c.dtype == KvDtype::Q4);
+  return enabled && (c.dtype == KvDtype::I8 || c.dtype == KvDtype::Q4 || c.k_bound);
 }
 
 // Sets up p for rows [0, NR) (row r reads kv head h0 + r / R, its own key at its pos) and marks the blocks of [kbeg, kend) that each row skips, oldest first,
@@ -99,7 +116,8 @@ static void plan_pruning(Pruning& p, bool enabled, const RowT* rows, int NR, int
   const int bs = c.block_size, nblocks = (kend - kbeg + bs - 1) / bs;
   p.on = pruning_applies(enabled, c) && nblocks > 1;
   if (!p.on) return;
-  const int G = c.dtype == KvDtype::I8 ? 1 : c.head_dim / kQ4Group, KVG = c.kv_heads * G;
+  const int G = c.dtype == KvDtype::Q4 ? c.head_dim / kQ4Group : 1, KVG = c.kv_heads * G;
+  const float* bounds = c.k_bound ? c.k_bound : c.k_scale;  // a key row's largest |value| / |code| unit
   p.groups = G;
   p.bmax.resize(size_t(nh) * G);
   p.skip.assign(size_t(nblocks) * NR, 0);
@@ -128,7 +146,7 @@ static void plan_pruning(Pruning& p, bool enabled, const RowT* rows, int NR, int
     float* bm = p.bmax.data();
     std::fill(bm, bm + size_t(nh) * G, 0.0f);
     for (int j = 0; j < n; ++j) {
-      const float* sc = c.k_scale + (slot0 + j) * KVG + h0 * G;
+      const float* sc = bounds + (slot0 + j) * KVG + h0 * G;
       for (int e = 0; e < nh * G; ++e) {  // a NaN scale stays (the bound, then, skips nothing)
         const float v = std::fabs(sc[e]);
         bm[e] = v > bm[e] || v != v ? v : bm[e];

@@ -7,7 +7,6 @@
 #include <stdexcept>
 #include <string>
 
-#include "cpu/alibi_pruning.h"
 
 #include "cpu/cpu_features.h"
 

@@ -25,6 +25,9 @@ struct KvCacheView {
   void* v = nullptr;
   float* k_scale = nullptr;  // int8 and 4-bit only
   float* v_scale = nullptr;
+  // Float caches, optional: each key row's largest |value| ([num_slots][kv_heads], written with the row),
+  // which lets attention skip blocks as it does with the scales of quantized caches (alibi_pruning.h).
+  float* k_bound = nullptr;
   KvDtype dtype = KvDtype::F32;
   int64_t num_slots = 0;  // num_blocks * block_size
   int kv_heads = 0, head_dim = 0, block_size = 0;

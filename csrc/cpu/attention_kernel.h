@@ -11,7 +11,6 @@
 #include <limits>
 #include <vector>
 
-#include "cpu/alibi_pruning.h"
 #include "cpu/attention_prefetch.h"
 #include "cpu/attention_q4_query.h"
 #include "cpu/exp_constants.h"
@@ -87,6 +86,7 @@ static void run_maybe_parallel(int64_t n, int64_t work, const F& fn) {
 }  // namespace attn_detail
 }  // namespace mpt
 
+#include "cpu/alibi_pruning.h"
 #include "cpu/attention_kv_write.h"
 
 namespace mpt {

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #include "cpu/attention.h"
 
@@ -39,6 +40,23 @@ static inline float quantize_group_q4(const float* x, uint8_t* q) {
   return d;
 }
 
+// Float caches' optional key bounds (KvCacheView::k_bound): each row's largest |x| (NaN if it holds a NaN),
+// times `up` so that it also covers the row as rounded to bf16 / f16 (relative error <= 2^-9), and infinite
+// above `finite` (f16 rounds those to inf).
+constexpr float kRoundedUp = 1.0f + 1.0f / 128;
+static inline void write_bounds(const float* src, float* bound, int KV, int D, float up,
+                                float finite = std::numeric_limits<float>::max()) {
+  for (int h = 0; h < KV; ++h) {
+    float m = 0.0f;
+    for (int i = 0; i < D; ++i) {
+      const float a = std::fabs(src[h * D + i]);
+      m = a > m || a != a ? a : m;
+    }
+    m *= up;
+    bound[h] = m > finite ? std::numeric_limits<float>::infinity() : m;
+  }
+}
+
 template <class Ops>
 void write_kv_cache(const float* k, const float* v, int64_t n_tokens, const int64_t* slots,
                     const KvCacheView& c) {
@@ -54,12 +72,15 @@ void write_kv_cache(const float* k, const float* v, int64_t n_tokens, const int6
         switch (c.dtype) {
           case KvDtype::F32:
             std::memcpy(static_cast<float*>(dst) + slot * row, src, size_t(row) * 4);
+            if (c.k_bound && !pass) write_bounds(src, c.k_bound + slot * KV, KV, D, 1.0f);
             break;
           case KvDtype::BF16:
             Ops::f32_to_bf16(src, static_cast<uint16_t*>(dst) + slot * row, int(row));
+            if (c.k_bound && !pass) write_bounds(src, c.k_bound + slot * KV, KV, D, kRoundedUp);
             break;
           case KvDtype::F16:
             Ops::f32_to_f16(src, static_cast<uint16_t*>(dst) + slot * row, int(row));
+            if (c.k_bound && !pass) write_bounds(src, c.k_bound + slot * KV, KV, D, kRoundedUp, 65504.0f);
             break;
           case KvDtype::I8: {
             float* scales = (pass ? c.v_scale : c.k_scale) + slot * KV;

@@ -65,12 +65,28 @@ def cache_geometry(k_cache: torch.Tensor, v_cache: torch.Tensor, k_scale: torch.
     return num_blocks, block_size, kv_heads, head_dim
 
 
-def _cache_args(k_cache, v_cache, k_scale, v_scale) -> "_C.KvCache":
+def check_k_bound(k_bound: torch.Tensor | None, k_cache: torch.Tensor) -> None:
+    """A float CPU cache's optional key bounds: float32 (num_blocks, block_size, kv_heads), each key row's
+    largest |value| as write_kv_cache stores it; attention then skips blocks ALiBi makes negligible."""
+    if k_bound is None:
+        return
+    if k_cache.dtype in (torch.int8, torch.uint8):
+        raise ValueError("k_bound belongs to float KV caches only (int8 and 4-bit caches bound keys by their scales)")
+    if k_cache.device.type != "cpu":
+        raise ValueError("k_bound is CPU only: the CUDA kernels neither write nor read it")
+    check_tensor("k_bound", k_bound, (torch.float32,), ndim=3, device=k_cache.device)
+    if tuple(k_bound.shape) != tuple(k_cache.shape[:3]):
+        raise ValueError(f"k_bound must have shape {tuple(k_cache.shape[:3])}, got {tuple(k_bound.shape)}")
+
+
+def _cache_args(k_cache, v_cache, k_scale, v_scale, k_bound=None) -> "_C.KvCache":
     num_blocks, block_size, kv_heads, head_dim = cache_geometry(k_cache, v_cache, k_scale, v_scale)
+    check_k_bound(k_bound, k_cache)
     scaled = k_cache.dtype in (torch.int8, torch.uint8)
     return _C.KvCache(k=ptr(k_cache), v=ptr(v_cache), k_scale=ptr(k_scale) if scaled else 0,
                       v_scale=ptr(v_scale) if scaled else 0, dtype=KV_CACHE_DTYPES[k_cache.dtype],
-                      num_slots=num_blocks * block_size, kv_heads=kv_heads, head_dim=head_dim, block_size=block_size)
+                      num_slots=num_blocks * block_size, kv_heads=kv_heads, head_dim=head_dim, block_size=block_size,
+                      k_bound=ptr(k_bound) if k_bound is not None else 0)
 
 
 def _as_f32(name: str, t: object, shape_tail: tuple, device: str | torch.device = "cpu") -> torch.Tensor:
@@ -120,11 +136,13 @@ def attach_device_copy(host: torch.Tensor, device_copy: torch.Tensor) -> None:
 
 def write_kv_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                    slot_mapping: torch.Tensor, k_scale: torch.Tensor | None = None,
-                   v_scale: torch.Tensor | None = None, *, num_threads: int | None = None) -> None:
+                   v_scale: torch.Tensor | None = None, *, num_threads: int | None = None,
+                   k_bound: torch.Tensor | None = None) -> None:
     """Writes key/value (tokens, kv_heads, head_dim) into the cache at slot_mapping (tokens,) int64;
-    a negative slot skips its token. In place. num_threads: as for the quantized ops."""
+    a negative slot skips its token. In place. num_threads: as for the quantized ops. k_bound (float CPU
+    caches, optional; check_k_bound): also stores each written key row's largest |value| there."""
     threads = check_threads(num_threads)
-    cache = _cache_args(k_cache, v_cache, k_scale, v_scale)
+    cache = _cache_args(k_cache, v_cache, k_scale, v_scale, k_bound)
     dev = k_cache.device
     tail = (cache.kv_heads, cache.head_dim)
     key, value = _as_f32("key", key, tail, dev), _as_f32("value", value, tail, dev)
@@ -141,11 +159,11 @@ def write_kv_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor
 
 
 def _attention(decode: bool, query, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale,
-               slopes, k_scale, v_scale, num_threads, split_tokens=0) -> torch.Tensor:
+               slopes, k_scale, v_scale, num_threads, split_tokens=0, k_bound=None) -> torch.Tensor:
     threads = check_threads(num_threads)
     if not isinstance(split_tokens, int) or isinstance(split_tokens, bool) or split_tokens < 0:
         raise ValueError(f"split_tokens must be a non-negative integer, got {split_tokens!r}")
-    cache = _cache_args(k_cache, v_cache, k_scale, v_scale)
+    cache = _cache_args(k_cache, v_cache, k_scale, v_scale, k_bound)
     dev = k_cache.device
     kv_heads, head_dim = cache.kv_heads, cache.head_dim
     check_tensor("query", query, (torch.float32, torch.bfloat16, torch.float16), ndim=3, device=dev)
@@ -202,26 +220,26 @@ def paged_attention_decode(query: torch.Tensor, k_cache: torch.Tensor, v_cache: 
                            block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
                            slopes: torch.Tensor | None = None, k_scale: torch.Tensor | None = None,
                            v_scale: torch.Tensor | None = None, *, num_threads: int | None = None,
-                           split_tokens: int = 0) -> torch.Tensor:
+                           split_tokens: int = 0, k_bound: torch.Tensor | None = None) -> torch.Tensor:
     """One query per sequence, query (seqs, heads, head_dim), at position context_lens[s] - 1, over
     the keys its block_tables (seqs, max_blocks) int32 row names. Returns float32 (seqs, heads, head_dim).
     split_tokens (CPU): > 0 cuts every context into parts of that many tokens (whole blocks), run in
     parallel and merged (flash-decoding); 0 splits only when the sequences are too few for the
-    threads."""
+    threads. k_bound: the float cache's key bounds, if write_kv_cache kept them (check_k_bound)."""
     return _attention(True, query, k_cache, v_cache, block_tables, context_lens, None, scale, slopes, k_scale,
-                      v_scale, num_threads, split_tokens)
+                      v_scale, num_threads, split_tokens, k_bound)
 
 
 def paged_attention_prefill(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                             block_tables: torch.Tensor, context_lens: torch.Tensor,
                             query_start_loc: torch.Tensor, scale: float, slopes: torch.Tensor | None = None,
                             k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None, *,
-                            num_threads: int | None = None) -> torch.Tensor:
+                            num_threads: int | None = None, k_bound: torch.Tensor | None = None) -> torch.Tensor:
     """Causal attention of the new tokens of each sequence: query (tokens, heads, head_dim) holds
     sequence s at rows query_start_loc[s]:query_start_loc[s+1], the last ones of its context_lens[s]
-    tokens (a cached prefix plus these); their K/V must already be in the cache."""
+    tokens (a cached prefix plus these); their K/V must already be in the cache. k_bound: as for decode."""
     return _attention(False, query, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale, slopes,
-                      k_scale, v_scale, num_threads)
+                      k_scale, v_scale, num_threads, k_bound=k_bound)
 
 
 def attention_exp(x: torch.Tensor) -> torch.Tensor:
@@ -236,9 +254,9 @@ def attention_exp(x: torch.Tensor) -> torch.Tensor:
 
 # ---- ALiBi pruning (csrc/cpu/alibi_pruning.h) ----
 #
-# CPU attention (decode and prefill) over int8 and 4-bit caches skips the cache blocks whose keys ALiBi has made
-# negligible: a bound from the keys' scales shows each would weigh under e^-(20 + ln context) of the
-# query's own key. Float caches are never pruned (they stay exact).
+# CPU attention (decode and prefill) over int8 and 4-bit caches, and float caches given k_bound, skips the
+# cache blocks whose keys ALiBi has made negligible: a bound from the keys' scales (or k_bound) shows each
+# would weigh under e^-(20 + ln context) of the query's own key. Float caches are pruned only when given k_bound (PagedKVCache keeps one on the CPU).
 
 def alibi_pruning() -> bool:
     """Whether CPU attention prunes now (default on; MPT_LITE_ALIBI_PRUNE=0 turns it off)."""

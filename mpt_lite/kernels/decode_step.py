@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .attention_ops import KV_CACHE_DTYPES, cache_geometry
+from .attention_ops import KV_CACHE_DTYPES, cache_geometry, check_k_bound
 from .checks import check_int4_scales, check_tensor, check_threads, ptr
 from .extension import _C
 from .layouts import AMX_MIN_ROWS, Q8_GEMM_MIN_K, Q8_MAX_ROWS, int4_group_of, int4_groups, nf4_q8_ok
@@ -92,12 +92,14 @@ class DecodePlan:
         self._plan.set_norm(layer=layer, name=name, weight=self._hold(weight), bias=self._hold(bias))
 
     def set_cache(self, layer: int, k_cache: torch.Tensor, v_cache: torch.Tensor, k_scale: torch.Tensor | None,
-                  v_scale: torch.Tensor | None) -> None:
-        """One layer's paged cache, (num_blocks, block_size, kv_heads, head_dim) each (see attention_ops)."""
+                  v_scale: torch.Tensor | None, k_bound: torch.Tensor | None = None) -> None:
+        """One layer's paged cache, (num_blocks, block_size, kv_heads, head_dim) each (see attention_ops);
+        k_bound: a float cache's key bounds (attention_ops.check_k_bound), kept up to date by the step."""
         nb, bs, kvh, hd = cache_geometry(k_cache, v_cache, k_scale, v_scale)
+        check_k_bound(k_bound, k_cache)
         self._plan.set_cache(layer=layer, k=self._hold(k_cache), v=self._hold(v_cache), k_scale=self._hold(k_scale),
                              v_scale=self._hold(v_scale), dtype=KV_CACHE_DTYPES[k_cache.dtype], num_slots=nb * bs,
-                             kv_heads=kvh, head_dim=hd, block_size=bs)
+                             kv_heads=kvh, head_dim=hd, block_size=bs, k_bound=self._hold(k_bound))
 
     def validate(self) -> None:
         """ValueError naming the first part of the plan that is missing or mis-shaped."""

@@ -107,7 +107,7 @@ def build_plan(model: Any, cache: PagedKVCache) -> kernels.DecodePlan:
         for name, m in (("wqkv", b.attn.Wqkv), ("out_proj", b.attn.out_proj), ("up_proj", b.ffn.up_proj),
                         ("down_proj", b.ffn.down_proj)):
             _set_weight(plan, i, name, m)
-        plan.set_cache(i, *cache.layer(i))
+        plan.set_cache(i, *cache.layer(i), k_bound=cache.k_bound[i])
     plan.validate()
     return plan
 
