@@ -100,6 +100,10 @@ static void pruning_rows(const RowT* rows, int NR, int R, int h0, const int32_t*
   }
 }
 
+// Contexts shorter than this many blocks are not planned: the few blocks a steep head could skip there
+// save less than the plan costs (~4 us a layer of 16 heads; a batch of short sequences pays it per sequence).
+constexpr int kMinPlanBlocks = 4;
+
 static inline bool pruning_applies(bool enabled, const KvCacheView& c) {
   return enabled && (c.dtype == KvDtype::I8 || c.dtype == KvDtype::Q4 || c.k_bound);
 }
@@ -114,7 +118,8 @@ static void plan_pruning(Pruning& p, bool enabled, const RowT* rows, int NR, int
                          const KvCacheView& c, float scale, int kbeg, int kend, const float* pre_floor = nullptr,
                          const float* pre_qabs = nullptr) {
   const int bs = c.block_size, nblocks = (kend - kbeg + bs - 1) / bs;
-  p.on = pruning_applies(enabled, c) && nblocks > 1;
+  // rows[NR - 1] sits last (decode: all rows share one position; prefill: rows ascend)
+  p.on = pruning_applies(enabled, c) && nblocks > 1 && rows[NR - 1].pos + 1 >= kMinPlanBlocks * bs;
   if (!p.on) return;
   const int G = c.dtype == KvDtype::Q4 ? c.head_dim / kQ4Group : 1, KVG = c.kv_heads * G;
   const float* bounds = c.k_bound ? c.k_bound : c.k_scale;  // a key row's largest |value| / |code| unit
