@@ -10,9 +10,10 @@
 // rounding of the sums they would have joined. Steep heads then read a window of recent blocks
 // instead of the whole context (the 1.3B at 2048 tokens: ~40% of its key-head pairs).
 //
-// Only int8 and 4-bit caches (they carry the scales; they are approximations already). Decode and
-// prefill: a prefill tile skips a block when every one of its rows may (the tile computes them together).
-// Float caches stay exact: reading their values to bound them would cost what the skip saves.
+// int8 and 4-bit caches bound keys by their scales; float caches by KvCacheView::k_bound (each row's
+// largest |value|, written with the row; without it they are never skipped: reading the keys to bound
+// them would cost what the skip saves). Decode and prefill: a prefill tile skips a block when every one
+// of its rows may (the tile computes them together).
 #pragma once
 #include <algorithm>
 #include <cmath>
