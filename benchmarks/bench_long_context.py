@@ -98,7 +98,7 @@ def timed_rounds(steps: dict, args) -> tuple[dict, dict]:
 
 
 def pruned_step(step, on: bool):
-    """The engine's step with decode attention's ALiBi pruning on or off."""
+    """The engine's step with attention's ALiBi block skipping on or off."""
     from mpt_lite import ops
 
     def run():
@@ -129,7 +129,7 @@ def main() -> None:
                     help="also time llama.cpp with these KV types")
     ap.add_argument("--gguf-quant", default="q4_0", help="llama.cpp's weights: model-QUANT.gguf")
     ap.add_argument("--alibi-pruning", nargs="+", default=["on"], choices=["on", "off"],
-                    help="attention's ALiBi block skipping for int8/int4 KV (kernels.set_alibi_pruning); "
+                    help="attention's ALiBi block skipping (kernels.set_alibi_pruning); "
                          "several: one row each, their rounds interleaved on the same engines")
     args = ap.parse_args()
     args.contexts = sorted(set(args.contexts))
@@ -157,7 +157,7 @@ def main() -> None:
                                    {c: cms[p, c] for c in args.contexts}))
             print(lines[-1], flush=True)
         if seen:
-            print(f"  decode attention skipped {skipped / seen:.1%} of its key x head pairs (pruning on)", flush=True)
+            print(f"  attention skipped {skipped / seen:.1%} of its key x head pairs (pruning on)", flush=True)
         del engines
     for kv in args.llama_cpp_kv:
         lines.append(table_row(f"llama.cpp {args.gguf_quant}, KV {kv}", args.contexts, *llama_cpp_row(args, kv)))

@@ -60,12 +60,9 @@ def test_long_contexts_skip_blocks_and_match_the_reference(isa, dtype, heads, kv
     torch.testing.assert_close(got, full, atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("dtype", QUANTIZED)
-def test_a_far_key_that_dominates_is_never_skipped(isa, dtype):
-    """Key 40 of a 1,000-token context is the query's direction at 100x the usual size: despite ALiBi's
-    penalty at distance 959 (about 60-480 here), its score wins, and the output is its value."""
-    heads, D = 4, 64
+def far_key_context(dtype, heads=4, D=64):
+    """A 1,000-token context whose key 40 is the query's direction at 100x the usual size (value 7.0);
+    returns the empty cache, its tables, the query and the K, V and slots to write."""
     cache, tables = fill([1000], heads, D, dtype, seed=8)
     g = torch.Generator().manual_seed(9)
     q = torch.randn(1, heads, D, generator=g)
@@ -74,6 +71,16 @@ def test_a_far_key_that_dominates_is_never_skipped(isa, dtype):
     k[40] = q[0] / q[0].norm(dim=-1, keepdim=True) * 400.0
     v[40] = 7.0
     slots = tables[0, torch.arange(1000) // 16].long() * 16 + torch.arange(1000) % 16
+    return cache, tables, q, k, v, slots
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", QUANTIZED)
+def test_a_far_key_that_dominates_is_never_skipped(isa, dtype):
+    """Key 40 of a 1,000-token context is the query's direction at 100x the usual size: despite ALiBi's
+    penalty at distance 959 (about 60-480 here), its score wins, and the output is its value."""
+    heads, D = 4, 64
+    cache, tables, q, k, v, slots = far_key_context(dtype, heads, D)
     ops.ref_write_kv_cache(k, v, *cache[:2], slots, *cache[2:])
     ctx = torch.tensor([1000], dtype=torch.int32)
     slopes = alibi_slopes(heads)
@@ -177,16 +184,9 @@ def test_float_caches_with_bounds_skip_and_match_the_reference(isa, dtype, threa
 
 @pytest.mark.parametrize("isa", ISAS)
 def test_float_cache_far_key_that_dominates_is_never_skipped(isa):
-    heads, D = 4, 64
-    cache, tables = fill([1000], heads, D, torch.float32, seed=8)
-    g = torch.Generator().manual_seed(9)
-    q = torch.randn(1, heads, D, generator=g)
-    k = torch.randn(1000, heads, D, generator=g)
-    v = torch.randn(1000, heads, D, generator=g)
-    k[40] = q[0] / q[0].norm(dim=-1, keepdim=True) * 400.0
-    v[40] = 7.0
+    heads = 4
+    cache, tables, q, k, v, slots = far_key_context(torch.float32, heads)
     bound = torch.zeros(cache[0].shape[:3])
-    slots = tables[0, torch.arange(1000) // 16].long() * 16 + torch.arange(1000) % 16
     with ops.use_isa(isa):
         ops.write_kv_cache(k, v, *cache[:2], slots, k_bound=bound)
         got = ops.paged_attention_decode(q, *cache[:2], tables, torch.tensor([1000], dtype=torch.int32), 1.0,

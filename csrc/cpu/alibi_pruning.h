@@ -23,8 +23,7 @@
 
 #include "cpu/attention.h"
 
-// Include only from attention_kernel.h (it uses that file's bf16 / f16 conversions).
-
+// Include only from attention_kernel.h: cached_score uses that file's bf16 / f16 conversions.
 namespace mpt {
 namespace attn_detail {
 
@@ -32,14 +31,16 @@ namespace attn_detail {
 // block of the range: which rows skip it and which kv heads read it at all.
 struct Pruning {
   bool on = false;
-  int groups = 1;             // scales a key row: 1 (int8) or head_dim / 32 (4-bit)
   std::vector<float> floor;   // [rows]; -inf: never skip (no ALiBi, non-finite scores)
-  std::vector<float> qabs;    // [rows][groups]
-  std::vector<float> bmax;    // [heads][groups]: a block's largest |scale|
+  std::vector<float> qabs;    // [rows][bound_groups]
+  std::vector<float> bmax;    // [heads][bound_groups]: a block's largest |scale|
   std::vector<uint8_t> skip;  // [blocks][rows]: 1 = the row skips the block
   std::vector<uint8_t> reads; // [blocks][heads]: 0 = every row of the head skips the block
   int64_t skipped = 0, seen = 0;  // keys x rows skipped / visited, for alibi_pruning_stats
 };
+
+// Bounds a key row has: one per 32 values for 4-bit caches (their scales), else one (int8 scale, float bound).
+static inline int bound_groups(const KvCacheView& c) { return c.dtype == KvDtype::Q4 ? c.head_dim / kQ4Group : 1; }
 
 // q . k of the cached key at slot (kv head h) as the kernels compute it, in double: the floor's M0.
 static inline double cached_score(const KvCacheView& c, const float* q, int64_t slot, int h) {
@@ -83,7 +84,7 @@ static inline double cached_score(const KvCacheView& c, const float* q, int64_t 
 template <class RowT>
 static void pruning_rows(const RowT* rows, int NR, int R, int h0, const int32_t* table, const KvCacheView& c,
                          float scale, float* floor, float* qabs) {
-  const int D = c.head_dim, G = c.dtype == KvDtype::Q4 ? D / kQ4Group : 1, bs = c.block_size;
+  const int D = c.head_dim, G = bound_groups(c), bs = c.block_size;
   // the largest |code| (times the scale), or 1 for a float cache's bound of the value itself
   const float sabs = std::fabs(scale), top = c.dtype == KvDtype::I8 ? 127.0f : c.dtype == KvDtype::Q4 ? 8.0f : 1.0f;
   for (int r = 0; r < NR; ++r) {
@@ -109,22 +110,22 @@ static inline bool pruning_applies(bool enabled, const KvCacheView& c) {
   return enabled && (c.dtype == KvDtype::I8 || c.dtype == KvDtype::Q4 || c.k_bound);
 }
 
-// Sets up p for rows [0, NR) (row r reads kv head h0 + r / R, its own key at its pos) and marks the blocks of [kbeg, kend) that each row skips, oldest first,
-// until no row could skip a block any more (nearer blocks have less room). The bound of a block is
-// taken per kv head and scale group over its tokens (one contiguous pass over the block's scales),
-// not per token: a little looser, and it reads each scale once for every head. pre_floor /
-// pre_qabs: pruning_rows' results for these rows, when already computed.
+// Sets up p for rows [0, NR) (row r reads kv head h0 + r / R, its own key at its pos) and marks the
+// blocks of [kbeg, kend) that each row skips, oldest first, until no row could skip a block any more
+// (nearer blocks have less room). The bound of a block is taken per kv head and scale group over its
+// tokens (one contiguous pass over the block's scales), not per token: a little looser, and it reads
+// each scale once for every head. enabled: the caller's pruning_applies. pre_floor / pre_qabs:
+// pruning_rows' results for these rows, when already computed.
 template <class RowT>
 static void plan_pruning(Pruning& p, bool enabled, const RowT* rows, int NR, int R, int h0, int nh, const int32_t* table,
                          const KvCacheView& c, float scale, int kbeg, int kend, const float* pre_floor = nullptr,
                          const float* pre_qabs = nullptr) {
   const int bs = c.block_size, nblocks = (kend - kbeg + bs - 1) / bs;
   // rows[NR - 1] sits last (decode: all rows share one position; prefill: rows ascend)
-  p.on = pruning_applies(enabled, c) && nblocks > 1 && rows[NR - 1].pos + 1 >= kMinPlanBlocks * bs;
+  p.on = enabled && nblocks > 1 && rows[NR - 1].pos + 1 >= kMinPlanBlocks * bs;
   if (!p.on) return;
-  const int G = c.dtype == KvDtype::Q4 ? c.head_dim / kQ4Group : 1, KVG = c.kv_heads * G;
+  const int G = bound_groups(c), KVG = c.kv_heads * G;
   const float* bounds = c.k_bound ? c.k_bound : c.k_scale;  // a key row's largest |value| / |code| unit
-  p.groups = G;
   p.bmax.resize(size_t(nh) * G);
   p.skip.assign(size_t(nblocks) * NR, 0);
   p.reads.assign(size_t(nblocks) * nh, 1);

@@ -7,7 +7,6 @@
 #include <stdexcept>
 #include <string>
 
-
 #include "cpu/cpu_features.h"
 
 namespace mpt {

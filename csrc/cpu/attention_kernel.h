@@ -400,7 +400,7 @@ void decode_attention(const AttnArgs& a, const KvCacheView& c) {
   };
   const bool prune = a.slopes && pruning_applies(alibi_pruning(), c);
   // The query's part of the pruning plan, once for each split context (its parts share it).
-  const int qgroups = c.dtype == KvDtype::Q4 ? D / kQ4Group : 1;
+  const int qgroups = bound_groups(c);
   std::vector<float> pre_floor, pre_qabs;
   if (prune && partials) {
     pre_floor.resize(size_t(a.num_seqs) * H), pre_qabs.resize(size_t(a.num_seqs) * H * qgroups);

@@ -254,9 +254,9 @@ def attention_exp(x: torch.Tensor) -> torch.Tensor:
 
 # ---- ALiBi pruning (csrc/cpu/alibi_pruning.h) ----
 #
-# CPU attention (decode and prefill) over int8 and 4-bit caches, and float caches given k_bound, skips the
-# cache blocks whose keys ALiBi has made negligible: a bound from the keys' scales (or k_bound) shows each
-# would weigh under e^-(20 + ln context) of the query's own key. Float caches are pruned only when given k_bound (PagedKVCache keeps one on the CPU).
+# CPU attention (decode and prefill) over int8 and 4-bit caches, and over float caches given k_bound (as
+# PagedKVCache keeps on the CPU), skips the cache blocks whose keys ALiBi has made negligible: a bound from
+# the keys' scales (or k_bound) shows each would weigh under e^-(20 + ln context) of the query's own key.
 
 def alibi_pruning() -> bool:
     """Whether CPU attention prunes now (default on; MPT_LITE_ALIBI_PRUNE=0 turns it off)."""
@@ -269,7 +269,7 @@ def set_alibi_pruning(on: bool) -> None:
 
 
 class use_alibi_pruning:
-    """Context manager: decode attention with pruning on or off, then the previous setting."""
+    """Context manager: CPU attention with pruning on or off, then the previous setting."""
 
     def __init__(self, on: bool) -> None:
         self.on, self.prev = bool(on), None

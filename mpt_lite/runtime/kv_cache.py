@@ -61,13 +61,8 @@ class PagedKVCache(BlockManager):
             self.k_scale = self.v_scale = [None] * n_layers
         # Float caches on the CPU keep each key row's largest |value| (written with the row), so that
         # attention can skip the blocks ALiBi makes negligible, as it does with the scales of int8 caches.
-        bounds = self.bounded(storage, self.device)
+        bounds = scales is None and self.device.type == "cpu"
         self.k_bound = [torch.empty(shape[:3], device=self.device) if bounds else None for _ in range(n_layers)]
-
-    @staticmethod
-    def bounded(storage: torch.dtype, device: torch.device | str) -> bool:
-        """Whether a cache of this storage dtype on this device keeps key bounds (float caches on the CPU)."""
-        return storage not in (torch.int8, torch.uint8) and torch.device(device).type == "cpu"
 
     @staticmethod
     def block_bytes(n_layers: int, kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype) -> int:
