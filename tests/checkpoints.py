@@ -172,6 +172,26 @@ def random_causal_lm(seed: int = 0, **config):
     return MptForCausalLM(MptConfig(**args)).eval()
 
 
+def quantized(model, blocks: str | None, embedding: str | None):
+    """The model with every block Linear in `blocks` and the tied embedding in `embedding` (None:
+    float32), quantized from its own float weights."""
+    import copy
+
+    from mpt_lite.quant import QuantEmbedding, QuantLinear
+
+    model = copy.deepcopy(model)
+    if blocks is not None:
+        for b in model.transformer.blocks:
+            for owner, name in ((b.attn, "Wqkv"), (b.attn, "out_proj"), (b.ffn, "up_proj"), (b.ffn, "down_proj")):
+                setattr(owner, name, QuantLinear.from_linear(getattr(owner, name), quant_type=blocks))
+    if embedding is not None:
+        wte = model.transformer.wte
+        q = QuantEmbedding(wte.num_embeddings, wte.embedding_dim, quant_type=embedding)
+        q.quantize_from(wte.weight.detach())
+        model.transformer.wte = q
+    return model.eval()
+
+
 def successor_lm(chain: list[int], vocab_size: int):
     """A one-block mpt_lite MptForCausalLM whose greedy next token after chain[i] is chain[i + 1],
     by wide margins (a chain whose last token is its first repeats itself). Each token of the chain

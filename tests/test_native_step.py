@@ -1,38 +1,19 @@
 """The engine's native step (one C++ call per step) against the torch path, model.forward_paged,
 on the same weights and a copy of the same KV cache: logits to float32 summation-order rounding,
 identical greedy tokens; and the torch path for every variant the native step does not compute."""
-import copy
-
 import pytest
 import torch
 from torch import nn
 
-from checkpoints import random_causal_lm
+from checkpoints import quantized, random_causal_lm
 
 from mpt_lite import ops
 from mpt_lite.kernels import decode_step, quant_ops
-from mpt_lite.quant import QuantEmbedding, QuantLinear
 from mpt_lite.runtime.engine import Engine
 from mpt_lite.runtime.kv_cache import PagedKVCache, PagedStep
 from mpt_lite.runtime.native_step import build_plan, native_logits, unsupported_reason
 
 VOCAB = 101
-
-
-def quantized(model, blocks: str | None, embedding: str | None):
-    """The model with every block Linear in `blocks` and the tied embedding in `embedding` (None:
-    float32), quantized from its own float weights."""
-    model = copy.deepcopy(model)
-    if blocks is not None:
-        for b in model.transformer.blocks:
-            for owner, name in ((b.attn, "Wqkv"), (b.attn, "out_proj"), (b.ffn, "up_proj"), (b.ffn, "down_proj")):
-                setattr(owner, name, QuantLinear.from_linear(getattr(owner, name), quant_type=blocks))
-    if embedding is not None:
-        wte = model.transformer.wte
-        q = QuantEmbedding(wte.num_embeddings, wte.embedding_dim, quant_type=embedding)
-        q.quantize_from(wte.weight.detach())
-        model.transformer.wte = q
-    return model.eval()
 
 
 FORMATS = {"float32": (None, None), "int8": ("int8", "int8"), "nf4": ("nf4", "nf4"), "int4": ("int4", "int4"),

@@ -47,6 +47,11 @@ class MptForCausalLM(_HeadModel):
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None, past_key_values=None,
                 use_cache=False, output_hidden_states=False, logits_to_keep=0, **unused) -> CausalLMOutput:
         reject_unused(unused, type(self).__name__)
+        from ..runtime import native_forward
+
+        if native_forward.applies(self, input_ids, attention_mask, inputs_embeds, past_key_values, use_cache,
+                                  output_hidden_states, logits_to_keep):
+            return self._with_loss(native_forward.logits(self, input_ids, logits_to_keep), labels, None, None)
         out = self._backbone(input_ids, attention_mask, inputs_embeds, past_key_values, use_cache,
                              output_hidden_states)
         hidden = out.last_hidden_state
@@ -57,14 +62,16 @@ class MptForCausalLM(_HeadModel):
                 hidden = hidden[:, -logits_to_keep:]
         else:
             hidden = hidden[:, logits_to_keep]
-        logits = self.logits(hidden)
+        return self._with_loss(self.logits(hidden), labels, out.past_key_values, out.hidden_states)
+
+    @staticmethod
+    def _with_loss(logits: torch.Tensor, labels: Any, past_key_values: Any, hidden_states: Any) -> CausalLMOutput:
         loss = None
         if labels is not None:
             labels = check_labels(labels, logits.shape[:2], "labels")
             loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
                                    labels[:, 1:].reshape(-1), ignore_index=-100)
-        return CausalLMOutput(loss=loss, logits=logits, past_key_values=out.past_key_values,
-                              hidden_states=out.hidden_states)
+        return CausalLMOutput(loss=loss, logits=logits, past_key_values=past_key_values, hidden_states=hidden_states)
 
     def forward_paged(self, input_ids: torch.Tensor, step: Any, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (rows, vocab) of the engine's flat batch (see MptModel.forward_paged); rows picks tokens."""
