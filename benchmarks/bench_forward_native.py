@@ -1,7 +1,8 @@
 """forward() of a prompt on a quantized model: the native plan (runtime/native_forward.py) against
 the per-op path (MPT_LITE_NATIVE_STEP=0), and the engine's first step (generate()'s time to first
 token) beside them; alternating in one process, medians. The logits of both forward paths are compared
-too (max |difference| over max |logit|).
+too (max |difference| over max |logit|). --loop N also times a transformers-style decode loop: the
+prompt with use_cache=True, then N greedy tokens one call each with the returned past_key_values.
 
     python benchmarks/bench_forward_native.py /tmp/mpt_lite_bench/ckpt-1.3b --formats int4 --repeats 7
 """
@@ -37,6 +38,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--loop", type=int, default=0, help="decode steps of the past_key_values loop (0: none)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ops.set_num_threads(args.threads)
@@ -62,9 +64,21 @@ def main() -> None:
             with torch.inference_mode():
                 return engine.step()
 
+        def loop(native: bool):
+            os.environ["MPT_LITE_NATIVE_STEP"] = "1" if native else "0"
+            with torch.inference_mode():
+                out = model(ids, use_cache=True, logits_to_keep=1)
+                t = time.perf_counter()
+                for _ in range(args.loop):
+                    nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+                    out = model(nxt, past_key_values=out.past_key_values, use_cache=True)
+                return out.logits, time.perf_counter() - t
+
         runs = {("native", 1): lambda: forward(True, 1), ("per-op", 1): lambda: forward(False, 1),
                 ("native", 0): lambda: forward(True, 0), ("per-op", 0): lambda: forward(False, 0),
                 ("engine", 1): first_token}
+        if args.loop:
+            runs.update({("native", "loop"): lambda: loop(True), ("per-op", "loop"): lambda: loop(False)})
         times: dict = {k: [] for k in runs}
         outs: dict = {}
         for k, fn in runs.items():  # warm-up
@@ -72,6 +86,8 @@ def main() -> None:
         for _ in range(args.repeats):
             for k, fn in runs.items():
                 t, outs[k] = timed(fn)
+                if k[1] == "loop":  # the decode steps alone
+                    outs[k], t = outs[k]
                 times[k].append(t)
         for keep in (1, 0):
             a, b = outs[("native", keep)], outs[("per-op", keep)]
@@ -81,6 +97,14 @@ def main() -> None:
                   f"{n / med['per-op']:7.1f} tok/s, {med['per-op'] / med['native']:.2f}x; logits differ by {diff:.1e}"
                   f" (runs: native {' '.join(f'{n / t:.0f}' for t in times[('native', keep)])}; per-op "
                   f"{' '.join(f'{n / t:.0f}' for t in times[('per-op', keep)])})", flush=True)
+        if args.loop:
+            a, b = outs[("native", "loop")], outs[("per-op", "loop")]
+            diff = ((a - b).abs().max() / b.abs().max()).item()
+            med = {p: statistics.median(times[(p, "loop")]) for p in ("native", "per-op")}
+            steps = args.loop * args.batch
+            print(f"{fmt:>5} past_key_values loop, {args.loop} steps: native {steps / med['native']:6.1f} tok/s, per-op "
+                  f"{steps / med['per-op']:6.1f} tok/s, {med['per-op'] / med['native']:.2f}x; last logits differ by "
+                  f"{diff:.1e}", flush=True)
         e = statistics.median(times[("engine", 1)])
         print(f"{fmt:>5} engine first step: {n / e:7.1f} tok/s (runs: "
               f"{' '.join(f'{n / t:.0f}' for t in times[('engine', 1)])})", flush=True)

@@ -1,13 +1,15 @@
 """forward() of a quantized causal LM as one native call (runtime/native_forward.py) against the
 per-op path on the same weights (MPT_LITE_NATIVE_STEP=0, itself held to transformers and to the
-weights-only simulation by the parity tests): logits, loss and top-1; and the per-op path wherever
-the native one would not return the same thing (padding, a cache, hidden states, training mode)."""
+weights-only simulation by the parity tests): logits, loss, top-1 and the returned past_key_values; and
+the per-op path wherever the native one would not return the same thing (padding, hidden states,
+training mode)."""
 import pytest
 import torch
 
 from checkpoints import quantized, random_causal_lm
 
 from mpt_lite import ops
+from mpt_lite.model.cache import MptCache
 from mpt_lite.kernels import decode_step, quant_ops
 from mpt_lite.runtime import native_forward
 
@@ -33,13 +35,13 @@ def tiny(fmt="int4", **kw):
 def native_calls(monkeypatch):
     """Counts the forward() calls that took the native path."""
     calls = []
-    real = native_forward.logits
+    real = native_forward.forward
 
     def spy(*a, **kw):
         calls.append(1)
         return real(*a, **kw)
 
-    monkeypatch.setattr(native_forward, "logits", spy)
+    monkeypatch.setattr(native_forward, "forward", spy)
     return calls
 
 
@@ -133,8 +135,6 @@ def test_falls_back_where_the_native_path_would_differ(native_calls, monkeypatch
     mask[0, :3] = 0  # left padding
     with torch.inference_mode():
         model(ids, attention_mask=mask)
-        out = model(ids, use_cache=True)
-        assert out.past_key_values is not None
         out = model(ids, output_hidden_states=True)
         assert len(out.hidden_states) == model.config.n_layers + 1
         model(ids, logits_to_keep=torch.tensor([0, 3]))
@@ -176,3 +176,102 @@ def test_bad_input_gets_the_per_op_paths_errors(native_calls):
             model(torch.tensor([[1, 2]]), attention_mask=torch.ones(1, 3))
         with pytest.raises(TypeError, match="input_ids must hold integer"):
             model(torch.tensor([[1.0, 2.0]]))
+
+
+def assert_caches_close(got, want, rel=1e-4):
+    assert len(got) == len(want)
+    for (gk, gv), (wk, wv) in zip(got, want):
+        assert_close(gk, wk, rel)
+        assert_close(gv, wv, rel)
+
+
+def decode_loop(model, ids, steps, run, past=None, **kw):
+    """A transformers-style loop: the prompt with use_cache=True, then one greedy token a call with the
+    returned cache. Returns every call's logits and the last cache."""
+    out = run(model, ids, past_key_values=past, use_cache=True, **kw)
+    logits = [out.logits[:, -1]]
+    for _ in range(steps):
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        out = run(model, nxt, past_key_values=out.past_key_values, use_cache=True)
+        logits.append(out.logits[:, -1])
+    return logits, out.past_key_values
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4", "nf4"])
+@pytest.mark.parametrize("config", ["mha", "gqa_clip_biases_logit_scale"])
+def test_past_key_values_loop(fmt, config, native_calls, float_activations, monkeypatch):
+    model = tiny(fmt, **CONFIGS[config])
+    ids = ids_of(2, 21)
+    want, want_cache = decode_loop(model, ids, 12, lambda *a, **kw: per_op(monkeypatch, *a, **kw))
+    got, got_cache = decode_loop(model, ids, 12, native)
+    assert len(native_calls) == 13
+    for g, w in zip(got, want):
+        assert_close(g, w, 1e-4)
+        assert torch.equal(g.argmax(-1), w.argmax(-1))
+    assert got_cache.get_seq_length() == 33
+    assert_caches_close(got_cache, want_cache)
+
+
+def test_long_past_is_bounded_correctly(native_calls, float_activations, monkeypatch):
+    """A past of 200 tokens copied into the call's cache with its key bounds: attention skips the blocks
+    ALiBi makes negligible only where the bounds prove it. The first block's keys are made 300x larger,
+    so that in some heads they dominate from 190 tokens back; bounds of zero would skip them."""
+    model = tiny("int8")
+    ids = ids_of(1, 200)
+    past = per_op(monkeypatch, model, ids, use_cache=True).past_key_values
+    past = MptCache([(torch.cat([k[:, :, :16] * 300, k[:, :, 16:]], dim=2), v) for k, v in past])
+    nxt = ids_of(1, 3, seed=5)
+    want = per_op(monkeypatch, model, nxt, past_key_values=past)
+    got = native(model, nxt, past_key_values=past)
+    assert_close(got.logits, want.logits, 1e-4)
+    assert_caches_close(got.past_key_values, want.past_key_values)
+
+
+def test_branches_from_one_prefix_stay_apart(native_calls, float_activations, monkeypatch):
+    """The returned cache is new on every call: two continuations of one prefix do not disturb each
+    other or the prefix (as the per-op path's caches)."""
+    model = tiny()
+    prefix = native(model, ids_of(1, 18), use_cache=True).past_key_values
+    before = [(k.clone(), v.clone()) for k, v in prefix]
+    a = native(model, ids_of(1, 4, seed=1), past_key_values=prefix, use_cache=True)
+    b = native(model, ids_of(1, 4, seed=2), past_key_values=prefix, use_cache=True)
+    a_again = per_op(monkeypatch, model, ids_of(1, 4, seed=1), past_key_values=prefix, use_cache=True)
+    assert_close(a.logits, a_again.logits, 1e-4)
+    assert_caches_close(a.past_key_values, a_again.past_key_values)
+    assert not torch.equal(a.past_key_values[0][0], b.past_key_values[0][0])
+    for (k, v), (k0, v0) in zip(prefix, before):
+        assert torch.equal(k, k0) and torch.equal(v, v0)
+    assert len(native_calls) == 3
+
+
+def test_past_from_either_path_and_as_tuples(native_calls, float_activations, monkeypatch):
+    model = tiny()
+    ids, nxt = ids_of(2, 9), ids_of(2, 2, seed=3)
+    past = per_op(monkeypatch, model, ids, use_cache=True).past_key_values
+    want = per_op(monkeypatch, model, nxt, past_key_values=past, attention_mask=torch.ones(2, 11))
+    # legacy tuples in bfloat16 (the per-op path casts them to the model's dtype; so does the copy)
+    legacy = tuple((k.bfloat16(), v.bfloat16()) for k, v in past.to_legacy_cache())
+    got = native(model, nxt, past_key_values=legacy, attention_mask=torch.ones(2, 11))
+    want_bf16 = per_op(monkeypatch, model, nxt, past_key_values=legacy)
+    assert_close(got.logits, want_bf16.logits, 1e-4)
+    got = native(model, nxt, past_key_values=past)  # use_cache off: a past still returns the cache
+    assert_close(got.logits, want.logits, 1e-4)
+    assert got.past_key_values.get_seq_length() == 11
+    assert len(native_calls) == 2
+
+
+def test_a_past_that_does_not_fit_gets_the_per_op_paths_errors(native_calls):
+    model = tiny()
+    with torch.inference_mode():
+        past = model(ids_of(1, 5), use_cache=True).past_key_values
+        with pytest.raises(ValueError, match="past_key_values is for batch 1"):
+            model(ids_of(2, 1), past_key_values=past)
+        with pytest.raises(ValueError, match="past_key_values has 1 layers"):
+            model(ids_of(1, 1), past_key_values=past.to_legacy_cache()[:1])
+        with pytest.raises(TypeError, match="past_key_values must be"):
+            model(ids_of(1, 1), past_key_values="cache")
+        with pytest.raises(ValueError, match="attention_mask must have shape"):
+            model(ids_of(1, 1), past_key_values=past, attention_mask=torch.ones(1, 1))
+        with pytest.raises(ValueError, match="exceed max_seq_len"):
+            model(torch.zeros(1, 252, dtype=torch.long), past_key_values=past)
+    assert len(native_calls) == 1

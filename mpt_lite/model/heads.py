@@ -51,7 +51,8 @@ class MptForCausalLM(_HeadModel):
 
         if native_forward.applies(self, input_ids, attention_mask, inputs_embeds, past_key_values, use_cache,
                                   output_hidden_states, logits_to_keep):
-            return self._with_loss(native_forward.logits(self, input_ids, logits_to_keep), labels, None, None)
+            logits, cache = native_forward.forward(self, input_ids, past_key_values, use_cache, logits_to_keep)
+            return self._with_loss(logits, labels, cache, None)
         out = self._backbone(input_ids, attention_mask, inputs_embeds, past_key_values, use_cache,
                              output_hidden_states)
         hidden = out.last_hidden_state

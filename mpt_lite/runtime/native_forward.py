@@ -1,14 +1,19 @@
 """forward() of a quantized MptForCausalLM on the CPU as one native call: the engine's plan
-(kernels.DecodePlan, native_step.py) run over the prompt, instead of the per-op path's ~12
+(kernels.DecodePlan, native_step.py) run over the new tokens, instead of the per-op path's ~12
 Python-level calls and fresh tensors a layer.
 
 Taken only where it returns what the per-op path returns, to float32 summation-order rounding:
-input_ids without padding (no attention_mask, or one of all ones), no past_key_values, use_cache
-and output_hidden_states off, an int logits_to_keep, eval mode (no dropout), and a model the native step computes
-(native_step.unsupported_reason) whose Linears and embedding are all quantized (the plan's float32
-matmul is a plain loop; float models keep torch's GEMM). The quantized matmuls carry no autograd
-graph, so neither path's logits require grad, with or without torch.no_grad(). MPT_LITE_NATIVE_STEP=0 turns it off with
-the engine's native step. Everything else runs the per-op path, which stays the reference."""
+input_ids without padding (no attention_mask, or one of all ones), output_hidden_states off, an int
+logits_to_keep, eval mode (no dropout), a past_key_values (if any) of the model's shape, and a model the
+native step computes (native_step.unsupported_reason) whose Linears and embedding are all quantized (the
+plan's float32 matmul is a plain loop; float models keep torch's GEMM). The quantized matmuls carry no
+autograd graph, so neither path's logits require grad, with or without torch.no_grad().
+MPT_LITE_NATIVE_STEP=0 turns it off with the engine's native step. Everything else runs the per-op
+path, which stays the reference.
+
+The cache a call returns is new, as the per-op path's is (a caller may branch several continuations
+from one prefix): the past is copied into a paged cache made for the call (the per-op path copies it
+too, by torch.cat), and the returned keys and values are views of that cache in transformers' layout."""
 from __future__ import annotations
 
 from typing import Any
@@ -16,26 +21,50 @@ from typing import Any
 import torch
 
 from .. import kernels
+from ..model.cache import MptCache
 from ..model.inputs import check_input_ids
 from ..quant.layers import QuantWeight
 from .block_manager import DEFAULT_BLOCK_SIZE
 from .native_step import build_plan, env_allows_native, unsupported_reason
 
 
-class _SharedLayerCache:
-    """One layer's float32 K/V for every sequence of the call, handed to every layer of the plan: the
-    plan runs layer after layer, and without a cache to return a layer's keys are needed only while
-    that layer attends. So the memory is one layer's, not n_layers'."""
+class _CallCache:
+    """Float32 paged K/V (with key bounds) for the `batch` sequences of one call, each sequence's `blocks`
+    blocks back to back. shared: one layer's tensors handed to every layer, for a call that returns no
+    cache (the plan runs layer after layer, so a layer's keys are needed only while it attends): the
+    memory of one layer, not n_layers'."""
 
     device = torch.device("cpu")
 
-    def __init__(self, n_layers: int, kv_heads: int, head_dim: int, num_blocks: int) -> None:
-        shape, _ = kernels.cache_shapes(num_blocks, DEFAULT_BLOCK_SIZE, kv_heads, head_dim, torch.float32)
-        self.k, self.v = torch.empty(shape), torch.empty(shape)
-        self.k_bound = [torch.empty(shape[:3])] * n_layers
+    def __init__(self, n_layers: int, kv_heads: int, head_dim: int, batch: int, blocks: int, shared: bool) -> None:
+        shape, _ = kernels.cache_shapes(batch * blocks, DEFAULT_BLOCK_SIZE, kv_heads, head_dim, torch.float32)
+        self.batch, self.capacity = batch, blocks * DEFAULT_BLOCK_SIZE
+        n = 1 if shared else n_layers
+        self.k = [torch.empty(shape) for _ in range(n)]
+        self.v = [torch.empty(shape) for _ in range(n)]
+        self.k_bound = [torch.empty(shape[:3]) for _ in range(n)]
+        if shared:
+            self.k, self.v, self.k_bound = self.k * n_layers, self.v * n_layers, self.k_bound * n_layers
 
     def layer(self, i: int) -> tuple:
-        return self.k, self.v, None, None
+        return self.k[i], self.v[i], None, None
+
+    def _seq_major(self, t: torch.Tensor) -> torch.Tensor:  # (batch, capacity, kv_heads[, head_dim])
+        return t.view(self.batch, self.capacity, *t.shape[2:])
+
+    def fill(self, past: MptCache) -> None:
+        """The past's keys and values in the first past-length slots of each sequence, with their bounds
+        (the largest |value| of a row, as write_kv_cache keeps them; NaN stays NaN)."""
+        n = past.get_seq_length()
+        for i, (k, v) in enumerate(past):
+            self._seq_major(self.k[i])[:, :n] = k.transpose(1, 2)
+            self._seq_major(self.v[i])[:, :n] = v.transpose(1, 2)
+            self._seq_major(self.k_bound[i])[:, :n] = k.abs().amax(-1).transpose(1, 2)
+
+    def legacy(self, tokens: int) -> MptCache:
+        """The first `tokens` of each sequence as (batch, kv_heads, tokens, head_dim) views per layer."""
+        return MptCache([(self._seq_major(k)[:, :tokens].transpose(1, 2), self._seq_major(v)[:, :tokens].transpose(1, 2))
+                         for k, v in zip(self.k, self.v)])
 
 
 def _all_quantized(model: Any) -> bool:
@@ -45,42 +74,70 @@ def _all_quantized(model: Any) -> bool:
     return all(isinstance(m, QuantWeight) for m in mats)
 
 
+def _past_fits(model: Any, past: Any, batch: int) -> bool:
+    """Whether past_key_values is a cache of this model's shape for this batch (anything else: the per-op
+    path, which raises what is wrong with it)."""
+    cfg = model.config
+    try:
+        past = MptCache.coerce(past)
+    except (TypeError, ValueError):
+        return False
+    if len(past) != cfg.n_layers:
+        return False
+    want = (batch, cfg.kv_n_heads, past.get_seq_length(), cfg.head_dim)
+    return all(isinstance(t, torch.Tensor) and tuple(t.shape) == want and t.device.type == "cpu"
+               and t.is_floating_point() for layer in past for t in layer)
+
+
 def applies(model: Any, input_ids: Any, attention_mask: Any, inputs_embeds: Any, past_key_values: Any,
             use_cache: bool, output_hidden_states: bool, logits_to_keep: Any) -> bool:
     """Whether forward() with these arguments runs natively (see the module's docstring). Arguments are
     not validated here: whatever is wrong with them, the per-op path raises it."""
-    if (inputs_embeds is not None or past_key_values is not None or use_cache or output_hidden_states
+    if (inputs_embeds is not None or output_hidden_states
             or not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.long
             or input_ids.numel() == 0 or input_ids.device.type != "cpu"
-            or not isinstance(logits_to_keep, int) or isinstance(logits_to_keep, bool) or logits_to_keep < 0):
+            or not isinstance(logits_to_keep, int) or isinstance(logits_to_keep, bool) or logits_to_keep < 0
+            or not env_allows_native()):
         return False
-    if input_ids.shape[1] > model.config.max_seq_len or not env_allows_native():
+    batch, tokens = input_ids.shape
+    if past_key_values is not None:
+        if not _past_fits(model, past_key_values, batch):
+            return False
+        tokens += MptCache.coerce(past_key_values).get_seq_length()
+    if tokens > model.config.max_seq_len:
         return False
     if attention_mask is not None and not (isinstance(attention_mask, torch.Tensor)
-                                           and attention_mask.shape == input_ids.shape
+                                           and tuple(attention_mask.shape) == (batch, tokens)
                                            and bool((attention_mask != 0).all())):
         return False
     if model.training or not _all_quantized(model):
         return False
-    return unsupported_reason(model, _SharedLayerCache) is None
+    return unsupported_reason(model, _CallCache) is None
 
 
-def logits(model: Any, input_ids: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
-    """forward()'s logits (batch, kept positions, vocab) for input_ids (batch, tokens), computed by a plan
-    built for this call (its scratch and the shared K/V are freed with it)."""
+def forward(model: Any, input_ids: torch.Tensor, past_key_values: Any, use_cache: bool,
+            logits_to_keep: int) -> tuple[torch.Tensor, MptCache | None]:
+    """forward()'s logits (batch, kept positions, vocab) for input_ids (batch, new tokens) after
+    past_key_values, and the cache the per-op path would return (None without use_cache or a past),
+    computed by a plan built for this call (its scratch is freed with it)."""
     cfg = model.config
     check_input_ids(input_ids, cfg.vocab_size)
-    batch, tokens = input_ids.shape
-    blocks = -(-tokens // DEFAULT_BLOCK_SIZE)
-    cache = _SharedLayerCache(cfg.n_layers, cfg.kv_n_heads, cfg.head_dim, batch * blocks)
+    past = MptCache.coerce(past_key_values)
+    n_past = past.get_seq_length() if past is not None else 0
+    returns_cache = use_cache or past is not None
+    batch, new = input_ids.shape
+    total = n_past + new
+    blocks = -(-total // DEFAULT_BLOCK_SIZE)
+    cache = _CallCache(cfg.n_layers, cfg.kv_n_heads, cfg.head_dim, batch, blocks, shared=not returns_cache)
+    if n_past:
+        cache.fill(past)
     plan = build_plan(model, cache)
     seq = torch.arange(batch, dtype=torch.int64).view(-1, 1)
-    pos = torch.arange(tokens, dtype=torch.int64).view(1, -1)
-    slots = (seq * (blocks * DEFAULT_BLOCK_SIZE) + pos).reshape(-1)
+    slots = (seq * cache.capacity + torch.arange(n_past, total).view(1, -1)).reshape(-1)
     tables = (seq * blocks + torch.arange(blocks).view(1, -1)).to(torch.int32)
-    lens = torch.full((batch,), tokens, dtype=torch.int32)
-    starts = (torch.arange(batch + 1) * tokens).to(torch.int32)
-    keep = tokens if logits_to_keep == 0 else min(logits_to_keep, tokens)
-    rows = (seq * tokens + torch.arange(tokens - keep, tokens).view(1, -1)).reshape(-1)
+    lens = torch.full((batch,), total, dtype=torch.int32)
+    starts = (torch.arange(batch + 1) * new).to(torch.int32)
+    keep = new if logits_to_keep == 0 else min(logits_to_keep, new)
+    rows = (seq * new + torch.arange(new - keep, new).view(1, -1)).reshape(-1)
     out = plan.step(input_ids.reshape(-1), slots, tables, lens, starts, False, rows, model.num_threads)
-    return out.view(batch, keep, -1)
+    return out.view(batch, keep, -1), cache.legacy(total) if returns_cache else None
