@@ -275,3 +275,27 @@ def test_a_past_that_does_not_fit_gets_the_per_op_paths_errors(native_calls):
         with pytest.raises(ValueError, match="exceed max_seq_len"):
             model(torch.zeros(1, 252, dtype=torch.long), past_key_values=past)
     assert len(native_calls) == 1
+
+
+def test_a_decode_loop_appends_in_place_and_grows(native_calls, float_activations, monkeypatch):
+    """Each call of a loop extends the storage its past views (no copy, the same plan) until it is full;
+    then a larger one takes over. Every step equals the per-op path's."""
+    model = quantized(random_causal_lm(0, vocab_size=VOCAB, max_seq_len=1024), "int4", "int4")
+    ids = ids_of(1, 5)
+    want, want_cache = decode_loop(model, ids, 300, lambda *a, **kw: per_op(monkeypatch, *a, **kw))
+    storages = []
+    real = native_forward.forward
+
+    def watch(*a, **kw):
+        out = real(*a, **kw)
+        storages.append(out[1].storage)
+        return out
+
+    monkeypatch.setattr(native_forward, "forward", watch)
+    got, got_cache = decode_loop(model, ids, 300, native)
+    for g, w in zip(got, want):
+        assert_close(g, w, 1e-4)
+    assert_caches_close(got_cache, want_cache)
+    distinct = list(dict.fromkeys(map(id, storages)))
+    assert len(distinct) == 2  # 5 + 256 tokens of room (272 slots), then a new storage with room again
+    assert storages[0].capacity == 272 and storages[-1].capacity >= 306

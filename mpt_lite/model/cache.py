@@ -13,6 +13,7 @@ import torch
 class MptCache:
     def __init__(self, layers: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> None:
         self.layers = [(k, v) for k, v in layers]
+        self.storage: object = None  # what the tensors view, when a native forward() wrote them (runtime)
         if self.layers:
             t = self.layers[0][0].shape[2]
             for i, (k, v) in enumerate(self.layers):

@@ -12,11 +12,19 @@ MPT_LITE_NATIVE_STEP=0 turns it off with the engine's native step. Everything el
 path, which stays the reference.
 
 The cache a call returns is new, as the per-op path's is (a caller may branch several continuations
-from one prefix): the past is copied into a paged cache made for the call (the per-op path copies it
-too, by torch.cat), and the returned keys and values are views of that cache in transformers' layout."""
+from one prefix): its keys and values are views, in transformers' layout, of a paged cache the call
+wrote (with room to grow), of which they show the first `length` tokens. A call whose past is the
+latest cache returned from such a storage appends there, in slots no earlier view shows, and reuses its
+plan: a transformers-style decode loop neither copies its past nor rebuilds the plan each token. Any
+other past (a branch from an earlier cache, tuples, the per-op path's cache, a full storage) is copied
+into a new one, as the per-op path copies it by torch.cat. The checks that the model runs natively
+are made when a storage is created, as an Engine makes them once."""
 from __future__ import annotations
 
 from typing import Any
+
+import threading
+import weakref
 
 import torch
 
@@ -29,10 +37,11 @@ from .native_step import build_plan, env_allows_native, unsupported_reason
 
 
 class _CallCache:
-    """Float32 paged K/V (with key bounds) for the `batch` sequences of one call, each sequence's `blocks`
-    blocks back to back. shared: one layer's tensors handed to every layer, for a call that returns no
-    cache (the plan runs layer after layer, so a layer's keys are needed only while it attends): the
-    memory of one layer, not n_layers'."""
+    """Float32 paged K/V (with key bounds) for `batch` sequences, each sequence's `blocks` blocks back to
+    back. shared: one layer's tensors handed to every layer, for a call that returns no cache (the plan
+    runs layer after layer, so a layer's keys are needed only while it attends): the memory of one
+    layer, not n_layers'. Otherwise a storage that returned caches view; `claimed` tokens of each
+    sequence are shown by the latest of them."""
 
     device = torch.device("cpu")
 
@@ -45,6 +54,19 @@ class _CallCache:
         self.k_bound = [torch.empty(shape[:3]) for _ in range(n)]
         if shared:
             self.k, self.v, self.k_bound = self.k * n_layers, self.v * n_layers, self.k_bound * n_layers
+        self.claimed = 0
+        self.plan: kernels.DecodePlan | None = None
+        self.model: Any = None  # weakref to the model the plan computes
+        self._lock = threading.Lock()
+
+    def claim(self, length: int, total: int) -> bool:
+        """Takes slots length .. total - 1 of every sequence when the latest cache shows `length` tokens
+        and they fit (False: the caller copies instead)."""
+        with self._lock:
+            if self.claimed != length or total > self.capacity:
+                return False
+            self.claimed = total
+            return True
 
     def layer(self, i: int) -> tuple:
         return self.k[i], self.v[i], None, None
@@ -63,8 +85,24 @@ class _CallCache:
 
     def legacy(self, tokens: int) -> MptCache:
         """The first `tokens` of each sequence as (batch, kv_heads, tokens, head_dim) views per layer."""
-        return MptCache([(self._seq_major(k)[:, :tokens].transpose(1, 2), self._seq_major(v)[:, :tokens].transpose(1, 2))
-                         for k, v in zip(self.k, self.v)])
+        cache = MptCache([(self._seq_major(k)[:, :tokens].transpose(1, 2),
+                           self._seq_major(v)[:, :tokens].transpose(1, 2)) for k, v in zip(self.k, self.v)])
+        cache.storage = self
+        return cache
+
+
+def _storage_to_extend(model: Any, past: Any, batch: int) -> _CallCache | None:
+    """The storage of `past` when it is the latest cache a storage of this model returned."""
+    st = getattr(past, "storage", None)
+    if (isinstance(st, _CallCache) and st.model is not None and st.model() is model and st.batch == batch
+            and st.claimed == past.get_seq_length()):
+        return st
+    return None
+
+
+# Room a returned cache's storage keeps for the tokens of later calls (at most up to max_seq_len).
+def _capacity(total: int, max_seq_len: int) -> int:
+    return max(total, min(max_seq_len, total + max(256, total // 4)))
 
 
 def _all_quantized(model: Any) -> bool:
@@ -100,26 +138,25 @@ def applies(model: Any, input_ids: Any, attention_mask: Any, inputs_embeds: Any,
             or not env_allows_native()):
         return False
     batch, tokens = input_ids.shape
+    extends = False
     if past_key_values is not None:
-        if not _past_fits(model, past_key_values, batch):
+        extends = _storage_to_extend(model, past_key_values, batch) is not None
+        if not extends and not _past_fits(model, past_key_values, batch):
             return False
         tokens += MptCache.coerce(past_key_values).get_seq_length()
-    if tokens > model.config.max_seq_len:
+    if tokens > model.config.max_seq_len or model.training:
         return False
     if attention_mask is not None and not (isinstance(attention_mask, torch.Tensor)
                                            and tuple(attention_mask.shape) == (batch, tokens)
                                            and bool((attention_mask != 0).all())):
         return False
-    if model.training or not _all_quantized(model):
-        return False
-    return unsupported_reason(model, _CallCache) is None
+    return extends or (_all_quantized(model) and unsupported_reason(model, _CallCache) is None)
 
 
 def forward(model: Any, input_ids: torch.Tensor, past_key_values: Any, use_cache: bool,
             logits_to_keep: int) -> tuple[torch.Tensor, MptCache | None]:
     """forward()'s logits (batch, kept positions, vocab) for input_ids (batch, new tokens) after
-    past_key_values, and the cache the per-op path would return (None without use_cache or a past),
-    computed by a plan built for this call (its scratch is freed with it)."""
+    past_key_values, and the cache the per-op path would return (None without use_cache or a past)."""
     cfg = model.config
     check_input_ids(input_ids, cfg.vocab_size)
     past = MptCache.coerce(past_key_values)
@@ -127,11 +164,16 @@ def forward(model: Any, input_ids: torch.Tensor, past_key_values: Any, use_cache
     returns_cache = use_cache or past is not None
     batch, new = input_ids.shape
     total = n_past + new
-    blocks = -(-total // DEFAULT_BLOCK_SIZE)
-    cache = _CallCache(cfg.n_layers, cfg.kv_n_heads, cfg.head_dim, batch, blocks, shared=not returns_cache)
-    if n_past:
-        cache.fill(past)
-    plan = build_plan(model, cache)
+    cache = _storage_to_extend(model, past, batch) if past is not None else None
+    if cache is None or not cache.claim(n_past, total):
+        size = _capacity(total, cfg.max_seq_len) if returns_cache else total
+        blocks = -(-size // DEFAULT_BLOCK_SIZE)
+        cache = _CallCache(cfg.n_layers, cfg.kv_n_heads, cfg.head_dim, batch, blocks, shared=not returns_cache)
+        if n_past:
+            cache.fill(past)
+        cache.claimed = total
+        cache.plan, cache.model = build_plan(model, cache), weakref.ref(model)
+    blocks = cache.capacity // DEFAULT_BLOCK_SIZE
     seq = torch.arange(batch, dtype=torch.int64).view(-1, 1)
     slots = (seq * cache.capacity + torch.arange(n_past, total).view(1, -1)).reshape(-1)
     tables = (seq * blocks + torch.arange(blocks).view(1, -1)).to(torch.int32)
@@ -139,5 +181,5 @@ def forward(model: Any, input_ids: torch.Tensor, past_key_values: Any, use_cache
     starts = (torch.arange(batch + 1) * new).to(torch.int32)
     keep = new if logits_to_keep == 0 else min(logits_to_keep, new)
     rows = (seq * new + torch.arange(new - keep, new).view(1, -1)).reshape(-1)
-    out = plan.step(input_ids.reshape(-1), slots, tables, lens, starts, False, rows, model.num_threads)
+    out = cache.plan.step(input_ids.reshape(-1), slots, tables, lens, starts, new == 1, rows, model.num_threads)
     return out.view(batch, keep, -1), cache.legacy(total) if returns_cache else None
