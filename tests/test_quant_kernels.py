@@ -396,3 +396,24 @@ def test_q8_error_bound_against_float_activations(fmt):
     assert bool((bound <= (d * 127 / 254).repeat_interleave(32, dim=1)[:, :K] @ wd.abs().t() * (1 + 1e-5)).all())
     cos = torch.nn.functional.cosine_similarity(y8.flatten().double(), yf.flatten().double(), dim=0).item()
     assert cos >= 0.9999
+
+
+@pytest.mark.parametrize("K", [1, 7, 8, 9, 31, 257])
+def test_quantize_int8_equals_the_reference_codes(K):
+    """The vectorised quantizer against ref_quantize_int8 bit for bit: vector bodies and tails, a zero row,
+    halfway values (round half to even: a row whose largest |w| is 127 has w * 127 / amax = w), the
+    clamp at +-127, and rows of tiny and huge magnitudes."""
+    g = torch.Generator().manual_seed(K)
+    w = torch.randn(12, K, generator=g)
+    w[0] = 0.0
+    halves = torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5])
+    w[1] = halves.repeat(K // 8 + 1)[:K]
+    w[1, -1] = 127.0
+    w[2] *= 1e-30
+    w[3] *= 1e30
+    w[4, K // 2] = -1e4  # one large value: the rest round to small codes
+    cb, scb = ops.quantize_int8(w)
+    want_cb, want_scb = ops.ref_quantize_int8(w)
+    assert torch.equal(scb, want_scb)
+    assert torch.equal(cb, want_cb)
+    assert int(cb.abs().max()) == 127 and not cb[0].any()

@@ -31,7 +31,7 @@ def test_int4_kernel_equals_reference(shape, kind):
     assert torch.equal(packed, rp) and torch.equal(scales, rs)
 
 
-@pytest.mark.parametrize("blocksize", [64, 128, 6, 96])
+@pytest.mark.parametrize("blocksize", [64, 128, 256, 6, 96, 200])
 @pytest.mark.parametrize("kind", ["normal", "heavy", "uniform", "zeros"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_nf4_kernel_equals_reference(shape, kind, blocksize):

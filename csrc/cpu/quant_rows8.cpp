@@ -62,13 +62,17 @@ void convert_int8(const int8_t* cb, int64_t N, int64_t K, int8_t* out, bool to_r
   const int64_t G = K / 32, S = N / 8;
   parallel_for(S, 1, [&](int64_t a, int64_t b) {
     for (int64_t n8 = a; n8 < b; ++n8)
-      for (int64_t g = 0; g < G; ++g)
-        for (int r = 0; r < 8; ++r)
+      for (int64_t g = 0; g < G; ++g) {
+        // the group's 256-byte unit: word q of row r at q * 32 + r * 4 (int8_rows8_word, its offset taken once)
+        const int64_t unit = int8_rows8_word(n8 * 8, g, 0, S, G);
+        for (int r = 0; r < 8; ++r) {
+          const int64_t row = (n8 * 8 + r) * K + g * 32;
           for (int q = 0; q < 8; ++q) {
-            const int64_t a_off = (n8 * 8 + r) * K + g * 32 + 4 * q, b_off = int8_rows8_word(n8 * 8 + r, g, q, S, G);
-            if (to_rows8) std::memcpy(out + b_off, cb + a_off, 4);
-            else std::memcpy(out + a_off, cb + b_off, 4);
+            if (to_rows8) std::memcpy(out + unit + q * 32 + r * 4, cb + row + 4 * q, 4);
+            else std::memcpy(out + row + 4 * q, cb + unit + q * 32 + r * 4, 4);
           }
+        }
+      }
   });
 }
 

@@ -61,6 +61,7 @@ MPT_INLINE float tree_sum(float* a, int64_t n) {
 // int4 works on a group of 32 k (or 64, 128, 256) as V vectors of 8 (GCC/Clang vector extensions: SSE or
 // AVX2 code by clone, plain scalar code elsewhere).
 typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
 template <int V>
 struct Group {
   v8f v[V];
@@ -177,10 +178,72 @@ MPT_SEARCH_CLONES void int4_rows(const float* w, int64_t n0, int64_t n1, int64_t
   }
 }
 
+// nf4 over a block of 8 V floats (padded with zeros) as vectors: the code of a value is the number of
+// midpoints below it (counted by compares), its code value the last one selected (exact), and the sums
+// in tree_sum's order (tree_sum_vectors): the same floats as the scalar path below.
+template <int V>
+MPT_INLINE void nf4_assign_vec(const Group<V>& x, float inv, const float* mids, Group<V>& c, v8i* q) {
+  for (int i = 0; i < V; ++i) {
+    const v8f v = x.v[i] * inv;
+    v8i n = v8i{};
+    v8f val = v8f{} + kNf4Code[0];
+    for (int k = 0; k < 15; ++k) {
+      const v8i above = v > mids[k];  // -1 where true
+      n -= above;
+      val = above ? v8f{} + kNf4Code[k + 1] : val;
+    }
+    q[i] = n;
+    c.v[i] = val;
+  }
+}
+
+template <int V>
+MPT_INLINE void nf4_blocks_vec(const float* w, int64_t b0, int64_t b1, int64_t numel, int64_t blocksize,
+                               const float* mids, uint8_t* packed, float* absmax) {
+  constexpr int64_t n = 8 * V;
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t f0 = b * blocksize, len = std::min(numel, f0 + blocksize) - f0;
+    float buf[n];
+    std::fill(buf, buf + n, 0.f);
+    std::copy(w + f0, w + f0 + len, buf);
+    Group<V> x;
+    std::memcpy(x.v, buf, sizeof(buf));
+    float amax = 0.f;
+    for (int64_t j = 0; j < len; ++j) amax = std::fmax(amax, std::fabs(buf[j]));
+    const float inv = inverse(amax);
+    Group<V> c, best_c;
+    v8i q[V], best_q[V];
+    float best_gain = -1.f;
+    for (float t : kNf4Trials) {
+      nf4_assign_vec<V>(x, t * inv, mids, c, q);
+      const Fit f = int4_fit<V>(x, c);
+      if (f.gain > best_gain) {  // the first trial wins ties
+        best_gain = f.gain;
+        best_c = c;
+        std::memcpy(best_q, q, sizeof(q));
+      }
+    }
+    nf4_assign_vec<V>(x, inverse(int4_fit<V>(x, best_c).scale), mids, c, q);
+    absmax[b] = int4_fit<V>(x, c).scale;
+    int32_t codes[n];
+    std::memcpy(codes, q, sizeof(codes));
+    for (int64_t j = 0; j < len; j += 2) {
+      const uint8_t lo = j + 1 < len ? static_cast<uint8_t>(codes[j + 1]) : 0;  // an odd weight's pad nibble is 0
+      packed[(f0 + j) >> 1] = static_cast<uint8_t>(codes[j] << 4 | lo);
+    }
+  }
+}
+
 MPT_SEARCH_CLONES void nf4_blocks(const float* w, int64_t b0, int64_t b1, int64_t numel, int64_t blocksize,
                                   const float* mids, uint8_t* packed, float* absmax) {
   int64_t n = 1;
   while (n < blocksize) n *= 2;
+  switch (n) {
+    case 64: return nf4_blocks_vec<8>(w, b0, b1, numel, blocksize, mids, packed, absmax);
+    case 128: return nf4_blocks_vec<16>(w, b0, b1, numel, blocksize, mids, packed, absmax);
+    case 256: return nf4_blocks_vec<32>(w, b0, b1, numel, blocksize, mids, packed, absmax);
+    default: break;
+  }
   std::vector<float> x(n), sx(n), s2(n);
   std::vector<uint8_t> q(n), best(n);
   for (int64_t b = b0; b < b1; ++b) {
