@@ -60,6 +60,8 @@ MPT_INLINE float tree_sum(float* a, int64_t n) {
 
 // int4 works on a group of 32 k (or 64, 128, 256) as V vectors of 8 (GCC/Clang vector extensions: SSE or
 // AVX2 code by clone, plain scalar code elsewhere).
+// (helpers returning these are always inlined: their 32-byte vector returns cross no ABI boundary)
+#pragma GCC diagnostic ignored "-Wpsabi"
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
 template <int V>
@@ -121,50 +123,112 @@ MPT_INLINE Fit nf4_fit(const float* x, int64_t n, const uint8_t* q, float* sx, f
   return ls_fit(tree_sum(sx, n), tree_sum(s2, n));
 }
 
+// int4 searches eight groups at once, one a vector lane: every step is the scalar recipe's own IEEE
+// operation on each lane (sums in tree_sum's order down the group's k), so no horizontal work and no
+// branch remains, and every lane's floats equal the reference's.
+struct Lanes {
+  v8f scale, gain;
+};
+
+MPT_INLINE v8f select(v8i mask, v8f a, v8f b) { return mask ? a : b; }
+
+MPT_INLINE v8f lane_inverse(v8f s) { return select(s != 0.f, 1.0f / s, v8f{}); }
+
+// levels of x * inv, rounded and clamped as int4_assign
+template <int L>
+MPT_INLINE void lanes_assign(const v8f* x, v8f inv, v8f* l) {
+  const v8f magic = v8f{} + 12582912.0f, lo = v8f{} - 8.f, hi = v8f{} + 7.f;
+  for (int k = 0; k < L; ++k) {
+    v8f t = x[k] * inv;
+    t = t < lo ? lo : t;
+    t = t > hi ? hi : t;
+    l[k] = (t + magic) - magic;
+  }
+}
+
+// ls_fit of each lane, its sums pairwise over k (tree_sum: k += k + L/2, ..., + 1)
+template <int L>
+MPT_INLINE Lanes lanes_fit(const v8f* x, const v8f* l) {
+  v8f sx[L], s2[L];
+  for (int k = 0; k < L; ++k) {
+    sx[k] = x[k] * l[k];
+    s2[k] = l[k] * l[k];
+  }
+  for (int width = L / 2; width > 0; width /= 2)
+    for (int k = 0; k < width; ++k) {
+      sx[k] += sx[k + width];
+      s2[k] += s2[k + width];
+    }
+  const v8i ok = s2[0] > 0.f;
+  const v8f scale = select(ok, sx[0] / s2[0], v8f{});
+  return {scale, select(ok, scale * sx[0], v8f{})};
+}
+
+// groups i0 .. i0 + count - 1 (count <= 8) of the (row, group) order, group c of row n being n * C + c
 template <int V>
-MPT_INLINE void int4_rows_of(const float* w, int64_t n0, int64_t n1, int64_t K, uint8_t* packed, uint16_t* scales) {
-  constexpr int64_t kLen = 8 * V;  // k per scale
-  const int64_t G = int4_groups(K), C = int4_groups(K, kLen);
-  for (int64_t n = n0; n < n1; ++n) {
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t k0 = c * kLen, len = std::min<int64_t>(kLen, K - k0);
-      float buf[kLen];
-      std::memcpy(buf, w + n * K + k0, len * sizeof(float));
-      std::fill(buf + len, buf + kLen, 0.f);
-      Group<V> x;
-      std::memcpy(x.v, buf, sizeof(buf));
-      float amax = 0.f, m = 0.f;
-      for (int64_t j = 0; j < kLen; ++j) amax = std::max(amax, std::fabs(buf[j]));
-      for (int64_t j = 0; j < kLen; ++j)
-        if (std::fabs(buf[j]) == amax) {  // the first of equal magnitudes, like torch.argmax
-          m = buf[j];
-          break;
-        }
-      Group<V> best{};
-      float best_gain = -1.f;
-      for (float t : kInt4Trials) {
-        const Group<V> l = int4_assign(x, m != 0.f ? -t / m : 0.f);
-        const Fit f = int4_fit(x, l);
-        if (f.gain > best_gain) {  // the first trial wins ties
-          best_gain = f.gain;
-          best = l;
-        }
-      }
-      // Refit once on the best trial's levels, round that scale to half (what is stored), and
-      // assign the codes for the rounded scale, so the stored pair is self-consistent.
-      const Group<V> l0 = int4_assign(x, inverse(int4_fit(x, best).scale));
-      const uint16_t h = half_bits(int4_fit(x, l0).scale);
-      const Group<V> l = int4_assign(x, inverse(half_to_float(h)));
-      scales[n * C + c] = h;
-      std::memcpy(buf, l.v, sizeof(buf));
-      for (int64_t u = 0; u < kLen / kInt4Group && c * (kLen / kInt4Group) + u < G; ++u) {
-        uint8_t* out = packed + (n * G + c * (kLen / kInt4Group) + u) * 16;
-        const float* q = buf + u * kInt4Group;
-        for (int j = 0; j < 16; ++j)
-          out[j] = static_cast<uint8_t>(static_cast<int>(q[j]) + 8 | (static_cast<int>(q[j + 16]) + 8) << 4);
+MPT_INLINE void int4_lanes(const float* w, int64_t K, int64_t i0, int count, uint8_t* packed, uint16_t* scales) {
+  constexpr int L = 8 * V;  // k per scale
+  const int64_t G = int4_groups(K), C = int4_groups(K, L);
+  float buf[8][L];
+  for (int j = 0; j < 8; ++j) {
+    int64_t len = 0;
+    if (j < count) {
+      const int64_t n = (i0 + j) / C, k0 = (i0 + j) % C * L;
+      len = std::min<int64_t>(L, K - k0);
+      std::memcpy(buf[j], w + n * K + k0, len * sizeof(float));
+    }
+    std::fill(buf[j] + len, buf[j] + L, 0.f);
+  }
+  v8f x[L], l[L];
+  for (int k = 0; k < L; ++k)
+    for (int j = 0; j < 8; ++j) x[k][j] = buf[j][k];
+  // the largest |x|, and the first x of that magnitude (as torch.argmax)
+  v8f amax = v8f{}, m = v8f{};
+  for (int k = 0; k < L; ++k) {
+    const v8f a = x[k] < 0.f ? -x[k] : x[k];
+    amax = a > amax ? a : amax;
+  }
+  v8i found = v8i{};
+  for (int k = 0; k < L; ++k) {
+    const v8f a = x[k] < 0.f ? -x[k] : x[k];
+    const v8i first = (a == amax) & ~found;
+    m = select(first, x[k], m);
+    found |= first;
+  }
+  v8f best_scale = v8f{}, best_gain = v8f{} - 1.f;
+  for (float t : kInt4Trials) {
+    lanes_assign<L>(x, select(m != 0.f, -t / m, v8f{}), l);
+    const Lanes f = lanes_fit<L>(x, l);
+    const v8i better = f.gain > best_gain;  // the first trial wins ties
+    best_gain = select(better, f.gain, best_gain);
+    best_scale = select(better, f.scale, best_scale);
+  }
+  // Refit once on the best trial's levels, round that scale to half (what is stored), and assign the
+  // codes for the rounded scale, so the stored pair is self-consistent.
+  lanes_assign<L>(x, lane_inverse(best_scale), l);
+  const v8f s1 = lanes_fit<L>(x, l).scale;
+  uint16_t h[8];
+  v8f hs;
+  for (int j = 0; j < 8; ++j) h[j] = half_bits(s1[j]), hs[j] = half_to_float(h[j]);
+  lanes_assign<L>(x, lane_inverse(hs), l);
+  for (int j = 0; j < count; ++j) {
+    const int64_t n = (i0 + j) / C, c = (i0 + j) % C;
+    scales[n * C + c] = h[j];
+    for (int64_t u = 0; u < L / kInt4Group && c * (L / kInt4Group) + u < G; ++u) {
+      uint8_t* out = packed + (n * G + c * (L / kInt4Group) + u) * 16;
+      for (int q = 0; q < 16; ++q) {
+        const int k = u * kInt4Group + q;
+        out[q] = static_cast<uint8_t>(static_cast<int>(l[k][j]) + 8 | (static_cast<int>(l[k + 16][j]) + 8) << 4);
       }
     }
   }
+}
+
+template <int V>
+MPT_INLINE void int4_rows_of(const float* w, int64_t n0, int64_t n1, int64_t K, uint8_t* packed, uint16_t* scales) {
+  const int64_t C = int4_groups(K, 8 * V), i1 = n1 * C;
+  for (int64_t i = n0 * C; i < i1; i += 8)
+    int4_lanes<V>(w, K, i, static_cast<int>(std::min<int64_t>(8, i1 - i)), packed, scales);
 }
 
 MPT_SEARCH_CLONES void int4_rows(const float* w, int64_t n0, int64_t n1, int64_t K, int64_t group, uint8_t* packed,
