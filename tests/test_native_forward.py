@@ -299,3 +299,27 @@ def test_a_decode_loop_appends_in_place_and_grows(native_calls, float_activation
     distinct = list(dict.fromkeys(map(id, storages)))
     assert len(distinct) == 2  # 5 + 256 tokens of room (272 slots), then a new storage with room again
     assert storages[0].capacity == 272 and storages[-1].capacity >= 306
+
+
+def test_loops_in_two_threads_equal_one_at_a_time(native_calls, float_activations):
+    """Two Python threads run decode loops on one model, one of them branching from a shared prefix the
+    other extends: each storage is claimed by one call at a time, so the results are those of running
+    the loops one after the other."""
+    import threading
+
+    model = tiny()
+    prefix = native(model, ids_of(1, 20), use_cache=True)
+    alone = [decode_loop(model, ids_of(1, 3, seed=s), 20, native, past=prefix.past_key_values)[0] for s in (1, 2)]
+    results = [None, None]
+
+    def run(i):
+        results[i] = decode_loop(model, ids_of(1, 3, seed=i + 1), 20, native, past=prefix.past_key_values)[0]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(results, alone):
+        for g, w in zip(got, want):
+            assert torch.equal(g, w)
