@@ -21,10 +21,9 @@ into a new one, as the per-op path copies it by torch.cat. The checks that the m
 are made when a storage is created, as an Engine makes them once."""
 from __future__ import annotations
 
-from typing import Any
-
 import threading
 import weakref
+from typing import Any
 
 import torch
 
