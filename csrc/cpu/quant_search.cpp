@@ -134,27 +134,34 @@ MPT_INLINE v8f select(v8i mask, v8f a, v8f b) { return mask ? a : b; }
 
 MPT_INLINE v8f lane_inverse(v8f s) { return select(s != 0.f, 1.0f / s, v8f{}); }
 
-// levels of x * inv, rounded and clamped as int4_assign
-template <int L>
-MPT_INLINE void lanes_assign(const v8f* x, v8f inv, v8f* l) {
+// the level of x * inv, rounded and clamped as int4_assign
+MPT_INLINE v8f lane_level(v8f x, v8f inv) {
   const v8f magic = v8f{} + 12582912.0f, lo = v8f{} - 8.f, hi = v8f{} + 7.f;
-  for (int k = 0; k < L; ++k) {
-    v8f t = x[k] * inv;
-    t = t < lo ? lo : t;
-    t = t > hi ? hi : t;
-    l[k] = (t + magic) - magic;
-  }
+  v8f t = x * inv;
+  t = t < lo ? lo : t;
+  t = t > hi ? hi : t;
+  return (t + magic) - magic;
 }
 
-// ls_fit of each lane, its sums pairwise over k (tree_sum: k += k + L/2, ..., + 1)
 template <int L>
-MPT_INLINE Lanes lanes_fit(const v8f* x, const v8f* l) {
-  v8f sx[L], s2[L];
-  for (int k = 0; k < L; ++k) {
-    sx[k] = x[k] * l[k];
-    s2[k] = l[k] * l[k];
+MPT_INLINE void lanes_assign(const v8f* x, v8f inv, v8f* l) {
+  for (int k = 0; k < L; ++k) l[k] = lane_level(x[k], inv);
+}
+
+// ls_fit of each lane for the levels of x * inv, its sums pairwise over k in tree_sum's order (k += k + L/2,
+// ..., + 1). The first two levels are summed as the levels are made, four k a pass, so that only L/4
+// partial sums are kept.
+template <int L>
+MPT_INLINE Lanes lanes_fit(const v8f* x, v8f inv) {
+  constexpr int Q = L / 4;
+  v8f sx[Q], s2[Q];
+  for (int k = 0; k < Q; ++k) {
+    const v8f l0 = lane_level(x[k], inv), l1 = lane_level(x[k + Q], inv), l2 = lane_level(x[k + 2 * Q], inv),
+              l3 = lane_level(x[k + 3 * Q], inv);
+    sx[k] = (x[k] * l0 + x[k + 2 * Q] * l2) + (x[k + Q] * l1 + x[k + 3 * Q] * l3);
+    s2[k] = (l0 * l0 + l2 * l2) + (l1 * l1 + l3 * l3);
   }
-  for (int width = L / 2; width > 0; width /= 2)
+  for (int width = Q / 2; width > 0; width /= 2)
     for (int k = 0; k < width; ++k) {
       sx[k] += sx[k + width];
       s2[k] += s2[k + width];
@@ -197,16 +204,14 @@ MPT_INLINE void int4_lanes(const float* w, int64_t K, int64_t i0, int count, uin
   }
   v8f best_scale = v8f{}, best_gain = v8f{} - 1.f;
   for (float t : kInt4Trials) {
-    lanes_assign<L>(x, select(m != 0.f, -t / m, v8f{}), l);
-    const Lanes f = lanes_fit<L>(x, l);
+    const Lanes f = lanes_fit<L>(x, select(m != 0.f, -t / m, v8f{}));
     const v8i better = f.gain > best_gain;  // the first trial wins ties
     best_gain = select(better, f.gain, best_gain);
     best_scale = select(better, f.scale, best_scale);
   }
   // Refit once on the best trial's levels, round that scale to half (what is stored), and assign the
   // codes for the rounded scale, so the stored pair is self-consistent.
-  lanes_assign<L>(x, lane_inverse(best_scale), l);
-  const v8f s1 = lanes_fit<L>(x, l).scale;
+  const v8f s1 = lanes_fit<L>(x, lane_inverse(best_scale)).scale;
   uint16_t h[8];
   v8f hs;
   for (int j = 0; j < 8; ++j) h[j] = half_bits(s1[j]), hs[j] = half_to_float(h[j]);
