@@ -323,3 +323,17 @@ def test_loops_in_two_threads_equal_one_at_a_time(native_calls, float_activation
     for got, want in zip(results, alone):
         for g, w in zip(got, want):
             assert torch.equal(g, w)
+
+
+def test_a_kept_cache_does_not_keep_the_models_weights():
+    """The storage's plan holds the weights' buffers; it is dropped when the model goes, so a cache kept
+    after its model is deleted holds only K and V."""
+    import gc
+
+    model = tiny()
+    out = native(model, ids_of(1, 10), use_cache=True)
+    storage = out.past_key_values.storage
+    assert storage.plan is not None
+    del model
+    gc.collect()
+    assert storage.plan is None and storage.model() is None

@@ -58,6 +58,10 @@ class _CallCache:
         self.model: Any = None  # weakref to the model the plan computes
         self._lock = threading.Lock()
 
+    def forget_plan(self, _model: Any = None) -> None:
+        """Drops the plan (and the weights it holds) once its model is gone; a cache may outlive it."""
+        self.plan = None
+
     def claim(self, length: int, total: int) -> bool:
         """Takes slots length .. total - 1 of every sequence when the latest cache shows `length` tokens
         and they fit (False: the caller copies instead)."""
@@ -171,7 +175,7 @@ def forward(model: Any, input_ids: torch.Tensor, past_key_values: Any, use_cache
         if n_past:
             cache.fill(past)
         cache.claimed = total
-        cache.plan, cache.model = build_plan(model, cache), weakref.ref(model)
+        cache.plan, cache.model = build_plan(model, cache), weakref.ref(model, cache.forget_plan)
     blocks = cache.capacity // DEFAULT_BLOCK_SIZE
     seq = torch.arange(batch, dtype=torch.int64).view(-1, 1)
     slots = (seq * cache.capacity + torch.arange(n_past, total).view(1, -1)).reshape(-1)
