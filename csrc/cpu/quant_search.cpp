@@ -29,12 +29,6 @@ namespace {
 constexpr float kInt4Trials[] = {7.0f, 7.5f, 8.0f, 8.5f, 9.0f, 9.5f, 10.0f};
 constexpr float kNf4Trials[] = {1.0f, 1.1f, 1.2f};
 
-// round half to even of v in [-2^22, 2^22], exactly as torch.round (no SSE4.1 needed)
-MPT_INLINE float round_even(float v) {
-  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds v to an integer (IEEE, no fast-math)
-  return (v + magic) - magic;
-}
-
 struct Fit {
   float scale = 0.f, gain = 0.f;  // least-squares scale, error it removes
 };
@@ -58,8 +52,8 @@ MPT_INLINE float tree_sum(float* a, int64_t n) {
   return a[0];
 }
 
-// int4 works on a group of 32 k (or 64, 128, 256) as V vectors of 8 (GCC/Clang vector extensions: SSE or
-// AVX2 code by clone, plain scalar code elsewhere).
+// Vectors of 8 floats (GCC/Clang vector extensions: SSE or AVX2 code by clone, plain scalar code elsewhere);
+// nf4 holds a block of 8 V as a Group.
 // (helpers returning these are always inlined: their 32-byte vector returns cross no ABI boundary)
 #pragma GCC diagnostic ignored "-Wpsabi"
 typedef float v8f __attribute__((vector_size(32)));
@@ -68,20 +62,6 @@ template <int V>
 struct Group {
   v8f v[V];
 };
-
-// levels l = round(clamp(x * inv, -8, 7))
-template <int V>
-MPT_INLINE Group<V> int4_assign(const Group<V>& x, float inv) {
-  const v8f magic = v8f{} + 12582912.0f, lo = v8f{} - 8.f, hi = v8f{} + 7.f;
-  Group<V> l;
-  for (int i = 0; i < V; ++i) {
-    v8f t = x.v[i] * inv;
-    t = t < lo ? lo : t;
-    t = t > hi ? hi : t;
-    l.v[i] = (t + magic) - magic;  // round half to even, as torch.round
-  }
-  return l;
-}
 
 // the tree_sum order over 8 V: a[j] += a[j + 4 V], ..., + 8 (whole vectors), then + 4, + 2, + 1 in the last one
 template <int V>
@@ -94,7 +74,7 @@ MPT_INLINE float tree_sum_vectors(v8f* a) {
 }
 
 template <int V>
-MPT_INLINE Fit int4_fit(const Group<V>& x, const Group<V>& l) {
+MPT_INLINE Fit group_fit(const Group<V>& x, const Group<V>& l) {
   v8f sx[V], s2[V];
   for (int i = 0; i < V; ++i) {
     sx[i] = x.v[i] * l.v[i];
@@ -134,7 +114,8 @@ MPT_INLINE v8f select(v8i mask, v8f a, v8f b) { return mask ? a : b; }
 
 MPT_INLINE v8f lane_inverse(v8f s) { return select(s != 0.f, 1.0f / s, v8f{}); }
 
-// the level of x * inv, rounded and clamped as int4_assign
+// the int4 level of x * inv: round(clamp(x * inv, -8, 7)), rounding half to even as torch.round (adding
+// 1.5 * 2^23 rounds to an integer; IEEE, no fast-math)
 MPT_INLINE v8f lane_level(v8f x, v8f inv) {
   const v8f magic = v8f{} + 12582912.0f, lo = v8f{} - 8.f, hi = v8f{} + 7.f;
   v8f t = x * inv;
@@ -285,15 +266,15 @@ MPT_INLINE void nf4_blocks_vec(const float* w, int64_t b0, int64_t b1, int64_t n
     float best_gain = -1.f;
     for (float t : kNf4Trials) {
       nf4_assign_vec<V>(x, t * inv, mids, c, q);
-      const Fit f = int4_fit<V>(x, c);
+      const Fit f = group_fit<V>(x, c);
       if (f.gain > best_gain) {  // the first trial wins ties
         best_gain = f.gain;
         best_c = c;
         std::memcpy(best_q, q, sizeof(q));
       }
     }
-    nf4_assign_vec<V>(x, inverse(int4_fit<V>(x, best_c).scale), mids, c, q);
-    absmax[b] = int4_fit<V>(x, c).scale;
+    nf4_assign_vec<V>(x, inverse(group_fit<V>(x, best_c).scale), mids, c, q);
+    absmax[b] = group_fit<V>(x, c).scale;
     int32_t codes[n];
     std::memcpy(codes, q, sizeof(codes));
     for (int64_t j = 0; j < len; j += 2) {

@@ -32,7 +32,7 @@ from ..model.cache import MptCache
 from ..model.inputs import check_input_ids
 from ..quant.layers import QuantWeight
 from .block_manager import DEFAULT_BLOCK_SIZE
-from .native_step import build_plan, env_allows_native, unsupported_reason
+from .native_step import block_linears, build_plan, env_allows_native, unsupported_reason
 
 
 class _CallCache:
@@ -77,14 +77,18 @@ class _CallCache:
     def _seq_major(self, t: torch.Tensor) -> torch.Tensor:  # (batch, capacity, kv_heads[, head_dim])
         return t.view(self.batch, self.capacity, *t.shape[2:])
 
+    def slots(self, start: int, end: int) -> torch.Tensor:
+        """The slots of tokens start .. end - 1 of every sequence, sequence after sequence."""
+        seq = torch.arange(self.batch, dtype=torch.int64).view(-1, 1)
+        return (seq * self.capacity + torch.arange(start, end).view(1, -1)).reshape(-1)
+
     def fill(self, past: MptCache) -> None:
-        """The past's keys and values in the first past-length slots of each sequence, with their bounds
-        (the largest |value| of a row, as write_kv_cache keeps them; NaN stays NaN)."""
-        n = past.get_seq_length()
-        for i, (k, v) in enumerate(past):
-            self._seq_major(self.k[i])[:, :n] = k.transpose(1, 2)
-            self._seq_major(self.v[i])[:, :n] = v.transpose(1, 2)
-            self._seq_major(self.k_bound[i])[:, :n] = k.abs().amax(-1).transpose(1, 2)
+        """The past's keys and values in the first past-length slots of each sequence, written as the plan
+        writes its own (write_kv_cache: with their key bounds)."""
+        slots = self.slots(0, past.get_seq_length())
+        for i, (k, v) in enumerate(past):  # (batch, kv_heads, tokens, head_dim) -> (batch * tokens, kv_heads, head_dim)
+            rows = [t.transpose(1, 2).reshape(-1, t.shape[1], t.shape[3]) for t in (k, v)]
+            kernels.write_kv_cache(*rows, self.k[i], self.v[i], slots, k_bound=self.k_bound[i])
 
     def legacy(self, tokens: int) -> MptCache:
         """The first `tokens` of each sequence as (batch, kv_heads, tokens, head_dim) views per layer."""
@@ -111,18 +115,14 @@ def _capacity(total: int, max_seq_len: int) -> int:
 def _all_quantized(model: Any) -> bool:
     t = model.transformer
     mats = [t.wte] + ([] if model.lm_head is None else [model.lm_head])
-    mats += [m for b in t.blocks for m in (b.attn.Wqkv, b.attn.out_proj, b.ffn.up_proj, b.ffn.down_proj)]
+    mats += [m for b in t.blocks for _, _, m in block_linears(b)]
     return all(isinstance(m, QuantWeight) for m in mats)
 
 
-def _past_fits(model: Any, past: Any, batch: int) -> bool:
-    """Whether past_key_values is a cache of this model's shape for this batch (anything else: the per-op
-    path, which raises what is wrong with it)."""
+def _past_fits(model: Any, past: MptCache, batch: int) -> bool:
+    """Whether the past is a cache of this model's shape for this batch (anything else: the per-op path,
+    which raises what is wrong with it)."""
     cfg = model.config
-    try:
-        past = MptCache.coerce(past)
-    except (TypeError, ValueError):
-        return False
     if len(past) != cfg.n_layers:
         return False
     want = (batch, cfg.kv_n_heads, past.get_seq_length(), cfg.head_dim)
@@ -143,10 +143,14 @@ def applies(model: Any, input_ids: Any, attention_mask: Any, inputs_embeds: Any,
     batch, tokens = input_ids.shape
     extends = False
     if past_key_values is not None:
-        extends = _storage_to_extend(model, past_key_values, batch) is not None
-        if not extends and not _past_fits(model, past_key_values, batch):
+        try:
+            past = MptCache.coerce(past_key_values)
+        except (TypeError, ValueError):
             return False
-        tokens += MptCache.coerce(past_key_values).get_seq_length()
+        extends = _storage_to_extend(model, past, batch) is not None
+        if not extends and not _past_fits(model, past, batch):
+            return False
+        tokens += past.get_seq_length()
     if tokens > model.config.max_seq_len or model.training:
         return False
     if attention_mask is not None and not (isinstance(attention_mask, torch.Tensor)
@@ -167,7 +171,7 @@ def forward(model: Any, input_ids: torch.Tensor, past_key_values: Any, use_cache
     returns_cache = use_cache or past is not None
     batch, new = input_ids.shape
     total = n_past + new
-    cache = _storage_to_extend(model, past, batch) if past is not None else None
+    cache = _storage_to_extend(model, past, batch)
     if cache is None or not cache.claim(n_past, total):
         size = _capacity(total, cfg.max_seq_len) if returns_cache else total
         blocks = -(-size // DEFAULT_BLOCK_SIZE)
@@ -178,7 +182,7 @@ def forward(model: Any, input_ids: torch.Tensor, past_key_values: Any, use_cache
         cache.plan, cache.model = build_plan(model, cache), weakref.ref(model, cache.forget_plan)
     blocks = cache.capacity // DEFAULT_BLOCK_SIZE
     seq = torch.arange(batch, dtype=torch.int64).view(-1, 1)
-    slots = (seq * cache.capacity + torch.arange(n_past, total).view(1, -1)).reshape(-1)
+    slots = cache.slots(n_past, total)
     tables = (seq * blocks + torch.arange(blocks).view(1, -1)).to(torch.int32)
     lens = torch.full((batch,), total, dtype=torch.int32)
     starts = (torch.arange(batch + 1) * new).to(torch.int32)

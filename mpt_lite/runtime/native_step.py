@@ -28,6 +28,12 @@ def env_allows_native() -> bool:
     return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "off", "no")
 
 
+def block_linears(block: Any) -> tuple:
+    """A block's Linears as (the plan's name, the module's path in the block, the module)."""
+    return (("wqkv", "attn.Wqkv", block.attn.Wqkv), ("out_proj", "attn.out_proj", block.attn.out_proj),
+            ("up_proj", "ffn.up_proj", block.ffn.up_proj), ("down_proj", "ffn.down_proj", block.ffn.down_proj))
+
+
 def _weight_problem(name: str, m: Any, embedding: bool = False) -> str | None:
     if isinstance(m, QuantWeight):
         if m.quant_type not in _SCALE_NAMES:
@@ -65,9 +71,8 @@ def unsupported_reason(model: Any, cache: PagedKVCache) -> str | None:
     if model.lm_head is not None:
         problems.append(_weight_problem("lm_head", model.lm_head))
     for i, block in enumerate(t.blocks):
-        for name, m in (("attn.Wqkv", block.attn.Wqkv), ("attn.out_proj", block.attn.out_proj),
-                        ("ffn.up_proj", block.ffn.up_proj), ("ffn.down_proj", block.ffn.down_proj)):
-            problems.append(_weight_problem(f"blocks.{i}.{name}", m))
+        for _, path, m in block_linears(block):
+            problems.append(_weight_problem(f"blocks.{i}.{path}", m))
     norms = [t.norm_f] + [n for b in t.blocks for n in (b.norm_1, b.norm_2)]
     if any(n.weight.dtype != torch.float32 or (n.bias is not None and n.bias.dtype != torch.float32) for n in norms):
         problems.append("a norm is not float32")
@@ -104,8 +109,7 @@ def build_plan(model: Any, cache: PagedKVCache) -> kernels.DecodePlan:
     for i, b in enumerate(t.blocks):
         plan.set_norm(i, "norm_1", _f32(b.norm_1.weight), _f32(b.norm_1.bias))
         plan.set_norm(i, "norm_2", _f32(b.norm_2.weight), _f32(b.norm_2.bias))
-        for name, m in (("wqkv", b.attn.Wqkv), ("out_proj", b.attn.out_proj), ("up_proj", b.ffn.up_proj),
-                        ("down_proj", b.ffn.down_proj)):
+        for name, _, m in block_linears(b):
             _set_weight(plan, i, name, m)
         plan.set_cache(i, *cache.layer(i), k_bound=cache.k_bound[i])
     plan.validate()
