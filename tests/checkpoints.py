@@ -192,6 +192,20 @@ def quantized(model, blocks: str | None, embedding: str | None):
     return model.eval()
 
 
+# Config variants the native step computes (or, untied_float_lm_head, hands to the torch path in part):
+# tests/test_native_step.py and tests/test_native_forward.py run each.
+STEP_CONFIGS = {
+    "mha": dict(),
+    "gqa_clip_biases_logit_scale": dict(attn_config={"attn_type": "grouped_query_attention", "kv_n_heads": 2,
+                                                     "clip_qkv": 0.8}, no_bias=False, logit_scale=0.5),
+    "mqa_no_alibi_no_wpe": dict(attn_config={"attn_type": "multiquery_attention", "alibi": False},
+                                learned_pos_emb=False),
+    "untied_float_lm_head": dict(tie_word_embeddings=False),
+    "alibi4_6heads_softmax_scale": dict(d_model=48, n_heads=6, attn_config={"alibi_bias_max": 4,
+                                                                             "softmax_scale": 0.3}),
+}
+
+
 def successor_lm(chain: list[int], vocab_size: int):
     """A one-block mpt_lite MptForCausalLM whose greedy next token after chain[i] is chain[i + 1],
     by wide margins (a chain whose last token is its first repeats itself). Each token of the chain

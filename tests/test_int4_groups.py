@@ -8,8 +8,7 @@ import copy
 import pytest
 import torch
 
-from test_native_step import (SCHEDULE, assert_engine_greedy_tokens_identical, float_activations,  # noqa: F401
-                              run_both, tiny)
+from test_native_step import SCHEDULE, assert_engine_greedy_tokens_identical, run_both, tiny
 from test_quant_model import _saved_meta, float_ckpt, load, simulate  # noqa: F401 (a fixture)
 
 import mpt_lite
@@ -169,7 +168,7 @@ def _grouped(model, group):
 
 
 @pytest.mark.parametrize("group", [64, 128])
-def test_native_step_equals_torch_path(group, float_activations):  # noqa: F811 (the fixture)
+def test_native_step_equals_torch_path(group, float_activations):
     run_both(_grouped(tiny(), group), SCHEDULE)
 
 

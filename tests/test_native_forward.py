@@ -6,25 +6,15 @@ training mode)."""
 import pytest
 import torch
 
-from checkpoints import quantized, random_causal_lm
+from checkpoints import STEP_CONFIGS, quantized, random_causal_lm
 
-from mpt_lite import ops
 from mpt_lite.model.cache import MptCache
-from mpt_lite.kernels import decode_step, quant_ops
 from mpt_lite.runtime import native_forward
 
 VOCAB = 101
 FORMATS = {"int8": ("int8", "int8"), "nf4": ("nf4", "nf4"), "int4": ("int4", "int4"),
            "int4_int8_embedding": ("int4", "int8")}
-CONFIGS = {
-    "mha": dict(),
-    "gqa_clip_biases_logit_scale": dict(attn_config={"attn_type": "grouped_query_attention", "kv_n_heads": 2,
-                                                     "clip_qkv": 0.8}, no_bias=False, logit_scale=0.5),
-    "mqa_no_alibi_no_wpe": dict(attn_config={"attn_type": "multiquery_attention", "alibi": False},
-                                learned_pos_emb=False),
-    "alibi4_6heads_softmax_scale": dict(d_model=48, n_heads=6, attn_config={"alibi_bias_max": 4,
-                                                                             "softmax_scale": 0.3}),
-}
+CONFIGS = {k: v for k, v in STEP_CONFIGS.items() if k != "untied_float_lm_head"}  # (a float lm_head: per-op)
 
 
 def tiny(fmt="int4", **kw):
@@ -43,17 +33,6 @@ def native_calls(monkeypatch):
 
     monkeypatch.setattr(native_forward, "forward", spy)
     return calls
-
-
-@pytest.fixture
-def float_activations(monkeypatch):
-    """Both paths with float32 activations in every matmul, so that they agree to float32 rounding
-    (as shipped, an activation within an ulp of a q8 rounding boundary may round differently on one path)."""
-    monkeypatch.setattr(quant_ops, "use_q8", lambda q8, rows, gemm_k=None: bool(q8))
-    monkeypatch.setattr(decode_step, "Q8_MAX_ROWS", 0)
-    monkeypatch.setattr(decode_step, "Q8_GEMM_MIN_K", 0)
-    with ops.use_amx(False):
-        yield
 
 
 def per_op(monkeypatch, model, *args, **kw):

@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from checkpoints import quantized, random_causal_lm
+from checkpoints import STEP_CONFIGS, quantized, random_causal_lm
 
 from mpt_lite import ops
-from mpt_lite.kernels import decode_step, quant_ops
+from mpt_lite.kernels import decode_step
 from mpt_lite.runtime.engine import Engine
 from mpt_lite.runtime.kv_cache import PagedKVCache, PagedStep
 from mpt_lite.runtime.native_step import build_plan, native_logits, unsupported_reason
@@ -18,16 +18,7 @@ VOCAB = 101
 
 FORMATS = {"float32": (None, None), "int8": ("int8", "int8"), "nf4": ("nf4", "nf4"), "int4": ("int4", "int4"),
            "int4_int8_embedding": ("int4", "int8"), "nf4_int8_embedding": ("nf4", "int8")}
-CONFIGS = {
-    "mha": dict(),
-    "gqa_clip_biases_logit_scale": dict(attn_config={"attn_type": "grouped_query_attention", "kv_n_heads": 2,
-                                                     "clip_qkv": 0.8}, no_bias=False, logit_scale=0.5),
-    "mqa_no_alibi_no_wpe": dict(attn_config={"attn_type": "multiquery_attention", "alibi": False},
-                                learned_pos_emb=False),
-    "untied_float_lm_head": dict(tie_word_embeddings=False),
-    "alibi4_6heads_softmax_scale": dict(d_model=48, n_heads=6, attn_config={"alibi_bias_max": 4,
-                                                                             "softmax_scale": 0.3}),
-}
+CONFIGS = STEP_CONFIGS
 
 
 def tiny(**kw):
@@ -37,17 +28,6 @@ def tiny(**kw):
 def assert_logits_close(got, want, rel=1e-4):
     tol = rel * want.abs().max().item()
     assert (got - want).abs().max().item() <= tol, (got - want).abs().max().item()
-
-
-@pytest.fixture
-def float_activations(monkeypatch):
-    """Both paths with float32 activations in every matmul (no q8 rounding of activations, no bf16
-    operands on AMX tiles): so the two paths agree to float32 rounding."""
-    monkeypatch.setattr(quant_ops, "use_q8", lambda q8, rows, gemm_k=None: bool(q8))
-    monkeypatch.setattr(decode_step, "Q8_MAX_ROWS", 0)
-    monkeypatch.setattr(decode_step, "Q8_GEMM_MIN_K", 0)
-    with ops.use_amx(False):
-        yield
 
 
 def run_both(model, schedule, kv_dtype=torch.float32, rel=1e-4):

@@ -165,7 +165,8 @@ def test_native_step_nf4_on_the_integer_path(d_model):
     """Both paths with nf4 blocks (d_model 64: every K a multiple of 64, the integer path at decode,
     float at the 20- and 30-token prefills; d_model 48: K 48 and 96, float only); q8 rounding can
     differ by one code between the paths (see test_native_step_with_q8_activations_as_shipped)."""
-    from test_native_step import FORMATS, SCHEDULE, quantized, run_both, tiny
+    from checkpoints import quantized
+    from test_native_step import FORMATS, SCHEDULE, run_both, tiny
 
     model = quantized(tiny(d_model=d_model, n_heads=4 if d_model == 64 else 6), *FORMATS["nf4"])
     run_both(model, SCHEDULE, rel=1e-2)

@@ -367,7 +367,8 @@ def test_native_step_and_engine_with_rows8(monkeypatch, quant_type):
     """The native step reads rows8 weights as the torch path does (q8 activations as shipped: 1e-2, see
     test_native_step.py), and the engine's greedy tokens are the same with and without it."""
     from checkpoints import random_causal_lm
-    from test_native_step import SCHEDULE, quantized, run_both
+    from checkpoints import quantized
+    from test_native_step import SCHEDULE, run_both
 
     from mpt_lite.runtime.engine import Engine
 
