@@ -2,6 +2,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "cpu/load_vectors.h"
 #include "cpu/quant_formats.h"
 #include "cpu/thread_pool.h"
 
@@ -9,40 +10,28 @@ namespace mpt {
 
 namespace {
 
-// Quantizing runs at load time over every weight: written with vector types (SSE on the portable
-// build, AVX2 in the clone the loader picks) and without libm calls (std::fmax and std::nearbyint kept
-// the old loop scalar: 8 ns a weight, 10 s of an int8 load of a 1.3B). The same IEEE operations in
-// every clone, so every build gives the same codes as ref_quantize_int8.
-#if defined(MPT_LITE_X86_SIMD) && MPT_LITE_X86_SIMD && defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define MPT_INT8_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define MPT_INT8_CLONES
-#endif
-
-// (the helpers below are always inlined: their 32-byte vector returns cross no ABI boundary)
-#pragma GCC diagnostic ignored "-Wpsabi"
-typedef float v8f __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
+// Quantizing runs at load time over every weight: written with vector types (load_vectors.h) and without
+// libm calls (std::fmax and std::nearbyint kept the old loop scalar: 8 ns a weight, 10 s of an int8 load of a
+// 1.3B). The same IEEE operations in every clone, so every build gives the same codes as ref_quantize_int8.
 typedef int8_t v8c __attribute__((vector_size(8)));
 
-__attribute__((always_inline)) inline v8f load8(const float* p) {
+MPT_INLINE v8f load8(const float* p) {
   v8f v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
 
-__attribute__((always_inline)) inline v8f abs8(v8f x) { return reinterpret_cast<v8f>(reinterpret_cast<v8i>(x) & 0x7fffffff); }
+MPT_INLINE v8f abs8(v8f x) { return reinterpret_cast<v8f>(reinterpret_cast<v8i>(x) & 0x7fffffff); }
 
-// round half to even (as torch.round) of v clamped to [-127, 127]; NaN gives -127, as fmin(127,
-// fmax(-127, nearbyint(NaN))) did. Adding 1.5 * 2^23 rounds to an integer (IEEE, no fast-math).
-__attribute__((always_inline)) inline v8i code8(v8f v) {
-  const v8f lo = v8f{} - 127.f, hi = v8f{} + 127.f, magic = v8f{} + 12582912.0f;
+// v clamped to [-127, 127], rounded half to even; NaN gives -127, as fmin(127, fmax(-127, nearbyint(NaN))) did.
+MPT_INLINE v8i code8(v8f v) {
+  const v8f lo = v8f{} - 127.f, hi = v8f{} + 127.f;
   v = v >= lo ? v : lo;
   v = v <= hi ? v : hi;
-  return __builtin_convertvector((v + magic) - magic, v8i);
+  return __builtin_convertvector(round_even8(v), v8i);
 }
 
-MPT_INT8_CLONES void quantize_int8_rows(const float* w, int64_t n0, int64_t n1, int64_t K, int8_t* cb, float* scb) {
+MPT_LOAD_CLONES void quantize_int8_rows(const float* w, int64_t n0, int64_t n1, int64_t K, int8_t* cb, float* scb) {
   for (int64_t n = n0; n < n1; ++n) {
     const float* row = w + n * K;
     // the largest |w| (NaN ignored, as std::fmax ignores it)

@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "cpu/load_vectors.h"
 #include "cpu/quant_formats.h"
 #include "cpu/thread_pool.h"
 
@@ -15,16 +16,8 @@ namespace mpt {
 
 namespace {
 
-// The search runs at load time over every weight: an AVX2 clone of the two workers, picked by the
-// loader (GCC ifunc), keeps loading near the absmax quantizers' speed. Same IEEE operations (no
-// FMA contraction: this file is built with -ffp-contract=off), so every clone gives the same bits.
-#if defined(MPT_LITE_X86_SIMD) && MPT_LITE_X86_SIMD && defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define MPT_SEARCH_CLONES __attribute__((target_clones("avx2", "default")))
-#define MPT_INLINE inline __attribute__((always_inline))  // into each clone, with its ISA
-#else
-#define MPT_SEARCH_CLONES
-#define MPT_INLINE inline
-#endif
+// The search runs at load time over every weight: an AVX2 clone of the two workers (load_vectors.h) keeps
+// loading near the absmax quantizers' speed, every clone giving the same bits.
 
 constexpr float kInt4Trials[] = {7.0f, 7.5f, 8.0f, 8.5f, 9.0f, 9.5f, 10.0f};
 constexpr float kNf4Trials[] = {1.0f, 1.1f, 1.2f};
@@ -52,12 +45,7 @@ MPT_INLINE float tree_sum(float* a, int64_t n) {
   return a[0];
 }
 
-// Vectors of 8 floats (GCC/Clang vector extensions: SSE or AVX2 code by clone, plain scalar code elsewhere);
-// nf4 holds a block of 8 V as a Group.
-// (helpers returning these are always inlined: their 32-byte vector returns cross no ABI boundary)
-#pragma GCC diagnostic ignored "-Wpsabi"
-typedef float v8f __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
+// nf4 holds a block of 8 V floats as a Group of vectors.
 template <int V>
 struct Group {
   v8f v[V];
@@ -114,14 +102,13 @@ MPT_INLINE v8f select(v8i mask, v8f a, v8f b) { return mask ? a : b; }
 
 MPT_INLINE v8f lane_inverse(v8f s) { return select(s != 0.f, 1.0f / s, v8f{}); }
 
-// the int4 level of x * inv: round(clamp(x * inv, -8, 7)), rounding half to even as torch.round (adding
-// 1.5 * 2^23 rounds to an integer; IEEE, no fast-math)
+// the int4 level of x * inv: round(clamp(x * inv, -8, 7)), rounding half to even as torch.round
 MPT_INLINE v8f lane_level(v8f x, v8f inv) {
-  const v8f magic = v8f{} + 12582912.0f, lo = v8f{} - 8.f, hi = v8f{} + 7.f;
+  const v8f lo = v8f{} - 8.f, hi = v8f{} + 7.f;
   v8f t = x * inv;
   t = t < lo ? lo : t;
   t = t > hi ? hi : t;
-  return (t + magic) - magic;
+  return round_even8(t);
 }
 
 template <int L>
@@ -217,7 +204,7 @@ MPT_INLINE void int4_rows_of(const float* w, int64_t n0, int64_t n1, int64_t K, 
     int4_lanes<V>(w, K, i, static_cast<int>(std::min<int64_t>(8, i1 - i)), packed, scales);
 }
 
-MPT_SEARCH_CLONES void int4_rows(const float* w, int64_t n0, int64_t n1, int64_t K, int64_t group, uint8_t* packed,
+MPT_LOAD_CLONES void int4_rows(const float* w, int64_t n0, int64_t n1, int64_t K, int64_t group, uint8_t* packed,
                                  uint16_t* scales) {
   static_assert(kInt4Group == 32 && kInt4MaxGroup == 256, "int4 groups are 4 to 32 vectors of 8");
   switch (group) {
@@ -284,7 +271,7 @@ MPT_INLINE void nf4_blocks_vec(const float* w, int64_t b0, int64_t b1, int64_t n
   }
 }
 
-MPT_SEARCH_CLONES void nf4_blocks(const float* w, int64_t b0, int64_t b1, int64_t numel, int64_t blocksize,
+MPT_LOAD_CLONES void nf4_blocks(const float* w, int64_t b0, int64_t b1, int64_t numel, int64_t blocksize,
                                   const float* mids, uint8_t* packed, float* absmax) {
   int64_t n = 1;
   while (n < blocksize) n *= 2;
