@@ -162,6 +162,38 @@ def test_int8_rows8_rows_do_not_depend_on_row_count_or_threads():
             assert torch.equal(ops.matmul_int8(x, c8, scb, q8=True, rows8=True, num_threads=threads), full)
 
 
+@pytest.mark.skipif("avx512" not in ISAS, reason="the x-row passes are the AVX-512 rows8 kernel's (AVX2 takes "
+                    "its panels from 16-32 rows)")
+@pytest.mark.parametrize("quant_type", ["int4", "nf4", "int8"])
+def test_rows8_prompt_in_several_l2_passes(quant_type):
+    """At K = 65536 a pass over the weights takes 8 x rows on any L2 up to 2 MiB (a quarter of L2 of x codes), so
+    21 rows make passes of 8, 8 and 5: each row equals that row computed alone and the q8 reference."""
+    N, K, M = 24, 65536, 21
+    x = torch.randn(M, K, generator=torch.Generator().manual_seed(1))
+    if quant_type == "int4":
+        packed, scales = _q(N, K)
+        p8, s8 = ops.int4_to_rows8(packed, scales, K)
+        run = lambda v: ops.matmul_int4(v, p8, s8, K, q8=True, rows8=True)
+        want, w = ops.ref_matmul_int4(x, packed, scales, K, q8=True), ops.ref_dequantize_int4(packed, scales, K)
+    elif quant_type == "nf4":
+        packed, absmax = _nf4(N, K, 64)
+        p8, a8 = ops.nf4_to_rows8(packed, absmax, (N, K), 64)
+        run = lambda v: ops.matmul_nf4(v, p8, a8, (N, K), 64, q8=True, rows8=True)
+        want = ops.ref_matmul_nf4(x, packed, absmax, (N, K), blocksize=64, q8=True)
+        w = ops.ref_dequantize_nf4_int8(packed, absmax, (N, K), 64)
+    else:
+        cb, scb = _int8(N, K)
+        c8 = ops.int8_to_rows8(cb, scb)
+        run = lambda v: ops.matmul_int8(v, c8, scb, q8=True, rows8=True)
+        want, w = ops.ref_matmul_int8(x, cb, scb, q8=True), ops.ref_dequantize_int8(cb, scb)
+    with ops.use_isa("avx512"):
+        full = run(x)
+        for m in (0, 7, 8, 15, 16, 20):
+            assert torch.equal(run(x[m:m + 1]), full[m:m + 1]), m
+    bound = (ops.ref_dequantize_q8(x).abs() @ w.abs().t()) * (K * 2.0 ** -23) + 1e-6
+    assert bool(((full - want).abs() <= bound).all()), (full - want).abs().max().item()
+
+
 def test_rows8_needs_a_multiple_of_8_rows():
     packed, absmax = _nf4(8, 96, 64)  # 96 k: blocks of 64 straddle the q8 blocks (not nf4_q8_ok)
     with pytest.raises(ValueError, match="blocksize"):

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "cpu/quant_formats.h"
+#include "cpu/quant_gemm.h"
 #include "cpu/quant_rows8_driver.h"
 
 namespace mpt {
@@ -171,13 +172,12 @@ struct Rows8Vnni {
     }
   }
 
-  // Every x row against sets n8 and n8 + 1 (or n8 alone), 8, then 4, then 1-3 x rows a pass; the prefetch
-  // rides on the first pass.
-  void pair(int64_t n8, int64_t ng, bool lone, const uint8_t* pf, int64_t pf_ng) const {
-    int64_t m0 = 0;
-    for (; m0 + 8 <= x.M; m0 += 8, pf = nullptr) pair_tile<1, 8>(n8, ng, m0, lone, pf, pf_ng);
-    for (; m0 + 4 <= x.M; m0 += 4, pf = nullptr) pair_tile<1, 4>(n8, ng, m0, lone, pf, pf_ng);
-    switch (x.M - m0) {
+  // x rows m0 .. m1 - 1 against sets n8 and n8 + 1 (or n8 alone), 8, then 4, then 1-3 x rows a pass; the
+  // prefetch rides on the first pass.
+  void pair(int64_t n8, int64_t ng, bool lone, const uint8_t* pf, int64_t pf_ng, int64_t m0, int64_t m1) const {
+    for (; m0 + 8 <= m1; m0 += 8, pf = nullptr) pair_tile<1, 8>(n8, ng, m0, lone, pf, pf_ng);
+    for (; m0 + 4 <= m1; m0 += 4, pf = nullptr) pair_tile<1, 4>(n8, ng, m0, lone, pf, pf_ng);
+    switch (m1 - m0) {
       case 1: pair_tile<1, 1>(n8, ng, m0, lone, pf, pf_ng); break;
       case 2: pair_tile<1, 2>(n8, ng, m0, lone, pf, pf_ng); break;
       case 3: pair_tile<1, 3>(n8, ng, m0, lone, pf, pf_ng); break;
@@ -185,19 +185,31 @@ struct Rows8Vnni {
     }
   }
 
+  // x rows a pass over a worker's weight tiles: their codes (Kp bytes a row) fill at most a quarter of L2, so
+  // that they stay there while each weight pair streams in once per pass. Without it a 512-row prompt streamed
+  // all of x from L3 for every pair (1-4 MB on the 1.3B); the rows' results do not depend on the passes.
+  int64_t x_rows_in_l2() const {
+    const int64_t rows = gemm_cache_sizes().l2 / 4 / (x.KB * 32) / 8 * 8;
+    return std::max<int64_t>(rows, 8);
+  }
+
   auto make_worker() {
     return [this](int64_t t0, int64_t t1) {  // sets t0 .. t1 - 1, whole layout tiles
       const int64_t S = w.N / 8;
-      for (int64_t t = t0; t < t1; t += kRows8TileSets) {
-        const int64_t ng = rows8_tile_sets(t, S), tn = t + kRows8TileSets;
-        if (x.M == 1 && ng == kRows8TileSets) {  // one x row: the whole tile a pass (one stream of codes, of scales)
-          if constexpr (kInt8) pair_tile<2, 1>(t, ng, 0, false, nullptr, 0);
-          else one_row_tile(t, 0);
-          continue;
+      const int64_t mc = x_rows_in_l2();
+      for (int64_t m_lo = 0; m_lo < x.M; m_lo += mc) {
+        const int64_t m_hi = std::min(x.M, m_lo + mc);
+        for (int64_t t = t0; t < t1; t += kRows8TileSets) {
+          const int64_t ng = rows8_tile_sets(t, S), tn = t + kRows8TileSets;
+          if (x.M == 1 && ng == kRows8TileSets) {  // one x row: the whole tile a pass (one stream of codes, of scales)
+            if constexpr (kInt8) pair_tile<2, 1>(t, ng, 0, false, nullptr, 0);
+            else one_row_tile(t, 0);
+            continue;
+          }
+          const uint8_t* pf = x.M > 1 && tn < t1 ? w.data + rows8_unit(tn, 0, S, x.KB) * kUnit : nullptr;
+          const int64_t pf_ng = pf ? rows8_tile_sets(tn, S) : 0;
+          for (int64_t p = 0; p < ng; p += 2, pf = nullptr) pair(t + p, ng, p + 1 == ng, pf, pf_ng, m_lo, m_hi);
         }
-        const uint8_t* pf = x.M > 1 && tn < t1 ? w.data + rows8_unit(tn, 0, S, x.KB) * kUnit : nullptr;
-        const int64_t pf_ng = pf ? rows8_tile_sets(tn, S) : 0;
-        for (int64_t p = 0; p < ng; p += 2, pf = nullptr) pair(t + p, ng, p + 1 == ng, pf, pf_ng);
       }
     };
   }
