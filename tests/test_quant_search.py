@@ -6,6 +6,7 @@ import torch
 
 from mpt_lite import kernels
 from mpt_lite.kernels import reference as ref
+from mpt_lite.kernels.layouts import nf4_code
 
 SHAPES = [(64, 64), (37, 48), (13, 100), (5, 7), (300, 257), (1, 1)]
 
@@ -39,6 +40,22 @@ def test_nf4_kernel_equals_reference(shape, kind, blocksize):
     packed, absmax = kernels.search_quantize_nf4(w, blocksize)
     rp, ra = ref.ref_search_quantize_nf4(w, blocksize)
     assert torch.equal(packed, rp) and torch.equal(absmax, ra)
+
+
+def test_nf4_values_on_the_code_midpoints():
+    """Blocks of 1.0 (the absmax), the 15 midpoints between NF4 code values, and the scaled midpoints that the
+    least-squares refits land on: each trial puts values exactly on a midpoint, where "strictly above" decides the
+    code. The kernel (its binary search over the midpoints) equals the reference's count of midpoints below."""
+    code = nf4_code()
+    mids = (code[:-1] + code[1:]) / 2
+    rows = []
+    for t in (1.0, 1.1, 1.2):
+        rows.append(torch.cat([torch.tensor([1.0]), mids / t, -mids / t, code[:16] / t, torch.zeros(1)])[:64])
+    w = torch.stack([torch.nn.functional.pad(r, (0, 64 - r.numel())) for r in rows])
+    for blocksize in (64, 128):
+        packed, absmax = kernels.search_quantize_nf4(w, blocksize)
+        rp, ra = ref.ref_search_quantize_nf4(w, blocksize)
+        assert torch.equal(packed, rp) and torch.equal(absmax, ra)
 
 
 def test_bfloat16_input_quantizes_as_its_float32_value():
