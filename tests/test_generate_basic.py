@@ -49,6 +49,24 @@ def test_eos_stops_generation(models):
     assert stopped.shape[1] == 5 + first + 1 and int(stopped[0, -1]) == eos
 
 
+def test_finished_rows_pad_with_the_first_eos_as_transformers(models):
+    """Without a pad_token_id, transformers fills a finished row with eos_token_id[0]; with the list's first id
+    the larger one, a row that ends early must show it, not the list's smallest."""
+    ours, theirs = models
+    assert ours.config.pad_token_id is None
+    ids = torch.randint(1, CFG["vocab_size"], (2, 5), generator=torch.Generator().manual_seed(4))
+    free = ours.generate(ids, max_new_tokens=10)
+    early = int(free[0, 6])  # row 0's second new token; row 1 runs on unless it meets it
+    other = next(t for t in range(CFG["vocab_size"] - 1, 0, -1) if t not in free[:, 5:].tolist()[0]
+                 and t not in free[:, 5:].tolist()[1])
+    first, second = (other, early) if other > early else (early, other)
+    eos = [first, second]
+    a = ours.generate(ids, max_new_tokens=10, eos_token_id=eos)
+    b = theirs.generate(ids, max_new_tokens=10, do_sample=False, eos_token_id=eos, pad_token_id=None)
+    assert torch.equal(a, b)
+    assert a.shape[1] > 7 and int(a[0, -1]) == first  # row 0 ended at step 2 and was padded
+
+
 def test_seeded_sampling_is_reproducible(models):
     ours, _ = models
     ids = torch.randint(1, CFG["vocab_size"], (1, 4), generator=torch.Generator().manual_seed(4))

@@ -52,7 +52,8 @@ def generate(model, inputs: Any = None, attention_mask: torch.Tensor | None = No
             raise ValueError("stream=True needs a string prompt (it yields text)")
         if stops:
             raise ValueError("stop strings need a string prompt; with token ids use eos_token_id")
-        return _generate_ids(model, inputs, attention_mask, max_new_tokens, params, eos, opts)
+        return _generate_ids(model, inputs, attention_mask, max_new_tokens, params, eos,
+                             padding_id(model, eos_token_id), opts)
     tok = model.tokenizer
     if tok is None:
         raise ValueError("this model has no tokenizer: pass token ids (a LongTensor) instead of text")
@@ -68,15 +69,34 @@ def generate(model, inputs: Any = None, attention_mask: torch.Tensor | None = No
     raise TypeError(f"generate() takes a string, a list of strings or a LongTensor, not {type(inputs).__name__}")
 
 
-def eos_ids(model, eos_token_id: Any) -> set[int]:
-    """The token ids that end generation: those given, else the config's or the tokenizer's eos."""
+def _eos_given(model, eos_token_id: Any) -> Any:
+    """eos_token_id as given, else the config's or the tokenizer's eos (None: none)."""
     if eos_token_id is None:
         eos_token_id = model.config.eos_token_id
         if eos_token_id is None and model.tokenizer is not None:
             eos_token_id = model.tokenizer.eos_token_id
+    return eos_token_id
+
+
+def eos_ids(model, eos_token_id: Any) -> set[int]:
+    """The token ids that end generation: those given, else the config's or the tokenizer's eos."""
+    eos_token_id = _eos_given(model, eos_token_id)
     if eos_token_id is None:
         return set()
     return {int(e) for e in eos_token_id} if isinstance(eos_token_id, (list, tuple, set)) else {int(eos_token_id)}
+
+
+def padding_id(model, eos_token_id: Any) -> int:
+    """What fills a finished row of generate()'s ids: pad_token_id, else the first eos id given (as transformers
+    pads with eos_token_id[0]), else 0."""
+    if model.config.pad_token_id is not None:
+        return int(model.config.pad_token_id)
+    eos = _eos_given(model, eos_token_id)
+    if isinstance(eos, (list, tuple)):
+        return int(eos[0]) if len(eos) else 0
+    if isinstance(eos, set):
+        return min(int(e) for e in eos) if eos else 0
+    return int(eos) if eos is not None else 0
 
 
 def _engine(model, rows: list[list[int]], max_new: int, opts: dict):
@@ -99,7 +119,7 @@ def _add(engine, row: list[int], max_new: int, params: SamplingParams, eos: set[
                               constraint=constrain() if constrain is not None else None, **request_opts)
 
 
-def _generate_ids(model, ids, mask, max_new, params, eos, opts) -> torch.Tensor:
+def _generate_ids(model, ids, mask, max_new, params, eos, pad, opts) -> torch.Tensor:
     """Rows run unpadded (a padded position is dropped, as the mask says), so left padding gives
     what transformers gives: ALiBi biases and llm-foundry's shifted wpe positions are relative."""
     check_input_ids(ids, model.config.vocab_size)
@@ -116,10 +136,7 @@ def _generate_ids(model, ids, mask, max_new, params, eos, opts) -> torch.Tensor:
     width = max(len(r.output) for r in reqs)
     if width == 0:
         return ids.clone()
-    pad = model.config.pad_token_id
-    if pad is None:
-        pad = min(eos) if eos else 0
-    new = torch.full((len(reqs), width), int(pad), dtype=ids.dtype)
+    new = torch.full((len(reqs), width), pad, dtype=ids.dtype)
     for i, r in enumerate(reqs):
         new[i, :len(r.output)] = torch.tensor(r.output, dtype=ids.dtype)
     return torch.cat([ids, new.to(ids.device)], dim=1)
