@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 from pathlib import Path
 from typing import Any
 
 CONFIG_NAME = "config.json"
+logger = logging.getLogger(__name__)
 
 
 class MissingKeyError(KeyError):
@@ -92,13 +94,27 @@ class MptConfig:
 
     model_type = "mpt"
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, d_model: int = 2048, n_heads: int = 16, n_layers: int = 24, expansion_ratio: int = 4,
+                 max_seq_len: int = 2048, vocab_size: int = 50368, resid_pdrop: float = 0.0,
+                 layer_norm_epsilon: float = 1e-5, emb_pdrop: float = 0.0, learned_pos_emb: bool = True,
+                 attn_config: dict | None = None, init_device: str = "cpu", logit_scale: float | str | None = None,
+                 no_bias: bool = True, verbose: int = 0, embedding_fraction: float = 1.0,
+                 norm_type: str = "low_precision_layernorm", use_cache: bool = False,
+                 initializer_range: float = 0.02, **kwargs: Any) -> None:
+        named = dict(d_model=d_model, n_heads=n_heads, n_layers=n_layers, expansion_ratio=expansion_ratio,
+                     max_seq_len=max_seq_len, vocab_size=vocab_size, resid_pdrop=resid_pdrop,
+                     layer_norm_epsilon=layer_norm_epsilon, emb_pdrop=emb_pdrop, learned_pos_emb=learned_pos_emb,
+                     attn_config=attn_config, init_device=init_device, logit_scale=logit_scale, no_bias=no_bias,
+                     verbose=verbose, embedding_fraction=embedding_fraction, norm_type=norm_type,
+                     use_cache=use_cache, initializer_range=initializer_range)
         for alias, name in ALIASES.items():
             if alias in kwargs:
                 value = kwargs.pop(alias)
-                if name in kwargs and kwargs[name] != value:
-                    raise ValueError(f"both {alias}={value!r} and {name}={kwargs[name]!r} were given")
-                kwargs[name] = value
+                # a named argument left at its default was not given: the alias sets it
+                if named[name] != DEFAULTS[name] and named[name] != value:
+                    raise ValueError(f"both {alias}={value!r} and {name}={named[name]!r} were given")
+                named[name] = value
+        kwargs = {**named, **kwargs}
         for name, default in DEFAULTS.items():
             setattr(self, name, copy.deepcopy(kwargs.pop(name, default)))
         self.attn_config = self._make_attn_config(self.attn_config)
@@ -106,14 +122,14 @@ class MptConfig:
         id2label = kwargs.pop("id2label", None)
         label2id = kwargs.pop("label2id", None)
         num_labels = kwargs.pop("num_labels", None)
-        if id2label is not None:
+        if num_labels is not None and (id2label is None or int(num_labels) != len(id2label)):
+            if id2label is not None:  # as transformers: num_labels wins, and says so
+                logger.warning("num_labels=%s replaces the %d labels of id2label", num_labels, len(id2label))
+            id2label, label2id = {i: f"LABEL_{i}" for i in range(int(num_labels))}, None
+        elif id2label is not None:
             id2label = {int(k): v for k, v in dict(id2label).items()}
-        elif num_labels is not None:
-            id2label = {i: f"LABEL_{i}" for i in range(int(num_labels))}
         else:
             id2label = {0: "LABEL_0", 1: "LABEL_1"}
-        if num_labels is not None and int(num_labels) != len(id2label):
-            raise ValueError(f"num_labels={num_labels} but id2label has {len(id2label)} entries")
         self.id2label = id2label
         self.label2id = dict(label2id) if label2id is not None else {v: k for k, v in id2label.items()}
         self.problem_type = kwargs.pop("problem_type", None)
@@ -268,8 +284,8 @@ class MptConfig:
         out: dict[str, Any] = {}
         for name in DEFAULTS:
             out[name] = copy.deepcopy(getattr(self, name))
-        out["attn_config"] = dict(self.attn_config)
-        out["id2label"] = {str(k): v for k, v in self.id2label.items()}
+        out["attn_config"] = {k: v for k, v in self.attn_config.items() if k != "kv_n_heads" or v is not None}
+        out["id2label"] = dict(self.id2label)  # int keys, as transformers' to_dict (JSON makes them strings)
         out["label2id"] = dict(self.label2id)
         if self.problem_type is not None:
             out["problem_type"] = self.problem_type
@@ -295,6 +311,15 @@ class MptConfig:
             raise ValueError(f"a config must be a JSON object, got {type(data).__name__}")
         merged = dict(data)
         attn_over = overrides.pop("attn_config", None)
+        for alias, name in ALIASES.items():  # an override by either name replaces the file's field by either
+            if alias in overrides or name in overrides:
+                merged.pop(alias, None)
+                merged.pop(name, None)
+        labels = merged.get("id2label")
+        if "num_labels" in overrides and "id2label" not in overrides and labels is not None \
+                and len(labels) != int(overrides["num_labels"]):  # the file's labels give way to a new count
+            merged.pop("id2label")
+            merged.pop("label2id", None)
         merged.update(overrides)
         if attn_over is not None:
             base = dict(merged.get("attn_config") or {})

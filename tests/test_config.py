@@ -104,6 +104,51 @@ def test_config_overrides_from_pretrained(tmp_path):
     assert c.max_seq_len == 83968 and c.attn_config.clip_qkv == 2.0 and c.attn_config.alibi is True
 
 
+def test_signature_defaults_and_to_dict_equal_transformers():
+    """inspect.signature shows the seed doc's arguments with transformers' defaults, and to_dict() holds the same
+    values under the same keys (int label keys in memory, as transformers)."""
+    import inspect
+
+    import transformers
+
+    ours, theirs = inspect.signature(MptConfig).parameters, inspect.signature(transformers.MptConfig).parameters
+    for f in FIELDS[:-4]:
+        assert ours[f].default == theirs[f].default, f
+    assert ours["verbose"].default == 0 and ours["attn_config"].default is None
+    a, b = MptConfig().to_dict(), transformers.MptConfig().to_dict()
+    for key in set(a) & set(b) - {"attn_config", "model_type"}:
+        assert a[key] == b[key], key
+    assert {k: a["attn_config"][k] for k in ATTN_FIELDS} == {k: b["attn_config"][k] for k in ATTN_FIELDS}
+    assert set(a["attn_config"]) == set(ATTN_FIELDS)  # kv_n_heads only when a file or caller sets it
+    assert MptConfig(attn_config={"kv_n_heads": 2}).to_dict()["attn_config"]["kv_n_heads"] == 2
+
+
+def test_num_labels_replaces_the_label_map_as_in_transformers(tmp_path):
+    import transformers
+
+    ours = MptConfig(id2label={0: "neg", 1: "pos"}, num_labels=3)
+    theirs = transformers.MptConfig(id2label={0: "neg", 1: "pos"}, num_labels=3)
+    assert ours.num_labels == theirs.num_labels == 3 and ours.id2label == theirs.id2label
+    assert ours.label2id == theirs.label2id
+    MptConfig(d_model=64, n_heads=4, n_layers=2, vocab_size=100, id2label={0: "neg", 1: "pos"}).save_pretrained(tmp_path)
+    for n in (3, 2, 1):
+        c, h = MptConfig.from_pretrained(tmp_path, num_labels=n), transformers.MptConfig.from_pretrained(tmp_path, num_labels=n)
+        assert c.num_labels == h.num_labels == n and c.id2label == h.id2label, n
+    head = mpt_lite.MptForSequenceClassification.from_pretrained(mpt_lite.default_model_path(), num_labels=3)
+    assert head.config.num_labels == 3 and head.score.weight.shape[0] == 3
+    loaded = mpt_lite.load(task="sequence-classification", num_labels=4)
+    assert loaded.config.num_labels == 4 and loaded.score.weight.shape[0] == 4
+
+
+def test_an_override_by_alias_replaces_the_files_field(tmp_path):
+    import transformers
+
+    MptConfig(d_model=64, n_heads=4, n_layers=2, vocab_size=100).save_pretrained(tmp_path)
+    c = MptConfig.from_pretrained(tmp_path, hidden_size=128, num_hidden_layers=3)
+    h = transformers.MptConfig.from_pretrained(tmp_path, hidden_size=128, num_hidden_layers=3)
+    assert (c.d_model, c.n_layers) == (h.d_model, h.n_layers) == (128, 3)
+
+
 def test_random_init_models_build():
     c = MptConfig(d_model=32, n_heads=4, n_layers=1, vocab_size=50, max_seq_len=16)
     for cls in (mpt_lite.MptModel, mpt_lite.MptForCausalLM, mpt_lite.MptForSequenceClassification,
