@@ -160,6 +160,15 @@ def test_save_reload_round_trips_exactly(float_ckpt, tmp_path, bits, quant_type,
     with pytest.raises(ValueError, match="int4|nf4|int8"):
         other = "int4" if quant_type == "nf4" else "nf4"
         mpt_lite.MptForCausalLM.from_pretrained(tmp_path, bits=4, quant_type=other if bits == 4 else "nf4")
+    # bits alone (load()'s default is 4) loads the folder as saved: silently for a 4-bit folder, with a warning
+    # for int8
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = mpt_lite.load(tmp_path)
+    assert [str(w.message) for w in caught if "as saved" in str(w.message)] == \
+        ([] if bits == 4 else [f"{tmp_path} holds int8 weights; loading them as saved, not at bits=4 (quantizing "
+                                "them again would lose precision)"])
+    assert again.transformer.blocks[0].attn.Wqkv.quant_type == fmt and torch.equal(again(ids).logits, q(ids).logits)
     if bits == 4:  # the embedding as saved, not as embedding_bits would make it
         with pytest.raises(ValueError, match="embedding"):
             mpt_lite.MptForCausalLM.from_pretrained(tmp_path, embedding_bits=8 if embedding_bits else 4)

@@ -21,7 +21,7 @@ from .. import kernels
 from .checkpoint import iter_tensors, resolve_checkpoint, safetensors_metadata, weight_files
 from ..config import CONFIG_NAME, MissingKeyError, MptConfig
 from ..quant import FORMAT_VERSION, QUANT_TYPES
-from ..quant import (QuantEmbedding, QuantLinear, check_embedding_bits, embedding_quant_type, quant_type_for,
+from ..quant import (FOUR_BIT, QuantEmbedding, QuantLinear, check_embedding_bits, embedding_quant_type, quant_type_for,
                      quantized_modules)
 
 HEAD_PREFIXES = ("score.", "classifier.", "qa_outputs.", "lm_head.")
@@ -66,9 +66,17 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
     stored, blocksize, stored_formats, version = _stored_quantization(files)
     stored_rows8 = _stored_rows8(files) if stored_formats else set()
     if stored is not None:
+        # Weights saved quantized load as saved: quantizing codes again would only lose more. bits=4 alone is met
+        # by either 4-bit format. Other bits alone (load()'s default of 4 on an int8 folder) are overridden with a
+        # warning, as transformers does when a checkpoint's quantization_config differs from the one passed; a
+        # quant_type that names another format is an error.
         if qtype is not None and qtype != stored:
-            raise ValueError(f"{folder} holds {stored} weights; they cannot be loaded as {qtype} "
-                             f"(pass bits=None to use them as saved)")
+            if quant_type is not None:
+                raise ValueError(f"{folder} holds {stored} weights; they cannot be loaded as {qtype} "
+                                 f"(pass bits=None to use them as saved)")
+            if not (bits == 4 and stored in FOUR_BIT):
+                warnings.warn(f"{folder} holds {stored} weights; loading them as saved, not at bits={bits} "
+                              f"(quantizing them again would lose precision)", stacklevel=3)
         qtype = stored
     if group_size is not None and qtype != "int4":
         raise ValueError(f"group_size applies to int4 weights; {folder} is loaded as "
