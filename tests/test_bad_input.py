@@ -25,6 +25,20 @@ def test_token_id_out_of_range(model):
 def test_float_input_ids(model):
     with pytest.raises(TypeError, match="integer token ids"):
         model(input_ids=torch.tensor([[1.0, 2.0]]))
+    for dtype in (torch.uint8, torch.int16, torch.bool):  # ids torch's embedding lookup does not take
+        with pytest.raises(TypeError, match="integer token ids"):
+            model(input_ids=torch.tensor([[1, 0]], dtype=dtype))
+    assert torch.equal(model(input_ids=torch.tensor([[1, 2]], dtype=torch.int32)).logits,
+                       model(input_ids=torch.tensor([[1, 2]])).logits)
+
+
+def test_bad_logits_to_keep(model):
+    ids = torch.tensor([[1, 2, 3]])
+    for bad in (1.5, "1", None, True):
+        with pytest.raises(TypeError, match="logits_to_keep"):
+            model(input_ids=ids, logits_to_keep=bad)
+    with pytest.raises(ValueError, match="logits_to_keep"):
+        model(input_ids=ids, logits_to_keep=-1)
 
 
 def test_wrong_shapes(model):
@@ -56,6 +70,15 @@ def test_bad_cache(model):
     past = model(input_ids=torch.tensor([[1, 2], [3, 4]]), use_cache=True).past_key_values
     with pytest.raises(ValueError, match="batch"):
         model(input_ids=torch.tensor([[1]]), past_key_values=past)
+    heads, dim, layers = CFG["n_heads"], CFG["d_model"] // CFG["n_heads"], CFG["n_layers"]
+    ids = torch.tensor([[1]])
+    for k_shape, v_shape in (((1, heads, 3, dim + 1),) * 2, ((1, heads + 1, 3, dim),) * 2,
+                             ((1, heads, 3, dim), (1, heads, 2, dim)), ((1, heads, 3),) * 2):
+        bad = [(torch.zeros(k_shape), torch.zeros(v_shape))] * layers
+        with pytest.raises(ValueError, match=r"past_key_values(\[0\]| layer 0)"):
+            model(input_ids=ids, past_key_values=bad)
+    with pytest.raises(TypeError, match="float tensor"):
+        model(input_ids=ids, past_key_values=[(torch.zeros(1, heads, 3, dim, dtype=torch.long),) * 2] * layers)
 
 
 def test_unknown_arguments(model):

@@ -199,3 +199,25 @@ def test_corrupt_or_truncated_weights_give_oserror(tmp_path, layout, damage):
     r = run_python(CORRUPT, str(tmp_path))
     assert r.returncode == 3, r.stderr[-2000:]
     assert f.name in r.stdout
+
+
+@pytest.mark.parametrize("bits", [None, 8, 4])
+def test_bad_weights_name_their_tensor(tmp_path, bits):
+    """A weight of the wrong shape, holding NaN, or of an integer dtype in a float checkpoint: every load, quantizing
+    or not, names the tensor."""
+    key = "transformer.blocks.0.attn.Wqkv.weight"
+    for bad, err in ((STATE[key][:, : CFG["d_model"] // 2].contiguous(), ValueError),
+                     (STATE[key].clone().index_fill_(0, torch.tensor([3]), float("nan")), ValueError),
+                     (STATE[key].to(torch.int32), TypeError)):
+        if bad.is_floating_point() and not bad.isfinite().all() and bits is None:
+            continue  # float weights load as they are (a NaN is the checkpoint's own)
+        folder = tmp_path / f"{bits}-{len(os.listdir(tmp_path))}"
+        folder.mkdir()
+        write_single_safetensors(folder, CFG, {**STATE, key: bad.float()})
+        if not bad.is_floating_point():  # as the writer casts every tensor, store this one as it is
+            from safetensors.torch import load_file, save_file
+
+            tensors = load_file(str(folder / "model.safetensors"))
+            save_file({**tensors, key: bad}, str(folder / "model.safetensors"))
+        with pytest.raises(err, match=key.replace(".", r"\.")):
+            mpt_lite.MptForCausalLM.from_pretrained(folder, bits=bits)

@@ -119,8 +119,13 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
         owner, _, piece = name.rpartition(".")
         if owner in qmods or (piece != "bias" and _bnb_owner(name, qmods)):
             if owner in qmods and piece == "weight" and tensor.is_floating_point():
-                qmods[owner].quantize_from(tensor)  # the source tensor is freed below
+                try:
+                    qmods[owner].quantize_from(tensor)  # the source tensor is freed below
+                except (ValueError, TypeError) as e:  # name the tensor, as the float path does
+                    raise type(e)(f"{key}: {e}") from e
                 seen.add(owner)
+            elif owner in qmods and piece == "weight" and stored is None:  # a float checkpoint's codes?
+                raise TypeError(f"{key}: expected floating-point weights, found {tensor.dtype}")
             else:
                 mod_name, rest = _bnb_owner(name, qmods) or (owner, piece)
                 pieces.setdefault(mod_name, {})[rest] = tensor if mapped else tensor.clone()

@@ -12,7 +12,7 @@ from ..config import MptConfig
 from ..quant.layers import QuantWeight
 from .attention_backend import PagedBatch
 from .cache import MptCache
-from .inputs import check_attention_mask, check_input_ids, reject_unused
+from .inputs import check_attention_mask, check_input_ids, check_past, reject_unused
 from .layers import CausalMask, MptAttention, MptBlock, MptNorm, alibi_slopes, attention_mask_4d
 from .outputs import BaseModelOutput
 
@@ -138,11 +138,13 @@ class MptModel(MptPreTrainedModel):
         past = MptCache.coerce(past_key_values)
         x = self._input_embeddings(input_ids, inputs_embeds)
         b, s, _ = x.shape
-        past_len = past.get_seq_length() if past is not None else 0
         if past is not None and len(past) != len(self.blocks):
             raise ValueError(f"past_key_values has {len(past)} layers, the model {len(self.blocks)}")
         if past is not None and past[0][0].shape[0] != b:
             raise ValueError(f"past_key_values is for batch {past[0][0].shape[0]}, the input has batch {b}")
+        if past is not None:
+            check_past(past, b, self.config.kv_n_heads, self.config.head_dim)
+        past_len = past.get_seq_length() if past is not None else 0
         attention_mask = check_attention_mask(attention_mask, b, past_len + s, x.device)
         total = past_len + s
         if total > self.config.max_seq_len:

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..config import MptConfig
 from .base import MptModel, MptPreTrainedModel
-from .inputs import check_labels, reject_unused
+from .inputs import check_labels, check_logits_to_keep, reject_unused
 from .outputs import (
     BaseModelOutput,
     CausalLMOutput,
@@ -47,6 +47,7 @@ class MptForCausalLM(_HeadModel):
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None, past_key_values=None,
                 use_cache=False, output_hidden_states=False, logits_to_keep=0, **unused) -> CausalLMOutput:
         reject_unused(unused, type(self).__name__)
+        check_logits_to_keep(logits_to_keep)
         from ..runtime import native_forward
 
         if native_forward.applies(self, input_ids, attention_mask, inputs_embeds, past_key_values, use_cache,
@@ -57,8 +58,6 @@ class MptForCausalLM(_HeadModel):
                              output_hidden_states)
         hidden = out.last_hidden_state
         if isinstance(logits_to_keep, int):
-            if logits_to_keep < 0:
-                raise ValueError(f"logits_to_keep must be >= 0, got {logits_to_keep}")
             if logits_to_keep:
                 hidden = hidden[:, -logits_to_keep:]
         else:

@@ -9,8 +9,8 @@ import torch
 def check_input_ids(input_ids: Any, vocab_size: int) -> None:
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(f"input_ids must be a torch.LongTensor, got {type(input_ids).__name__}")
-    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
-        raise TypeError(f"input_ids must hold integer token ids (torch.long), got {input_ids.dtype}")
+    if input_ids.dtype not in (torch.long, torch.int32):  # what torch's embedding lookup takes
+        raise TypeError(f"input_ids must hold integer token ids (torch.long or torch.int32), got {input_ids.dtype}")
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must have shape (batch, tokens), got {tuple(input_ids.shape)}")
     if input_ids.shape[1] == 0 or input_ids.shape[0] == 0:
@@ -19,6 +19,29 @@ def check_input_ids(input_ids: Any, vocab_size: int) -> None:
     if lo < 0 or hi >= vocab_size:
         bad = lo if lo < 0 else hi
         raise IndexError(f"token id {bad} is out of range for a vocabulary of {vocab_size}")
+
+
+def check_past(past: Any, batch: int, kv_heads: int, head_dim: int) -> None:
+    """Every layer of past_key_values: float key and value tensors (batch, kv_heads, tokens, head_dim), one length."""
+    want = None
+    for i, layer in enumerate(past):
+        for name, t in zip(("key", "value"), layer):
+            if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+                got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+                raise TypeError(f"past_key_values[{i}] {name} must be a float tensor, got {got}")
+            shape = (batch, kv_heads, want if want is not None else t.shape[2] if t.dim() == 4 else -1, head_dim)
+            if t.dim() != 4 or tuple(t.shape) != shape:
+                raise ValueError(f"past_key_values[{i}] {name} has shape {tuple(t.shape)}; this model and input "
+                                 f"need (batch, kv_heads, tokens, head_dim) = {shape}")
+            want = t.shape[2]
+
+
+def check_logits_to_keep(logits_to_keep: Any) -> None:
+    if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, (int, torch.Tensor)):
+        raise TypeError(f"logits_to_keep must be an int (the last N positions, 0: all) or a tensor of positions, "
+                        f"got {type(logits_to_keep).__name__}")
+    if isinstance(logits_to_keep, int) and logits_to_keep < 0:
+        raise ValueError(f"logits_to_keep must be >= 0, got {logits_to_keep}")
 
 
 def check_attention_mask(mask: Any, batch: int, total: int, device: torch.device) -> torch.Tensor | None:
