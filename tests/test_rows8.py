@@ -83,7 +83,7 @@ def test_nf4_layout_is_the_documented_interleave(N, K, bs):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("M", [1, 3, 8, 17, 32, 40])
+@pytest.mark.parametrize("M", [1, 2, 3, 4, 8, 17, 32, 40])
 def test_nf4_matmul_matches_reference(isa, M):
     gen = torch.Generator().manual_seed(M)
     for i, (N, K, bs) in enumerate(NF4_SHAPES):
@@ -125,7 +125,7 @@ def test_int8_layout_is_the_documented_interleave(N, K):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("M", [1, 2, 3, 5, 8, 9, 16, 17, 31, 32, 33, 100])
+@pytest.mark.parametrize("M", [1, 2, 3, 4, 5, 8, 9, 16, 17, 31, 32, 33, 100])
 def test_int8_matmul_matches_reference(isa, M):
     """The AVX-512 rows8 kernel (every row count; one x row: a whole layout tile a pass) and, elsewhere, the
     row-layout kernels on a scratch copy, against the plain-torch q8 reference."""
@@ -156,7 +156,7 @@ def test_int8_rows8_rows_do_not_depend_on_row_count_or_threads():
     x = torch.randn(M, K)
     with ops.use_isa("avx512"):
         full = ops.matmul_int8(x, c8, scb, q8=True, rows8=True)
-        for m0, m1 in ((0, 1), (1, 3), (3, 12), (2, M)):
+        for m0, m1 in ((0, 1), (1, 3), (3, 6), (6, 10), (3, 12), (2, M)):
             assert torch.equal(ops.matmul_int8(x[m0:m1], c8, scb, q8=True, rows8=True), full[m0:m1])
         for threads in (1, 2, 3):
             assert torch.equal(ops.matmul_int8(x, c8, scb, q8=True, rows8=True, num_threads=threads), full)
@@ -213,7 +213,7 @@ def test_rows8_needs_a_multiple_of_8_rows():
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("M", [1, 2, 3, 5, 8, 16, 17, 31, 32, 33, 100])
+@pytest.mark.parametrize("M", [1, 2, 3, 4, 5, 8, 16, 17, 31, 32, 33, 100])
 def test_matmul_matches_reference(isa, M):
     gen = torch.Generator().manual_seed(M)
     for i, (N, K) in enumerate(SHAPES):
@@ -261,7 +261,7 @@ def test_rows_do_not_depend_on_row_count_or_threads(M):
     p8, s8 = ops.int4_to_rows8(packed, scales, K)
     x = torch.randn(M, K)
     full = ops.matmul_int4(x, p8, s8, K, q8=True, rows8=True)
-    for m0, m1 in ((0, 1), (1, 3), (2, M)):
+    for m0, m1 in ((0, 1), (1, 3), (3, 6), (2, 6), (2, M)):  # 1 row, 2-4 rows a whole tile a pass, more
         assert torch.equal(ops.matmul_int4(x[m0:m1], p8, s8, K, q8=True, rows8=True), full[m0:m1]) or m1 - m0 >= 32
     for threads in (1, 2, 3):
         assert torch.equal(ops.matmul_int4(x, p8, s8, K, q8=True, rows8=True, num_threads=threads), full)
