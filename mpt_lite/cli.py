@@ -243,8 +243,8 @@ def stream_out(pieces: Iterable[str]) -> tuple[str, float | None]:
     return "".join(out), first
 
 
-def speed_line(tok, text: str, start: float, first: float | None, end: float) -> str:
-    n = len(tok.encode(text, add_special_tokens=False)) if text else 0
+def speed_line(n: int, start: float, first: float | None, end: float) -> str:
+    """n: the tokens the model generated (a TextStream's count, the eos included)."""
     total = end - start
     line = f"[{PROG}] {n} tokens in {total:.2f}s ({n / total if total > 0 else 0:.1f} tokens/s)"
     if first is not None and n > 1 and end > first:
@@ -273,16 +273,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
         sys.stdout.write(prompt)
         sys.stdout.flush()
     start = time.perf_counter()
+    pieces = model.generate(prompt, stream=True, stop=args.stop, **kw)
     if args.no_stream:
-        text = model.generate(prompt, stop=args.stop, **kw)
-        first = None
+        text, first = "".join(pieces), None
         sys.stdout.write(text)
     else:
-        text, first = stream_out(model.generate(prompt, stream=True, stop=args.stop, **kw))
+        text, first = stream_out(pieces)
     end = time.perf_counter()
     sys.stdout.write("\n")
     sys.stdout.flush()
-    print(speed_line(model.tokenizer, text, start, first, end), file=sys.stderr)
+    print(speed_line(pieces.tokens, start, first, end), file=sys.stderr)
     return 0
 
 
@@ -338,9 +338,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
         try:
             if session is not None:
                 reply, first = stream_out(session.send(text, stream=True))
+                generated = session.last_reply_tokens
             else:
-                reply, first = stream_out(model.chat(history, stream=True, prompt_lookup_num_tokens=args.prompt_lookup,
-                                                     **kw))
+                pieces = model.chat(history, stream=True, prompt_lookup_num_tokens=args.prompt_lookup, **kw)
+                reply, first = stream_out(pieces)
+                generated = pieces.tokens
         except ValueError as e:  # e.g. one message longer than the context: report it, keep chatting
             history.pop()
             print(f"\n[{PROG}] error: {one_line(e)}", file=sys.stderr)
@@ -350,7 +352,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         history.append({"role": "assistant", "content": reply})
         if interactive:
-            print(speed_line(tok, reply, t0, first, t1), file=sys.stderr)
+            print(speed_line(generated, t0, first, t1), file=sys.stderr)
 
 
 def fit_history(tok, history: list[dict], keep: int, max_new: int, max_seq_len: int) -> int:

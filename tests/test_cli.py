@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import mpt_lite
 from python_text import assert_plausible_python
@@ -48,6 +49,11 @@ def test_generate_reads_stdin_and_greedy_is_reproducible():
     b = run("generate", "-", "--bits", "none", "-n", "12", "--temperature", "0", "--no-echo", stdin="import os\n")
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
     assert a.stdout == b.stdout and a.stdout.strip()
+    # the speed line counts the tokens the model generated, as generate() on token ids returns them
+    model = mpt_lite.load(bits=None)
+    prompt = torch.tensor([model.tokenizer.encode("import os")])
+    new = model.generate(prompt, max_new_tokens=12).shape[1] - prompt.shape[1]
+    assert f"] {new} tokens in" in a.stderr, (new, a.stderr)
     expected = mpt_lite.load(bits=None).generate("import os", max_new_tokens=12)
     assert a.stdout == expected + "\n"
 

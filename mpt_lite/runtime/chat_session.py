@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 from ..text.chat_encode import encode_chat, marked_prompt
 from ..text.chat_template import stop_settings
-from ..text.detok import text_pieces
+from ..text.detok import TextStream
 from .block_manager import DEFAULT_BLOCK_SIZE
 from .context_shift import check_context_shift
 from .engine import Engine, Request
@@ -46,6 +46,7 @@ class ChatSession:
         if context_shift:  # now rather than at the first turn
             check_context_shift(model.config, n_keep, model.config.max_seq_len, DEFAULT_BLOCK_SIZE)
         self.engine = Engine(model, num_blocks=blocks, max_num_seqs=1)
+        self.last_reply_tokens = 0  # tokens the model generated for the last reply (its eos included)
         self.reset()
 
     def reset(self) -> None:
@@ -84,11 +85,13 @@ class ChatSession:
 
     def _reply(self, req: Request, text: str) -> Iterator[str]:
         reply: list[str] = []
+        pieces = TextStream(self.tok, self.engine.stream(req), set(self.eos), self.stops)
         try:
-            for piece in text_pieces(self.tok, self.engine.stream(req), set(self.eos), self.stops):
+            for piece in pieces:
                 reply.append(piece)
                 yield piece
         finally:
+            self.last_reply_tokens = pieces.tokens
             if not req.finished:  # the caller stopped reading: this turn's cache is not worth keeping
                 self.engine.abort(req)
             self.messages.append({"role": "assistant", "content": "".join(reply)})

@@ -10,7 +10,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from ..model.inputs import check_attention_mask, check_input_ids
-from ..text.detok import find_stop, text_pieces
+from ..text.detok import TextStream, find_stop, text_pieces
 from .arguments import check_max_new_tokens, check_prompts, check_stops
 from .block_manager import DEFAULT_BLOCK_SIZE
 from .constraints import constraint_factory
@@ -166,7 +166,7 @@ def _stream_text(model, tok, prompt: str | PromptIds, max_new: int, params, eos,
     ids = _prompt_ids(model, tok, prompt)
     engine = _engine(model, [ids], max_new, opts)
     req = _add(engine, ids, max_new, params, eos, 0, opts)
-    return text_pieces(tok, engine.stream(req), eos, stops)
+    return TextStream(tok, engine.stream(req), eos, stops)
 
 
 def _generate_texts(model, tok, prompts, max_new, params, eos, stops, opts) -> list[str]:

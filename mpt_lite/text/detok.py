@@ -148,6 +148,26 @@ def text_pieces(tokenizer: Any, tokens: Iterable[int], eos: set[int] | frozenset
         yield piece
 
 
+class TextStream:
+    """text_pieces as an iterator that also counts the tokens it has read (`tokens`: what the model generated for
+    the text so far, the eos included), so that a caller can report tokens per second without re-encoding."""
+
+    def __init__(self, tokenizer: Any, tokens: Iterable[int], eos: set[int] | frozenset[int], stops: list[str]):
+        self.tokens = 0
+        self._pieces = text_pieces(tokenizer, self._count(tokens), eos, stops)
+
+    def _count(self, tokens: Iterable[int]) -> Iterator[int]:
+        for t in tokens:
+            self.tokens += 1
+            yield t
+
+    def __iter__(self) -> "TextStream":
+        return self
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+
 def final_text(tokenizer: Any, tokens: Iterable[int], eos: set[int] | frozenset[int], stops: list[str]) -> str:
     """The whole completion of a finished request, as text_pieces would have streamed it."""
     return "".join(text_pieces(tokenizer, tokens, eos, stops))
