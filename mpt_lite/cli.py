@@ -243,8 +243,7 @@ def stream_out(pieces: Iterable[str]) -> tuple[str, float | None]:
     return "".join(out), first
 
 
-def speed_line(n: int, start: float, first: float | None, end: float) -> str:
-    """n: the tokens the model generated (a TextStream's count, the eos included)."""
+def speed_line(n: int, start: float, first: float | None, end: float) -> str:  # n: tokens generated (TextStream)
     total = end - start
     line = f"[{PROG}] {n} tokens in {total:.2f}s ({n / total if total > 0 else 0:.1f} tokens/s)"
     if first is not None and n > 1 and end > first:
