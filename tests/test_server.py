@@ -215,7 +215,7 @@ LONG_PROMPT = "x = 1\n" * 1100  # > 1024 tokens, < the body cap
     ("/v1/completions", {"prompt": "x", "n": 0}, 400, "n"),
     ("/v1/completions", {"prompt": "x", "n": 17}, 400, "n"),
     ("/v1/completions", {"prompt": "x", "logprobs": 6}, 400, "logprobs"),
-    ("/v1/completions", {"prompt": "x", "echo": True, "logprobs": 1}, 400, None),
+    ("/v1/completions", {"prompt": "x", "echo": True, "logprobs": 1}, 400, "logprobs"),
     ("/v1/completions", {"prompt": "x", "presence_penalty": 2.5}, 400, "presence_penalty"),
     ("/v1/completions", {"prompt": "x", "frequency_penalty": "1"}, 400, "frequency_penalty"),
     ("/v1/completions", {"prompt": "x", "max_tokens": 4, "max_completion_tokens": 5}, 400, None),

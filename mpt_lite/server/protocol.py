@@ -149,11 +149,12 @@ class CompletionRequest(_Common):
     logprobs: Optional[int] = Field(None, ge=0, le=5)
     best_of: Optional[int] = None
 
-    @model_validator(mode="after")
-    def _no_prompt_logprobs(self) -> "CompletionRequest":
-        if self.echo and self.logprobs is not None:
+    @field_validator("logprobs")
+    @classmethod
+    def _no_prompt_logprobs(cls, v: Optional[int], info: Any) -> Optional[int]:  # echo is validated first
+        if v is not None and info.data.get("echo"):
             raise ValueError("echo with logprobs is not supported (the prompt's logprobs are not computed)")
-        return self
+        return v
 
     def logprobs_wanted(self) -> int | None:
         return self.logprobs
