@@ -144,7 +144,10 @@ def sample_batch(logits: torch.Tensor, params: Sequence[SamplingParams],
     sampled = [i for i, p in enumerate(params) if p.do_sample]
     if sampled:
         idx = torch.tensor(sampled, device=logits.device)
-        draws = _draw(logits[idx], [params[i] for i in sampled], [generators[i] for i in sampled])
+        if logits.device.type == "cpu":  # one row at a time, as _argmax_rows (no OpenMP region); the same draws
+            draws = torch.cat([_draw(logits[i:i + 1], [params[i]], [generators[i]]) for i in sampled])
+        else:
+            draws = _draw(logits[idx], [params[i] for i in sampled], [generators[i] for i in sampled])
         picked = picked.index_copy(0, idx, draws)
     return picked.tolist()
 
