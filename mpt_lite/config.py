@@ -101,12 +101,7 @@ class MptConfig:
                  no_bias: bool = True, verbose: int = 0, embedding_fraction: float = 1.0,
                  norm_type: str = "low_precision_layernorm", use_cache: bool = False,
                  initializer_range: float = 0.02, **kwargs: Any) -> None:
-        named = dict(d_model=d_model, n_heads=n_heads, n_layers=n_layers, expansion_ratio=expansion_ratio,
-                     max_seq_len=max_seq_len, vocab_size=vocab_size, resid_pdrop=resid_pdrop,
-                     layer_norm_epsilon=layer_norm_epsilon, emb_pdrop=emb_pdrop, learned_pos_emb=learned_pos_emb,
-                     attn_config=attn_config, init_device=init_device, logit_scale=logit_scale, no_bias=no_bias,
-                     verbose=verbose, embedding_fraction=embedding_fraction, norm_type=norm_type,
-                     use_cache=use_cache, initializer_range=initializer_range)
+        named = {name: value for name, value in locals().items() if name in DEFAULTS}  # the parameters above
         for alias, name in ALIASES.items():
             if alias in kwargs:
                 value = kwargs.pop(alias)

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "cpu/quant_formats.h"
+#include "cpu/prefetch.h"
 #include "cpu/quant_gemm.h"
 #include "cpu/quant_rows8_driver.h"
 
@@ -43,6 +44,12 @@ struct Rows8Vnni {
   const float* bias;
   float* y;
 
+  // Group b of the layout tile of pf_ng sets at pf (the next tile a worker reads) towards L2; none when pf is null.
+  static void prefetch_group(const uint8_t* pf, int64_t pf_ng, int64_t b) {
+    if (pf)
+      for (int64_t l = 0; l < pf_ng * kUnit / 64; ++l) prefetch<2>(pf + (b * pf_ng * kUnit + l * 64));
+  }
+
   // x rows m0 .. m0 + MB - 1 against the NP set pairs from set n8 (sets n8 + 2p and n8 + 2p + 1; the last pair
   // only its first set when `lone`), which lie in a layout tile of `ng` sets: from set n8's first unit, set
   // n8 + p's group b is unit b * ng + p. Vector v (0..7) of a pair holds k 4v..4v+3 of its 16 rows (int4 /
@@ -64,9 +71,7 @@ struct Rows8Vnni {
     for (int m = 0; m < MB; ++m)
       for (int p = 0; p < NP; ++p) acc[m][p] = _mm512_setzero_ps();
     for (int64_t b = 0; b < KB; ++b) {
-      if (pf)
-        for (int64_t l = 0; l < pf_ng * kUnit / 64; ++l)
-          _mm_prefetch(reinterpret_cast<const char*>(pf + b * pf_ng * kUnit + l * 64), _MM_HINT_T1);
+      prefetch_group(pf, pf_ng, b);
       __m512i wv[NP][8];
       __m512 sw[NP];
       for (int p = 0; p < NP; ++p) {
@@ -141,9 +146,7 @@ struct Rows8Vnni {
     __m256 acc[NG];
     for (int p = 0; p < NG; ++p) acc[p] = _mm256_setzero_ps();
     for (int64_t b = 0; b < KB; ++b) {
-      if (pf)
-        for (int64_t l = 0; l < pf_ng * kGroupBytes / 64; ++l)
-          _mm_prefetch(reinterpret_cast<const char*>(pf + b * pf_ng * kGroupBytes + l * 64), _MM_HINT_T1);
+      prefetch_group(pf, pf_ng, b);
       const int64_t i = m * KB + b;
       const __m512i xv = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q.data() + m * Kp + b * 32)));
       const __m512i xa = _mm512_permutexvar_epi32(ia, xv), xh = _mm512_permutexvar_epi32(ib, xv),
@@ -187,16 +190,19 @@ struct Rows8Vnni {
     }
   }
 
-  // 2-4 x rows (small decode batches, speculative checks) against a whole layout tile in one pass: its four sets'
-  // codes are read in memory order, as one x row reads them, instead of each pair taking every other half of each
-  // group's 512 bytes in a pass of its own (two strided streams, 10.6-11.9 against 14.5 GB/s on one thread).
+  // 1-4 x rows (decode, small batches, speculative checks) against a whole layout tile in one pass: its four
+  // sets' codes are read in memory order (one stream of codes, of scales), instead of each pair taking every
+  // other half of each group's 512 bytes in a pass of its own (two strided streams, 10.6-11.9 against 14.5 GB/s
+  // on one thread). One x row of int4 / nf4 takes one_row_tile.
   static constexpr int64_t kWholeTileRows = 4;
   void whole_tile(int64_t t, const uint8_t* pf, int64_t pf_ng) const {
     switch (x.M) {
+      case 1:
+        if constexpr (kInt8) return pair_tile<2, 1>(t, kRows8TileSets, 0, false, pf, pf_ng);
+        else return one_row_tile(t, 0, pf, pf_ng);
       case 2: return pair_tile<2, 2>(t, kRows8TileSets, 0, false, pf, pf_ng);
       case 3: return pair_tile<2, 3>(t, kRows8TileSets, 0, false, pf, pf_ng);
-      case 4: return pair_tile<2, 4>(t, kRows8TileSets, 0, false, pf, pf_ng);
-      default: return pair_tile<2, 1>(t, kRows8TileSets, 0, false, pf, pf_ng);
+      default: return pair_tile<2, 4>(t, kRows8TileSets, 0, false, pf, pf_ng);
     }
   }
 
@@ -216,15 +222,8 @@ struct Rows8Vnni {
         const int64_t m_hi = std::min(x.M, m_lo + mc);
         for (int64_t t = t0; t < t1; t += kRows8TileSets) {
           const int64_t ng = rows8_tile_sets(t, S), tn = t + kRows8TileSets;
-            // the next tile's codes are prefetched into L2 alongside: the hardware prefetcher alone left one x row
-          // reading at 22.9 against 26.6 GB/s (two threads) and several x rows computing and reading in series
-          const uint8_t* pf = tn < t1 ? w.data + rows8_unit(tn, 0, S, x.KB) * kUnit : nullptr;
+          const uint8_t* pf = tn < t1 ? w.data + rows8_unit(tn, 0, S, x.KB) * kUnit : nullptr;  // the next tile
           const int64_t pf_ng = pf ? rows8_tile_sets(tn, S) : 0;
-          if (x.M == 1 && ng == kRows8TileSets) {  // one x row: the whole tile a pass (one stream of codes, of scales)
-            if constexpr (kInt8) pair_tile<2, 1>(t, ng, 0, false, pf, pf_ng);
-            else one_row_tile(t, 0, pf, pf_ng);
-            continue;
-          }
           if (x.M <= kWholeTileRows && ng == kRows8TileSets) {  // both pairs a pass: the tile's codes in order
             whole_tile(t, pf, pf_ng);
             continue;

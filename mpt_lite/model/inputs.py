@@ -23,17 +23,17 @@ def check_input_ids(input_ids: Any, vocab_size: int) -> None:
 
 def check_past(past: Any, batch: int, kv_heads: int, head_dim: int) -> None:
     """Every layer of past_key_values: float key and value tensors (batch, kv_heads, tokens, head_dim), one length."""
-    want = None
+    tokens = None  # the first key's, which every tensor must share
     for i, layer in enumerate(past):
         for name, t in zip(("key", "value"), layer):
             if not isinstance(t, torch.Tensor) or not t.is_floating_point():
                 got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
                 raise TypeError(f"past_key_values[{i}] {name} must be a float tensor, got {got}")
-            shape = (batch, kv_heads, want if want is not None else t.shape[2] if t.dim() == 4 else -1, head_dim)
-            if t.dim() != 4 or tuple(t.shape) != shape:
+            if tokens is None and t.dim() == 4:
+                tokens = t.shape[2]
+            if tuple(t.shape) != (batch, kv_heads, tokens, head_dim):
                 raise ValueError(f"past_key_values[{i}] {name} has shape {tuple(t.shape)}; this model and input "
-                                 f"need (batch, kv_heads, tokens, head_dim) = {shape}")
-            want = t.shape[2]
+                                 f"need (batch, kv_heads, tokens, head_dim) = {(batch, kv_heads, tokens, head_dim)}")
 
 
 def check_logits_to_keep(logits_to_keep: Any) -> None:
