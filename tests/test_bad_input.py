@@ -64,6 +64,24 @@ def test_bad_labels(model):
         model(input_ids=ids, labels=torch.tensor([[1.0, 2.0, 3.0]]))
 
 
+def test_bad_answer_positions():
+    qa = mpt_lite.MptForQuestionAnswering(mpt_lite.MptConfig(d_model=32, n_heads=2, n_layers=1, vocab_size=50)).eval()
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    good = torch.tensor([0, 1])
+    for bad in (torch.tensor([0.0, 1.0]), torch.tensor([True, False])):
+        with pytest.raises(TypeError, match="start_positions must hold integer"):
+            qa(input_ids=ids, start_positions=bad, end_positions=good)
+        with pytest.raises(TypeError, match="end_positions must hold integer"):
+            qa(input_ids=ids, start_positions=good, end_positions=bad)
+    with pytest.raises(TypeError, match="start_positions"):
+        qa(input_ids=ids, start_positions="0", end_positions=good)
+    for bad in (torch.tensor([0, 1, 2]), torch.tensor(0), torch.tensor([[0, 1]])):
+        with pytest.raises(ValueError, match=r"start_positions must have shape \(2,\)"):
+            qa(input_ids=ids, start_positions=bad, end_positions=good)
+    loss = qa(input_ids=ids, start_positions=good, end_positions=good).loss  # as before: (batch,), (batch, 1), lists
+    assert torch.equal(qa(input_ids=ids, start_positions=good[:, None], end_positions=[0, 1]).loss, loss)
+
+
 def test_bad_cache(model):
     with pytest.raises(TypeError, match="past_key_values"):
         model(input_ids=torch.tensor([[1]]), past_key_values="yes")
