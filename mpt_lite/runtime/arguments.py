@@ -2,6 +2,7 @@
 bad value is a TypeError or ValueError that names the argument."""
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 from ..text.checks import check_text
@@ -47,3 +48,33 @@ def check_prompts(inputs: Any) -> None:
         for i, p in enumerate(inputs):
             if isinstance(p, str):
                 check_text(p, f"prompts[{i}]")
+
+
+def check_eos_token_id(value: Any, vocab_size: int) -> Any:
+    """eos_token_id as given to generate(): None (the model's), a token id or a list/tuple/set of
+    them. Each is an integer below vocab_size (an id the model can never produce is a mistake, not a
+    stop); a negative id stands for none (eos_token_id=-1: run to max_new_tokens) and is dropped,
+    so it never fills finished rows. Returns a list of plain ints (a set's sorted), or None."""
+    if value is None:
+        return None
+    many = isinstance(value, (list, tuple, set, frozenset))
+    items = sorted(value, key=_token_id) if isinstance(value, (set, frozenset)) else list(value) if many else [value]
+    ids = []
+    for i, item in enumerate(items):
+        name = f"eos_token_id[{i}]" if many else "eos_token_id"
+        token = _token_id(item, name)
+        if token >= vocab_size:
+            raise ValueError(f"{name}={token} is out of range for a vocabulary of {vocab_size}")
+        if token >= 0:
+            ids.append(token)
+    return ids
+
+
+def _token_id(value: Any, name: str = "eos_token_id") -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer token id, got bool {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer token id (or a list of them), got {type(value).__name__} "
+                        f"{value!r}") from None

@@ -11,7 +11,7 @@ import torch
 
 from ..model.inputs import check_attention_mask, check_input_ids
 from ..text.detok import TextStream, find_stop, text_pieces
-from .arguments import check_max_new_tokens, check_prompts, check_stops
+from .arguments import check_eos_token_id, check_max_new_tokens, check_prompts, check_stops
 from .block_manager import DEFAULT_BLOCK_SIZE
 from .constraints import constraint_factory
 from .engine import Engine, check_prompt_lookup
@@ -40,6 +40,7 @@ def generate(model, inputs: Any = None, attention_mask: torch.Tensor | None = No
     check_max_new_tokens(max_new_tokens, None if context_shift else model.config.max_seq_len)
     stops = check_stops(stop)
     check_prompts(inputs)
+    eos_token_id = check_eos_token_id(eos_token_id, model.config.vocab_size)
     eos = eos_ids(model, eos_token_id)
     opts = {"context_shift": bool(context_shift), "n_keep": n_keep,
             "prompt_lookup_num_tokens": check_prompt_lookup(prompt_lookup_num_tokens), "assistant_model": assistant_model,
