@@ -120,6 +120,12 @@ def test_lone_surrogates_are_a_clear_value_error(model):
     ({"eos_token_id": 10 ** 9}, ValueError, "eos_token_id=1000000000 is out of range"),
     ({"eos_token_id": [0, 10 ** 9]}, ValueError, r"eos_token_id\[1\]"),
     ({"eos_token_id": [0, None]}, TypeError, r"eos_token_id\[1\]"),
+    ({"stream": "yes"}, TypeError, "stream must be True or False"),
+    ({"context_shift": "no"}, TypeError, "context_shift must be True or False"),
+    ({"n_keep": -5}, ValueError, "n_keep"),  # checked with or without context_shift
+    ({"n_keep": "2"}, ValueError, "n_keep"),
+    ({"input_ids": torch.tensor([[1, 2]])}, ValueError, "both inputs and input_ids"),
+    ({"attention_mask": torch.ones(1, 3)}, ValueError, "attention_mask goes with token ids"),
 ])
 def test_bad_generate_arguments_fail_before_any_work(model, monkeypatch, kwargs, error, name):
     def no_engine(*a, **k):

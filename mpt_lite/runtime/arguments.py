@@ -22,6 +22,21 @@ def check_max_new_tokens(value: Any, max_seq_len: int | None) -> int:
     return value
 
 
+def check_flag(name: str, value: Any) -> bool:
+    """A True/False option (stream, context_shift): any other value is a TypeError, not read as truthy."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_n_keep(value: Any) -> int:
+    """n_keep: a non-negative int (checked with or without context_shift; the room it leaves is checked
+    where the window is known)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"n_keep must be a non-negative integer, got {value!r}")
+    return value
+
+
 def check_stops(stop: Any) -> list[str]:
     """stop as a list: None, a non-empty string, or a list/tuple of them."""
     if stop is None:
