@@ -324,9 +324,11 @@ class MptConfig:
     def from_json_file(cls, path: str | os.PathLike, **overrides: Any) -> "MptConfig":
         path = Path(path)
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except FileNotFoundError as err:
             raise FileNotFoundError(f"no config.json at {path}") from err
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: not UTF-8 text ({e})") from e
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:

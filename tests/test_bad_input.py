@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import mpt_lite
-from checkpoints import random_state, tiny_config, write_single_safetensors
+from checkpoints import random_state, tiny_config, write_safetensors_shards, write_single_safetensors
 
 CFG = tiny_config()
 
@@ -121,6 +121,28 @@ def test_bad_load_arguments(tmp_path):
         mpt_lite.MptForCausalLM.from_pretrained(tmp_path, device="tpu")
     with pytest.raises(TypeError, match="model name"):
         mpt_lite.MptForCausalLM.from_pretrained(42)
+
+
+def test_json_files_that_are_not_utf8_or_not_objects(tmp_path):
+    """A config.json, shard index or tokenizer_config.json that is binary (not UTF-8) or not a JSON
+    object: an error that names the file, not a bare UnicodeDecodeError/TypeError."""
+    state = random_state(CFG, seed=3)
+    binary = b"\xff\xfe\x00garbage"
+    write_single_safetensors(tmp_path / "cfg", CFG, state)
+    (tmp_path / "cfg" / "config.json").write_bytes(binary)
+    for call in (lambda: mpt_lite.load(tmp_path / "cfg"), lambda: mpt_lite.MptConfig.from_pretrained(tmp_path / "cfg")):
+        with pytest.raises(ValueError, match="cfg/config.json is not valid JSON"):
+            call()
+    write_safetensors_shards(tmp_path / "idx", CFG, state)
+    (tmp_path / "idx" / "model.safetensors.index.json").write_bytes(binary)
+    with pytest.raises(OSError, match="model.safetensors.index.json is not a valid shard index"):
+        mpt_lite.load(tmp_path / "idx", bits=None)
+    write_single_safetensors(tmp_path / "tok", CFG, state)
+    (tmp_path / "tok" / "tokenizer.json").write_bytes((mpt_lite.default_model_path() / "tokenizer.json").read_bytes())
+    for text in (binary, b"[1, 2]"):
+        (tmp_path / "tok" / "tokenizer_config.json").write_bytes(text)
+        with pytest.raises(OSError, match="tokenizer_config.json"):
+            mpt_lite.load(tmp_path / "tok", bits=None)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
