@@ -220,15 +220,15 @@ def load_model(name: str | None, bits: int | None, quant_type: str | None, devic
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict:
+    from .runtime.sampler import SamplingParams
+
     if args.max_new_tokens < 0:
         raise CliError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
-    kw = dict(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
-              repetition_penalty=args.repetition_penalty, seed=args.seed)
-    if args.temperature > 0:
-        kw.update(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
-    elif args.temperature < 0:
-        raise CliError(f"--temperature must be >= 0, got {args.temperature}")
-    return kw
+    sampled = dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+    common = dict(repetition_penalty=args.repetition_penalty, seed=args.seed)
+    SamplingParams(do_sample=True, **sampled, **common)  # every option is checked, even those greedy decoding ignores
+    return dict(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0, **common,
+                **(sampled if args.temperature > 0 else {}))
 
 
 def stream_out(pieces: Iterable[str]) -> tuple[str, float | None]:

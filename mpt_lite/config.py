@@ -294,9 +294,7 @@ class MptConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        path = Path(save_directory)
-        if path.exists() and not path.is_dir():
-            raise NotADirectoryError(f"{path} exists and is not a folder")
+        path = check_save_folder(save_directory, (CONFIG_NAME,))
         path.mkdir(parents=True, exist_ok=True)
         (path / CONFIG_NAME).write_text(self.to_json_string())
 
@@ -326,9 +324,11 @@ class MptConfig:
     def from_json_file(cls, path: str | os.PathLike, **overrides: Any) -> "MptConfig":
         path = Path(path)
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except FileNotFoundError as err:
             raise FileNotFoundError(f"no config.json at {path}") from err
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: not UTF-8 text ({e})") from e
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
@@ -360,6 +360,34 @@ class MptConfig:
 
     def __repr__(self) -> str:
         return f"MptConfig {self.to_json_string()}"
+
+
+def holds_mpt_config(folder: Path) -> bool:
+    """Whether folder/config.json reads as an MPT model's config (one saved earlier, which a new save may replace)."""
+    try:
+        data = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and (data.get("model_type") in ("mpt", "replit_lm")
+                                       or ("model_type" not in data and "d_model" in data))
+
+
+def check_save_folder(save_directory: Any, names: tuple[str, ...]) -> Path:
+    """The folder a save may write `names` into: a path (not empty, not a file) where none of those
+    files exists unless the folder holds an MPT checkpoint already (a save replaces its own kind of
+    files, never a user's unrelated config.json, tokenizer or weights)."""
+    if isinstance(save_directory, bool) or not isinstance(save_directory, (str, os.PathLike)):
+        raise TypeError(f"save_directory must be a path (str or os.PathLike), got {type(save_directory).__name__}")
+    if not os.fspath(save_directory):
+        raise ValueError("save_directory is empty; name the folder to write (\".\" for the current one)")
+    path = Path(save_directory)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path} exists and is not a folder")
+    present = [n for n in names if (path / n).exists()]
+    if present and not holds_mpt_config(path):
+        raise FileExistsError(f"{path} already holds {', '.join(present)}, which are not an MPT checkpoint's files; "
+                              "save into a new or empty folder (or remove them)")
+    return path
 
 
 def _is_hf_noise(key: str) -> bool:

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import mpt_lite
-from checkpoints import random_state, tiny_config, write_single_safetensors
+from checkpoints import random_state, tiny_config, write_safetensors_shards, write_single_safetensors
 
 CFG = tiny_config()
 
@@ -64,6 +64,24 @@ def test_bad_labels(model):
         model(input_ids=ids, labels=torch.tensor([[1.0, 2.0, 3.0]]))
 
 
+def test_bad_answer_positions():
+    qa = mpt_lite.MptForQuestionAnswering(mpt_lite.MptConfig(d_model=32, n_heads=2, n_layers=1, vocab_size=50)).eval()
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    good = torch.tensor([0, 1])
+    for bad in (torch.tensor([0.0, 1.0]), torch.tensor([True, False])):
+        with pytest.raises(TypeError, match="start_positions must hold integer"):
+            qa(input_ids=ids, start_positions=bad, end_positions=good)
+        with pytest.raises(TypeError, match="end_positions must hold integer"):
+            qa(input_ids=ids, start_positions=good, end_positions=bad)
+    with pytest.raises(TypeError, match="start_positions"):
+        qa(input_ids=ids, start_positions="0", end_positions=good)
+    for bad in (torch.tensor([0, 1, 2]), torch.tensor(0), torch.tensor([[0, 1]])):
+        with pytest.raises(ValueError, match=r"start_positions must have shape \(2,\)"):
+            qa(input_ids=ids, start_positions=bad, end_positions=good)
+    loss = qa(input_ids=ids, start_positions=good, end_positions=good).loss  # as before: (batch,), (batch, 1), lists
+    assert torch.equal(qa(input_ids=ids, start_positions=good[:, None], end_positions=[0, 1]).loss, loss)
+
+
 def test_bad_cache(model):
     with pytest.raises(TypeError, match="past_key_values"):
         model(input_ids=torch.tensor([[1]]), past_key_values="yes")
@@ -103,6 +121,28 @@ def test_bad_load_arguments(tmp_path):
         mpt_lite.MptForCausalLM.from_pretrained(tmp_path, device="tpu")
     with pytest.raises(TypeError, match="model name"):
         mpt_lite.MptForCausalLM.from_pretrained(42)
+
+
+def test_json_files_that_are_not_utf8_or_not_objects(tmp_path):
+    """A config.json, shard index or tokenizer_config.json that is binary (not UTF-8) or not a JSON
+    object: an error that names the file, not a bare UnicodeDecodeError/TypeError."""
+    state = random_state(CFG, seed=3)
+    binary = b"\xff\xfe\x00garbage"
+    write_single_safetensors(tmp_path / "cfg", CFG, state)
+    (tmp_path / "cfg" / "config.json").write_bytes(binary)
+    for call in (lambda: mpt_lite.load(tmp_path / "cfg"), lambda: mpt_lite.MptConfig.from_pretrained(tmp_path / "cfg")):
+        with pytest.raises(ValueError, match="cfg/config.json is not valid JSON"):
+            call()
+    write_safetensors_shards(tmp_path / "idx", CFG, state)
+    (tmp_path / "idx" / "model.safetensors.index.json").write_bytes(binary)
+    with pytest.raises(OSError, match="model.safetensors.index.json is not a valid shard index"):
+        mpt_lite.load(tmp_path / "idx", bits=None)
+    write_single_safetensors(tmp_path / "tok", CFG, state)
+    (tmp_path / "tok" / "tokenizer.json").write_bytes((mpt_lite.default_model_path() / "tokenizer.json").read_bytes())
+    for text in (binary, b"[1, 2]"):
+        (tmp_path / "tok" / "tokenizer_config.json").write_bytes(text)
+        with pytest.raises(OSError, match="tokenizer_config.json"):
+            mpt_lite.load(tmp_path / "tok", bits=None)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")

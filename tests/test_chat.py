@@ -112,3 +112,13 @@ def test_chat_stops_at_im_end_token(tok):
     hook.remove()
     assert len(calls) == 1  # stopped at the first <|im_end|>
     assert list(model.chat(CONVERSATIONS[0], stream=True, max_new_tokens=5)) == []
+
+
+def test_chat_checks_stop_like_generate():
+    model = mpt_lite.load(bits=None)
+    conv = [{"role": "user", "content": "hi"}]
+    for bad, error, words in ((5, TypeError, "stop must be a string"), (b"x", TypeError, "stop must be a string"),
+                              (["a", 5], TypeError, r"stop\[1\]"), ("", ValueError, "stop strings must not be empty")):
+        with pytest.raises(error, match=words):
+            model.chat(conv, max_new_tokens=2, stop=bad)
+    assert model.chat(conv, max_new_tokens=8, stop=("zzz",)) == model.chat(conv, max_new_tokens=8)

@@ -95,6 +95,41 @@ def test_save_and_reload(tmp_path):
         model.save_pretrained(tmp_path / "src")  # would mix with another checkpoint's shards
 
 
+def test_save_never_replaces_a_users_unrelated_files(tmp_path, monkeypatch):
+    """A folder that is not an MPT checkpoint keeps its files: a save that would replace one of them
+    (config.json, tokenizer files, model.safetensors) is refused before anything is written; files a save
+    does not write stay; an earlier MPT save is replaced; an empty path does not mean the current folder."""
+    model = mpt_lite.load(bits=None)  # with a tokenizer: a save writes its files too
+    mine = {"config.json": '{"model_type": "llama", "hidden_size": 8}', "tokenizer.json": "my tokenizer",
+            "model.safetensors": "my weights", "notes.txt": "mine"}
+    for name, text in mine.items():
+        folder = tmp_path / name.replace(".", "_")
+        folder.mkdir()
+        (folder / name).write_text(text)
+        (folder / "keep.txt").write_text("kept")
+        if name == "notes.txt":
+            model.save_pretrained(folder)  # nothing of the user's is in the way
+            assert (folder / name).read_text() == text and (folder / "keep.txt").read_text() == "kept"
+            continue
+        with pytest.raises(FileExistsError, match=f"{name}.*not an MPT checkpoint"):
+            model.save_pretrained(folder)
+        assert sorted(p.name for p in folder.iterdir()) == sorted([name, "keep.txt"])
+        assert (folder / name).read_text() == text
+    with pytest.raises(FileExistsError, match="config.json"):
+        model.config.save_pretrained(tmp_path / "config_json")
+    assert (tmp_path / "config_json" / "config.json").read_text() == mine["config.json"]
+    model.save_pretrained(tmp_path / "notes_txt")  # saving again over its own earlier save
+    model.config.save_pretrained(tmp_path / "notes_txt")
+    monkeypatch.chdir(tmp_path / "notes_txt")
+    for bad in ("", b""):
+        with pytest.raises((ValueError, TypeError), match="save_directory"):
+            model.save_pretrained(bad)
+    with pytest.raises(ValueError, match="save_directory"):
+        model.config.save_pretrained("")
+    with pytest.raises(TypeError, match="save_directory"):
+        model.save_pretrained(None)
+
+
 def test_base_model_from_causal_lm_checkpoint_and_back(tmp_path):
     write_single_safetensors(tmp_path / "lm", CFG, STATE)
     base = mpt_lite.MptModel.from_pretrained(tmp_path / "lm")

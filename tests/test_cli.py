@@ -66,6 +66,15 @@ def test_errors_are_one_line_with_nonzero_exit(tmp_path):
     assert p.returncode != 0 and "Traceback" in p.stderr
 
 
+def test_sampling_options_are_checked_even_when_greedy_ignores_them():
+    for args, words in ((("--temperature", "nan"), ("temperature", "nan")), (("--top-p", "2"), ("top_p", "2.0")),
+                        (("--top-k", "-3"), ("top_k", "-3")), (("--temperature", "-1"), ("temperature", "-1.0"))):
+        p = run("generate", "x", "--bits", "none", *args)
+        assert_one_line_error(p, *words)
+        assert "loading" not in p.stderr  # refused before the model is loaded
+    assert_one_line_error(run("chat", "--bits", "none", "--repetition-penalty", "0"), "repetition_penalty")
+
+
 def test_info_reports_shapes_sizes_and_kernels():
     transformers = pytest.importorskip("transformers")
     p = run("info", "--json")

@@ -114,6 +114,18 @@ def test_lone_surrogates_are_a_clear_value_error(model):
     ({"max_new_tokens": 10 ** 9}, ValueError, "max_new_tokens.*max_seq_len"),
     ({"max_new_tokens": -1}, ValueError, "max_new_tokens"),
     ({"max_new_tokens": 4.0}, TypeError, "max_new_tokens"),
+    ({"eos_token_id": "x"}, TypeError, "eos_token_id must be an integer"),
+    ({"eos_token_id": 1.5}, TypeError, "eos_token_id"),
+    ({"eos_token_id": True}, TypeError, "eos_token_id"),
+    ({"eos_token_id": 10 ** 9}, ValueError, "eos_token_id=1000000000 is out of range"),
+    ({"eos_token_id": [0, 10 ** 9]}, ValueError, r"eos_token_id\[1\]"),
+    ({"eos_token_id": [0, None]}, TypeError, r"eos_token_id\[1\]"),
+    ({"stream": "yes"}, TypeError, "stream must be True or False"),
+    ({"context_shift": "no"}, TypeError, "context_shift must be True or False"),
+    ({"n_keep": -5}, ValueError, "n_keep"),  # checked with or without context_shift
+    ({"n_keep": "2"}, ValueError, "n_keep"),
+    ({"input_ids": torch.tensor([[1, 2]])}, ValueError, "both inputs and input_ids"),
+    ({"attention_mask": torch.ones(1, 3)}, ValueError, "attention_mask goes with token ids"),
 ])
 def test_bad_generate_arguments_fail_before_any_work(model, monkeypatch, kwargs, error, name):
     def no_engine(*a, **k):
@@ -123,6 +135,21 @@ def test_bad_generate_arguments_fail_before_any_work(model, monkeypatch, kwargs,
     monkeypatch.setattr(model.tokenizer, "encode", no_engine)
     with pytest.raises(error, match=name):
         model.generate("def f(x):", **kwargs)
+
+
+def test_eos_token_id_forms(model):
+    """An int, a numpy or 0-d tensor integer, a list, tuple or set of them: the same generation; a negative
+    id stands for none."""
+    import numpy as np
+
+    ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    plain = model.generate(ids, max_new_tokens=6)
+    eos = int(plain[0, 4])  # stops row 0 early: the rows after it are filled with eos
+    want = model.generate(ids, max_new_tokens=6, eos_token_id=eos)
+    for same in (np.int64(eos), torch.tensor(eos), [eos], (eos,), {eos}, [-1, eos]):
+        assert torch.equal(model.generate(ids, max_new_tokens=6, eos_token_id=same), want)
+    assert int(want.min()) >= 0 and int(want.max()) < model.config.vocab_size  # a negative id never pads
+    assert model.generate(ids, max_new_tokens=6, eos_token_id=-1).shape == (2, 9)  # -1: no eos, every row runs on
 
 
 def test_seeds_across_the_whole_range(model):

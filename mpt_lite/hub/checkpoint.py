@@ -93,8 +93,8 @@ def weight_files(folder: Path) -> list[Path]:
         index = folder / index_name
         if index.is_file():
             try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            except (ValueError, KeyError, TypeError) as e:  # ValueError: bad JSON or not UTF-8
                 raise OSError(f"{index} is not a valid shard index ({e})") from e
             shards = sorted(set(weight_map.values()))
             missing = [s for s in shards if not (folder / s).is_file()]

@@ -8,9 +8,13 @@ from typing import Any
 
 from torch import nn
 
-from ..config import CONFIG_NAME
+from ..config import CONFIG_NAME, check_save_folder
 from ..quant import held_state_dict, quant_metadata
+from ..text.tokenizer import TOKENIZER_FILES
 from .loading import WEIGHT_FILE_PATTERNS
+
+# what a save writes (the tokenizer's files when the model has one)
+SAVED_NAMES = (CONFIG_NAME, "model.safetensors", *TOKENIZER_FILES)
 
 
 def save_pretrained(model: nn.Module, save_directory: Any) -> None:
@@ -21,9 +25,7 @@ def save_pretrained(model: nn.Module, save_directory: Any) -> None:
     previous ones intact; a folder holding another checkpoint's weight files is refused."""
     from safetensors.torch import save_file
 
-    path = Path(save_directory)
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"{path} exists and is not a folder")
+    path = check_save_folder(save_directory, SAVED_NAMES)
     path.mkdir(parents=True, exist_ok=True)
     others = sorted({p.name for pat in WEIGHT_FILE_PATTERNS for p in path.glob(pat)} - {"model.safetensors"})
     if others:

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..config import MptConfig
 from .base import MptModel, MptPreTrainedModel
-from .inputs import check_labels, check_logits_to_keep, reject_unused
+from .inputs import check_labels, check_logits_to_keep, check_positions, reject_unused
 from .outputs import (
     BaseModelOutput,
     CausalLMOutput,
@@ -190,12 +190,8 @@ class MptForQuestionAnswering(_HeadModel):
         start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
         loss = None
         if start_positions is not None and end_positions is not None:
-            start_positions = torch.as_tensor(start_positions, device=logits.device)
-            end_positions = torch.as_tensor(end_positions, device=logits.device)
-            if start_positions.dim() > 1:
-                start_positions = start_positions.squeeze(-1)
-            if end_positions.dim() > 1:
-                end_positions = end_positions.squeeze(-1)
+            start_positions = check_positions(start_positions, logits.shape[0], "start_positions", logits.device)
+            end_positions = check_positions(end_positions, logits.shape[0], "end_positions", logits.device)
             ignored = start_logits.shape[1]  # positions outside the input are ignored, as transformers does
             start_positions = start_positions.clamp(0, ignored)
             end_positions = end_positions.clamp(0, ignored)

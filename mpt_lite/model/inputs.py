@@ -74,3 +74,20 @@ def check_labels(labels: Any, shape: torch.Size, name: str) -> torch.Tensor:
     if tuple(labels.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(labels.shape)}")
     return labels.long()
+
+
+def check_positions(positions: Any, batch: int, name: str, device: torch.device) -> torch.Tensor:
+    """Question answering's start_positions / end_positions: integer token positions, one per row
+    ((batch,) or (batch, 1), as transformers takes them)."""
+    try:
+        t = torch.as_tensor(positions, device=device)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"{name} must be a tensor of integer token positions, got {type(positions).__name__}") from e
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer token positions, got {t.dtype}")
+    if t.dim() > 1:
+        t = t.squeeze(-1)
+    if tuple(t.shape) != (batch,):
+        raise ValueError(f"{name} must have shape ({batch},) or ({batch}, 1): one position per row, "
+                         f"got {tuple(torch.as_tensor(positions).shape)}")
+    return t.long()

@@ -7,6 +7,7 @@ from typing import Any, Iterator
 
 from ..text.chat_encode import encode_chat
 from ..text.chat_template import stop_settings
+from .arguments import check_stops
 from .generation import PromptIds
 
 
@@ -21,6 +22,5 @@ def chat(model: Any, messages: Any, stream: bool = False, chat_template: str | N
     if gen_kwargs.get("eos_token_id") is not None:
         extra = gen_kwargs.pop("eos_token_id")
         eos_ids += list(extra) if isinstance(extra, (list, tuple, set)) else [extra]
-    user_stop = gen_kwargs.pop("stop", None)
-    stops += [user_stop] if isinstance(user_stop, str) else list(user_stop or [])
+    stops += check_stops(gen_kwargs.pop("stop", None))
     return model.generate(prompt, stream=stream, eos_token_id=eos_ids, stop=stops, **gen_kwargs)

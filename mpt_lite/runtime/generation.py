@@ -11,7 +11,8 @@ import torch
 
 from ..model.inputs import check_attention_mask, check_input_ids
 from ..text.detok import TextStream, find_stop, text_pieces
-from .arguments import check_max_new_tokens, check_prompts, check_stops
+from .arguments import (check_eos_token_id, check_flag, check_max_new_tokens, check_n_keep, check_prompts,
+                        check_stops)
 from .block_manager import DEFAULT_BLOCK_SIZE
 from .constraints import constraint_factory
 from .engine import Engine, check_prompt_lookup
@@ -33,13 +34,19 @@ def generate(model, inputs: Any = None, attention_mask: torch.Tensor | None = No
              json_schema: Any = None, regex: str | None = None, grammar: str | None = None):
     if inputs is None:
         inputs = input_ids
+    elif input_ids is not None:
+        raise ValueError("generate() got both inputs and input_ids: pass the prompt once")
     if inputs is None:
         raise ValueError("generate() needs a prompt: a string, a list of strings or a LongTensor of token ids")
+    check_flag("stream", stream)
+    check_flag("context_shift", context_shift)
+    check_n_keep(n_keep)
     params = SamplingParams(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
                             repetition_penalty=repetition_penalty, seed=seed)
     check_max_new_tokens(max_new_tokens, None if context_shift else model.config.max_seq_len)
     stops = check_stops(stop)
     check_prompts(inputs)
+    eos_token_id = check_eos_token_id(eos_token_id, model.config.vocab_size)
     eos = eos_ids(model, eos_token_id)
     opts = {"context_shift": bool(context_shift), "n_keep": n_keep,
             "prompt_lookup_num_tokens": check_prompt_lookup(prompt_lookup_num_tokens), "assistant_model": assistant_model,
@@ -54,6 +61,8 @@ def generate(model, inputs: Any = None, attention_mask: torch.Tensor | None = No
             raise ValueError("stop strings need a string prompt; with token ids use eos_token_id")
         return _generate_ids(model, inputs, attention_mask, max_new_tokens, params, eos,
                              padding_id(model, eos_token_id), opts)
+    if attention_mask is not None:
+        raise ValueError("attention_mask goes with token ids (a LongTensor prompt); text prompts are not padded")
     tok = model.tokenizer
     if tok is None:
         raise ValueError("this model has no tokenizer: pass token ids (a LongTensor) instead of text")

@@ -44,9 +44,12 @@ class MptTokenizer:
             f = folder / name
             if f.is_file():
                 try:
-                    config.update(json.loads(f.read_text()))
-                except json.JSONDecodeError as e:
+                    data = json.loads(f.read_text(encoding="utf-8"))
+                except ValueError as e:  # bad JSON, or not UTF-8 text
                     raise OSError(f"{f} is not valid JSON: {e}") from e
+                if not isinstance(data, dict):
+                    raise OSError(f"{f} must hold a JSON object, got {type(data).__name__}")
+                config.update(data)
         return cls(tok, config, folder)
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
