@@ -96,12 +96,13 @@ def test_save_and_reload(tmp_path):
 
 
 def test_save_never_replaces_a_users_unrelated_files(tmp_path, monkeypatch):
-    """A folder that is not an MPT checkpoint keeps its files: a save that would replace one of them
-    (config.json, tokenizer files, model.safetensors) is refused before anything is written; files a save
-    does not write stay; an earlier MPT save is replaced; an empty path does not mean the current folder."""
+    """A folder that is not an MPT checkpoint keeps its files: a save that would replace its config.json or
+    model.safetensors is refused before anything is written; files a save does not write stay; an earlier
+    MPT save is replaced; tokenizer.save_pretrained(d) then model.save_pretrained(d) works, as in
+    transformers; an empty path does not mean the current folder."""
     model = mpt_lite.load(bits=None)  # with a tokenizer: a save writes its files too
-    mine = {"config.json": '{"model_type": "llama", "hidden_size": 8}', "tokenizer.json": "my tokenizer",
-            "model.safetensors": "my weights", "notes.txt": "mine"}
+    mine = {"config.json": '{"model_type": "llama", "hidden_size": 8}', "model.safetensors": "my weights",
+            "notes.txt": "mine"}
     for name, text in mine.items():
         folder = tmp_path / name.replace(".", "_")
         folder.mkdir()
@@ -118,6 +119,9 @@ def test_save_never_replaces_a_users_unrelated_files(tmp_path, monkeypatch):
     with pytest.raises(FileExistsError, match="config.json"):
         model.config.save_pretrained(tmp_path / "config_json")
     assert (tmp_path / "config_json" / "config.json").read_text() == mine["config.json"]
+    model.tokenizer.save_pretrained(tmp_path / "both")
+    model.save_pretrained(tmp_path / "both")
+    assert mpt_lite.load(tmp_path / "both", bits=None).tokenizer is not None
     model.save_pretrained(tmp_path / "notes_txt")  # saving again over its own earlier save
     model.config.save_pretrained(tmp_path / "notes_txt")
     monkeypatch.chdir(tmp_path / "notes_txt")

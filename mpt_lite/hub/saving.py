@@ -10,11 +10,12 @@ from torch import nn
 
 from ..config import CONFIG_NAME, check_save_folder
 from ..quant import held_state_dict, quant_metadata
-from ..text.tokenizer import TOKENIZER_FILES
 from .loading import WEIGHT_FILE_PATTERNS
 
-# what a save writes (the tokenizer's files when the model has one)
-SAVED_NAMES = (CONFIG_NAME, "model.safetensors", *TOKENIZER_FILES)
+# What a save refuses to replace unless the folder holds an MPT checkpoint already. Not the tokenizer's files:
+# tokenizer.save_pretrained(d) then model.save_pretrained(d) is the usual transformers order, and the model's
+# own tokenizer is what it writes there.
+SAVED_NAMES = (CONFIG_NAME, "model.safetensors")
 
 
 def save_pretrained(model: nn.Module, save_directory: Any) -> None:
