@@ -219,10 +219,22 @@ struct Rows8Vnni {
     return std::max<int64_t>(rows, 8);
   }
 
+  // A chunk's first tile towards L2 in one burst: each tile prefetches the next one group by group as it goes,
+  // but a worker's chunks are handed out as it asks (for_row_chunks), so the first tile of a chunk was read on
+  // demand. Batch-sized x (8 rows, weights from memory) ran 6-19% faster on a Zen 5 for the 1.3B's shapes
+  // whose chunks are 4-12 tiles; the 16-tile chunks of 8192 rows gained little.
+  void prefetch_tile(int64_t t) const {
+    const int64_t S = w.N / 8;
+    const uint8_t* a = w.data + rows8_unit(t, 0, S, x.KB) * kUnit;
+    const int64_t bytes = rows8_tile_sets(t, S) * x.KB * kUnit;
+    for (int64_t l = 0; l < bytes; l += 64) prefetch<2>(a + l);
+  }
+
   auto make_worker() {
     return [this](int64_t t0, int64_t t1) {  // sets t0 .. t1 - 1, whole layout tiles
       const int64_t S = w.N / 8;
       const int64_t mc = x_rows_in_l2();
+      prefetch_tile(t0);
       for (int64_t m_lo = 0; m_lo < x.M; m_lo += mc) {
         const int64_t m_hi = std::min(x.M, m_lo + mc);
         for (int64_t t = t0; t < t1; t += kRows8TileSets) {
