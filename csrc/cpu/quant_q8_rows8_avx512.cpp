@@ -219,10 +219,12 @@ struct Rows8Vnni {
     return std::max<int64_t>(rows, 8);
   }
 
-  // A chunk's first tile towards L2 in one burst: each tile prefetches the next one group by group as it goes,
-  // but a worker's chunks are handed out as it asks (for_row_chunks), so the first tile of a chunk was read on
-  // demand. Batch-sized x (8 rows, weights from memory) ran 6-19% faster on a Zen 5 for the 1.3B's shapes
-  // whose chunks are 4-12 tiles; the 16-tile chunks of 8192 rows gained little.
+  // A chunk's first tile towards L2 in one burst, for 8 x rows or more: each tile prefetches the next one group
+  // by group as it goes, but a worker's chunks are handed out as it asks (for_row_chunks), so the first tile of
+  // a chunk was read on demand. Batch-sized x (8 rows, weights from memory) ran 6-19% faster on a Zen 5 for the
+  // 1.3B's shapes whose chunks are 4-12 tiles, engine decode at batch 8 7.6% faster; one x row (decode, which
+  // streams at the read bandwidth) was 5% slower with it, so it has none.
+  static constexpr int64_t kBurstRows = 8;
   void prefetch_tile(int64_t t) const {
     const int64_t S = w.N / 8;
     const uint8_t* a = w.data + rows8_unit(t, 0, S, x.KB) * kUnit;
@@ -234,7 +236,7 @@ struct Rows8Vnni {
     return [this](int64_t t0, int64_t t1) {  // sets t0 .. t1 - 1, whole layout tiles
       const int64_t S = w.N / 8;
       const int64_t mc = x_rows_in_l2();
-      prefetch_tile(t0);
+      if (x.M >= kBurstRows) prefetch_tile(t0);
       for (int64_t m_lo = 0; m_lo < x.M; m_lo += mc) {
         const int64_t m_hi = std::min(x.M, m_lo + mc);
         for (int64_t t = t0; t < t1; t += kRows8TileSets) {
