@@ -6,7 +6,7 @@
 //    every lane, gives with eight vpdpbusd each of the 16 rows' block dot in its own lane (no permutes, no
 //    horizontal adds), and the decoded codes serve up to 8 x rows. int8 is the same with its 8 vectors of a
 //    group as they are, + 128 (an xor). A whole layout tile takes both of its pairs a pass (tile_rows), so
-//    that each broadcast feeds two vpdpbusd; only a tail tile of 1-3 sets goes pair by pair (pair). Every
+//    that each broadcast feeds two vpdpbusd; only a tail tile of 1-3 sets goes pair by pair (row_passes<1>). Every
 //    way, the next layout tile is prefetched into L2 alongside.
 //  - one x row of int4 / nf4 (one_row_tile): a 64-byte load is a set's vectors q and q + 1 with no shuffle;
 //    the x block's code dwords are permuted to match once per block for the tile's 4 sets (lanes 0-7 dword
@@ -178,37 +178,30 @@ struct Rows8Vnni {
     }
   }
 
-  // x rows m0 .. m1 - 1 against sets n8 and n8 + 1 (or n8 alone) of a tail tile, 8, then 4, then 1-3 x rows
-  // a pass; the prefetch rides on the first pass.
-  void pair(int64_t n8, int64_t ng, bool lone, const uint8_t* pf, int64_t pf_ng, int64_t m0, int64_t m1) const {
-    for (; m0 + 8 <= m1; m0 += 8, pf = nullptr) pair_tile<1, 8>(n8, ng, m0, lone, pf, pf_ng);
-    for (; m0 + 4 <= m1; m0 += 4, pf = nullptr) pair_tile<1, 4>(n8, ng, m0, lone, pf, pf_ng);
+  // x rows m0 .. m1 - 1 against the NP set pairs from set n8 (the last pair only its first set when `lone`), 8,
+  // then 4, then 1-3 x rows a pass; the prefetch rides on the first pass. A whole layout tile takes both of its
+  // pairs a pass (NP = 2, tile_rows), a tail tile of 1-3 sets one pair at a time (NP = 1).
+  template <int NP>
+  void row_passes(int64_t n8, int64_t ng, bool lone, const uint8_t* pf, int64_t pf_ng, int64_t m0, int64_t m1) const {
+    for (; m0 + 8 <= m1; m0 += 8, pf = nullptr) pair_tile<NP, 8>(n8, ng, m0, lone, pf, pf_ng);
+    for (; m0 + 4 <= m1; m0 += 4, pf = nullptr) pair_tile<NP, 4>(n8, ng, m0, lone, pf, pf_ng);
     switch (m1 - m0) {
-      case 1: pair_tile<1, 1>(n8, ng, m0, lone, pf, pf_ng); break;
-      case 2: pair_tile<1, 2>(n8, ng, m0, lone, pf, pf_ng); break;
-      case 3: pair_tile<1, 3>(n8, ng, m0, lone, pf, pf_ng); break;
+      case 1: pair_tile<NP, 1>(n8, ng, m0, lone, pf, pf_ng); break;
+      case 2: pair_tile<NP, 2>(n8, ng, m0, lone, pf, pf_ng); break;
+      case 3: pair_tile<NP, 3>(n8, ng, m0, lone, pf, pf_ng); break;
       default: break;
     }
   }
 
-  // x rows m0 .. m1 - 1 against a whole layout tile, both of its pairs a pass, 8 x rows at a time, then 4, then
-  // 1-3. Each x dword broadcast then feeds two vpdpbusd (32 rows) instead of one: with one pair a pass (pair)
-  // the kernel ran at 0.7 vpdpbusd a cycle on a Zen 5 core, against 1.0-1.3 this way (2 a cycle is the peak;
-  // the convert-scale-fma per row and block shares those pipes). Small batches and decode (1-4 rows) also read
-  // the tile's codes in memory order, one stream of codes and one of scales, instead of each pair taking every
-  // other half of each group's 512 bytes in a pass of its own (10.6-11.9 against 14.5 GB/s on one thread). One x
-  // row of int4 / nf4 takes one_row_tile.
+  // x rows m0 .. m1 - 1 against a whole layout tile, both of its pairs a pass. Each x dword broadcast then feeds
+  // two vpdpbusd (32 rows) instead of one: with one pair a pass the kernel ran at 0.7 vpdpbusd a cycle on a Zen 5
+  // core, against 1.0-1.3 this way (2 a cycle is the peak; the convert-scale-fma per row and block shares those
+  // pipes). Small batches and decode (1-4 rows) also read the tile's codes in memory order, one stream of codes
+  // and one of scales, instead of each pair taking every other half of each group's 512 bytes in a pass of its
+  // own (10.6-11.9 against 14.5 GB/s on one thread). One x row of int4 / nf4 takes one_row_tile.
   void tile_rows(int64_t t, const uint8_t* pf, int64_t pf_ng, int64_t m0, int64_t m1) const {
     if (!kInt8 && m1 - m0 == 1) return one_row_tile(t, m0, pf, pf_ng);
-    constexpr int64_t ng = kRows8TileSets;
-    for (; m0 + 8 <= m1; m0 += 8, pf = nullptr) pair_tile<2, 8>(t, ng, m0, false, pf, pf_ng);
-    for (; m0 + 4 <= m1; m0 += 4, pf = nullptr) pair_tile<2, 4>(t, ng, m0, false, pf, pf_ng);
-    switch (m1 - m0) {
-      case 1: pair_tile<2, 1>(t, ng, m0, false, pf, pf_ng); break;
-      case 2: pair_tile<2, 2>(t, ng, m0, false, pf, pf_ng); break;
-      case 3: pair_tile<2, 3>(t, ng, m0, false, pf, pf_ng); break;
-      default: break;
-    }
+    row_passes<2>(t, kRows8TileSets, false, pf, pf_ng, m0, m1);
   }
 
   // x rows a pass over a worker's weight tiles: their codes (Kp bytes a row) fill at most a quarter of L2, so
@@ -247,7 +240,7 @@ struct Rows8Vnni {
             tile_rows(t, pf, pf_ng, m_lo, m_hi);
             continue;
           }
-          for (int64_t p = 0; p < ng; p += 2, pf = nullptr) pair(t + p, ng, p + 1 == ng, pf, pf_ng, m_lo, m_hi);
+          for (int64_t p = 0; p < ng; p += 2, pf = nullptr) row_passes<1>(t + p, ng, p + 1 == ng, pf, pf_ng, m_lo, m_hi);
         }
       }
     };
