@@ -375,7 +375,7 @@ def holds_mpt_config(folder: Path) -> bool:
 def check_save_folder(save_directory: Any, names: tuple[str, ...]) -> Path:
     """The folder a save may write `names` into: a path (not empty, not a file) where none of those
     files exists unless the folder holds an MPT checkpoint already (a save replaces its own kind of
-    files, never a user's unrelated config.json, tokenizer or weights)."""
+    files, never a user's unrelated config.json or weights)."""
     if isinstance(save_directory, bool) or not isinstance(save_directory, (str, os.PathLike)):
         raise TypeError(f"save_directory must be a path (str or os.PathLike), got {type(save_directory).__name__}")
     if not os.fspath(save_directory):

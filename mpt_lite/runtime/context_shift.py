@@ -7,6 +7,7 @@ contiguous and distances are taken over the kept positions. n_keep rounds up to 
 block holding the n_keep-th token is kept whole), so up to block_size - 1 more tokens are kept."""
 from __future__ import annotations
 
+from .arguments import check_n_keep
 from .block_manager import BlockManager
 from .request import Request
 
@@ -17,8 +18,7 @@ def check_context_shift(config, n_keep: int, window: int, block_size: int) -> No
         raise ValueError(
             "context_shift needs ALiBi: this model has learned positions (transformer.wpe, alibi off), so "
             "its kept keys would need their positions changed, which a shift does not do")
-    if not isinstance(n_keep, int) or isinstance(n_keep, bool) or n_keep < 0:
-        raise ValueError(f"n_keep must be a non-negative integer, got {n_keep!r}")
+    check_n_keep(n_keep)
     kept = -(-n_keep // block_size) * block_size
     if kept + block_size > window:
         raise ValueError(

@@ -9,6 +9,8 @@ import math
 
 import torch
 
+from .arguments import check_flag
+
 MAX_LOGPROBS = 20  # alternatives per token, as in the OpenAI API
 # torch.Generator.manual_seed takes [-2**63, 2**64 - 1]; seeds stay in the signed 64-bit range (as
 # OpenAI's API says) so that generate() can add a row's index to one.
@@ -47,8 +49,7 @@ class SamplingParams:
     logprobs: int | None = None  # record each chosen token's log-probability and this many alternatives
 
     def __post_init__(self) -> None:
-        if not isinstance(self.do_sample, bool):
-            raise TypeError(f"do_sample must be True or False, got {self.do_sample!r}")
+        check_flag("do_sample", self.do_sample)
         _check_number("temperature", self.temperature, low=0.0)
         if self.top_k is not None:
             _check_int("top_k", self.top_k, low=0)
