@@ -31,6 +31,29 @@ def test_each_variant_reads_every_byte_once_per_pass(isa, threads, nbytes):
     assert raw["checksum"] == expected_checksum(nbytes, 3)
 
 
+def sys_data_caches() -> list[int]:
+    """cpu0's data and unified cache sizes as the Linux kernel lists them (/sys), in bytes; [] elsewhere."""
+    root, sizes = "/sys/devices/system/cpu/cpu0/cache", []
+    for d in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        try:
+            with open(f"{root}/{d}/type") as t, open(f"{root}/{d}/size") as s:
+                kind, size = t.read().strip(), s.read().strip()
+        except OSError:
+            continue
+        if kind != "Instruction" and size[:-1].isdigit():
+            sizes.append(int(size[:-1]) << {"K": 10, "M": 20, "G": 30}[size[-1]])
+    return sizes
+
+
+def test_last_level_cache_is_the_one_linux_lists():
+    """/sys before glibc's sysconf: in a VM glibc can report the host socket's L3 (384 MiB on a 2-vCPU Zen 5
+    guest whose /sys said 32 MiB)."""
+    sizes = sys_data_caches()
+    if not sizes:
+        pytest.skip("no /sys/devices/system/cpu/cpu0/cache on this machine")
+    assert kernels.last_level_cache_bytes() == max(sizes)
+
+
 def test_default_size_is_several_times_the_last_level_cache():
     llc = kernels.last_level_cache_bytes()
     assert llc >= 0

@@ -9,12 +9,12 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <memory>
 #include <new>
 #include <stdexcept>
 #include <string>
 
+#include "cpu/cache_sizes.h"
 #include "cpu/cpu_features.h"
 #include "cpu/thread_pool.h"
 
@@ -22,27 +22,6 @@ namespace mpt {
 namespace {
 
 constexpr int64_t kLine = 64, kPage = 4096, kMiB = int64_t(1) << 20;
-
-// "32K", "1024K", "480M" (a /sys cache size) in bytes; 0 when unreadable.
-int64_t parse_size(const std::string& s) {
-  char* end = nullptr;
-  const long long v = std::strtoll(s.c_str(), &end, 10);
-  if (v <= 0 || end == s.c_str()) return 0;
-  const char u = *end;
-  return v * (u == 'K' ? 1024 : u == 'M' ? kMiB : u == 'G' ? 1024 * kMiB : 1);
-}
-
-int64_t sys_cache_bytes() {
-  int64_t best = 0;
-  for (int i = 0; i < 16; ++i) {
-    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
-    std::ifstream type(dir + "type"), size(dir + "size");
-    std::string t, s;
-    if (!(type >> t) || !(size >> s)) continue;
-    if (t != "Instruction") best = std::max(best, parse_size(s));
-  }
-  return best;
-}
 
 double process_cpu_seconds() {
   timespec ts{};
@@ -56,16 +35,7 @@ struct FreeBuffer {
 
 }  // namespace
 
-int64_t last_level_cache_bytes() {
-  int64_t best = 0;
-#ifdef _SC_LEVEL3_CACHE_SIZE
-  best = std::max<int64_t>(best, sysconf(_SC_LEVEL3_CACHE_SIZE));
-#endif
-#ifdef _SC_LEVEL2_CACHE_SIZE
-  best = std::max<int64_t>(best, sysconf(_SC_LEVEL2_CACHE_SIZE));
-#endif
-  return best > 0 ? best : sys_cache_bytes();
-}
+int64_t last_level_cache_bytes() { return largest_cache_bytes(); }
 
 int64_t default_stream_bytes() {
   int64_t bytes = std::max<int64_t>(256 * kMiB, 4 * last_level_cache_bytes());

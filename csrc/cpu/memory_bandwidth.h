@@ -7,8 +7,7 @@
 
 namespace mpt {
 
-// Bytes of the largest data cache this CPU reports (sysconf, else /sys/devices/system/cpu/cpu0/cache);
-// 0 when neither says.
+// Bytes of the largest data cache this CPU reports (cache_sizes.h: /sys, else sysconf); 0 when neither says.
 int64_t last_level_cache_bytes();
 
 // The default buffer: 4x the last-level cache, at least 256 MiB, at most half of the free memory.

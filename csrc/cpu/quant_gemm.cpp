@@ -1,57 +1,16 @@
 // Cache sizes and block sizes of the integer GEMM tiles (portable part; the kernels are per ISA).
 #include "cpu/quant_gemm.h"
 
-#include <unistd.h>
-
 #include <algorithm>
-#include <fstream>
-#include <string>
+
+#include "cpu/cache_sizes.h"
 
 namespace mpt {
 
-// /sys/devices/system/cpu/cpu0/cache/indexI/size ("48K", "2048K", "480M"), or 0.
-static int64_t sys_cache_size(int level, bool data) {
-  for (int i = 0; i < 8; ++i) {
-    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
-    std::ifstream lv(dir + "level"), ty(dir + "type"), sz(dir + "size");
-    int l = 0;
-    std::string type, size;
-    if (!(lv >> l) || !(ty >> type) || !(sz >> size)) continue;
-    if (l != level || (data ? type == "Instruction" : false)) continue;
-    int64_t v = 0;
-    size_t pos = 0;
-    try {
-      v = std::stoll(size, &pos);
-    } catch (...) {
-      continue;
-    }
-    const char unit = pos < size.size() ? size[pos] : 'B';
-    return unit == 'K' ? v << 10 : unit == 'M' ? v << 20 : unit == 'G' ? v << 30 : v;
-  }
-  return 0;
-}
-
-static int64_t cache_size(int sc_name, int level, bool data, int64_t fallback) {
-  long v = -1;
-#ifdef _SC_LEVEL1_DCACHE_SIZE
-  v = sysconf(sc_name);
-#else
-  (void)sc_name;
-#endif
-  if (v > 0) return v;
-  const int64_t s = sys_cache_size(level, data);
-  return s > 0 ? s : fallback;
-}
-
 const CacheSizes& gemm_cache_sizes() {
-#ifdef _SC_LEVEL1_DCACHE_SIZE
-  static const CacheSizes c{cache_size(_SC_LEVEL1_DCACHE_SIZE, 1, true, 32 << 10),
-                            cache_size(_SC_LEVEL2_CACHE_SIZE, 2, true, 1 << 20),
-                            cache_size(_SC_LEVEL3_CACHE_SIZE, 3, true, 8 << 20)};
-#else
-  static const CacheSizes c{cache_size(0, 1, true, 32 << 10), cache_size(0, 2, true, 1 << 20),
-                            cache_size(0, 3, true, 8 << 20)};
-#endif
+  auto or_else = [](int64_t v, int64_t fallback) { return v > 0 ? v : fallback; };
+  static const CacheSizes c{or_else(cpu_cache_bytes(1), 32 << 10), or_else(cpu_cache_bytes(2), 1 << 20),
+                            or_else(cpu_cache_bytes(3), 8 << 20)};
   return c;
 }
 

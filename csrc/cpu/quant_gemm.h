@@ -31,7 +31,7 @@ constexpr int64_t kGemmMinRows = 16;  // more rows than this take the GEMM tiles
 struct CacheSizes {
   int64_t l1d, l2, l3;  // bytes, per core for l1d and l2
 };
-// sysconf, else /sys/devices/system/cpu/cpu0/cache, else 32 KiB / 1 MiB / 8 MiB; read once.
+// cpu_cache_bytes (cache_sizes.h: /sys, else sysconf), else 32 KiB / 1 MiB / 8 MiB; read once.
 const CacheSizes& gemm_cache_sizes();
 
 struct GemmBlocking {
