@@ -19,6 +19,7 @@ from torch import nn
 
 from .. import kernels
 from .checkpoint import iter_tensors, resolve_checkpoint, safetensors_metadata, weight_files
+from .load_options import check_overrides, dtype_from_config, take_torch_dtype
 from ..config import CONFIG_NAME, MissingKeyError, MptConfig
 from ..quant import FORMAT_VERSION, QUANT_TYPES
 from ..quant import (FOUR_BIT, QuantEmbedding, QuantLinear, check_embedding_bits, embedding_quant_type, quant_type_for,
@@ -48,6 +49,8 @@ def check_device(device: Any) -> torch.device:
 def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type: str | None = None,
                     dtype: torch.dtype = torch.float32, device: Any = "cpu", embedding_bits: int | None = None,
                     group_size: int | None = None, **config_overrides: Any):
+    dtype, auto_dtype = take_torch_dtype(dtype, config_overrides)
+    check_overrides(config_overrides)
     if bits is None and quant_type is not None:
         raise ValueError("quant_type is only meaningful with bits=8 or bits=4")
     qtype = None if bits is None else quant_type_for(bits, quant_type)
@@ -62,6 +65,10 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
     dev = check_device(device)
     folder = resolve_checkpoint(name_or_path)
     config = MptConfig.from_json_file(folder / CONFIG_NAME, **config_overrides)
+    if auto_dtype:
+        dtype = dtype_from_config(config)
+        if dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"torch_dtype='auto': {folder} says {dtype}, not one of {SUPPORTED_DTYPES}")
     files = weight_files(folder)
     stored, blocksize, stored_formats, version = _stored_quantization(files)
     stored_rows8 = _stored_rows8(files) if stored_formats else set()
