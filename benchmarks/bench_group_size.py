@@ -138,6 +138,7 @@ ROWS = [  # name, group (None: float blocks), searched, bits per weight of the b
     ("int4 G=64 searched (simulated)", 64, True, 4.25),
     ("int4 G=64 absmax (simulated)", 64, False, 4.25),
     ("int4 G=128 searched (simulated)", 128, True, 4.125),
+    ("int4 G=256 searched (simulated)", 256, True, 4.0625),
     ("llama.cpp Q4_0 (simulated: ggml's reference quantizer)", "q4_0", False, 4.5),
     ("int4 G=64 asymmetric, scale and min fitted (simulated; not a kernel format)", "asym64", True, 4.5),
     ("int4 G=128 asymmetric, scale and min fitted (simulated; not a kernel format)", "asym128", True, 4.25),
