@@ -62,10 +62,13 @@ def test_bitsandbytes_flags_name_the_option_to_use(folder, name, ours):
         mpt_lite.load(folder, **{name: True})
 
 
-def test_a_misspelt_option_warns_and_names_the_likely_one(folder):
-    with pytest.warns(UserWarning, match="'bitz'.*did you mean bits"):
-        m = mpt_lite.load(folder, bitz=8)
+@pytest.mark.parametrize("entry", ["load", "from_pretrained"])
+def test_a_misspelt_option_warns_at_the_callers_line_and_names_the_likely_one(folder, entry):
+    call = mpt_lite.load if entry == "load" else mpt_lite.MptForCausalLM.from_pretrained
+    with pytest.warns(UserWarning, match="'bitz'.*did you mean bits") as record:
+        m = call(folder, bitz=8)
     assert m.config.bitz == 8  # kept, as before
+    assert [w.filename for w in record if "bitz" in str(w.message)] == [__file__]
 
 
 def test_config_fields_and_trust_remote_code_do_not_warn(folder):

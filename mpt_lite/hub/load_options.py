@@ -5,6 +5,8 @@ config may carry fields of its own) but is most often a misspelt option."""
 from __future__ import annotations
 
 import difflib
+import os
+import sys
 import warnings
 from typing import Any
 
@@ -70,4 +72,14 @@ def check_overrides(overrides: dict) -> None:
         close = difflib.get_close_matches(name, [*LOADING_OPTIONS, *known], n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         warnings.warn(f"from_pretrained: {name!r} is neither an MPT config field nor a loading option; it is kept on "
-                      f"the config as given{hint}", UserWarning, stacklevel=4)
+                      f"the config as given{hint}", UserWarning, stacklevel=_caller_level())
+
+
+def _caller_level() -> int:
+    """warnings.warn's stacklevel for the first frame outside mpt_lite (load() or from_pretrained's caller), so the
+    warning names the user's line, whichever entry point was called."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(1), 1  # frame 1: the function that calls warnings.warn
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
