@@ -13,6 +13,7 @@
 #include "bind_args.h"
 #include "cpu/activations.h"
 #include "cpu/attention.h"
+#include "cpu/cache_sizes.h"
 #include "cpu/cpu_features.h"
 #include "cpu/decode_step.h"
 #include "cpu/memory_bandwidth.h"
@@ -483,7 +484,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_num_threads", &mpt::set_num_threads, py::arg("n"), G());
 
   // The memory read-bandwidth yardstick (benchmarks): bytes 0 picks 4x the last-level cache.
-  m.def("last_level_cache_bytes", &mpt::last_level_cache_bytes);
+  m.def("last_level_cache_bytes", &mpt::largest_cache_bytes);
   m.def("default_read_bytes", &mpt::default_stream_bytes);
   m.def(
       "read_bandwidth",

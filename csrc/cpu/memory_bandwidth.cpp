@@ -35,10 +35,8 @@ struct FreeBuffer {
 
 }  // namespace
 
-int64_t last_level_cache_bytes() { return largest_cache_bytes(); }
-
 int64_t default_stream_bytes() {
-  int64_t bytes = std::max<int64_t>(256 * kMiB, 4 * last_level_cache_bytes());
+  int64_t bytes = std::max<int64_t>(256 * kMiB, 4 * largest_cache_bytes());
   const long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
   if (pages > 0 && page > 0) bytes = std::min<int64_t>(bytes, int64_t(pages) * page / 2);
   return std::max<int64_t>(bytes, kMiB);

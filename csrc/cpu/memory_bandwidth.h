@@ -7,10 +7,8 @@
 
 namespace mpt {
 
-// Bytes of the largest data cache this CPU reports (cache_sizes.h: /sys, else sysconf); 0 when neither says.
-int64_t last_level_cache_bytes();
-
-// The default buffer: 4x the last-level cache, at least 256 MiB, at most half of the free memory.
+// The default buffer: 4x the last-level cache (largest_cache_bytes, cache_sizes.h), at least 256 MiB, at most
+// half of the free memory.
 int64_t default_stream_bytes();
 
 struct ReadBandwidth {
