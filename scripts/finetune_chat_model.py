@@ -72,10 +72,10 @@ def parse_args() -> argparse.Namespace:
                         "names (chat_data.copy_rows)")
     p.add_argument("--continue-chat", action="store_true",
                    help="allow --base to be an already chat fine-tuned model (a further stage; its record is kept)")
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=1800)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--eval-every", type=int, default=500,
+    p.add_argument("--eval-every", type=int, default=600,
                    help="measure every this many steps (0: only at the end) the held-out code perplexity, chat "
                         "loss, greedy chat replies on a sample and plain-code continuations on a sample, and keep "
                         "the checkpoint of best chat replies among those within --max-ppl-change and --min-code")

@@ -41,12 +41,36 @@ def test_the_model_as_its_own_assistant_accepts_nearly_everything():
     assert r.accepted >= 0.9 * r.drafted and engine.stats["steps"] < 25
 
 
+NEAR_TIE = 0.05  # logits; 4-bit greedy picks closer than this may flip with the row count (below)
+
+
+def target_logits(model, ids, n_prompt):
+    """The target's forward() logits at every generated position of ids."""
+    with torch.no_grad():
+        return model(input_ids=ids).logits[0, n_prompt - 1:-1]
+
+
 def test_default_model_with_an_int8_assistant():
+    """The drafts change nothing but speed: every token is the target's greedy pick on its prefix.
+    Verifying k + 1 drafted tokens is a matmul of k + 1 rows, and the 4-bit kernels round their
+    activations to q8 in other groupings at other row counts, so a pick between two logits closer
+    than NEAR_TIE may go either way (the default model has one at the 9th token of this prompt:
+    5.892 against 5.881). Before the first such near tie the output is plain greedy's, token for token."""
     target = mpt_lite.load()
     helper = mpt_lite.load(bits=8)
     ids = torch.tensor([target.tokenizer.encode("def parse_header(line):\n    key, _, value = line.partition(':')\n")])
+    n = ids.shape[1]
     want = target.generate(ids, max_new_tokens=60)
-    assert torch.equal(target.generate(ids, max_new_tokens=60, assistant_model=helper), want)
+    got = target.generate(ids, max_new_tokens=60, assistant_model=helper)
+    assert got.shape == want.shape
+    logits = target_logits(target, got, n)
+    below_best = logits.max(-1).values - logits.gather(1, got[0, n:, None])[:, 0]
+    assert below_best.max() < NEAR_TIE, below_best
+    top2 = target_logits(target, want, n).topk(2, dim=-1).values
+    near = (top2[:, 0] - top2[:, 1] < NEAR_TIE).nonzero()
+    first_near = int(near[0]) if len(near) else want.shape[1] - n
+    assert first_near >= 4  # the check below compares something
+    assert torch.equal(got[:, :n + first_near], want[:, :n + first_near])
 
 
 def test_refusals():

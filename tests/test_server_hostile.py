@@ -324,22 +324,29 @@ def fuzz_body(rng: random.Random) -> tuple[str, bytes]:
 
 
 def test_fuzz_never_5xx(served):
+    """300 malformed or odd requests, twice (the same ones): never a 5xx, every error a message, the
+    server healthy after. Memory is compared between the end of the first pass and the end of the
+    second: the first pass raises the heap's high-water mark (a long prompt's activations, KV blocks
+    touched for the first time: ~45 MB with the default model at float32), which the second reuses;
+    what a leak on some path leaves behind is there twice."""
     proc, base = served
-    rng = random.Random(19)
     statuses: dict[int, int] = {}
     with httpx.Client(base_url=base, timeout=60) as c:
-        before = rss_kib(proc.pid)
-        for _ in range(300):
-            path, raw = fuzz_body(rng)
-            headers = JSON if rng.random() < 0.95 else {"content-type": "text/plain"}
-            r = c.post(path, content=raw, headers=headers)
-            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-            assert r.status_code < 500, (raw[:300], r.text[:300])
-            if r.status_code >= 400:
-                assert r.json()["error"]["message"]
+        for fuzz_pass in range(2):
+            rng = random.Random(19)
+            if fuzz_pass == 1:
+                before = rss_kib(proc.pid)
+            for _ in range(300):
+                path, raw = fuzz_body(rng)
+                headers = JSON if rng.random() < 0.95 else {"content-type": "text/plain"}
+                r = c.post(path, content=raw, headers=headers)
+                statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                assert r.status_code < 500, (raw[:300], r.text[:300])
+                if r.status_code >= 400:
+                    assert r.json()["error"]["message"]
+        grown = rss_kib(proc.pid) - before
         h = c.get("/health").json()
         assert h["status"] == "ok" and h["running"] == 0 and h["kv_blocks_free"] == h["kv_blocks_total"]
         assert h["counters"]["requests"] == sum(h["counters"][k] for k in ("completed", "aborted", "rejected", "failed"))
-        grown = rss_kib(proc.pid) - before
-    assert statuses.get(200, 0) > 20 and statuses.get(400, 0) > 100, statuses
-    assert grown < 32 * 1024, f"RSS grew {grown} KiB over the fuzz"
+    assert statuses.get(200, 0) > 40 and statuses.get(400, 0) > 200, statuses
+    assert grown < 8 * 1024, f"RSS grew {grown} KiB over a second pass of the same 300 requests"
