@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import torch  # noqa: E402
 
 import mpt_lite  # noqa: E402
+from mpt_lite import MptTokenizer  # noqa: E402
 from chat_everyday_requests import EVERYDAY_REQUESTS  # noqa: E402
 from chat_pairs import all_functions, request  # noqa: E402
 from default_model_corpus import split_files, stdlib_files  # noqa: E402
@@ -40,6 +41,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--bits", default="4", choices=["4", "8", "none"], help="as `mpt-lite chat --bits`")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--max-source-tokens", type=int, default=256, help="held-out functions longer are left out")
+    p.add_argument("--lengths-from", type=Path, default=None,
+                   help="a model folder whose tokenizer measures --max-source-tokens (default: the model's own), so "
+                        "that models with different tokenizers are asked the same requests")
     p.add_argument("--limit", type=int, default=None, help="at most this many held-out requests (seeded sample)")
     p.add_argument("--repetition-penalty", type=float, default=1.0,
                    help="as `mpt-lite chat --repetition-penalty` (1.0, the default, is none: the issue's numbers)")
@@ -115,8 +119,9 @@ def held_out_functions(args) -> list:
 
 
 def held_out_requests(model, args) -> list[tuple[str, str]]:
+    tok = MptTokenizer.from_pretrained(args.lengths_from) if args.lengths_from else model.tokenizer
     fns = [f for f in held_out_functions(args)
-           if len(model.tokenizer.encode(f.full_source, add_special_tokens=False)) <= args.max_source_tokens]
+           if len(tok.encode(f.full_source, add_special_tokens=False)) <= args.max_source_tokens]
     rng = random.Random(args.seed)
     if args.limit is not None and args.limit < len(fns):
         fns = rng.sample(fns, args.limit)
