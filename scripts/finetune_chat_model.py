@@ -38,7 +38,7 @@ from chat_data import chat_rows, copy_rows, function_rows  # noqa: E402
 from chat_everyday_requests import EVERYDAY_REQUESTS  # noqa: E402
 from chat_pairs import NamePool, all_functions, request  # noqa: E402
 from eval_chat_model import answers, code_continuations, code_prompts, judge  # noqa: E402
-from default_model_corpus import held_out_perplexity, split_files, stdlib_files, token_stream  # noqa: E402
+from default_model_corpus import bf16_emulated_note, held_out_perplexity, split_files, stdlib_files, token_stream  # noqa: E402
 from train_default_model import lr_at, optimizer  # noqa: E402  (the base run's AdamW groups and schedule)
 from mpt_lite import MptForCausalLM, MptTokenizer  # noqa: E402
 
@@ -188,12 +188,8 @@ def main() -> None:
     torch.manual_seed(args.seed)
     t0, cpu0 = time.time(), time.process_time()
 
-    if args.bf16:
-        from mpt_lite.kernels import cpu_features
-        feats = cpu_features()
-        if not (feats.get("amx_bf16") or feats.get("avx512bf16")):
-            log("note: this CPU has neither AMX nor AVX-512 BF16, so bf16 autocast is emulated and slow (a step took "
-                "42 s against 1.2 s in float32 on a Zen 3); --no-bf16 trains in float32")
+    if args.bf16 and (note := bf16_emulated_note()):
+        log(note)
     base_info_path = args.base / "training_info.json"
     base_info = json.loads(base_info_path.read_text()) if base_info_path.is_file() else {}
     if "chat_finetune" in base_info and not args.continue_chat:

@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import torch  # noqa: E402
 
-from default_model_corpus import held_out_perplexity, split_files, stdlib_files, token_stream, read_text  # noqa: E402
+from default_model_corpus import (bf16_emulated_note, held_out_perplexity, read_text, split_files,  # noqa: E402
+                                  stdlib_files, token_stream)
 from mpt_lite import MptConfig, MptForCausalLM, MptTokenizer  # noqa: E402
 from mpt_lite.text.chat_template import CHATML_TEMPLATE  # noqa: E402
 
@@ -128,12 +129,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t0 = time.time()
-    if args.bf16:
-        from mpt_lite.kernels import cpu_features
-        feats = cpu_features()
-        if not (feats.get("amx_bf16") or feats.get("avx512bf16")):
-            log("note: this CPU has neither AMX nor AVX-512 BF16, so bf16 autocast is emulated and slow; "
-                "--no-bf16 trains in float32")
+    if args.bf16 and (note := bf16_emulated_note()):
+        log(note)
 
     files = stdlib_files()
     train_files, held_files = split_files(files, args.seed)

@@ -323,27 +323,30 @@ def fuzz_body(rng: random.Random) -> tuple[str, bytes]:
     return ("/v1/chat/completions" if chat else "/v1/completions"), raw
 
 
+def fuzz_pass(client: httpx.Client, statuses: dict[int, int]) -> None:
+    """The same 300 malformed or odd requests each call: never a 5xx, every error with a message."""
+    rng = random.Random(19)
+    for _ in range(300):
+        path, raw = fuzz_body(rng)
+        headers = JSON if rng.random() < 0.95 else {"content-type": "text/plain"}
+        r = client.post(path, content=raw, headers=headers)
+        statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+        assert r.status_code < 500, (raw[:300], r.text[:300])
+        if r.status_code >= 400:
+            assert r.json()["error"]["message"]
+
+
 def test_fuzz_never_5xx(served):
-    """300 malformed or odd requests, twice (the same ones): never a 5xx, every error a message, the
-    server healthy after. Memory is compared between the end of the first pass and the end of the
-    second: the first pass raises the heap's high-water mark (a long prompt's activations, KV blocks
-    touched for the first time: ~45 MB with the default model at float32), which the second reuses;
-    what a leak on some path leaves behind is there twice."""
+    """The fuzz twice, the server healthy after. Memory is compared between the end of the first pass
+    and the end of the second: the first pass raises the heap's high-water mark (a long prompt's
+    activations, KV blocks touched for the first time: ~45 MB with the default model at float32),
+    which the second reuses; what a leak on some path leaves behind is there twice."""
     proc, base = served
     statuses: dict[int, int] = {}
     with httpx.Client(base_url=base, timeout=60) as c:
-        for fuzz_pass in range(2):
-            rng = random.Random(19)
-            if fuzz_pass == 1:
-                before = rss_kib(proc.pid)
-            for _ in range(300):
-                path, raw = fuzz_body(rng)
-                headers = JSON if rng.random() < 0.95 else {"content-type": "text/plain"}
-                r = c.post(path, content=raw, headers=headers)
-                statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-                assert r.status_code < 500, (raw[:300], r.text[:300])
-                if r.status_code >= 400:
-                    assert r.json()["error"]["message"]
+        fuzz_pass(c, statuses)
+        before = rss_kib(proc.pid)
+        fuzz_pass(c, statuses)
         grown = rss_kib(proc.pid) - before
         h = c.get("/health").json()
         assert h["status"] == "ok" and h["running"] == 0 and h["kv_blocks_free"] == h["kv_blocks_total"]
