@@ -42,12 +42,13 @@ Row = tuple[list[int], list[int], list[bool]]  # ids, labels, heads (see labelle
 
 
 def chat_rows(tok, bpe, functions: list[Function], seq_len: int, pad_id: int, seed: int,
-              follow_up_fraction: float, unnamed_fraction: float = 0.2, rename_fraction: float = 0.0) -> Iterator[Row]:
+              follow_up_fraction: float, unnamed_fraction: float = 0.2, rename_fraction: float = 0.0,
+              name_style: str = "snake") -> Iterator[Row]:
     """Endless packed rows: each epoch a new shuffle, new phrasings of every function's request and
     new fresh names for rename_fraction of them (chat_pairs.NamePool, from these functions' names);
     whole conversations only (one longer than seq_len is skipped), the rest of a row padded."""
     rng = random.Random(seed)
-    pool = NamePool.of(functions)
+    pool = NamePool.of(functions, name_style)
     while True:
         order = list(functions)
         rng.shuffle(order)
@@ -83,7 +84,20 @@ def pad(ids: list[int], labels: list[int], heads: list[bool], seq_len: int, pad_
 PARAMS = ["()", "(self)", "(self, value)", "(data)", "(self, *args)", "(name, default=None)"]
 
 
-def copy_rows(bpe, pool: NamePool, seq_len: int, pad_id: int, seed: int) -> Iterator[Row]:
+def name_list(rng: random.Random, names: list[str], contexts: str) -> str:
+    """The line that lists the names of a copy row. contexts "plain": a comment, `# Functions: a, b`.
+    "varied": also in backticks or quotes, where a name's first piece is a token without the
+    leading space that it has after `def ` (a request's `keys` answered with `defkeys(`)."""
+    head = "# " + rng.choice(["Functions", "Defines", "Names", "API"]) + ": "
+    form = "plain" if contexts == "plain" else rng.choice(("plain", "backticks", "quotes"))
+    if form == "backticks":
+        return head + ", ".join(f"`{n}`" for n in names) + "\n\n"
+    if form == "quotes":
+        return "__all__ = [" + ", ".join(f"'{n}'" for n in names) + "]\n\n"
+    return head + ", ".join(names) + "\n\n"
+
+
+def copy_rows(bpe, pool: NamePool, seq_len: int, pad_id: int, seed: int, contexts: str = "plain") -> Iterator[Row]:
     """Endless rows that only copying can predict: a comment listing 2-6 fresh names
     (chat_pairs.NamePool), then a `def` of each, in another order; the loss is on the names in the
     `def` lines only.
@@ -100,8 +114,7 @@ def copy_rows(bpe, pool: NamePool, seq_len: int, pad_id: int, seed: int) -> Iter
         labels: list[int] = []
         while True:
             names = [pool.fresh(rng, "") for _ in range(rng.randint(2, 6))]
-            a = bpe.encode("# " + rng.choice(["Functions", "Defines", "Names", "API"]) + ": " + ", ".join(names) + "\n\n",
-                           add_special_tokens=False).ids
+            a = bpe.encode(name_list(rng, names, contexts), add_special_tokens=False).ids
             b, y = [], []
             for name in rng.sample(names, len(names)):
                 enc = bpe.encode(f"def {name}{rng.choice(PARAMS)}:\n    pass\n\n", add_special_tokens=False)

@@ -137,30 +137,63 @@ def renamed(fn: Function, rng: random.Random) -> tuple[str, str]:
     return new, rename_in(fn.source, fn.name, new)
 
 
+# Syllables for invented identifier words (`pypirc`, `unhex`, `tiff` in held-out names): words no
+# training answer has, which only copying letter pieces can reproduce.
+ONSETS = ["b", "c", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "x", "z",
+          "bl", "br", "ch", "cl", "cr", "dr", "fl", "gr", "pl", "pr", "sh", "sp", "st", "th", "tr", ""]
+VOWELS = ["a", "e", "i", "o", "u", "y", "ai", "ee", "io", "ou"]
+CODAS = ["", "", "b", "ck", "d", "f", "g", "l", "m", "n", "p", "r", "rc", "s", "t", "x", "ff", "mp", "nd", "st"]
+NAME_STYLES = ("snake", "varied")
+
+
 @dataclass
 class NamePool:
-    """Identifier words of the training functions' names, for fresh names (verb_noun) that no
-    training answer pairs with its body: copying them from the request is the only way to get them."""
+    """Identifier words of the training functions' names, for fresh names that no training answer
+    pairs with its body: copying them from the request is the only way to get them.
+
+    style "snake": verb_noun[_noun] of those words. "varied": half of them so, the rest camelCase
+    (`startElement`), private (`_read_entry`) or with an invented word (`check_plouxd`,
+    `_grimp`), as held-out names are; a known word's pieces can be guessed from its first piece,
+    an invented one's only copied."""
     verbs: list[str]
     nouns: list[str]
+    style: str = "snake"
 
     @classmethod
-    def of(cls, functions: list[Function]) -> "NamePool":
+    def of(cls, functions: list[Function], style: str = "snake") -> "NamePool":
+        if style not in NAME_STYLES:
+            raise ValueError(f"name style must be one of {NAME_STYLES}, not {style!r}")
         verbs, nouns = Counter(), Counter()  # verbs: first words of several names (get, make, ...)
         for fn in functions:
             words = [w for w in fn.name.lower().split("_") if w]
             if len(words) >= 2 and words[0].isalpha():
                 verbs[words[0]] += 1
             nouns.update(w for w in words[1:] if w.isalpha() and len(w) >= 3)
-        return cls(sorted(w for w, n in verbs.items() if n >= 3), sorted(w for w, n in nouns.items() if n >= 2))
+        return cls(sorted(w for w, n in verbs.items() if n >= 3), sorted(w for w, n in nouns.items() if n >= 2),
+                   style)
 
     def fresh(self, rng: random.Random, avoid: str) -> str:
         while True:
-            name = f"{rng.choice(self.verbs)}_{rng.choice(self.nouns)}"
-            if rng.random() < 0.3:
-                name += f"_{rng.choice(self.nouns)}"
+            name = self._snake(rng) if self.style == "snake" or rng.random() < 0.5 else self._varied(rng)
             if name != avoid:
                 return name
+
+    def _snake(self, rng: random.Random) -> str:
+        name = f"{rng.choice(self.verbs)}_{rng.choice(self.nouns)}"
+        if rng.random() < 0.3:
+            name += f"_{rng.choice(self.nouns)}"
+        return name
+
+    def _varied(self, rng: random.Random) -> str:
+        kind = rng.choice(("camel", "private", "invented", "invented"))
+        if kind == "camel":
+            words = [rng.choice(self.verbs)] + [rng.choice(self.nouns) for _ in range(rng.choice((1, 1, 2)))]
+            return words[0] + "".join(w.capitalize() for w in words[1:])
+        if kind == "private":
+            return "_" + self._snake(rng)
+        word = "".join(rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS)
+                       for _ in range(rng.choice((1, 1, 2, 2, 3))))
+        return rng.choice(("", "", "_", f"{rng.choice(self.verbs)}_")) + word
 
 
 def with_fresh_name(fn: Function, pool: NamePool, rng: random.Random) -> Function:

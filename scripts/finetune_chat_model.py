@@ -36,7 +36,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 from chat_data import chat_rows, copy_rows, function_rows  # noqa: E402
 from chat_everyday_requests import EVERYDAY_REQUESTS  # noqa: E402
-from chat_pairs import NamePool, all_functions, request  # noqa: E402
+from chat_pairs import NAME_STYLES, NamePool, all_functions, request  # noqa: E402
 from eval_chat_model import answers, code_continuations, code_prompts, judge  # noqa: E402
 from default_model_corpus import bf16_emulated_note, held_out_perplexity, split_files, stdlib_files, token_stream  # noqa: E402
 from train_default_model import lr_at, optimizer  # noqa: E402  (the base run's AdamW groups and schedule)
@@ -70,6 +70,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--copy-rows", type=int, default=5,
                    help="rows of each batch of fresh names listed, then defined in another order, loss on the defined "
                         "names (chat_data.copy_rows)")
+    p.add_argument("--name-style", choices=NAME_STYLES, default="snake",
+                   help="fresh names (renamed conversations, copy rows): snake: verb_noun of training words; "
+                        "varied: half so, half camelCase, private or invented words, and copy rows that also "
+                        "list the names in backticks or quotes (chat_pairs.NamePool, chat_data.name_list)")
     p.add_argument("--continue-chat", action="store_true",
                    help="allow --base to be an already chat fine-tuned model (a further stage; its record is kept)")
     p.add_argument("--steps", type=int, default=1800)
@@ -210,9 +214,10 @@ def main() -> None:
     code_ids = torch.tensor(token_stream(bpe, train_files, eos_id), dtype=torch.long)
     held_ids = token_stream(bpe, held_files, eos_id)
     rows = chat_rows(tok, bpe, train_fns, args.seq_len, pad_id, args.seed, args.follow_up_fraction,
-                     args.unnamed_fraction, args.rename_fraction)
+                     args.unnamed_fraction, args.rename_fraction, args.name_style)
     fn_rows = function_rows(bpe, train_fns, args.seq_len, pad_id, args.seed + 3)
-    copies = copy_rows(bpe, NamePool.of(train_fns), args.seq_len, pad_id, args.seed + 2)
+    copies = copy_rows(bpe, NamePool.of(train_fns, args.name_style), args.seq_len, pad_id, args.seed + 2,
+                       "plain" if args.name_style == "snake" else "varied")
     held_gen = chat_rows(tok, bpe, held_fns, args.seq_len, pad_id, args.seed + 1, args.follow_up_fraction,
                          args.unnamed_fraction)
     held_rows = [next(held_gen) for _ in range(32)]
@@ -323,6 +328,7 @@ def main() -> None:
             "lr": args.lr, "warmup": args.warmup, "max_answer_tokens": args.max_answer_tokens,
             "follow_up_fraction": args.follow_up_fraction, "unnamed_fraction": args.unnamed_fraction,
             "head_weight": args.head_weight, "rename_fraction": args.rename_fraction,
+            "name_style": args.name_style,
             "assistant_turn": "the function's source with its docstring cut to its first sentence on one line",
             "checkpoint_rule": f"best mean of the sample's chat fractions (held-out {args.chat_sample} + everyday 20, "
                                f"float32, greedy) among checkpoints with code perplexity within "

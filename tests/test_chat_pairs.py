@@ -1,11 +1,17 @@
 """The chat fine-tune's instruction pairs (scripts/chat_pairs.py): answers with a one-line
-docstring, fresh names that rename the function and its own calls only, checked with ast."""
+docstring, fresh names that rename the function and its own calls only, checked with ast; fresh
+names of every style, and copy rows (scripts/chat_data.py) labelled on the defined names only."""
 import ast
 import random
+import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT))
 
 from chat_pairs import NamePool, conversation, functions_of, rename_in  # noqa: E402
 
@@ -64,3 +70,36 @@ def test_fresh_names_are_copied_into_request_and_answer(tmp_path):
         assert name in user["content"] and answer["content"].startswith(f"def {name}(")
         assert "get_depth" not in answer["content"] or "cache.get_depth" in answer["content"]
     assert len({a["content"].split("(")[0] for _, a in convs}) > 2  # drawn anew each time
+
+
+def test_varied_fresh_names_have_every_style_and_are_identifiers():
+    pool = NamePool(verbs=["make", "check"], nouns=["table", "entry", "socket"], style="varied")
+    rng = random.Random(0)
+    names = [pool.fresh(rng, "make_table") for _ in range(800)]
+    assert all(n.isidentifier() and n != "make_table" for n in names)
+    snake = [n for n in names if n.split("_")[0] in pool.verbs and set(n.split("_")[1:]) <= set(pool.nouns)]
+    camel = [n for n in names if any(c.isupper() for c in n)]
+    private = [n for n in names if n.startswith("_")]
+    invented = [n for n in names if not any(w in n.lower() for w in pool.verbs + pool.nouns)]
+    assert 0.4 < len(snake) / len(names) < 0.6  # half as the snake style, the rest spread over the others
+    assert all(len(x) > 40 for x in (camel, private, invented))
+    with pytest.raises(ValueError, match="name style"):
+        NamePool.of([], style="kebab")
+
+
+def test_copy_rows_label_only_the_defined_names_in_every_listing_form(tmp_path):
+    from tokenizers import Tokenizer
+    from chat_data import IGNORE, copy_rows
+    bpe = Tokenizer.from_file(str(ROOT / "mpt_lite" / "default_model" / "tokenizer.json"))
+    pool = NamePool(verbs=["make", "check"], nouns=["table", "entry", "socket"], style="varied")
+    rows = copy_rows(bpe, pool, 256, 0, seed=1, contexts="varied")
+    forms = set()
+    for _ in range(12):
+        ids, labels, _ = next(rows)
+        assert len(ids) == len(labels) == 256
+        text = bpe.decode(ids)
+        forms.update(f for f, mark in (("backticks", "`"), ("quotes", "__all__"), ("plain", "# ")) if mark in text)
+        labelled = bpe.decode([t for t in labels if t != IGNORE])
+        listed = re.findall(r"def (\w+)\(", text)
+        assert listed and labelled.split() == [n for n in listed]  # the names of the def lines, nothing else
+    assert forms == {"backticks", "quotes", "plain"}
