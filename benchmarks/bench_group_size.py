@@ -114,12 +114,19 @@ def int4_asym_simulated(w: torch.Tensor, group: int, rounds: int = 4) -> torch.T
     return (q * d[:, None] + m[:, None]).view(N, Kp)[:, :K]
 
 
-def simulated_model(model_dir: Path, group: int | None, searched: bool):
-    """The float model with int8 embedding and (group given) int4-simulated block Linears."""
+def simulated_model(model_dir: Path, group: int | None, searched: bool, embedding: str = "int8"):
+    """The float model with (group given) int4-simulated block Linears and the tied embedding as
+    `embedding` says: "int8" (as load(bits=4)), "int4" (both roles at int4 G=32 searched, as
+    embedding_bits=4) or "int8+int4 logits" (the lookup from int8, the logits from an int4 copy)."""
     model = mpt_lite.load(model_dir, bits=None)
     with torch.no_grad():
         wte = model.transformer.wte.weight
-        wte.copy_(ops.ref_dequantize_int8(*ops.ref_quantize_int8(wte)))
+        w = wte.detach().clone()
+        wte.copy_(int4_simulated(w, 32, True) if embedding == "int4" else
+                  ops.ref_dequantize_int8(*ops.ref_quantize_int8(w)))
+        if embedding == "int8+int4 logits":
+            model.lm_head = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+            model.lm_head.weight.copy_(int4_simulated(w, 32, True))
         if group is not None:
             for name, mod in model.named_modules():
                 if name.endswith(BLOCK_LINEARS) and isinstance(mod, torch.nn.Linear):
@@ -142,6 +149,13 @@ ROWS = [  # name, group (None: float blocks), searched, bits per weight of the b
     ("llama.cpp Q4_0 (simulated: ggml's reference quantizer)", "q4_0", False, 4.5),
     ("int4 G=64 asymmetric, scale and min fitted (simulated; not a kernel format)", "asym64", True, 4.5),
     ("int4 G=128 asymmetric, scale and min fitted (simulated; not a kernel format)", "asym128", True, 4.25),
+]
+EMBEDDING_ROWS = [  # name, group, searched, bits per weight of the block Linears, embedding (simulated_model)
+    ("int4 G=32 searched, embedding int4 (embedding_bits=4)", 32, True, 4.5, "int4"),
+    ("int4 G=32 searched, lookup int8, logits int4 G=32", 32, True, 4.5, "int8+int4 logits"),
+    ("int4 G=64 searched, lookup int8, logits int4 G=32", 64, True, 4.25, "int8+int4 logits"),
+    ("float blocks, lookup int8, logits int4 G=32", None, True, 32.0, "int8+int4 logits"),
+    ("float blocks, embedding int4 (both roles)", None, True, 32.0, "int4"),
 ]
 
 
@@ -171,6 +185,10 @@ def main() -> None:
         if args.only and not any(o in name for o in args.only):
             continue
         row(name, simulated_model(args.model, group, searched), bpw)
+    for name, group, searched, bpw, embedding in EMBEDDING_ROWS:
+        if args.only and not any(o in name for o in args.only):
+            continue
+        row(name, simulated_model(args.model, group, searched, embedding), bpw)
     if not args.only:
         row("int4 kernels: load(bits=4), G=32 fp16 scales", mpt_lite.load(args.model, bits=4, quant_type="int4"), 4.5)
     print("| rows | block Linears bits/weight | held-out perplexity | vs float |\n|---|---:|---:|---:|")

@@ -70,7 +70,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--copy-rows", type=int, default=5,
                    help="rows of each batch of fresh names listed, then defined in another order, loss on the defined "
                         "names (chat_data.copy_rows)")
-    p.add_argument("--name-style", choices=NAME_STYLES, default="snake",
+    p.add_argument("--name-style", choices=NAME_STYLES, default="varied",
                    help="fresh names (renamed conversations, copy rows): snake: verb_noun of training words; "
                         "varied: half so, half camelCase, private or invented words, and copy rows that also "
                         "list the names in backticks or quotes (chat_pairs.NamePool, chat_data.name_list)")

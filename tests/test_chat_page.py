@@ -28,13 +28,14 @@ from mpt_lite.text.tokenizer import MptTokenizer
 
 DEFAULT_MODEL = Path(mpt_lite.__file__).parent / "default_model"
 # The default model's greedy reply to this runs on past 480 tokens (a loop in its body); after its chat
-# fine-tune it ends most replies within a few dozen tokens (this one was found among the 7% of held-out
-# requests it does not end: another default model may need another request). Chosen to loop with the
-# avx512 and avx2 kernels here: the rounding of a 4-bit greedy model decides where a reply ends.
-LONG_REQUEST = "Implement error(self, exception): Handle a recoverable error."
+# fine-tune it ends most replies within a few dozen tokens (this one was found among the 8% of held-out
+# requests it does not end: another default model may need another request). Chosen to loop past 600
+# tokens with the avx512 and avx2 kernels here: the rounding of a 4-bit greedy model decides where a
+# reply ends.
+LONG_REQUEST = "Implement finish_off(self): Create additional useful structures."
 # Another such request for the Stop test: the same one again would reuse the first test's cached prefix,
 # and a prompt computed in other steps may round differently and end its reply (a greedy 4-bit model).
-ENDLESS_REQUEST = "Pretty-print a Python object. Call the function pp."
+ENDLESS_REQUEST = "Produce text documentation for a data object. Call the function docother."
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 KEY = "s3cret-key"
 ASK = "Say something tricky."

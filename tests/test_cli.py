@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import mpt_lite
-from python_text import assert_plausible_python
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDER = mpt_lite.default_model_path()
@@ -40,7 +39,8 @@ def test_generate_streams_python_and_reports_speed():
     assert p.stdout.startswith("def fibonacci(n):")
     completion = p.stdout[len("def fibonacci(n):"):]
     assert completion.strip() and ("return" in completion or "(" in completion)
-    assert_plausible_python("def fibonacci(n):", completion)
+    # what the model writes (test_default_model.py judges that): the library's own greedy text, streamed
+    assert completion == mpt_lite.load(bits=None).generate("def fibonacci(n):", max_new_tokens=64) + "\n"
     assert "tokens/s" in p.stderr
 
 
