@@ -98,9 +98,9 @@ def name_list(rng: random.Random, names: list[str], contexts: str) -> str:
 
 
 def copy_rows(bpe, pool: NamePool, seq_len: int, pad_id: int, seed: int, contexts: str = "plain") -> Iterator[Row]:
-    """Endless rows that only copying can predict: a comment listing 2-6 fresh names
-    (chat_pairs.NamePool), then a `def` of each, in another order; the loss is on the names in the
-    `def` lines only.
+    """Endless rows that only copying can predict: a line listing 2-6 fresh names (chat_pairs.NamePool;
+    name_list with `contexts`), then a `def` of each, in another order; the loss is on the names in
+    the `def` lines only.
 
     Copying the requested name into `def name(` is an induction-head behaviour (after ` read` and
     `_` comes `cs`, as it did earlier in the request); a base model trained on 1.6 M tokens has not

@@ -159,10 +159,12 @@ class NamePool:
     nouns: list[str]
     style: str = "snake"
 
+    def __post_init__(self) -> None:
+        if self.style not in NAME_STYLES:
+            raise ValueError(f"name style must be one of {NAME_STYLES}, not {self.style!r}")
+
     @classmethod
     def of(cls, functions: list[Function], style: str = "snake") -> "NamePool":
-        if style not in NAME_STYLES:
-            raise ValueError(f"name style must be one of {NAME_STYLES}, not {style!r}")
         verbs, nouns = Counter(), Counter()  # verbs: first words of several names (get, make, ...)
         for fn in functions:
             words = [w for w in fn.name.lower().split("_") if w]

@@ -83,8 +83,9 @@ def test_varied_fresh_names_have_every_style_and_are_identifiers():
     invented = [n for n in names if not any(w in n.lower() for w in pool.verbs + pool.nouns)]
     assert 0.4 < len(snake) / len(names) < 0.6  # half as the snake style, the rest spread over the others
     assert all(len(x) > 40 for x in (camel, private, invented))
-    with pytest.raises(ValueError, match="name style"):
-        NamePool.of([], style="kebab")
+    for bad in (lambda: NamePool.of([], style="kebab"), lambda: NamePool(["a"], ["b"], style="Varied")):
+        with pytest.raises(ValueError, match="name style"):
+            bad()
 
 
 def test_copy_rows_label_only_the_defined_names_in_every_listing_form(tmp_path):
