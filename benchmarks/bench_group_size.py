@@ -150,7 +150,7 @@ ROWS = [  # name, group (None: float blocks), searched, bits per weight of the b
     ("int4 G=64 asymmetric, scale and min fitted (simulated; not a kernel format)", "asym64", True, 4.5),
     ("int4 G=128 asymmetric, scale and min fitted (simulated; not a kernel format)", "asym128", True, 4.25),
 ]
-EMBEDDING_ROWS = [  # name, group, searched, bits per weight of the block Linears, embedding (simulated_model)
+EMBEDDING_ROWS = [  # as ROWS, then the tied embedding as simulated_model takes it
     ("int4 G=32 searched, embedding int4 (embedding_bits=4)", 32, True, 4.5, "int4"),
     ("int4 G=32 searched, lookup int8, logits int4 G=32", 32, True, 4.5, "int8+int4 logits"),
     ("int4 G=64 searched, lookup int8, logits int4 G=32", 64, True, 4.25, "int8+int4 logits"),
@@ -181,14 +181,10 @@ def main() -> None:
         print(f"{name}: perplexity {ppl:.4f} over {n:,} tokens ({time.time() - t0:.0f}s)", file=sys.stderr)
 
     row("unquantized (float32)", mpt_lite.load(args.model, bits=None), 32.0)
-    for name, group, searched, bpw in ROWS:
+    for name, group, searched, bpw, *embedding in ROWS + EMBEDDING_ROWS:  # embedding: as simulated_model (int8)
         if args.only and not any(o in name for o in args.only):
             continue
-        row(name, simulated_model(args.model, group, searched), bpw)
-    for name, group, searched, bpw, embedding in EMBEDDING_ROWS:
-        if args.only and not any(o in name for o in args.only):
-            continue
-        row(name, simulated_model(args.model, group, searched, embedding), bpw)
+        row(name, simulated_model(args.model, group, searched, *embedding), bpw)
     if not args.only:
         row("int4 kernels: load(bits=4), G=32 fp16 scales", mpt_lite.load(args.model, bits=4, quant_type="int4"), 4.5)
     print("| rows | block Linears bits/weight | held-out perplexity | vs float |\n|---|---:|---:|---:|")

@@ -84,12 +84,13 @@ def pad(ids: list[int], labels: list[int], heads: list[bool], seq_len: int, pad_
 PARAMS = ["()", "(self)", "(self, value)", "(data)", "(self, *args)", "(name, default=None)"]
 
 
-def name_list(rng: random.Random, names: list[str], contexts: str) -> str:
-    """The line that lists the names of a copy row. contexts "plain": a comment, `# Functions: a, b`.
-    "varied": also in backticks or quotes, where a name's first piece is a token without the
-    leading space that it has after `def ` (a request's `keys` answered with `defkeys(`)."""
+def name_list(rng: random.Random, names: list[str], style: str) -> str:
+    """The line that lists the names of a copy row. A NamePool style "snake": a comment,
+    `# Functions: a, b`. "varied": also in backticks or quotes, where a name's first piece is a
+    token without the leading space that it has after `def ` (a request's `keys` answered with
+    `defkeys(`)."""
     head = "# " + rng.choice(["Functions", "Defines", "Names", "API"]) + ": "
-    form = "plain" if contexts == "plain" else rng.choice(("plain", "backticks", "quotes"))
+    form = "plain" if style == "snake" else rng.choice(("plain", "backticks", "quotes"))
     if form == "backticks":
         return head + ", ".join(f"`{n}`" for n in names) + "\n\n"
     if form == "quotes":
@@ -97,10 +98,10 @@ def name_list(rng: random.Random, names: list[str], contexts: str) -> str:
     return head + ", ".join(names) + "\n\n"
 
 
-def copy_rows(bpe, pool: NamePool, seq_len: int, pad_id: int, seed: int, contexts: str = "plain") -> Iterator[Row]:
+def copy_rows(bpe, pool: NamePool, seq_len: int, pad_id: int, seed: int) -> Iterator[Row]:
     """Endless rows that only copying can predict: a line listing 2-6 fresh names (chat_pairs.NamePool;
-    name_list with `contexts`), then a `def` of each, in another order; the loss is on the names in
-    the `def` lines only.
+    name_list in the pool's style), then a `def` of each, in another order; the loss is on the names
+    in the `def` lines only.
 
     Copying the requested name into `def name(` is an induction-head behaviour (after ` read` and
     `_` comes `cs`, as it did earlier in the request); a base model trained on 1.6 M tokens has not
@@ -114,7 +115,7 @@ def copy_rows(bpe, pool: NamePool, seq_len: int, pad_id: int, seed: int, context
         labels: list[int] = []
         while True:
             names = [pool.fresh(rng, "") for _ in range(rng.randint(2, 6))]
-            a = bpe.encode(name_list(rng, names, contexts), add_special_tokens=False).ids
+            a = bpe.encode(name_list(rng, names, pool.style), add_special_tokens=False).ids
             b, y = [], []
             for name in rng.sample(names, len(names)):
                 enc = bpe.encode(f"def {name}{rng.choice(PARAMS)}:\n    pass\n\n", add_special_tokens=False)

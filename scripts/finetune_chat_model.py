@@ -216,8 +216,7 @@ def main() -> None:
     rows = chat_rows(tok, bpe, train_fns, args.seq_len, pad_id, args.seed, args.follow_up_fraction,
                      args.unnamed_fraction, args.rename_fraction, args.name_style)
     fn_rows = function_rows(bpe, train_fns, args.seq_len, pad_id, args.seed + 3)
-    copies = copy_rows(bpe, NamePool.of(train_fns, args.name_style), args.seq_len, pad_id, args.seed + 2,
-                       "plain" if args.name_style == "snake" else "varied")
+    copies = copy_rows(bpe, NamePool.of(train_fns, args.name_style), args.seq_len, pad_id, args.seed + 2)
     held_gen = chat_rows(tok, bpe, held_fns, args.seq_len, pad_id, args.seed + 1, args.follow_up_fraction,
                          args.unnamed_fraction)
     held_rows = [next(held_gen) for _ in range(32)]

@@ -88,12 +88,12 @@ def test_varied_fresh_names_have_every_style_and_are_identifiers():
             bad()
 
 
-def test_copy_rows_label_only_the_defined_names_in_every_listing_form(tmp_path):
+def test_copy_rows_label_only_the_defined_names_in_every_listing_form():
     from tokenizers import Tokenizer
     from chat_data import IGNORE, copy_rows
     bpe = Tokenizer.from_file(str(ROOT / "mpt_lite" / "default_model" / "tokenizer.json"))
     pool = NamePool(verbs=["make", "check"], nouns=["table", "entry", "socket"], style="varied")
-    rows = copy_rows(bpe, pool, 256, 0, seed=1, contexts="varied")
+    rows = copy_rows(bpe, pool, 256, 0, seed=1)
     forms = set()
     for _ in range(12):
         ids, labels, _ = next(rows)
@@ -102,5 +102,5 @@ def test_copy_rows_label_only_the_defined_names_in_every_listing_form(tmp_path):
         forms.update(f for f, mark in (("backticks", "`"), ("quotes", "__all__"), ("plain", "# ")) if mark in text)
         labelled = bpe.decode([t for t in labels if t != IGNORE])
         listed = re.findall(r"def (\w+)\(", text)
-        assert listed and labelled.split() == [n for n in listed]  # the names of the def lines, nothing else
+        assert listed and labelled.split() == listed  # the names of the def lines, nothing else
     assert forms == {"backticks", "quotes", "plain"}
