@@ -337,19 +337,23 @@ def fuzz_pass(client: httpx.Client, statuses: dict[int, int]) -> None:
 
 
 def test_fuzz_never_5xx(served):
-    """The fuzz twice, the server healthy after. Memory is compared between the end of the first pass
-    and the end of the second: the first pass raises the heap's high-water mark (a long prompt's
-    activations, KV blocks touched for the first time: ~45 MB with the default model at float32),
-    which the second reuses; what a leak on some path leaves behind is there twice."""
+    """The fuzz three times, the server healthy after. Memory is compared from the end of one pass to the end of
+    the next: the first pass raises the heap's high-water mark (a long prompt's activations, KV blocks touched for
+    the first time: ~45 MB with the default model at float32), which later passes reuse; what a leak on some path
+    leaves behind is there in every pass. Now and then (2 in ~18 runs, at this commit and before it) the second
+    pass alone grew by 31-34 MB once more, with no growth after it: the smaller of the two growths is the one
+    judged."""
     proc, base = served
     statuses: dict[int, int] = {}
     with httpx.Client(base_url=base, timeout=60) as c:
         fuzz_pass(c, statuses)
-        before = rss_kib(proc.pid)
-        fuzz_pass(c, statuses)
-        grown = rss_kib(proc.pid) - before
+        rss = [rss_kib(proc.pid)]
+        for _ in range(2):
+            fuzz_pass(c, statuses)
+            rss.append(rss_kib(proc.pid))
+        grown = min(b - a for a, b in zip(rss, rss[1:]))
         h = c.get("/health").json()
         assert h["status"] == "ok" and h["running"] == 0 and h["kv_blocks_free"] == h["kv_blocks_total"]
         assert h["counters"]["requests"] == sum(h["counters"][k] for k in ("completed", "aborted", "rejected", "failed"))
     assert statuses.get(200, 0) > 40 and statuses.get(400, 0) > 200, statuses
-    assert grown < 8 * 1024, f"RSS grew {grown} KiB over a second pass of the same 300 requests"
+    assert grown < 8 * 1024, f"RSS grew {grown} KiB over each of two more passes of the same 300 requests ({rss} KiB)"
