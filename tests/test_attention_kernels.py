@@ -193,6 +193,27 @@ def test_decode_split_contexts_merge(isa, dtype, heads, kv_heads, head_dim, spli
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype,heads,kv_heads,head_dim", with_dtypes([(16, 16, 64), (16, 4, 64), (12, 3, 96)]))
+@pytest.mark.parametrize("lens", [[100], [70, 130, 40], [300]])
+def test_decode_few_sequences_share_heads_among_threads(isa, dtype, heads, kv_heads, head_dim, lens):
+    """Fewer sequences (and parts of a split context) than twice the threads: each thread takes a share of the kv
+    heads; the result is the reference's, and the same bits as one thread's where no context is long enough to be
+    split into parts (300 tokens is: then the parts' merge rounds differently)."""
+    cache, tables = fill(lens, kv_heads, head_dim, dtype, seed=5)
+    q = torch.randn(len(lens), heads, head_dim) * 2
+    ctx = torch.tensor(lens, dtype=torch.int32)
+    slopes = alibi_slopes(heads)
+    with ops.use_isa(isa):
+        one, two, three = (ops.paged_attention_decode(q, *cache[:2], tables, ctx, 0.3, slopes, *cache[2:],
+                                                      num_threads=t) for t in (1, 2, 3))
+    want = ops.ref_paged_attention_decode(q, cache[0], cache[1], tables, ctx, 0.3, slopes, *cache[2:])
+    torch.testing.assert_close(two, want, **tol(dtype))
+    torch.testing.assert_close(three, want, **tol(dtype))
+    if max(lens) <= 256:
+        assert torch.equal(one, two) and torch.equal(one, three)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype,heads,kv_heads,head_dim", with_dtypes([(2, 1, 80), (3, 3, 17), (3, 1, 96)]))
 def test_prefill_odd_head_dims_long_prefix(isa, dtype, heads, kv_heads, head_dim):
     shapes = [(337, 37), (21, 21), (290, 1)]  # (context, new tokens): partial blocks, tiles of 16 + a tail

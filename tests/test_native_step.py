@@ -235,3 +235,37 @@ def test_native_step_takes_q8_for_long_rows_where_the_torch_path_does(monkeypatc
         assert shipped * 10 < never and shipped <= 1e-3, (shipped, never)
     else:
         assert shipped <= 1e-4 < never, (shipped, never)
+
+
+def test_step_profile_counts_every_step_and_op(tmp_path):
+    """MPT_LITE_STEP_PROFILE=1 (read once, in a fresh process): at exit, the prompt step and each decode step
+    counted apart, every op of the layers listed, and a rate for each matmul."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "run.py"
+    script.write_text(f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from checkpoints import quantized, random_causal_lm
+from mpt_lite.runtime.engine import Engine
+model = quantized(random_causal_lm(0, vocab_size={VOCAB}, max_seq_len=256), "int4", "int8")
+engine = Engine(model, num_blocks=64, block_size=4, native_step=True)
+engine.add_request(list(range(5, 17)), 7)
+steps = 0
+while engine.has_unfinished():
+    engine.step()
+    steps += 1
+print(steps)
+""")
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "MPT_LITE_STEP_PROFILE": "1"})
+    assert run.returncode == 0, run.stderr
+    steps = int(run.stdout.split()[-1])
+    counts = {kind: int(n) for n, kind in re.findall(r"\[mpt_lite step\] (\d+) (prompt|decode) steps", run.stderr)}
+    assert counts == {"prompt": 1, "decode": steps - 1}, run.stderr
+    for op in ("norms", "Wqkv", "attention", "out_proj", "up_proj", "gelu", "down_proj", "logits"):
+        assert re.search(rf"^  {op} +\d+\.\d+ ms a step", run.stderr, re.M), (op, run.stderr)
+    assert len(re.findall(r"GB/s of weights", run.stderr)) == 2 * 5, run.stderr  # 4 matmuls + logits, each kind

@@ -78,8 +78,8 @@ using ::mpt::kLog2e;
 constexpr int64_t kInlineWork = int64_t(1) << 18;
 
 template <class F>
-static void run_maybe_parallel(int64_t n, int64_t work, const F& fn) {
-  if (work < kInlineWork) fn(0, n);
+static void run_maybe_parallel(int64_t n, int64_t work, const F& fn, int64_t inline_work = kInlineWork) {
+  if (work < inline_work) fn(0, n);
   else parallel_for(n, 1, fn);
 }
 
@@ -342,6 +342,11 @@ constexpr int kQueryTileRows = 64;
 // Decode splits a sequence's context into parts of at least this many tokens when there are too few
 // sequences to keep every thread busy (flash-decoding).
 constexpr int kMinSplitTokens = 256;
+// Below that, or with too few parts still, a part's kv heads are shared out among the threads too; and
+// a decode step runs on the pool from this much work (context x heads x head_dim): one sequence of the
+// 1.3B (2048 wide) from 32 tokens. Attention of one sequence ran on one thread below 256 tokens before,
+// 5-22% of a decode step of the 1.3B at 40-512 tokens (MPT_LITE_STEP_PROFILE), the other thread idle.
+constexpr int64_t kDecodeInlineWork = int64_t(1) << 16;
 
 // Tokens per decode part: whole contexts unless sequences are too few for the threads; then about
 // 4 parts a thread, each a multiple of the block size.
@@ -364,6 +369,7 @@ void decode_attention(const AttnArgs& a, const KvCacheView& c) {
   const int part = decode_part_tokens(a, c);
   struct Item {
     int seq, kbeg, kend, slot;  // slot: index of the partial result, -1 writes out directly
+    int kv0, kv1;               // the kv heads it computes
   };
   std::vector<Item> items;
   std::vector<int> first(size_t(a.num_seqs) + 1);
@@ -376,10 +382,31 @@ void decode_attention(const AttnArgs& a, const KvCacheView& c) {
     work += int64_t(ctx) * H * D;
     for (int k = 0; k < nparts; ++k) {
       const int kbeg = int(int64_t(k) * part), kend = int(std::min<int64_t>(ctx, int64_t(kbeg) + part));
-      items.push_back({s, kbeg, kend, nparts > 1 ? partials++ : -1});
+      items.push_back({s, kbeg, kend, nparts > 1 ? partials++ : -1, 0, KV});
     }
   }
   first[a.num_seqs] = int(items.size());
+  // Too few items for the threads: each takes a share of the kv heads instead (the parts of a split context
+  // write disjoint heads of their partial result).
+  const int64_t threads = num_threads(), want = 2 * threads;
+  if (threads > 1 && int64_t(items.size()) < want && KV > 1) {
+    const int pieces = int(std::min<int64_t>(KV, (want + int64_t(items.size()) - 1) / int64_t(items.size())));
+    std::vector<Item> split;
+    split.reserve(items.size() * size_t(pieces));
+    std::vector<int> first_split(first.size());
+    for (int s = 0; s < a.num_seqs; ++s) {
+      first_split[s] = int(split.size());
+      for (int k = first[s]; k < first[s + 1]; ++k)
+        for (int i = 0; i < pieces; ++i) {
+          Item it = items[k];
+          it.kv0 = KV * i / pieces, it.kv1 = KV * (i + 1) / pieces;
+          split.push_back(it);
+        }
+    }
+    first_split[a.num_seqs] = int(split.size());
+    items.swap(split);
+    first.swap(first_split);
+  }
   const size_t rec = size_t(H) * (D + 2);  // m, l, acc of every head
   std::vector<float> partial(size_t(partials) * rec);
   // Threads claim the items one at a time, the latest parts of each context first: skipped blocks
@@ -421,27 +448,29 @@ void decode_attention(const AttnArgs& a, const KvCacheView& c) {
     scratch.prune.skipped = scratch.prune.seen = 0;
     for (int64_t k; (k = next.fetch_add(1, std::memory_order_relaxed)) < n_items;) {
       const Item& it = items[order[k]];
-      for (int head = 0; head < H; ++head) rows[head] = make_row(it.seq, head);
+      const int h0 = it.kv0 * G, nh = (it.kv1 - it.kv0) * G;  // its query heads h0 .. h0 + nh - 1
+      for (int head = h0; head < h0 + nh; ++head) rows[head] = make_row(it.seq, head);
       float *m, *l, *acc;
       if (it.slot >= 0) {
         float* p = partial.data() + size_t(it.slot) * rec;
-        m = p, l = p + H, acc = p + 2 * H;
+        m = p + h0, l = p + H + h0, acc = p + 2 * H + size_t(h0) * D;
       } else {
         scratch.m.resize(H), scratch.l.resize(H), scratch.acc.resize(size_t(H) * D);
         m = scratch.m.data(), l = scratch.l.data(), acc = scratch.acc.data();
       }
-      attend_range<Ops>(rows.data(), G, 0, KV, a.block_tables + size_t(it.seq) * a.max_blocks, c, a.scale, it.kbeg,
-                        it.kend, m, l, acc, scratch, prune,
-                        it.slot >= 0 && prune ? pre_floor.data() + size_t(it.seq) * H : nullptr,
-                        it.slot >= 0 && prune ? pre_qabs.data() + size_t(it.seq) * H * qgroups : nullptr);
+      const size_t pre = size_t(it.seq) * H + h0;
+      attend_range<Ops>(rows.data() + h0, G, it.kv0, it.kv1 - it.kv0, a.block_tables + size_t(it.seq) * a.max_blocks,
+                        c, a.scale, it.kbeg, it.kend, m, l, acc, scratch, prune,
+                        it.slot >= 0 && prune ? pre_floor.data() + pre : nullptr,
+                        it.slot >= 0 && prune ? pre_qabs.data() + pre * qgroups : nullptr);
       if (it.slot < 0)
-        for (int head = 0; head < H; ++head) {
-          const float inv = 1.0f / l[head];
-          for (int d = 0; d < D; ++d) rows[head].out[d] = acc[size_t(head) * D + d] * inv;
+        for (int r = 0; r < nh; ++r) {
+          const float inv = 1.0f / l[r];
+          for (int d = 0; d < D; ++d) rows[h0 + r].out[d] = acc[size_t(r) * D + d] * inv;
         }
     }
     if (prune) add_alibi_pruning_stats(scratch.prune.skipped, scratch.prune.seen);
-  });
+  }, kDecodeInlineWork);
   if (!partials) return;
   // Merge: out = sum_k e^(m_k - M) acc_k / sum_k e^(m_k - M) l_k, M the largest m_k.
   const float NEG = -std::numeric_limits<float>::infinity();
@@ -450,11 +479,14 @@ void decode_attention(const AttnArgs& a, const KvCacheView& c) {
     if (items[i0].slot < 0) continue;
     for (int head = 0; head < H; ++head) {
       float M = NEG;
+      // a part split among the threads by heads is one slot on consecutive items: each slot once
+      auto repeat = [&](int k) { return k > i0 && items[k].slot == items[k - 1].slot; };
       for (int k = i0; k < i1; ++k) M = std::max(M, partial[size_t(items[k].slot) * rec + head]);
       float* out = a.out + (size_t(s) * H + head) * D;
       std::fill(out, out + D, 0.0f);
       float L = 0.0f;
       for (int k = i0; k < i1; ++k) {
+        if (repeat(k)) continue;
         const float* p = partial.data() + size_t(items[k].slot) * rec;
         if (p[head] == NEG) continue;  // a part with no keys (cannot happen for parts inside the context)
         const float w = std::exp(p[head] - M);

@@ -9,6 +9,7 @@
 #include "cpu/cpu_features.h"
 #include "cpu/norms.h"
 #include "cpu/quant_formats.h"
+#include "cpu/step_profile.h"
 #include "cpu/thread_pool.h"
 
 namespace mpt {
@@ -105,6 +106,26 @@ void embed(const StepWeight& w, const int64_t* ids, int64_t n, float* out) {
   }
 }
 
+// Bytes of codes and scales a matmul over w reads (the step profile's rates).
+int64_t weight_bytes(const StepWeight& w) {
+  const int64_t n = w.N * w.K;
+  switch (w.fmt) {
+    case StepFormat::F32: return n * 4;
+    case StepFormat::Int8:
+    case StepFormat::Int8Rows8: return n + w.N * 4;
+    case StepFormat::Nf4:
+    case StepFormat::Nf4Rows8: return n / 2 + n / w.blocksize * 4;
+    case StepFormat::Int4:
+    case StepFormat::Int4Rows8: return n / 2 + n / w.int4_group() * 2;
+    default: return 0;
+  }
+}
+
+void timed_linear(StepOp op, const StepWeight& w, const float* x, int64_t M, float* y, const StepConfig& c) {
+  StepTimer t(op, weight_bytes(w));
+  linear(w, x, M, y, c);
+}
+
 void layer_norm(const StepNorm& nw, const float* x, int64_t M, int64_t d, float eps, float* y) {
   layer_norm_rows(x, nw.weight, nw.bias, M, d, eps, y);
 }
@@ -193,11 +214,19 @@ void DecodePlan::step(const StepBatch& b) {
   float* att = fit(att_, M * d);
   float* ff = fit(ff_, M * c.ffn);
 
-  embed(embedding_, b.ids, M, x);
+  StepProfile::get().begin_step(b.decode);
+  {
+    StepTimer t(StepOp::Embed);
+    embed(embedding_, b.ids, M, x);
+  }
   for (int64_t i = 0; i < c.n_layers; ++i) {
     const StepLayer& l = layers_[static_cast<size_t>(i)];
-    layer_norm(l.norm_1, x, M, d, c.eps, h);
-    linear(l.wqkv, h, M, qkv, c);
+    {
+      StepTimer t(StepOp::Norm);
+      layer_norm(l.norm_1, x, M, d, c.eps, h);
+    }
+    timed_linear(StepOp::Qkv, l.wqkv, h, M, qkv, c);
+    StepTimer attention_timer(StepOp::Attention);  // clip, the KV-cache write and attention
     if (c.clip_qkv > 0.f)
       for (int64_t j = 0; j < M * wq; ++j) qkv[j] = std::min(c.clip_qkv, std::max(-c.clip_qkv, qkv[j]));
     for (int64_t t = 0; t < M; ++t) {
@@ -226,20 +255,32 @@ void DecodePlan::step(const StepBatch& b) {
         throw std::invalid_argument("decode step: query_start_loc does not cover the tokens");
       paged_attention_prefill(a, l.cache);
     }
-    linear(l.out_proj, att, M, h, c);
-    add_inplace(x, h, M * d);
-    layer_norm(l.norm_2, x, M, d, c.eps, h);
-    linear(l.up_proj, h, M, ff, c);
-    gelu_inplace(ff, M * c.ffn);
-    linear(l.down_proj, ff, M, h, c);
+    attention_timer.stop();
+    timed_linear(StepOp::OutProj, l.out_proj, att, M, h, c);
+    {
+      StepTimer t(StepOp::Residual);
+      add_inplace(x, h, M * d);
+    }
+    {
+      StepTimer t(StepOp::Norm);
+      layer_norm(l.norm_2, x, M, d, c.eps, h);
+    }
+    timed_linear(StepOp::UpProj, l.up_proj, h, M, ff, c);
+    {
+      StepTimer t(StepOp::Gelu);
+      gelu_inplace(ff, M * c.ffn);
+    }
+    timed_linear(StepOp::DownProj, l.down_proj, ff, M, h, c);
+    StepTimer t(StepOp::Residual);
     add_inplace(x, h, M * d);
   }
   // Only the requested rows need the final norm and the logits.
   float* picked = fit(rows_, b.n_rows * d);
   for (int64_t r = 0; r < b.n_rows; ++r) std::copy_n(x + b.rows[r] * d, d, picked + r * d);
   layer_norm(norm_f_, picked, b.n_rows, d, c.eps, h);
+  StepProfile::get().step_done();
   if (b.n_rows == 0) return;
-  linear(lm_head_, h, b.n_rows, b.logits, c);
+  timed_linear(StepOp::Logits, lm_head_, h, b.n_rows, b.logits, c);
   if (c.has_logit_scale)
     for (int64_t j = 0; j < b.n_rows * c.vocab; ++j) b.logits[j] *= c.logit_scale;
 }

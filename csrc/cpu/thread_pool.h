@@ -20,6 +20,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <type_traits>
 
 namespace mpt {
 
@@ -56,14 +57,26 @@ void parallel_for(int64_t n, int64_t align, const std::function<void(int64_t, in
 // runs (the hardware prefetchers ramp up per run), short enough (8 per thread) to rebalance.
 static inline int64_t decode_chunk(int64_t n) { return std::max<int64_t>(16, n / (int64_t(num_threads()) * 8)); }
 
+// A worker callable as worker(begin, end, next_begin) claims its next chunk before it runs the current
+// one and is told where that chunk starts (-1: none), so that it can prefetch the next chunk's first
+// weights while it finishes this one (threads take alternate chunks, so each chunk starts a new stream).
+// It holds at most one chunk that no other thread may take.
 template <class Fn>
 void for_row_chunks(int64_t n, int64_t chunk, Fn&& fn) {
   const int64_t nchunks = (n + chunk - 1) / chunk;
   std::atomic<int64_t> next{0};
   parallel_for(std::min<int64_t>(num_threads(), nchunks), 1, [&](int64_t, int64_t) {
     auto work = fn.make_worker();
-    for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < nchunks;)
-      work(c * chunk, std::min(n, (c + 1) * chunk));
+    auto claim = [&] { return next.fetch_add(1, std::memory_order_relaxed); };
+    if constexpr (std::is_invocable_v<decltype(work)&, int64_t, int64_t, int64_t>) {
+      for (int64_t c = claim(); c < nchunks;) {
+        const int64_t c2 = claim();
+        work(c * chunk, std::min(n, (c + 1) * chunk), c2 < nchunks ? c2 * chunk : -1);
+        c = c2;
+      }
+    } else {
+      for (int64_t c; (c = claim()) < nchunks;) work(c * chunk, std::min(n, (c + 1) * chunk));
+    }
   });
 }
 
