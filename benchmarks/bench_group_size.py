@@ -75,6 +75,21 @@ def int4_simulated(w: torch.Tensor, group: int, searched: bool) -> torch.Tensor:
     return (_levels(x, scale) * scale[:, None]).view(N, Kp)[:, :K]
 
 
+def int6_simulated(w: torch.Tensor, group: int) -> torch.Tensor:
+    """w [N, K] -> 6-bit codes (-32..31) with an fp16 scale per `group` weights, the scale from the signed
+    absmax (its value maps to -32), as Q4_0 does at 4 bits: the candidate for the tied embedding (6 + 16/G bits)."""
+    N, K = w.shape
+    Kp = -(-K // group) * group
+    x = torch.zeros(N, Kp)
+    x[:, :K] = w.float()
+    x = x.view(-1, group)
+    m = torch.gather(x, 1, x.abs().argmax(1, keepdim=True)).squeeze(1)
+    d = (m / -32.0).half().float()
+    inv = torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
+    q = torch.round((x * inv[:, None]).clamp(-32, 31))
+    return (q * d[:, None]).view(N, Kp)[:, :K]
+
+
 def q4_0_simulated(w: torch.Tensor) -> torch.Tensor:
     """w [N, K] -> the dequantized weight of llama.cpp's Q4_0 (ggml's reference quantizer, quantize_row_q4_0_ref):
     groups of 32, d = signed absmax / -8 stored in fp16, codes min(15, trunc(x / d + 8.5)) with 1/d taken from the
@@ -117,12 +132,14 @@ def int4_asym_simulated(w: torch.Tensor, group: int, rounds: int = 4) -> torch.T
 def simulated_model(model_dir: Path, group: int | None, searched: bool, embedding: str = "int8"):
     """The float model with (group given) int4-simulated block Linears and the tied embedding as
     `embedding` says: "int8" (as load(bits=4)), "int4" (both roles at int4 G=32 searched, as
-    embedding_bits=4) or "int8+int4 logits" (the lookup from int8, the logits from an int4 copy)."""
+    embedding_bits=4), "int8+int4 logits" (the lookup from int8, the logits from an int4 copy) or "int6-GNN"
+    (both roles at 6 bits, an fp16 scale per NN: not a kernel format yet)."""
     model = mpt_lite.load(model_dir, bits=None)
     with torch.no_grad():
         wte = model.transformer.wte.weight
         w = wte.detach().clone()
         wte.copy_(int4_simulated(w, 32, True) if embedding == "int4" else
+                  int6_simulated(w, int(embedding[6:])) if embedding.startswith("int6-G") else
                   ops.ref_dequantize_int8(*ops.ref_quantize_int8(w)))
         if embedding == "int8+int4 logits":
             model.lm_head = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
@@ -156,6 +173,10 @@ EMBEDDING_ROWS = [  # as ROWS, then the tied embedding as simulated_model takes 
     ("int4 G=64 searched, lookup int8, logits int4 G=32", 64, True, 4.25, "int8+int4 logits"),
     ("float blocks, lookup int8, logits int4 G=32", None, True, 32.0, "int8+int4 logits"),
     ("float blocks, embedding int4 (both roles)", None, True, 32.0, "int4"),
+    ("float blocks, embedding int6 G=32 (both roles)", None, True, 32.0, "int6-G32"),
+    ("int4 G=32 searched, embedding int6 G=32 (6.5 bits)", 32, True, 4.5, "int6-G32"),
+    ("int4 G=32 searched, embedding int6 G=16 (7 bits)", 32, True, 4.5, "int6-G16"),
+    ("int4 G=64 searched, embedding int6 G=32 (6.5 bits)", 64, True, 4.25, "int6-G32"),
 ]
 
 
