@@ -42,21 +42,38 @@ def _fit(x: torch.Tensor, levels: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return scale, scale * sxl
 
 
+def _grouped(w: torch.Tensor, group: int) -> torch.Tensor:
+    """w [N, K] as float groups of `group` weights [N * Kp / group, group], K zero-padded to Kp (a multiple)."""
+    N, K = w.shape
+    x = torch.zeros(N, -(-K // group) * group)
+    x[:, :K] = w.float()
+    return x.view(-1, group)
+
+
+def _ungrouped(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """_grouped's groups back in w's shape, the padding dropped."""
+    return x.view(w.shape[0], -1)[:, :w.shape[1]]
+
+
+def _signed_absmax(x: torch.Tensor) -> torch.Tensor:
+    return torch.gather(x, 1, x.abs().argmax(1, keepdim=True)).squeeze(1)
+
+
+def _safe_inv(d: torch.Tensor) -> torch.Tensor:
+    """1 / d, 0 where d is 0."""
+    return torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
+
+
 def _levels(x: torch.Tensor, scale: torch.Tensor | None = None, inv: torch.Tensor | None = None) -> torch.Tensor:
     if inv is None:
-        inv = torch.where(scale != 0, 1.0 / torch.where(scale != 0, scale, torch.ones_like(scale)),
-                          torch.zeros_like(scale))
+        inv = _safe_inv(scale)
     return torch.round((x * inv[:, None]).clamp(-8, 7))
 
 
 def int4_simulated(w: torch.Tensor, group: int, searched: bool) -> torch.Tensor:
     """w [N, K] -> the dequantized int4 weight with `group` weights per fp16 scale."""
-    N, K = w.shape
-    Kp = -(-K // group) * group
-    x = torch.zeros(N, Kp)
-    x[:, :K] = w.float()
-    x = x.view(-1, group)
-    m = torch.gather(x, 1, x.abs().argmax(1, keepdim=True)).squeeze(1)  # signed absmax
+    x = _grouped(w, group)
+    m = _signed_absmax(x)
     scale = m / -8.0
     if searched:
         best, best_gain = None, None
@@ -72,61 +89,44 @@ def int4_simulated(w: torch.Tensor, group: int, searched: bool) -> torch.Tensor:
                 best, best_gain = torch.where(better[:, None], lv, best), torch.where(better, gain, best_gain)
         scale = _fit(x, _levels(x, _fit(x, best)[0]))[0]
     scale = ops.int4_half_scales(scale).float()
-    return (_levels(x, scale) * scale[:, None]).view(N, Kp)[:, :K]
+    return _ungrouped(_levels(x, scale) * scale[:, None], w)
 
 
 def int6_simulated(w: torch.Tensor, group: int) -> torch.Tensor:
     """w [N, K] -> 6-bit codes (-32..31) with an fp16 scale per `group` weights, the scale from the signed
     absmax (its value maps to -32), as Q4_0 does at 4 bits: the candidate for the tied embedding (6 + 16/G bits)."""
-    N, K = w.shape
-    Kp = -(-K // group) * group
-    x = torch.zeros(N, Kp)
-    x[:, :K] = w.float()
-    x = x.view(-1, group)
-    m = torch.gather(x, 1, x.abs().argmax(1, keepdim=True)).squeeze(1)
-    d = (m / -32.0).half().float()
-    inv = torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
-    q = torch.round((x * inv[:, None]).clamp(-32, 31))
-    return (q * d[:, None]).view(N, Kp)[:, :K]
+    x = _grouped(w, group)
+    d = (_signed_absmax(x) / -32.0).half().float()
+    q = torch.round((x * _safe_inv(d)[:, None]).clamp(-32, 31))
+    return _ungrouped(q * d[:, None], w)
 
 
 def q4_0_simulated(w: torch.Tensor) -> torch.Tensor:
     """w [N, K] -> the dequantized weight of llama.cpp's Q4_0 (ggml's reference quantizer, quantize_row_q4_0_ref):
     groups of 32, d = signed absmax / -8 stored in fp16, codes min(15, trunc(x / d + 8.5)) with 1/d taken from the
     unrounded d, values (code - 8) * fp16(d)."""
-    N, K = w.shape
-    Kp = -(-K // 32) * 32
-    x = torch.zeros(N, Kp)
-    x[:, :K] = w.float()
-    x = x.view(-1, 32)
-    d = torch.gather(x, 1, x.abs().argmax(1, keepdim=True)).squeeze(1) / -8.0
-    inv = torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
-    codes = torch.clamp(torch.trunc(x * inv[:, None] + 8.5), max=15)
-    return ((codes - 8) * d.half().float()[:, None]).view(N, Kp)[:, :K]
+    x = _grouped(w, 32)
+    d = _signed_absmax(x) / -8.0
+    codes = torch.clamp(torch.trunc(x * _safe_inv(d)[:, None] + 8.5), max=15)
+    return _ungrouped((codes - 8) * d.half().float()[:, None], w)
 
 
 def int4_asym_simulated(w: torch.Tensor, group: int, rounds: int = 4) -> torch.Tensor:
     """w [N, K] -> the dequantized weight of an asymmetric int4 (a scale and a minimum per group, both fp16; codes
     0..15, w = q * d + m; llama.cpp's Q4_1 idea), fitted by alternating least squares from the group's min/max:
     codes for the current (d, m), then (d, m) by linear regression of the group's values on those codes."""
-    N, K = w.shape
-    Kp = -(-K // group) * group
-    x = torch.zeros(N, Kp)
-    x[:, :K] = w.float()
-    x = x.view(-1, group)
+    x = _grouped(w, group)
     lo, hi = x.min(1).values, x.max(1).values
     d, m = (hi - lo) / 15, lo
     for _ in range(rounds):
-        inv = torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
-        q = torch.round(((x - m[:, None]) * inv[:, None]).clamp(0, 15))
+        q = torch.round(((x - m[:, None]) * _safe_inv(d)[:, None]).clamp(0, 15))
         qm, xm = q.mean(1), x.mean(1)
         var = ((q - qm[:, None]) ** 2).mean(1)
         d_new = torch.where(var > 0, ((q - qm[:, None]) * (x - xm[:, None])).mean(1) / var.clamp_min(1e-30), d)
         d, m = d_new, xm - d_new * qm
     d, m = d.half().float(), m.half().float()
-    inv = torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
-    q = torch.round(((x - m[:, None]) * inv[:, None]).clamp(0, 15))
-    return (q * d[:, None] + m[:, None]).view(N, Kp)[:, :K]
+    q = torch.round(((x - m[:, None]) * _safe_inv(d)[:, None]).clamp(0, 15))
+    return _ungrouped(q * d[:, None] + m[:, None], w)
 
 
 def simulated_model(model_dir: Path, group: int | None, searched: bool, embedding: str = "int8"):

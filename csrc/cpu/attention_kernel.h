@@ -393,19 +393,14 @@ void decode_attention(const AttnArgs& a, const KvCacheView& c) {
     const int pieces = int(std::min<int64_t>(KV, (want + int64_t(items.size()) - 1) / int64_t(items.size())));
     std::vector<Item> split;
     split.reserve(items.size() * size_t(pieces));
-    std::vector<int> first_split(first.size());
-    for (int s = 0; s < a.num_seqs; ++s) {
-      first_split[s] = int(split.size());
-      for (int k = first[s]; k < first[s + 1]; ++k)
-        for (int i = 0; i < pieces; ++i) {
-          Item it = items[k];
-          it.kv0 = KV * i / pieces, it.kv1 = KV * (i + 1) / pieces;
-          split.push_back(it);
-        }
-    }
-    first_split[a.num_seqs] = int(split.size());
+    for (const Item& whole : items)
+      for (int i = 0; i < pieces; ++i) {
+        Item it = whole;
+        it.kv0 = KV * i / pieces, it.kv1 = KV * (i + 1) / pieces;
+        split.push_back(it);
+      }
     items.swap(split);
-    first.swap(first_split);
+    for (int& f : first) f *= pieces;  // each item became `pieces` in its place
   }
   const size_t rec = size_t(H) * (D + 2);  // m, l, acc of every head
   std::vector<float> partial(size_t(partials) * rec);
@@ -477,11 +472,12 @@ void decode_attention(const AttnArgs& a, const KvCacheView& c) {
   for (int s = 0; s < a.num_seqs; ++s) {
     const int i0 = first[s], i1 = first[s + 1];
     if (items[i0].slot < 0) continue;
+    // a part split among the threads by heads is one slot on consecutive items: each slot once
+    auto repeat = [&](int k) { return k > i0 && items[k].slot == items[k - 1].slot; };
     for (int head = 0; head < H; ++head) {
       float M = NEG;
-      // a part split among the threads by heads is one slot on consecutive items: each slot once
-      auto repeat = [&](int k) { return k > i0 && items[k].slot == items[k - 1].slot; };
-      for (int k = i0; k < i1; ++k) M = std::max(M, partial[size_t(items[k].slot) * rec + head]);
+      for (int k = i0; k < i1; ++k)
+        if (!repeat(k)) M = std::max(M, partial[size_t(items[k].slot) * rec + head]);
       float* out = a.out + (size_t(s) * H + head) * D;
       std::fill(out, out + D, 0.0f);
       float L = 0.0f;

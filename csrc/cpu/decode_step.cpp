@@ -121,9 +121,15 @@ int64_t weight_bytes(const StepWeight& w) {
   }
 }
 
+// fn() as one op of the step profile (timed only when MPT_LITE_STEP_PROFILE is on).
+template <class F>
+void profiled(StepOp op, F&& fn, int64_t bytes = 0) {
+  StepTimer t(op, bytes);
+  fn();
+}
+
 void timed_linear(StepOp op, const StepWeight& w, const float* x, int64_t M, float* y, const StepConfig& c) {
-  StepTimer t(op, weight_bytes(w));
-  linear(w, x, M, y, c);
+  profiled(op, [&] { linear(w, x, M, y, c); }, StepProfile::get().on() ? weight_bytes(w) : 0);
 }
 
 void layer_norm(const StepNorm& nw, const float* x, int64_t M, int64_t d, float eps, float* y) {
@@ -215,16 +221,10 @@ void DecodePlan::step(const StepBatch& b) {
   float* ff = fit(ff_, M * c.ffn);
 
   StepProfile::get().begin_step(b.decode);
-  {
-    StepTimer t(StepOp::Embed);
-    embed(embedding_, b.ids, M, x);
-  }
+  profiled(StepOp::Embed, [&] { embed(embedding_, b.ids, M, x); });
   for (int64_t i = 0; i < c.n_layers; ++i) {
     const StepLayer& l = layers_[static_cast<size_t>(i)];
-    {
-      StepTimer t(StepOp::Norm);
-      layer_norm(l.norm_1, x, M, d, c.eps, h);
-    }
+    profiled(StepOp::Norm, [&] { layer_norm(l.norm_1, x, M, d, c.eps, h); });
     timed_linear(StepOp::Qkv, l.wqkv, h, M, qkv, c);
     StepTimer attention_timer(StepOp::Attention);  // clip, the KV-cache write and attention
     if (c.clip_qkv > 0.f)
@@ -257,22 +257,12 @@ void DecodePlan::step(const StepBatch& b) {
     }
     attention_timer.stop();
     timed_linear(StepOp::OutProj, l.out_proj, att, M, h, c);
-    {
-      StepTimer t(StepOp::Residual);
-      add_inplace(x, h, M * d);
-    }
-    {
-      StepTimer t(StepOp::Norm);
-      layer_norm(l.norm_2, x, M, d, c.eps, h);
-    }
+    profiled(StepOp::Residual, [&] { add_inplace(x, h, M * d); });
+    profiled(StepOp::Norm, [&] { layer_norm(l.norm_2, x, M, d, c.eps, h); });
     timed_linear(StepOp::UpProj, l.up_proj, h, M, ff, c);
-    {
-      StepTimer t(StepOp::Gelu);
-      gelu_inplace(ff, M * c.ffn);
-    }
+    profiled(StepOp::Gelu, [&] { gelu_inplace(ff, M * c.ffn); });
     timed_linear(StepOp::DownProj, l.down_proj, ff, M, h, c);
-    StepTimer t(StepOp::Residual);
-    add_inplace(x, h, M * d);
+    profiled(StepOp::Residual, [&] { add_inplace(x, h, M * d); });
   }
   // Only the requested rows need the final norm and the logits.
   float* picked = fit(rows_, b.n_rows * d);

@@ -43,7 +43,7 @@ class StepProfile {
 
   void print(int kind) const {
     static const char* names[] = {"embed", "norms", "Wqkv", "attention", "out_proj", "up_proj", "gelu",
-                                  "down_proj", "residual+copies", "logits"};
+                                  "down_proj", "residuals", "logits"};
     const int64_t steps = steps_[kind];
     if (!steps) return;
     int64_t total = 0;
