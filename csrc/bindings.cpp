@@ -19,6 +19,7 @@
 #include "cpu/memory_bandwidth.h"
 #include "cpu/norms.h"
 #include "cpu/quant_formats.h"
+#include "cpu/quant_int6.h"
 #include "cpu/quant_search.h"
 #include "cpu/thread_pool.h"
 
@@ -248,6 +249,37 @@ static void bind_quant(py::module_& m) {
             buf<uint8_t>(out_packed, n * g * 16, "out_packed"), buf<uint16_t>(out_scales, n * c, "out_scales"), group);
   }, kw, arg("packed"), arg("scales"), arg("n"), arg("k"), arg("out_packed"), arg("out_scales"), arg("to_rows8"),
      arg("group") = 32, nt, G());
+
+  // int6 (quant_int6.h): codes uint8 [n, ceil(k / 32) * 24], scales float16 (IEEE half bits) [n, ceil(k / 32)].
+  m.def("quantize_int6", [](uintptr_t w, int64_t n, int64_t k, uintptr_t codes, uintptr_t scales, int nthreads) {
+    mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
+    dim(n, "n"), dim(k, "k");
+    mpt::quantize_int6(buf<const float>(w, n * k, "w"), n, k, buf<uint8_t>(codes, n * mpt::int6_row_bytes(k), "codes"),
+                       buf<uint16_t>(scales, n * mpt::int4_groups(k), "scales"));
+  }, kw, arg("w"), arg("n"), arg("k"), arg("codes"), arg("scales"), nt, G());
+  m.def("dequantize_int6", [](uintptr_t codes, uintptr_t scales, int64_t n, int64_t k, uintptr_t out, int nthreads) {
+    mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
+    dim(n, "n"), dim(k, "k");
+    mpt::dequantize_int6(buf<const uint8_t>(codes, n * mpt::int6_row_bytes(k), "codes"),
+                         buf<const uint16_t>(scales, n * mpt::int4_groups(k), "scales"), n, k, buf<float>(out, n * k, "out"));
+  }, kw, arg("codes"), arg("scales"), arg("n"), arg("k"), arg("out"), nt, G());
+  // rows: indices checked by the caller (kernels/int6_ops.py) against n
+  m.def("dequantize_rows_int6", [](uintptr_t codes, uintptr_t scales, int64_t k, uintptr_t rows, int64_t n_rows,
+                                   uintptr_t out, int nthreads) {
+    mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
+    dim(k, "k"), dim(n_rows, "n_rows");
+    mpt::dequantize_rows_int6(buf<const uint8_t>(codes, n_rows ? mpt::int6_row_bytes(k) : 0, "codes"),
+                              buf<const uint16_t>(scales, n_rows ? mpt::int4_groups(k) : 0, "scales"), k,
+                              buf<const int64_t>(rows, n_rows, "rows"), n_rows, buf<float>(out, n_rows * k, "out"));
+  }, kw, arg("codes"), arg("scales"), arg("k"), arg("rows"), arg("n_rows"), arg("out"), nt, G());
+  m.def("matmul_int6", [](uintptr_t x, int64_t m_, int64_t k, uintptr_t codes, uintptr_t scales, int64_t n,
+                          uintptr_t bias, uintptr_t y, int nthreads) {
+    mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
+    dim(m_, "m"), dim(k, "k"), dim(n, "n");
+    mpt::matmul_int6(buf<const float>(x, m_ * k, "x"), m_, k, buf<const uint8_t>(codes, n * mpt::int6_row_bytes(k), "codes"),
+                     buf<const uint16_t>(scales, n * mpt::int4_groups(k), "scales"), n, opt<const float>(bias),
+                     buf<float>(y, m_ * n, "y"));
+  }, kw, arg("x"), arg("m"), arg("k"), arg("codes"), arg("scales"), arg("n"), arg("bias") = 0, arg("y"), nt, G());
 }
 
 static void bind_attention(py::module_& m) {
@@ -412,7 +444,7 @@ static void bind_decode_step(py::module_& m) {
            py::arg("q8_max_rows"), py::arg("q8_gemm_min_k"), py::arg("bf16_min_rows") = 0)
       .def("set_weight", [](mpt::DecodePlan& p, int64_t layer, const std::string& name, int fmt, int64_t n,
                             int64_t k, int64_t blocksize, uintptr_t data, uintptr_t scale, uintptr_t bias) {
-             if (fmt < -1 || fmt > 5) throw std::invalid_argument("unknown weight format code");
+             if (fmt < -1 || fmt > 6) throw std::invalid_argument("unknown weight format code");
              if ((fmt == static_cast<int>(mpt::StepFormat::Int4Rows8) || fmt == static_cast<int>(mpt::StepFormat::Nf4Rows8)) &&
                  n % 8 != 0)
                throw std::invalid_argument("rows8 weight: n must be a multiple of 8");

@@ -50,7 +50,7 @@ def load(name_or_path: Any = None, bits: int | None = 4, task: str = "causal-lm"
 
     name_or_path: a folder, a hub id ("mosaicml/mpt-7b") or an alias ("mpt-7b"); None loads the
     embedded default model. bits: 4 (default; quant_type "int4" or "nf4", the tied embedding at
-    int8 unless embedding_bits=4), 8 or None (unquantized). task: "base", "causal-lm",
+    int8 unless embedding_bits=4, or 6: int6 on the CPU), 8 or None (unquantized). task: "base", "causal-lm",
     "sequence-classification", "token-classification" or "question-answering"."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")

@@ -61,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--bits", choices=BITS_CHOICES, default=bits_default,
                         help=f"weight format: 4-bit, int8 or none (unquantized); default {bits_default}")
         sp.add_argument("--quant-type", choices=("int4", "nf4"), default=None, help="4-bit format (default int4)")
-        sp.add_argument("--embedding-bits", type=int, choices=(4, 8), default=None,
-                        help="with --bits 4: the tied embedding at 8 bits (default) or 4")
+        sp.add_argument("--embedding-bits", type=int, choices=(4, 6, 8), default=None,
+                        help="with --bits 4: the tied embedding at 8 bits (default), 6 (CPU) or 4")
         sp.add_argument("--group-size", type=int, choices=GROUP_SIZE_CHOICES, default=None, help=GROUP_SIZE_HELP)
         sp.add_argument("--device", default="cpu", help="cpu or cuda")
         sp.add_argument("--kv-dtype", choices=KV_DTYPE_CHOICES, default=None,
@@ -132,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("dst", help="the folder to write")
     q.add_argument("--bits", choices=("4", "8"), default="4")
     q.add_argument("--quant-type", choices=("int4", "nf4"), default=None, help="4-bit format (default int4)")
-    q.add_argument("--embedding-bits", type=int, choices=(4, 8), default=None,
-                   help="with --bits 4: the tied embedding at 8 bits (default) or 4")
+    q.add_argument("--embedding-bits", type=int, choices=(4, 6, 8), default=None,
+                   help="with --bits 4: the tied embedding at 8 bits (default), 6 (CPU) or 4")
     q.add_argument("--group-size", type=int, choices=GROUP_SIZE_CHOICES, default=None, help=GROUP_SIZE_HELP)
     q.add_argument("--task", default="causal-lm", help="the head to keep (default causal-lm)")
     q.add_argument("--force", action="store_true", help="replace DST if it exists")

@@ -13,7 +13,7 @@ from mpt_lite.runtime import native_forward
 
 VOCAB = 101
 FORMATS = {"int8": ("int8", "int8"), "nf4": ("nf4", "nf4"), "int4": ("int4", "int4"),
-           "int4_int8_embedding": ("int4", "int8")}
+           "int4_int8_embedding": ("int4", "int8"), "int4_int6_embedding": ("int4", "int6")}
 CONFIGS = {k: v for k, v in STEP_CONFIGS.items() if k != "untied_float_lm_head"}  # (a float lm_head: per-op)
 
 

@@ -17,7 +17,8 @@ VOCAB = 101
 
 
 FORMATS = {"float32": (None, None), "int8": ("int8", "int8"), "nf4": ("nf4", "nf4"), "int4": ("int4", "int4"),
-           "int4_int8_embedding": ("int4", "int8"), "nf4_int8_embedding": ("nf4", "int8")}
+           "int4_int8_embedding": ("int4", "int8"), "nf4_int8_embedding": ("nf4", "int8"),
+           "int4_int6_embedding": ("int4", "int6")}
 CONFIGS = STEP_CONFIGS
 
 

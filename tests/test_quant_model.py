@@ -136,15 +136,16 @@ def _same_weights(a, b):
 
 
 @pytest.mark.parametrize("bits,quant_type,embedding_bits",
-                         [(8, None, None), (4, "nf4", None), (4, "nf4", 4), (4, "int4", None), (4, "int4", 4)])
+                         [(8, None, None), (4, "nf4", None), (4, "nf4", 4), (4, "int4", None), (4, "int4", 4),
+                          (4, "int4", 6), (4, "nf4", 6)])
 def test_save_reload_round_trips_exactly(float_ckpt, tmp_path, bits, quant_type, embedding_bits):
     q = load(mpt_lite.MptForCausalLM, float_ckpt, bits=bits, quant_type=quant_type, embedding_bits=embedding_bits)
     q.save_pretrained(tmp_path)
     meta = _saved_meta(tmp_path)
     fmt = quant_type or "int8"
-    emb = "int8" if embedding_bits is None else fmt
+    emb = {None: "int8", 6: "int6"}.get(embedding_bits, fmt)
     assert {k: meta[k] for k in ("format", "version", "blocksize", "group_size")} == \
-        {"format": fmt, "version": 6, "blocksize": 64, "group_size": 32}
+        {"format": fmt, "version": 8 if emb == "int6" else 6, "blocksize": 64, "group_size": 32}
     # Linears are saved as held: in the rows8 layout where this machine's kernels read it
     held = [n for n, m in quantized_modules(q).items() if m.rows8]
     assert meta["rows8"] == sorted(held)
@@ -172,6 +173,8 @@ def test_save_reload_round_trips_exactly(float_ckpt, tmp_path, bits, quant_type,
     if bits == 4:  # the embedding as saved, not as embedding_bits would make it
         with pytest.raises(ValueError, match="embedding"):
             mpt_lite.MptForCausalLM.from_pretrained(tmp_path, embedding_bits=8 if embedding_bits else 4)
+        if embedding_bits == 6:
+            assert mpt_lite.MptForCausalLM.from_pretrained(tmp_path, embedding_bits=6).transformer.wte.quant_type == "int6"
 
 
 @pytest.mark.parametrize("quant_type", ["nf4", "int4"])
@@ -275,10 +278,12 @@ def test_embedding_bits(float_ckpt):
         assert m4.transformer.wte.quant_type == quant_type
         assert load(mpt_lite.MptForCausalLM, float_ckpt, bits=4, quant_type=quant_type,
                     embedding_bits=8).transformer.wte.quant_type == "int8"
+        m6 = mpt_lite.load(float_ckpt, quant_type=quant_type, embedding_bits=6)
+        assert m6.transformer.wte.quant_type == "int6" and m6.transformer.blocks[0].ffn.up_proj.quant_type == quant_type
     assert mpt_lite.load(float_ckpt, bits=8).transformer.wte.quant_type == "int8"
-    for bad, match in [(dict(bits=4, embedding_bits=6), "4 or 8"), (dict(bits=4, embedding_bits=True), "4 or 8"),
-                       (dict(bits=4, embedding_bits="4"), "4 or 8"), (dict(bits=8, embedding_bits=8), "bits=4"),
-                       (dict(bits=None, embedding_bits=4), "bits=4")]:
+    for bad, match in [(dict(bits=4, embedding_bits=5), "4, 6 or 8"), (dict(bits=4, embedding_bits=True), "4, 6 or 8"),
+                       (dict(bits=4, embedding_bits="4"), "4, 6 or 8"), (dict(bits=8, embedding_bits=8), "bits=4"),
+                       (dict(bits=8, embedding_bits=6), "bits=4"), (dict(bits=None, embedding_bits=4), "bits=4")]:
         with pytest.raises(ValueError, match=match):
             mpt_lite.MptForCausalLM.from_pretrained(float_ckpt, **bad)
 

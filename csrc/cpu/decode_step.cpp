@@ -9,6 +9,7 @@
 #include "cpu/cpu_features.h"
 #include "cpu/norms.h"
 #include "cpu/quant_formats.h"
+#include "cpu/quant_int6.h"
 #include "cpu/step_profile.h"
 #include "cpu/thread_pool.h"
 
@@ -80,6 +81,8 @@ void linear(const StepWeight& w, const float* x, int64_t M, float* y, const Step
     case StepFormat::Nf4Rows8:
       return matmul_nf4(x, M, w.K, static_cast<const uint8_t*>(w.data), w.fscale(), w.N, w.blocksize, w.bias, y, q8,
                         bf16, true);
+    case StepFormat::Int6:
+      return matmul_int6(x, M, w.K, static_cast<const uint8_t*>(w.data), w.hscale(), w.N, w.bias, y);
     default: throw std::invalid_argument("unset weight");
   }
 }
@@ -102,6 +105,7 @@ void embed(const StepWeight& w, const int64_t* ids, int64_t n, float* out) {
       return dequantize_rows_nf4(static_cast<const uint8_t*>(w.data), w.fscale(), K, w.blocksize, ids, n, out);
     case StepFormat::Int4:
       return dequantize_rows_int4(static_cast<const uint8_t*>(w.data), w.hscale(), K, ids, n, out, w.int4_group());
+    case StepFormat::Int6: return dequantize_rows_int6(static_cast<const uint8_t*>(w.data), w.hscale(), K, ids, n, out);
     default: throw std::invalid_argument("unset embedding (or one in a layout only the Linears take)");
   }
 }
@@ -117,6 +121,7 @@ int64_t weight_bytes(const StepWeight& w) {
     case StepFormat::Nf4Rows8: return n / 2 + n / w.blocksize * 4;
     case StepFormat::Int4:
     case StepFormat::Int4Rows8: return n / 2 + n / w.int4_group() * 2;
+    case StepFormat::Int6: return w.N * (int6_row_bytes(w.K) + int4_groups(w.K) * 2);
     default: return 0;
   }
 }

@@ -17,13 +17,14 @@
 
 namespace mpt {
 
-enum class StepFormat : int { Unset = -2, F32 = -1, Int8 = 0, Nf4 = 1, Int4 = 2, Int4Rows8 = 3, Nf4Rows8 = 4, Int8Rows8 = 5 };  // rows8: Linears only (int8: the embedding too)
+// rows8: Linears only (int8: the embedding too); int6: the embedding's 6-bit format (quant_int6.h)
+enum class StepFormat : int { Unset = -2, F32 = -1, Int8 = 0, Nf4 = 1, Int4 = 2, Int4Rows8 = 3, Nf4Rows8 = 4, Int8Rows8 = 5, Int6 = 6 };
 
 struct StepWeight {  // W [N, K]; F32: data is float [N, K]; else the codes of quant_formats.h
   StepFormat fmt = StepFormat::Unset;
   int64_t N = 0, K = 0, blocksize = 0;  // blocksize: nf4's; int4's group (k per scale; 0: 32)
   const void* data = nullptr;
-  const void* scale = nullptr;  // float [..] for int8 / nf4, half bits (uint16) for int4
+  const void* scale = nullptr;  // float [..] for int8 / nf4, half bits (uint16) for int4 / int6
   const float* bias = nullptr;  // [N] or null
   const float* fscale() const { return static_cast<const float*>(scale); }
   const uint16_t* hscale() const { return static_cast<const uint16_t*>(scale); }

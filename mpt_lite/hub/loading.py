@@ -21,7 +21,7 @@ from .. import kernels
 from .checkpoint import iter_tensors, resolve_checkpoint, safetensors_metadata, weight_files
 from .load_options import check_overrides, dtype_from_config, take_torch_dtype
 from ..config import CONFIG_NAME, MissingKeyError, MptConfig
-from ..quant import FORMAT_VERSION, QUANT_TYPES
+from ..quant import EMBEDDING_ONLY, FORMAT_VERSION, QUANT_TYPES
 from ..quant import (FOUR_BIT, QuantEmbedding, QuantLinear, check_embedding_bits, embedding_quant_type, quant_type_for,
                      quantized_modules)
 
@@ -94,6 +94,8 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
                          f"loaded with group_size={group_size} (pass group_size=None to use them as saved)")
     group = group_size or stored_group
     emb_qtype = embedding_quant_type(qtype, embedding_bits)
+    if emb_qtype == "int6" and dev.type != "cpu":
+        raise ValueError("embedding_bits=6 (int6) is a CPU format; on CUDA pass embedding_bits=8 (the default) or 4")
     if qtype is not None and dev.type == "cuda" and not kernels.cuda_built():
         raise ValueError(f"device='cuda' with quantized weights ({qtype}) needs mpt_lite's CUDA kernels, but "
                          f"{kernels.NO_CUDA_BUILD}")
@@ -205,7 +207,8 @@ def _stored_quantization(files: list[Path]) -> tuple[str | None, int, dict[str, 
             formats = dict(info.get("formats", {}))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise OSError(f"{files[0]}: unreadable mpt_lite_quant metadata ({e})") from e
-        if version > FORMAT_VERSION or fmt not in QUANT_TYPES or not set(formats.values()) <= set(QUANT_TYPES):
+        if version > FORMAT_VERSION or fmt not in QUANT_TYPES or \
+                not set(formats.values()) <= set(QUANT_TYPES) | set(EMBEDDING_ONLY):
             raise OSError(f"{files[0]}: quantized format {fmt!r} version {version} is newer than this mpt_lite")
         if version == 1:
             formats = {name: fmt for name in ("transformer.wte", "wte", "lm_head")}
@@ -274,7 +277,7 @@ def _apply_stored_formats(model: nn.Module, formats: dict[str, str], embedding_b
         if mod is None:
             continue  # a head this class does not have
         if isinstance(mod, QuantEmbedding) and embedding_bits is not None and \
-                embedding_bits != (8 if fmt == "int8" else 4):
+                embedding_bits != {"int8": 8, "int6": 6}.get(fmt, 4):
             raise ValueError(f"{folder} holds the embedding as {fmt}; it cannot be loaded with "
                              f"embedding_bits={embedding_bits} (pass embedding_bits=None to use it as saved)")
         if mod.quant_type != fmt:

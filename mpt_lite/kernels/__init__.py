@@ -19,6 +19,7 @@ from .quant_ops import (bf16_operands, dequantize_int4, dequantize_int8, dequant
                         int8_from_rows8,
                         int8_to_rows8, nf4_from_rows8, nf4_to_rows8, matmul_int4, matmul_int8, matmul_nf4,
                         quantize_int4, quantize_int8, quantize_nf4, rows8_preferred)
+from .int6_ops import INT6_GROUP, dequantize_int6, dequantize_rows_int6, int6_row_bytes, matmul_int6, quantize_int6
 from .search_ops import search_quantize_int4, search_quantize_nf4
 
 __all__ = [
@@ -37,4 +38,5 @@ __all__ = [
     "quantize_nf4", "search_quantize_int4", "search_quantize_nf4",
     "int4_from_rows8", "int4_to_rows8", "int8_from_rows8", "int8_to_rows8", "nf4_from_rows8", "nf4_to_rows8",
     "rows8_preferred",
+    "INT6_GROUP", "dequantize_int6", "dequantize_rows_int6", "int6_row_bytes", "matmul_int6", "quantize_int6",
 ]

@@ -11,9 +11,10 @@ import torch
 from .attention_ops import KV_CACHE_DTYPES, cache_geometry, check_k_bound
 from .checks import check_int4_scales, check_tensor, check_threads, ptr
 from .extension import _C
+from .int6_ops import int6_row_bytes
 from .layouts import AMX_MIN_ROWS, Q8_GEMM_MIN_K, Q8_MAX_ROWS, int4_group_of, int4_groups, nf4_q8_ok
 
-_FMT = {"float32": -1, "int8": 0, "nf4": 1, "int4": 2, "int4_rows8": 3, "nf4_rows8": 4, "int8_rows8": 5}
+_FMT = {"float32": -1, "int8": 0, "nf4": 1, "int4": 2, "int4_rows8": 3, "nf4_rows8": 4, "int8_rows8": 5, "int6": 6}
 
 
 def _f32(name: str, t: object, numel: int) -> torch.Tensor:
@@ -55,12 +56,13 @@ class DecodePlan:
 
     def set_quant_weight(self, layer: int, name: str, quant_type: str, data: torch.Tensor, scale: torch.Tensor,
                          n: int, k: int, blocksize: int, bias: torch.Tensor | None, *, rows8: bool = False) -> None:
-        """The codes of one weight [n, k] in `quant_type` (byte layouts: csrc/cpu/quant_formats.h); rows8:
+        """The codes of one weight [n, k] in `quant_type` (byte layouts: csrc/cpu/quant_formats.h, int6: the
+        embedding's, quant_int6.h); rows8:
         codes in the rows8 layout (Linears and an int8 embedding, n a multiple of 8; nf4: nf4_q8_ok; int8: k a
         multiple of 32)."""
-        if quant_type not in ("int8", "nf4", "int4"):
+        if quant_type not in ("int8", "nf4", "int4", "int6"):
             raise ValueError(f"unknown quant_type {quant_type!r}")
-        if rows8 and ((name == "embedding" and quant_type != "int8") or n % 8
+        if rows8 and ((name == "embedding" and quant_type != "int8") or quant_type == "int6" or n % 8
                       or (quant_type == "nf4" and not nf4_q8_ok(k, blocksize)) or (quant_type == "int8" and k % 32)):
             raise ValueError(f"{name}: the rows8 layout is for Linears (and an int8 embedding) of a multiple of 8 "
                              "rows (nf4: nf4_q8_ok; int8: in_features a multiple of 32)")
@@ -69,12 +71,13 @@ class DecodePlan:
             group = int4_group_of(k, scale.numel() // n) if n and isinstance(scale, torch.Tensor) else None
             blocksize = group or 32
         want = {"int8": (n * k, n), "nf4": ((n * k + 1) // 2, (n * k + blocksize - 1) // blocksize),
-                "int4": (n * int4_groups(k) * 16, n * int4_groups(k, group or 32))}[quant_type]
+                "int4": (n * int4_groups(k) * 16, n * int4_groups(k, group or 32)),
+                "int6": (n * int6_row_bytes(k), n * int4_groups(k))}[quant_type]
         check_tensor(f"{name} codes", data, (torch.int8 if quant_type == "int8" else torch.uint8,))
         if data.numel() != want[0] or not data.is_contiguous():
             raise ValueError(f"{name}: {quant_type} codes of a [{n}, {k}] weight hold {want[0]} bytes, "
                              f"got {data.numel()}")
-        if quant_type == "int4":  # half scales (format version 3)
+        if quant_type in ("int4", "int6"):  # half scales (int4: format version 3)
             check_int4_scales(scale)
             if scale.numel() != want[1] or not scale.is_contiguous():
                 raise ValueError(f"{name} scales must be a contiguous float16 tensor of {want[1]} elements, "

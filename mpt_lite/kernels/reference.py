@@ -57,7 +57,9 @@ def _ref_activations(x: torch.Tensor, q8: object) -> torch.Tensor:
 def ref_quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     w = w.float()
     scb = w.abs().amax(dim=1)
-    inv = torch.where(scb > 0, 127.0 / scb, torch.zeros_like(scb))
+    # a tensor divided, as the kernel's 127.0f / amax (torch's `127.0 / scb` is 127 x reciprocal(scb), which
+    # differs in the last bit now and then: a code off by one at an exact .5)
+    inv = torch.where(scb > 0, torch.full_like(scb, 127.0) / scb, torch.zeros_like(scb))
     cb = torch.round(w * inv[:, None]).clamp(-127, 127).to(torch.int8)
     return cb, scb
 
@@ -156,6 +158,41 @@ def ref_dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, in_features:
     group = int4_group_of(in_features, scales.shape[1]) or INT4_GROUP
     d = scales.float().repeat_interleave(group, dim=1)[:, :G * INT4_GROUP]  # half scales widen exactly
     return (q * d)[:, :in_features]
+
+
+def ref_quantize_int6(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [N, K] -> (codes uint8 [N, G*24], scales float16 [N, G]), G = ceil(K / 32) (csrc/cpu/quant_int6.h):
+    d = half(signed absmax / -32), q = round_half_even(clamp(w * (1/d), -32, 31)) + 32."""
+    w = w.float()
+    N, K = w.shape
+    G = int4_groups(K)
+    v = torch.zeros(N, G * 32)
+    v[:, :K] = w
+    v = v.view(N, G, 32)
+    idx = v.abs().argmax(dim=2, keepdim=True)
+    h = int4_half_scales(torch.gather(v, 2, idx).squeeze(2) / -32.0)
+    d = h.float()
+    inv = torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
+    q = torch.nan_to_num(torch.round((v * inv[..., None]).clamp(-32, 31)), nan=0.0).to(torch.int64) + 32
+    low = (q[..., :16] & 15) | ((q[..., 16:] & 15) << 4)
+    high = ((q >> 4).view(N, G, 4, 8) << (2 * torch.arange(4)).view(1, 1, 4, 1)).sum(dim=2)
+    return torch.cat([low, high], dim=2).to(torch.uint8).view(N, G * 24), h
+
+
+def ref_dequantize_int6(codes: torch.Tensor, scales: torch.Tensor, in_features: int) -> torch.Tensor:
+    N, G = codes.shape[0], codes.shape[1] // 24
+    p = codes.view(N, G, 24).to(torch.int64)
+    low = torch.cat([p[..., :16] & 15, p[..., :16] >> 4], dim=2)
+    high = (p[..., None, 16:] >> (2 * torch.arange(4)).view(1, 1, 4, 1)) & 3  # [N, G, s, i]: k = 8s + i
+    q = low | (high.reshape(N, G, 32) << 4)
+    return ((q.float() - 32.0) * scales.float()[..., None]).view(N, G * 32)[:, :in_features]
+
+
+def ref_matmul_int6(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, in_features: int,
+                    bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x always as q8 blocks (the int6 kernels have no float-activation path)."""
+    b = None if bias is None else bias.float()
+    return F.linear(ref_dequantize_q8(x), ref_dequantize_int6(codes, scales, in_features), b).to(x.dtype)
 
 
 def ref_rows8_units(S: int, G: int) -> torch.Tensor:

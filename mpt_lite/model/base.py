@@ -88,7 +88,7 @@ class MptPreTrainedModel(nn.Module):
     def from_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type: str | None = None,
                         dtype: torch.dtype = torch.float32, device: Any = "cpu", embedding_bits: int | None = None,
                         group_size: int | None = None, **config_overrides: Any):
-        """bits=4 keeps the tied wte/lm_head at int8 unless embedding_bits=4. group_size (int4 only): in_features
+        """bits=4 keeps the tied wte/lm_head at int8 unless embedding_bits=4 (or 6: int6, CPU). group_size (int4 only): in_features
         per scale, 32 (default, 4.5 bits per weight), 64 (4.25) or 128 (4.125)."""
         from ..hub.loading import load_pretrained
 

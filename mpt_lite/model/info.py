@@ -41,7 +41,7 @@ def is_embedding(name: str) -> bool:
 def format_sizes(shapes: dict[str, tuple[int, ...]], embedding_bits: int | None = None,
                  group_size: int = 32) -> dict[str, int]:
     """Bytes of the weights in fp32, bf16 (= fp16), int8, nf4 and int4 (at group_size), as load() holds them: the
-    4-bit formats keep the tied embedding (and an untied lm_head) at int8 unless embedding_bits=4; parts
+    4-bit formats keep the tied embedding (and an untied lm_head) at int8 unless embedding_bits=4 or 6; parts
     that stay in float are counted as fp32 (the default dtype they load in)."""
     sizes = {"fp32": 0, "bf16": 0, "int8": 0, "nf4": 0, "int4": 0}
     for name, shape in shapes.items():

@@ -5,6 +5,8 @@ cost in bytes, and how the kernels dequantize them and multiply by them.
     nf4   weight uint8 [ceil(N*K/2)] (bitsandbytes layout), weight_absmax float32 [ceil(N*K/blocksize)]
     int4  weight uint8 [N, ceil(K/32)*16], weight_scales float16 [N, ceil(K/group)]  (group 32: 4.5 bits
           per weight, the default; 64: 4.25; 128: 4.125; float32 scales before format version 3, converted at load)
+    int6  weight uint8 [N, ceil(K/32)*24], weight_scales float16 [N, ceil(K/32)]  (6.5 bits per weight; the
+          tied embedding's format at embedding_bits=6, CPU only; csrc/cpu/quant_int6.h)
 
 Byte layouts: csrc/cpu/quant_formats.h. int4 and nf4 quantize with searched block scales (least
 squared error, kernels.search_quantize_*), stored in the same layouts as the absmax quantizers'. Code tensors are held in a dict keyed by the names above
@@ -140,17 +142,43 @@ class Int4Format(WeightFormat):
                                    rows8=rows8)
 
 
-FORMATS: dict[str, WeightFormat] = {f.name: f for f in (Int8Format(), Nf4Format(), Int4Format())}
+class Int6Format(WeightFormat):
+    """The tied embedding's 6-bit format (embedding_bits=6): an fp16 scale per 32 in_features from the group's
+    signed absmax. Not a block Linears' format (quant_type); CPU kernels only."""
+    name, code_names = "int6", ("weight", "weight_scales")
+
+    def empty_codes(self, n, k, blocksize):
+        return {"weight": torch.empty(n, kernels.int6_row_bytes(k), dtype=torch.uint8),
+                "weight_scales": torch.empty(n, kernels.int4_groups(k), dtype=kernels.INT4_SCALE_DTYPE)}
+
+    def quantize(self, w, blocksize, num_threads=None):
+        codes, scales = kernels.quantize_int6(w, num_threads=num_threads)
+        return {"weight": codes, "weight_scales": scales}
+
+    def dequantize(self, codes, n, k, blocksize, num_threads=None):
+        return kernels.dequantize_int6(codes["weight"], codes["weight_scales"], k, num_threads=num_threads)
+
+    def dequantize_rows(self, codes, n, k, blocksize, ids, num_threads=None):
+        return kernels.dequantize_rows_int6(codes["weight"], codes["weight_scales"], k, ids, num_threads=num_threads)
+
+    def matmul(self, x, codes, n, k, blocksize, bias, num_threads=None):
+        return kernels.matmul_int6(x, codes["weight"], codes["weight_scales"], k, bias, num_threads=num_threads)
+
+
+FORMATS: dict[str, WeightFormat] = {f.name: f for f in (Int8Format(), Nf4Format(), Int4Format(), Int6Format())}
+EMBEDDING_ONLY = ("int6",)  # formats of the tied embedding / lm_head only (embedding_bits), not quant_type's
 
 
 def weight_format(quant_type: object) -> WeightFormat:
-    """The format object of "int8", "nf4" or "int4"; ValueError for anything else."""
+    """The format object of "int8", "nf4", "int4" or "int6" (the embedding's); ValueError for anything else."""
     if quant_type not in FORMATS:
         raise ValueError(f"quant_type must be one of {', '.join(QUANT_TYPES)}, got {quant_type!r}")
     return FORMATS[quant_type]
 
 
 def check_quant_type(quant_type: object) -> str:
+    if quant_type not in QUANT_TYPES:
+        raise ValueError(f"quant_type must be one of {', '.join(QUANT_TYPES)}, got {quant_type!r}")
     return weight_format(quant_type).name
 
 
@@ -174,11 +202,11 @@ def quant_type_for(bits: object, quant_type: object) -> str:
 
 
 def check_embedding_bits(embedding_bits: object, quant_type: str | None) -> None:
-    """embedding_bits is None, 4 or 8, and only given when the block weights are 4-bit."""
+    """embedding_bits is None, 4, 6 or 8, and only given when the block weights are 4-bit."""
     if embedding_bits is None:
         return
-    if isinstance(embedding_bits, bool) or embedding_bits not in (4, 8):
-        raise ValueError(f"embedding_bits must be 4 or 8, got {embedding_bits!r}")
+    if isinstance(embedding_bits, bool) or embedding_bits not in (4, 6, 8):
+        raise ValueError(f"embedding_bits must be 4, 6 or 8, got {embedding_bits!r}")
     if quant_type not in FOUR_BIT:
         held = "unquantized" if quant_type is None else quant_type
         raise ValueError(f"embedding_bits is only meaningful with bits=4 (the block weights are {held})")
@@ -187,8 +215,11 @@ def check_embedding_bits(embedding_bits: object, quant_type: str | None) -> None
 def embedding_quant_type(quant_type: str | None, embedding_bits: object = None) -> str | None:
     """The format of the tied wte/lm_head when the block Linears are in quant_type: int8 under 4-bit
     blocks (llama.cpp keeps it at 6 bits, bitsandbytes in float: it is the costliest matrix to
-    round, read by every token twice), the blocks' own 4-bit format with embedding_bits=4."""
+    round, read by every token twice), int6 with embedding_bits=6 (CPU only: 0.81 of int8's bytes, under
+    llama.cpp Q4_0's perplexity cost with int4 blocks), the blocks' own 4-bit format with embedding_bits=4."""
     check_embedding_bits(embedding_bits, quant_type)
+    if quant_type in FOUR_BIT and embedding_bits == 6:
+        return "int6"
     if quant_type in FOUR_BIT and embedding_bits != 4:
         return "int8"
     return quant_type

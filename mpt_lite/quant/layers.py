@@ -24,7 +24,8 @@ from .. import kernels
 from ..config import MissingKeyError
 from .formats import DEFAULT_4BIT, WeightFormat, weight_format
 
-# 7: int4 scales may cover groups of 64, 128 or 256 in_features (the scales' shape says which; "group_size" in
+# 8: the tied embedding (and an untied lm_head) may be int6 (embedding_bits=6; files without int6 are still
+# written as version 7 or 6); 7: int4 scales may cover groups of 64, 128 or 256 in_features (the scales' shape says which; "group_size" in
 # the metadata is the block Linears'; files with groups of 32 only are still written as version 6); 6: int8
 # Linears may be stored in the rows8 layout too (older versions list none); 5: rows8 with its 8-row sets
 # interleaved by 4 (csrc/cpu/quant_formats.h); 4: int4 / nf4 Linears may be stored in the rows8 layout
@@ -32,7 +33,7 @@ from .formats import DEFAULT_4BIT, WeightFormat, weight_format
 # on others; version 4's rows8, without the interleave, is converted at load); 3: int4 group scales in float16
 # (4.5 bits per weight); 2: a format per quantized tensor ("formats"); 1: one format for the model. Files of
 # versions 1-5 load (hub/loading.py rounds int4 scales of 1-2 to half).
-FORMAT_VERSION = 7
+FORMAT_VERSION = 8
 
 # Set while held_state_dict() collects the codes as held: state_dict() then makes no row-layout copies.
 _STATE_AS_HELD = contextvars.ContextVar("mpt_lite_state_as_held", default=False)
@@ -254,9 +255,9 @@ def quant_metadata(model: nn.Module) -> dict[str, str] | None:
         return None
     linears = [m for m in mods.values() if isinstance(m, QuantLinear)]
     main = (linears or list(mods.values()))[0]
-    # a file with no wider int4 group is a version 6 file (older mpt_lite reads it)
-    version = FORMAT_VERSION if any(m.quant_type == "int4" and m.group_size != kernels.INT4_GROUP
-                                    for m in mods.values()) else 6
+    # the lowest version that holds what is written (older mpt_lite reads the files it can)
+    version = 8 if any(m.quant_type == "int6" for m in mods.values()) else \
+        7 if any(m.quant_type == "int4" and m.group_size != kernels.INT4_GROUP for m in mods.values()) else 6
     return {"mpt_lite_quant": json.dumps({"format": main.quant_type, "version": version,
                                           "blocksize": main.blocksize, "group_size": main.group_size,
                                           "formats": {name: m.quant_type for name, m in mods.items()},

@@ -21,7 +21,7 @@ from .kv_cache import PagedKVCache, PagedStep
 
 ENV_SWITCH = "MPT_LITE_NATIVE_STEP"
 
-_SCALE_NAMES = {"int8": "SCB", "nf4": "weight_absmax", "int4": "weight_scales"}
+_SCALE_NAMES = {"int8": "SCB", "nf4": "weight_absmax", "int4": "weight_scales", "int6": "weight_scales"}
 
 
 def env_allows_native() -> bool:

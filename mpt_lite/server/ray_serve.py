@@ -35,7 +35,7 @@ class ReplicaSettings:
     model: str | None = None  # folder, hub id or alias; None: the embedded default model
     bits: int | None = 4
     quant_type: str | None = None
-    embedding_bits: int | None = None  # bits=4 only: 8 (default) or 4 for the tied embedding / lm_head
+    embedding_bits: int | None = None  # bits=4 only: 8 (default), 6 (CPU) or 4 for the tied embedding / lm_head
     group_size: int | None = None  # int4 only: in_features per scale (32 default, 64, 128)
     device: str = "cpu"
     model_name: str = "mpt-lite"
