@@ -180,6 +180,14 @@ EMBEDDING_ROWS = [  # as ROWS, then the tied embedding as simulated_model takes 
 ]
 
 
+KERNEL_ROWS = [  # name, load() keywords, bits per weight of the block Linears
+    ("int4 kernels: load(bits=4), G=32 fp16 scales", {}, 4.5),
+    ("int4 kernels: load(bits=4, embedding_bits=6), G=32, int6 embedding", {"embedding_bits": 6}, 4.5),
+    ("int4 kernels: load(bits=4, group_size=64, embedding_bits=6), int6 embedding", {"group_size": 64, "embedding_bits": 6},
+     4.25),
+]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=mpt_lite.default_model_path())
@@ -206,8 +214,9 @@ def main() -> None:
         if args.only and not any(o in name for o in args.only):
             continue
         row(name, simulated_model(args.model, group, searched, *embedding), bpw)
-    if not args.only:
-        row("int4 kernels: load(bits=4), G=32 fp16 scales", mpt_lite.load(args.model, bits=4, quant_type="int4"), 4.5)
+    for name, kw, bpw in KERNEL_ROWS:  # the kernel formats themselves, as load() holds them
+        if not args.only or any(o in name for o in args.only):
+            row(name, mpt_lite.load(args.model, bits=4, quant_type="int4", **kw), bpw)
     print("| rows | block Linears bits/weight | held-out perplexity | vs float |\n|---|---:|---:|---:|")
     for name, bpw, ppl, cost in rows:
         print(f"| {name} | {bpw:.3f} | {ppl:.4f} | {cost:+.3f}% |")

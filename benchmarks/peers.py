@@ -63,17 +63,17 @@ class MptLite:
         from mpt_lite import ops
 
         ops.set_num_threads(threads)
-        # a 4-bit variant ending in "-e4" holds the tied embedding at 4 bits too (embedding_bits=4)
-        base, e4 = (variant[:-3], True) if variant.endswith("-e4") else (variant, False)
+        # a 4-bit variant ending in "-e4" holds the tied embedding at 4 bits too (embedding_bits=4), "-e6" at int6
+        base, emb = (variant[:-3], int(variant[-1])) if variant.endswith(("-e4", "-e6")) else (variant, None)
         bits, qtype, dtype = {"fp32": (None, None, torch.float32), "bf16": (None, None, torch.bfloat16),
                               "int8": (8, None, torch.float32), "nf4": (4, "nf4", torch.float32),
                               "int4": (4, "int4", torch.float32), "int4-g64": (4, "int4", torch.float32),
                               "int4-g128": (4, "int4", torch.float32)}[base]
         kw = {"int4-g64": {"group_size": 64}, "int4-g128": {"group_size": 128}}.get(base, {})
-        if e4:
+        if emb:
             if bits != 4:
-                raise ValueError(f"{variant}: -e4 is for the 4-bit variants")
-            kw["embedding_bits"] = 4
+                raise ValueError(f"{variant}: -e4 / -e6 are for the 4-bit variants")
+            kw["embedding_bits"] = emb
         self.model = mpt_lite.MptForCausalLM.from_pretrained(checkpoint, bits=bits, quant_type=qtype, dtype=dtype,
                                                              **kw)
         self.model.eval()
