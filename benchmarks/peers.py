@@ -21,6 +21,7 @@ import torch
 
 CONFIGS = [  # (peer, variant); the first is the reference of the quality table
     ("mpt_lite", "fp32"), ("mpt_lite", "int8"), ("mpt_lite", "nf4"), ("mpt_lite", "int4"), ("mpt_lite", "int4-g64"),
+    ("mpt_lite", "int4-e6"),
     ("llama.cpp", "f16"), ("llama.cpp", "q8_0"), ("llama.cpp", "q4_0"),
     ("transformers", "fp32"), ("transformers", "bf16"), ("transformers", "bnb-int8"), ("transformers", "bnb-nf4"),
 ]
