@@ -100,6 +100,8 @@ def test_info_reports_shapes_sizes_and_kernels():
     assert info["default_4bit"] == "int4"
     # int4 group scales are fp16 (2 bytes per group of 32)
     assert info["embedding_int8_extra_bytes"]["int4"] == (V * d + 4 * V) - (V * G * 16 + 2 * V * G)
+    # int6: 24 bytes of codes and a 2-byte scale per group of 32
+    assert info["embedding_int6_saved_bytes"]["int4"] == (V * d + 4 * V) - (V * G * 24 + 2 * V * G)
     blocks = {k: s for k, s in quant.items() if "blocks" in k}
     nb = sum(math.prod(s) for s in blocks.values())
     assert info["block_bits_per_weight"]["int4"] == 4.5 and info["block_bits_per_weight"]["nf4"] == 4.5
@@ -131,6 +133,14 @@ def test_quantize_with_embedding_bits(tmp_path):
         meta = json.loads(sf.metadata()["mpt_lite_quant"])
     assert meta["format"] == "nf4" and meta["formats"]["transformer.wte"] == "nf4"
     assert_one_line_error(run("generate", "x", "--bits", "8", "--embedding-bits", "4"), "--embedding-bits")
+    dst6 = tmp_path / "q6"
+    p = run("quantize", str(FOLDER), str(dst6), "--bits", "4", "--embedding-bits", "6")
+    assert p.returncode == 0, p.stderr
+    with safe_open(str(dst6 / "model.safetensors"), framework="pt") as sf:
+        meta = json.loads(sf.metadata()["mpt_lite_quant"])
+    assert meta["format"] == "int4" and meta["formats"]["transformer.wte"] == "int6" and meta["version"] == 8
+    p = run("generate", "hello", "-m", str(dst6), "--max-new-tokens", "3")
+    assert p.returncode == 0 and p.stdout.strip(), p.stderr
 
 
 def test_quantize_with_group_size(tmp_path):

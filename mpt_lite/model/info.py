@@ -84,6 +84,8 @@ def model_info(config: MptConfig, task: str = "causal-lm") -> dict[str, Any]:
         "default_4bit": DEFAULT_4BIT,
         # what the int8 embedding of the 4-bit formats costs over embedding_bits=4
         "embedding_int8_extra_bytes": {k: sizes[k] - format_sizes(shapes, embedding_bits=4)[k] for k in FOUR_BIT},
+        # what embedding_bits=6 (int6, 6.5 bits) saves against the int8 embedding
+        "embedding_int6_saved_bytes": {k: sizes[k] - format_sizes(shapes, embedding_bits=6)[k] for k in FOUR_BIT},
         # int4 as load(bits=4, group_size=G) holds it (the embedding int8)
         "int4_bytes_by_group_size": {g: format_sizes(shapes, group_size=g)["int4"] for g in (32, 64, 128)},
     }
