@@ -554,9 +554,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     q4 = info["default_4bit"]
     extra = info["embedding_int8_extra_bytes"][q4]
     print(f"4-bit        {q4} by default (better held-out perplexity and faster than nf4: docs/default_model.md); "
-          f"the tied embedding stays int8: +{human_bytes(extra)} "
-          f"(+{100 * extra / max(1, info['bytes'][q4] - extra):.1f}%) over --embedding-bits 4; --embedding-bits 6 "
-          f"(CPU) saves {human_bytes(info['embedding_int6_saved_bytes'][q4])}")
+          f"the tied embedding stays int8: +{human_bytes(extra)} (+{100 * extra / max(1, info['bytes'][q4] - extra):.1f}%) "
+          f"over --embedding-bits 4; --embedding-bits 6 (CPU) saves {human_bytes(info['embedding_int6_saved_bytes'][q4])}")
     kv = info["kv_bytes_per_token"]
     print("kv cache     a token: " + "  ".join(f"{k} {human_bytes(v)}" for k, v in kv.items())
           + f"; {c.max_seq_len} tokens: " + "  ".join(f"{k} {human_bytes(v * c.max_seq_len)}" for k, v in kv.items())
