@@ -104,14 +104,19 @@ void rows_span(const Int6Weight& w, const Int6XAvx512& x, int64_t m0, const floa
 
 void matmul_int6_rows_avx512(const Int6Weight& w, const Int6XAvx512& x, const float* bias, float* y, int64_t n0,
                              int64_t n1) {
-  std::vector<float> wscale(static_cast<size_t>(4 * 2 * (w.G + 2)));  // R x MT rows of scales
-  // x rows in tiles of 2 over the same rows of W (which stay in L1 / L2 between tiles)
+  std::vector<float> wscale(static_cast<size_t>(4 * 4 * (w.G + 2)));  // R x MT rows of scales
+  // x rows in tiles of 4 over the same rows of W (which stay in L1 / L2 between tiles)
   constexpr int64_t kRowsStep = 64;
   for (int64_t r0 = n0; r0 < n1; r0 += kRowsStep) {
     const int64_t r1 = r0 + kRowsStep < n1 ? r0 + kRowsStep : n1;
     int64_t m0 = 0;
-    for (; m0 + 2 <= x.M; m0 += 2) rows_span<2>(w, x, m0, bias, y, r0, r1, wscale.data());
-    if (m0 < x.M) rows_span<1>(w, x, m0, bias, y, r0, r1, wscale.data());
+    for (; m0 + 4 <= x.M; m0 += 4) rows_span<4>(w, x, m0, bias, y, r0, r1, wscale.data());
+    switch (x.M - m0) {
+      case 3: rows_span<3>(w, x, m0, bias, y, r0, r1, wscale.data()); break;
+      case 2: rows_span<2>(w, x, m0, bias, y, r0, r1, wscale.data()); break;
+      case 1: rows_span<1>(w, x, m0, bias, y, r0, r1, wscale.data()); break;
+      default: break;
+    }
   }
 }
 
