@@ -35,9 +35,8 @@ struct PairDecoder {
 // about int8's, half a run to int8's; without it, 1.7x int8's (the hardware prefetchers lose the 4 interleaved rows).
 constexpr int64_t kAheadTiles = 1;
 
-// Rows n0, n0 + R of W against MT x rows from m0. R rows at a time share each load of x (loads, not arithmetic,
-// bound one row at a time: 3 of x's 64-byte vectors a pair of groups); the accumulators stay in registers.
-
+// Rows n0 .. n0 + R - 1 of W against MT x rows from m0. R rows at a time share each load of x (loads, not
+// arithmetic, bound one row at a time: 3 of x's 64-byte vectors a pair of groups); the accumulators stay in registers.
 template <int R, int MT>
 void rows_tile(const Int6Weight& w, const Int6XAvx512& x, int64_t m0, const float* bias, float* y, int64_t n0,
                float* wscale) {
