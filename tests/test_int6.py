@@ -99,3 +99,19 @@ def test_model_with_an_int6_embedding_matches_its_simulation(tmp_path):
     q8 = mpt_lite.load(tmp_path)  # the default int8 embedding: int6's logits close to it
     assert cosine(q(ids).logits, q8(ids).logits) >= 0.999
     assert q.generate(ids[:1], max_new_tokens=5, do_sample=False).shape == (1, 14)
+
+
+def test_cuda_loads_refuse_int6(tmp_path, monkeypatch):
+    """There is no CUDA int6 kernel: device="cuda" with embedding_bits=6, or with a folder saved with an int6
+    embedding, is refused at load (before any weight is read), not at the first forward."""
+    from mpt_lite.hub import loading
+    from test_quant_model import small_config
+
+    torch.manual_seed(0)
+    mpt_lite.MptForCausalLM(small_config()).eval().save_pretrained(tmp_path / "f")
+    mpt_lite.load(tmp_path / "f", embedding_bits=6).save_pretrained(tmp_path / "q6")
+    monkeypatch.setattr(loading, "check_device", lambda device: torch.device("cuda"))
+    with pytest.raises(ValueError, match="int6.*CPU format"):
+        mpt_lite.load(tmp_path / "f", embedding_bits=6, device="cuda")
+    with pytest.raises(ValueError, match="int6.*CPU format"):
+        mpt_lite.load(tmp_path / "q6", device="cuda")

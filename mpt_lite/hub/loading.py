@@ -94,8 +94,9 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
                          f"loaded with group_size={group_size} (pass group_size=None to use them as saved)")
     group = group_size or stored_group
     emb_qtype = embedding_quant_type(qtype, embedding_bits)
-    if emb_qtype == "int6" and dev.type != "cpu":
-        raise ValueError("embedding_bits=6 (int6) is a CPU format; on CUDA pass embedding_bits=8 (the default) or 4")
+    if dev.type != "cpu" and "int6" in (emb_qtype, *stored_formats.values()):
+        raise ValueError(f"the tied embedding at int6 ({'embedding_bits=6' if emb_qtype == 'int6' else str(folder)}) "
+                         "is a CPU format; on CUDA use embedding_bits=8 (the default) or 4")
     if qtype is not None and dev.type == "cuda" and not kernels.cuda_built():
         raise ValueError(f"device='cuda' with quantized weights ({qtype}) needs mpt_lite's CUDA kernels, but "
                          f"{kernels.NO_CUDA_BUILD}")
