@@ -57,7 +57,7 @@ def test_matmul_equals_the_reference_on_every_isa(isa, n, k):
     g = torch.Generator().manual_seed(3)
     bias = torch.randn(n, generator=g)
     with kernels.use_isa(isa):
-        for m in (1, 2, 3, 5, 9):  # the AVX-512 kernel's tiles of 2 x rows and its one-row tail
+        for m in (1, 2, 3, 5, 9, 17):  # the AVX-512 kernel: x rows in tiles of 4 and tails; from 8, rows in lanes
             x = torch.randn(m, k, generator=g)
             got = ops.matmul_int6(x, codes, scales, k, bias)
             ref = ops.ref_matmul_int6(x, codes, scales, k, bias)

@@ -106,6 +106,7 @@ void int6_x_avx512(const Q8Rows& x, Int6XAvx512& out) {
   out.q.assign(static_cast<size_t>(x.M * P * 64), 0);
   out.off.assign(static_cast<size_t>(x.M * P * 16), 0);
   out.dg = x.d;
+  out.offg.assign(static_cast<size_t>(x.M * P * 2), 0);
   for (int64_t m = 0; m < x.M; ++m)
     for (int64_t p = 0; p < P; ++p)
       for (int L = 0; L < 16; ++L) {
@@ -119,6 +120,7 @@ void int6_x_avx512(const Q8Rows& x, Int6XAvx512& out) {
           s += c;
         }
         out.off[i] = -32 * s;
+        out.offg[(m * P + p) * 2 + L % 2] += -32 * s;
       }
 }
 
