@@ -65,10 +65,11 @@ void dequantize_rows_int6(const uint8_t* codes, const uint16_t* scales, int64_t 
   const int64_t G = int4_groups(K);
   for (int64_t i = 0; i < nrows; ++i) {
     const int64_t n = rows[i];
-    for (int64_t k = 0; k < K; ++k) {
-      const int64_t g = k / 32;
-      const int q = int6_code(codes + (n * G + g) * kInt6GroupBytes, static_cast<int>(k % 32));
-      out[i * K + k] = static_cast<float>(q - 32) * half_to_float(scales[n * G + g]);
+    for (int64_t g = 0; g < G; ++g) {
+      const uint8_t* grp = codes + (n * G + g) * kInt6GroupBytes;
+      const float d = half_to_float(scales[n * G + g]);
+      for (int64_t k = g * 32; k < K && k < g * 32 + 32; ++k)
+        out[i * K + k] = static_cast<float>(int6_code(grp, static_cast<int>(k - g * 32)) - 32) * d;
     }
   }
 }
