@@ -20,6 +20,7 @@
 // float sums; ops.ref_matmul_int6 mirrors it.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "cpu/quant_formats.h"
 
