@@ -123,6 +123,28 @@ static inline uint16_t half_bits(float f) {
 }
 static inline float round_to_half(float f) { return half_to_float(half_bits(f)); }
 
+// A group's symmetric scale as int4 and int6 store it: v[0..n) is w[0..len) padded with zeros; `half` is
+// half_bits(the value of largest magnitude / -levels), the first of equal magnitudes winning as in torch.argmax
+// (a NaN is never larger); `inv` is 1 / the rounded scale (0 for a zero scale), the codes' divisor.
+struct GroupScale {
+  uint16_t half;
+  float inv;
+};
+static inline GroupScale group_scale(const float* w, int64_t len, int64_t n, float levels, float* v) {
+  float amax = 0.f, maxv = 0.f;
+  for (int64_t j = 0; j < n; ++j) {
+    v[j] = j < len ? w[j] : 0.f;
+    const float a = __builtin_fabsf(v[j]);
+    if (a > amax) {
+      amax = a;
+      maxv = v[j];
+    }
+  }
+  const uint16_t h = half_bits(maxv / -levels);
+  const float d = half_to_float(h);
+  return {h, d != 0.f ? 1.0f / d : 0.f};
+}
+
 void quantize_int8(const float* w, int64_t N, int64_t K, int8_t* cb, float* scb);
 void dequantize_int8(const int8_t* cb, const float* scb, int64_t N, int64_t K, float* out);
 // q8: quantize x to int8 per block of 32 along K (see Q8Rows) and use integer dot products (nf4:

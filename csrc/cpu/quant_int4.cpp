@@ -14,19 +14,9 @@ void quantize_int4(const float* w, int64_t N, int64_t K, uint8_t* packed, uint16
     std::vector<float> v(static_cast<size_t>(group));
     for (int64_t n = n0; n < n1; ++n) {
       for (int64_t c = 0; c < C; ++c) {
-        float amax = 0.f, maxv = 0.f;
-        for (int64_t j = 0; j < group; ++j) {
-          const int64_t k = c * group + j;
-          v[j] = k < K ? w[n * K + k] : 0.f;
-          if (std::fabs(v[j]) > amax) {  // first of equal magnitudes wins, like torch.argmax
-            amax = std::fabs(v[j]);
-            maxv = v[j];
-          }
-        }
-        const uint16_t h = half_bits(maxv / -8.0f);  // the stored scale; the codes use it rounded
-        const float d = half_to_float(h);
-        const float id = d != 0.f ? 1.0f / d : 0.f;
-        scales[n * C + c] = h;
+        const GroupScale gs = group_scale(w + n * K + c * group, K - c * group, group, 8.0f, v.data());
+        const float id = gs.inv;
+        scales[n * C + c] = gs.half;
         for (int64_t u = 0; u < R && c * R + u < G; ++u) {
           uint8_t* out = packed + (n * G + c * R + u) * 16;
           const float* x = v.data() + u * kInt4Group;

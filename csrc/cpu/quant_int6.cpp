@@ -1,7 +1,6 @@
 // int6 (quant_int6.h): the quantizer, dequantization, the portable matmul and the run-time dispatcher.
 #include "cpu/quant_int6.h"
 
-#include <cmath>
 #include <vector>
 
 #include "cpu/cpu_features.h"
@@ -33,18 +32,10 @@ void quantize_int6(const float* w, int64_t N, int64_t K, uint8_t* codes, uint16_
   parallel_for(N, 1, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n)
       for (int64_t g = 0; g < G; ++g) {
-        float v[32], amax = 0.f, maxv = 0.f;
-        for (int j = 0; j < 32; ++j) {
-          const int64_t k = g * 32 + j;
-          v[j] = k < K ? w[n * K + k] : 0.f;
-          if (std::fabs(v[j]) > amax) {  // first of equal magnitudes wins, like torch.argmax
-            amax = std::fabs(v[j]);
-            maxv = v[j];
-          }
-        }
-        const uint16_t h = half_bits(maxv / -32.0f);
-        const float d = half_to_float(h), id = d != 0.f ? 1.0f / d : 0.f;
-        scales[n * G + g] = h;
+        float v[32];
+        const GroupScale gs = group_scale(w + n * K + g * 32, K - g * 32, 32, 32.0f, v);
+        const float id = gs.inv;
+        scales[n * G + g] = gs.half;
         uint8_t* out = codes + (n * G + g) * kInt6GroupBytes;
         for (int i = 0; i < kInt6GroupBytes; ++i) out[i] = 0;
         for (int j = 0; j < 32; ++j) {
@@ -107,7 +98,7 @@ void int6_x_avx512(const Q8Rows& x, Int6XAvx512& out) {
   out.q.assign(static_cast<size_t>(x.M * P * 64), 0);
   out.off.assign(static_cast<size_t>(x.M * P * 16), 0);
   out.dg = x.d;
-  out.offg.assign(static_cast<size_t>(x.M * P * 2), 0);
+  q8_block_sums(x, -32, out.offg);
   for (int64_t m = 0; m < x.M; ++m)
     for (int64_t p = 0; p < P; ++p)
       for (int L = 0; L < 16; ++L) {
@@ -121,7 +112,6 @@ void int6_x_avx512(const Q8Rows& x, Int6XAvx512& out) {
           s += c;
         }
         out.off[i] = -32 * s;
-        out.offg[(m * P + p) * 2 + L % 2] += -32 * s;
       }
 }
 

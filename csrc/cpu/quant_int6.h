@@ -52,7 +52,7 @@ struct Int6XAvx512 {
   std::vector<int8_t> q;       // [M, P, 64] codes, lane L of pair p: group 2p + L % 2, k 4 (L % 8 / 2) + 16 (L / 8)
   std::vector<int32_t> off;    // [M, P, 16] -32 x the sum of each lane's 4 codes
   std::vector<float> dg;       // [M, G] x's group scales
-  std::vector<int32_t> offg;   // [M, P, 2] -32 x the code sum of each group of the pair (0 for a lone group's partner)
+  std::vector<int32_t> offg;   // [M, G] -32 x each group's code sum (q8_block_sums)
 };
 void int6_x_avx512(const Q8Rows& x, Int6XAvx512& out);
 void matmul_int6_rows_avx512(const Int6Weight& w, const Int6XAvx512& x, const float* bias, float* y, int64_t n0,

@@ -153,15 +153,17 @@ void rows16_block(const Int6Weight& w, const Int6XAvx512& x, const float* bias, 
     }
     transpose16(T);
     const __m512 s0 = _mm512_loadu_ps(rs + 2 * p * 16), s1 = _mm512_loadu_ps(rs + (2 * p + 1) * 16);
+    const bool pair = 2 * p + 1 < G;  // else a lone group: its partner's lanes are all zero
     for (int64_t m = 0; m < M; ++m) {
       const int64_t i = m * P + p;
       const int32_t* xq = reinterpret_cast<const int32_t*>(x.q.data() + i * 64);
-      __m512i a0 = _mm512_set1_epi32(x.offg[i * 2]), a1 = _mm512_set1_epi32(x.offg[i * 2 + 1]);
+      __m512i a0 = _mm512_set1_epi32(x.offg[m * G + 2 * p]);
+      __m512i a1 = _mm512_set1_epi32(pair ? x.offg[m * G + 2 * p + 1] : 0);
       for (int L = 0; L < 16; L += 2) {
         a0 = _mm512_dpbusd_epi32(a0, T[L], _mm512_set1_epi32(xq[L]));
         a1 = _mm512_dpbusd_epi32(a1, T[L + 1], _mm512_set1_epi32(xq[L + 1]));
       }
-      const float xd0 = x.dg[m * G + 2 * p], xd1 = 2 * p + 1 < G ? x.dg[m * G + 2 * p + 1] : 0.f;
+      const float xd0 = x.dg[m * G + 2 * p], xd1 = pair ? x.dg[m * G + 2 * p + 1] : 0.f;
       __m512 acc = _mm512_loadu_ps(yacc + m * 16);
       acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), _mm512_mul_ps(s0, _mm512_set1_ps(xd0)), acc);
       acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1), _mm512_mul_ps(s1, _mm512_set1_ps(xd1)), acc);

@@ -135,7 +135,9 @@ def _int4_pack(q: torch.Tensor, N: int, K: int) -> torch.Tensor:
     return (q[..., :16] | (q[..., 16:] << 4)).reshape(N, G * 16)
 
 
-def ref_quantize_int4(w: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Tensor, torch.Tensor]:
+def _group_scales(w: torch.Tensor, group: int, levels: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What csrc/cpu/quant_formats.h group_scale computes for each group of `group` along K: (the groups [N, C,
+    group] zero-padded, the stored half scales [N, C] = signed absmax / -levels, 1 / the rounded scale or 0)."""
     w = w.float()
     N, K = w.shape
     C = int4_groups(K, group)
@@ -143,11 +145,16 @@ def ref_quantize_int4(w: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.T
     v[:, :K] = w
     v = v.view(N, C, group)
     idx = v.abs().argmax(dim=2, keepdim=True)
-    h = int4_half_scales(torch.gather(v, 2, idx).squeeze(2) / -8.0)  # stored half; codes use it rounded
+    h = int4_half_scales(torch.gather(v, 2, idx).squeeze(2) / -levels)  # stored half; codes use it rounded
     d = h.float()
     inv = torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
+    return v, h, inv
+
+
+def ref_quantize_int4(w: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Tensor, torch.Tensor]:
+    v, h, inv = _group_scales(w, group, 8.0)
     q = torch.floor(v * inv[..., None] + 8.5).clamp(0, 15).to(torch.uint8)
-    return _int4_pack(q, N, K), h
+    return _int4_pack(q, *w.shape), h
 
 
 def ref_dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, in_features: int) -> torch.Tensor:
@@ -163,16 +170,8 @@ def ref_dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, in_features:
 def ref_quantize_int6(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """w [N, K] -> (codes uint8 [N, G*24], scales float16 [N, G]), G = ceil(K / 32) (csrc/cpu/quant_int6.h):
     d = half(signed absmax / -32), q = round_half_even(clamp(w * (1/d), -32, 31)) + 32."""
-    w = w.float()
-    N, K = w.shape
-    G = int4_groups(K)
-    v = torch.zeros(N, G * 32)
-    v[:, :K] = w
-    v = v.view(N, G, 32)
-    idx = v.abs().argmax(dim=2, keepdim=True)
-    h = int4_half_scales(torch.gather(v, 2, idx).squeeze(2) / -32.0)
-    d = h.float()
-    inv = torch.where(d != 0, 1.0 / torch.where(d != 0, d, torch.ones_like(d)), torch.zeros_like(d))
+    v, h, inv = _group_scales(w, 32, 32.0)
+    N, G = h.shape
     q = torch.nan_to_num(torch.round((v * inv[..., None]).clamp(-32, 31)), nan=0.0).to(torch.int64) + 32
     low = (q[..., :16] & 15) | ((q[..., 16:] & 15) << 4)
     high = ((q >> 4).view(N, G, 4, 8) << (2 * torch.arange(4)).view(1, 1, 4, 1)).sum(dim=2)
