@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 from .. import kernels
+from ..kernels import huge_pages
 from .checkpoint import iter_tensors, resolve_checkpoint, safetensors_metadata, weight_files
+from .placement import start_placement
 from .load_options import check_overrides, dtype_from_config, take_torch_dtype
 from ..config import CONFIG_NAME, MissingKeyError, MptConfig
 from ..quant import EMBEDDING_ONLY, FORMAT_VERSION, QUANT_TYPES
@@ -63,6 +65,7 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
     if dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype!r}")
     dev = check_device(device)
+    huge_page_mode = huge_pages.huge_page_mode()  # a bad MPT_LITE_HUGE_PAGES fails before the work, not after
     folder = resolve_checkpoint(name_or_path)
     config = MptConfig.from_json_file(folder / CONFIG_NAME, **config_overrides)
     if auto_dtype:
@@ -121,6 +124,8 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
     pieces: dict[str, dict[str, torch.Tensor]] = {}
     # A model saved by mpt_lite holds its codes in the kernels' layout: map them, copy nothing.
     mapped = bool(stored_formats)  # only mpt_lite's own files name their formats
+    # Weights go into one huge-page mapping as each module's become final (hub/placement.py).
+    placement = start_placement(model, dev, mapped, huge_page_mode)
     stream = iter_tensors(files, reuse_buffer=bool(qmods), mapped=mapped)
     if qmods:
         stream = _progress(stream, len(params) + len(qmods), "loading" if stored else f"quantizing ({qtype})")
@@ -133,6 +138,7 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
                     qmods[owner].quantize_from(tensor)  # the source tensor is freed below
                 except (ValueError, TypeError) as e:  # name the tensor, as the float path does
                     raise type(e)(f"{key}: {e}") from e
+                placement.module_done(qmods[owner])
                 seen.add(owner)
             elif owner in qmods and piece == "weight" and stored is None:  # a float checkpoint's codes?
                 raise TypeError(f"{key}: expected floating-point weights, found {tensor.dtype}")
@@ -155,11 +161,13 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
         if not tensor.is_floating_point():
             raise TypeError(f"{key}: expected floating-point weights, found {tensor.dtype}")
         _set_param(model, name, tensor.to(device=dev, dtype=dtype, copy=True))
+        placement.module_done(model.get_submodule(name.rpartition(".")[0]))
         seen.add(name)
         del tensor
     for mod_name, got in pieces.items():
         rows8 = mod_name in {_model_key(n + ".weight", is_base)[: -len(".weight")] for n in stored_rows8}
         _install_codes(qmods[mod_name], mod_name, got, version, rows8)
+        placement.module_done(qmods[mod_name])
         seen.add(mod_name)
     if unexpected:
         raise MissingKeyError(f"unexpected tensors in {folder} (the config does not describe them): "
@@ -179,6 +187,7 @@ def load_pretrained(cls, name_or_path: Any, bits: int | None = None, quant_type:
         model.to(dev)  # codes are made (or read) on the CPU, then moved with the rest
     model.eval()
     model.requires_grad_(False)
+    placement.finish(model)  # what no module's step moved (e.g. newly initialised heads)
     _attach_tokenizer(model, folder)
     return model
 
