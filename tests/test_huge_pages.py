@@ -4,6 +4,8 @@ MPT_LITE_HUGE_PAGES honoured and checked. The oracle is the model before the mov
 and the kernel's own account of each mapping (/proc/self/smaps)."""
 from __future__ import annotations
 
+import copy
+import io
 import os
 import sys
 
@@ -61,6 +63,13 @@ def test_copies_keep_values_dtypes_shapes_and_page_alignment():
     assert all(hi <= lo for (_, hi), (lo, _) in zip(spans, spans[1:])), "copies overlap"
     out[0].zero_()
     assert torch.equal(src[0], keep[0]), "a copy shares memory with its source"
+    for a in out:  # each copy is a storage of its own: saving one writes its bytes, not the whole mapping
+        assert a.untyped_storage().nbytes() == a.numel() * a.element_size() and a.storage_offset() == 0
+    buf = io.BytesIO()
+    torch.save(out[1], buf)
+    assert buf.tell() < 777 + 4096
+    buf.seek(0)
+    assert torch.equal(torch.load(buf), keep[1])
     assert len({_mapping(a.data_ptr())["lo"] for a in out}) == 1, "the copies are not in one mapping"
 
 
@@ -142,6 +151,11 @@ def test_place_weights_keeps_logits_tokens_and_ties(tmp_path, fmt):
         assert torch.equal(model(ids).logits, want)
     got = model.generate(ids, max_new_tokens=6, do_sample=False)
     assert torch.equal(got, ref.generate(ids, max_new_tokens=6, do_sample=False))
+    twin = copy.deepcopy(model)  # placed weights are ordinary tensors: copies, saves and reloads work
+    twin.save_pretrained(tmp_path / "saved")
+    with torch.inference_mode():
+        assert torch.equal(twin(ids).logits, want)
+        assert torch.equal(mpt_lite.MptForCausalLM.from_pretrained(tmp_path / "saved")(ids).logits, want)
 
 
 def test_loading_places_big_weights_unless_told_not_to(tmp_path, monkeypatch):

@@ -90,7 +90,8 @@ class HugePageArena:
         self.capacity = int(capacity)
         mm = mmap.mmap(-1, max(self.capacity, 1) + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         mm.madvise(mmap.MADV_HUGEPAGE)
-        self._base = torch.frombuffer(mm, dtype=torch.uint8)  # holds a reference to the mapping
+        self._view = memoryview(mm)
+        self._base = torch.frombuffer(mm, dtype=torch.uint8)  # the whole mapping's address range, for holds()
         self._start = (-self._base.data_ptr()) % HUGE_PAGE  # the first 2 MiB boundary
         self.used = 0
 
@@ -111,7 +112,9 @@ class HugePageArena:
             raise ValueError(f"HugePageArena: {n} bytes do not fit ({self.capacity - self.used} of "
                              f"{self.capacity} left)")
         at = self._start + self.used
-        dst = self._base[at: at + n].view(t.dtype).view(t.shape)
+        # A storage of its own over its slice (which keeps the mapping alive): torch.save or pickling one tensor
+        # then writes its own bytes, not the whole mapping, and safetensors sees no shared storage.
+        dst = torch.frombuffer(self._view[at: at + n], dtype=torch.uint8).view(t.dtype).view(t.shape)
         dst.copy_(t)
         self.used += _padded(n)
         return dst
