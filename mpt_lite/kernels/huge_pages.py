@@ -2,8 +2,9 @@
 
 Decode streams every weight once a token. With 4 KiB pages that is a TLB miss every 4 KiB, and in a virtual
 machine each miss walks two page tables (guest and host); with 2 MiB pages the walks all but vanish. On the
-2-vCPU virtual machine of docs/benchmarks.md the same int4 weights decoded faster from huge pages in 14 of 16
-in-process rounds (median +5.5%). Linux only; elsewhere, or where THP is `never`, nothing moves.
+2-vCPU virtual machine of docs/benchmarks.md the same int4 weights decoded faster from huge pages in 20 of 24
+in-process rounds (median +3.8%; int8 +2.6%, nf4 +1.6%). Linux only; elsewhere, or where THP is `never`,
+nothing moves.
 
 MPT_LITE_HUGE_PAGES: `auto` (the default: the loader places weights it made itself, not those it maps from a
 saved folder, which stay a file mapping that pages in as used), `all` (mapped ones too, copied), `0` (off).
