@@ -90,7 +90,10 @@ class HugePageArena:
     def __init__(self, capacity: int) -> None:
         self.capacity = int(capacity)
         mm = mmap.mmap(-1, max(self.capacity, 1) + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        mm.madvise(mmap.MADV_HUGEPAGE)
+        try:
+            mm.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:  # refused (e.g. a sandbox's seccomp policy): plain pages, still correct
+            pass
         self._view = memoryview(mm)
         self._base = torch.frombuffer(mm, dtype=torch.uint8)  # the whole mapping's address range, for holds()
         self._start = (-self._base.data_ptr()) % HUGE_PAGE  # the first 2 MiB boundary
