@@ -83,8 +83,6 @@ def place_weights(model: nn.Module, min_bytes: int = huge_pages.MIN_BYTES, views
 
 
 class _NoPlacement:
-    moved = 0
-
     def module_done(self, mod: nn.Module) -> None:
         pass
 
