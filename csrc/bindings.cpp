@@ -516,23 +516,38 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_num_threads", &mpt::set_num_threads, py::arg("n"), G());
 
   // The memory read-bandwidth yardstick (benchmarks): bytes 0 picks 4x the last-level cache.
+  auto bandwidth_dict = [](const mpt::ReadBandwidth& r) {
+    py::dict d;
+    d["bytes"] = r.bytes, d["threads"] = r.threads, d["checksum"] = r.checksum;
+    d["seconds"] = r.seconds, d["cpu_seconds"] = r.cpu_seconds;
+    return d;
+  };
   m.def("last_level_cache_bytes", &mpt::largest_cache_bytes);
   m.def("default_read_bytes", &mpt::default_stream_bytes);
   m.def(
       "read_bandwidth",
-      [](int64_t bytes, int repeats, int nthreads) {
+      [bandwidth_dict](int64_t bytes, int repeats, int nthreads) {
         mpt::ReadBandwidth r;
         {
           py::gil_scoped_release nogil;
           mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
           r = mpt::measure_read_bandwidth(bytes, repeats);
         }
-        py::dict d;
-        d["bytes"] = r.bytes, d["threads"] = r.threads, d["checksum"] = r.checksum;
-        d["seconds"] = r.seconds, d["cpu_seconds"] = r.cpu_seconds;
-        return d;
+        return bandwidth_dict(r);
       },
       py::kw_only(), py::arg("bytes") = 0, py::arg("repeats") = 5, py::arg("num_threads") = 0);
+  m.def(
+      "read_buffer_bandwidth",
+      [bandwidth_dict](uintptr_t ptr, int64_t bytes, int repeats, int nthreads) {
+        mpt::ReadBandwidth r;
+        {
+          py::gil_scoped_release nogil;
+          mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
+          r = mpt::read_passes(reinterpret_cast<const uint8_t*>(ptr), bytes, repeats);
+        }
+        return bandwidth_dict(r);
+      },
+      py::kw_only(), py::arg("ptr"), py::arg("bytes"), py::arg("repeats") = 1, py::arg("num_threads") = 0);
 
   bind_structs(m);
   bind_quant(m);

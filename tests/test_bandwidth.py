@@ -72,3 +72,44 @@ def test_default_size_is_several_times_the_last_level_cache():
 def test_bad_arguments(kw, err, match):
     with pytest.raises(err, match=match):
         kernels.read_bandwidth(**kw)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("nbytes", [64, 4096 + 192, 1 << 20])
+def test_a_callers_buffer_is_read_once_per_pass(isa, threads, nbytes):
+    """read_buffer_bandwidth reads exactly the caller's bytes: the loop's checksum against numpy's own sum."""
+    import numpy as np
+    import torch
+
+    buf = torch.randint(0, 256, (nbytes,), dtype=torch.uint8, generator=torch.Generator().manual_seed(nbytes))
+    want = int(buf.numpy().view(np.uint64).sum(dtype=np.uint64)) * 3 % 2**64
+    with kernels.use_isa(isa):
+        r = kernels.read_buffer_bandwidth(buf, threads, repeats=3)
+        raw = _C.read_buffer_bandwidth(ptr=buf.data_ptr(), bytes=nbytes, repeats=3, num_threads=threads)
+    assert r["bytes"] == nbytes and r["isa"] == isa and len(r["gb_s_each"]) == 3 and r["gb_s"] > 0
+    assert 1 <= r["threads"] <= threads
+    assert raw["checksum"] == want
+
+
+@pytest.mark.parametrize("buffer, kw, err, match", [
+    ("bytes", {}, TypeError, "contiguous CPU tensor"),
+    ("strided", {}, TypeError, "contiguous CPU tensor"),
+    ("meta", {}, TypeError, "contiguous CPU tensor"),
+    (100, {}, ValueError, "multiple of 64"), (0, {}, ValueError, "multiple of 64"),
+    (64, dict(repeats=0), ValueError, "repeats"), (64, dict(repeats=1.0), TypeError, "repeats"),
+    (64, dict(num_threads=0), ValueError, "num_threads"),
+])
+def test_bad_buffers(buffer, kw, err, match):
+    import torch
+
+    if buffer == "bytes":
+        buffer = b"\0" * 64
+    elif buffer == "strided":
+        buffer = torch.zeros(64, 2, dtype=torch.uint8)[:, 0]
+    elif buffer == "meta":
+        buffer = torch.zeros(64, dtype=torch.uint8, device="meta")
+    else:
+        buffer = torch.zeros(buffer, dtype=torch.uint8)
+    with pytest.raises(err, match=match):
+        kernels.read_buffer_bandwidth(buffer, **kw)

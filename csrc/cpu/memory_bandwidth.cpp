@@ -64,11 +64,22 @@ ReadBandwidth measure_read_bandwidth(int64_t bytes, int repeats) {
       static_cast<uint8_t*>(std::aligned_alloc(align, static_cast<size_t>((bytes + align - 1) / align * align))));
   if (!buf) throw std::bad_alloc();
   uint8_t* p = buf.get();
-  const int64_t lines = bytes / kLine;
   // First touch on the threads that read: on a NUMA machine each part lands near its reader.
   parallel_for(bytes / kPage, 1, [&](int64_t a, int64_t b) {
     for (int64_t i = a; i < b; ++i) std::memset(p + i * kPage, static_cast<int>(i & 0x7f), kPage);
   });
+  const uint64_t warm = read_passes(p, bytes, 1).checksum;  // untimed: page tables and the pool's threads warm
+  ReadBandwidth r = read_passes(p, bytes, repeats);
+  r.checksum += warm;
+  return r;
+}
+
+ReadBandwidth read_passes(const uint8_t* p, int64_t bytes, int repeats) {
+  if (bytes < kLine || bytes % kLine != 0)
+    throw std::invalid_argument("read bandwidth: a buffer of a positive multiple of 64 bytes, got " +
+                                std::to_string(bytes));
+  if (repeats < 1) throw std::invalid_argument("read bandwidth: repeats must be >= 1, got " + std::to_string(repeats));
+  const int64_t lines = bytes / kLine;
   auto read = [&](int64_t a, int64_t b) -> uint64_t {
     switch (current_isa()) {
 #if MPT_LITE_X86_SIMD
@@ -82,14 +93,10 @@ ReadBandwidth measure_read_bandwidth(int64_t bytes, int repeats) {
   r.bytes = bytes;
   r.threads = static_cast<int>(std::min<int64_t>(num_threads(), lines));
   std::atomic<uint64_t> sum{0};
-  auto pass = [&] {
-    parallel_for(lines, 1, [&](int64_t a, int64_t b) { sum.fetch_add(read(a, b), std::memory_order_relaxed); });
-  };
-  pass();  // untimed: page tables and the pool's threads warm
   for (int i = 0; i < repeats; ++i) {
     const double c0 = process_cpu_seconds();
     const auto t0 = std::chrono::steady_clock::now();
-    pass();
+    parallel_for(lines, 1, [&](int64_t a, int64_t b) { sum.fetch_add(read(a, b), std::memory_order_relaxed); });
     r.seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     r.cpu_seconds.push_back(process_cpu_seconds() - c0);
   }

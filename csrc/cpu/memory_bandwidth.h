@@ -25,6 +25,10 @@ struct ReadBandwidth {
 // loads on num_threads() threads (a ThreadLimit caps them).
 ReadBandwidth measure_read_bandwidth(int64_t bytes, int repeats);
 
+// `repeats` timed passes over a caller's buffer of `bytes` (a positive multiple of 64) at p, as above, with no
+// untimed pass: benchmarks interleave these with the work they compare (the caller warms the buffer).
+ReadBandwidth read_passes(const uint8_t* p, int64_t bytes, int repeats);
+
 // Sums n 64-byte lines at p as 64-bit integers (per variant: the read loop itself).
 uint64_t read_lines_generic(const uint8_t* p, int64_t n);
 uint64_t read_lines_avx2(const uint8_t* p, int64_t n);

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .attention_ops import (KV_CACHE_DTYPES, Q4_GROUP, alibi_pruning, alibi_pruning_stats, attach_device_copy, cache_shapes,
                             paged_attention_decode, paged_attention_prefill, set_alibi_pruning, use_alibi_pruning,
                             write_kv_cache)
-from .bandwidth import default_read_bytes, last_level_cache_bytes, read_bandwidth
+from .bandwidth import default_read_bytes, last_level_cache_bytes, read_bandwidth, read_buffer_bandwidth
 from .decode_step import DecodePlan
 from .dense_attention import causal_alibi_attention
 from .checks import FLOAT_DTYPES, check_blocksize, check_tensor, ptr
@@ -25,7 +25,7 @@ from .search_ops import search_quantize_int4, search_quantize_nf4
 __all__ = [
     "KV_CACHE_DTYPES", "Q4_GROUP", "attach_device_copy", "cache_shapes", "paged_attention_decode", "paged_attention_prefill", "write_kv_cache",
     "alibi_pruning", "alibi_pruning_stats", "set_alibi_pruning", "use_alibi_pruning",
-    "default_read_bytes", "last_level_cache_bytes", "read_bandwidth",
+    "default_read_bytes", "last_level_cache_bytes", "read_bandwidth", "read_buffer_bandwidth",
     "DecodePlan", "causal_alibi_attention",
     "FLOAT_DTYPES", "check_blocksize", "check_tensor", "ptr",
     "CUDA_GEMV_MAX_M", "NO_CUDA_BUILD", "cpu_features", "cuda_available", "cuda_built", "current_isa",

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import statistics
 
-from .checks import check_threads
+import torch
+
+from .checks import check_threads, ptr
 from .extension import _C
 
 
@@ -37,6 +39,28 @@ def read_bandwidth(num_threads: int | None = None, nbytes: int | None = None, re
         r = _C.read_bandwidth(bytes=nbytes or 0, repeats=repeats, num_threads=threads)
     except MemoryError as e:
         raise MemoryError(f"read_bandwidth: cannot allocate a buffer of {nbytes or default_read_bytes()} bytes") from e
+    return _summary(r)
+
+
+def read_buffer_bandwidth(buffer: torch.Tensor, num_threads: int | None = None, repeats: int = 1) -> dict:
+    """`repeats` timed passes of the same read loop over a caller's buffer (a contiguous CPU tensor of a
+    positive multiple of 64 bytes), with no untimed pass: a benchmark interleaves these with the work it
+    compares, so that both fall in the same phase of a shared host. Returns what read_bandwidth does."""
+    threads = check_threads(num_threads)
+    if isinstance(repeats, bool) or not isinstance(repeats, int):
+        raise TypeError(f"repeats must be a positive int, got {repeats!r}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if not isinstance(buffer, torch.Tensor) or buffer.device.type != "cpu" or not buffer.is_contiguous():
+        raise TypeError("buffer must be a contiguous CPU tensor, got "
+                        + (f"one on {buffer.device}" if isinstance(buffer, torch.Tensor) else type(buffer).__name__))
+    nbytes = buffer.numel() * buffer.element_size()
+    if nbytes < 64 or nbytes % 64:
+        raise ValueError(f"buffer must hold a positive multiple of 64 bytes, got {nbytes}")
+    return _summary(_C.read_buffer_bandwidth(ptr=ptr(buffer), bytes=nbytes, repeats=repeats, num_threads=threads))
+
+
+def _summary(r: dict) -> dict:
     each = [r["bytes"] / s / 1e9 for s in r["seconds"]]
     cpu = [r["bytes"] * r["threads"] / max(c, 1e-9) / 1e9 for c in r["cpu_seconds"]]
     return {"gb_s": statistics.median(each), "bytes": int(r["bytes"]), "threads": int(r["threads"]),
