@@ -92,15 +92,15 @@ def main() -> None:
     ap.add_argument("--loop-pages", choices=["huge", "4k"], default="huge",
                     help="pages of the read loop's buffer (the loader puts the weights in huge pages by default)")
     args = ap.parse_args()
-
+    if min(args.rounds, args.steps, args.threads) < 1:
+        ap.error("--rounds, --steps and --threads must be >= 1")
     if args.kv_dtype:
         os.environ["MPT_LITE_KV_DTYPE"] = args.kv_dtype
-    from mpt_lite import kernels
+    from mpt_lite import kernels, ops
 
     variants = [v for v in args.variants.split(",") if v]
     if any(v.startswith("llama.cpp:") for v in variants) and args.gguf_dir is None:
         ap.error("llama.cpp variants need --gguf-dir")
-    from mpt_lite import ops
 
     steppers = {v: Stepper(v, args) for v in variants}
     ops.set_num_threads(args.threads)
@@ -144,12 +144,12 @@ def main() -> None:
             res[v].append(round_of(v))
         print(f"round {r}: " + "  ".join(f"{v} {res[v][-1][0]:.1f}/{res[v][-1][1]:.1f} GB/s "
                                          f"({res[v][-1][0] / res[v][-1][1]:.0%})" for v in variants), flush=True)
-    print("\nvariant   weights GB/s  loop GB/s  fraction: median (min-max)  with K/V   tok/s")
+    print("\nvariant        weights GB/s  loop GB/s  fraction: median (min-max)  with K/V   tok/s")
     for v in variants:
         w, lp = zip(*res[v])
         fr = [a / b for a, b in res[v]]
         kv = statistics.median(fr) * (1 + kv_round[v] / (wbytes[v] * args.steps))
-        print(f"{v:9} {statistics.median(w):12.1f} {statistics.median(lp):10.1f}  "
+        print(f"{v:14} {statistics.median(w):12.1f} {statistics.median(lp):10.1f}  "
               f"{statistics.median(fr):6.0%} ({min(fr):.0%}-{max(fr):.0%})       {kv:6.0%}   "
               f"{statistics.median(w) * 1e9 / wbytes[v]:.1f}")
     print(f"(with K/V: the K/V bytes the steps read counted too, {kv_round[variants[0]] / args.steps / 1e6:.1f} MB "
