@@ -516,7 +516,14 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_num_threads", &mpt::set_num_threads, py::arg("n"), G());
 
   // The memory read-bandwidth yardstick (benchmarks): bytes 0 picks 4x the last-level cache.
-  auto bandwidth_dict = [](const mpt::ReadBandwidth& r) {
+  // Runs a measurement without the GIL on at most nthreads pool threads; returns its result as a dict.
+  auto measured = [](int nthreads, auto&& measure) {
+    mpt::ReadBandwidth r;
+    {
+      py::gil_scoped_release nogil;
+      mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
+      r = measure();
+    }
     py::dict d;
     d["bytes"] = r.bytes, d["threads"] = r.threads, d["checksum"] = r.checksum;
     d["seconds"] = r.seconds, d["cpu_seconds"] = r.cpu_seconds;
@@ -526,26 +533,15 @@ PYBIND11_MODULE(_C, m) {
   m.def("default_read_bytes", &mpt::default_stream_bytes);
   m.def(
       "read_bandwidth",
-      [bandwidth_dict](int64_t bytes, int repeats, int nthreads) {
-        mpt::ReadBandwidth r;
-        {
-          py::gil_scoped_release nogil;
-          mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
-          r = mpt::measure_read_bandwidth(bytes, repeats);
-        }
-        return bandwidth_dict(r);
+      [measured](int64_t bytes, int repeats, int nthreads) {
+        return measured(nthreads, [&] { return mpt::measure_read_bandwidth(bytes, repeats); });
       },
       py::kw_only(), py::arg("bytes") = 0, py::arg("repeats") = 5, py::arg("num_threads") = 0);
   m.def(
       "read_buffer_bandwidth",
-      [bandwidth_dict](uintptr_t ptr, int64_t bytes, int repeats, int nthreads) {
-        mpt::ReadBandwidth r;
-        {
-          py::gil_scoped_release nogil;
-          mpt::ThreadLimit lim(mpt::bind::threads(nthreads));
-          r = mpt::read_passes(reinterpret_cast<const uint8_t*>(ptr), bytes, repeats);
-        }
-        return bandwidth_dict(r);
+      [measured](uintptr_t ptr, int64_t bytes, int repeats, int nthreads) {
+        const auto* p = reinterpret_cast<const uint8_t*>(ptr);
+        return measured(nthreads, [&] { return mpt::read_passes(p, bytes, repeats); });
       },
       py::kw_only(), py::arg("ptr"), py::arg("bytes"), py::arg("repeats") = 1, py::arg("num_threads") = 0);
 

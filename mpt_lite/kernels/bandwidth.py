@@ -30,11 +30,9 @@ def read_bandwidth(num_threads: int | None = None, nbytes: int | None = None, re
     "cpu_gb_s": median of the bytes over the process's CPU time per thread (its CPU time / threads):
     on a shared machine, the rate the threads read at while they run}."""
     threads = check_threads(num_threads)
-    for name, v in (("nbytes", 1 if nbytes is None else nbytes), ("repeats", repeats)):
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"{name} must be {'None or ' if name == 'nbytes' else ''}a positive int, got {v!r}")
-        if v < 1:
-            raise ValueError(f"{name} must be >= 1, got {v}")
+    if nbytes is not None:
+        _check_positive("nbytes", nbytes, "None or ")
+    _check_positive("repeats", repeats)
     try:
         r = _C.read_bandwidth(bytes=nbytes or 0, repeats=repeats, num_threads=threads)
     except MemoryError as e:
@@ -47,10 +45,7 @@ def read_buffer_bandwidth(buffer: torch.Tensor, num_threads: int | None = None, 
     positive multiple of 64 bytes), with no untimed pass: a benchmark interleaves these with the work it
     compares, so that both fall in the same phase of a shared host. Returns what read_bandwidth does."""
     threads = check_threads(num_threads)
-    if isinstance(repeats, bool) or not isinstance(repeats, int):
-        raise TypeError(f"repeats must be a positive int, got {repeats!r}")
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    _check_positive("repeats", repeats)
     if not isinstance(buffer, torch.Tensor) or buffer.device.type != "cpu" or not buffer.is_contiguous():
         raise TypeError("buffer must be a contiguous CPU tensor, got "
                         + (f"one on {buffer.device}" if isinstance(buffer, torch.Tensor) else type(buffer).__name__))
@@ -58,6 +53,13 @@ def read_buffer_bandwidth(buffer: torch.Tensor, num_threads: int | None = None, 
     if nbytes < 64 or nbytes % 64:
         raise ValueError(f"buffer must hold a positive multiple of 64 bytes, got {nbytes}")
     return _summary(_C.read_buffer_bandwidth(ptr=ptr(buffer), bytes=nbytes, repeats=repeats, num_threads=threads))
+
+
+def _check_positive(name: str, v: object, alternatives: str = "") -> None:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be {alternatives}a positive int, got {v!r}")
+    if v < 1:
+        raise ValueError(f"{name} must be >= 1, got {v}")
 
 
 def _summary(r: dict) -> dict:
