@@ -106,7 +106,10 @@ def main() -> None:
     ops.set_num_threads(args.threads)
     wbytes = {v: st.weight_bytes for v, st in steppers.items()}
     kv_token = {v: st.kv_token for v, st in steppers.items()}
-    buffers = {v: loop_buffer(b, args.loop_pages == "huge") for v, b in wbytes.items()}
+    by_size: dict[int, torch.Tensor] = {}  # variants with the same weight bytes share one buffer
+    for b in set(wbytes.values()):
+        by_size[b] = loop_buffer(b, args.loop_pages == "huge")
+    buffers = {v: by_size[b] for v, b in wbytes.items()}
     print(f"{kernels.current_isa()}, {args.threads} threads, loop buffers in {args.loop_pages} pages; weights: "
           + ", ".join(f"{v} {b / 1e6:.0f} MB" for v, b in wbytes.items()), flush=True)
 
